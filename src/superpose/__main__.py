@@ -1,0 +1,5 @@
+import sys
+
+from superpose.cli import main
+
+sys.exit(main())

@@ -1,0 +1,400 @@
+"""The ``superpose`` command. The only module that prints or exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from superpose import config, supervisor
+from superpose.client import Client, parse_json_args
+from superpose.errors import LatticeError, RemoteError, SuperposeError, UserError
+
+DOWN_TIMEOUT_S = 30.0
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _lattice_url(explicit: str | None) -> str:
+    url = explicit or config.lattice_from_env() or supervisor.find_running_lattice(config.home())
+    if not url:
+        raise UserError(
+            f"no lattice is running in {config.home()}: start one with `superpose up --detach`, "
+            f"or point at one with --lattice or {config.ENV_LATTICE}"
+        )
+    return url
+
+
+async def _with_client(url: str | None, body: Callable[[Client], Awaitable[int]]) -> int:
+    client = await Client.open(_lattice_url(url))
+    try:
+        return await body(client)
+    finally:
+        await client.aclose()
+
+
+def _parse_labels(text: str | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in filter(None, (text or "").split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"label {item!r} is not KEY=VALUE (e.g. --labels region=eu,gpu=1)")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+# --- up / down ------------------------------------------------------------------
+
+
+def cmd_up(ns: argparse.Namespace) -> int:
+    home = config.home()
+    if ns.detach:
+        return _up_detached(ns, home)
+    with supervisor.exclusive_home(home):
+        return asyncio.run(_up_foreground(ns, home))
+
+
+def _up_argv(ns: argparse.Namespace) -> list[str]:
+    argv = [sys.executable, "-m", "superpose", "up", "--workers", str(ns.workers),
+            "--gateway-port", str(ns.gateway_port), "--quiet"]
+    if ns.slots:
+        argv += ["--slots", str(ns.slots)]
+    if ns.lattice_port is not None:
+        argv += ["--lattice-port", str(ns.lattice_port)]
+    return argv
+
+
+def _up_detached(ns: argparse.Namespace, home: Path) -> int:
+    started = time.monotonic()
+    if supervisor.lock_is_held(home):
+        state = supervisor.read_state(home) or {}
+        raise UserError(
+            f"a lattice is already running in {home} (lattice {state.get('lattice', '?')}); "
+            "stop it with `superpose down`"
+        )
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    config.state_file(home).unlink(missing_ok=True)
+    with open(home / "logs" / "up.log", "ab") as log:
+        proc = subprocess.Popen(
+            _up_argv(ns), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, config.ENV_HOME: str(home)},
+        )
+    deadline = time.monotonic() + supervisor.READY_TIMEOUT_S + 10
+    while time.monotonic() < deadline:
+        state = supervisor.read_state(home)
+        if state and state.get("ready"):
+            _print_ready(state, time.monotonic() - started)
+            return 0
+        if proc.poll() is not None:
+            tail = (home / "logs" / "up.log").read_text(errors="replace")[-2000:]
+            raise LatticeError(f"`superpose up` failed:\n{tail}")
+        time.sleep(0.02)
+    proc.terminate()
+    raise LatticeError(f"the lattice did not become ready; see {home}/logs")
+
+
+def _print_ready(state: dict[str, Any], elapsed_s: float) -> None:
+    print(f"lattice  {state['lattice']}")
+    if state.get("gateway"):
+        print(f"gateway  {state['gateway']}")
+    print(f"ready in {elapsed_s:.2f} s (state in {config.home()})", flush=True)
+
+
+async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
+    started = time.monotonic()
+    lattice = supervisor.LocalLattice(
+        state_dir=home,
+        workers=ns.workers,
+        slots=ns.slots,
+        lattice_port=ns.lattice_port if ns.lattice_port is not None else -1,
+        gateway_port=ns.gateway_port,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await lattice.start()
+    try:
+        supervisor.write_state(home, lattice)
+        if not ns.quiet:
+            _print_ready({"lattice": lattice.url, "gateway": lattice.gateway_url},
+                         time.monotonic() - started)
+            await _live_status(lattice, stop)
+        await stop.wait()
+    finally:
+        if not ns.quiet:
+            print("\nstopping: draining in-flight calls…", flush=True)
+        await lattice.stop()
+    return 0
+
+
+async def _live_status(lattice: supervisor.LocalLattice, stop: asyncio.Event) -> None:
+    if not sys.stdout.isatty():
+        return
+    from rich.live import Live
+
+    from superpose.status import nodes
+
+    client = await Client.open(lattice.url)
+    try:
+        with Live(refresh_per_second=2, transient=True) as live:
+            while not stop.is_set():
+                found = await nodes(client)
+                busy = sum(n.busy for n in found)
+                slots = sum(n.slots for n in found)
+                served = sum(n.served for n in found)
+                live.update(f"[bold]{len(found)}[/] nodes · {busy}/{slots} slots busy · "
+                            f"{served} served · Ctrl-C to stop")
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except TimeoutError:
+                    pass
+    finally:
+        await client.aclose()
+
+
+def cmd_down(ns: argparse.Namespace) -> int:
+    home = config.home()
+    state = supervisor.read_state(home)
+    if state is None:
+        print(f"no lattice is running in {home}")
+        return 0
+    os.kill(int(state["pid"]), signal.SIGTERM)
+    deadline = time.monotonic() + DOWN_TIMEOUT_S
+    while supervisor.lock_is_held(home) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leftovers = [int(state["pid"]), *map(int, state.get("pids", {}).values())]
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    print("lattice stopped")
+    return 0
+
+
+# --- node and gateway processes ------------------------------------------------------
+
+
+def cmd_worker(ns: argparse.Namespace) -> int:
+    import logging
+    import uuid
+
+    from superpose.node.agent import NodeAgent, NodeConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    node_id = ns.node_id or f"n{uuid.uuid4().hex[:6]}"
+    state_dir = Path(ns.state_dir) if ns.state_dir else config.home() / "nodes" / node_id
+    try:
+        node_config = NodeConfig(
+            lattice=_lattice_url(ns.lattice), node_id=node_id, state_dir=state_dir,
+            slots=ns.slots or (os.cpu_count() or 1), labels=_parse_labels(ns.labels),
+            drain_grace_s=ns.drain_grace,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await NodeAgent(node_config).run(stop)
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_gateway(ns: argparse.Namespace) -> int:
+    from superpose.gateway import serve
+
+    asyncio.run(serve(_lattice_url(ns.lattice), ns.host, ns.port))
+    return 0
+
+
+# --- apps -------------------------------------------------------------------------
+
+
+def cmd_deploy(ns: argparse.Namespace) -> int:
+    from superpose.deploy import deploy
+
+    async def body(client: Client) -> int:
+        done = await deploy(client, Path(ns.path), ns.name)
+        print(f"deployed {done.app} version {done.version[:12]}  "
+              f"({done.files} files, {done.uploaded} uploaded, {done.size} bytes)")
+        print("functions: " + ", ".join(f"{done.app}.{f}" for f in done.functions))
+        print(done.version)
+        return 0
+
+    return asyncio.run(_with_client(ns.lattice, body))
+
+
+def cmd_call(ns: argparse.Namespace) -> int:
+    from superpose.registry import split_name
+
+    body_json = parse_json_args(ns.args, ns.kwargs)
+    app, fn, version = split_name(ns.name)
+
+    async def body(client: Client) -> int:
+        target = (await client.registry()).resolve(app, fn, version)
+        result = await client.call_json(target, body_json, ns.timeout)
+        print(result.decode())
+        return 0
+
+    return asyncio.run(_with_client(ns.lattice, body))
+
+
+def cmd_ls(ns: argparse.Namespace) -> int:
+    async def body(client: Client) -> int:
+        apps = (await client.registry()).describe()
+        if ns.json:
+            print(json.dumps(apps, indent=2))
+            return 0
+        if not apps:
+            print("no apps deployed (try `superpose deploy ./examples/hello`)")
+        for app in apps:
+            latest = app["aliases"].get("latest", "")
+            print(f"{app['app']}  ({len(app['versions'])} version(s), latest {latest[:12]})")
+            for version in app["versions"]:
+                marks = [a for a, d in app["aliases"].items() if d == version["version"]]
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(version["created"]))
+                print(f"  {version['version'][:12]}  {when}  {version['size']:>8} B  "
+                      f"{', '.join(version['functions'])}"
+                      + (f"  [{', '.join(marks)}]" if marks else ""))
+        return 0
+
+    return asyncio.run(_with_client(ns.lattice, body))
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    from superpose.status import lattice_status
+
+    async def body(client: Client) -> int:
+        state = await lattice_status(client)
+        if ns.json:
+            print(json.dumps(state, indent=2))
+            return 0
+        print(f"lattice {state['lattice']}")
+        print(f"{len(state['nodes'])} node(s)")
+        for n in state["nodes"]:
+            labels = ",".join(f"{k}={v}" for k, v in n["labels"].items()) or "-"
+            warm = ",".join(d[:8] for d in n["warm"]) or "-"
+            print(f"  {n['id']}  host={n['host']} labels={labels} slots={n['slots']} "
+                  f"busy={n['busy']} served={n['served']} warm={warm}")
+        print(f"{len(state['apps'])} app(s)")
+        for app in state["apps"]:
+            latest = app["aliases"].get("latest", "")[:12]
+            print(f"  {app['app']}  versions={len(app['versions'])} latest={latest}")
+        return 0
+
+    return asyncio.run(_with_client(ns.lattice, body))
+
+
+def cmd_logs(ns: argparse.Namespace) -> int:
+    from superpose import logs
+
+    app, _, fn = ns.target.partition(".")
+
+    async def body(client: Client) -> int:
+        async for record in logs.read(client, app, fn or None, follow=ns.follow):
+            stamp = time.strftime("%H:%M:%S", time.localtime(record.ts))
+            print(f"{stamp} [{record.fn}@{record.node}] {record.line}", flush=True)
+        return 0
+
+    try:
+        return asyncio.run(_with_client(ns.lattice, body))
+    except KeyboardInterrupt:
+        return 0
+
+
+# --- parser ------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="superpose", description="Run plain Python functions on a lattice of generic nodes."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_text: str,
+            lattice: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=fn)
+        if lattice:
+            p.add_argument("--lattice", help=f"NATS URL of the lattice (or {config.ENV_LATTICE})")
+        return p
+
+    p = add("up", cmd_up, "start a local lattice: nats-server, nodes and the gateway", False)
+    p.add_argument("--workers", type=int, default=2, help="node agents to start (default 2)")
+    p.add_argument("--slots", type=int, help="slots per node (default: cores / workers)")
+    p.add_argument("--detach", action="store_true", help="return once ready; stop with `down`")
+    p.add_argument("--lattice-port", type=int, help="NATS port (default: a free one)")
+    p.add_argument("--gateway-port", type=int, default=config.DEFAULT_GATEWAY_PORT,
+                   help="HTTP gateway port on 127.0.0.1 (default 8700)")
+    p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+
+    add("down", cmd_down, "stop the lattice `up` started in $SUPERPOSE_HOME", False)
+
+    p = add("worker", cmd_worker, "join a lattice as a node")
+    p.add_argument("--labels", help="KEY=VALUE,... advertised to the lattice")
+    p.add_argument("--slots", type=int, help="invocations run at once (default: cores)")
+    p.add_argument("--node-id", help=argparse.SUPPRESS)
+    p.add_argument("--state-dir", help=argparse.SUPPRESS)
+    p.add_argument("--drain-grace", type=float, default=10.0,
+                   help="seconds to finish in-flight calls on shutdown (default 10)")
+
+    p = add("gateway", cmd_gateway, "serve the HTTP gateway")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=config.DEFAULT_GATEWAY_PORT)
+
+    p = add("deploy", cmd_deploy, "bundle a folder or .py file and make it the app's latest")
+    p.add_argument("path")
+    p.add_argument("--name", help="app name (default: the folder or file name)")
+
+    p = add("call", cmd_call, "call APP.FN with JSON arguments and print the JSON result")
+    p.add_argument("name", help="APP.FN or APP.FN@VERSION")
+    p.add_argument("args", nargs="?", help="JSON array of positional arguments")
+    p.add_argument("kwargs", nargs="?", help="JSON object of keyword arguments")
+    p.add_argument("--timeout", type=float, help="seconds (overrides the function's timeout)")
+
+    p = add("ls", cmd_ls, "list apps, functions and versions")
+    p.add_argument("--json", action="store_true")
+
+    p = add("status", cmd_status, "show the lattice: nodes, apps, versions")
+    p.add_argument("--json", action="store_true")
+
+    p = add("logs", cmd_logs, "show what an app's functions printed")
+    p.add_argument("target", help="APP or APP.FN")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = _parser().parse_args(argv)
+    try:
+        code: int = ns.func(ns)
+    except RemoteError as exc:
+        _err(f"error: {exc.kind}: {exc.type}: {exc.remote_message}")
+        if exc.traceback:
+            _err(exc.traceback.rstrip())
+        return 1
+    except SuperposeError as exc:
+        _err(f"error: {exc.message}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

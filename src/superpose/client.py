@@ -1,0 +1,502 @@
+"""The client: a connection to the lattice that submits invocations and collects results.
+
+Its core is asyncio on one loop — a background thread in scripts, the
+executor's own loop on a node, the server's loop in the gateway — and the
+sync facade hands work to that loop. Submissions go through an outbox drained
+by one sender task, so 20,000 spawns cost 20,000 publishes and one flush per
+batch, not 20,000 tasks. Results arrive on one wildcard reply subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import heapq
+import json
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from superpose import config, payload, protocol, runtime
+from superpose.code import script, store
+from superpose.errors import (
+    BadRequestError,
+    CallTimeoutError,
+    NoNodesError,
+    RemoteError,
+    SuperposeError,
+    UserError,
+)
+from superpose.function import Options, RemoteFunction
+from superpose.futures import Future
+from superpose.lattice.connection import Assets, ensure_assets
+from superpose.lattice.connection import connect as connect_nats
+from superpose.registry import Registry, Target, split_name
+
+T = TypeVar("T")
+RETRYABLE = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
+RETRY_BACKOFF_S = 0.2
+REAP_INTERVAL_S = 0.25
+
+
+@dataclass
+class _Pending:
+    future: Future
+    inv: protocol.Invocation
+    raw_args: bytes
+    attempts_left: int
+
+
+LogSink = Callable[[protocol.LogRecord], None]
+
+
+def print_log_record(record: protocol.LogRecord) -> None:
+    """Remote prints, prefixed with the function and the node that printed them."""
+    stream = sys.stderr if record.stream in ("stderr", "log") else sys.stdout
+    stream.write(f"[{record.fn}@{record.node}] {record.line}\n")
+    stream.flush()
+
+
+class Client:
+    def __init__(
+        self,
+        nc: NATS,
+        assets: Assets,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        url: str,
+        log_sink: LogSink | None = None,
+    ) -> None:
+        self.nc = nc
+        self.assets = assets
+        self.loop = loop
+        self.url = url
+        self.id = uuid.uuid4().hex[:16]
+        self.log_sink = log_sink
+        self._pending: dict[str, _Pending] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._outbox: deque[_Pending] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._registry: Registry | None = None
+        self._bundles: dict[str, tuple[str, str, str]] = {}
+        self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._closed = False
+
+    # --- opening and closing ---------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, url: str, *, nc: NATS | None = None, log_sink: LogSink | None = None
+    ) -> Client:
+        """A client on the running loop; reuses ``nc`` when given (executors, gateway)."""
+        own = nc is None
+        nc = nc or await connect_nats(url, name="superpose-client")
+        assets = await ensure_assets(nc)
+        client = cls(nc, assets, asyncio.get_running_loop(), url=url, log_sink=log_sink)
+        if own:
+            client._closers.append(nc.close)
+        await client._start()
+        return client
+
+    async def _start(self) -> None:
+        await self.nc.subscribe(
+            protocol.reply_wildcard(self.id),
+            cb=self._on_reply,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        if self.log_sink is not None:
+            await self.nc.subscribe(protocol.client_log_subject(self.id), cb=self._on_log)
+        self._tasks.append(self.loop.create_task(self._send_loop()))
+        self._tasks.append(self.loop.create_task(self._reap_loop()))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._registry is not None:
+            await self._registry.stop()
+        for pending in self._pending.values():
+            _fail(pending.future, SuperposeError("the client was closed before the call finished"))
+        self._pending.clear()
+        for closer in reversed(self._closers):
+            await closer()
+
+    # --- sync facade plumbing ----------------------------------------------------
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the client's loop from another thread and wait for it."""
+        if _on_loop(self.loop):
+            coro.close()
+            raise UserError(
+                "a blocking superpose call was made on the event loop that serves it; "
+                "in async code use `await f.remote.aio(...)` or `await f.spawn(...)`"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        global _default
+        if _default is self:
+            _default = None
+        if _on_loop(self.loop):
+            return
+        if self.loop.is_running():
+            self.run(self.aclose())
+        stop = getattr(self, "_stop_thread", None)
+        if stop is not None:
+            stop()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if runtime.current() is None:
+            self.close()
+
+    # --- names -------------------------------------------------------------------
+
+    async def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry(self.assets.registry)
+            await self._registry.start()
+        return self._registry
+
+    def resolve(self, app: str, fn: str, version: str | None = None) -> Target:
+        registry = self._registry
+        if registry is None:
+            registry = self.run(self.registry()) if not _on_loop(self.loop) else None
+            if registry is None:
+                raise SuperposeError("call `await client.registry()` before resolving on the loop")
+        return registry.resolve(app, fn, version)
+
+    def function(self, name: str, version: str | None = None) -> RemoteFunction:
+        """A deployed function by name: ``"app.fn"`` or ``"app.fn@version"``."""
+        app, fn, at = split_name(name)
+        handle = RemoteFunction(app, fn, version or at, Options())
+        handle._bound_client = self
+        if not _on_loop(self.loop):
+            self.resolve(app, fn, version or at)  # fail now on an unknown name
+        return handle
+
+    def script_bundle(self, module_name: str) -> tuple[str, str, str]:
+        """(digest, module name on nodes, app name) for a script's module, uploaded once."""
+        found = self._bundles.get(module_name)
+        if found is None:
+            bundle, root = script.bundle_for(module_name)
+            digest, _ = self.run(store.upload(self.nc, bundle))
+            module = sys.modules[module_name]
+            in_bundle = script.module_name_in_bundle(module, root)
+            app = in_bundle.split(".")[0].replace("-", "_")
+            if not protocol.is_valid_name(app):
+                app = "script"
+            found = self._bundles[module_name] = (digest, in_bundle, app)
+        return found
+
+    # --- invocations ---------------------------------------------------------------
+
+    def submit(
+        self,
+        target: Target,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: Options,
+        *,
+        codec: str = protocol.CODEC_PICKLE,
+    ) -> Future:
+        """Start one invocation from any thread; the future resolves with its result."""
+        raw = payload.encode_args(args, kwargs, codec)
+        return self.submit_raw(target, raw, codec, options)
+
+    def submit_raw(self, target: Target, raw_args: bytes, codec: str, options: Options) -> Future:
+        if self._closed:
+            raise SuperposeError("this superpose client is closed")
+        timeout_s = options.timeout or target.options.get("timeout") or config.DEFAULT_TIMEOUT_S
+        inv = protocol.Invocation(
+            id=uuid.uuid4().hex,
+            app=target.app,
+            fn=target.fn,
+            digest=target.digest,
+            module=target.module,
+            qualname=target.qualname,
+            args=protocol.Payload(codec=codec, size=len(raw_args)),
+            deadline=time.time() + float(timeout_s) + config.WAIT_MARGIN_S,
+            timeout_s=options.timeout,
+            ctx=runtime.child_context(),
+        )
+        if inv.ctx.log_to is None and self.log_sink is not None:
+            inv.ctx.log_to = protocol.client_log_subject(self.id)
+        future = Future()
+        future.invocation_id = inv.id
+        retries = options.retries or int(target.options.get("retries", 0) or 0)
+        self._outbox.append(_Pending(future, inv, raw_args, retries))
+        if _on_loop(self.loop):
+            self._outbox_ready.set()
+        else:
+            self.loop.call_soon_threadsafe(self._outbox_ready.set)
+        return future
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                pending = self._outbox.popleft()
+                try:
+                    await self._send(pending)
+                except Exception as exc:  # spill or publish failed: fail this call only
+                    _fail(pending.future, _as_superpose_error(exc))
+            await self.nc.flush()
+
+    async def _send(self, pending: _Pending) -> None:
+        inv = pending.inv
+        if pending.future.cancelled():
+            return
+        if inv.args.data is None and inv.args.blob is None:
+            inv.args = await payload.wrap(self.nc, pending.raw_args, inv.args.codec)
+        self._pending[inv.id] = pending
+        heapq.heappush(self._deadlines, (inv.deadline, inv.id))
+        await self.nc.publish(
+            protocol.call_subject(inv.app, inv.fn),
+            inv.encode(),
+            reply=protocol.reply_subject(self.id, inv.id),
+        )
+
+    async def _on_reply(self, msg: Msg) -> None:
+        inv_id = msg.subject.rsplit(".", 1)[-1]
+        pending = self._pending.get(inv_id)
+        if pending is None:
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            await self._retry_or_fail(pending, NoNodesError(
+                "no node is serving the lattice: start one with `superpose up` or "
+                f"`superpose worker --lattice {self.url}`"))
+            return
+        try:
+            result = protocol.Result.decode(msg.data)
+        except ValueError as exc:
+            self._pending.pop(inv_id, None)
+            _fail(pending.future, SuperposeError(f"unreadable reply for {inv_id}: {exc}"))
+            return
+        if result.error is not None:
+            error = RemoteError.from_info(result.error, result.node)
+            if result.error.kind in RETRYABLE:
+                await self._retry_or_fail(pending, error)
+            else:
+                self._pending.pop(inv_id, None)
+                _fail(pending.future, error)
+            return
+        self._pending.pop(inv_id, None)
+        await payload.discard(self.nc, pending.inv.args)
+        assert result.value is not None
+        if result.value.blob is None:
+            _resolve(pending.future, result.value)
+        else:
+            self.loop.create_task(self._fetch_result(pending.future, result.value))
+
+    async def _fetch_result(self, future: Future, value: protocol.Payload) -> None:
+        try:
+            data = await payload.unwrap(self.nc, value)
+            await payload.discard(self.nc, value)
+        except Exception as exc:
+            _fail(future, _as_superpose_error(exc))
+            return
+        _resolve(future, protocol.Payload(codec=value.codec, data=data))
+
+    async def _retry_or_fail(self, pending: _Pending, error: SuperposeError) -> None:
+        inv_id = pending.inv.id
+        if pending.attempts_left <= 0 or pending.future.cancelled():
+            self._pending.pop(inv_id, None)
+            _fail(pending.future, error)
+            return
+        pending.attempts_left -= 1
+        await asyncio.sleep(RETRY_BACKOFF_S)
+        await self.nc.publish(
+            protocol.call_subject(pending.inv.app, pending.inv.fn),
+            pending.inv.encode(),
+            reply=protocol.reply_subject(self.id, inv_id),
+        )
+
+    async def _reap_loop(self) -> None:
+        """Every wait has an end: calls past their deadline fail with a timeout."""
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            now = time.time()
+            while self._deadlines and self._deadlines[0][0] < now:
+                _, inv_id = heapq.heappop(self._deadlines)
+                pending = self._pending.pop(inv_id, None)
+                if pending is not None:
+                    _fail(pending.future, CallTimeoutError(
+                        f"{pending.inv.app}.{pending.inv.fn} ({inv_id}) got no answer before its "
+                        "deadline; the node serving it may have died"))
+
+    async def _on_log(self, msg: Msg) -> None:
+        if self.log_sink is not None:
+            try:
+                self.log_sink(protocol.LogRecord.decode(msg.data))
+            except Exception:  # a broken log line must never break calls
+                return
+
+    # --- conveniences for map and the CLI ---------------------------------------------
+
+    @contextmanager
+    def progress(self, total: int | None, label: str) -> Iterator[Callable[[], None]]:
+        """A rich progress bar on an interactive terminal; nothing otherwise."""
+        if runtime.current() is not None or not sys.stderr.isatty():
+            yield lambda: None
+            return
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task(label, total=total)
+            yield lambda: bar.advance(task)
+
+    async def call_json(
+        self, target: Target, args_json: bytes, timeout_s: float | None = None
+    ) -> bytes:
+        """Run with JSON arguments (``{"args": [...], "kwargs": {...}}``); returns JSON bytes."""
+        options = Options(timeout=timeout_s)
+        future = self.submit_raw(target, args_json, protocol.CODEC_JSON, options)
+        result: bytes = await asyncio.wrap_future(future)
+        return result
+
+
+def _resolve(future: Future, value: protocol.Payload) -> None:
+    if future.done():
+        return
+    try:
+        data = value.data or b""
+        decoded: Any = data if value.codec == protocol.CODEC_JSON else payload.decode_value(
+            data, value.codec
+        )
+    except Exception as exc:
+        _fail(future, SuperposeError(f"cannot decode the result: {exc}"))
+        return
+    future.set_result(decoded)
+
+
+def _fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _as_superpose_error(exc: Exception) -> SuperposeError:
+    return exc if isinstance(exc, SuperposeError) else SuperposeError(f"{type(exc).__name__}: {exc}")
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+# --- the process's clients -------------------------------------------------------
+
+_default: Client | None = None
+_node_client: Client | None = None
+_lock = threading.Lock()
+
+
+async def install_node_client(nc: NATS) -> None:
+    """Called by an executor: nested calls share its connection and loop."""
+    global _node_client
+    _node_client = await Client.open(nc.connected_url.geturl() if nc.connected_url else "", nc=nc)
+
+
+def current_client() -> Client:
+    """The client calls go through: the node's, the one ``connect()`` made, or a new one."""
+    if _node_client is not None:
+        return _node_client
+    if _default is not None:
+        return _default
+    return connect()
+
+
+def connect(url: str | None = None, *, workers: int = 2, show_logs: bool = True) -> Client:
+    """Connect to a lattice, starting a private embedded one if none is running.
+
+    Order: ``url``, ``$SUPERPOSE_LATTICE``, the lattice ``superpose up`` started
+    in ``$SUPERPOSE_HOME``, else an embedded lattice with ``workers`` nodes that
+    is torn down when the client closes (or the process exits).
+    """
+    global _default
+    if _node_client is not None:
+        return _node_client
+    with _lock:
+        if _default is not None and url in (None, _default.url):
+            return _default
+        client = _open_in_thread(url, workers, print_log_record if show_logs else None)
+        _default = client
+        atexit.register(client.close)
+        return client
+
+
+def _open_in_thread(url: str | None, workers: int, log_sink: LogSink | None) -> Client:
+    from superpose.supervisor import LocalLattice, find_running_lattice
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="superpose-client", daemon=True)
+    thread.start()
+
+    async def open_client() -> Client:
+        resolved = url or config.lattice_from_env() or find_running_lattice(config.home())
+        lattice = None
+        if resolved is None:
+            lattice = LocalLattice(state_dir=None, workers=workers)
+            resolved = await lattice.start()
+        try:
+            client = await Client.open(resolved, log_sink=log_sink)
+        except BaseException:
+            if lattice is not None:
+                await lattice.stop()
+            raise
+        if lattice is not None:
+            client._closers.insert(0, lattice.stop)
+        return client
+
+    try:
+        client = asyncio.run_coroutine_threadsafe(open_client(), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        raise
+
+    def stop_thread() -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+
+    client._stop_thread = stop_thread  # type: ignore[attr-defined]
+    return client
+
+
+def parse_json_args(args_text: str | None, kwargs_text: str | None) -> bytes:
+    """CLI arguments (a JSON array and a JSON object) as a JSON call body."""
+    try:
+        args = json.loads(args_text) if args_text else []
+        kwargs = json.loads(kwargs_text) if kwargs_text else {}
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(f"arguments are not valid JSON: {exc}") from exc
+    if not isinstance(args, list):
+        raise BadRequestError("positional arguments must be a JSON array, e.g. '[1, 2]'")
+    if not isinstance(kwargs, dict):
+        raise BadRequestError("keyword arguments must be a JSON object, e.g. '{\"x\": 1}'")
+    return json.dumps({"args": args, "kwargs": kwargs}).encode()
+
+

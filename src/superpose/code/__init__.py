@@ -1,0 +1,1 @@
+"""Code as data: bundles, their discovery, their storage, and script-mode packing."""

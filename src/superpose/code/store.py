@@ -1,0 +1,81 @@
+"""Bundles in the lattice's object store: upload what is missing, fetch and verify."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+
+from nats.aio.client import Client as NATS
+
+from superpose import protocol
+from superpose.code.bundle import Bundle, digest_of_listing, parse_manifest, sha256_hex
+from superpose.errors import NotFoundError, SuperposeError
+from superpose.lattice import objects
+
+COMPLETE_MARKER = ".superpose-complete"
+
+
+async def upload(nc: NATS, bundle: Bundle) -> tuple[str, int]:
+    """Store the bundle; returns its digest and how many files had to be uploaded."""
+    digest = bundle.digest
+    bucket = protocol.BUNDLES_BUCKET
+    manifest_name = protocol.bundle_manifest_name(digest)
+    if await objects.exists(nc.jetstream(), bucket, manifest_name):
+        return digest, 0
+    listing = bundle.listing
+    by_digest = {listing[path]: bundle.files[path] for path in listing}
+    present = await asyncio.gather(
+        *(objects.exists(nc.jetstream(), bucket, protocol.file_object_name(d)) for d in by_digest)
+    )
+    missing = [d for d, ok in zip(by_digest, present, strict=True) if not ok]
+    for file_digest in missing:
+        await objects.put(nc, bucket, protocol.file_object_name(file_digest), by_digest[file_digest])
+    await objects.put(nc, bucket, manifest_name, bundle.manifest())
+    return digest, len(missing)
+
+
+async def fetch_listing(nc: NATS, digest: str) -> dict[str, str]:
+    try:
+        data = await objects.get(nc, protocol.BUNDLES_BUCKET, protocol.bundle_manifest_name(digest))
+    except NotFoundError as exc:
+        raise NotFoundError(f"bundle {digest[:12]} is not in the lattice's store") from exc
+    listing = parse_manifest(data)
+    if digest_of_listing(listing) != digest:
+        raise SuperposeError(f"bundle {digest[:12]}: manifest does not match its digest")
+    return listing
+
+
+async def _fetch_file(nc: NATS, file_digest: str) -> bytes:
+    data = await objects.get(nc, protocol.BUNDLES_BUCKET, protocol.file_object_name(file_digest))
+    if sha256_hex(data) != file_digest:
+        raise SuperposeError(f"file {file_digest[:12]} failed its SHA-256 check")
+    return data
+
+
+async def materialize(nc: NATS, digest: str, cache_dir: Path) -> Path:
+    """The bundle unpacked under ``cache_dir/<digest>``, fetched and verified if absent."""
+    target = cache_dir / digest
+    if (target / COMPLETE_MARKER).exists():
+        return target
+    listing = await fetch_listing(nc, digest)
+    contents = await asyncio.gather(*(_fetch_file(nc, d) for d in listing.values()))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=cache_dir))
+    try:
+        for relpath, data in zip(listing, contents, strict=True):
+            path = staging / relpath
+            if ".." in Path(relpath).parts or Path(relpath).is_absolute():
+                raise SuperposeError(f"bundle {digest[:12]} has an unsafe path {relpath!r}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        (staging / COMPLETE_MARKER).write_text(digest)
+        try:
+            staging.rename(target)
+        except OSError:  # another fetch of the same digest won the race
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,34 @@
+"""Where superpose keeps its state and how it finds a running lattice."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_HOME = "SUPERPOSE_HOME"
+ENV_LATTICE = "SUPERPOSE_LATTICE"
+ENV_NATS_SERVER = "SUPERPOSE_NATS_SERVER"
+
+DEFAULT_GATEWAY_PORT = 8700
+DEFAULT_TIMEOUT_S = 300.0
+"""A function's timeout unless it declares one (AWS Lambda allows 900 s, Modal 300 s)."""
+WAIT_MARGIN_S = 10.0
+"""How much longer than a function's timeout a caller waits for the node's verdict."""
+SPILL_THRESHOLD_BYTES = 256 * 1024
+"""Arguments and results above this size travel through the object store."""
+MAX_BUNDLE_BYTES = 200 * 1024 * 1024
+MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024
+
+
+def home() -> Path:
+    """The state folder: ``$SUPERPOSE_HOME`` or ``./.superpose``."""
+    return Path(os.environ.get(ENV_HOME) or ".superpose").resolve()
+
+
+def state_file(home_dir: Path) -> Path:
+    """Written by ``superpose up`` once everything answers; read by every other command."""
+    return home_dir / "lattice.json"
+
+
+def lattice_from_env() -> str | None:
+    return os.environ.get(ENV_LATTICE) or None

@@ -1,0 +1,70 @@
+"""``superpose deploy``: a folder or file becomes a registered, content-addressed version."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from superpose import protocol
+from superpose.client import Client
+from superpose.code import bundle as bundles
+from superpose.code import store
+from superpose.code.discover import discover
+from superpose.errors import BadRequestError, DeployError
+from superpose.registry import LATEST, Version
+
+
+@dataclass
+class Deployed:
+    app: str
+    version: str
+    functions: list[str]
+    files: int
+    uploaded: int
+    size: int
+
+
+def app_name_for(path: Path, name: str | None) -> str:
+    app = name or (path.stem if path.is_file() else path.name)
+    app = app.replace("-", "_") if name is None else app
+    if not protocol.is_valid_name(app):
+        raise BadRequestError(
+            f"app name {app!r} is not allowed: use letters, digits, _ and - (pass --name)"
+        )
+    return app
+
+
+def build(path: Path) -> bundles.Bundle:
+    if not path.exists():
+        raise DeployError(f"{path} does not exist")
+    if path.is_file():
+        if path.suffix != ".py":
+            raise DeployError(f"{path} is not a Python file or a folder")
+        return bundles.from_files(path.parent, [path])
+    return bundles.from_folder(path)
+
+
+async def deploy(client: Client, path: Path, name: str | None = None) -> Deployed:
+    """Bundle, check, upload (only missing files), register, and move ``latest``."""
+    path = path.resolve()
+    app = app_name_for(path, name)
+    bundle = build(path)
+    functions = discover(bundle)
+    if not functions:
+        raise DeployError(
+            f"no @superpose.function found in {path}: decorate the top-level functions to expose"
+        )
+    digest, uploaded = await store.upload(client.nc, bundle)
+    version = Version(
+        app=app,
+        digest=digest,
+        created=time.time(),
+        size=bundle.size,
+        files=bundle.listing,
+        functions={name: spec.as_dict() for name, spec in functions.items()},
+    )
+    registry = await client.registry()
+    await registry.register(version)
+    await registry.set_alias(app, LATEST, digest)
+    return Deployed(app, digest, sorted(functions), len(bundle.files), uploaded, bundle.size)

@@ -1,0 +1,209 @@
+"""``@superpose.function`` and handles on deployed functions: the user's call surface."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, overload
+
+from superpose import protocol, runtime
+from superpose.errors import BadRequestError
+from superpose.futures import Future
+from superpose.registry import Target
+
+MAP_WINDOW = 4096
+"""How many map items are in flight at once: bounds client memory on huge maps."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """Per-function settings; validated here so a typo fails at decoration time."""
+
+    retries: int = 0
+    """Retries after an infrastructure failure (node crash, no node, executor died)."""
+    timeout: float | None = None
+    """Seconds before the invocation is killed and reported as a timeout (default 300)."""
+    memory: int | None = None
+    """MiB of resident memory the executor may use while running this function."""
+    concurrency: int | None = None
+    """Async functions: how many invocations one executor runs at once."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise BadRequestError(f"retries must be a whole number ≥ 0, got {self.retries!r}")
+        if self.timeout is not None and not (
+            isinstance(self.timeout, int | float) and self.timeout > 0
+        ):
+            raise BadRequestError(f"timeout must be a number of seconds > 0, got {self.timeout!r}")
+        if self.memory is not None and not (isinstance(self.memory, int) and self.memory >= 16):
+            raise BadRequestError(f"memory must be a whole number of MiB ≥ 16, got {self.memory!r}")
+        if self.concurrency is not None and not (
+            isinstance(self.concurrency, int) and self.concurrency >= 1
+        ):
+            raise BadRequestError(f"concurrency must be ≥ 1, got {self.concurrency!r}")
+
+    def node_options(self) -> dict[str, Any]:
+        return {"timeout_s": self.timeout, "memory_mb": self.memory,
+                "concurrency": self.concurrency}
+
+
+class _Remote:
+    """``f.remote(...)`` runs and waits; ``await f.remote.aio(...)`` does so from async code."""
+
+    def __init__(self, owner: Invocable) -> None:
+        self._owner = owner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._owner.spawn(*args, **kwargs).result()
+
+    async def aio(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._owner.spawn(*args, **kwargs)
+
+
+class Invocable:
+    """What every remote function offers: remote, spawn, map, options."""
+
+    options_: Options
+
+    def __init__(self, options: Options) -> None:
+        self.options_ = options
+        self.remote = _Remote(self)
+
+    def _target(self, client: Any) -> Target:
+        raise NotImplementedError
+
+    def _client(self) -> Any:
+        from superpose.client import current_client
+
+        return current_client()
+
+    def spawn(self, *args: Any, **kwargs: Any) -> Future:
+        """Start the function on the lattice; returns a future of its result."""
+        client = self._client()
+        return client.submit(self._target(client), args, kwargs, self.options_)
+
+    def map(self, *iterables: Iterable[Any], window: int = MAP_WINDOW) -> Iterator[Any]:
+        """Results of the function over the items, in order, as soon as each is ready."""
+        client = self._client()
+        target = self._target(client)
+        items = zip(*iterables, strict=False)
+        total = _length(iterables)
+        in_flight: deque[Future] = deque()
+        with client.progress(total, f"{target.app}.{target.fn}") as advance:
+            for item in items:
+                in_flight.append(client.submit(target, item, {}, self.options_))
+                if len(in_flight) >= window:
+                    yield in_flight.popleft().result()
+                    advance()
+            while in_flight:
+                yield in_flight.popleft().result()
+                advance()
+
+    def with_options(self, **overrides: Any) -> Invocable:
+        clone = _copy(self)
+        clone.options_ = replace(self.options_, **overrides)
+        clone.remote = _Remote(clone)
+        return clone
+
+    options = with_options
+
+
+def _copy(obj: Invocable) -> Invocable:
+    clone = object.__new__(type(obj))
+    clone.__dict__.update(obj.__dict__)
+    return clone
+
+
+def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+class Function(Invocable):
+    """A plain Python function that can also run on the lattice."""
+
+    def __init__(self, fn: Callable[..., Any], options: Options) -> None:
+        super().__init__(options)
+        self.local = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calling the function directly runs it here, like the plain function."""
+        return self.local(*args, **kwargs)
+
+    def node_options(self) -> dict[str, Any]:
+        return self.options_.node_options()
+
+    def _target(self, client: Any) -> Target:
+        node = runtime.current()
+        module = self.local.__module__
+        invocation = runtime.current_invocation.get()
+        if node is not None and module in sys.modules and _in_bundle(module):
+            app = invocation.app if invocation is not None else node.app
+            return Target(app, self.local.__name__, node.digest, module, self.local.__qualname__)
+        digest, module_in_bundle, app = client.script_bundle(module)
+        return Target(app, self.local.__name__, digest, module_in_bundle, self.local.__qualname__)
+
+
+def _in_bundle(module: str) -> bool:
+    """True for modules loaded from the bundle the executor hosts (not from site-packages)."""
+    file = getattr(sys.modules[module], "__file__", "") or ""
+    return bool(sys.path) and file.startswith(sys.path[0])
+
+
+class RemoteFunction(Invocable):
+    """A handle on a deployed function, by name: ``client.function("shop.checkout")``."""
+
+    def __init__(self, app: str, fn: str, version: str | None, options: Options) -> None:
+        super().__init__(options)
+        self.app, self.fn, self.version = app, fn, version
+        self._bound_client: Any = None
+
+    def _client(self) -> Any:
+        return self._bound_client or super()._client()
+
+    def _target(self, client: Any) -> Target:
+        return client.resolve(self.app, self.fn, self.version)
+
+    def __repr__(self) -> str:
+        at = f"@{self.version}" if self.version else ""
+        return f"<superpose function {self.app}.{self.fn}{at}>"
+
+
+@overload
+def function(fn: Callable[..., Any], /) -> Function: ...
+@overload
+def function(
+    *, retries: int = 0, timeout: float | None = None, memory: int | None = None,
+    concurrency: int | None = None,
+) -> Callable[[Callable[..., Any]], Function]: ...
+
+
+def function(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    retries: int = 0,
+    timeout: float | None = None,
+    memory: int | None = None,
+    concurrency: int | None = None,
+) -> Function | Callable[[Callable[..., Any]], Function]:
+    """Mark a function as runnable on the lattice (``@sp.function`` or ``@sp.function(...)``)."""
+    options = Options(retries=retries, timeout=timeout, memory=memory, concurrency=concurrency)
+
+    def wrap(f: Callable[..., Any]) -> Function:
+        if not callable(f):
+            raise BadRequestError(f"@superpose.function needs a function, got {f!r}")
+        if not protocol.is_valid_name(f.__name__):
+            raise BadRequestError(f"function name {f.__name__!r} cannot be used on the lattice")
+        return Function(f, options)
+
+    return wrap(fn) if fn is not None else wrap
+

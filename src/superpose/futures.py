@@ -1,0 +1,38 @@
+"""Futures of invocations: ``concurrent.futures.Future`` that are also awaitable."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Generator
+from typing import Any
+
+from superpose import runtime
+
+
+class Future(concurrent.futures.Future[Any]):
+    """The result of a spawned invocation.
+
+    Waiting on it inside a function running on a node frees that function's
+    slot until the wait is over, so recursive fan-out cannot deadlock.
+    """
+
+    invocation_id: str = ""
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self.done():
+            return super().result(0)
+        with runtime.blocking():
+            return super().result(timeout)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()
+
+
+def gather(*futures: concurrent.futures.Future[Any]) -> list[Any]:
+    """Results of all futures, in order; the first failure is raised."""
+    pending = [f for f in futures if not f.done()]
+    if pending:
+        with runtime.blocking():
+            concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_EXCEPTION)
+    return [concurrent.futures.Future.result(f) for f in futures]

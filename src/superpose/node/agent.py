@@ -1,0 +1,412 @@
+"""The node agent: a generic node that becomes whatever function a request asks for.
+
+It takes invocations from the ``sp.call.>`` queue group (NATS balances the
+lattice, no scheduler), fetches and verifies the bundle on first sight, hands
+the call to a warm executor for that bundle, and enforces the call's timeout
+and memory limit. It never imports user code. Each invocation reads as phases:
+decode → host the bundle → describe the function → take a slot → run →
+report → release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from superpose import protocol
+from superpose.code import store
+from superpose.config import DEFAULT_TIMEOUT_S
+from superpose.errors import NotFoundError, SuperposeError
+from superpose.lattice.connection import Assets, connect, ensure_assets
+from superpose.node.executors import Call, ExecutorDied, ExecutorProcess, LoadFailed
+
+log = logging.getLogger("superpose.node")
+
+
+@dataclass(kw_only=True)
+class NodeConfig:
+    lattice: str
+    node_id: str
+    state_dir: Path
+    slots: int = 1
+    """How many sync invocations run at once (async ones share a slot up to their concurrency)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    max_executors: int = 8
+    """Warm executor processes kept; the least recently used idle one is evicted past this."""
+    drain_grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ValueError(f"slots must be at least 1, got {self.slots}")
+        if self.max_executors < 1:
+            raise ValueError(f"max_executors must be at least 1, got {self.max_executors}")
+        if not protocol.is_valid_name(self.node_id):
+            raise ValueError(f"node id {self.node_id!r} must be letters, digits, _ and -")
+
+
+class SlotPool:
+    """Counts free slots; a resumed parent may take one back even when none is free."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self._changed = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free > 0)
+            self.free -= 1
+
+    def take(self) -> None:
+        self.free -= 1
+
+    def release(self) -> None:
+        self.free += 1
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+
+@dataclass
+class BundleHost:
+    """The executors hosting one bundle on this node, and what they told us of its functions."""
+
+    digest: str
+    path: Path
+    executors: list[ExecutorProcess] = field(default_factory=list)
+    meta: dict[tuple[str, str], asyncio.Task[dict[str, Any]]] = field(default_factory=dict)
+    """One describe per function, shared by every call that arrives while it runs."""
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(e.calls) for e in self.executors)
+
+
+class NodeAgent:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.slots = SlotPool(config.slots)
+        self.hosts: OrderedDict[str, BundleHost] = OrderedDict()
+        self._host_locks: dict[str, asyncio.Lock] = {}
+        self._spare: asyncio.Task[ExecutorProcess] | None = None
+        self.busy = 0
+        self.queued = 0
+        self.served = 0
+        self.started = time.time()
+        self._nc: NATS | None = None
+        self._assets: Assets | None = None
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._executor_log: IO[bytes] | None = None
+
+    @property
+    def nc(self) -> NATS:
+        assert self._nc is not None, "agent not started"
+        return self._nc
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then drain in-flight calls for the grace period."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def start(self) -> None:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self._executor_log = open(self.config.state_dir / "executors.log", "ab")  # noqa: SIM115
+        self._nc = await connect(self.config.lattice, name=f"superpose-node-{self.config.node_id}")
+        self._assets = await ensure_assets(self._nc)
+        self._spare = asyncio.create_task(self._start_executor())
+        self._subs.append(
+            await self.nc.subscribe(
+                protocol.CALL_WILDCARD,
+                queue=protocol.CALL_QUEUE_GROUP,
+                cb=self._on_call,
+                pending_msgs_limit=-1,
+                pending_bytes_limit=-1,
+            )
+        )
+        self._subs.append(
+            await self.nc.subscribe(
+                protocol.node_control_subject(self.config.node_id), cb=self._on_control
+            )
+        )
+        await self._heartbeat_once()
+        self._spawn(self._heartbeat())
+        log.info("node %s serving %s with %d slot(s)", self.config.node_id,
+                 self.config.lattice, self.config.slots)
+
+    async def shutdown(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+        deadline = time.monotonic() + self.config.drain_grace_s
+        while (self.busy or self.queued) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        executors = [e for h in self.hosts.values() for e in h.executors]
+        if self._spare is not None:
+            spare = await asyncio.gather(self._spare, return_exceptions=True)
+            executors += [e for e in spare if isinstance(e, ExecutorProcess)]
+        await asyncio.gather(*(e.close() for e in executors), return_exceptions=True)
+        if self._assets is not None:
+            try:
+                await self._assets.nodes.delete(self.config.node_id)
+            except Exception:
+                log.debug("could not remove node entry", exc_info=True)
+        if self._nc is not None:
+            await self._nc.close()
+        if self._executor_log is not None:
+            self._executor_log.close()
+        log.info("node %s stopped", self.config.node_id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- heartbeat and control ---------------------------------------------------
+
+    def info(self) -> protocol.NodeInfo:
+        return protocol.NodeInfo(
+            id=self.config.node_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            labels=self.config.labels,
+            slots=self.config.slots,
+            busy=self.busy,
+            queued=self.queued,
+            warm=list(self.hosts),
+            started=self.started,
+            seen=time.time(),
+            served=self.served,
+        )
+
+    async def _heartbeat_once(self) -> None:
+        assert self._assets is not None
+        await self._assets.nodes.put(self.config.node_id, self.info().encode())
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(protocol.NODE_HEARTBEAT_S)
+            try:
+                await self._heartbeat_once()
+            except Exception:
+                log.warning("heartbeat failed; will retry", exc_info=True)
+
+    async def _on_control(self, msg: Msg) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, self.info().encode())
+
+    # --- executors -------------------------------------------------------------
+
+    async def _start_executor(self) -> ExecutorProcess:
+        return await ExecutorProcess.start(
+            self.config.lattice,
+            self.config.node_id,
+            on_block=self._on_block,
+            on_unblock=self._on_unblock,
+            log_file=self._executor_log,
+        )
+
+    async def _fresh_executor(self) -> ExecutorProcess:
+        """The pre-started neutral executor if there is one; a new spare starts behind it."""
+        spare, self._spare = self._spare, asyncio.create_task(self._start_executor())
+        if spare is not None:
+            try:
+                return await spare
+            except Exception:
+                log.warning("spare executor failed to start", exc_info=True)
+        return await self._start_executor()
+
+    def _on_block(self, call: Call) -> None:
+        if call.holds_slot and call.is_sync:
+            call.holds_slot = False
+            self.slots.release()
+
+    def _on_unblock(self, call: Call) -> None:
+        if not call.holds_slot and call.is_sync:
+            call.holds_slot = True
+            self.slots.take()
+
+    async def _host(self, inv: protocol.Invocation) -> BundleHost:
+        host = self.hosts.get(inv.digest)
+        if host is None:
+            lock = self._host_locks.setdefault(inv.digest, asyncio.Lock())
+            async with lock:
+                host = self.hosts.get(inv.digest)
+                if host is None:
+                    path = await store.materialize(
+                        self.nc, inv.digest, self.config.state_dir / "bundles"
+                    )
+                    host = BundleHost(inv.digest, path)
+                    await self._add_executor(host, inv.app)
+                    self.hosts[inv.digest] = host
+                    log.info("⇣ bundle %s warm (%s)", inv.digest[:12], inv.app)
+        self.hosts.move_to_end(inv.digest)
+        return host
+
+    async def _add_executor(self, host: BundleHost, app: str) -> ExecutorProcess:
+        self._evict_if_full()
+        executor = await self._fresh_executor()
+        await executor.load(host.digest, str(host.path), app)
+        host.executors.append(executor)
+        return executor
+
+    def _evict_if_full(self) -> None:
+        total = sum(len(h.executors) for h in self.hosts.values())
+        for digest, host in list(self.hosts.items()):
+            if total < self.config.max_executors:
+                return
+            if host.in_flight == 0:
+                del self.hosts[digest]
+                total -= len(host.executors)
+                for executor in host.executors:
+                    self._spawn(executor.close())
+                log.info("evicted bundle %s", digest[:12])
+
+    async def _pick_executor(self, host: BundleHost, app: str, is_sync: bool) -> ExecutorProcess:
+        host.executors = [e for e in host.executors if e.process.returncode is None]
+        if not host.executors:
+            return await self._add_executor(host, app)
+        if not is_sync:
+            return min(host.executors, key=lambda e: len(e.calls))
+        best = min(host.executors, key=lambda e: e.running_sync)
+        if best.running_sync > 0 and len(host.executors) < self.config.slots:
+            return await self._add_executor(host, app)
+        return best
+
+    async def _describe(self, host: BundleHost, inv: protocol.Invocation) -> dict[str, Any]:
+        key = (inv.module, inv.qualname)
+        task = host.meta.get(key)
+        if task is None:
+            task = host.meta[key] = asyncio.create_task(self._describe_once(host, inv))
+        try:
+            return await asyncio.shield(task)
+        except Exception:
+            host.meta.pop(key, None)  # let the next call try again (e.g. after a crash)
+            raise
+
+    async def _describe_once(self, host: BundleHost, inv: protocol.Invocation) -> dict[str, Any]:
+        executor = await self._pick_executor(host, inv.app, is_sync=False)
+        return await executor.describe(inv.module, inv.qualname)
+
+    # --- invocations -------------------------------------------------------------
+
+    async def _on_call(self, msg: Msg) -> None:
+        self.queued += 1
+        self._spawn(self._handle(msg))
+
+    async def _handle(self, msg: Msg) -> None:
+        reply = msg.reply or ""
+        try:
+            inv = protocol.Invocation.decode(msg.data)
+        except Exception as exc:
+            self.queued -= 1
+            await self._reply_error(reply, "?", protocol.ERR_BAD_REQUEST, "BadInvocation", str(exc))
+            return
+        queued = True
+        try:
+            host = await self._host(inv)
+            meta = await self._describe(host, inv)
+            timeout_s = inv.timeout_s or meta.get("timeout_s") or DEFAULT_TIMEOUT_S
+            is_sync = not meta.get("is_async", False)
+            if is_sync:
+                await self.slots.acquire()
+            self.queued -= 1
+            queued = False
+            await self._execute(host, inv, msg, meta, float(timeout_s), is_sync)
+        except (NotFoundError, LoadFailed, ExecutorDied, SuperposeError) as exc:
+            await self._report_failure(reply, inv, exc)
+        finally:
+            if queued:
+                self.queued -= 1
+
+    async def _execute(
+        self,
+        host: BundleHost,
+        inv: protocol.Invocation,
+        msg: Msg,
+        meta: dict[str, Any],
+        timeout_s: float,
+        is_sync: bool,
+    ) -> None:
+        started = time.perf_counter()
+        memory_mb = meta.get("memory_mb")
+        call = Call(
+            id=inv.id,
+            is_sync=is_sync,
+            memory_bytes=int(memory_mb * 2**20) if memory_mb else None,
+            done=asyncio.get_running_loop().create_future(),
+            holds_slot=is_sync,
+        )
+        self.busy += 1
+        try:
+            executor = await self._pick_executor(host, inv.app, is_sync)
+            executor.run(msg.data, msg.reply or "", call)
+            try:
+                ok = await asyncio.wait_for(asyncio.shield(call.done), timeout_s)
+            except TimeoutError:
+                executor.kill(("crashed", f"executor restarted: invocation {inv.id} of "
+                               f"{inv.app}.{inv.fn} exceeded its timeout"))
+                await self._reply_error(
+                    msg.reply or "", inv.id, protocol.ERR_TIMEOUT, "TimeoutError",
+                    f"{inv.app}.{inv.fn} exceeded its timeout of {timeout_s:g} s and was killed",
+                )
+                log.info("! %s.%s %s timeout after %.0f s", inv.app, inv.fn, inv.id, timeout_s)
+                return
+            self.served += 1
+            log.info("%s %s.%s %s %.1f ms", "←" if ok else "✗", inv.app, inv.fn, inv.id,
+                     (time.perf_counter() - started) * 1000)
+        finally:
+            self.busy -= 1
+            if call.holds_slot:
+                self.slots.release()
+
+    async def _report_failure(
+        self, reply: str, inv: protocol.Invocation, exc: Exception
+    ) -> None:
+        if isinstance(exc, LoadFailed):
+            error = exc.error
+            await self._reply_error(reply, inv.id, error["kind"], error["type"],
+                                    error["message"], error.get("traceback", ""))
+        elif isinstance(exc, ExecutorDied):
+            await self._reply_error(reply, inv.id, exc.kind,
+                                    "MemoryLimitExceeded" if exc.kind == "memory"
+                                    else "ExecutorCrashed", exc.reason)
+        elif isinstance(exc, NotFoundError):
+            await self._reply_error(reply, inv.id, protocol.ERR_NOT_FOUND, "NotFound", exc.message)
+        else:
+            await self._reply_error(reply, inv.id, protocol.ERR_INTERNAL, type(exc).__name__,
+                                    str(exc))
+        log.info("! %s.%s %s %s: %s", inv.app, inv.fn, inv.id, type(exc).__name__, exc)
+
+    async def _reply_error(
+        self, reply: str, inv_id: str, kind: str, type_name: str, message: str, tb: str = ""
+    ) -> None:
+        if not reply:
+            return
+        result = protocol.Result(
+            id=inv_id,
+            node=self.config.node_id,
+            error=protocol.ErrorInfo(kind=kind, type=type_name, message=message, traceback=tb),
+        )
+        await self.nc.publish(reply, result.encode())

@@ -1,0 +1,300 @@
+"""The executor subprocess: hosts one bundle and runs its functions.
+
+Started neutral by the node agent (imports done, lattice connected), it
+collapses into one bundle on ``load`` and stays that way until evicted. Sync
+functions run in worker threads, async ones on the event loop. Results are
+published straight to the caller's reply subject; the agent only hears
+``done``, so big results never pass through it. What user code prints is
+captured per invocation and published as log records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import importlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TextIO
+
+import cloudpickle
+from nats.aio.client import Client as NATS
+
+from superpose import payload, protocol, runtime
+from superpose.lattice.connection import connect
+from superpose.node.channel import Channel
+
+MAX_THREADS = 4096
+
+
+class _Output:
+    """Stands in for sys.stdout/sys.stderr: lines written during a call become log records."""
+
+    def __init__(self, stream_name: str, real: TextIO, emit: Callable[[str, str], None]) -> None:
+        self.stream_name = stream_name
+        self.real = real
+        self.emit = emit
+        self._partial: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        invocation = runtime.current_invocation.get()
+        if invocation is None:
+            return self.real.write(text)
+        with self._lock:
+            buffered = self._partial.pop(invocation.id, "") + text
+            *lines, rest = buffered.split("\n")
+            if rest:
+                self._partial[invocation.id] = rest
+        for line in lines:
+            self.emit(self.stream_name, line)
+        return len(text)
+
+    def flush_invocation(self, invocation_id: str) -> None:
+        with self._lock:
+            rest = self._partial.pop(invocation_id, "")
+        if rest:
+            self.emit(self.stream_name, rest)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+class _LogHandler(logging.Handler):
+    def __init__(self, emit: Callable[[str, str], None]) -> None:
+        super().__init__()
+        self.emit_line = emit
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if runtime.current_invocation.get() is None:
+            return
+        self.emit_line("log", self.format(record))
+
+
+class Executor:
+    def __init__(self, nc: NATS, channel: Channel, node_id: str) -> None:
+        self.nc = nc
+        self.channel = channel
+        self.node_id = node_id
+        self.loop = asyncio.get_running_loop()
+        self.pool = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="sp-call")
+        self.functions: dict[tuple[str, str], Callable[..., Any]] = {}
+        self.app = ""
+        self.digest = ""
+        self.outputs: list[_Output] = []
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def serve(self) -> None:
+        self.channel.send({"op": "ready", "pid": os.getpid()})
+        while (message := await self.channel.receive()) is not None:
+            op = message["op"]
+            if op == "run":
+                self.loop.create_task(self._run(message["inv"], message["reply"]))
+            elif op == "describe":
+                self._describe(message)
+            elif op == "load":
+                await self._load(message)
+
+    async def _load(self, message: dict[str, Any]) -> None:
+        path = Path(message["path"])
+        self.app, self.digest = message["app"], message["digest"]
+        sys.path.insert(0, str(path))
+        os.chdir(path)
+        runtime.install(
+            runtime.NodeRuntime(
+                node_id=self.node_id,
+                app=self.app,
+                digest=self.digest,
+                on_block=self._on_block,
+                on_unblock=self._on_unblock,
+            )
+        )
+        self._capture_output()
+        from superpose import client as client_module
+
+        await client_module.install_node_client(self.nc)
+        self.channel.send({"op": "loaded"})
+
+    def _capture_output(self) -> None:
+        out = _Output("stdout", sys.stdout, self._emit)
+        err = _Output("stderr", sys.stderr, self._emit)
+        self.outputs = [out, err]
+        sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+        root = logging.getLogger()
+        root.addHandler(_LogHandler(self._emit))
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+
+    def _on_block(self, invocation_id: str) -> None:
+        self.loop.call_soon_threadsafe(self.channel.send, {"op": "block", "id": invocation_id})
+
+    def _on_unblock(self, invocation_id: str) -> None:
+        self.loop.call_soon_threadsafe(self.channel.send, {"op": "unblock", "id": invocation_id})
+
+    # --- logs ------------------------------------------------------------------
+
+    def _emit(self, stream_name: str, line: str) -> None:
+        invocation = runtime.current_invocation.get()
+        if invocation is None:
+            return
+        record = protocol.LogRecord(
+            app=invocation.app,
+            fn=invocation.fn,
+            node=self.node_id,
+            invocation=invocation.id,
+            stream=stream_name,
+            line=line,
+            ts=time.time(),
+        ).encode()
+        subjects = [protocol.log_subject(invocation.app, invocation.fn)]
+        if invocation.ctx.log_to:
+            subjects.append(invocation.ctx.log_to)
+        for subject in subjects:
+            self._publish_threadsafe(subject, record)
+
+    def _publish_threadsafe(self, subject: str, data: bytes) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self.loop.create_task(self.nc.publish(subject, data))
+        else:
+            asyncio.run_coroutine_threadsafe(self.nc.publish(subject, data), self.loop)
+
+    # --- functions -------------------------------------------------------------
+
+    def _function(self, module: str, qualname: str) -> Callable[..., Any]:
+        key = (module, qualname)
+        found = self.functions.get(key)
+        if found is None:
+            target: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                target = getattr(target, part)
+            found = getattr(target, "local", target)
+            if not callable(found):
+                raise TypeError(f"{module}.{qualname} is not callable")
+            cloudpickle.register_pickle_by_value(sys.modules[module])
+            self.functions[key] = found
+        return found
+
+    def _describe(self, message: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"op": "described", "key": message["key"]}
+        try:
+            fn = self._function(message["module"], message["qualname"])
+            wrapper = _wrapper_of(message["module"], message["qualname"])
+            reply["meta"] = {
+                "is_async": inspect.iscoroutinefunction(fn),
+                **(wrapper.node_options() if wrapper is not None else {}),
+            }
+        except BaseException as exc:
+            info = _error_info(exc, _load_error_kind(exc))
+            reply["error"] = {"kind": info.kind, "type": info.type, "message": info.message,
+                              "traceback": info.traceback}
+        self.channel.send(reply)
+
+    async def _run(self, raw: bytes, reply: str) -> None:
+        started = time.perf_counter()
+        inv = protocol.Invocation.decode(raw)
+        token = runtime.current_invocation.set(
+            runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx)
+        )
+        try:
+            value = await self._call(inv)
+            data = payload.encode_value(value, inv.args.codec)
+            result = protocol.Result(
+                id=inv.id, node=self.node_id, value=await payload.wrap(self.nc, data, inv.args.codec)
+            )
+        except BaseException as exc:  # report everything the user code raised
+            result = protocol.Result(id=inv.id, node=self.node_id, error=_error_info(exc))
+        finally:
+            runtime.current_invocation.reset(token)
+            for output in self.outputs:
+                output.flush_invocation(inv.id)
+        result.duration_s = time.perf_counter() - started
+        if reply:
+            await self.nc.publish(reply, result.encode())
+        self.channel.send({"op": "done", "id": inv.id, "ok": result.error is None})
+
+    async def _call(self, inv: protocol.Invocation) -> Any:
+        raw_args = await payload.unwrap(self.nc, inv.args)
+        args, kwargs = payload.decode_args(raw_args, inv.args.codec)
+        fn = self._function(inv.module, inv.qualname)
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args, **kwargs)
+        context = contextvars.copy_context()
+        return await self.loop.run_in_executor(
+            self.pool, lambda: context.run(fn, *args, **kwargs)
+        )
+
+
+def _wrapper_of(module: str, qualname: str) -> Any:
+    target: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return target if hasattr(target, "node_options") else None
+
+
+def _load_error_kind(exc: BaseException) -> str:
+    if isinstance(exc, ModuleNotFoundError | AttributeError):
+        return protocol.ERR_NOT_FOUND
+    return protocol.ERR_RAISED
+
+
+def _error_info(exc: BaseException, kind: str = protocol.ERR_RAISED) -> protocol.ErrorInfo:
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else (
+        f"{cls.__module__}.{cls.__qualname__}"
+    )
+    return protocol.ErrorInfo(
+        kind=kind,
+        type=name,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+async def _main(fd: int, lattice: str, node_id: str) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    nc = await connect(lattice, name=f"superpose-executor-{node_id}-{os.getpid()}")
+    executor = Executor(nc, Channel(reader, writer), node_id)
+    try:
+        await executor.serve()
+    finally:
+        await nc.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="superpose-executor")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--lattice", required=True)
+    parser.add_argument("--node", required=True)
+    ns = parser.parse_args()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when executors stop
+    asyncio.run(_main(ns.fd, ns.lattice, ns.node))
+    os._exit(0)  # worker threads of abandoned calls must not keep the process alive
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The agent's side of executor subprocesses: start, load, dispatch, watch, kill."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from superpose.node.channel import Channel
+
+START_TIMEOUT_S = 30.0
+MEMORY_POLL_S = 0.05
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+class ExecutorDied(Exception):
+    """The executor process ended while calls were in flight."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class LoadFailed(Exception):
+    """Describing a function failed in the executor (import error, missing name)."""
+
+    def __init__(self, error: dict[str, str]) -> None:
+        super().__init__(error.get("message", ""))
+        self.error = error
+
+
+@dataclass
+class Call:
+    id: str
+    is_sync: bool
+    memory_bytes: int | None
+    done: asyncio.Future[bool]
+    holds_slot: bool = True
+
+
+@dataclass
+class ExecutorProcess:
+    """One executor subprocess; neutral until ``load`` makes it host a bundle."""
+
+    process: asyncio.subprocess.Process
+    channel: Channel
+    on_block: Callable[[Call], None]
+    on_unblock: Callable[[Call], None]
+    digest: str | None = None
+    calls: dict[str, Call] = field(default_factory=dict)
+    last_used: float = field(default_factory=time.monotonic)
+    kill_reason: tuple[str, str] | None = None
+    _waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    _reader: asyncio.Task[None] | None = None
+    _memory_watch: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def running_sync(self) -> int:
+        return sum(1 for c in self.calls.values() if c.is_sync and c.holds_slot)
+
+    @classmethod
+    async def start(
+        cls,
+        lattice: str,
+        node_id: str,
+        on_block: Callable[[Call], None],
+        on_unblock: Callable[[Call], None],
+        log_file: Any,
+    ) -> ExecutorProcess:
+        ours, theirs = socket.socketpair()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "superpose.node.executor_main",
+            "--fd",
+            str(theirs.fileno()),
+            "--lattice",
+            lattice,
+            "--node",
+            node_id,
+            pass_fds=(theirs.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+        )
+        theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        executor = cls(process, Channel(reader, writer), on_block, on_unblock)
+        ready = await asyncio.wait_for(executor.channel.receive(), START_TIMEOUT_S)
+        if ready is None or ready.get("op") != "ready":
+            executor.kill()
+            raise ExecutorDied("internal", "executor process failed to start (see node log)")
+        executor._reader = asyncio.create_task(executor._read())
+        return executor
+
+    async def _request(self, key: str, message: dict[str, Any]) -> dict[str, Any]:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[key] = waiter
+        self.channel.send(message)
+        return await waiter
+
+    async def load(self, digest: str, path: str, app: str) -> None:
+        self.digest = digest
+        await self._request("load", {"op": "load", "digest": digest, "path": path, "app": app})
+
+    async def describe(self, module: str, qualname: str) -> dict[str, Any]:
+        key = f"describe:{module}:{qualname}"
+        reply = await self._request(
+            key, {"op": "describe", "key": key, "module": module, "qualname": qualname}
+        )
+        if "error" in reply:
+            raise LoadFailed(reply["error"])
+        meta: dict[str, Any] = reply["meta"]
+        return meta
+
+    def run(self, inv: bytes, reply: str, call: Call) -> None:
+        self.calls[call.id] = call
+        self.last_used = time.monotonic()
+        self.channel.send({"op": "run", "inv": inv, "reply": reply})
+        if call.memory_bytes and self._memory_watch is None:
+            self._memory_watch = asyncio.create_task(self._watch_memory())
+
+    async def _read(self) -> None:
+        while (message := await self.channel.receive()) is not None:
+            op = message["op"]
+            if op == "done":
+                call = self.calls.pop(message["id"], None)
+                if call is not None and not call.done.done():
+                    call.done.set_result(bool(message.get("ok")))
+            elif op in ("block", "unblock"):
+                call = self.calls.get(message["id"])
+                if call is not None:
+                    (self.on_block if op == "block" else self.on_unblock)(call)
+            elif op == "loaded":
+                self._resolve("load", message)
+            elif op == "described":
+                self._resolve(message["key"], message)
+        await self._died()
+
+    def _resolve(self, key: str, message: dict[str, Any]) -> None:
+        waiter = self._waiters.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
+
+    async def _died(self) -> None:
+        code = await self.process.wait()
+        if self.kill_reason is not None:
+            kind, reason = self.kill_reason
+        elif code < 0:
+            kind, reason = "crashed", f"executor process was killed by {signal.Signals(-code).name}"
+        else:
+            kind, reason = "crashed", f"executor process exited with code {code}"
+        error = ExecutorDied(kind, reason)
+        for call in self.calls.values():
+            if not call.done.done():
+                call.done.set_exception(error)
+        self.calls.clear()
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._waiters.clear()
+        if self._memory_watch is not None:
+            self._memory_watch.cancel()
+
+    async def _watch_memory(self) -> None:
+        while self.process.returncode is None:
+            limits = [c.memory_bytes for c in self.calls.values() if c.memory_bytes]
+            if limits:
+                rss = _rss_bytes(self.pid)
+                if rss > min(limits):
+                    self.kill(
+                        ("memory", f"memory limit of {min(limits) // 2**20} MiB exceeded "
+                         f"({rss // 2**20} MiB in use); executor process killed")
+                    )
+                    return
+            await asyncio.sleep(MEMORY_POLL_S)
+
+    def kill(self, reason: tuple[str, str] | None = None) -> None:
+        if self.kill_reason is None and reason is not None:
+            self.kill_reason = reason
+        if self.process.returncode is None:
+            self.process.kill()
+
+    async def close(self) -> None:
+        self.channel.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), 2.0)
+        except TimeoutError:
+            self.kill()
+            await self.process.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        return 0

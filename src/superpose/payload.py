@@ -1,0 +1,75 @@
+"""Arguments and results on the wire: codecs, and spilling big ones to the object store."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import cloudpickle
+from nats.aio.client import Client as NATS
+
+from superpose import protocol
+from superpose.config import SPILL_THRESHOLD_BYTES
+from superpose.errors import BadRequestError
+from superpose.lattice import objects
+
+
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], codec: str) -> bytes:
+    if codec == protocol.CODEC_JSON:
+        return json.dumps({"args": list(args), "kwargs": kwargs}).encode()
+    return bytes(cloudpickle.dumps((args, kwargs), protocol=5))
+
+
+def decode_args(data: bytes, codec: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if codec == protocol.CODEC_JSON:
+        body = json.loads(data)
+        return tuple(body.get("args", ())), dict(body.get("kwargs", {}))
+    args, kwargs = cloudpickle.loads(data)
+    return tuple(args), dict(kwargs)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(f"a value of type {type(value).__name__} is not JSON-serializable")
+
+
+def encode_value(value: Any, codec: str) -> bytes:
+    if codec == protocol.CODEC_JSON:
+        return json.dumps(value, default=_json_default).encode()
+    return bytes(cloudpickle.dumps(value, protocol=5))
+
+
+def decode_value(data: bytes, codec: str) -> Any:
+    if codec == protocol.CODEC_JSON:
+        return json.loads(data)
+    return cloudpickle.loads(data)
+
+
+def check_codec(codec: str) -> None:
+    if codec not in protocol.CODECS:
+        raise BadRequestError(f"unknown codec {codec!r}; expected one of {protocol.CODECS}")
+
+
+async def wrap(nc: NATS, data: bytes, codec: str) -> protocol.Payload:
+    """Inline small payloads; spill large ones to the blob store and pass a reference."""
+    if len(data) <= SPILL_THRESHOLD_BYTES:
+        return protocol.Payload(codec=codec, data=data, size=len(data))
+    blob = uuid.uuid4().hex
+    await objects.put(nc, protocol.BLOBS_BUCKET, protocol.blob_object_name(blob), data)
+    return protocol.Payload(codec=codec, blob=blob, size=len(data))
+
+
+async def unwrap(nc: NATS, payload: protocol.Payload) -> bytes:
+    if payload.blob is None:
+        return payload.data or b""
+    return await objects.get(nc, protocol.BLOBS_BUCKET, protocol.blob_object_name(payload.blob))
+
+
+async def discard(nc: NATS, payload: protocol.Payload | None) -> None:
+    """Free a spilled blob once its reader has it (the bucket TTL is the backstop)."""
+    if payload is not None and payload.blob is not None:
+        await objects.delete(nc, protocol.BLOBS_BUCKET, protocol.blob_object_name(payload.blob))

@@ -1,0 +1,277 @@
+"""The wire protocol: every subject, bucket, stream and message shape of the lattice.
+
+No other module formats a subject string or builds a wire message by hand, so
+this file is the whole contract between clients, nodes and the gateway. Every
+message carries a versioned type tag (``t``) so mixed versions fail loudly.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import msgpack
+
+# --- names -------------------------------------------------------------------
+
+CALL_QUEUE_GROUP = "nodes"
+REGISTRY_BUCKET = "sp_registry"
+NODES_BUCKET = "sp_nodes"
+BUNDLES_BUCKET = "sp_bundles"
+BLOBS_BUCKET = "sp_blobs"
+LOGS_STREAM = "SP_LOGS"
+
+NODE_TTL_S = 10.0
+"""A node that has not refreshed its entry for this long is considered gone."""
+NODE_HEARTBEAT_S = 2.0
+BLOB_TTL_S = 3600.0
+"""Spilled arguments and results live this long: long enough for any call."""
+LOG_RETENTION_S = 24 * 3600.0
+LOG_MAX_BYTES = 256 * 1024 * 1024
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+
+def is_valid_name(name: str) -> bool:
+    """App and function names become subject tokens, so they are kept simple."""
+    return bool(_NAME_RE.match(name))
+
+
+def call_subject(app: str, fn: str) -> str:
+    return f"sp.call.{app}.{fn}"
+
+
+CALL_WILDCARD = "sp.call.>"
+
+
+def node_control_subject(node_id: str) -> str:
+    """Requests addressed to one node (ping, stats)."""
+    return f"sp.node.{node_id}.ctl"
+
+
+def log_subject(app: str, fn: str) -> str:
+    return f"sp.logs.{app}.{fn}"
+
+
+def log_filter(app: str, fn: str | None = None) -> str:
+    return f"sp.logs.{app}.{fn}" if fn else f"sp.logs.{app}.>"
+
+
+LOGS_WILDCARD = "sp.logs.>"
+
+
+def client_inbox(client_id: str) -> str:
+    return f"_SP.{client_id}"
+
+
+def reply_subject(client_id: str, invocation_id: str) -> str:
+    return f"_SP.{client_id}.r.{invocation_id}"
+
+
+def reply_wildcard(client_id: str) -> str:
+    return f"_SP.{client_id}.r.*"
+
+
+def client_log_subject(client_id: str) -> str:
+    return f"_SP.{client_id}.log"
+
+
+# registry keys (JetStream KV keys allow [-/_=.a-zA-Z0-9])
+def version_key(app: str, version: str) -> str:
+    return f"ver.{app}.{version}"
+
+
+def alias_key(app: str, alias: str) -> str:
+    return f"alias.{app}.{alias}"
+
+
+def app_key(app: str) -> str:
+    return f"app.{app}"
+
+
+def bundle_manifest_name(digest: str) -> str:
+    return f"bundle/{digest}"
+
+
+def file_object_name(file_digest: str) -> str:
+    return f"file/{file_digest}"
+
+
+def blob_object_name(blob_id: str) -> str:
+    return f"blob/{blob_id}"
+
+
+# --- payload codecs -------------------------------------------------------------
+
+CODEC_PICKLE = "pickle"
+CODEC_JSON = "json"
+CODECS = (CODEC_PICKLE, CODEC_JSON)
+
+# --- error kinds ------------------------------------------------------------------
+
+ERR_RAISED = "raised"
+"""The user function raised an exception."""
+ERR_TIMEOUT = "timeout"
+ERR_CRASHED = "crashed"
+"""The executor process died (os._exit, segfault, killed)."""
+ERR_MEMORY = "memory"
+ERR_NOT_FOUND = "not_found"
+ERR_BAD_REQUEST = "bad_request"
+ERR_INTERNAL = "internal"
+
+
+# --- messages --------------------------------------------------------------------
+
+
+def pack(obj: dict[str, Any]) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    obj = msgpack.unpackb(data, raw=False)
+    if not isinstance(obj, dict):
+        raise ValueError("superpose message is not a map")
+    return obj
+
+
+@dataclass(slots=True)
+class Payload:
+    """Arguments or a result: inline bytes, or a reference to a spilled blob."""
+
+    codec: str
+    data: bytes | None = None
+    blob: str | None = None
+    size: int = 0
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What follows a call down the call graph: who to tell about prints, and tracing."""
+
+    log_to: str | None = None
+    trace_id: str | None = None
+    parent_id: str | None = None
+    depth: int = 0
+
+
+@dataclass(slots=True)
+class Invocation:
+    """One request to run a function: addresses only, so any node can serve it."""
+
+    TYPE = "sp.invocation.v1"
+
+    id: str
+    app: str
+    fn: str
+    digest: str
+    module: str
+    qualname: str
+    args: Payload
+    deadline: float
+    """Absolute wall-clock deadline (epoch seconds) after which the caller stops waiting."""
+    timeout_s: float | None = None
+    """Caller's override of the function's own timeout."""
+    ctx: CallContext = field(default_factory=CallContext)
+
+    def encode(self) -> bytes:
+        return pack({"t": self.TYPE, **asdict(self)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Invocation:
+        raw = unpack(data)
+        if raw.pop("t", None) != cls.TYPE:
+            raise ValueError("not a superpose invocation (missing or unknown type tag)")
+        raw["args"] = Payload(**raw["args"])
+        raw["ctx"] = CallContext(**raw["ctx"])
+        return cls(**raw)
+
+    def remaining_s(self) -> float:
+        return self.deadline - time.time()
+
+
+@dataclass(slots=True)
+class ErrorInfo:
+    kind: str
+    type: str
+    message: str
+    traceback: str = ""
+
+
+@dataclass(slots=True)
+class Result:
+    """The answer to one invocation: a value or an error, and who served it."""
+
+    TYPE = "sp.result.v1"
+
+    id: str
+    node: str
+    value: Payload | None = None
+    error: ErrorInfo | None = None
+    duration_s: float = 0.0
+
+    def encode(self) -> bytes:
+        return pack({"t": self.TYPE, **asdict(self)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Result:
+        raw = unpack(data)
+        if raw.pop("t", None) != cls.TYPE:
+            raise ValueError("not a superpose result (missing or unknown type tag)")
+        if raw.get("value") is not None:
+            raw["value"] = Payload(**raw["value"])
+        if raw.get("error") is not None:
+            raw["error"] = ErrorInfo(**raw["error"])
+        return cls(**raw)
+
+
+@dataclass(slots=True)
+class LogRecord:
+    TYPE = "sp.log.v1"
+
+    app: str
+    fn: str
+    node: str
+    invocation: str
+    stream: str
+    """"stdout", "stderr" or "log"."""
+    line: str
+    ts: float
+
+    def encode(self) -> bytes:
+        return pack({"t": self.TYPE, **asdict(self)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> LogRecord:
+        raw = unpack(data)
+        raw.pop("t", None)
+        return cls(**raw)
+
+
+@dataclass(slots=True)
+class NodeInfo:
+    """What a node advertises in the nodes bucket, refreshed every heartbeat."""
+
+    TYPE = "sp.node.v1"
+
+    id: str
+    host: str
+    pid: int
+    labels: dict[str, str]
+    slots: int
+    busy: int = 0
+    queued: int = 0
+    warm: list[str] = field(default_factory=list)
+    started: float = 0.0
+    seen: float = 0.0
+    served: int = 0
+
+    def encode(self) -> bytes:
+        return pack({"t": self.TYPE, **asdict(self)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> NodeInfo:
+        raw = unpack(data)
+        raw.pop("t", None)
+        return cls(**raw)

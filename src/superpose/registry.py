@@ -1,0 +1,190 @@
+"""The registry of apps, versions and aliases, kept in the ``sp_registry`` KV bucket.
+
+Keys: ``app.<app>`` (the app exists), ``ver.<app>.<digest>`` (one deployed
+version and its functions), ``alias.<app>.<alias>`` (alias → digest). Readers
+keep a full in-memory mirror fed by a KV watch, so resolving a name costs no
+round trip and an alias move reaches every reader in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js.kv import KeyValue
+
+from superpose import protocol
+from superpose.errors import BadRequestError, NotFoundError
+
+LATEST = "latest"
+MIN_VERSION_PREFIX = 6
+
+
+@dataclass
+class Version:
+    app: str
+    digest: str
+    created: float
+    size: int
+    files: dict[str, str]
+    functions: dict[str, dict[str, Any]]
+    kind: str = "functions"
+
+    def as_json(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Version:
+        return cls(**json.loads(data))
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a name resolves to: enough for any node to run it."""
+
+    app: str
+    fn: str
+    digest: str
+    module: str
+    qualname: str
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+def split_name(name: str) -> tuple[str, str, str | None]:
+    """``app.fn[@version]`` → (app, fn, version)."""
+    base, _, version = name.partition("@")
+    app, dot, fn = base.partition(".")
+    if not dot or not protocol.is_valid_name(app) or not protocol.is_valid_name(fn):
+        raise BadRequestError(
+            f"{name!r} is not a function name: expected APP.FN or APP.FN@VERSION "
+            "(letters, digits, _ and -)"
+        )
+    return app, fn, version or None
+
+
+class Registry:
+    """Mirror of the registry bucket plus the writes deploy and aliasing need."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.apps: dict[str, float] = {}
+        self.versions: dict[str, dict[str, Version]] = {}
+        self.aliases: dict[str, dict[str, str]] = {}
+        self._watch_task: asyncio.Task[None] | None = None
+        self._synced = asyncio.Event()
+
+    async def start(self) -> None:
+        """Load the whole bucket, then follow changes in the background."""
+        if self._watch_task is None:
+            self._watch_task = asyncio.create_task(self._follow())
+        await self._synced.wait()
+
+    async def stop(self) -> None:
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                watcher = await self.kv.watchall()
+                async for entry in watcher:
+                    if entry is None:  # end of the initial values
+                        self._synced.set()
+                        continue
+                    self._apply(entry.key, entry.value, entry.operation)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the watch died with the connection; start it again
+                await asyncio.sleep(0.5)
+
+    def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
+        kind, _, rest = key.partition(".")
+        deleted = operation in ("DEL", "PURGE") or not value
+        if kind == "app":
+            if deleted:
+                self.apps.pop(rest, None)
+            else:
+                self.apps[rest] = json.loads(value or b"{}").get("created", 0.0)
+        elif kind == "ver":
+            app, _, digest = rest.partition(".")
+            if deleted:
+                self.versions.get(app, {}).pop(digest, None)
+            else:
+                assert value is not None
+                self.versions.setdefault(app, {})[digest] = Version.from_json(value)
+        elif kind == "alias":
+            app, _, alias = rest.partition(".")
+            if deleted:
+                self.aliases.get(app, {}).pop(alias, None)
+            else:
+                self.aliases.setdefault(app, {})[alias] = (value or b"").decode()
+
+    # --- writes --------------------------------------------------------------
+
+    async def register(self, version: Version) -> None:
+        await self.kv.put(
+            protocol.app_key(version.app), json.dumps({"created": time.time()}).encode()
+        )
+        await self.kv.put(protocol.version_key(version.app, version.digest), version.as_json())
+        self._apply(protocol.version_key(version.app, version.digest), version.as_json(), "PUT")
+
+    async def set_alias(self, app: str, alias: str, digest: str) -> None:
+        await self.kv.put(protocol.alias_key(app, alias), digest.encode())
+        self._apply(protocol.alias_key(app, alias), digest.encode(), "PUT")
+
+    # --- reads ---------------------------------------------------------------
+
+    def version(self, app: str, ref: str | None) -> Version:
+        """A version by alias (default ``latest``) or by digest prefix."""
+        versions = self.versions.get(app)
+        if not versions:
+            raise NotFoundError(f"no app named {app!r} is deployed (see `superpose ls`)")
+        ref = ref or LATEST
+        digest = self.aliases.get(app, {}).get(ref)
+        if digest is not None and digest in versions:
+            return versions[digest]
+        if len(ref) >= MIN_VERSION_PREFIX:
+            matches = [d for d in versions if d.startswith(ref)]
+            if len(matches) == 1:
+                return versions[matches[0]]
+            if len(matches) > 1:
+                raise BadRequestError(f"version {ref!r} of {app} is ambiguous; give more digits")
+        raise NotFoundError(f"{app} has no version or alias {ref!r}")
+
+    def resolve(self, app: str, fn: str, version: str | None = None) -> Target:
+        found = self.version(app, version)
+        spec = found.functions.get(fn)
+        if spec is None:
+            names = ", ".join(sorted(found.functions)) or "none"
+            raise NotFoundError(
+                f"app {app} (version {found.digest[:12]}) has no function {fn!r}; it has: {names}"
+            )
+        return Target(app, fn, found.digest, spec["module"], spec["qualname"], spec["options"])
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Apps with their versions (newest first) and aliases, for ``ls`` and status."""
+        out = []
+        for app in sorted(set(self.apps) | set(self.versions)):
+            versions = sorted(self.versions.get(app, {}).values(), key=lambda v: -v.created)
+            out.append(
+                {
+                    "app": app,
+                    "aliases": dict(sorted(self.aliases.get(app, {}).items())),
+                    "versions": [
+                        {
+                            "version": v.digest,
+                            "created": v.created,
+                            "size": v.size,
+                            "functions": sorted(v.functions),
+                            "kind": v.kind,
+                        }
+                        for v in versions
+                    ],
+                }
+            )
+        return out

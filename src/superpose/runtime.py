@@ -1,0 +1,79 @@
+"""What code running on a node knows about where it runs.
+
+Inside an executor, ``current()`` describes the hosted bundle and the call in
+progress; outside one it is None. Futures use ``blocking()`` so a function
+waiting on its children gives its slot back to the node (no deadlock on a
+small lattice), and takes it back when it resumes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from superpose import protocol
+
+
+@dataclass
+class Invocation:
+    """The call a piece of user code is running on behalf of."""
+
+    id: str
+    app: str
+    fn: str
+    ctx: protocol.CallContext
+
+
+@dataclass
+class NodeRuntime:
+    """Installed by the executor process once it hosts a bundle."""
+
+    node_id: str
+    app: str
+    digest: str
+    on_block: Callable[[str], None] = field(repr=False)
+    on_unblock: Callable[[str], None] = field(repr=False)
+
+
+_runtime: NodeRuntime | None = None
+current_invocation: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar(
+    "superpose_invocation", default=None
+)
+
+
+def install(runtime: NodeRuntime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def current() -> NodeRuntime | None:
+    return _runtime
+
+
+def child_context() -> protocol.CallContext:
+    """The context a nested call inherits from the call it is made in."""
+    parent = current_invocation.get()
+    if parent is None:
+        return protocol.CallContext()
+    return protocol.CallContext(
+        log_to=parent.ctx.log_to,
+        trace_id=parent.ctx.trace_id or parent.id,
+        parent_id=parent.id,
+        depth=parent.ctx.depth + 1,
+    )
+
+
+@contextmanager
+def blocking() -> Iterator[None]:
+    """Around a wait on other invocations: frees this call's slot meanwhile."""
+    invocation = current_invocation.get()
+    if _runtime is None or invocation is None:
+        yield
+        return
+    _runtime.on_block(invocation.id)
+    try:
+        yield
+    finally:
+        _runtime.on_unblock(invocation.id)

@@ -1,0 +1,289 @@
+"""A local lattice: nats-server, node agents and the gateway as one supervised tree.
+
+``superpose up`` runs a ``LocalLattice`` in the foreground (``--detach`` runs
+that same foreground process in the background). While it runs it holds an
+exclusive ``flock`` on ``up.lock`` in the home folder — the kernel drops the
+lock if the process dies, so a crash never leaves a stale lock behind — and
+``lattice.json`` tells every other command where the lattice is.
+``connect()`` uses the same class, without a gateway, in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from superpose import config, protocol
+from superpose.errors import LatticeError, UserError
+from superpose.lattice.connection import connect
+from superpose.lattice.embedded import EmbeddedServer
+
+READY_TIMEOUT_S = 30.0
+RESTART_BACKOFF_S = 1.0
+LOCK_NAME = "up.lock"
+
+
+def _lock_path(home: Path) -> Path:
+    return home / LOCK_NAME
+
+
+def lock_is_held(home: Path) -> bool:
+    """True while some ``superpose up`` owns this home."""
+    path = _lock_path(home)
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def read_state(home: Path) -> dict[str, Any] | None:
+    """The running lattice's state file, or None when no ``up`` is alive in ``home``."""
+    path = config.state_file(home)
+    if not path.exists() or not lock_is_held(home):
+        return None
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+    return state
+
+
+def find_running_lattice(home: Path) -> str | None:
+    state = read_state(home)
+    return str(state["lattice"]) if state and state.get("ready") else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Child:
+    """One supervised process, restarted if it dies while the lattice is up."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+
+    async def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    async def stop(self, grace_s: float) -> None:
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@dataclass(kw_only=True)
+class LocalLattice:
+    """Everything ``up`` starts. ``state_dir=None`` means a private temporary folder."""
+
+    state_dir: Path | None
+    workers: int = 2
+    slots: int | None = None
+    lattice_port: int = -1
+    gateway_port: int | None = None
+    """None: no gateway (connect()); 0: a free port."""
+    drain_grace_s: float = 10.0
+    server: EmbeddedServer | None = None
+    children: list[Child] = field(default_factory=list)
+    url: str = ""
+    gateway_url: str = ""
+    _temp: bool = False
+    _watch: asyncio.Task[None] | None = None
+    _stopping: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise UserError(f"--workers must be 0 or more, got {self.workers}")
+        if self.slots is not None and self.slots < 1:
+            raise UserError(f"--slots must be at least 1, got {self.slots}")
+
+    async def start(self) -> str:
+        if self.state_dir is None:
+            self.state_dir = Path(tempfile.mkdtemp(prefix="superpose-"))
+            self._temp = True
+        self.server = EmbeddedServer(self.state_dir / "nats", port=self.lattice_port)
+        try:
+            self.url = await self.server.start()
+            slots = self.slots or max(1, (os.cpu_count() or 1) // max(1, self.workers))
+            node_ids = [f"n{uuid.uuid4().hex[:6]}" for _ in range(self.workers)]
+            self.children = [self._node_child(node_id, slots) for node_id in node_ids]
+            if self.gateway_port is not None:
+                port = self.gateway_port or free_port()
+                self._check_port_free(port)
+                self.gateway_url = f"http://127.0.0.1:{port}"
+                self.children.append(self._gateway_child(port))
+            await asyncio.gather(*(child.start() for child in self.children))
+            await self._wait_ready(node_ids)
+        except BaseException:
+            await self.stop()
+            raise
+        self._watch = asyncio.create_task(self._keep_alive())
+        return self.url
+
+    def _node_child(self, node_id: str, slots: int) -> Child:
+        assert self.state_dir is not None
+        argv = [sys.executable, "-m", "superpose", "worker", "--lattice", self.url,
+                "--node-id", node_id, "--slots", str(slots),
+                "--state-dir", str(self.state_dir / "nodes" / node_id),
+                "--drain-grace", str(self.drain_grace_s)]
+        return Child(node_id, argv, self.state_dir / "logs" / f"node-{node_id}.log")
+
+    def _gateway_child(self, port: int) -> Child:
+        assert self.state_dir is not None
+        argv = [sys.executable, "-m", "superpose", "gateway", "--lattice", self.url,
+                "--port", str(port)]
+        return Child("gateway", argv, self.state_dir / "logs" / "gateway.log")
+
+    @staticmethod
+    def _check_port_free(port: int) -> None:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise UserError(
+                    f"gateway port {port} is in use; pick another with --gateway-port"
+                ) from exc
+
+    async def _wait_ready(self, node_ids: list[str]) -> None:
+        nc = await connect(self.url, name="superpose-supervisor")
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        try:
+            waiting = set(node_ids)
+            while waiting or not await self._gateway_answers():
+                if time.monotonic() > deadline:
+                    raise LatticeError(
+                        f"the lattice was not ready within {READY_TIMEOUT_S:.0f} s "
+                        f"(waiting for {sorted(waiting) or 'the gateway'}); see {self.state_dir}/logs"
+                    )
+                self._check_children_alive()
+                for node_id in list(waiting):
+                    try:
+                        await nc.request(protocol.node_control_subject(node_id), b"", timeout=0.2)
+                        waiting.discard(node_id)
+                    except Exception:
+                        continue
+                await asyncio.sleep(0.02)
+        finally:
+            await nc.close()
+
+    def _check_children_alive(self) -> None:
+        for child in self.children:
+            if child.process is not None and child.process.returncode is not None:
+                tail = child.log_path.read_text(errors="replace")[-1500:]
+                raise LatticeError(f"{child.name} exited during start-up:\n{tail}")
+
+    async def _gateway_answers(self) -> bool:
+        if not self.gateway_url:
+            return True
+        port = int(self.gateway_url.rsplit(":", 1)[1])
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    async def _keep_alive(self) -> None:
+        """Self-healing: a node or gateway that dies is started again."""
+        while True:
+            await asyncio.sleep(0.5)
+            for child in self.children:
+                proc = child.process
+                if proc is not None and proc.returncode is not None and not self._stopping:
+                    child.restarts += 1
+                    await asyncio.sleep(RESTART_BACKOFF_S)
+                    if not self._stopping:
+                        await child.start()
+
+    async def stop(self) -> None:
+        """Drain nodes for the grace period, stop the gateway and the server. Idempotent."""
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+        await asyncio.gather(
+            *(child.stop(self.drain_grace_s + 5) for child in self.children),
+            return_exceptions=True,
+        )
+        if self.server is not None:
+            self.server.stop()
+        if self._temp and self.state_dir is not None:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def pids(self) -> dict[str, int]:
+        found = {c.name: c.process.pid for c in self.children if c.process is not None}
+        if self.server is not None and self.server.process is not None:
+            found["nats-server"] = self.server.process.pid
+        return found
+
+
+@contextlib.contextmanager
+def exclusive_home(home: Path) -> Any:
+    """Hold the home's lock for the life of ``up``; refuse if another ``up`` has it."""
+    home.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = open(_lock_path(home), "a+")  # noqa: SIM115 - held for the block
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            state = read_state(home) or {}
+            raise UserError(
+                f"a lattice is already running in {home} "
+                f"(lattice {state.get('lattice', '?')}, gateway {state.get('gateway', '?')}); "
+                "stop it with `superpose down`"
+            ) from None
+        yield
+    finally:
+        config.state_file(home).unlink(missing_ok=True)
+        handle.close()
+
+
+def write_state(home: Path, lattice: LocalLattice) -> None:
+    state = {
+        "ready": True,
+        "pid": os.getpid(),
+        "lattice": lattice.url,
+        "gateway": lattice.gateway_url,
+        "pids": lattice.pids(),
+        "started": time.time(),
+    }
+    tmp = config.state_file(home).with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(config.state_file(home))
