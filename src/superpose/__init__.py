@@ -1,13 +1,13 @@
 """superpose: plain Python functions on a lattice of generic nodes.
 
-    import superpose as sp
+import superpose as sp
 
-    @sp.function
-    def square(x: int) -> int:
-        return x * x
+@sp.function
+def square(x: int) -> int:
+    return x * x
 
-    with sp.connect():
-        print(square.remote(7))
+with sp.connect():
+    print(square.remote(7))
 """
 
 from superpose.client import Client, connect

@@ -284,9 +284,13 @@ class Client:
         if pending is None:
             return
         if msg.headers and msg.headers.get("Status") == "503":
-            await self._retry_or_fail(pending, NoNodesError(
-                "no node is serving the lattice: start one with `superpose up` or "
-                f"`superpose worker --lattice {self.url}`"))
+            await self._retry_or_fail(
+                pending,
+                NoNodesError(
+                    "no node is serving the lattice: start one with `superpose up` or "
+                    f"`superpose worker --lattice {self.url}`"
+                ),
+            )
             return
         try:
             result = protocol.Result.decode(msg.data)
@@ -342,9 +346,13 @@ class Client:
                 _, inv_id = heapq.heappop(self._deadlines)
                 pending = self._pending.pop(inv_id, None)
                 if pending is not None:
-                    _fail(pending.future, CallTimeoutError(
-                        f"{pending.inv.app}.{pending.inv.fn} ({inv_id}) got no answer before its "
-                        "deadline; the node serving it may have died"))
+                    _fail(
+                        pending.future,
+                        CallTimeoutError(
+                            f"{pending.inv.app}.{pending.inv.fn} ({inv_id}) got no answer "
+                            "before its deadline; the node serving it may have died"
+                        ),
+                    )
 
     async def _on_log(self, msg: Msg) -> None:
         if self.log_sink is not None:
@@ -382,8 +390,8 @@ def _resolve(future: Future, value: protocol.Payload) -> None:
         return
     try:
         data = value.data or b""
-        decoded: Any = data if value.codec == protocol.CODEC_JSON else payload.decode_value(
-            data, value.codec
+        decoded: Any = (
+            data if value.codec == protocol.CODEC_JSON else payload.decode_value(data, value.codec)
         )
     except Exception as exc:
         _fail(future, SuperposeError(f"cannot decode the result: {exc}"))
@@ -397,7 +405,9 @@ def _fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
 
 
 def _as_superpose_error(exc: Exception) -> SuperposeError:
-    return exc if isinstance(exc, SuperposeError) else SuperposeError(f"{type(exc).__name__}: {exc}")
+    return (
+        exc if isinstance(exc, SuperposeError) else SuperposeError(f"{type(exc).__name__}: {exc}")
+    )
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -498,5 +508,3 @@ def parse_json_args(args_text: str | None, kwargs_text: str | None) -> bytes:
     if not isinstance(kwargs, dict):
         raise BadRequestError("keyword arguments must be a JSON object, e.g. '{\"x\": 1}'")
     return json.dumps({"args": args, "kwargs": kwargs}).encode()
-
-

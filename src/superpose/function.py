@@ -8,12 +8,15 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from superpose import protocol, runtime
 from superpose.errors import BadRequestError
 from superpose.futures import Future
 from superpose.registry import Target
+
+if TYPE_CHECKING:
+    from superpose.client import Client
 
 MAP_WINDOW = 4096
 """How many map items are in flight at once: bounds client memory on huge maps."""
@@ -47,8 +50,11 @@ class Options:
             raise BadRequestError(f"concurrency must be ≥ 1, got {self.concurrency!r}")
 
     def node_options(self) -> dict[str, Any]:
-        return {"timeout_s": self.timeout, "memory_mb": self.memory,
-                "concurrency": self.concurrency}
+        return {
+            "timeout_s": self.timeout,
+            "memory_mb": self.memory,
+            "concurrency": self.concurrency,
+        }
 
 
 class _Remote:
@@ -73,10 +79,10 @@ class Invocable:
         self.options_ = options
         self.remote = _Remote(self)
 
-    def _target(self, client: Any) -> Target:
+    def _target(self, client: Client) -> Target:
         raise NotImplementedError
 
-    def _client(self) -> Any:
+    def _client(self) -> Client:
         from superpose.client import current_client
 
         return current_client()
@@ -141,7 +147,7 @@ class Function(Invocable):
     def node_options(self) -> dict[str, Any]:
         return self.options_.node_options()
 
-    def _target(self, client: Any) -> Target:
+    def _target(self, client: Client) -> Target:
         node = runtime.current()
         module = self.local.__module__
         invocation = runtime.current_invocation.get()
@@ -164,12 +170,12 @@ class RemoteFunction(Invocable):
     def __init__(self, app: str, fn: str, version: str | None, options: Options) -> None:
         super().__init__(options)
         self.app, self.fn, self.version = app, fn, version
-        self._bound_client: Any = None
+        self._bound_client: Client | None = None
 
-    def _client(self) -> Any:
+    def _client(self) -> Client:
         return self._bound_client or super()._client()
 
-    def _target(self, client: Any) -> Target:
+    def _target(self, client: Client) -> Target:
         return client.resolve(self.app, self.fn, self.version)
 
     def __repr__(self) -> str:
@@ -181,7 +187,10 @@ class RemoteFunction(Invocable):
 def function(fn: Callable[..., Any], /) -> Function: ...
 @overload
 def function(
-    *, retries: int = 0, timeout: float | None = None, memory: int | None = None,
+    *,
+    retries: int = 0,
+    timeout: float | None = None,
+    memory: int | None = None,
     concurrency: int | None = None,
 ) -> Callable[[Callable[..., Any]], Function]: ...
 
@@ -206,4 +215,3 @@ def function(
         return Function(f, options)
 
     return wrap(fn) if fn is not None else wrap
-

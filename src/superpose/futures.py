@@ -8,6 +8,7 @@ from collections.abc import Generator
 from typing import Any
 
 from superpose import runtime
+from superpose.errors import UserError
 
 
 class Future(concurrent.futures.Future[Any]):
@@ -22,6 +23,7 @@ class Future(concurrent.futures.Future[Any]):
     def result(self, timeout: float | None = None) -> Any:
         if self.done():
             return super().result(0)
+        _refuse_on_event_loop()
         with runtime.blocking():
             return super().result(timeout)
 
@@ -29,10 +31,23 @@ class Future(concurrent.futures.Future[Any]):
         return asyncio.wrap_future(self).__await__()
 
 
+def _refuse_on_event_loop() -> None:
+    """Blocking a thread that runs an event loop would freeze the loop the result needs."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise UserError(
+        "a blocking superpose call was made inside async code; "
+        "use `await f.remote.aio(...)`, `await f.spawn(...)` or `await future`"
+    )
+
+
 def gather(*futures: concurrent.futures.Future[Any]) -> list[Any]:
     """Results of all futures, in order; the first failure is raised."""
     pending = [f for f in futures if not f.done()]
     if pending:
+        _refuse_on_event_loop()
         with runtime.blocking():
             concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_EXCEPTION)
     return [concurrent.futures.Future.result(f) for f in futures]

@@ -103,6 +103,19 @@ def blob_object_name(blob_id: str) -> str:
     return f"blob/{blob_id}"
 
 
+# JetStream Object Store layout (the same as nats-py and the nats CLI use)
+def object_stream(bucket: str) -> str:
+    return f"OBJ_{bucket}"
+
+
+def object_meta_subject(bucket: str, encoded_name: str) -> str:
+    return f"$O.{bucket}.M.{encoded_name}"
+
+
+def object_chunk_subject(bucket: str, nuid: str) -> str:
+    return f"$O.{bucket}.C.{nuid}"
+
+
 # --- payload codecs -------------------------------------------------------------
 
 CODEC_PICKLE = "pickle"
@@ -134,6 +147,14 @@ def unpack(data: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ValueError("superpose message is not a map")
     return obj
+
+
+def _untag(raw: dict[str, Any], expected: str) -> dict[str, Any]:
+    """Check and drop the type tag: a message of another kind or version fails loudly."""
+    tag = raw.pop("t", None)
+    if tag != expected:
+        raise ValueError(f"expected a {expected} message, got {tag or 'an untagged one'}")
+    return raw
 
 
 @dataclass(slots=True)
@@ -180,9 +201,7 @@ class Invocation:
 
     @classmethod
     def decode(cls, data: bytes) -> Invocation:
-        raw = unpack(data)
-        if raw.pop("t", None) != cls.TYPE:
-            raise ValueError("not a superpose invocation (missing or unknown type tag)")
+        raw = _untag(unpack(data), cls.TYPE)
         raw["args"] = Payload(**raw["args"])
         raw["ctx"] = CallContext(**raw["ctx"])
         return cls(**raw)
@@ -216,9 +235,7 @@ class Result:
 
     @classmethod
     def decode(cls, data: bytes) -> Result:
-        raw = unpack(data)
-        if raw.pop("t", None) != cls.TYPE:
-            raise ValueError("not a superpose result (missing or unknown type tag)")
+        raw = _untag(unpack(data), cls.TYPE)
         if raw.get("value") is not None:
             raw["value"] = Payload(**raw["value"])
         if raw.get("error") is not None:
@@ -244,9 +261,7 @@ class LogRecord:
 
     @classmethod
     def decode(cls, data: bytes) -> LogRecord:
-        raw = unpack(data)
-        raw.pop("t", None)
-        return cls(**raw)
+        return cls(**_untag(unpack(data), cls.TYPE))
 
 
 @dataclass(slots=True)
@@ -272,6 +287,4 @@ class NodeInfo:
 
     @classmethod
     def decode(cls, data: bytes) -> NodeInfo:
-        raw = unpack(data)
-        raw.pop("t", None)
-        return cls(**raw)
+        return cls(**_untag(unpack(data), cls.TYPE))

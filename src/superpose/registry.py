@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from nats.js.kv import KeyValue
 from superpose import protocol
 from superpose.errors import BadRequestError, NotFoundError
 
+log = logging.getLogger("superpose.registry")
 LATEST = "latest"
 MIN_VERSION_PREFIX = 6
 
@@ -90,6 +92,7 @@ class Registry:
 
     async def _follow(self) -> None:
         while True:
+            watcher = None
             try:
                 watcher = await self.kv.watchall()
                 async for entry in watcher:
@@ -98,8 +101,11 @@ class Registry:
                         continue
                     self._apply(entry.key, entry.value, entry.operation)
             except asyncio.CancelledError:
+                if watcher is not None:
+                    await asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]
                 raise
             except Exception:  # the watch died with the connection; start it again
+                log.warning("registry watch failed; restarting it", exc_info=True)
                 await asyncio.sleep(0.5)
 
     def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:

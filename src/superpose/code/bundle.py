@@ -19,8 +19,22 @@ from superpose.config import MAX_BUNDLE_BYTES
 from superpose.errors import DeployError
 
 SKIP_DIRS = frozenset(
-    {".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".superpose", "node_modules",
-     ".mypy_cache", ".ruff_cache", ".pytest_cache", ".tox", "build", "dist"}
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        "__pycache__",
+        ".venv",
+        "venv",
+        ".superpose",
+        "node_modules",
+        ".mypy_cache",
+        ".ruff_cache",
+        ".pytest_cache",
+        ".tox",
+        "build",
+        "dist",
+    }
 )
 SKIP_SUFFIXES = (".pyc", ".pyo", ".so.tmp")
 

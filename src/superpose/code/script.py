@@ -61,7 +61,14 @@ def module_name_in_bundle(module: ModuleType, root: Path) -> str:
     """How a node imports the module: ``__main__`` becomes its file's stem."""
     if module.__name__ != "__main__":
         return module.__name__
-    return Path(module.__file__ or "main.py").resolve().relative_to(root).with_suffix("").as_posix().replace("/", ".")
+    return (
+        Path(module.__file__ or "main.py")
+        .resolve()
+        .relative_to(root)
+        .with_suffix("")
+        .as_posix()
+        .replace("/", ".")
+    )
 
 
 @cache

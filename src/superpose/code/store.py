@@ -31,7 +31,9 @@ async def upload(nc: NATS, bundle: Bundle) -> tuple[str, int]:
     )
     missing = [d for d, ok in zip(by_digest, present, strict=True) if not ok]
     for file_digest in missing:
-        await objects.put(nc, bucket, protocol.file_object_name(file_digest), by_digest[file_digest])
+        await objects.put(
+            nc, bucket, protocol.file_object_name(file_digest), by_digest[file_digest]
+        )
     await objects.put(nc, bucket, manifest_name, bundle.manifest())
     return digest, len(missing)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from typing import Any
 
 import nats
@@ -43,8 +43,10 @@ async def connect(url: str, *, name: str) -> NATS:
             max_outstanding_pings=3,
             error_cb=_quiet,
         )
-    except (OSError, nats.errors.NoServersError, asyncio.TimeoutError) as exc:
-        raise LatticeError(f"cannot reach the lattice at {url}: {exc or type(exc).__name__}") from exc
+    except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+        raise LatticeError(
+            f"cannot reach the lattice at {url}: {exc or type(exc).__name__}"
+        ) from exc
 
 
 class Assets:
@@ -91,7 +93,7 @@ async def _ensure_logs_stream(js: JetStreamContext) -> None:
     try:
         await js.stream_info(protocol.LOGS_STREAM)
     except Exception:
-        try:
+        with contextlib.suppress(JSBadRequest):
             await js.add_stream(
                 StreamConfig(
                     name=protocol.LOGS_STREAM,
@@ -102,8 +104,6 @@ async def _ensure_logs_stream(js: JetStreamContext) -> None:
                     discard=DiscardPolicy.OLD,
                 )
             )
-        except JSBadRequest:
-            pass
 
 
 async def ensure_assets(nc: NATS) -> Assets:

@@ -46,7 +46,7 @@ def find_nats_server() -> str:
 
 def _config_text(store_dir: Path, port: int, host: str) -> str:
     # sync_interval: always — JetStream otherwise acknowledges writes it has not
-    # fsynced (it syncs every 2 minutes by default); see docs/semantics.md.
+    # fsynced (it syncs every 2 minutes by default); see docs/architecture.md.
     return (
         f"listen: {host}:{port}\n"
         f"max_payload: {MAX_PAYLOAD_BYTES}\n"
@@ -109,7 +109,7 @@ class EmbeddedServer:
         raise LatticeError(f"nats-server did not open its port within {READY_TIMEOUT_S:.0f} s")
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """Idempotent: lame-duck the server with SIGTERM, SIGKILL it after ``grace_s``."""
+        """Idempotent: stop the server gracefully with SIGTERM, SIGKILL it after ``grace_s``."""
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return

@@ -25,6 +25,7 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError as JSNotFound
 from nats.js.errors import ObjectNotFoundError
 
+from superpose import protocol
 from superpose.errors import NotFoundError, SuperposeError
 
 ROLLUP_HEADER = "Nats-Rollup"
@@ -33,15 +34,11 @@ TRANSFER_TIMEOUT_S = 120.0
 
 
 def _meta_subject(bucket: str, name: str) -> str:
-    return f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+    return protocol.object_meta_subject(bucket, base64.urlsafe_b64encode(name.encode()).decode())
 
 
-def _chunk_subject(bucket: str, nuid: str) -> str:
-    return f"$O.{bucket}.C.{nuid}"
-
-
-def _stream(bucket: str) -> str:
-    return f"OBJ_{bucket}"
+_chunk_subject = protocol.object_chunk_subject
+_stream = protocol.object_stream
 
 
 def chunk_size_for(nc: NATS) -> int:
@@ -63,7 +60,8 @@ async def _get_info(js: JetStreamContext, bucket: str, name: str) -> js_api.Obje
     except (JSNotFound, ObjectNotFoundError) as exc:
         raise NotFoundError(f"object {name!r} not found in {bucket}") from exc
     assert msg.data is not None
-    return js_api.ObjectInfo.from_response(json.loads(msg.data))
+    info: js_api.ObjectInfo = js_api.ObjectInfo.from_response(json.loads(msg.data))
+    return info
 
 
 async def put(nc: NATS, bucket: str, name: str, data: bytes | memoryview) -> int:
@@ -138,7 +136,7 @@ async def get(nc: NATS, bucket: str, name: str) -> bytes:
     if not info.size:
         return b""
     assert info.nuid is not None and info.chunks is not None
-    parts = await _fetch_chunks(js, _chunk_subject(bucket, info.nuid), info.chunks)
+    parts = await _fetch_chunks(js, bucket, _chunk_subject(bucket, info.nuid), info.chunks)
     data = b"".join(parts)
     expected = (info.digest or "").split("=", 1)[-1]
     actual = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
@@ -147,9 +145,9 @@ async def get(nc: NATS, bucket: str, name: str) -> bytes:
     return data
 
 
-async def _fetch_chunks(js: JetStreamContext, subject: str, count: int) -> list[bytes]:
+async def _fetch_chunks(js: JetStreamContext, bucket: str, subject: str, count: int) -> list[bytes]:
     if count == 1:
-        msg = await js.get_last_msg(_stream(subject.split(".")[1]), subject)
+        msg = await js.get_last_msg(_stream(bucket), subject)
         return [msg.data or b""]
     parts: list[bytes] = []
     done = asyncio.get_running_loop().create_future()

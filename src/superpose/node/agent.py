@@ -32,6 +32,7 @@ from superpose.lattice.connection import Assets, connect, ensure_assets
 from superpose.node.executors import Call, ExecutorDied, ExecutorProcess, LoadFailed
 
 log = logging.getLogger("superpose.node")
+DEFAULT_ASYNC_CONCURRENCY = 100
 
 
 @dataclass(kw_only=True)
@@ -40,7 +41,8 @@ class NodeConfig:
     node_id: str
     state_dir: Path
     slots: int = 1
-    """How many sync invocations run at once (async ones share a slot up to their concurrency)."""
+    """How many sync invocations run at once; an async function runs up to its
+    ``concurrency`` (default 100) invocations per slot."""
     labels: dict[str, str] = field(default_factory=dict)
     max_executors: int = 8
     """Warm executor processes kept; the least recently used idle one is evicted past this."""
@@ -89,10 +91,15 @@ class BundleHost:
     executors: list[ExecutorProcess] = field(default_factory=list)
     meta: dict[tuple[str, str], asyncio.Task[dict[str, Any]]] = field(default_factory=dict)
     """One describe per function, shared by every call that arrives while it runs."""
+    async_limits: dict[tuple[str, str], asyncio.Semaphore] = field(default_factory=dict)
+    users: int = 0
+    """Calls between arrival and completion; a host with users is never evicted."""
 
-    @property
-    def in_flight(self) -> int:
-        return sum(len(e.calls) for e in self.executors)
+    def async_limit(self, key: tuple[str, str], per_slot: int, slots: int) -> asyncio.Semaphore:
+        limit = self.async_limits.get(key)
+        if limit is None:
+            limit = self.async_limits[key] = asyncio.Semaphore(per_slot * slots)
+        return limit
 
 
 class NodeAgent:
@@ -149,8 +156,12 @@ class NodeAgent:
         )
         await self._heartbeat_once()
         self._spawn(self._heartbeat())
-        log.info("node %s serving %s with %d slot(s)", self.config.node_id,
-                 self.config.lattice, self.config.slots)
+        log.info(
+            "node %s serving %s with %d slot(s)",
+            self.config.node_id,
+            self.config.lattice,
+            self.config.slots,
+        )
 
     async def shutdown(self) -> None:
         for sub in self._subs:
@@ -276,7 +287,7 @@ class NodeAgent:
         for digest, host in list(self.hosts.items()):
             if total < self.config.max_executors:
                 return
-            if host.in_flight == 0:
+            if host.users == 0:
                 del self.hosts[digest]
                 total -= len(host.executors)
                 for executor in host.executors:
@@ -324,21 +335,31 @@ class NodeAgent:
             await self._reply_error(reply, "?", protocol.ERR_BAD_REQUEST, "BadInvocation", str(exc))
             return
         queued = True
+        host: BundleHost | None = None
         try:
             host = await self._host(inv)
+            host.users += 1
             meta = await self._describe(host, inv)
-            timeout_s = inv.timeout_s or meta.get("timeout_s") or DEFAULT_TIMEOUT_S
-            is_sync = not meta.get("is_async", False)
-            if is_sync:
+            timeout_s = float(inv.timeout_s or meta.get("timeout_s") or DEFAULT_TIMEOUT_S)
+            if meta.get("is_async", False):
+                per_slot = int(meta.get("concurrency") or DEFAULT_ASYNC_CONCURRENCY)
+                limit = host.async_limit((inv.module, inv.qualname), per_slot, self.config.slots)
+                async with limit:
+                    self.queued -= 1
+                    queued = False
+                    await self._execute(host, inv, msg, meta, timeout_s, is_sync=False)
+            else:
                 await self.slots.acquire()
-            self.queued -= 1
-            queued = False
-            await self._execute(host, inv, msg, meta, float(timeout_s), is_sync)
-        except (NotFoundError, LoadFailed, ExecutorDied, SuperposeError) as exc:
+                self.queued -= 1
+                queued = False
+                await self._execute(host, inv, msg, meta, timeout_s, is_sync=True)
+        except Exception as exc:  # every failure is answered; the node keeps serving
             await self._report_failure(reply, inv, exc)
         finally:
             if queued:
                 self.queued -= 1
+            if host is not None:
+                host.users -= 1
 
     async def _execute(
         self,
@@ -365,38 +386,64 @@ class NodeAgent:
             try:
                 ok = await asyncio.wait_for(asyncio.shield(call.done), timeout_s)
             except TimeoutError:
-                executor.kill(("crashed", f"executor restarted: invocation {inv.id} of "
-                               f"{inv.app}.{inv.fn} exceeded its timeout"))
+                executor.calls.pop(call.id, None)
+                executor.kill(
+                    (
+                        "crashed",
+                        f"executor restarted: invocation {inv.id} of "
+                        f"{inv.app}.{inv.fn} exceeded its timeout",
+                    )
+                )
                 await self._reply_error(
-                    msg.reply or "", inv.id, protocol.ERR_TIMEOUT, "TimeoutError",
+                    msg.reply or "",
+                    inv.id,
+                    protocol.ERR_TIMEOUT,
+                    "TimeoutError",
                     f"{inv.app}.{inv.fn} exceeded its timeout of {timeout_s:g} s and was killed",
                 )
                 log.info("! %s.%s %s timeout after %.0f s", inv.app, inv.fn, inv.id, timeout_s)
                 return
             self.served += 1
-            log.info("%s %s.%s %s %.1f ms", "←" if ok else "✗", inv.app, inv.fn, inv.id,
-                     (time.perf_counter() - started) * 1000)
+            log.info(
+                "%s %s.%s %s %.1f ms",
+                "←" if ok else "✗",
+                inv.app,
+                inv.fn,
+                inv.id,
+                (time.perf_counter() - started) * 1000,
+            )
         finally:
             self.busy -= 1
             if call.holds_slot:
                 self.slots.release()
 
-    async def _report_failure(
-        self, reply: str, inv: protocol.Invocation, exc: Exception
-    ) -> None:
+    async def _report_failure(self, reply: str, inv: protocol.Invocation, exc: Exception) -> None:
+        if not isinstance(exc, LoadFailed | ExecutorDied | SuperposeError):
+            log.exception("internal error serving %s", inv.id)
         if isinstance(exc, LoadFailed):
             error = exc.error
-            await self._reply_error(reply, inv.id, error["kind"], error["type"],
-                                    error["message"], error.get("traceback", ""))
+            await self._reply_error(
+                reply,
+                inv.id,
+                error["kind"],
+                error["type"],
+                error["message"],
+                error.get("traceback", ""),
+            )
         elif isinstance(exc, ExecutorDied):
-            await self._reply_error(reply, inv.id, exc.kind,
-                                    "MemoryLimitExceeded" if exc.kind == "memory"
-                                    else "ExecutorCrashed", exc.reason)
+            await self._reply_error(
+                reply,
+                inv.id,
+                exc.kind,
+                "MemoryLimitExceeded" if exc.kind == "memory" else "ExecutorCrashed",
+                exc.reason,
+            )
         elif isinstance(exc, NotFoundError):
             await self._reply_error(reply, inv.id, protocol.ERR_NOT_FOUND, "NotFound", exc.message)
         else:
-            await self._reply_error(reply, inv.id, protocol.ERR_INTERNAL, type(exc).__name__,
-                                    str(exc))
+            await self._reply_error(
+                reply, inv.id, protocol.ERR_INTERNAL, type(exc).__name__, str(exc)
+            )
         log.info("! %s.%s %s %s: %s", inv.app, inv.fn, inv.id, type(exc).__name__, exc)
 
     async def _reply_error(

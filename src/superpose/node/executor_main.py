@@ -139,7 +139,7 @@ class Executor:
         out = _Output("stdout", sys.stdout, self._emit)
         err = _Output("stderr", sys.stderr, self._emit)
         self.outputs = [out, err]
-        sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+        sys.stdout, sys.stderr = out, err
         root = logging.getLogger()
         root.addHandler(_LogHandler(self._emit))
         if root.level > logging.INFO or root.level == logging.NOTSET:
@@ -209,8 +209,12 @@ class Executor:
             }
         except BaseException as exc:
             info = _error_info(exc, _load_error_kind(exc))
-            reply["error"] = {"kind": info.kind, "type": info.type, "message": info.message,
-                              "traceback": info.traceback}
+            reply["error"] = {
+                "kind": info.kind,
+                "type": info.type,
+                "message": info.message,
+                "traceback": info.traceback,
+            }
         self.channel.send(reply)
 
     async def _run(self, raw: bytes, reply: str) -> None:
@@ -223,7 +227,9 @@ class Executor:
             value = await self._call(inv)
             data = payload.encode_value(value, inv.args.codec)
             result = protocol.Result(
-                id=inv.id, node=self.node_id, value=await payload.wrap(self.nc, data, inv.args.codec)
+                id=inv.id,
+                node=self.node_id,
+                value=await payload.wrap(self.nc, data, inv.args.codec),
             )
         except BaseException as exc:  # report everything the user code raised
             result = protocol.Result(id=inv.id, node=self.node_id, error=_error_info(exc))
@@ -243,9 +249,7 @@ class Executor:
         if inspect.iscoroutinefunction(fn):
             return await fn(*args, **kwargs)
         context = contextvars.copy_context()
-        return await self.loop.run_in_executor(
-            self.pool, lambda: context.run(fn, *args, **kwargs)
-        )
+        return await self.loop.run_in_executor(self.pool, lambda: context.run(fn, *args, **kwargs))
 
 
 def _wrapper_of(module: str, qualname: str) -> Any:
@@ -263,8 +267,10 @@ def _load_error_kind(exc: BaseException) -> str:
 
 def _error_info(exc: BaseException, kind: str = protocol.ERR_RAISED) -> protocol.ErrorInfo:
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else (
-        f"{cls.__module__}.{cls.__qualname__}"
+    name = (
+        cls.__qualname__
+        if cls.__module__ in ("builtins", "__main__")
+        else (f"{cls.__module__}.{cls.__qualname__}")
     )
     return protocol.ErrorInfo(
         kind=kind,

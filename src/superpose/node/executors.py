@@ -105,7 +105,7 @@ class ExecutorProcess:
         return executor
 
     async def _request(self, key: str, message: dict[str, Any]) -> dict[str, Any]:
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters[key] = waiter
         self.channel.send(message)
         return await waiter
@@ -180,8 +180,11 @@ class ExecutorProcess:
                 rss = _rss_bytes(self.pid)
                 if rss > min(limits):
                     self.kill(
-                        ("memory", f"memory limit of {min(limits) // 2**20} MiB exceeded "
-                         f"({rss // 2**20} MiB in use); executor process killed")
+                        (
+                            "memory",
+                            f"memory limit of {min(limits) // 2**20} MiB exceeded "
+                            f"({rss // 2**20} MiB in use); executor process killed",
+                        )
                     )
                     return
             await asyncio.sleep(MEMORY_POLL_S)

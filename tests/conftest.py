@@ -1,0 +1,93 @@
+"""Fixtures: a real lattice (nats-server + node processes + gateway) per test session."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import superpose as sp
+from superpose.supervisor import LocalLattice
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Lattice:
+    url: str
+    gateway: str
+    state_dir: Path
+    lattice: LocalLattice
+    loop: asyncio.AbstractEventLoop
+
+    def run(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def start_lattice(
+    state_dir: Path, *, workers: int = 2, slots: int = 1, gateway: bool = True
+) -> Lattice:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    lattice = LocalLattice(
+        state_dir=state_dir,
+        workers=workers,
+        slots=slots,
+        gateway_port=0 if gateway else None,
+        drain_grace_s=2.0,
+    )
+    url = asyncio.run_coroutine_threadsafe(lattice.start(), loop).result()
+    return Lattice(url, lattice.gateway_url, state_dir, lattice, loop)
+
+
+def stop_lattice(handle: Lattice) -> None:
+    handle.run(handle.lattice.stop())
+    handle.loop.call_soon_threadsafe(handle.loop.stop)
+
+
+@pytest.fixture(scope="session")
+def lattice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lattice]:
+    """Two nodes with one slot each (the smallest lattice that can deadlock), plus a gateway."""
+    handle = start_lattice(tmp_path_factory.mktemp("lattice"))
+    yield handle
+    stop_lattice(handle)
+
+
+@pytest.fixture(scope="session")
+def client(lattice: Lattice) -> Iterator[sp.Client]:
+    c = sp.connect(lattice.url)
+    yield c
+    c.close()
+
+
+def superpose_cli(
+    *args: str,
+    url: str | None = None,
+    home: Path | None = None,
+    timeout: float = 60,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `superpose` command, as a user would."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
+    if url:
+        env["SUPERPOSE_LATTICE"] = url
+    if home:
+        env["SUPERPOSE_HOME"] = str(home)
+    proc = subprocess.run(
+        [sys.executable, "-m", "superpose", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=home or ROOT,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"superpose {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -1,0 +1,113 @@
+"""Functions the tests run on the lattice (shipped to nodes in script mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import time
+
+import superpose as sp
+
+
+class Boom(Exception):
+    pass
+
+
+@sp.function
+def square(x: int) -> int:
+    return x * x
+
+
+@sp.function
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+@sp.function
+def fail(message: str) -> None:
+    raise Boom(message)
+
+
+@sp.function(timeout=1)
+def sleepy(seconds: float) -> str:
+    time.sleep(seconds)
+    return "woke"
+
+
+@sp.function
+def hard_exit(code: int) -> None:
+    os._exit(code)
+
+
+@sp.function
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+@sp.function(memory=200)
+def hog(mib: int) -> int:
+    blocks = [bytearray(1024 * 1024) for _ in range(mib)]
+    time.sleep(1)
+    return len(blocks)
+
+
+@sp.function
+def echo_size(data: bytes) -> int:
+    return len(data)
+
+
+@sp.function
+def make_bytes(n: int) -> bytes:
+    return b"\x07" * n
+
+
+@sp.function
+def identity(data: bytes) -> bytes:
+    return data
+
+
+@sp.function
+def talk(word: str) -> str:
+    print(f"hello {word}")
+    print("to stderr", file=__import__("sys").stderr)
+    logging.getLogger("fns").warning("logged %s", word)
+    return word
+
+
+@sp.function
+async def async_nap(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@sp.function
+def fib(n: int) -> int:
+    if n < 2:
+        return n
+    a, b = fib.spawn(n - 1), fib.spawn(n - 2)
+    return int(sum(sp.gather(a, b)))
+
+
+@sp.function
+def mergesort(xs: list[float], depth: int) -> list[float]:
+    if depth == 0 or len(xs) <= 1:
+        return sorted(xs)
+    mid = len(xs) // 2
+    left, right = mergesort.spawn(xs[:mid], depth - 1), mergesort.spawn(xs[mid:], depth - 1)
+    a, b = sp.gather(left, right)
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        if a[i] <= b[j]:
+            out.append(a[i])
+            i += 1
+        else:
+            out.append(b[j])
+            j += 1
+    return out + a[i:] + b[j:]
+
+
+@sp.function
+def whoami() -> str:
+    return f"{os.getpid()}"

@@ -1,0 +1,169 @@
+"""Calls from Python against a real lattice: results, errors, isolation, nesting, data."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import random
+
+import pytest
+
+import fns
+import superpose as sp
+from superpose import protocol
+
+
+def test_remote_returns_the_result(client: sp.Client) -> None:
+    assert fns.square.remote(7) == 49
+    assert fns.add.remote(2, b=3) == 5
+
+
+def test_local_call_still_works_like_a_plain_function() -> None:
+    assert fns.square(6) == 36
+
+
+def test_spawn_returns_a_concurrent_future(client: sp.Client) -> None:
+    future = fns.square.spawn(9)
+    assert isinstance(future, concurrent.futures.Future)
+    assert future.result(timeout=30) == 81
+
+
+def test_spawned_future_is_awaitable(client: sp.Client) -> None:
+    async def main() -> list[int]:
+        return [await fns.square.spawn(3), await fns.square.remote.aio(4)]
+
+    assert asyncio.run(main()) == [9, 16]
+
+
+def test_map_yields_results_in_order(client: sp.Client) -> None:
+    assert list(fns.square.map(range(50))) == [x * x for x in range(50)]
+    assert list(fns.add.map([1, 2, 3], [10, 20, 30])) == [11, 22, 33]
+
+
+def test_map_with_a_small_window_streams_a_generator(client: sp.Client) -> None:
+    items = (x for x in range(30))
+    assert list(fns.square.map(items, window=4)) == [x * x for x in range(30)]
+
+
+def test_raised_exception_becomes_remote_error(client: sp.Client) -> None:
+    with pytest.raises(sp.RemoteError) as info:
+        fns.fail.remote("bad input 42")
+    error = info.value
+    assert error.kind == protocol.ERR_RAISED
+    assert error.type == "fns.Boom"
+    assert error.remote_message == "bad input 42"
+    assert "raise Boom(message)" in error.traceback
+    assert fns.square.remote(3) == 9  # the node keeps serving
+
+
+def test_timeout_kills_the_call_and_says_so(client: sp.Client) -> None:
+    with pytest.raises(sp.RemoteError) as info:
+        fns.sleepy.remote(30)
+    assert info.value.kind == protocol.ERR_TIMEOUT
+    assert "timeout of 1 s" in info.value.remote_message
+    assert fns.sleepy.remote(0) == "woke"
+
+
+def test_hard_exit_is_reported_as_a_crash(client: sp.Client) -> None:
+    with pytest.raises(sp.RemoteError) as info:
+        fns.hard_exit.remote(3)
+    assert info.value.kind == protocol.ERR_CRASHED
+    assert "exited with code 3" in info.value.remote_message
+    assert fns.square.remote(5) == 25
+
+
+def test_segfault_is_reported_as_a_crash(client: sp.Client) -> None:
+    with pytest.raises(sp.RemoteError) as info:
+        fns.segfault.remote()
+    assert info.value.kind == protocol.ERR_CRASHED
+    assert "SIGSEGV" in info.value.remote_message
+    assert fns.square.remote(5) == 25
+
+
+def test_memory_blow_up_past_the_limit_is_killed(client: sp.Client) -> None:
+    with pytest.raises(sp.RemoteError) as info:
+        fns.hog.remote(1500)
+    assert info.value.kind == protocol.ERR_MEMORY
+    assert "memory limit of 200 MiB" in info.value.remote_message
+    assert fns.hog.remote(10) == 10
+
+
+def test_async_functions_run_concurrently_on_a_node(client: sp.Client) -> None:
+    futures = [fns.async_nap.spawn(0.5) for _ in range(40)]
+    assert sp.gather(*futures) == [0.5] * 40
+    # 40 × 0.5 s on 2 one-slot nodes could only finish by running them concurrently;
+    # the lattice must not have needed 40 sequential sleeps (checked by the timeout below).
+
+
+def test_async_concurrency_is_bounded_by_the_caller_deadline(client: sp.Client) -> None:
+    # Sequentially these would take 20 s; the per-call timeout of 8 s proves concurrency.
+    futures = [fns.async_nap.with_options(timeout=8).spawn(0.5) for _ in range(40)]
+    assert sum(sp.gather(*futures)) == 20
+
+
+def test_recursive_fan_out_does_not_deadlock_on_one_slot_nodes(client: sp.Client) -> None:
+    xs = [random.random() for _ in range(5000)]
+    assert fns.mergesort.remote(xs, 10) == sorted(xs)
+
+
+def test_recursive_fib_over_spawn(client: sp.Client) -> None:
+    assert fns.fib.remote(10) == 55
+
+
+def test_prints_reach_the_caller(client: sp.Client) -> None:
+    seen: list[protocol.LogRecord] = []
+    original = client.log_sink
+    client.log_sink = seen.append
+    try:
+        assert fns.talk.remote("lattice") == "lattice"
+        deadline = asyncio.run(_wait_for(lambda: len(seen) >= 3))
+    finally:
+        client.log_sink = original
+    assert deadline
+    lines = {(r.stream, r.line) for r in seen}
+    assert ("stdout", "hello lattice") in lines
+    assert ("stderr", "to stderr") in lines
+    assert any(r.stream == "log" and "logged lattice" in r.line for r in seen)
+    assert all(r.fn == "talk" and r.node for r in seen)
+
+
+async def _wait_for(predicate, timeout_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def test_large_argument_and_result_round_trip(client: sp.Client) -> None:
+    size = 200 * 1024 * 1024
+    data = random.randbytes(1024) * (size // 1024)
+    assert fns.echo_size.remote(data) == size
+    back = fns.identity.remote(data)
+    assert len(back) == size and back == data
+    assert len(fns.make_bytes.remote(size)) == size
+
+
+def test_blocking_call_on_the_clients_own_loop_is_refused(client: sp.Client) -> None:
+    async def on_loop() -> None:
+        fns.square.remote(1)
+
+    with pytest.raises(sp.UserError, match="aio"):
+        asyncio.run_coroutine_threadsafe(on_loop(), client.loop).result()
+
+
+def test_bad_options_are_refused_at_decoration() -> None:
+    with pytest.raises(sp.UserError, match="timeout"):
+        sp.function(timeout=-1)(lambda: None)
+    with pytest.raises(sp.UserError, match="retries"):
+        sp.function(retries=-2)(lambda: None)
+    with pytest.raises(sp.UserError, match="memory"):
+        sp.function(memory=1)(lambda: None)
+
+
+def test_unknown_deployed_function_is_a_clear_error(client: sp.Client) -> None:
+    with pytest.raises(sp.NotFoundError, match="nosuchapp"):
+        client.function("nosuchapp.fn")
+    with pytest.raises(sp.UserError, match="not a function name"):
+        client.function("no-dot-here")
