@@ -93,6 +93,8 @@ class Client:
         self._bundles: dict[str, tuple[str, str, str]] = {}
         self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._closed = False
+        self._seq = 0
+        self._wake_scheduled = False
 
     # --- opening and closing ---------------------------------------------------
 
@@ -228,8 +230,9 @@ class Client:
         if self._closed:
             raise SuperposeError("this superpose client is closed")
         timeout_s = options.timeout or target.options.get("timeout") or config.DEFAULT_TIMEOUT_S
+        self._seq += 1
         inv = protocol.Invocation(
-            id=uuid.uuid4().hex,
+            id=f"{self.id}{self._seq:x}",
             app=target.app,
             fn=target.fn,
             digest=target.digest,
@@ -246,16 +249,19 @@ class Client:
         future.invocation_id = inv.id
         retries = options.retries or int(target.options.get("retries", 0) or 0)
         self._outbox.append(_Pending(future, inv, raw_args, retries))
-        if _on_loop(self.loop):
-            self._outbox_ready.set()
-        else:
-            self.loop.call_soon_threadsafe(self._outbox_ready.set)
+        if not self._wake_scheduled:  # one wake-up per batch, not per submission
+            self._wake_scheduled = True
+            if _on_loop(self.loop):
+                self._outbox_ready.set()
+            else:
+                self.loop.call_soon_threadsafe(self._outbox_ready.set)
         return future
 
     async def _send_loop(self) -> None:
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
+            self._wake_scheduled = False
             while self._outbox:
                 pending = self._outbox.popleft()
                 try:

@@ -83,9 +83,9 @@ class Invocable:
         raise NotImplementedError
 
     def _client(self) -> Client:
-        from superpose.client import current_client
+        from superpose import client
 
-        return current_client()
+        return client.current_client()
 
     def spawn(self, *args: Any, **kwargs: Any) -> Future:
         """Start the function on the lattice; returns a future of its result."""
@@ -138,6 +138,7 @@ class Function(Invocable):
         super().__init__(options)
         self.local = fn
         self.is_async = inspect.iscoroutinefunction(fn)
+        self._targets: dict[str, Target] = {}
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -148,6 +149,12 @@ class Function(Invocable):
         return self.options_.node_options()
 
     def _target(self, client: Client) -> Target:
+        cached = self._targets.get(client.id)
+        if cached is None:
+            cached = self._targets[client.id] = self._find_target(client)
+        return cached
+
+    def _find_target(self, client: Client) -> Target:
         node = runtime.current()
         module = self.local.__module__
         invocation = runtime.current_invocation.get()

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -58,28 +58,46 @@ class NodeConfig:
 
 
 class SlotPool:
-    """Counts free slots; a resumed parent may take one back even when none is free."""
+    """Free slots, handed to waiters first come, first served.
+
+    A resumed parent may ``take`` a slot even when none is free (the count goes
+    negative briefly): refusing it would deadlock a recursive fan-out.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.free = size
-        self._changed = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.free > 0)
+        if self.free > 0 and not self._waiters:
             self.free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot was handed over as we were cancelled
+            raise
+
+    def try_acquire(self) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
 
     def take(self) -> None:
         self.free -= 1
 
     def release(self) -> None:
         self.free += 1
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        while self.free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.free -= 1
+                waiter.set_result(None)
 
 
 @dataclass
@@ -91,14 +109,17 @@ class BundleHost:
     executors: list[ExecutorProcess] = field(default_factory=list)
     meta: dict[tuple[str, str], asyncio.Task[dict[str, Any]]] = field(default_factory=dict)
     """One describe per function, shared by every call that arrives while it runs."""
-    async_limits: dict[tuple[str, str], asyncio.Semaphore] = field(default_factory=dict)
+    known: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    """Descriptions already received: the fast path reads them without awaiting."""
+    async_limits: dict[tuple[str, str], SlotPool] = field(default_factory=dict)
     users: int = 0
     """Calls between arrival and completion; a host with users is never evicted."""
 
-    def async_limit(self, key: tuple[str, str], per_slot: int, slots: int) -> asyncio.Semaphore:
+    def async_limit(self, key: tuple[str, str], meta: dict[str, Any], slots: int) -> SlotPool:
         limit = self.async_limits.get(key)
         if limit is None:
-            limit = self.async_limits[key] = asyncio.Semaphore(per_slot * slots)
+            per_slot = int(meta.get("concurrency") or DEFAULT_ASYNC_CONCURRENCY)
+            limit = self.async_limits[key] = SlotPool(per_slot * slots)
         return limit
 
 
@@ -294,16 +315,21 @@ class NodeAgent:
                     self._spawn(executor.close())
                 log.info("evicted bundle %s", digest[:12])
 
-    async def _pick_executor(self, host: BundleHost, app: str, is_sync: bool) -> ExecutorProcess:
-        host.executors = [e for e in host.executors if e.process.returncode is None]
-        if not host.executors:
-            return await self._add_executor(host, app)
+    def _ready_executor(self, host: BundleHost, is_sync: bool) -> ExecutorProcess | None:
+        """A live executor that can take the call now, or None if one must be started."""
+        live = [e for e in host.executors if e.alive]
+        if not live:
+            return None
         if not is_sync:
-            return min(host.executors, key=lambda e: len(e.calls))
-        best = min(host.executors, key=lambda e: e.running_sync)
-        if best.running_sync > 0 and len(host.executors) < self.config.slots:
-            return await self._add_executor(host, app)
+            return min(live, key=lambda e: len(e.calls))
+        best = min(live, key=lambda e: e.running_sync)
+        if best.running_sync > 0 and len(live) < self.config.slots:
+            return None
         return best
+
+    async def _pick_executor(self, host: BundleHost, app: str, is_sync: bool) -> ExecutorProcess:
+        host.executors = [e for e in host.executors if e.alive]
+        return self._ready_executor(host, is_sync) or await self._add_executor(host, app)
 
     async def _describe(self, host: BundleHost, inv: protocol.Invocation) -> dict[str, Any]:
         key = (inv.module, inv.qualname)
@@ -318,104 +344,149 @@ class NodeAgent:
 
     async def _describe_once(self, host: BundleHost, inv: protocol.Invocation) -> dict[str, Any]:
         executor = await self._pick_executor(host, inv.app, is_sync=False)
-        return await executor.describe(inv.module, inv.qualname)
+        meta = await executor.describe(inv.module, inv.qualname)
+        host.known[(inv.module, inv.qualname)] = meta
+        return meta
 
     # --- invocations -------------------------------------------------------------
 
     async def _on_call(self, msg: Msg) -> None:
-        self.queued += 1
-        self._spawn(self._handle(msg))
-
-    async def _handle(self, msg: Msg) -> None:
         reply = msg.reply or ""
         try:
             inv = protocol.Invocation.decode(msg.data)
         except Exception as exc:
-            self.queued -= 1
             await self._reply_error(reply, "?", protocol.ERR_BAD_REQUEST, "BadInvocation", str(exc))
             return
+        if not self._dispatch_now(inv, msg):
+            self.queued += 1
+            self._spawn(self._handle(inv, msg))
+
+    def _dispatch_now(self, inv: protocol.Invocation, msg: Msg) -> bool:
+        """The fast path: warm bundle, known function, free capacity — no task, no await."""
+        host = self.hosts.get(inv.digest)
+        key = (inv.module, inv.qualname)
+        meta = host.known.get(key) if host is not None else None
+        if host is None or meta is None:
+            return False
+        is_sync = not meta.get("is_async", False)
+        pool = self.slots if is_sync else host.async_limit(key, meta, self.config.slots)
+        executor = self._ready_executor(host, is_sync)
+        if executor is None or not pool.try_acquire():
+            return False
+        self.hosts.move_to_end(inv.digest)
+        self._dispatch(host, executor, inv, msg, meta, pool)
+        return True
+
+    async def _handle(self, inv: protocol.Invocation, msg: Msg) -> None:
+        """The slow path: fetch the bundle, describe the function, wait for capacity."""
         queued = True
         host: BundleHost | None = None
         try:
             host = await self._host(inv)
             host.users += 1
             meta = await self._describe(host, inv)
-            timeout_s = float(inv.timeout_s or meta.get("timeout_s") or DEFAULT_TIMEOUT_S)
-            if meta.get("is_async", False):
-                per_slot = int(meta.get("concurrency") or DEFAULT_ASYNC_CONCURRENCY)
-                limit = host.async_limit((inv.module, inv.qualname), per_slot, self.config.slots)
-                async with limit:
-                    self.queued -= 1
-                    queued = False
-                    await self._execute(host, inv, msg, meta, timeout_s, is_sync=False)
-            else:
-                await self.slots.acquire()
-                self.queued -= 1
-                queued = False
-                await self._execute(host, inv, msg, meta, timeout_s, is_sync=True)
+            is_sync = not meta.get("is_async", False)
+            key = (inv.module, inv.qualname)
+            pool = self.slots if is_sync else host.async_limit(key, meta, self.config.slots)
+            await pool.acquire()
+            try:
+                executor = await self._pick_executor(host, inv.app, is_sync)
+            except BaseException:
+                pool.release()
+                raise
+            self.queued -= 1
+            queued = False
+            self._dispatch(host, executor, inv, msg, meta, pool)
         except Exception as exc:  # every failure is answered; the node keeps serving
-            await self._report_failure(reply, inv, exc)
+            await self._report_failure(msg.reply or "", inv, exc)
         finally:
             if queued:
                 self.queued -= 1
             if host is not None:
                 host.users -= 1
 
-    async def _execute(
+    def _dispatch(
         self,
         host: BundleHost,
+        executor: ExecutorProcess,
         inv: protocol.Invocation,
         msg: Msg,
         meta: dict[str, Any],
-        timeout_s: float,
-        is_sync: bool,
+        pool: SlotPool,
     ) -> None:
-        started = time.perf_counter()
+        """Hand the call to the executor; completion and timeout arrive as callbacks."""
+        is_sync = pool is self.slots
         memory_mb = meta.get("memory_mb")
         call = Call(
             id=inv.id,
             is_sync=is_sync,
             memory_bytes=int(memory_mb * 2**20) if memory_mb else None,
             done=asyncio.get_running_loop().create_future(),
-            holds_slot=is_sync,
+            holds_slot=True,
         )
+        timeout_s = float(inv.timeout_s or meta.get("timeout_s") or DEFAULT_TIMEOUT_S)
+        started = time.perf_counter()
+        reply = msg.reply or ""
+        host.users += 1
         self.busy += 1
-        try:
-            executor = await self._pick_executor(host, inv.app, is_sync)
-            executor.run(msg.data, msg.reply or "", call)
-            try:
-                ok = await asyncio.wait_for(asyncio.shield(call.done), timeout_s)
-            except TimeoutError:
-                executor.calls.pop(call.id, None)
-                executor.kill(
-                    (
-                        "crashed",
-                        f"executor restarted: invocation {inv.id} of "
-                        f"{inv.app}.{inv.fn} exceeded its timeout",
-                    )
-                )
-                await self._reply_error(
-                    msg.reply or "",
-                    inv.id,
-                    protocol.ERR_TIMEOUT,
-                    "TimeoutError",
-                    f"{inv.app}.{inv.fn} exceeded its timeout of {timeout_s:g} s and was killed",
-                )
-                log.info("! %s.%s %s timeout after %.0f s", inv.app, inv.fn, inv.id, timeout_s)
+        timer = asyncio.get_running_loop().call_later(
+            timeout_s, self._on_timeout, executor, call, inv, reply, timeout_s
+        )
+
+        def finished(done: asyncio.Future[bool]) -> None:
+            timer.cancel()
+            host.users -= 1
+            self.busy -= 1
+            if call.holds_slot:
+                pool.release()
+            if done.cancelled():
+                return
+            error = done.exception()
+            if error is not None:
+                self._spawn(self._report_failure(reply, inv, error))  # type: ignore[arg-type]
                 return
             self.served += 1
             log.info(
                 "%s %s.%s %s %.1f ms",
-                "←" if ok else "✗",
+                "←" if done.result() else "✗",
                 inv.app,
                 inv.fn,
                 inv.id,
                 (time.perf_counter() - started) * 1000,
             )
-        finally:
-            self.busy -= 1
-            if call.holds_slot:
-                self.slots.release()
+
+        call.done.add_done_callback(finished)
+        executor.run(msg.data, reply, call)
+
+    def _on_timeout(
+        self,
+        executor: ExecutorProcess,
+        call: Call,
+        inv: protocol.Invocation,
+        reply: str,
+        timeout_s: float,
+    ) -> None:
+        if call.done.done():
+            return
+        executor.calls.pop(call.id, None)
+        executor.kill(
+            (
+                "crashed",
+                f"executor restarted: invocation {inv.id} of "
+                f"{inv.app}.{inv.fn} exceeded its timeout",
+            )
+        )
+        call.done.cancel()
+        self._spawn(
+            self._reply_error(
+                reply,
+                inv.id,
+                protocol.ERR_TIMEOUT,
+                "TimeoutError",
+                f"{inv.app}.{inv.fn} exceeded its timeout of {timeout_s:g} s and was killed",
+            )
+        )
+        log.info("! %s.%s %s timeout after %g s", inv.app, inv.fn, inv.id, timeout_s)
 
     async def _report_failure(self, reply: str, inv: protocol.Invocation, exc: Exception) -> None:
         if not isinstance(exc, LoadFailed | ExecutorDied | SuperposeError):

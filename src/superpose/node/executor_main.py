@@ -120,6 +120,7 @@ class Executor:
         self.app, self.digest = message["app"], message["digest"]
         sys.path.insert(0, str(path))
         os.chdir(path)
+        payload.BY_VALUE_MODULES.update(_top_level_modules(path))
         runtime.install(
             runtime.NodeRuntime(
                 node_id=self.node_id,
@@ -250,6 +251,13 @@ class Executor:
             return await fn(*args, **kwargs)
         context = contextvars.copy_context()
         return await self.loop.run_in_executor(self.pool, lambda: context.run(fn, *args, **kwargs))
+
+
+def _top_level_modules(root: Path) -> set[bytes]:
+    names = {p.stem for p in root.glob("*.py")} | {
+        p.parent.name for p in root.glob("*/__init__.py")
+    }
+    return {name.encode() for name in names}
 
 
 def _wrapper_of(module: str, qualname: str) -> Any:

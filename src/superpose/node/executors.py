@@ -66,6 +66,11 @@ class ExecutorProcess:
         return self.process.pid
 
     @property
+    def alive(self) -> bool:
+        """Running and not condemned: a killed executor takes no new calls."""
+        return self.process.returncode is None and self.kill_reason is None
+
+    @property
     def running_sync(self) -> int:
         return sum(1 for c in self.calls.values() if c.is_sync and c.holds_slot)
 
@@ -190,8 +195,8 @@ class ExecutorProcess:
             await asyncio.sleep(MEMORY_POLL_S)
 
     def kill(self, reason: tuple[str, str] | None = None) -> None:
-        if self.kill_reason is None and reason is not None:
-            self.kill_reason = reason
+        if self.kill_reason is None:
+            self.kill_reason = reason or ("crashed", "executor process was stopped")
         if self.process.returncode is None:
             self.process.kill()
 
