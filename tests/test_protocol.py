@@ -1,0 +1,46 @@
+"""Wire messages: round trips and loud failures on foreign or old messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from superpose import protocol
+
+
+def _invocation() -> protocol.Invocation:
+    return protocol.Invocation(
+        id="abc",
+        app="shop",
+        fn="checkout",
+        digest="d" * 64,
+        module="checkout",
+        qualname="checkout",
+        args=protocol.Payload(codec=protocol.CODEC_JSON, data=b"{}", size=2),
+        deadline=123.0,
+        ctx=protocol.CallContext(log_to="_SP.x.log", depth=2),
+    )
+
+
+def test_invocation_round_trips() -> None:
+    inv = _invocation()
+    assert protocol.Invocation.decode(inv.encode()) == inv
+
+
+def test_result_round_trips_with_value_or_error() -> None:
+    ok = protocol.Result(id="a", node="n1", value=protocol.Payload(codec="json", data=b"1"))
+    assert protocol.Result.decode(ok.encode()) == ok
+    bad = protocol.Result(id="a", node="n1", error=protocol.ErrorInfo("raised", "E", "m", "tb"))
+    assert protocol.Result.decode(bad.encode()) == bad
+
+
+def test_a_message_of_another_type_fails_loudly() -> None:
+    with pytest.raises(ValueError, match=r"expected a sp\.result\.v1"):
+        protocol.Result.decode(_invocation().encode())
+    with pytest.raises(ValueError, match="untagged"):
+        protocol.Invocation.decode(protocol.pack({"id": "x"}))
+
+
+def test_names_must_be_subject_safe() -> None:
+    assert protocol.is_valid_name("shop_2-a")
+    for bad in ("", "a.b", "a b", "*", ">", "1abc", "x" * 65):
+        assert not protocol.is_valid_name(bad)
