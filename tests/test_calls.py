@@ -167,3 +167,35 @@ def test_unknown_deployed_function_is_a_clear_error(client: sp.Client) -> None:
         client.function("nosuchapp.fn")
     with pytest.raises(sp.UserError, match="not a function name"):
         client.function("no-dot-here")
+
+
+def _raw_request(client: sp.Client, subject: str, data: bytes) -> protocol.Result:
+    async def request() -> protocol.Result:
+        reply = await client.nc.request(subject, data, timeout=10)
+        return protocol.Result.decode(reply.data)
+
+    return client.run(request())
+
+
+def test_node_refuses_a_call_whose_caller_has_given_up(client: sp.Client) -> None:
+    target = fns.square._target(client)
+    inv = protocol.Invocation(
+        id="expired-1",
+        app=target.app,
+        fn=target.fn,
+        digest=target.digest,
+        module=target.module,
+        qualname=target.qualname,
+        args=protocol.Payload(codec=protocol.CODEC_JSON, data=b'{"args": [2]}'),
+        deadline=1.0,
+    )
+    result = _raw_request(client, protocol.call_subject(target.app, target.fn), inv.encode())
+    assert result.error is not None
+    assert (result.error.kind, result.error.type) == (protocol.ERR_TIMEOUT, "DeadlineExceeded")
+
+
+def test_node_answers_a_garbled_invocation_with_bad_request(client: sp.Client) -> None:
+    result = _raw_request(client, protocol.call_subject("x", "y"), b"\x93not msgpack map")
+    assert result.error is not None
+    assert result.error.kind == protocol.ERR_BAD_REQUEST
+    assert fns.square.remote(4) == 16

@@ -27,7 +27,7 @@ from nats.aio.subscription import Subscription
 from superpose import protocol
 from superpose.code import store
 from superpose.config import DEFAULT_TIMEOUT_S
-from superpose.errors import NotFoundError, SuperposeError
+from superpose.errors import CallTimeoutError, NotFoundError, SuperposeError
 from superpose.lattice.connection import Assets, connect, ensure_assets
 from superpose.node.executors import Call, ExecutorDied, ExecutorProcess, LoadFailed
 
@@ -357,6 +357,15 @@ class NodeAgent:
         except Exception as exc:
             await self._reply_error(reply, "?", protocol.ERR_BAD_REQUEST, "BadInvocation", str(exc))
             return
+        if inv.remaining_s() <= 0:  # the caller has given up: running it would be wasted work
+            await self._reply_error(
+                reply,
+                inv.id,
+                protocol.ERR_TIMEOUT,
+                "DeadlineExceeded",
+                f"{inv.app}.{inv.fn} reached a node after its caller's deadline",
+            )
+            return
         if not self._dispatch_now(inv, msg):
             self.queued += 1
             self._spawn(self._handle(inv, msg))
@@ -389,6 +398,9 @@ class NodeAgent:
             key = (inv.module, inv.qualname)
             pool = self.slots if is_sync else host.async_limit(key, meta, self.config.slots)
             await pool.acquire()
+            if inv.remaining_s() <= 0:
+                pool.release()
+                raise CallTimeoutError(f"{inv.app}.{inv.fn} waited past its caller's deadline")
             try:
                 executor = await self._pick_executor(host, inv.app, is_sync)
             except BaseException:
@@ -491,31 +503,9 @@ class NodeAgent:
     async def _report_failure(self, reply: str, inv: protocol.Invocation, exc: Exception) -> None:
         if not isinstance(exc, LoadFailed | ExecutorDied | SuperposeError):
             log.exception("internal error serving %s", inv.id)
-        if isinstance(exc, LoadFailed):
-            error = exc.error
-            await self._reply_error(
-                reply,
-                inv.id,
-                error["kind"],
-                error["type"],
-                error["message"],
-                error.get("traceback", ""),
-            )
-        elif isinstance(exc, ExecutorDied):
-            await self._reply_error(
-                reply,
-                inv.id,
-                exc.kind,
-                "MemoryLimitExceeded" if exc.kind == "memory" else "ExecutorCrashed",
-                exc.reason,
-            )
-        elif isinstance(exc, NotFoundError):
-            await self._reply_error(reply, inv.id, protocol.ERR_NOT_FOUND, "NotFound", exc.message)
-        else:
-            await self._reply_error(
-                reply, inv.id, protocol.ERR_INTERNAL, type(exc).__name__, str(exc)
-            )
-        log.info("! %s.%s %s %s: %s", inv.app, inv.fn, inv.id, type(exc).__name__, exc)
+        info = _error_info(exc)
+        await self._reply_error(reply, inv.id, info.kind, info.type, info.message, info.traceback)
+        log.info("! %s.%s %s %s: %s", inv.app, inv.fn, inv.id, info.type, info.message)
 
     async def _reply_error(
         self, reply: str, inv_id: str, kind: str, type_name: str, message: str, tb: str = ""
@@ -528,3 +518,18 @@ class NodeAgent:
             error=protocol.ErrorInfo(kind=kind, type=type_name, message=message, traceback=tb),
         )
         await self.nc.publish(reply, result.encode())
+
+
+def _error_info(exc: Exception) -> protocol.ErrorInfo:
+    """How a failure to serve a call is reported to its caller."""
+    if isinstance(exc, LoadFailed):
+        e = exc.error
+        return protocol.ErrorInfo(e["kind"], e["type"], e["message"], e.get("traceback", ""))
+    if isinstance(exc, ExecutorDied):
+        kind_name = "MemoryLimitExceeded" if exc.kind == protocol.ERR_MEMORY else "ExecutorCrashed"
+        return protocol.ErrorInfo(exc.kind, kind_name, exc.reason)
+    if isinstance(exc, CallTimeoutError):
+        return protocol.ErrorInfo(protocol.ERR_TIMEOUT, "DeadlineExceeded", exc.message)
+    if isinstance(exc, NotFoundError):
+        return protocol.ErrorInfo(protocol.ERR_NOT_FOUND, "NotFound", exc.message)
+    return protocol.ErrorInfo(protocol.ERR_INTERNAL, type(exc).__name__, str(exc))
