@@ -375,9 +375,10 @@ class Client:
         if runtime.current() is not None or not sys.stderr.isatty():
             yield lambda: None
             return
+        from rich.console import Console
         from rich.progress import Progress
 
-        with Progress(transient=True) as bar:
+        with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task(label, total=total)
             yield lambda: bar.advance(task)
 

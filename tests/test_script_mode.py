@@ -1,0 +1,109 @@
+"""Script mode as a user runs it: `python main.py` next to its own helper modules."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import Lattice
+
+HELPER = "def double(x: int) -> int:\n    return 2 * x\n"
+
+MAIN = """\
+import sys
+import superpose as sp
+from helper import double
+
+
+@sp.function
+def work(x: int) -> int:
+    print(f"working on {x}")
+    return double(x)
+
+
+if __name__ == "__main__":
+    with sp.connect():
+        print("remote", work.remote(21))
+        print("mapped", sum(work.map(range(int(sys.argv[1])))))
+"""
+
+
+def _project(tmp_path: Path) -> Path:
+    (tmp_path / "helper.py").write_text(HELPER)
+    (tmp_path / "main.py").write_text(MAIN)
+    return tmp_path
+
+
+def _env(lattice: Lattice) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
+    env["SUPERPOSE_LATTICE"] = lattice.url
+    return env
+
+
+def test_a_script_runs_with_its_local_modules_and_shows_remote_prints(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    root = _project(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "main.py", "3"],
+        cwd=root,
+        env=_env(lattice),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "remote 42" in proc.stdout
+    assert "mapped 6" in proc.stdout
+    assert "[work@n" in proc.stdout and "] working on 21" in proc.stdout
+
+
+def test_map_shows_a_progress_bar_on_a_terminal_only(lattice: Lattice, tmp_path: Path) -> None:
+    root = _project(tmp_path)
+    plain = subprocess.run(
+        [sys.executable, "main.py", "50"],
+        cwd=root,
+        env=_env(lattice),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert "main.work" not in plain.stderr
+
+    leader, follower = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "50"],
+        cwd=root,
+        env={**_env(lattice), "COLUMNS": "120"},
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = _read_until_exit(leader, proc)
+    assert proc.returncode == 0
+    assert "main.work" in seen
+
+
+def _read_until_exit(fd: int, proc: subprocess.Popen[bytes]) -> str:
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # the terminal closed with the process
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=10)
+    os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
