@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -14,9 +15,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from superpose import config, supervisor
+from superpose import config, protocol, supervisor
 from superpose.client import Client, parse_json_args
-from superpose.errors import LatticeError, RemoteError, SuperposeError, UserError
+from superpose.errors import (
+    BadRequestError,
+    LatticeError,
+    RemoteError,
+    SuperposeError,
+    UserError,
+)
 
 DOWN_TIMEOUT_S = 30.0
 
@@ -48,7 +55,9 @@ def _parse_labels(text: str | None) -> dict[str, str]:
     for item in filter(None, (text or "").split(",")):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise UserError(f"label {item!r} is not KEY=VALUE (e.g. --labels region=eu,gpu=1)")
+            raise BadRequestError(
+                f"label {item!r} is not KEY=VALUE (e.g. --labels region=eu,gpu=1)"
+            )
         labels[key.strip()] = value.strip()
     return labels
 
@@ -65,8 +74,17 @@ def cmd_up(ns: argparse.Namespace) -> int:
 
 
 def _up_argv(ns: argparse.Namespace) -> list[str]:
-    argv = [sys.executable, "-m", "superpose", "up", "--workers", str(ns.workers),
-            "--gateway-port", str(ns.gateway_port), "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "superpose",
+        "up",
+        "--workers",
+        str(ns.workers),
+        "--gateway-port",
+        str(ns.gateway_port),
+        "--quiet",
+    ]
     if ns.slots:
         argv += ["--slots", str(ns.slots)]
     if ns.lattice_port is not None:
@@ -75,39 +93,46 @@ def _up_argv(ns: argparse.Namespace) -> list[str]:
 
 
 def _up_detached(ns: argparse.Namespace, home: Path) -> int:
+    """Run the foreground ``up`` in its own session and return once it is ready."""
     started = time.monotonic()
     if supervisor.lock_is_held(home):
-        state = supervisor.read_state(home) or {}
-        raise UserError(
-            f"a lattice is already running in {home} (lattice {state.get('lattice', '?')}); "
-            "stop it with `superpose down`"
-        )
-    (home / "logs").mkdir(parents=True, exist_ok=True)
+        raise supervisor.already_running(home)
+    log_path = home / "logs" / "up.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     config.state_file(home).unlink(missing_ok=True)
-    with open(home / "logs" / "up.log", "ab") as log:
+    with open(log_path, "ab") as log:
+        offset = log.tell()
         proc = subprocess.Popen(
-            _up_argv(ns), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, config.ENV_HOME: str(home)},
+            _up_argv(ns),
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, config.ENV_HOME: str(home)},
         )
     deadline = time.monotonic() + supervisor.READY_TIMEOUT_S + 10
     while time.monotonic() < deadline:
         state = supervisor.read_state(home)
-        if state and state.get("ready"):
-            _print_ready(state, time.monotonic() - started)
+        if state and state.get("ready") and state.get("pid") == proc.pid:
+            _print_ready(state, time.monotonic() - started, "stop with `superpose down`")
             return 0
         if proc.poll() is not None:
-            tail = (home / "logs" / "up.log").read_text(errors="replace")[-2000:]
-            raise LatticeError(f"`superpose up` failed:\n{tail}")
+            with open(log_path, "rb") as log:
+                log.seek(offset)
+                tail = log.read()[-2000:].decode(errors="replace").strip()
+            # The child's own `error: ...` line says what went wrong (port in use, ...).
+            message = tail.removeprefix("error: ") if tail.count("\n") == 0 else tail
+            raise LatticeError(f"`superpose up` failed: {message or f'exit {proc.returncode}'}")
         time.sleep(0.02)
     proc.terminate()
-    raise LatticeError(f"the lattice did not become ready; see {home}/logs")
+    raise LatticeError(f"the lattice did not become ready; see {home / 'logs'}")
 
 
-def _print_ready(state: dict[str, Any], elapsed_s: float) -> None:
+def _print_ready(state: dict[str, Any], elapsed_s: float, how_to_stop: str) -> None:
     print(f"lattice  {state['lattice']}")
     if state.get("gateway"):
         print(f"gateway  {state['gateway']}")
-    print(f"ready in {elapsed_s:.2f} s (state in {config.home()})", flush=True)
+    print(f"ready in {elapsed_s:.2f} s (state in {config.home()}); {how_to_stop}", flush=True)
 
 
 async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
@@ -119,16 +144,21 @@ async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
         lattice_port=ns.lattice_port if ns.lattice_port is not None else -1,
         gateway_port=ns.gateway_port,
     )
+    lattice.on_restart = lambda: supervisor.write_state(home, lattice)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await lattice.start()
+    supervisor.write_state(home, lattice, ready=False)
     try:
+        await lattice.start()
         supervisor.write_state(home, lattice)
         if not ns.quiet:
-            _print_ready({"lattice": lattice.url, "gateway": lattice.gateway_url},
-                         time.monotonic() - started)
+            _print_ready(
+                {"lattice": lattice.url, "gateway": lattice.gateway_url},
+                time.monotonic() - started,
+                "Ctrl-C to stop",
+            )
             await _live_status(lattice, stop)
         await stop.wait()
     finally:
@@ -153,33 +183,31 @@ async def _live_status(lattice: supervisor.LocalLattice, stop: asyncio.Event) ->
                 busy = sum(n.busy for n in found)
                 slots = sum(n.slots for n in found)
                 served = sum(n.served for n in found)
-                live.update(f"[bold]{len(found)}[/] nodes · {busy}/{slots} slots busy · "
-                            f"{served} served · Ctrl-C to stop")
-                try:
+                live.update(
+                    f"[bold]{len(found)}[/] nodes · {busy}/{slots} slots busy · "
+                    f"{served} served · Ctrl-C to stop"
+                )
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
     finally:
         await client.aclose()
 
 
 def cmd_down(ns: argparse.Namespace) -> int:
     home = config.home()
-    state = supervisor.read_state(home)
-    if state is None:
+    started = time.monotonic()
+    outcome = supervisor.stop_running(home, DOWN_TIMEOUT_S)
+    if not outcome.running:
         print(f"no lattice is running in {home}")
         return 0
-    os.kill(int(state["pid"]), signal.SIGTERM)
-    deadline = time.monotonic() + DOWN_TIMEOUT_S
-    while supervisor.lock_is_held(home) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    leftovers = [int(state["pid"]), *map(int, state.get("pids", {}).values())]
-    for pid in leftovers:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-    print("lattice stopped")
+    if outcome.leftovers:
+        print(f"the lattice's supervisor in {home} had died; stopped the processes it left")
+    elif outcome.killed:
+        print(
+            f"the lattice did not stop within {DOWN_TIMEOUT_S:.0f} s; killed "
+            f"{len(outcome.killed)} process(es)"
+        )
+    print(f"lattice stopped in {time.monotonic() - started:.2f} s")
     return 0
 
 
@@ -192,24 +220,33 @@ def cmd_worker(ns: argparse.Namespace) -> int:
 
     from superpose.node.agent import NodeAgent, NodeConfig
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    labels = _parse_labels(ns.labels)
     node_id = ns.node_id or f"n{uuid.uuid4().hex[:6]}"
     state_dir = Path(ns.state_dir) if ns.state_dir else config.home() / "nodes" / node_id
     try:
         node_config = NodeConfig(
-            lattice=_lattice_url(ns.lattice), node_id=node_id, state_dir=state_dir,
-            slots=ns.slots or (os.cpu_count() or 1), labels=_parse_labels(ns.labels),
+            lattice=_lattice_url(ns.lattice),
+            node_id=node_id,
+            state_dir=state_dir,
+            slots=ns.slots or (os.cpu_count() or 1),
+            labels=labels,
             drain_grace_s=ns.drain_grace,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await NodeAgent(node_config).run(stop)
+        watch = loop.create_task(supervisor.orphaned(ns.parent_pid))
+        watch.add_done_callback(lambda _: stop.set())
+        try:
+            await NodeAgent(node_config).run(stop)
+        finally:
+            watch.cancel()
 
     asyncio.run(run())
     return 0
@@ -218,7 +255,16 @@ def cmd_worker(ns: argparse.Namespace) -> int:
 def cmd_gateway(ns: argparse.Namespace) -> int:
     from superpose.gateway import serve
 
-    asyncio.run(serve(_lattice_url(ns.lattice), ns.host, ns.port))
+    url = _lattice_url(ns.lattice)
+    asyncio.run(
+        serve(
+            url,
+            ns.host,
+            ns.port,
+            max_body_bytes=ns.max_body_bytes,
+            until=supervisor.orphaned(ns.parent_pid),
+        )
+    )
     return 0
 
 
@@ -230,8 +276,10 @@ def cmd_deploy(ns: argparse.Namespace) -> int:
 
     async def body(client: Client) -> int:
         done = await deploy(client, Path(ns.path), ns.name)
-        print(f"deployed {done.app} version {done.version[:12]}  "
-              f"({done.files} files, {done.uploaded} uploaded, {done.size} bytes)")
+        print(
+            f"deployed {done.app} version {done.version[:12]}  "
+            f"({done.files} files, {done.uploaded} uploaded, {done.size} bytes)"
+        )
         print("functions: " + ", ".join(f"{done.app}.{f}" for f in done.functions))
         print(done.version)
         return 0
@@ -268,9 +316,11 @@ def cmd_ls(ns: argparse.Namespace) -> int:
             for version in app["versions"]:
                 marks = [a for a, d in app["aliases"].items() if d == version["version"]]
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(version["created"]))
-                print(f"  {version['version'][:12]}  {when}  {version['size']:>8} B  "
-                      f"{', '.join(version['functions'])}"
-                      + (f"  [{', '.join(marks)}]" if marks else ""))
+                print(
+                    f"  {version['version'][:12]}  {when}  {version['size']:>8} B  "
+                    f"{', '.join(version['functions'])}"
+                    + (f"  [{', '.join(marks)}]" if marks else "")
+                )
         return 0
 
     return asyncio.run(_with_client(ns.lattice, body))
@@ -289,8 +339,10 @@ def cmd_status(ns: argparse.Namespace) -> int:
         for n in state["nodes"]:
             labels = ",".join(f"{k}={v}" for k, v in n["labels"].items()) or "-"
             warm = ",".join(d[:8] for d in n["warm"]) or "-"
-            print(f"  {n['id']}  host={n['host']} labels={labels} slots={n['slots']} "
-                  f"busy={n['busy']} served={n['served']} warm={warm}")
+            print(
+                f"  {n['id']}  host={n['host']} labels={labels} slots={n['slots']} "
+                f"busy={n['busy']} served={n['served']} warm={warm}"
+            )
         print(f"{len(state['apps'])} app(s)")
         for app in state["apps"]:
             latest = app["aliases"].get("latest", "")[:12]
@@ -304,6 +356,8 @@ def cmd_logs(ns: argparse.Namespace) -> int:
     from superpose import logs
 
     app, _, fn = ns.target.partition(".")
+    if not protocol.is_valid_name(app) or (fn and not protocol.is_valid_name(fn)):
+        raise BadRequestError(f"{ns.target!r} is not APP or APP.FN (letters, digits, _ and -)")
 
     async def body(client: Client) -> int:
         async for record in logs.read(client, app, fn or None, follow=ns.follow):
@@ -317,6 +371,32 @@ def cmd_logs(ns: argparse.Namespace) -> int:
         return 0
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port (0 picks a free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
+    return port
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 # --- parser ------------------------------------------------------------------------
 
 
@@ -326,8 +406,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help_text: str,
-            lattice: bool = True) -> argparse.ArgumentParser:
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help_text: str, lattice: bool = True
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=fn)
         if lattice:
@@ -335,27 +416,43 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     p = add("up", cmd_up, "start a local lattice: nats-server, nodes and the gateway", False)
-    p.add_argument("--workers", type=int, default=2, help="node agents to start (default 2)")
-    p.add_argument("--slots", type=int, help="slots per node (default: cores / workers)")
+    p.add_argument("--workers", type=_count(0), default=2, help="node agents to start (default 2)")
+    p.add_argument("--slots", type=_count(1), help="slots per node (default: cores / workers)")
     p.add_argument("--detach", action="store_true", help="return once ready; stop with `down`")
-    p.add_argument("--lattice-port", type=int, help="NATS port (default: a free one)")
-    p.add_argument("--gateway-port", type=int, default=config.DEFAULT_GATEWAY_PORT,
-                   help="HTTP gateway port on 127.0.0.1 (default 8700)")
+    p.add_argument("--lattice-port", type=_port, help="NATS port (default: a free one)")
+    p.add_argument(
+        "--gateway-port",
+        type=_port,
+        default=config.DEFAULT_GATEWAY_PORT,
+        help="HTTP gateway port on 127.0.0.1 (default 8700)",
+    )
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
 
     add("down", cmd_down, "stop the lattice `up` started in $SUPERPOSE_HOME", False)
 
     p = add("worker", cmd_worker, "join a lattice as a node")
     p.add_argument("--labels", help="KEY=VALUE,... advertised to the lattice")
-    p.add_argument("--slots", type=int, help="invocations run at once (default: cores)")
+    p.add_argument("--slots", type=_count(1), help="invocations run at once (default: cores)")
     p.add_argument("--node-id", help=argparse.SUPPRESS)
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--state-dir", help=argparse.SUPPRESS)
-    p.add_argument("--drain-grace", type=float, default=10.0,
-                   help="seconds to finish in-flight calls on shutdown (default 10)")
+    p.add_argument(
+        "--drain-grace",
+        type=float,
+        default=10.0,
+        help="seconds to finish in-flight calls on shutdown (default 10)",
+    )
 
     p = add("gateway", cmd_gateway, "serve the HTTP gateway")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=config.DEFAULT_GATEWAY_PORT)
+    p.add_argument("--port", type=_port, default=config.DEFAULT_GATEWAY_PORT)
+    p.add_argument(
+        "--max-body-bytes",
+        type=_count(1),
+        default=config.MAX_HTTP_BODY_BYTES,
+        help=f"largest request body accepted (default {config.MAX_HTTP_BODY_BYTES})",
+    )
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
 
     p = add("deploy", cmd_deploy, "bundle a folder or .py file and make it the app's latest")
     p.add_argument("path")
@@ -384,15 +481,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = ns.func(ns)
     except RemoteError as exc:
-        _err(f"error: {exc.kind}: {exc.type}: {exc.remote_message}")
         if exc.traceback:
-            _err(exc.traceback.rstrip())
+            where = f" (node {exc.node})" if exc.node else ""
+            _err(f"remote traceback{where}:\n{exc.traceback.rstrip()}")
+        _err(f"error: {exc.kind}: {exc.type}: {exc.remote_message}")
         return 1
     except SuperposeError as exc:
         _err(f"error: {exc.message}")
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `superpose logs APP | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -74,16 +74,44 @@ def _parse_call_body(body: bytes) -> bytes:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(parsed, dict):
-        raise BadRequestError('request body must be a JSON object: {"args": [...], "kwargs": {...}}')
+        raise BadRequestError(
+            'request body must be a JSON object: {"args": [...], "kwargs": {...}}'
+        )
     unknown = set(parsed) - {"args", "kwargs"}
     if unknown:
-        raise BadRequestError(f"unknown field(s) in request body: {', '.join(sorted(unknown))}")
+        raise BadRequestError(
+            f"unknown field(s) in request body: {', '.join(sorted(unknown))} "
+            '(expected "args" and "kwargs")'
+        )
     args, kwargs = parsed.get("args", []), parsed.get("kwargs", {})
     if not isinstance(args, list):
         raise BadRequestError('"args" must be a JSON array')
     if not isinstance(kwargs, dict):
         raise BadRequestError('"kwargs" must be a JSON object')
     return json.dumps({"args": args, "kwargs": kwargs}).encode()
+
+
+def _error_response(exc: Exception, max_body_bytes: int) -> JSONResponse:
+    """The HTTP answer for everything a call can fail with."""
+    if isinstance(exc, BodyTooLarge):
+        return _error(413, "PayloadTooLarge", f"request body exceeds {max_body_bytes} bytes")
+    if isinstance(exc, RemoteError):
+        status = _REMOTE_STATUS.get(exc.kind, 500)
+        return _error(status, exc.type, exc.remote_message, exc.traceback)
+    if isinstance(exc, SuperposeError):
+        for kind, status in _USER_STATUS:
+            if isinstance(exc, kind):
+                return _error(status, kind.__name__.removesuffix("Error"), exc.message)
+        return _error(500, type(exc).__name__, exc.message)
+    raise exc
+
+
+_USER_STATUS: list[tuple[type[SuperposeError], int]] = [
+    (NotFoundError, 404),
+    (BadRequestError, 400),
+    (CallTimeoutError, 504),
+    (NoNodesError, 503),
+]
 
 
 def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -> Starlette:
@@ -107,21 +135,8 @@ def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -
             body = _parse_call_body(await _read_body(request, max_body_bytes))
             target = (await client.registry()).resolve(app, fn, version)
             result = await client.call_json(target, body)
-        except BodyTooLarge:
-            return _error(413, "PayloadTooLarge", f"request body exceeds {max_body_bytes} bytes")
-        except RemoteError as exc:
-            status = _REMOTE_STATUS.get(exc.kind, 500)
-            return _error(status, exc.type, exc.remote_message, exc.traceback)
-        except NotFoundError as exc:
-            return _error(404, "NotFound", exc.message)
-        except BadRequestError as exc:
-            return _error(400, "BadRequest", exc.message)
-        except CallTimeoutError as exc:
-            return _error(504, "Timeout", exc.message)
-        except NoNodesError as exc:
-            return _error(503, "NoNodes", exc.message)
-        except SuperposeError as exc:
-            return _error(500, type(exc).__name__, exc.message)
+        except (BodyTooLarge, SuperposeError) as exc:
+            return _error_response(exc, max_body_bytes)
         return Response(b'{"result": ' + result + b"}", media_type="application/json")
 
     async def status(_: Request) -> Response:
@@ -144,15 +159,30 @@ def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -
     )
 
 
-async def serve(lattice_url: str, host: str, port: int) -> None:
+async def serve(
+    lattice_url: str,
+    host: str,
+    port: int,
+    *,
+    max_body_bytes: int = MAX_HTTP_BODY_BYTES,
+    until: Coroutine[Any, Any, None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM or ``until`` returns; requests in flight are finished."""
     import uvicorn
 
+    app = create_app(lattice_url, max_body_bytes=max_body_bytes)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(lattice_url), host=host, port=port, log_level="warning",
-                       lifespan="on")
+        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     )
-    await server.serve()
-    await asyncio.sleep(0)
+    watch = None
+    if until is not None:
+        watch = asyncio.create_task(until)
+        watch.add_done_callback(lambda _: setattr(server, "should_exit", True))
+    try:
+        await server.serve()
+    finally:
+        if watch is not None:
+            watch.cancel()
 
 
 _ERROR = {
@@ -178,33 +208,67 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Call a deployed function and wait for its result",
                 "parameters": [
-                    {"name": "name", "in": "path", "required": True,
-                     "schema": {"type": "string"}, "description": "APP.FN or APP.FN@VERSION"},
-                    {"name": "X-Superpose-Version", "in": "header", "required": False,
-                     "schema": {"type": "string"}, "description": "version digest or alias"},
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "APP.FN or APP.FN@VERSION",
+                    },
+                    {
+                        "name": "X-Superpose-Version",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "version digest or alias",
+                    },
                 ],
-                "requestBody": {"content": {"application/json": {"schema": {
-                    "type": "object",
-                    "properties": {"args": {"type": "array"}, "kwargs": {"type": "object"}},
-                    "additionalProperties": False,
-                }}}},
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "args": {"type": "array"},
+                                    "kwargs": {"type": "object"},
+                                },
+                                "additionalProperties": False,
+                            }
+                        }
+                    }
+                },
                 "responses": {
-                    "200": {"description": "the result", "content": {"application/json": {
-                        "schema": {"type": "object", "properties": {"result": {}}}}}},
+                    "200": {
+                        "description": "the result",
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "object", "properties": {"result": {}}}
+                            }
+                        },
+                    },
                     **{
-                        code: {"description": why,
-                               "content": {"application/json": {"schema": _ERROR}}}
+                        code: {
+                            "description": why,
+                            "content": {"application/json": {"schema": _ERROR}},
+                        }
                         for code, why in [
-                            ("400", "malformed body"), ("404", "unknown app, function or version"),
-                            ("413", "body over the limit"), ("500", "the function raised or crashed"),
-                            ("503", "no node is serving"), ("504", "the function timed out"),
+                            ("400", "malformed body"),
+                            ("404", "unknown app, function or version"),
+                            ("413", "body over the limit"),
+                            ("500", "the function raised or crashed"),
+                            ("503", "no node is serving"),
+                            ("504", "the function timed out"),
                         ]
                     },
                 },
             }
         },
-        "/v1/status": {"get": {"summary": "Nodes, apps and versions",
-                               "responses": {"200": {"description": "lattice state"}}}},
+        "/v1/status": {
+            "get": {
+                "summary": "Nodes, apps and versions",
+                "responses": {"200": {"description": "lattice state"}},
+            }
+        },
         "/v1/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
     },
 }

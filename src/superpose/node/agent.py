@@ -185,8 +185,9 @@ class NodeAgent:
         )
 
     async def shutdown(self) -> None:
+        """Stop taking calls, drain, stop executors, leave. Never waits on a dead lattice."""
         for sub in self._subs:
-            await sub.unsubscribe()
+            await _bounded(sub.unsubscribe(), "unsubscribe")
         self._subs.clear()
         deadline = time.monotonic() + self.config.drain_grace_s
         while (self.busy or self.queued) and time.monotonic() < deadline:
@@ -196,16 +197,15 @@ class NodeAgent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         executors = [e for h in self.hosts.values() for e in h.executors]
         if self._spare is not None:
+            if not self._spare.done():
+                self._spare.cancel()  # still starting: its process is killed on cancel
             spare = await asyncio.gather(self._spare, return_exceptions=True)
             executors += [e for e in spare if isinstance(e, ExecutorProcess)]
         await asyncio.gather(*(e.close() for e in executors), return_exceptions=True)
         if self._assets is not None:
-            try:
-                await self._assets.nodes.delete(self.config.node_id)
-            except Exception:
-                log.debug("could not remove node entry", exc_info=True)
+            await _bounded(self._assets.nodes.delete(self.config.node_id), "remove node entry")
         if self._nc is not None:
-            await self._nc.close()
+            await _bounded(self._nc.close(), "close connection")
         if self._executor_log is not None:
             self._executor_log.close()
         log.info("node %s stopped", self.config.node_id)
@@ -533,3 +533,14 @@ def _error_info(exc: Exception) -> protocol.ErrorInfo:
     if isinstance(exc, NotFoundError):
         return protocol.ErrorInfo(protocol.ERR_NOT_FOUND, "NotFound", exc.message)
     return protocol.ErrorInfo(protocol.ERR_INTERNAL, type(exc).__name__, str(exc))
+
+
+SHUTDOWN_STEP_S = 2.0
+
+
+async def _bounded(step: Any, what: str) -> None:
+    """One shutdown step that talks to the lattice: it may be gone, so give up in time."""
+    try:
+        await asyncio.wait_for(step, SHUTDOWN_STEP_S)
+    except Exception:
+        log.debug("shutdown: could not %s", what, exc_info=True)

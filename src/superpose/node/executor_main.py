@@ -189,8 +189,10 @@ class Executor:
         key = (module, qualname)
         found = self.functions.get(key)
         if found is None:
-            target: Any = importlib.import_module(module)
+            target: Any = _import_bundle_module(module)
             for part in qualname.split("."):
+                if not hasattr(target, part):
+                    raise FunctionNotFound(f"{module} has no function {qualname!r}")
                 target = getattr(target, part)
             found = getattr(target, "local", target)
             if not callable(found):
@@ -267,10 +269,44 @@ def _wrapper_of(module: str, qualname: str) -> Any:
     return target if hasattr(target, "node_options") else None
 
 
+class FunctionNotFound(LookupError):
+    """The bundle lacks the module or name an invocation asks for."""
+
+
+def _import_bundle_module(module: str) -> Any:
+    """Import a module of the bundle; only its own absence counts as "not found".
+
+    A ModuleNotFoundError raised by the module's own imports (a dependency the
+    node lacks) is the user's error and is reported as raised, with its traceback.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
+            raise FunctionNotFound(f"the bundle has no module {module!r}") from exc
+        raise
+
+
 def _load_error_kind(exc: BaseException) -> str:
-    if isinstance(exc, ModuleNotFoundError | AttributeError):
-        return protocol.ERR_NOT_FOUND
-    return protocol.ERR_RAISED
+    return protocol.ERR_NOT_FOUND if isinstance(exc, FunctionNotFound) else protocol.ERR_RAISED
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback from the first frame of user code on: superpose's own frames are noise."""
+    tb = exc.__traceback__
+    while tb is not None and _is_runtime_frame(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+
+
+def _is_runtime_frame(filename: str) -> bool:
+    return filename.startswith(_RUNTIME_DIRS) or "<frozen " in filename
+
+
+_RUNTIME_DIRS = (
+    str(Path(__file__).resolve().parents[1]),
+    str(Path(asyncio.__file__).resolve().parents[1]),
+)
 
 
 def _error_info(exc: BaseException, kind: str = protocol.ERR_RAISED) -> protocol.ErrorInfo:
@@ -284,7 +320,7 @@ def _error_info(exc: BaseException, kind: str = protocol.ERR_RAISED) -> protocol
         kind=kind,
         type=name,
         message=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
+        traceback=_user_traceback(exc),
     )
 
 

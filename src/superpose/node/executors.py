@@ -102,7 +102,11 @@ class ExecutorProcess:
         theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         executor = cls(process, Channel(reader, writer), on_block, on_unblock)
-        ready = await asyncio.wait_for(executor.channel.receive(), START_TIMEOUT_S)
+        try:
+            ready = await asyncio.wait_for(executor.channel.receive(), START_TIMEOUT_S)
+        except BaseException:  # timed out or cancelled: no process may outlive its start
+            executor.kill()
+            raise
         if ready is None or ready.get("op") != "ready":
             executor.kill()
             raise ExecutorDied("internal", "executor process failed to start (see node log)")

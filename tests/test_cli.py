@@ -1,0 +1,357 @@
+"""The `superpose` command against a real lattice: deploy, call, ls, status, logs, versions."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Lattice, superpose_cli
+
+DIGEST = re.compile(r"^[0-9a-f]{64}$", re.MULTILINE)
+
+
+def unique(prefix: str) -> str:
+    """App names are global on the session's lattice: each test makes its own."""
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def write_app(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+    return folder
+
+
+def deploy(lattice: Lattice, path: Path | str, *extra: str) -> str:
+    """Deploy and return the full version digest the command printed."""
+    proc = superpose_cli("deploy", str(path), *extra, url=lattice.url, check=True)
+    found = DIGEST.findall(proc.stdout)
+    assert found, proc.stdout
+    return found[-1]
+
+
+def app_names(lattice: Lattice) -> set[str]:
+    proc = superpose_cli("ls", "--json", url=lattice.url, check=True)
+    return {app["app"] for app in json.loads(proc.stdout)}
+
+
+@pytest.fixture(scope="module")
+def hello(lattice: Lattice) -> str:
+    return deploy(lattice, ROOT / "examples" / "hello")
+
+
+# --- deploy -------------------------------------------------------------------------------
+
+
+def test_deploy_folder_prints_the_version_id(lattice: Lattice, hello: str) -> None:
+    proc = superpose_cli("deploy", "examples/hello", url=lattice.url, check=True)
+    assert DIGEST.findall(proc.stdout) == [hello]  # same code, same id
+    assert "hello.greet" in proc.stdout and "hello.shout" in proc.stdout
+
+
+def test_deploy_app_whose_modules_import_each_other(lattice: Lattice) -> None:
+    proc = superpose_cli("deploy", "examples/shop", url=lattice.url, check=True)
+    assert DIGEST.search(proc.stdout)
+    assert "shop.checkout" in proc.stdout and "shop.quote" in proc.stdout
+    order = json.dumps([[{"sku": "apple", "qty": 2}, {"sku": "tea", "qty": 1}]])
+    out = superpose_cli("call", "shop.checkout", order, url=lattice.url, check=True)
+    assert json.loads(out.stdout)["total"] == 6.0
+    # quote imports checkout lazily while checkout imports pricing at the top
+    out = superpose_cli("call", "shop.quote", '["coffee", 2]', url=lattice.url, check=True)
+    assert json.loads(out.stdout) == 17.4
+
+
+def test_redeploying_unchanged_code_uploads_nothing(lattice: Lattice, tmp_path: Path) -> None:
+    name = unique("same")
+    folder = write_app(
+        tmp_path / name,
+        {"mod.py": "import superpose as sp\n\n\n@sp.function\ndef one() -> int:\n    return 1\n"},
+    )
+    first = superpose_cli("deploy", str(folder), url=lattice.url, check=True)
+    assert "1 uploaded" in first.stdout
+    again = superpose_cli("deploy", str(folder), url=lattice.url, check=True)
+    assert "0 uploaded" in again.stdout
+    assert DIGEST.findall(first.stdout) == DIGEST.findall(again.stdout)
+
+
+def test_deploy_single_file(lattice: Lattice, tmp_path: Path) -> None:
+    name = unique("single")
+    path = tmp_path / f"{name}.py"
+    path.write_text(
+        "import superpose as sp\n\n\n@sp.function\ndef twice(x: int) -> int:\n    return 2 * x\n"
+    )
+    (tmp_path / "not_deployed.py").write_text("this is not python (\n")
+    deploy(lattice, path)
+    out = superpose_cli("call", f"{name}.twice", "[21]", url=lattice.url, check=True)
+    assert json.loads(out.stdout) == 42
+
+
+def test_deploy_refuses_syntax_error_naming_file_and_line(lattice: Lattice, tmp_path: Path) -> None:
+    name = unique("broken")
+    folder = write_app(
+        tmp_path / name,
+        {
+            "good.py": "import superpose as sp\n\n\n@sp.function\ndef ok() -> int:\n    return 1\n",
+            "pkg/bad.py": "x = 1\n\ndef broken(:\n    pass\n",
+        },
+    )
+    proc = superpose_cli("deploy", str(folder), url=lattice.url)
+    assert proc.returncode == 1
+    assert "pkg/bad.py:3" in proc.stderr
+    assert "syntax error" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert name not in app_names(lattice)
+
+
+def test_deploy_refuses_two_functions_with_one_name(lattice: Lattice, tmp_path: Path) -> None:
+    name = unique("dup")
+    fn = "import superpose as sp\n\n\n@sp.function\ndef work() -> int:\n    return {}\n"
+    folder = write_app(tmp_path / name, {"a.py": fn.format(1), "b.py": fn.format(2)})
+    proc = superpose_cli("deploy", str(folder), url=lattice.url)
+    assert proc.returncode == 1
+    assert "'work'" in proc.stderr and "a.py" in proc.stderr and "b.py" in proc.stderr
+    assert name not in app_names(lattice)
+
+
+def test_deploy_refuses_a_folder_without_functions(lattice: Lattice, tmp_path: Path) -> None:
+    name = unique("empty")
+    folder = write_app(tmp_path / name, {"plain.py": "def helper() -> int:\n    return 1\n"})
+    proc = superpose_cli("deploy", str(folder), url=lattice.url)
+    assert proc.returncode == 1
+    assert "no @superpose.function" in proc.stderr
+    assert name not in app_names(lattice)
+
+
+def test_deploy_of_a_missing_path_is_refused(lattice: Lattice, tmp_path: Path) -> None:
+    proc = superpose_cli("deploy", str(tmp_path / "nowhere"), url=lattice.url)
+    assert proc.returncode == 1
+    assert "nowhere does not exist" in proc.stderr
+
+
+# --- call ---------------------------------------------------------------------------------
+
+
+def test_call_prints_the_json_result(lattice: Lattice, hello: str) -> None:
+    proc = superpose_cli("call", "hello.greet", '["x"]', url=lattice.url, check=True)
+    assert json.loads(proc.stdout) == "Hello, x!"
+    kwargs = superpose_cli("call", "hello.shout", "[]", '{"text": "hi"}', url=lattice.url)
+    assert json.loads(kwargs.stdout) == "HI!"
+
+
+def test_call_of_a_function_that_raises(lattice: Lattice) -> None:
+    superpose_cli("deploy", "examples/shop", url=lattice.url, check=True)
+    proc = superpose_cli("call", "shop.quote", '["durian", 1]', url=lattice.url)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert "KeyError" in proc.stderr
+    assert "unknown sku 'durian'" in proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "pricing.py" in proc.stderr  # the traceback reaches into the user's code
+
+
+def test_call_unknown_app(lattice: Lattice) -> None:
+    proc = superpose_cli("call", "no_such_app.greet", '["x"]', url=lattice.url)
+    assert proc.returncode == 1
+    assert "no_such_app" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_call_unknown_function(lattice: Lattice, hello: str) -> None:
+    proc = superpose_cli("call", "hello.no_such_fn", '["x"]', url=lattice.url)
+    assert proc.returncode == 1
+    assert "no_such_fn" in proc.stderr
+    assert "greet" in proc.stderr  # says what the app does have
+
+
+def test_call_unknown_version(lattice: Lattice, hello: str) -> None:
+    proc = superpose_cli("call", "hello.greet@ffffffffffff", '["x"]', url=lattice.url)
+    assert proc.returncode == 1
+    assert "ffffffffffff" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["[bad"], "not valid JSON"),
+        (['{"name": "x"}'], "JSON array"),
+        (["[]", "[1]"], "JSON object"),
+    ],
+)
+def test_call_with_malformed_arguments(
+    lattice: Lattice, hello: str, args: list[str], problem: str
+) -> None:
+    proc = superpose_cli("call", "hello.greet", *args, url=lattice.url)
+    assert proc.returncode == 1
+    assert problem in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_call_with_a_bad_name(lattice: Lattice) -> None:
+    proc = superpose_cli("call", "nodot", url=lattice.url)
+    assert proc.returncode == 1
+    assert "APP.FN" in proc.stderr
+
+
+def test_commands_without_a_lattice_say_how_to_start_one(tmp_path: Path) -> None:
+    proc = superpose_cli("ls", home=tmp_path)
+    assert proc.returncode == 1
+    assert "superpose up" in proc.stderr
+
+
+# --- ls, status, logs ------------------------------------------------------------------
+
+
+def test_ls_lists_apps_and_versions(lattice: Lattice, hello: str) -> None:
+    proc = superpose_cli("ls", url=lattice.url, check=True)
+    assert "hello" in proc.stdout and hello[:12] in proc.stdout and "greet" in proc.stdout
+    apps = {a["app"]: a for a in json.loads(superpose_cli("ls", "--json", url=lattice.url).stdout)}
+    assert apps["hello"]["aliases"]["latest"] == hello
+    assert any(
+        v["version"] == hello and "greet" in v["functions"] for v in apps["hello"]["versions"]
+    )
+
+
+def test_status_json_shows_nodes_and_apps(lattice: Lattice, hello: str) -> None:
+    superpose_cli("call", "hello.greet", '["warm"]', url=lattice.url, check=True)
+    state = json.loads(superpose_cli("status", "--json", url=lattice.url, check=True).stdout)
+    assert state["lattice"] == lattice.url
+    assert len(state["nodes"]) >= 2
+    for node in state["nodes"]:
+        assert {"id", "host", "labels", "slots", "busy", "warm"} <= set(node)
+        assert node["slots"] == 1
+        assert isinstance(node["labels"], dict) and isinstance(node["warm"], list)
+    assert "hello" in {app["app"] for app in state["apps"]}
+    text = superpose_cli("status", url=lattice.url, check=True).stdout
+    assert "node(s)" in text and "hello" in text
+
+
+def test_status_eventually_shows_the_warm_bundle(lattice: Lattice, hello: str) -> None:
+    superpose_cli("call", "hello.greet", '["warm"]', url=lattice.url, check=True)
+    deadline = time.monotonic() + 30  # nodes refresh their entry every heartbeat
+    while True:
+        state = json.loads(superpose_cli("status", "--json", url=lattice.url).stdout)
+        if any(hello in node["warm"] for node in state["nodes"]):
+            return
+        assert time.monotonic() < deadline, state["nodes"]
+
+
+def test_logs_show_what_a_function_printed(lattice: Lattice, tmp_path: Path) -> None:
+    name = unique("chatty")
+    folder = write_app(
+        tmp_path / name,
+        {
+            "talk.py": """
+        import sys
+
+        import superpose as sp
+
+
+        @sp.function
+        def say(word: str) -> str:
+            print(f"said {word}")
+            print(f"complained {word}", file=sys.stderr)
+            return word
+        """
+        },
+    )
+    deploy(lattice, folder)
+    word = uuid.uuid4().hex[:8]
+    superpose_cli("call", f"{name}.say", json.dumps([word]), url=lattice.url, check=True)
+    deadline = time.monotonic() + 30
+    while True:
+        proc = superpose_cli("logs", name, url=lattice.url, check=True)
+        if f"said {word}" in proc.stdout and f"complained {word}" in proc.stdout:
+            break
+        assert time.monotonic() < deadline, proc.stdout
+    assert "[say@" in proc.stdout
+    only_fn = superpose_cli("logs", f"{name}.say", url=lattice.url, check=True)
+    assert f"said {word}" in only_fn.stdout
+    other = superpose_cli("logs", f"{name}.other", url=lattice.url, check=True)
+    assert word not in other.stdout
+
+
+def test_logs_rejects_a_bad_target(lattice: Lattice) -> None:
+    proc = superpose_cli("logs", "bad name!", url=lattice.url)
+    assert proc.returncode == 1
+    assert "APP or APP.FN" in proc.stderr
+
+
+# --- versions ---------------------------------------------------------------------------
+
+
+def test_two_versions_side_by_side_by_digest_prefix(lattice: Lattice, tmp_path: Path) -> None:
+    """One app, one module, two deploys: both stay callable, each runs its own code."""
+    name = unique("versions")
+    source = """
+        import os
+
+        import superpose as sp
+        from superpose import runtime
+
+
+        @sp.function
+        def which() -> list:
+            node = runtime.current()
+            return ["{tag}", node.node_id if node else "?", os.getpid()]
+        """
+    folder = tmp_path / name
+    write_app(folder, {"mod.py": source.format(tag="v1")})
+    v1 = deploy(lattice, folder)
+    write_app(folder, {"mod.py": source.format(tag="v2")})
+    v2 = deploy(lattice, folder)
+    assert v1 != v2
+
+    latest = superpose_cli("call", f"{name}.which", url=lattice.url, check=True)
+    assert json.loads(latest.stdout)[0] == "v2"
+
+    seen: dict[str, dict[str, int]] = {"v1": {}, "v2": {}}  # tag -> node -> executor pid
+    deadline = time.monotonic() + 60
+    while not set(seen["v1"]) & set(seen["v2"]):  # until one node has run both
+        assert time.monotonic() < deadline, seen
+        for tag, digest in (("v1", v1), ("v2", v2)):
+            proc = superpose_cli("call", f"{name}.which@{digest[:8]}", url=lattice.url, check=True)
+            answered, node, pid = json.loads(proc.stdout)
+            assert answered == tag
+            seen[tag][node] = pid
+    node = next(iter(set(seen["v1"]) & set(seen["v2"])))
+    assert seen["v1"][node] != seen["v2"][node]  # two executors, one per version
+
+    listed = {
+        a["app"]: a for a in json.loads(superpose_cli("ls", "--json", url=lattice.url).stdout)
+    }
+    assert {v["version"] for v in listed[name]["versions"]} == {v1, v2}
+    assert listed[name]["aliases"]["latest"] == v2
+
+
+def test_a_dependency_missing_on_nodes_is_the_users_error_not_a_missing_function(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    name = unique("deps")
+    write_app(
+        tmp_path / name,
+        {
+            "needs.py": """
+                import superpose as sp
+                import not_installed_dependency_xyz
+
+                @sp.function
+                def run() -> int:
+                    return 1
+            """
+        },
+    )
+    deploy(lattice, tmp_path / name)
+    proc = superpose_cli("call", f"{name}.run", url=lattice.url)
+    assert proc.returncode == 1
+    assert "raised" in proc.stderr and "not_found" not in proc.stderr
+    assert "No module named 'not_installed_dependency_xyz'" in proc.stderr
+    assert "needs.py" in proc.stderr
+    assert "executor_main.py" not in proc.stderr  # the traceback starts at the user's code
