@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextvars
 import importlib
 import inspect
 import logging
@@ -23,8 +22,8 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,10 +31,10 @@ import cloudpickle
 from nats.aio.client import Client as NATS
 
 from superpose import payload, protocol, runtime
+from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.lattice.connection import connect
 from superpose.node.channel import Channel
-
-MAX_THREADS = 4096
+from superpose.node.lane import SyncLane
 
 
 class _Output:
@@ -96,11 +95,14 @@ class Executor:
         self.channel = channel
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
-        self.pool = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="sp-call")
         self.functions: dict[tuple[str, str], Callable[..., Any]] = {}
         self.app = ""
         self.digest = ""
         self.outputs: list[_Output] = []
+        self.lane = SyncLane(self._run_sync)
+        self._events: deque[tuple[Any, ...]] = deque()
+        """What lane threads tell the loop (start, result, block, unblock), in order."""
+        self._wake_scheduled = False
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -109,7 +111,7 @@ class Executor:
         while (message := await self.channel.receive()) is not None:
             op = message["op"]
             if op == "run":
-                self.loop.create_task(self._run(message["inv"], message["reply"]))
+                self._accept(message["inv"], message["reply"])
             elif op == "describe":
                 self._describe(message)
             elif op == "load":
@@ -146,11 +148,101 @@ class Executor:
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)
 
+    # --- the sync lane -------------------------------------------------------------
+    #
+    # The agent sends sync calls ahead (its pipeline depth); lane threads run them
+    # back to back and hand results to the loop in batches, one wake-up per batch.
+
+    def _accept(self, raw: bytes, reply: str) -> None:
+        inv = protocol.Invocation.decode(raw)
+        try:
+            is_async = inspect.iscoroutinefunction(self._function(inv.module, inv.qualname))
+        except BaseException:
+            is_async = True  # run it on the loop: _run reports the lookup failure
+        if is_async:
+            self.channel.send({"op": "start", "id": inv.id})
+            self.loop.create_task(self._run(inv, reply))
+        else:
+            self.lane.submit((inv, reply))
+
+    def _run_sync(self, job: tuple[protocol.Invocation, str]) -> None:
+        """In a lane thread: run one sync call and hand its result to the loop."""
+        inv, reply = job
+        if inv.remaining_s() <= 0:
+            error = protocol.ErrorInfo(
+                protocol.ERR_TIMEOUT,
+                "DeadlineExceeded",
+                f"{inv.app}.{inv.fn} waited past its caller's deadline",
+            )
+            self._tell_loop("result", reply, protocol.Result(inv.id, self.node_id, error=error))
+            return
+        self._tell_loop("start", inv.id)
+        started = time.perf_counter()
+        token = runtime.current_invocation.set(
+            runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx)
+        )
+        try:
+            raw = (
+                inv.args.data
+                if inv.args.blob is None
+                else self._on_loop(payload.unwrap(self.nc, inv.args))
+            )
+            args, kwargs = payload.decode_args(raw or b"", inv.args.codec)
+            value = self._function(inv.module, inv.qualname)(*args, **kwargs)
+            data = payload.encode_value(value, inv.args.codec)
+            result = protocol.Result(inv.id, self.node_id, value=self._payload(data, inv))
+        except BaseException as exc:  # report everything the user code raised
+            result = protocol.Result(inv.id, self.node_id, error=_error_info(exc))
+        finally:
+            runtime.current_invocation.reset(token)
+            for output in self.outputs:
+                output.flush_invocation(inv.id)
+        result.duration_s = time.perf_counter() - started
+        self._tell_loop("result", reply, result)
+
+    def _payload(self, data: bytes, inv: protocol.Invocation) -> protocol.Payload:
+        if len(data) <= SPILL_THRESHOLD_BYTES:
+            return protocol.Payload(codec=inv.args.codec, data=data, size=len(data))
+        spilled: protocol.Payload = self._on_loop(payload.wrap(self.nc, data, inv.args.codec))
+        return spilled
+
+    def _on_loop(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def _tell_loop(self, *event: Any) -> None:
+        self._events.append(event)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self.loop.call_soon_threadsafe(self._drain_events)
+
+    def _drain_events(self) -> None:
+        self._wake_scheduled = False
+        results: list[tuple[str, protocol.Result]] = []
+        while self._events:
+            kind, *rest = self._events.popleft()
+            if kind == "result":
+                results.append((rest[0], rest[1]))
+            else:
+                self.channel.send({"op": kind, "id": rest[0]})
+        if results:
+            self.loop.create_task(self._answer_all(results))
+
+    async def _answer_all(self, results: list[tuple[str, protocol.Result]]) -> None:
+        for reply, result in results:
+            if reply:
+                await self.nc.publish(reply, result.encode())
+            self.channel.send({"op": "done", "id": result.id, "ok": result.error is None})
+
     def _on_block(self, invocation_id: str) -> None:
-        self.loop.call_soon_threadsafe(self.channel.send, {"op": "block", "id": invocation_id})
+        """In the calling thread: a call waits on its children."""
+        self._tell_loop("block", invocation_id)
+        if _in_lane_thread():
+            self.lane.leave()
 
     def _on_unblock(self, invocation_id: str) -> None:
-        self.loop.call_soon_threadsafe(self.channel.send, {"op": "unblock", "id": invocation_id})
+        if _in_lane_thread():
+            self.lane.rejoin()
+        self._tell_loop("unblock", invocation_id)
 
     # --- logs ------------------------------------------------------------------
 
@@ -220,9 +312,8 @@ class Executor:
             }
         self.channel.send(reply)
 
-    async def _run(self, raw: bytes, reply: str) -> None:
+    async def _run(self, inv: protocol.Invocation, reply: str) -> None:
         started = time.perf_counter()
-        inv = protocol.Invocation.decode(raw)
         token = runtime.current_invocation.set(
             runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx)
         )
@@ -241,18 +332,17 @@ class Executor:
             for output in self.outputs:
                 output.flush_invocation(inv.id)
         result.duration_s = time.perf_counter() - started
-        if reply:
-            await self.nc.publish(reply, result.encode())
-        self.channel.send({"op": "done", "id": inv.id, "ok": result.error is None})
+        await self._answer_all([(reply, result)])
 
     async def _call(self, inv: protocol.Invocation) -> Any:
+        """Async functions (and calls whose function could not be found)."""
         raw_args = await payload.unwrap(self.nc, inv.args)
         args, kwargs = payload.decode_args(raw_args, inv.args.codec)
-        fn = self._function(inv.module, inv.qualname)
-        if inspect.iscoroutinefunction(fn):
-            return await fn(*args, **kwargs)
-        context = contextvars.copy_context()
-        return await self.loop.run_in_executor(self.pool, lambda: context.run(fn, *args, **kwargs))
+        return await self._function(inv.module, inv.qualname)(*args, **kwargs)
+
+
+def _in_lane_thread() -> bool:
+    return threading.current_thread().name.startswith("sp-lane")
 
 
 def _top_level_modules(root: Path) -> set[bytes]:

@@ -43,6 +43,9 @@ class Call:
     memory_bytes: int | None
     done: asyncio.Future[bool]
     holds_slot: bool = True
+    on_start: Callable[[], None] | None = None
+    """Called when the executor begins the call (it may queue it first)."""
+    started: bool = False
 
 
 @dataclass
@@ -70,9 +73,8 @@ class ExecutorProcess:
         """Running and not condemned: a killed executor takes no new calls."""
         return self.process.returncode is None and self.kill_reason is None
 
-    @property
-    def running_sync(self) -> int:
-        return sum(1 for c in self.calls.values() if c.is_sync and c.holds_slot)
+    running_sync: int = 0
+    """Sync calls sent here and not blocked on children (kept as a count: it is read per call)."""
 
     @classmethod
     async def start(
@@ -135,6 +137,7 @@ class ExecutorProcess:
 
     def run(self, inv: bytes, reply: str, call: Call) -> None:
         self.calls[call.id] = call
+        self.running_sync += call.is_sync
         self.last_used = time.monotonic()
         self.channel.send({"op": "run", "inv": inv, "reply": reply})
         if call.memory_bytes and self._memory_watch is None:
@@ -143,19 +146,32 @@ class ExecutorProcess:
     async def _read(self) -> None:
         while (message := await self.channel.receive()) is not None:
             op = message["op"]
-            if op == "done":
-                call = self.calls.pop(message["id"], None)
-                if call is not None and not call.done.done():
-                    call.done.set_result(bool(message.get("ok")))
-            elif op in ("block", "unblock"):
-                call = self.calls.get(message["id"])
-                if call is not None:
-                    (self.on_block if op == "block" else self.on_unblock)(call)
-            elif op == "loaded":
+            if op == "loaded":
                 self._resolve("load", message)
             elif op == "described":
                 self._resolve(message["key"], message)
+            else:
+                call = self.calls.get(message["id"])
+                if call is not None:
+                    self._on_call_frame(op, call, message)
         await self._died()
+
+    def _on_call_frame(self, op: str, call: Call, message: dict[str, Any]) -> None:
+        if op == "done":
+            del self.calls[call.id]
+            self.running_sync -= call.is_sync and call.holds_slot
+            if not call.done.done():
+                call.done.set_result(bool(message.get("ok")))
+        elif op == "start":
+            call.started = True
+            if call.on_start is not None:
+                call.on_start()
+        elif op == "block" and call.holds_slot:
+            self.running_sync -= call.is_sync
+            self.on_block(call)
+        elif op == "unblock" and not call.holds_slot:
+            self.running_sync += call.is_sync
+            self.on_unblock(call)
 
     def _resolve(self, key: str, message: dict[str, Any]) -> None:
         waiter = self._waiters.pop(key, None)
