@@ -136,6 +136,8 @@ class NodeAgent:
         self._spare: asyncio.Task[ExecutorProcess] | None = None
         self.busy = 0
         self.queued = 0
+        self.backlog: deque[tuple[protocol.Invocation, Msg]] = deque()
+        """Warm calls waiting for capacity, dispatched as calls finish."""
         self.served = 0
         self.started = time.time()
         self._nc: NATS | None = None
@@ -280,6 +282,7 @@ class NodeAgent:
         if call.holds_slot and call.is_sync:
             call.holds_slot = False
             self.slots.release()
+            self._drain_backlog()
 
     def _on_unblock(self, call: Call) -> None:
         if not call.holds_slot and call.is_sync:
@@ -373,25 +376,60 @@ class NodeAgent:
                 f"{inv.app}.{inv.fn} reached a node after its caller's deadline",
             )
             return
-        if not self._dispatch_now(inv, msg):
-            self.queued += 1
+        outcome = self._dispatch_now(inv, msg)
+        if outcome == "sent":
+            return
+        self.queued += 1
+        if outcome == "full":
+            self.backlog.append((inv, msg))  # no task per waiting call: a flood stays cheap
+        else:
             self._spawn(self._handle(inv, msg))
 
-    def _dispatch_now(self, inv: protocol.Invocation, msg: Msg) -> bool:
-        """The fast path: warm bundle, known function, free capacity — no task, no await."""
+    def _drain_backlog(self) -> None:
+        """Capacity was freed: dispatch waiting warm calls in arrival order."""
+        while self.backlog:
+            inv, msg = self.backlog[0]
+            if inv.remaining_s() <= 0:
+                self.backlog.popleft()
+                self.queued -= 1
+                self._spawn(
+                    self._report_failure(
+                        msg.reply or "",
+                        inv,
+                        CallTimeoutError(f"{inv.app}.{inv.fn} waited past its caller's deadline"),
+                    )
+                )
+                continue
+            outcome = self._dispatch_now(inv, msg)
+            if outcome == "full":
+                return
+            self.backlog.popleft()
+            if outcome == "cold":  # evicted meanwhile, or needs another executor
+                self._spawn(self._handle(inv, msg))
+                continue
+            self.queued -= 1
+
+    def _dispatch_now(self, inv: protocol.Invocation, msg: Msg) -> str:
+        """The fast path: warm bundle, known function, free capacity — no task, no await.
+
+        Returns "sent", "full" (wait for capacity) or "cold" (needs the slow path:
+        a bundle to fetch, a function to describe or an executor to start).
+        """
         host = self.hosts.get(inv.digest)
         key = (inv.module, inv.qualname)
         meta = host.known.get(key) if host is not None else None
         if host is None or meta is None:
-            return False
+            return "cold"
         is_sync = not meta.get("is_async", False)
         pool = self.slots if is_sync else host.async_limit(key, meta, self.config.slots)
         executor = self._ready_executor(host, is_sync)
-        if executor is None or not pool.try_acquire():
-            return False
+        if executor is None:
+            return "cold"
+        if not pool.try_acquire():
+            return "full"
         self.hosts.move_to_end(inv.digest)
         self._dispatch(host, executor, inv, msg, meta, pool)
-        return True
+        return "sent"
 
     async def _handle(self, inv: protocol.Invocation, msg: Msg) -> None:
         """The slow path: fetch the bundle, describe the function, wait for capacity."""
@@ -463,6 +501,8 @@ class NodeAgent:
                 self.busy -= 1
             if call.holds_slot:
                 pool.release()
+            if self.backlog:
+                self._drain_backlog()
             if done.cancelled():
                 return
             error = done.exception()
