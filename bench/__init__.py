@@ -1,0 +1,1 @@
+"""The superpose benchmark suite: ``make bench`` runs ``bench/run.py``."""
