@@ -31,6 +31,11 @@ from superpose.errors import NotFoundError, SuperposeError
 ROLLUP_HEADER = "Nats-Rollup"
 CHUNK_BYTES = 1024 * 1024
 TRANSFER_TIMEOUT_S = 120.0
+WINDOW_BYTES = 16 * 1024 * 1024
+"""Chunks in flight without an ack: enough to keep the pipe full, little enough that
+JetStream never answers "too many requests"."""
+PUT_ATTEMPTS = 3
+RETRY_BACKOFF_S = 0.5
 
 
 def _meta_subject(bucket: str, name: str) -> str:
@@ -65,15 +70,26 @@ async def _get_info(js: JetStreamContext, bucket: str, name: str) -> js_api.Obje
 
 
 async def put(nc: NATS, bucket: str, name: str, data: bytes | memoryview) -> int:
-    """Store ``data`` as object ``name``; returns its size. Chunks are acked together."""
-    js = nc.jetstream()
+    """Store ``data`` as object ``name``; returns its size.
+
+    If the store refuses a chunk (JetStream answers "too many requests" when
+    pushed too hard), the partial object is purged and written again under a
+    fresh id: re-sending one chunk would put it out of order.
+    """
     view = memoryview(data)
     size = chunk_size_for(nc)
-    nuid = uuid.uuid4().hex
-    chunk_subject = _chunk_subject(bucket, nuid)
     chunks = [view[i : i + size] for i in range(0, len(view), size)]
     digest = hashlib.sha256(view).digest()
-    await _publish_acked(nc, chunk_subject, chunks)
+    for attempt in range(1, PUT_ATTEMPTS + 1):
+        nuid = uuid.uuid4().hex
+        try:
+            await _publish_acked(nc, _chunk_subject(bucket, nuid), chunks)
+            break
+        except ChunkRefused:
+            await nc.jetstream().purge_stream(_stream(bucket), subject=_chunk_subject(bucket, nuid))
+            if attempt == PUT_ATTEMPTS:
+                raise
+            await asyncio.sleep(RETRY_BACKOFF_S * attempt)
     info = js_api.ObjectInfo(
         name=name,
         bucket=bucket,
@@ -84,7 +100,7 @@ async def put(nc: NATS, bucket: str, name: str, data: bytes | memoryview) -> int
         digest="SHA-256=" + base64.urlsafe_b64encode(digest).decode(),
         options=js_api.ObjectMetaOptions(max_chunk_size=size),
     )
-    await js.publish(
+    await nc.jetstream().publish(
         _meta_subject(bucket, name),
         json.dumps(info.as_dict()).encode(),
         headers={ROLLUP_HEADER: "sub"},
@@ -92,39 +108,48 @@ async def put(nc: NATS, bucket: str, name: str, data: bytes | memoryview) -> int
     return len(view)
 
 
+class ChunkRefused(SuperposeError):
+    """The object store refused a chunk; the object must be written again."""
+
+
 async def _publish_acked(nc: NATS, subject: str, chunks: list[memoryview]) -> None:
+    """Publish chunks with at most ``WINDOW_BYTES`` un-acked, and wait for every ack."""
     if not chunks:
         return
+    window = asyncio.Semaphore(max(1, WINDOW_BYTES // max(1, len(chunks[0]))))
     inbox = nc.new_inbox()
-    pending = len(chunks)
-    done = asyncio.get_running_loop().create_future()
+    acked = 0
     errors: list[str] = []
+    all_acked = asyncio.get_running_loop().create_future()
 
     async def on_ack(msg: Msg) -> None:
-        nonlocal pending
+        nonlocal acked
         reply = json.loads(msg.data or b"{}")
         if "error" in reply:
             errors.append(str(reply["error"].get("description", reply["error"])))
-        pending -= 1
-        if pending == 0 and not done.done():
-            done.set_result(None)
+        acked += 1
+        window.release()
+        if acked == len(chunks) and not all_acked.done():
+            all_acked.set_result(None)
 
     sub = await nc.subscribe(inbox, cb=on_ack)
     try:
-        window = 64
-        for start in range(0, len(chunks), window):
-            for chunk in chunks[start : start + window]:
-                await nc.publish(subject, bytes(chunk), reply=inbox)
-            await nc.flush()
-        await asyncio.wait_for(done, TRANSFER_TIMEOUT_S)
+        for chunk in chunks:
+            await asyncio.wait_for(window.acquire(), TRANSFER_TIMEOUT_S)
+            if errors:
+                break
+            await nc.publish(subject, bytes(chunk), reply=inbox)
+        if not errors:
+            await asyncio.wait_for(all_acked, TRANSFER_TIMEOUT_S)
     except TimeoutError as exc:
         raise SuperposeError(
-            f"object store did not acknowledge {pending} of {len(chunks)} chunks"
+            f"object store did not acknowledge {len(chunks) - acked} of {len(chunks)} chunks "
+            f"within {TRANSFER_TIMEOUT_S:.0f} s"
         ) from exc
     finally:
         await sub.unsubscribe()
     if errors:
-        raise SuperposeError(f"object store refused a chunk: {errors[0]}")
+        raise ChunkRefused(f"object store refused a chunk: {errors[0]}")
 
 
 async def get(nc: NATS, bucket: str, name: str) -> bytes:
