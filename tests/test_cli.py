@@ -355,3 +355,28 @@ def test_a_dependency_missing_on_nodes_is_the_users_error_not_a_missing_function
     assert "No module named 'not_installed_dependency_xyz'" in proc.stderr
     assert "needs.py" in proc.stderr
     assert "executor_main.py" not in proc.stderr  # the traceback starts at the user's code
+
+
+def test_a_module_that_calls_the_lattice_on_import_gets_a_clear_error(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    name = unique("noguard")
+    write_app(
+        tmp_path / name,
+        {
+            "script.py": """
+                import superpose as sp
+
+                @sp.function
+                def square(x: int) -> int:
+                    return x * x
+
+                print(square.remote(3))  # driver code without a __main__ guard
+            """
+        },
+    )
+    deploy(lattice, tmp_path / name)
+    proc = superpose_cli("call", f"{name}.square", "[2]", url=lattice.url)
+    assert proc.returncode == 1
+    assert "importing script on a node made superpose calls" in proc.stderr
+    assert 'if __name__ == "__main__":' in proc.stderr

@@ -1,27 +1,53 @@
 """superpose: plain Python functions on a lattice of generic nodes.
 
-import superpose as sp
+    import superpose as sp
 
-@sp.function
-def square(x: int) -> int:
-    return x * x
+    @sp.function
+    def square(x: int) -> int:
+        return x * x
 
-with sp.connect():
-    print(square.remote(7))
+    with sp.connect():
+        print(square.remote(7))
+
+Names are imported on first use, so the ``superpose`` command and node
+processes do not pay for what they never touch.
 """
 
-from superpose.client import Client, connect
-from superpose.errors import (
-    CallTimeoutError,
-    DeployError,
-    NoNodesError,
-    NotFoundError,
-    RemoteError,
-    SuperposeError,
-    UserError,
-)
-from superpose.function import Function, RemoteFunction, function
-from superpose.futures import Future, gather
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from superpose.client import Client, connect
+    from superpose.errors import (
+        CallTimeoutError,
+        DeployError,
+        NoNodesError,
+        NotFoundError,
+        RemoteError,
+        SuperposeError,
+        UserError,
+    )
+    from superpose.functions import Function, RemoteFunction, function
+    from superpose.futures import Future, gather
+
+_WHERE = {
+    "Client": "superpose.client",
+    "connect": "superpose.client",
+    "CallTimeoutError": "superpose.errors",
+    "DeployError": "superpose.errors",
+    "NoNodesError": "superpose.errors",
+    "NotFoundError": "superpose.errors",
+    "RemoteError": "superpose.errors",
+    "SuperposeError": "superpose.errors",
+    "UserError": "superpose.errors",
+    "Function": "superpose.functions",
+    "RemoteFunction": "superpose.functions",
+    "function": "superpose.functions",
+    "Future": "superpose.futures",
+    "gather": "superpose.futures",
+}
 
 __all__ = [
     "CallTimeoutError",
@@ -39,3 +65,16 @@ __all__ = [
     "function",
     "gather",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'superpose' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

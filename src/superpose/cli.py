@@ -13,10 +13,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from superpose import config, protocol, supervisor
-from superpose.client import Client, parse_json_args
+
+if TYPE_CHECKING:  # the client (and nats-py) is imported by the commands that use it
+    from superpose.client import Client
 from superpose.errors import (
     BadRequestError,
     LatticeError,
@@ -43,6 +45,8 @@ def _lattice_url(explicit: str | None) -> str:
 
 
 async def _with_client(url: str | None, body: Callable[[Client], Awaitable[int]]) -> int:
+    from superpose.client import Client
+
     client = await Client.open(_lattice_url(url))
     try:
         return await body(client)
@@ -173,6 +177,7 @@ async def _live_status(lattice: supervisor.LocalLattice, stop: asyncio.Event) ->
         return
     from rich.live import Live
 
+    from superpose.client import Client
     from superpose.status import nodes
 
     client = await Client.open(lattice.url)
@@ -288,6 +293,7 @@ def cmd_deploy(ns: argparse.Namespace) -> int:
 
 
 def cmd_call(ns: argparse.Namespace) -> int:
+    from superpose.client import parse_json_args
     from superpose.registry import split_name
 
     body_json = parse_json_args(ns.args, ns.kwargs)

@@ -38,7 +38,7 @@ from superpose.errors import (
     SuperposeError,
     UserError,
 )
-from superpose.function import Options, RemoteFunction
+from superpose.functions import Options, RemoteFunction
 from superpose.futures import Future
 from superpose.lattice.connection import Assets, ensure_assets
 from superpose.lattice.connection import connect as connect_nats

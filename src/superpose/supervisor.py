@@ -29,7 +29,6 @@ from typing import IO, Any
 
 from superpose import config, protocol
 from superpose.errors import LatticeError, UserError
-from superpose.lattice.connection import connect
 from superpose.lattice.embedded import EmbeddedServer
 
 READY_TIMEOUT_S = 30.0
@@ -227,6 +226,8 @@ class LocalLattice:
                 ) from exc
 
     async def _wait_ready(self, node_ids: list[str]) -> None:
+        from superpose.lattice.connection import connect
+
         nc = await connect(self.url, name="superpose-supervisor")
         deadline = time.monotonic() + READY_TIMEOUT_S
         try:

@@ -32,6 +32,7 @@ from nats.aio.client import Client as NATS
 
 from superpose import payload, protocol, runtime
 from superpose.config import SPILL_THRESHOLD_BYTES
+from superpose.errors import UserError
 from superpose.lattice.connection import connect
 from superpose.node.channel import Channel
 from superpose.node.lane import SyncLane
@@ -375,6 +376,11 @@ def _import_bundle_module(module: str) -> Any:
         if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
             raise FunctionNotFound(f"the bundle has no module {module!r}") from exc
         raise
+    except UserError as exc:  # e.g. a script's driver code running on import
+        raise UserError(
+            f"importing {module} on a node made superpose calls ({exc.message}); code that "
+            'drives a script belongs under `if __name__ == "__main__":`'
+        ) from exc
 
 
 def _load_error_kind(exc: BaseException) -> str:
