@@ -111,3 +111,15 @@ def mergesort(xs: list[float], depth: int) -> list[float]:
 @sp.function
 def whoami() -> str:
     return f"{os.getpid()}"
+
+
+@sp.function
+def hold_once(marker: str, seconds: float) -> str:
+    """First attempt: note our pid, then hang; a retry finds the note and returns."""
+    if os.path.exists(marker):
+        return "retried"
+    with open(marker + ".tmp", "w") as out:
+        out.write(str(os.getpid()))
+    os.rename(marker + ".tmp", marker)
+    time.sleep(seconds)
+    return "first"

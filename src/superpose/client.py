@@ -48,6 +48,8 @@ T = TypeVar("T")
 RETRYABLE = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
 RETRY_BACKOFF_S = 0.2
 REAP_INTERVAL_S = 0.25
+LOST_SCAN_EVERY = 4
+"""Reaper ticks between scans for calls whose node went silent (once a second)."""
 
 
 @dataclass
@@ -56,6 +58,9 @@ class _Pending:
     inv: protocol.Invocation
     raw_args: bytes
     attempts_left: int
+    heard: float = 0.0
+    """When a node last reported holding this call (or when it was sent)."""
+    node: str = ""
 
 
 LogSink = Callable[[protocol.LogRecord], None]
@@ -121,6 +126,12 @@ class Client:
         )
         if self.log_sink is not None:
             await self.nc.subscribe(protocol.client_log_subject(self.id), cb=self._on_log)
+        await self.nc.subscribe(
+            protocol.progress_subject(self.id),
+            cb=self._on_progress,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
         self._tasks.append(self.loop.create_task(self._send_loop()))
         self._tasks.append(self.loop.create_task(self._reap_loop()))
 
@@ -277,6 +288,7 @@ class Client:
         if inv.args.data is None and inv.args.blob is None:
             inv.args = await payload.wrap(self.nc, pending.raw_args, inv.args.codec)
         self._pending[inv.id] = pending
+        pending.heard = time.monotonic()
         heapq.heappush(self._deadlines, (inv.deadline, inv.id))
         await self.nc.publish(
             protocol.call_subject(inv.app, inv.fn),
@@ -337,25 +349,64 @@ class Client:
             return
         pending.attempts_left -= 1
         await asyncio.sleep(RETRY_BACKOFF_S)
+        pending.heard = time.monotonic()
         await self.nc.publish(
             protocol.call_subject(pending.inv.app, pending.inv.fn),
             pending.inv.encode(),
             reply=protocol.reply_subject(self.id, inv_id),
         )
 
+    async def _on_progress(self, msg: Msg) -> None:
+        try:
+            progress = protocol.Progress.decode(msg.data)
+        except ValueError:
+            return
+        now = time.monotonic()
+        for inv_id in progress.ids:
+            pending = self._pending.get(inv_id)
+            if pending is not None:
+                pending.heard, pending.node = now, progress.node
+
+    async def _find_lost(self) -> None:
+        """A call no node has reported for LOST_AFTER_S was held by a node that died."""
+        now = time.monotonic()
+        lost = [p for p in self._pending.values() if now - p.heard > protocol.LOST_AFTER_S]
+        for pending in lost:
+            inv = pending.inv
+            where = f"node {pending.node}" if pending.node else "the node that took it"
+            error = RemoteError(
+                protocol.ERR_CRASHED,
+                "NodeLost",
+                f"{where} stopped reporting {inv.app}.{inv.fn} ({inv.id}) for "
+                f"{protocol.LOST_AFTER_S:g} s: the node died or lost the lattice",
+                node=pending.node,
+            )
+            pending.heard = now  # one verdict per silence, even while a retry is pending
+            self.loop.create_task(self._retry_or_fail(pending, error))
+
     async def _reap_loop(self) -> None:
-        """Every wait has an end: calls past their deadline fail with a timeout."""
+        """Every wait has an end: calls past their deadline fail with a timeout,
+        and calls whose node went silent are retried or failed."""
+        ticks, last = 0, time.monotonic()
         while True:
             await asyncio.sleep(REAP_INTERVAL_S)
+            ticks += 1
+            lag = time.monotonic() - last - REAP_INTERVAL_S
+            last = time.monotonic()
+            if lag > REAP_INTERVAL_S:  # this loop stalled: nodes' reports may still be unread
+                for pending in self._pending.values():
+                    pending.heard += lag
+            elif ticks % LOST_SCAN_EVERY == 0:
+                await self._find_lost()
             now = time.time()
             while self._deadlines and self._deadlines[0][0] < now:
                 _, inv_id = heapq.heappop(self._deadlines)
-                pending = self._pending.pop(inv_id, None)
-                if pending is not None:
+                expired = self._pending.pop(inv_id, None)
+                if expired is not None:
                     _fail(
-                        pending.future,
+                        expired.future,
                         CallTimeoutError(
-                            f"{pending.inv.app}.{pending.inv.fn} ({inv_id}) got no answer "
+                            f"{expired.inv.app}.{expired.inv.fn} ({inv_id}) got no answer "
                             "before its deadline; the node serving it may have died"
                         ),
                     )

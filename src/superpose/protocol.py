@@ -78,6 +78,26 @@ def client_log_subject(client_id: str) -> str:
     return f"_SP.{client_id}.log"
 
 
+def progress_subject(client_id: str) -> str:
+    """Where nodes tell a client which of its calls they still hold."""
+    return f"_SP.{client_id}.p"
+
+
+def client_of_reply(reply: str) -> str | None:
+    """The client id in a reply subject made by ``reply_subject``, else None."""
+    parts = reply.split(".")
+    if len(parts) == 4 and parts[0] == "_SP" and parts[2] == "r":
+        return parts[1]
+    return None
+
+
+PROGRESS_INTERVAL_S = 1.0
+"""How often a node reports the calls it has held at least this long."""
+LOST_AFTER_S = 10.0
+"""A call no node has reported for this long is lost (its node died): retried or failed."""
+PROGRESS_MAX_IDS = 4096
+
+
 # registry keys (JetStream KV keys allow [-/_=.a-zA-Z0-9])
 def version_key(app: str, version: str) -> str:
     return f"ver.{app}.{version}"
@@ -308,6 +328,23 @@ class LogRecord:
 
     @classmethod
     def decode(cls, data: bytes) -> LogRecord:
+        return cls(**_untag(unpack(data), cls.TYPE))
+
+
+@dataclass(slots=True)
+class Progress:
+    """A node still holds these calls of one client (queued or running)."""
+
+    TYPE = "sp.progress.v1"
+
+    node: str
+    ids: list[str]
+
+    def encode(self) -> bytes:
+        return pack({"t": self.TYPE, "node": self.node, "ids": self.ids})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Progress:
         return cls(**_untag(unpack(data), cls.TYPE))
 
 

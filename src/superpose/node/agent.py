@@ -174,6 +174,9 @@ class NodeAgent:
         self.busy = 0
         self.queued = 0
         self.call_log = CallLog()
+        self.held: dict[str, tuple[str, float, float]] = {}
+        """Calls this node holds (queued or running): id → (client, since, deadline).
+        Reported to their clients every second, so a client notices when a node dies."""
         self.backlog: deque[tuple[protocol.Invocation, Msg]] = deque()
         """Warm calls waiting for capacity, dispatched as calls finish."""
         self.served = 0
@@ -224,6 +227,7 @@ class NodeAgent:
         await self._heartbeat_once()
         self._spawn(self._heartbeat())
         self._spawn(self.call_log.run())
+        self._spawn(self._report_progress())
         log.info(
             "node %s serving %s with %d slot(s)",
             self.config.node_id,
@@ -291,6 +295,28 @@ class NodeAgent:
                 await self._heartbeat_once()
             except Exception:
                 log.warning("heartbeat failed; will retry", exc_info=True)
+
+    async def _report_progress(self) -> None:
+        """Every second, tell each client which of its calls this node still holds."""
+        while True:
+            await asyncio.sleep(protocol.PROGRESS_INTERVAL_S)
+            by_client: dict[str, list[str]] = {}
+            now, wall = time.monotonic(), time.time()
+            for inv_id, (client, since, deadline) in list(self.held.items()):
+                if wall > deadline:  # its caller has stopped waiting
+                    del self.held[inv_id]
+                elif now - since >= protocol.PROGRESS_INTERVAL_S:
+                    by_client.setdefault(client, []).append(inv_id)
+            try:
+                for client, ids in by_client.items():
+                    for start in range(0, len(ids), protocol.PROGRESS_MAX_IDS):
+                        batch = ids[start : start + protocol.PROGRESS_MAX_IDS]
+                        await self.nc.publish(
+                            protocol.progress_subject(client),
+                            protocol.Progress(self.config.node_id, batch).encode(),
+                        )
+            except Exception:
+                log.warning("progress report failed; will retry", exc_info=True)
 
     async def _on_control(self, msg: Msg) -> None:
         if msg.reply:
@@ -415,6 +441,9 @@ class NodeAgent:
                 f"{inv.app}.{inv.fn} reached a node after its caller's deadline",
             )
             return
+        client = protocol.client_of_reply(reply)
+        if client is not None:
+            self.held[inv.id] = (client, time.monotonic(), inv.deadline)
         outcome = self._dispatch_now(inv, msg)
         if outcome == "sent":
             return
@@ -533,6 +562,7 @@ class NodeAgent:
             )
 
         def finished(done: asyncio.Future[bool]) -> None:
+            self.held.pop(inv.id, None)
             for timer in timers:
                 timer.cancel()
             host.users -= 1
@@ -568,6 +598,7 @@ class NodeAgent:
     ) -> None:
         if call.done.done():
             return
+        self.held.pop(inv.id, None)
         executor.calls.pop(call.id, None)
         executor.kill(
             (
@@ -589,6 +620,7 @@ class NodeAgent:
         log.info("! %s.%s %s timeout after %g s", inv.app, inv.fn, inv.id, timeout_s)
 
     async def _report_failure(self, reply: str, inv: protocol.Invocation, exc: Exception) -> None:
+        self.held.pop(inv.id, None)
         if not isinstance(exc, LoadFailed | ExecutorDied | SuperposeError):
             log.exception("internal error serving %s", inv.id)
         info = _error_info(exc)

@@ -1,0 +1,78 @@
+"""A node that dies mid-call: the caller hears it within seconds, not at its deadline."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import fns
+import superpose as sp
+from conftest import Lattice, start_lattice, stop_lattice
+from superpose import client as client_module
+from superpose import protocol
+
+
+@pytest.fixture(scope="module")
+def own_lattice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lattice]:
+    """Nodes are killed here: keep it away from the shared lattice."""
+    handle = start_lattice(tmp_path_factory.mktemp("loss"), gateway=False)
+    yield handle
+    stop_lattice(handle)
+
+
+def _wait_for_file(path: Path, timeout_s: float = 30) -> int:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+def _kill_node_running(executor_pid: int) -> None:
+    """SIGKILL the node agent that owns this executor, and the executor itself."""
+    with open(f"/proc/{executor_pid}/stat") as stat:
+        agent_pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+    os.kill(agent_pid, signal.SIGKILL)
+    os.kill(executor_pid, signal.SIGKILL)
+
+
+@contextmanager
+def _client_for(lattice: Lattice) -> Iterator[sp.Client]:
+    """A client on this lattice, then the session's default client back."""
+    previous = client_module._default
+    client = sp.connect(lattice.url, show_logs=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        client_module._default = previous
+
+
+def test_a_call_on_a_node_that_dies_fails_fast_with_node_lost(
+    own_lattice: Lattice, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pid"
+    with _client_for(own_lattice):
+        future = fns.hold_once.with_options(timeout=120).spawn(str(marker), 60)
+        _kill_node_running(_wait_for_file(marker))
+        started = time.monotonic()
+        with pytest.raises(sp.RemoteError) as info:
+            future.result(timeout=60)  # the deadline is 130 s away: this must come far sooner
+    assert info.value.type == "NodeLost"
+    assert info.value.kind == protocol.ERR_CRASHED
+    assert "stopped reporting" in info.value.remote_message
+    assert time.monotonic() - started < 60
+
+
+def test_a_call_with_retries_moves_to_another_node(own_lattice: Lattice, tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    with _client_for(own_lattice):
+        future = fns.hold_once.with_options(timeout=120, retries=1).spawn(str(marker), 60)
+        _kill_node_running(_wait_for_file(marker))
+        assert future.result(timeout=60) == "retried"
