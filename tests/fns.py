@@ -123,3 +123,8 @@ def hold_once(marker: str, seconds: float) -> str:
     os.rename(marker + ".tmp", marker)
     time.sleep(seconds)
     return "first"
+
+
+@sp.function
+def parent_of_crash() -> None:
+    hard_exit.remote(4)

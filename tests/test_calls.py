@@ -199,3 +199,13 @@ def test_node_answers_a_garbled_invocation_with_bad_request(client: sp.Client) -
     assert result.error is not None
     assert result.error.kind == protocol.ERR_BAD_REQUEST
     assert fns.square.remote(4) == 16
+
+
+def test_a_parent_failing_through_a_crashed_child_is_an_infrastructure_failure(
+    client: sp.Client,
+) -> None:
+    # so that retries anywhere up the call tree apply to it
+    with pytest.raises(sp.RemoteError) as info:
+        fns.parent_of_crash.remote()
+    assert info.value.kind == protocol.ERR_CRASHED
+    assert "exited with code 4" in info.value.remote_message

@@ -32,10 +32,13 @@ from nats.aio.client import Client as NATS
 
 from superpose import payload, protocol, runtime
 from superpose.config import SPILL_THRESHOLD_BYTES
-from superpose.errors import UserError
+from superpose.errors import RemoteError, UserError
 from superpose.lattice.connection import connect
 from superpose.node.channel import Channel
 from superpose.node.lane import SyncLane
+
+INHERITED_KINDS = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
+"""Failure kinds a function's error takes from the nested call that caused it."""
 
 
 class _Output:
@@ -406,6 +409,10 @@ _RUNTIME_DIRS = (
 
 
 def _error_info(exc: BaseException, kind: str = protocol.ERR_RAISED) -> protocol.ErrorInfo:
+    if isinstance(exc, RemoteError) and exc.kind in INHERITED_KINDS:
+        # A nested call died with its node: the caller failed for the same reason, so
+        # a retry at any level of the call tree applies (it reruns the whole subtree).
+        kind = exc.kind
     cls = type(exc)
     name = (
         cls.__qualname__
