@@ -209,3 +209,10 @@ def test_a_parent_failing_through_a_crashed_child_is_an_infrastructure_failure(
         fns.parent_of_crash.remote()
     assert info.value.kind == protocol.ERR_CRASHED
     assert "exited with code 4" in info.value.remote_message
+
+
+def test_a_memory_limit_given_at_call_time_is_enforced(client: sp.Client) -> None:
+    with pytest.raises(sp.RemoteError) as info:
+        fns.make_bytes.with_options(memory=64).remote(600 * 1024 * 1024)
+    assert info.value.kind == protocol.ERR_MEMORY
+    assert "memory limit of 64 MiB" in info.value.remote_message

@@ -32,6 +32,31 @@ if __name__ == "__main__":
 """
 
 
+LATE_MAIN = """\
+import importlib
+import superpose as sp
+
+
+@sp.function
+def late(x: int) -> int:
+    import later  # a local module the script imports only after its first call
+
+    return later.triple(x)
+
+
+@sp.function
+def early(x: int) -> int:
+    return x
+
+
+if __name__ == "__main__":
+    with sp.connect():
+        print("early", early.remote(1))
+        importlib.import_module("later")
+        print("late", late.remote(5))
+"""
+
+
 def _project(tmp_path: Path) -> Path:
     (tmp_path / "helper.py").write_text(HELPER)
     (tmp_path / "main.py").write_text(MAIN)
@@ -107,3 +132,20 @@ def _read_until_exit(fd: int, proc: subprocess.Popen[bytes]) -> str:
     proc.wait(timeout=10)
     os.close(fd)
     return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_local_module_imported_after_the_first_call_reaches_the_nodes(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    (tmp_path / "later.py").write_text("def triple(x: int) -> int:\n    return 3 * x\n")
+    (tmp_path / "main.py").write_text(LATE_MAIN)
+    proc = subprocess.run(
+        [sys.executable, "main.py"],
+        cwd=tmp_path,
+        env=_env(lattice),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "early 1" in proc.stdout and "late 15" in proc.stdout

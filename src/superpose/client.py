@@ -95,7 +95,7 @@ class Client:
         self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._registry: Registry | None = None
-        self._bundles: dict[str, tuple[str, str, str]] = {}
+        self._bundles: dict[str, tuple[str, str, str, int]] = {}
         self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._closed = False
         self._seq = 0
@@ -209,18 +209,24 @@ class Client:
         return handle
 
     def script_bundle(self, module_name: str) -> tuple[str, str, str]:
-        """(digest, module name on nodes, app name) for a script's module, uploaded once."""
+        """(digest, module name on nodes, app name) for a script's module.
+
+        Built and uploaded on first use, and again only when modules were imported
+        since (a local module imported later must reach the nodes too).
+        """
+        loaded = len(sys.modules)
         found = self._bundles.get(module_name)
-        if found is None:
+        if found is None or found[3] != loaded:
             bundle, root = script.bundle_for(module_name)
-            digest, _ = self.run(store.upload(self.nc, bundle))
-            module = sys.modules[module_name]
-            in_bundle = script.module_name_in_bundle(module, root)
+            digest = bundle.digest
+            if found is None or found[0] != digest:
+                self.run(store.upload(self.nc, bundle))
+            in_bundle = script.module_name_in_bundle(sys.modules[module_name], root)
             app = in_bundle.split(".")[0].replace("-", "_")
             if not protocol.is_valid_name(app):
                 app = "script"
-            found = self._bundles[module_name] = (digest, in_bundle, app)
-        return found
+            found = self._bundles[module_name] = (digest, in_bundle, app, loaded)
+        return found[0], found[1], found[2]
 
     # --- invocations ---------------------------------------------------------------
 
@@ -252,6 +258,7 @@ class Client:
             args=protocol.Payload(codec=codec, size=len(raw_args)),
             deadline=time.time() + float(timeout_s) + config.WAIT_MARGIN_S,
             timeout_s=options.timeout,
+            memory_mb=options.memory,
             ctx=runtime.child_context(),
         )
         if inv.ctx.log_to is None and self.log_sink is not None:

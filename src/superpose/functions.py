@@ -149,20 +149,21 @@ class Function(Invocable):
         return self.options_.node_options()
 
     def _target(self, client: Client) -> Target:
-        cached = self._targets.get(client.id)
-        if cached is None:
-            cached = self._targets[client.id] = self._find_target(client)
-        return cached
-
-    def _find_target(self, client: Client) -> Target:
+        """On a node: the bundle the executor hosts. Elsewhere: the script's bundle,
+        looked up per call (cheap) because it changes when local modules are imported."""
+        module, name, qualname = self.local.__module__, self.local.__name__, self.local.__qualname__
         node = runtime.current()
-        module = self.local.__module__
-        invocation = runtime.current_invocation.get()
         if node is not None and module in sys.modules and _in_bundle(module):
-            app = invocation.app if invocation is not None else node.app
-            return Target(app, self.local.__name__, node.digest, module, self.local.__qualname__)
+            key = client.id
+            if key not in self._targets:
+                invocation = runtime.current_invocation.get()
+                app = invocation.app if invocation is not None else node.app
+                self._targets[key] = Target(app, name, node.digest, module, qualname)
+            return self._targets[key]
         digest, module_in_bundle, app = client.script_bundle(module)
-        return Target(app, self.local.__name__, digest, module_in_bundle, self.local.__qualname__)
+        if digest not in self._targets:
+            self._targets[digest] = Target(app, name, digest, module_in_bundle, qualname)
+        return self._targets[digest]
 
 
 def _in_bundle(module: str) -> bool:

@@ -223,6 +223,8 @@ class Invocation:
     """Absolute wall-clock deadline (epoch seconds) after which the caller stops waiting."""
     timeout_s: float | None = None
     """Caller's override of the function's own timeout."""
+    memory_mb: int | None = None
+    """Caller's override of the function's own memory limit."""
     ctx: CallContext = field(default_factory=CallContext)
 
     def encode(self) -> bytes:
@@ -240,6 +242,7 @@ class Invocation:
                 "args": _payload_map(self.args),
                 "deadline": self.deadline,
                 "timeout_s": self.timeout_s,
+                "memory_mb": self.memory_mb,
                 "ctx": {
                     "log_to": ctx.log_to,
                     "trace_id": ctx.trace_id,

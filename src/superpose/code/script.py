@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import sysconfig
-from functools import cache
 from pathlib import Path
 from types import ModuleType
 
@@ -71,9 +70,8 @@ def module_name_in_bundle(module: ModuleType, root: Path) -> str:
     )
 
 
-@cache
 def bundle_for(module_name: str) -> tuple[Bundle, Path]:
-    """The bundle for a module, built once per process."""
+    """The bundle for a module: it and the local modules loaded so far."""
     module = sys.modules[module_name]
     root = project_root(module)
     files = local_modules(root)

@@ -541,7 +541,7 @@ class NodeAgent:
     ) -> None:
         """Hand the call to the executor; start, completion and timeout arrive as callbacks."""
         loop = asyncio.get_running_loop()
-        memory_mb = meta.get("memory_mb")
+        memory_mb = inv.memory_mb or meta.get("memory_mb")
         call = Call(
             id=inv.id,
             is_sync=pool is self.slots,
