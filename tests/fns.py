@@ -83,6 +83,13 @@ async def async_nap(seconds: float) -> float:
 
 
 @sp.function
+async def async_span(seconds: float) -> tuple[float, float]:
+    start = time.time()
+    await asyncio.sleep(seconds)
+    return start, time.time()
+
+
+@sp.function
 def fib(n: int) -> int:
     if n < 2:
         return n
