@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -15,12 +16,15 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError as JSBadRequest
+from nats.js.errors import APIError as JSAPIError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from superpose import protocol
+from superpose.config import ENV_REPLICAS
 from superpose.errors import LatticeError
+
+T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -67,56 +71,81 @@ class Assets:
         self.blobs = blobs
 
 
-async def _kv(js: JetStreamContext, **config: Any) -> KeyValue:
+async def _open_or_create(
+    name: str, open_: Callable[[], Awaitable[T]], create: Callable[[], Awaitable[T]]
+) -> T:
+    """Open an asset, or create it; another process creating it at once is fine."""
     try:
-        return await js.key_value(config["bucket"])
-    except Exception:
-        try:
-            return await js.create_key_value(KeyValueConfig(**config))
-        except JSBadRequest:  # created concurrently by another process
-            return await js.key_value(config["bucket"])
-
-
-async def _obj(js: JetStreamContext, **config: Any) -> ObjectStore:
+        return await open_()
+    except nats.errors.Error:
+        pass
     try:
-        return await js.object_store(config["bucket"])
-    except Exception:
-        try:
-            return await js.create_object_store(
-                bucket=config["bucket"], config=ObjectStoreConfig(**config)
-            )
-        except JSBadRequest:
-            return await js.object_store(config["bucket"])
+        return await create()
+    except JSAPIError as exc:
+        try:  # created concurrently by another process?
+            return await open_()
+        except nats.errors.Error:
+            raise LatticeError(f"cannot create {name}: {exc.description}{_hint(exc)}") from exc
 
 
-async def _ensure_logs_stream(js: JetStreamContext) -> None:
-    try:
-        await js.stream_info(protocol.LOGS_STREAM)
-    except Exception:
-        with contextlib.suppress(JSBadRequest):
-            await js.add_stream(
-                StreamConfig(
-                    name=protocol.LOGS_STREAM,
-                    subjects=[protocol.LOGS_WILDCARD],
-                    storage=StorageType.FILE,
-                    max_age=protocol.LOG_RETENTION_S,
-                    max_bytes=protocol.LOG_MAX_BYTES,
-                    discard=DiscardPolicy.OLD,
-                )
-            )
+def _hint(exc: JSAPIError) -> str:
+    if "replica" in (exc.description or "").lower():
+        return f" (set {ENV_REPLICAS} to at most the number of JetStream servers)"
+    return ""
+
+
+def replicas_from_env() -> int:
+    """How many copies JetStream keeps of each asset: 1 on one server, 3 on a cluster."""
+    text = os.environ.get(ENV_REPLICAS) or "1"
+    if not text.isdigit() or not 1 <= int(text) <= 5:
+        raise LatticeError(f"{ENV_REPLICAS}={text!r}: expected a whole number from 1 to 5")
+    return int(text)
+
+
+async def _ensure_logs_stream(js: JetStreamContext, replicas: int) -> None:
+    config = StreamConfig(
+        name=protocol.LOGS_STREAM,
+        subjects=[protocol.LOGS_WILDCARD],
+        storage=StorageType.FILE,
+        max_age=protocol.LOG_RETENTION_S,
+        max_bytes=protocol.LOG_MAX_BYTES,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+    )
+    await _open_or_create(
+        protocol.LOGS_STREAM,
+        lambda: js.stream_info(protocol.LOGS_STREAM),
+        lambda: js.add_stream(config),
+    )
 
 
 async def ensure_assets(nc: NATS) -> Assets:
     """Create (or open) every bucket and stream; safe to run from many processes."""
     js = nc.jetstream()
-    try:
-        registry = await _kv(js, bucket=protocol.REGISTRY_BUCKET, history=16)
-        nodes = await _kv(js, bucket=protocol.NODES_BUCKET, ttl=protocol.NODE_TTL_S)
-        bundles = await _obj(js, bucket=protocol.BUNDLES_BUCKET, storage=StorageType.FILE)
-        blobs = await _obj(
-            js, bucket=protocol.BLOBS_BUCKET, storage=StorageType.FILE, ttl=protocol.BLOB_TTL_S
+    replicas = replicas_from_env()
+
+    async def kv(**config: Any) -> KeyValue:
+        settings = KeyValueConfig(replicas=replicas, storage=StorageType.FILE, **config)
+        return await _open_or_create(
+            config["bucket"],
+            lambda: js.key_value(config["bucket"]),
+            lambda: js.create_key_value(settings),
         )
-        await _ensure_logs_stream(js)
+
+    async def objects(**config: Any) -> ObjectStore:
+        settings = ObjectStoreConfig(replicas=replicas, storage=StorageType.FILE, **config)
+        return await _open_or_create(
+            config["bucket"],
+            lambda: js.object_store(config["bucket"]),
+            lambda: js.create_object_store(bucket=config["bucket"], config=settings),
+        )
+
+    try:
+        registry = await kv(bucket=protocol.REGISTRY_BUCKET, history=16)
+        nodes = await kv(bucket=protocol.NODES_BUCKET, ttl=protocol.NODE_TTL_S)
+        bundles = await objects(bucket=protocol.BUNDLES_BUCKET)
+        blobs = await objects(bucket=protocol.BLOBS_BUCKET, ttl=protocol.BLOB_TTL_S)
+        await _ensure_logs_stream(js, replicas)
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
     return Assets(js, registry, nodes, bundles, blobs)
