@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
+import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -380,3 +384,44 @@ def test_a_module_that_calls_the_lattice_on_import_gets_a_clear_error(
     assert proc.returncode == 1
     assert "importing script on a node made superpose calls" in proc.stderr
     assert 'if __name__ == "__main__":' in proc.stderr
+
+
+def test_logs_follow_prints_new_lines_as_they_come(lattice: Lattice, tmp_path: Path) -> None:
+    name = unique("follow")
+    folder = write_app(
+        tmp_path / name,
+        {
+            "echo.py": """
+        import superpose as sp
+
+
+        @sp.function
+        def shout(word: str) -> str:
+            print(f"heard {word}")
+            return word
+        """
+        },
+    )
+    deploy(lattice, folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "superpose", "logs", name, "--follow"],
+        env={**env, "SUPERPOSE_LATTICE": lattice.url},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        word = uuid.uuid4().hex[:8]
+        superpose_cli("call", f"{name}.shout", json.dumps([word]), url=lattice.url, check=True)
+        assert follower.stdout is not None
+        deadline = time.monotonic() + 30
+        seen = ""
+        while f"heard {word}" not in seen:
+            assert time.monotonic() < deadline, seen
+            ready, _, _ = select.select([follower.stdout], [], [], 0.5)
+            if ready:
+                seen += follower.stdout.readline()
+        assert follower.poll() is None  # still following
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)

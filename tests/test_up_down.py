@@ -33,9 +33,11 @@ class Up:
         return state
 
 
-def launch(home: Path) -> Up:
+def launch(home: Path, *extra: str) -> Up:
     port = free_port()
-    proc = superpose_cli("up", "--workers", "2", "--detach", "--gateway-port", str(port), home=home)
+    proc = superpose_cli(
+        "up", "--workers", "2", "--detach", "--gateway-port", str(port), *extra, home=home
+    )
     return Up(home, port, proc)
 
 
@@ -320,3 +322,63 @@ def test_down_stops_what_a_dead_up_left_behind(tmp_path: Path) -> None:
     finally:
         leftover.kill()
         leftover.wait()
+
+
+def test_lattice_port_picks_the_nats_port(tmp_path: Path) -> None:
+    port = free_port()
+    handle = launch(tmp_path, "--lattice-port", str(port))
+    try:
+        assert handle.output.returncode == 0, handle.output.stderr
+        assert handle.state()["lattice"].endswith(f":{port}")
+        assert f":{port}" in handle.output.stdout
+    finally:
+        superpose_cli("down", home=tmp_path)
+
+
+SLOW_APP = """\
+import time
+import superpose as sp
+
+
+@sp.function
+def slow(seconds: float) -> str:
+    time.sleep(seconds)
+    return "finished"
+"""
+
+
+def test_down_lets_a_call_in_flight_finish(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    handle = launch(home)
+    assert handle.output.returncode == 0, handle.output.stderr
+    app = tmp_path / "slowapp"
+    app.mkdir()
+    (app / "slow.py").write_text(SLOW_APP)
+    superpose_cli("deploy", str(app), home=home, check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
+    caller = subprocess.Popen(
+        [sys.executable, "-m", "superpose", "call", "slowapp.slow", "[3]"],
+        env={**env, "SUPERPOSE_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not any(node["busy"] for node in status_json(home)["nodes"]):
+            assert time.monotonic() < deadline, "the call never started"
+            time.sleep(0.1)
+        down = superpose_cli("down", home=home)
+        assert down.returncode == 0, down.stderr
+        out, err = caller.communicate(timeout=WAIT_S)
+    finally:
+        caller.kill()
+    assert caller.returncode == 0, err
+    assert out.strip() == '"finished"'
+
+
+def status_json(home: Path) -> dict[str, Any]:
+    proc = superpose_cli("status", "--json", home=home, check=True)
+    state: dict[str, Any] = json.loads(proc.stdout)
+    return state
