@@ -12,7 +12,6 @@ from nats.aio.client import Client as NATS
 
 from superpose import protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
-from superpose.errors import BadRequestError
 from superpose.lattice import objects
 
 BY_VALUE_MODULES: set[bytes] = {b"__main__"}
@@ -70,11 +69,6 @@ def decode_value(data: bytes, codec: str) -> Any:
     if codec == protocol.CODEC_JSON:
         return json.loads(data)
     return cloudpickle.loads(data)
-
-
-def check_codec(codec: str) -> None:
-    if codec not in protocol.CODECS:
-        raise BadRequestError(f"unknown codec {codec!r}; expected one of {protocol.CODECS}")
 
 
 async def wrap(nc: NATS, data: bytes, codec: str) -> protocol.Payload:

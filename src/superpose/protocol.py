@@ -62,10 +62,6 @@ def log_filter(app: str, fn: str | None = None) -> str:
 LOGS_WILDCARD = "sp.logs.>"
 
 
-def client_inbox(client_id: str) -> str:
-    return f"_SP.{client_id}"
-
-
 def reply_subject(client_id: str, invocation_id: str) -> str:
     return f"_SP.{client_id}.r.{invocation_id}"
 
@@ -140,7 +136,6 @@ def object_chunk_subject(bucket: str, nuid: str) -> str:
 
 CODEC_PICKLE = "pickle"
 CODEC_JSON = "json"
-CODECS = (CODEC_PICKLE, CODEC_JSON)
 
 # --- error kinds ------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import socket
-import sys
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -30,46 +29,13 @@ from superpose.code import store
 from superpose.config import DEFAULT_TIMEOUT_S
 from superpose.errors import CallTimeoutError, NotFoundError, SuperposeError
 from superpose.lattice.connection import Assets, connect, ensure_assets
+from superpose.node.call_log import CallLog
 from superpose.node.executors import Call, ExecutorDied, ExecutorProcess, LoadFailed
+from superpose.node.slots import SlotPool
 
 log = logging.getLogger("superpose.node")
 DEFAULT_ASYNC_CONCURRENCY = 100
 SPARE_READY_S = 10.0
-CALL_LOG_FLUSH_S = 0.25
-
-
-class CallLog:
-    """One greppable line per completed call (``← app.fn id 1.2 ms``), written in batches.
-
-    Through ``logging`` with a write per line this was a fifth of a busy node's
-    time; lines are now kept with their time and written together four times a
-    second (and at shutdown).
-    """
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream
-        self._lines: list[tuple[float, str]] = []
-
-    def record(self, mark: str, inv: protocol.Invocation, ms: float) -> None:
-        self._lines.append((time.time(), f"{mark} {inv.app}.{inv.fn} {inv.id} {ms:.1f} ms"))
-
-    def flush(self) -> None:
-        lines, self._lines = self._lines, []
-        if not lines:
-            return
-        stream = self.stream or sys.stderr
-        stream.write("".join(f"{_stamp(ts)} {text}\n" for ts, text in lines))
-        stream.flush()
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(CALL_LOG_FLUSH_S)
-            self.flush()
-
-
-def _stamp(ts: float) -> str:
-    """The same time format as the node's other log lines."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f",{int(ts % 1 * 1000):03d}"
 
 
 @dataclass(kw_only=True)
@@ -96,49 +62,6 @@ class NodeConfig:
             raise ValueError(f"max_executors must be at least 1, got {self.max_executors}")
         if not protocol.is_valid_name(self.node_id):
             raise ValueError(f"node id {self.node_id!r} must be letters, digits, _ and -")
-
-
-class SlotPool:
-    """Free slots, handed to waiters first come, first served.
-
-    A resumed parent may ``take`` a slot even when none is free (the count goes
-    negative briefly): refusing it would deadlock a recursive fan-out.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def acquire(self) -> None:
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # the slot was handed over as we were cancelled
-            raise
-
-    def try_acquire(self) -> bool:
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return True
-        return False
-
-    def take(self) -> None:
-        self.free -= 1
-
-    def release(self) -> None:
-        self.free += 1
-        while self.free > 0 and self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.free -= 1
-                waiter.set_result(None)
 
 
 @dataclass
