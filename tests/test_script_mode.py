@@ -63,6 +63,18 @@ def _project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def _run_script(root: Path, lattice: Lattice, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python main.py ARGS` in ``root``, as a user runs it, against the test lattice."""
+    return subprocess.run(
+        [sys.executable, "main.py", *args],
+        cwd=root,
+        env=_env(lattice),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def _env(lattice: Lattice) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
     env["SUPERPOSE_LATTICE"] = lattice.url
@@ -73,14 +85,7 @@ def test_a_script_runs_with_its_local_modules_and_shows_remote_prints(
     lattice: Lattice, tmp_path: Path
 ) -> None:
     root = _project(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "main.py", "3"],
-        cwd=root,
-        env=_env(lattice),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run_script(root, lattice, "3")
     assert proc.returncode == 0, proc.stderr
     assert "remote 42" in proc.stdout
     assert "mapped 6" in proc.stdout
@@ -89,14 +94,7 @@ def test_a_script_runs_with_its_local_modules_and_shows_remote_prints(
 
 def test_map_shows_a_progress_bar_on_a_terminal_only(lattice: Lattice, tmp_path: Path) -> None:
     root = _project(tmp_path)
-    plain = subprocess.run(
-        [sys.executable, "main.py", "50"],
-        cwd=root,
-        env=_env(lattice),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    plain = _run_script(root, lattice, "50")
     assert plain.returncode == 0, plain.stderr
     assert "main.work" not in plain.stderr
 
@@ -139,13 +137,6 @@ def test_a_local_module_imported_after_the_first_call_reaches_the_nodes(
 ) -> None:
     (tmp_path / "later.py").write_text("def triple(x: int) -> int:\n    return 3 * x\n")
     (tmp_path / "main.py").write_text(LATE_MAIN)
-    proc = subprocess.run(
-        [sys.executable, "main.py"],
-        cwd=tmp_path,
-        env=_env(lattice),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run_script(tmp_path, lattice)
     assert proc.returncode == 0, proc.stderr
     assert "early 1" in proc.stdout and "late 15" in proc.stdout
