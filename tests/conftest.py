@@ -8,12 +8,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import superpose as sp
+from superpose import client as client_module
 from superpose.supervisor import LocalLattice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +52,22 @@ def start_lattice(
 def stop_lattice(handle: Lattice) -> None:
     handle.run(handle.lattice.stop())
     handle.loop.call_soon_threadsafe(handle.loop.stop)
+
+
+@contextmanager
+def client_on(handle: Lattice) -> Iterator[sp.Client]:
+    """A client on another lattice for one block; the session's default client comes back.
+
+    ``connect()`` to a second URL makes that client the process default, so tests
+    that run their own lattice must hand the default back when they are done.
+    """
+    previous = client_module._default
+    client = sp.connect(handle.url, show_logs=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        client_module._default = previous
 
 
 @pytest.fixture(scope="session")

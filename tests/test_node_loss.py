@@ -6,15 +6,13 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import fns
 import superpose as sp
-from conftest import Lattice, start_lattice, stop_lattice
-from superpose import client as client_module
+from conftest import Lattice, client_on, start_lattice, stop_lattice
 from superpose import protocol
 
 
@@ -42,23 +40,11 @@ def _kill_node_running(executor_pid: int) -> None:
     os.kill(executor_pid, signal.SIGKILL)
 
 
-@contextmanager
-def _client_for(lattice: Lattice) -> Iterator[sp.Client]:
-    """A client on this lattice, then the session's default client back."""
-    previous = client_module._default
-    client = sp.connect(lattice.url, show_logs=False)
-    try:
-        yield client
-    finally:
-        client.close()
-        client_module._default = previous
-
-
 def test_a_call_on_a_node_that_dies_fails_fast_with_node_lost(
     own_lattice: Lattice, tmp_path: Path
 ) -> None:
     marker = tmp_path / "pid"
-    with _client_for(own_lattice):
+    with client_on(own_lattice):
         future = fns.hold_once.with_options(timeout=120).spawn(str(marker), 60)
         _kill_node_running(_wait_for_file(marker))
         started = time.monotonic()
@@ -72,7 +58,7 @@ def test_a_call_on_a_node_that_dies_fails_fast_with_node_lost(
 
 def test_a_call_with_retries_moves_to_another_node(own_lattice: Lattice, tmp_path: Path) -> None:
     marker = tmp_path / "pid"
-    with _client_for(own_lattice):
+    with client_on(own_lattice):
         future = fns.hold_once.with_options(timeout=120, retries=1).spawn(str(marker), 60)
         _kill_node_running(_wait_for_file(marker))
         assert future.result(timeout=60) == "retried"

@@ -21,8 +21,7 @@ import pytest
 
 import fns
 import superpose as sp
-from conftest import Lattice, start_lattice, stop_lattice
-from superpose import client as client_module
+from conftest import Lattice, client_on, start_lattice, stop_lattice
 
 pytestmark = pytest.mark.soak
 KILL_EVERY_S = 20.0
@@ -31,13 +30,10 @@ KILL_EVERY_S = 20.0
 @contextmanager
 def _lattice(tmp_path: Path) -> Iterator[Lattice]:
     handle = start_lattice(tmp_path, gateway=False)
-    previous = client_module._default
-    client = sp.connect(handle.url, show_logs=False)
     try:
-        yield handle
+        with client_on(handle):
+            yield handle
     finally:
-        client.close()
-        client_module._default = previous
         stop_lattice(handle)
 
 
