@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import hashlib
 import heapq
 import json
 import sys
@@ -30,6 +31,8 @@ from nats.aio.msg import Msg
 
 from superpose import config, payload, protocol, runtime
 from superpose.code import script, store
+from superpose.durable import results
+from superpose.durable.submit import Durable, Submitter, wait_accepted
 from superpose.errors import (
     BadRequestError,
     CallTimeoutError,
@@ -100,6 +103,9 @@ class Client:
         self._closed = False
         self._seq = 0
         self._wake_scheduled = False
+        self._submitter: Submitter | None = None
+        self._keyed: dict[str, Future] = {}
+        """Durable submissions with an idempotency key still waiting, by id."""
 
     # --- opening and closing ---------------------------------------------------
 
@@ -134,6 +140,8 @@ class Client:
         )
         self._tasks.append(self.loop.create_task(self._send_loop()))
         self._tasks.append(self.loop.create_task(self._reap_loop()))
+        self._submitter = Submitter(self.nc, self.id, self._resolve_durable)
+        await self._submitter.start(lambda coro: self._tasks.append(self.loop.create_task(coro)))
 
     async def aclose(self) -> None:
         if self._closed:
@@ -144,9 +152,12 @@ class Client:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._registry is not None:
             await self._registry.stop()
+        closed = SuperposeError("the client was closed before the call finished")
         for pending in self._pending.values():
-            _fail(pending.future, SuperposeError("the client was closed before the call finished"))
+            _fail(pending.future, closed)
         self._pending.clear()
+        if self._submitter is not None:
+            self._submitter.fail_all(closed)
         for closer in reversed(self._closers):
             await closer()
 
@@ -238,10 +249,175 @@ class Client:
         options: Options,
         *,
         codec: str = protocol.CODEC_PICKLE,
+        durable: bool = False,
     ) -> Future:
-        """Start one invocation from any thread; the future resolves with its result."""
+        """Start one invocation from any thread; the future resolves with its result.
+
+        ``durable`` persists it in JetStream first (spawn, map): it survives node
+        deaths and broker restarts. Otherwise it is a direct request (remote).
+        """
         raw = payload.encode_args(args, kwargs, codec)
+        if durable:
+            return self.submit_durable(target, raw, codec, options)
         return self.submit_raw(target, raw, codec, options)
+
+    def submit_durable(
+        self, target: Target, raw_args: bytes, codec: str, options: Options
+    ) -> Future:
+        if self._closed or self._submitter is None:
+            raise SuperposeError("this superpose client is closed")
+        self._seq += 1
+        key = options.idempotency_key
+        inv_id = (
+            protocol.idempotent_id(hashlib.sha256(key.encode()).hexdigest()[:40])
+            if key is not None
+            else protocol.durable_id(self.id, self._seq)
+        )
+        retries = options.retries or int(target.options.get("retries", 0) or 0)
+        inv = protocol.Invocation(
+            id=inv_id,
+            app=target.app,
+            fn=target.fn,
+            digest=target.digest,
+            module=target.module,
+            qualname=target.qualname,
+            args=protocol.Payload(codec=codec, size=len(raw_args)),
+            deadline=time.time() + protocol.RESULT_TTL_S,
+            timeout_s=options.timeout,
+            memory_mb=options.memory,
+            ctx=runtime.child_context(),
+            retries=retries,
+            retry_on=list(options.retry_on) or None,
+        )
+        if inv.ctx.log_to is None and self.log_sink is not None:
+            inv.ctx.log_to = protocol.client_log_subject(self.id)
+        future = Future()
+        future.invocation_id = inv.id
+        future.idempotency_key = key
+        if key is not None:
+            already = self._keyed.get(inv_id)
+            if already is not None and not already.done():  # one run for both futures
+                _chain(already, future)
+                return future
+            self._keyed[inv_id] = future
+            future.add_done_callback(lambda _: self._keyed.pop(inv_id, None))
+        future.on_cancel = self._cancel_from_future
+        self._submitter.submit(Durable(future, inv, raw_args))
+        return future
+
+    def _cancel_from_future(self, future: Future) -> None:
+        self._fire(self.cancel_async([future.invocation_id]))
+
+    async def cancel_async(self, ids: list[str]) -> list[str]:
+        """Cancel durable invocations by id; returns those that had not finished."""
+        assert self._submitter is not None
+        return await self._submitter.cancel(ids)
+
+    def cancel_many(self, futures: list[Future]) -> None:
+        """Cancel many durable invocations at once (a map stopped early)."""
+        ids = [f.invocation_id for f in futures if f.invocation_id]
+        if ids and not self._closed:
+            self._fire(self.cancel_async(ids))
+
+    def speculate(self, invocation_id: str) -> None:
+        """Launch a second copy of a waiting durable invocation (a straggler)."""
+        assert self._submitter is not None
+        self._fire(self._submitter.speculate(invocation_id))
+
+    def stop_copies(self, invocation_id: str) -> None:
+        """Kill copies of a finished invocation still running somewhere."""
+        cancel = protocol.Cancel([invocation_id]).encode()
+        self._fire(self.nc.publish(protocol.CANCEL_SUBJECT, cancel))
+
+    def _fire(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Start a coroutine on the client's loop from any thread, without waiting."""
+        if _on_loop(self.loop):
+            self.loop.create_task(coro)
+        else:
+            asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def cancel(self, invocation_id: str) -> bool:
+        """Cancel a durable invocation: dropped if queued, killed if running."""
+        return bool(self.run(self.cancel_async([invocation_id])))
+
+    async def result_async(
+        self, invocation_id: str, *, wait: bool = True, timeout: float | None = None
+    ) -> protocol.Result | None:
+        """The stored result of a durable invocation (None if not finished in time)."""
+        if not protocol.is_valid_invocation_id(invocation_id):
+            raise BadRequestError(f"{invocation_id!r} is not an invocation id")
+        if not wait:
+            return await results.get(self.assets, invocation_id)
+        return await results.wait(self.assets, invocation_id, timeout)
+
+    def result(self, invocation_id: str, *, timeout: float | None = None) -> Any:
+        """Wait for a durable invocation's result by id, from any process.
+
+        Raises ``RemoteError`` if it failed, ``CallTimeoutError`` if ``timeout`` passes.
+        """
+        found = self.run(self.result_async(invocation_id, timeout=timeout))
+        if found is None:
+            raise CallTimeoutError(f"invocation {invocation_id} has no result after {timeout} s")
+        future = Future()
+        self.run(self._settle_durable(future, found))
+        return future.result()
+
+    async def invoke_json(
+        self,
+        target: Target,
+        args_json: bytes,
+        *,
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+    ) -> str:
+        """Persist a durable invocation with JSON arguments; returns its id once accepted."""
+        future = self.submit_durable(
+            target,
+            args_json,
+            protocol.CODEC_JSON,
+            Options(idempotency_key=idempotency_key, timeout=timeout_s),
+        )
+        return await wait_accepted(future)
+
+    def resubmit(self, inv: protocol.Invocation) -> Future:
+        """Submit an invocation again (already wrapped) under a new id, from attempt 1."""
+        if self._closed or self._submitter is None:
+            raise SuperposeError("this superpose client is closed")
+        self._seq += 1
+        inv.id = protocol.durable_id(self.id, self._seq)
+        inv.attempt = 1
+        inv.not_before = 0.0
+        inv.deadline = time.time() + protocol.RESULT_TTL_S
+        future = Future()
+        future.invocation_id = inv.id
+        future.on_cancel = self._cancel_from_future
+        self._submitter.submit(Durable(future, inv, raw_args=b""))
+        return future
+
+    def _resolve_durable(self, future: Future, result: protocol.Result) -> None:
+        self.loop.create_task(self._settle_durable(future, result))
+
+    async def _settle_durable(self, future: Future, result: protocol.Result) -> None:
+        if future.done():
+            return
+        if result.error is not None:
+            if result.error.kind == protocol.ERR_CANCELLED:
+                future.on_cancel = None
+                future.cancel()
+            else:
+                _fail(future, RemoteError.from_info(result.error, result.node))
+            return
+        assert result.value is not None
+        value = result.value
+        if value.blob is not None:  # kept: others may fetch this result by id
+            try:
+                value = protocol.Payload(
+                    codec=value.codec, data=await payload.unwrap(self.nc, value)
+                )
+            except Exception as exc:
+                _fail(future, _as_superpose_error(exc))
+                return
+        _resolve(future, value)
 
     def submit_raw(self, target: Target, raw_args: bytes, codec: str, options: Options) -> Future:
         if self._closed:
@@ -266,6 +442,8 @@ class Client:
         future = Future()
         future.invocation_id = inv.id
         retries = options.retries or int(target.options.get("retries", 0) or 0)
+        if options.idempotent:  # safe to run again when its node dies
+            retries = max(retries, 1)
         self._outbox.append(_Pending(future, inv, raw_args, retries))
         if not self._wake_scheduled:  # one wake-up per batch, not per submission
             self._wake_scheduled = True
@@ -448,6 +626,19 @@ class Client:
         future = self.submit_raw(target, args_json, protocol.CODEC_JSON, options)
         result: bytes = await asyncio.wrap_future(future)
         return result
+
+
+def _chain(source: Future, target: Future) -> None:
+    def copy(done: concurrent.futures.Future[Any]) -> None:
+        if done.cancelled():
+            target.cancel()
+        elif done.exception() is not None:
+            _fail(target, done.exception())  # type: ignore[arg-type]
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)
+    target.accepted = source.accepted
 
 
 def _resolve(future: Future, value: protocol.Payload) -> None:

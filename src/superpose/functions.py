@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, overload
 
 from superpose import protocol, runtime
+from superpose.durable.stragglers import Stragglers
 from superpose.errors import BadRequestError
 from superpose.futures import Future
 from superpose.registry import Target
@@ -34,8 +35,29 @@ class Options:
     """MiB of resident memory the executor may use while running this function."""
     concurrency: int | None = None
     """Async functions: how many invocations one executor runs at once."""
+    idempotent: bool = False
+    """Safe to run twice: a direct call is retried when its node dies, and a slow
+    ``map`` item gets a speculative duplicate."""
+    retry_on: tuple[str, ...] = ()
+    """Exception types (or their names) a durable invocation is retried on."""
+    idempotency_key: str | None = None
+    """A durable submission with a key already used returns that invocation, not a new run."""
+    straggler_factor: float = 3.0
+    """``map`` of an idempotent function: duplicate an item slower than this × the median."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "retry_on", _exception_names(self.retry_on))
+        if self.idempotency_key is not None and not (
+            isinstance(self.idempotency_key, str) and 0 < len(self.idempotency_key) <= 1024
+        ):
+            raise BadRequestError(
+                f"idempotency_key must be a non-empty string of ≤ 1024 characters, "
+                f"got {self.idempotency_key!r}"
+            )
+        if not (isinstance(self.straggler_factor, int | float) and self.straggler_factor > 1):
+            raise BadRequestError(
+                f"straggler_factor must be a number > 1, got {self.straggler_factor!r}"
+            )
         if not isinstance(self.retries, int) or self.retries < 0:
             raise BadRequestError(f"retries must be a whole number ≥ 0, got {self.retries!r}")
         if self.timeout is not None and not (
@@ -64,10 +86,10 @@ class _Remote:
         self._owner = owner
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._owner.spawn(*args, **kwargs).result()
+        return self._owner._submit(args, kwargs, durable=False).result()
 
     async def aio(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._owner.spawn(*args, **kwargs)
+        return await self._owner._submit(args, kwargs, durable=False)
 
 
 class Invocable:
@@ -88,9 +110,16 @@ class Invocable:
         return client.current_client()
 
     def spawn(self, *args: Any, **kwargs: Any) -> Future:
-        """Start the function on the lattice; returns a future of its result."""
+        """Start the function on the lattice, durably; returns a future of its result.
+
+        The invocation is persisted before the future reports it accepted: a node
+        dying, or the broker restarting, does not lose it.
+        """
+        return self._submit(args, kwargs, durable=True)
+
+    def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, durable: bool) -> Future:
         client = self._client()
-        return client.submit(self._target(client), args, kwargs, self.options_)
+        return client.submit(self._target(client), args, kwargs, self.options_, durable=durable)
 
     def map(self, *iterables: Iterable[Any], window: int = MAP_WINDOW) -> Iterator[Any]:
         """Results of the function over the items, in order, as soon as each is ready."""
@@ -99,15 +128,23 @@ class Invocable:
         items = zip(*iterables, strict=False)
         total = _length(iterables)
         in_flight: deque[Future] = deque()
-        with client.progress(total, f"{target.app}.{target.fn}") as advance:
-            for item in items:
-                in_flight.append(client.submit(target, item, {}, self.options_))
-                if len(in_flight) >= window:
-                    yield in_flight.popleft().result()
+        stragglers = Stragglers(client, self.options_) if self.options_.idempotent else None
+        try:
+            with client.progress(total, f"{target.app}.{target.fn}") as advance:
+                for item in items:
+                    future = client.submit(target, item, {}, self.options_, durable=True)
+                    in_flight.append(future)
+                    if stragglers is not None:
+                        stragglers.track(future)
+                    if len(in_flight) >= window:
+                        yield _next(in_flight, stragglers)
+                        advance()
+                while in_flight:
+                    yield _next(in_flight, stragglers)
                     advance()
-            while in_flight:
-                yield in_flight.popleft().result()
-                advance()
+        finally:  # stopped early (break, error, close): cancel what is still out there
+            if in_flight:
+                client.cancel_many([f for f in in_flight if not f.done()])
 
     def with_options(self, **overrides: Any) -> Invocable:
         clone = _copy(self)
@@ -116,6 +153,34 @@ class Invocable:
         return clone
 
     options = with_options
+
+
+def _next(in_flight: deque[Future], stragglers: Stragglers | None) -> Any:
+    head = in_flight[0]
+    if stragglers is not None:
+        stragglers.wait(head)
+    in_flight.popleft()
+    return head.result()
+
+
+def _exception_names(items: Any) -> tuple[str, ...]:
+    """``retry_on`` as type names: the node matches them against the error's classes."""
+    if isinstance(items, type | str):
+        items = (items,)
+    names: list[str] = []
+    for item in items or ():
+        if isinstance(item, str) and item:
+            names.append(item)
+        elif isinstance(item, type) and issubclass(item, BaseException):
+            module = item.__module__
+            names.append(
+                item.__qualname__
+                if module in ("builtins", "__main__")
+                else f"{module}.{item.__qualname__}"
+            )
+        else:
+            raise BadRequestError(f"retry_on takes exception classes or names, got {item!r}")
+    return tuple(names)
 
 
 def _copy(obj: Invocable) -> Invocable:
@@ -200,6 +265,8 @@ def function(
     timeout: float | None = None,
     memory: int | None = None,
     concurrency: int | None = None,
+    idempotent: bool = False,
+    retry_on: tuple[type[BaseException] | str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Function]: ...
 
 
@@ -211,9 +278,18 @@ def function(
     timeout: float | None = None,
     memory: int | None = None,
     concurrency: int | None = None,
+    idempotent: bool = False,
+    retry_on: tuple[type[BaseException] | str, ...] = (),
 ) -> Function | Callable[[Callable[..., Any]], Function]:
     """Mark a function as runnable on the lattice (``@sp.function`` or ``@sp.function(...)``)."""
-    options = Options(retries=retries, timeout=timeout, memory=memory, concurrency=concurrency)
+    options = Options(
+        retries=retries,
+        timeout=timeout,
+        memory=memory,
+        concurrency=concurrency,
+        idempotent=idempotent,
+        retry_on=retry_on,  # type: ignore[arg-type]
+    )
 
     def wrap(f: Callable[..., Any]) -> Function:
         if not callable(f):

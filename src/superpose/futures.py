@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Generator
+import threading
+from collections.abc import Callable, Generator
 from typing import Any
 
 from superpose import runtime
@@ -19,6 +20,21 @@ class Future(concurrent.futures.Future[Any]):
     """
 
     invocation_id: str = ""
+    idempotency_key: str | None = None
+    on_cancel: Callable[[Future], None] | None = None
+    """Set for durable invocations: cancelling the future cancels the work on the lattice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted = threading.Event()
+        """Set once the lattice has persisted a durable invocation (it will not be lost)."""
+
+    def cancel(self) -> bool:
+        """Cancel the invocation: dropped if queued, killed if running; False if finished."""
+        cancelled = super().cancel()
+        if cancelled and self.on_cancel is not None:
+            self.on_cancel(self)
+        return cancelled
 
     def result(self, timeout: float | None = None) -> Any:
         if self.done():

@@ -22,12 +22,35 @@ NODES_BUCKET = "sp_nodes"
 BUNDLES_BUCKET = "sp_bundles"
 BLOBS_BUCKET = "sp_blobs"
 LOGS_STREAM = "SP_LOGS"
+WORK_STREAM = "SP_WORK"
+"""Durable invocations: a JetStream work-queue stream (file storage, fsync'd)."""
+WORK_CONSUMER = "nodes"
+"""The one pull consumer all nodes share: JetStream hands each envelope to one node."""
+RESULTS_BUCKET = "sp_results"
+DEAD_BUCKET = "sp_dead"
 
 NODE_TTL_S = 10.0
 """A node that has not refreshed its entry for this long is considered gone."""
 NODE_HEARTBEAT_S = 2.0
-BLOB_TTL_S = 3600.0
-"""Spilled arguments and results live this long: long enough for any call."""
+RESULT_TTL_S = 24 * 3600.0
+"""Durable results are kept this long, fetched by invocation id."""
+DEAD_TTL_S = 7 * 24 * 3600.0
+"""Dead-lettered invocations are kept this long for `superpose failed` and `replay`."""
+BLOB_TTL_S = RESULT_TTL_S + 3600.0
+"""Spilled arguments and results live as long as the durable results that point at them."""
+
+ACK_WAIT_S = 6.0
+"""A durable envelope whose node has not reported on it for this long is redelivered."""
+IN_PROGRESS_EVERY_S = 2.0
+"""How often a node tells JetStream it is still working on an envelope it holds."""
+MAX_DELIVER = 10
+"""Deliveries of one envelope before its unfinished items are dead-lettered (node-killing
+poison); the node enforces it, JetStream's own max_deliver is one more as a backstop."""
+DUPLICATE_WINDOW_S = 600.0
+"""JetStream drops a re-published envelope with the same id within this window."""
+MAX_ENVELOPE_ITEMS = 256
+ATOMIC_BATCH_MAX = 1000
+"""The server's limit on messages in one atomic batch publish."""
 LOG_RETENTION_S = 24 * 3600.0
 LOG_MAX_BYTES = 256 * 1024 * 1024
 
@@ -62,12 +85,61 @@ def log_filter(app: str, fn: str | None = None) -> str:
 LOGS_WILDCARD = "sp.logs.>"
 
 
+def work_subject(app: str, fn: str) -> str:
+    return f"sp.work.{app}.{fn}"
+
+
+WORK_WILDCARD = "sp.work.>"
+CANCEL_SUBJECT = "sp.cancel"
+"""Every node hears cancellations: the one running the invocation kills it."""
+
+
+def node_results_subject(node_id: str) -> str:
+    """Where a node's executors send the results of durable invocations, for storing."""
+    return f"_SPN.{node_id}.d"
+
+
+def result_key(invocation_id: str) -> str:
+    return invocation_id
+
+
+def results_subject(key: str) -> str:
+    """The JetStream subject of a key in the results bucket (what a watch filters on)."""
+    return f"$KV.{RESULTS_BUCKET}.{key}"
+
+
+def client_results_filter(client_id: str) -> str:
+    """Every durable result of one client: its invocation ids start with its id."""
+    return f"$KV.{RESULTS_BUCKET}.{client_id}.>"
+
+
+def durable_id(client_id: str, seq: int) -> str:
+    return f"{client_id}.{seq:x}"
+
+
+def idempotent_id(key_digest: str) -> str:
+    """A caller's idempotency key names the invocation, so a repeat finds the first."""
+    return f"idem.{key_digest}"
+
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64})?$")
+
+
+def is_valid_invocation_id(text: str) -> bool:
+    return bool(_ID_RE.match(text))
+
+
 def reply_subject(client_id: str, invocation_id: str) -> str:
     return f"_SP.{client_id}.r.{invocation_id}"
 
 
 def reply_wildcard(client_id: str) -> str:
     return f"_SP.{client_id}.r.*"
+
+
+def durable_notify_subject(client_id: str) -> str:
+    """Where nodes tell a client that a durable result of its is stored."""
+    return f"_SP.{client_id}.d"
 
 
 def client_log_subject(client_id: str) -> str:
@@ -148,6 +220,11 @@ ERR_MEMORY = "memory"
 ERR_NOT_FOUND = "not_found"
 ERR_BAD_REQUEST = "bad_request"
 ERR_INTERNAL = "internal"
+ERR_CANCELLED = "cancelled"
+ERR_LOST = "lost"
+"""A durable invocation whose node died on every one of its deliveries."""
+INFRASTRUCTURE_ERRORS = frozenset({ERR_CRASHED, ERR_INTERNAL, ERR_TIMEOUT, ERR_MEMORY})
+"""Failures retried within a function's retry budget whatever the function says."""
 
 
 # --- messages --------------------------------------------------------------------
@@ -221,6 +298,15 @@ class Invocation:
     memory_mb: int | None = None
     """Caller's override of the function's own memory limit."""
     ctx: CallContext = field(default_factory=CallContext)
+    attempt: int = 1
+    retries: int = 0
+    """Durable invocations: attempts after the first the node may make."""
+    retry_on: list[str] | None = None
+    """Exception type names a durable invocation is retried on (infrastructure always is)."""
+    not_before: float = 0.0
+    """A retry waits until this epoch time (exponential backoff with jitter)."""
+    notify: str | None = None
+    """Durable invocations: where the node tells the caller, once the result is stored."""
 
     def encode(self) -> bytes:
         # Built by hand: dataclasses.asdict was half of a client's time per spawn.
@@ -244,6 +330,11 @@ class Invocation:
                     "parent_id": ctx.parent_id,
                     "depth": ctx.depth,
                 },
+                "attempt": self.attempt,
+                "retries": self.retries,
+                "retry_on": self.retry_on,
+                "not_before": self.not_before,
+                "notify": self.notify,
             }
         )
 
@@ -264,6 +355,8 @@ class ErrorInfo:
     type: str
     message: str
     traceback: str = ""
+    types: list[str] = field(default_factory=list)
+    """The exception's class and its bases, so ``retry_on`` can match a base class."""
 
 
 @dataclass(slots=True)
@@ -277,6 +370,9 @@ class Result:
     value: Payload | None = None
     error: ErrorInfo | None = None
     duration_s: float = 0.0
+    attempts: int = 1
+    finished: float = 0.0
+    """Epoch seconds when a durable result was stored."""
 
     def encode(self) -> bytes:
         error = self.error
@@ -293,8 +389,11 @@ class Result:
                     "type": error.type,
                     "message": error.message,
                     "traceback": error.traceback,
+                    "types": error.types,
                 },
                 "duration_s": self.duration_s,
+                "attempts": self.attempts,
+                "finished": self.finished,
             }
         )
 
@@ -369,4 +468,66 @@ class NodeInfo:
 
     @classmethod
     def decode(cls, data: bytes) -> NodeInfo:
+        return cls(**_untag(unpack(data), cls.TYPE))
+
+
+@dataclass(slots=True)
+class Envelope:
+    """Durable invocations travelling together: one stream write, one ack, one node.
+
+    Clients pack a burst of submissions into envelopes so the fsync per write is
+    paid per envelope, not per invocation; a lone spawn is an envelope of one.
+    """
+
+    TYPE = "sp.work.v1"
+
+    id: str
+    items: list[bytes]
+    """Encoded ``Invocation``s."""
+
+    def encode(self) -> bytes:
+        return pack({"t": self.TYPE, "id": self.id, "items": self.items})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Envelope:
+        return cls(**_untag(unpack(data), cls.TYPE))
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A durable invocation that failed its last attempt, kept for inspection and replay."""
+
+    TYPE = "sp.dead.v1"
+
+    id: str
+    app: str
+    fn: str
+    invocation: bytes
+    error: ErrorInfo
+    attempts: int
+    failed: float
+
+    def encode(self) -> bytes:
+        return pack({"t": self.TYPE, **asdict(self)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> DeadLetter:
+        raw = _untag(unpack(data), cls.TYPE)
+        raw["error"] = ErrorInfo(**raw["error"])
+        return cls(**raw)
+
+
+@dataclass(slots=True)
+class Cancel:
+    """Stop these invocations: queued ones are dropped, running ones killed."""
+
+    TYPE = "sp.cancel.v1"
+
+    ids: list[str]
+
+    def encode(self) -> bytes:
+        return pack({"t": self.TYPE, "ids": self.ids})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Cancel:
         return cls(**_untag(unpack(data), cls.TYPE))

@@ -96,10 +96,15 @@ class Registry:
             try:
                 watcher = await self.kv.watchall()
                 async for entry in watcher:
-                    if entry is None:  # end of the initial values
-                        self._synced.set()
+                    if entry is None:
+                        # nats-py can send its end-of-initial-values marker before
+                        # entries the server already sent: trust it only when empty.
+                        if not self._synced.is_set() and (await self.kv.status()).values == 0:
+                            self._synced.set()
                         continue
                     self._apply(entry.key, entry.value, entry.operation)
+                    if entry.delta == 0:  # the newest entry the bucket holds: caught up
+                        self._synced.set()
             except asyncio.CancelledError:
                 if watcher is not None:
                     await asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]

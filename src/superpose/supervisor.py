@@ -268,9 +268,20 @@ class LocalLattice:
         return True
 
     async def _keep_alive(self) -> None:
-        """Self-healing: a node or gateway that dies is started again."""
+        """Self-healing: a nats-server, node or gateway that dies is started again.
+
+        The server comes back on the same port with the same state folder, so every
+        acknowledged durable invocation is still there and every client reconnects.
+        """
         while True:
             await asyncio.sleep(0.5)
+            if self.server is not None and self.server.died() and not self._stopping:
+                try:
+                    await self.server.restart()
+                    if self.on_restart is not None:
+                        self.on_restart()
+                except Exception as exc:  # the next round tries again
+                    print(f"superpose: nats-server did not restart: {exc}", file=sys.stderr)
             for child in self.children:
                 proc = child.process
                 if proc is not None and proc.returncode is not None and not self._stopping:

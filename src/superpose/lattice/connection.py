@@ -23,6 +23,7 @@ from nats.js.object_store import ObjectStore
 from superpose import protocol
 from superpose.config import ENV_REPLICAS
 from superpose.errors import LatticeError
+from superpose.lattice.batch import js_api
 
 T = TypeVar("T")
 
@@ -63,12 +64,16 @@ class Assets:
         nodes: KeyValue,
         bundles: ObjectStore,
         blobs: ObjectStore,
+        results: KeyValue,
+        dead: KeyValue,
     ) -> None:
         self.js = js
         self.registry = registry
         self.nodes = nodes
         self.bundles = bundles
         self.blobs = blobs
+        self.results = results
+        self.dead = dead
 
 
 async def _open_or_create(
@@ -77,19 +82,20 @@ async def _open_or_create(
     """Open an asset, or create it; another process creating it at once is fine."""
     try:
         return await open_()
-    except nats.errors.Error:
+    except (nats.errors.Error, LatticeError):
         pass
     try:
         return await create()
-    except JSAPIError as exc:
+    except (JSAPIError, LatticeError) as exc:
         try:  # created concurrently by another process?
             return await open_()
-        except nats.errors.Error:
-            raise LatticeError(f"cannot create {name}: {exc.description}{_hint(exc)}") from exc
+        except (nats.errors.Error, LatticeError):
+            why = exc.description if isinstance(exc, JSAPIError) else exc.message
+            raise LatticeError(f"cannot create {name}: {why}{_hint(why or '')}") from exc
 
 
-def _hint(exc: JSAPIError) -> str:
-    if "replica" in (exc.description or "").lower():
+def _hint(description: str) -> str:
+    if "replica" in description.lower():
         return f" (set {ENV_REPLICAS} to at most the number of JetStream servers)"
     return ""
 
@@ -116,6 +122,82 @@ async def _ensure_logs_stream(js: JetStreamContext, replicas: int) -> None:
         protocol.LOGS_STREAM,
         lambda: js.stream_info(protocol.LOGS_STREAM),
         lambda: js.add_stream(config),
+    )
+
+
+NS = 1_000_000_000
+
+
+async def _ensure_raw_stream(nc: NATS, config: dict[str, Any]) -> None:
+    """A stream with settings nats-py's config types lack (atomic batches)."""
+    name = config["name"]
+    await _open_or_create(
+        name,
+        lambda: js_api(nc, f"$JS.API.STREAM.INFO.{name}", {}),
+        lambda: js_api(nc, f"$JS.API.STREAM.CREATE.{name}", config),
+    )
+
+
+async def _ensure_durable_path(nc: NATS, replicas: int) -> None:
+    """The work-queue stream, its shared consumer, and the results bucket.
+
+    Both streams are file-backed and the embedded server fsyncs every write
+    (``sync_interval: always``): an acknowledged invocation or stored result
+    survives a server crash. Atomic batches amortize that fsync.
+    """
+    await _ensure_raw_stream(
+        nc,
+        {
+            "name": protocol.WORK_STREAM,
+            "subjects": [protocol.WORK_WILDCARD],
+            "retention": "workqueue",
+            "storage": "file",
+            "num_replicas": replicas,
+            "duplicate_window": int(protocol.DUPLICATE_WINDOW_S * NS),
+            "allow_atomic": True,
+            "max_msg_size": -1,
+        },
+    )
+    await _open_or_create(
+        f"consumer {protocol.WORK_CONSUMER}",
+        lambda: js_api(
+            nc, f"$JS.API.CONSUMER.INFO.{protocol.WORK_STREAM}.{protocol.WORK_CONSUMER}", {}
+        ),
+        lambda: js_api(
+            nc,
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{protocol.WORK_STREAM}.{protocol.WORK_CONSUMER}",
+            {
+                "stream_name": protocol.WORK_STREAM,
+                "config": {
+                    "durable_name": protocol.WORK_CONSUMER,
+                    "ack_policy": "explicit",
+                    "ack_wait": int(protocol.ACK_WAIT_S * NS),
+                    "max_deliver": protocol.MAX_DELIVER + 1,
+                    "max_ack_pending": 100_000,
+                    "max_waiting": 4096,
+                    "num_replicas": replicas,
+                },
+            },
+        ),
+    )
+    # Laid out exactly as a nats-py/CLI key-value bucket, plus atomic batches.
+    bucket = protocol.RESULTS_BUCKET
+    await _ensure_raw_stream(
+        nc,
+        {
+            "name": f"KV_{bucket}",
+            "subjects": [f"$KV.{bucket}.>"],
+            "storage": "file",
+            "num_replicas": replicas,
+            "max_msgs_per_subject": 1,
+            "max_age": int(protocol.RESULT_TTL_S * NS),
+            "allow_rollup_hdrs": True,
+            "deny_delete": True,
+            "allow_direct": True,
+            "discard": "new",
+            "duplicate_window": 120 * NS,
+            "allow_atomic": True,
+        },
     )
 
 
@@ -146,6 +228,9 @@ async def ensure_assets(nc: NATS) -> Assets:
         bundles = await objects(bucket=protocol.BUNDLES_BUCKET)
         blobs = await objects(bucket=protocol.BLOBS_BUCKET, ttl=protocol.BLOB_TTL_S)
         await _ensure_logs_stream(js, replicas)
+        await _ensure_durable_path(nc, replicas)
+        results = await js.key_value(protocol.RESULTS_BUCKET)
+        dead = await kv(bucket=protocol.DEAD_BUCKET, ttl=protocol.DEAD_TTL_S)
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
-    return Assets(js, registry, nodes, bundles, blobs)
+    return Assets(js, registry, nodes, bundles, blobs, results, dead)

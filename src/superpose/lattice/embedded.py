@@ -100,7 +100,18 @@ class EmbeddedServer:
         finally:
             log.close()
         self.url = await self._wait_for_port(ports_dir)
+        self.port = int(self.url.rsplit(":", 1)[1])  # a restart comes back on the same port
         return self.url
+
+    def died(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    async def restart(self) -> str:
+        """Start again on the same port and state folder: clients and nodes reconnect."""
+        if self.process is not None and self.process.poll() is None:
+            self.stop()
+        self.process = None
+        return await self.start()
 
     async def _wait_for_port(self, ports_dir: Path) -> str:
         assert self.process is not None

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 from superpose import protocol
 from superpose.code import store
 from superpose.config import DEFAULT_TIMEOUT_S
+from superpose.durable.worker import DurableWorker
 from superpose.errors import CallTimeoutError, NotFoundError, SuperposeError
 from superpose.lattice.connection import Assets, connect, ensure_assets
 from superpose.node.call_log import CallLog
@@ -36,6 +37,13 @@ from superpose.node.slots import SlotPool
 log = logging.getLogger("superpose.node")
 DEFAULT_ASYNC_CONCURRENCY = 100
 SPARE_READY_S = 10.0
+
+
+class Request(Protocol):
+    """A call as the agent needs it: a direct call's NATS message, or a durable item."""
+
+    data: bytes
+    reply: str
 
 
 @dataclass(kw_only=True)
@@ -100,7 +108,7 @@ class NodeAgent:
         self.held: dict[str, tuple[str, float, float]] = {}
         """Calls this node holds (queued or running): id → (client, since, deadline).
         Reported to their clients every second, so a client notices when a node dies."""
-        self.backlog: deque[tuple[protocol.Invocation, Msg]] = deque()
+        self.backlog: deque[tuple[protocol.Invocation, Request]] = deque()
         """Warm calls waiting for capacity, dispatched as calls finish."""
         self.served = 0
         self.started = time.time()
@@ -109,11 +117,20 @@ class NodeAgent:
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._executor_log: IO[bytes] | None = None
+        self.durable = DurableWorker(self)
 
     @property
     def nc(self) -> NATS:
         assert self._nc is not None, "agent not started"
         return self._nc
+
+    @property
+    def assets(self) -> Assets | None:
+        return self._assets
+
+    def capacity(self) -> int:
+        """Sync calls this node runs or has sent ahead at once."""
+        return self.config.slots * self.config.pipeline_depth
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -147,6 +164,7 @@ class NodeAgent:
                 protocol.node_control_subject(self.config.node_id), cb=self._on_control
             )
         )
+        await self.durable.start(self._spawn)
         await self._heartbeat_once()
         self._spawn(self._heartbeat())
         self._spawn(self.call_log.run())
@@ -163,8 +181,9 @@ class NodeAgent:
         for sub in self._subs:
             await _bounded(sub.unsubscribe(), "unsubscribe")
         self._subs.clear()
+        await _bounded(self.durable.stop_pulling(), "stop pulling durable work")
         deadline = time.monotonic() + self.config.drain_grace_s
-        while (self.busy or self.queued) and time.monotonic() < deadline:
+        while (self.busy or self.queued or self.durable.busy()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for task in list(self._tasks):
             task.cancel()
@@ -271,6 +290,7 @@ class NodeAgent:
             call.holds_slot = False
             self.slots.release()
             self._drain_backlog()
+            self.durable.room()
 
     def _on_unblock(self, call: Call) -> None:
         if not call.holds_slot and call.is_sync:
@@ -367,6 +387,10 @@ class NodeAgent:
         client = protocol.client_of_reply(reply)
         if client is not None:
             self.held[inv.id] = (client, time.monotonic(), inv.deadline)
+        self.accept(inv, msg)
+
+    def accept(self, inv: protocol.Invocation, msg: Request) -> None:
+        """Run a decoded call now, or queue it until this node has room."""
         outcome = self._dispatch_now(inv, msg)
         if outcome == "sent":
             return
@@ -400,7 +424,7 @@ class NodeAgent:
                 continue
             self.queued -= 1
 
-    def _dispatch_now(self, inv: protocol.Invocation, msg: Msg) -> str:
+    def _dispatch_now(self, inv: protocol.Invocation, msg: Request) -> str:
         """The fast path: warm bundle, known function, free capacity — no task, no await.
 
         Returns "sent", "full" (wait for capacity) or "cold" (needs the slow path:
@@ -422,7 +446,7 @@ class NodeAgent:
         self._dispatch(host, executor, inv, msg, meta, pool)
         return "sent"
 
-    async def _handle(self, inv: protocol.Invocation, msg: Msg) -> None:
+    async def _handle(self, inv: protocol.Invocation, msg: Request) -> None:
         """The slow path: fetch the bundle, describe the function, wait for capacity."""
         queued = True
         host: BundleHost | None = None
@@ -458,12 +482,24 @@ class NodeAgent:
         host: BundleHost,
         executor: ExecutorProcess,
         inv: protocol.Invocation,
-        msg: Msg,
+        msg: Request,
         meta: dict[str, Any],
         pool: SlotPool,
     ) -> None:
         """Hand the call to the executor; start, completion and timeout arrive as callbacks."""
         loop = asyncio.get_running_loop()
+        if inv.id in self.durable.cancelled:  # cancelled while it waited here
+            pool.release()
+            self._spawn(
+                self._reply_error(
+                    msg.reply or "",
+                    inv.id,
+                    protocol.ERR_CANCELLED,
+                    "Cancelled",
+                    f"invocation {inv.id} was cancelled",
+                )
+            )
+            return
         memory_mb = inv.memory_mb or meta.get("memory_mb")
         call = Call(
             id=inv.id,
@@ -495,6 +531,8 @@ class NodeAgent:
                 pool.release()
             if self.backlog:
                 self._drain_backlog()
+            self.durable.room()
+            self.durable.call_ended(inv.id)
             if done.cancelled():
                 return
             error = done.exception()
@@ -510,6 +548,18 @@ class NodeAgent:
         call.done.add_done_callback(finished)
         host.users += 1
         executor.run(msg.data, reply, call)
+
+    def cancel(self, inv_id: str) -> list[str]:
+        """Kill the executor running ``inv_id``; returns the other calls that died with it."""
+        neighbours: list[str] = []
+        for host in self.hosts.values():
+            for executor in host.executors:
+                if inv_id in executor.calls:
+                    neighbours += [c for c in executor.calls if c != inv_id]
+                    why = f"executor restarted: invocation {inv_id} was cancelled"
+                    executor.kill((protocol.ERR_CRASHED, why))
+                    log.info("✂ cancelled %s", inv_id)
+        return neighbours
 
     def _on_timeout(
         self,

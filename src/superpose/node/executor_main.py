@@ -413,18 +413,19 @@ def _error_info(exc: BaseException, kind: str = protocol.ERR_RAISED) -> protocol
         # A nested call died with its node: the caller failed for the same reason, so
         # a retry at any level of the call tree applies (it reruns the whole subtree).
         kind = exc.kind
-    cls = type(exc)
-    name = (
-        cls.__qualname__
-        if cls.__module__ in ("builtins", "__main__")
-        else (f"{cls.__module__}.{cls.__qualname__}")
-    )
     return protocol.ErrorInfo(
         kind=kind,
-        type=name,
+        type=_type_name(type(exc)),
         message=str(exc),
         traceback=_user_traceback(exc),
+        types=[_type_name(c) for c in type(exc).__mro__ if c not in (object, BaseException)],
     )
+
+
+def _type_name(cls: type) -> str:
+    if cls.__module__ in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 async def _main(fd: int, lattice: str, node_id: str) -> None:

@@ -1,0 +1,1 @@
+"""The durable path: invocations persisted in JetStream before they are acknowledged."""

@@ -1,0 +1,106 @@
+"""The results bucket: durable results by invocation id, shared by clients and nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.errors import KeyNotFoundError
+
+from superpose import protocol
+from superpose.errors import LatticeError
+from superpose.lattice.batch import Message, get_last_many, publish_atomic
+from superpose.lattice.connection import Assets
+
+RESULTS_STREAM = f"KV_{protocol.RESULTS_BUCKET}"
+WAIT_POLL_MAX_S = 0.5
+
+
+async def get(assets: Assets, invocation_id: str) -> protocol.Result | None:
+    try:
+        entry = await assets.results.get(protocol.result_key(invocation_id))
+    except KeyNotFoundError:
+        return None
+    return protocol.Result.decode(entry.value) if entry.value else None
+
+
+async def get_many(nc: NATS, ids: Sequence[str]) -> dict[str, protocol.Result]:
+    """Stored results of those ids that have one, in one round trip per 1,000."""
+    subjects = [protocol.results_subject(protocol.result_key(i)) for i in ids]
+    found = await get_last_many(nc, RESULTS_STREAM, subjects)
+    results: dict[str, protocol.Result] = {}
+    for data in found.values():
+        if data:
+            result = protocol.Result.decode(data)
+            results[result.id] = result
+    return results
+
+
+async def store_many(nc: NATS, results: Iterable[protocol.Result]) -> None:
+    """Write results with one fsync per batch; raises if the batch did not land."""
+    messages = [
+        Message(protocol.results_subject(protocol.result_key(r.id)), r.encode()) for r in results
+    ]
+    if messages:
+        await publish_atomic(nc, messages)
+
+
+async def mark_cancelled(nc: NATS, ids: Sequence[str], node: str) -> list[str]:
+    """Store a cancelled result for each id that has no result yet; returns those ids.
+
+    The write is conditional (no earlier message on the key), so a result that
+    landed first is never overwritten: cancelling finished work is a no-op.
+    """
+
+    async def one(invocation_id: str) -> str | None:
+        result = protocol.Result(
+            id=invocation_id,
+            node=node,
+            error=protocol.ErrorInfo(
+                protocol.ERR_CANCELLED, "Cancelled", f"invocation {invocation_id} was cancelled"
+            ),
+            finished=time.time(),
+        )
+        try:
+            await publish_atomic(
+                nc,
+                [
+                    Message(
+                        protocol.results_subject(protocol.result_key(invocation_id)),
+                        result.encode(),
+                        {"Nats-Expected-Last-Subject-Sequence": "0"},
+                    )
+                ],
+            )
+        except LatticeError as exc:
+            if "wrong last sequence" in exc.message:  # a result was stored first
+                return None
+            raise
+        return invocation_id
+
+    done = await asyncio.gather(*(one(i) for i in ids))
+    return [i for i in done if i is not None]
+
+
+async def wait(assets: Assets, invocation_id: str, timeout: float | None) -> protocol.Result | None:
+    """The result once stored, polling gently; None when ``timeout`` passes first.
+
+    Polling (not a watch) survives reconnects and server restarts without any
+    state to rebuild; the interval is capped at half a second.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    interval = 0.02
+    while True:
+        try:
+            found = await get(assets, invocation_id)
+        except (nats.errors.Error, OSError):
+            found = None  # the lattice is reconnecting: try again
+        if found is not None:
+            return found
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, WAIT_POLL_MAX_S)

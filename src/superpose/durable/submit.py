@@ -1,0 +1,337 @@
+"""A client's side of the durable path: persist invocations, then collect their results.
+
+Submissions made in one burst are packed into envelopes and written in one
+atomic batch (one fsync); a future counts as accepted once JetStream has
+acknowledged its envelope. Nodes store each result, then notify the caller on
+its notify subject; anything a caller missed while disconnected is found in
+the results bucket by a periodic sweep, so no result depends on a message
+arriving at the right moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from superpose import payload, protocol
+from superpose.durable import results
+from superpose.errors import LatticeError, RemoteError, SuperposeError
+from superpose.futures import Future
+from superpose.lattice.batch import Message, publish_atomic
+
+log = logging.getLogger("superpose.client")
+
+ACCEPT_DEADLINE_S = 30.0
+"""How long a submission keeps trying to reach JetStream before it fails."""
+ACCEPT_RETRY_S = 0.25
+SWEEP_EVERY_S = 5.0
+SWEEP_AFTER_S = 5.0
+"""Results not heard of this long after acceptance are looked up in the bucket."""
+SWEEP_MAX_IDS = 4096
+KEYED_HEADER = "Superpose-Keyed"
+ENVELOPE_MAX_BYTES = 768 * 1024
+"""Under NATS's default max_payload (1 MiB) with room for headers; arguments above
+the spill threshold travel as blob references, so any one item fits."""
+ITEMS_PER_ENVELOPE_DIVISOR = 16
+"""A burst of n items travels in envelopes of about n/16 (1 to 256): few writes for
+big bursts, and enough envelopes for every node to take a share of small ones."""
+
+Resolve = Callable[[Future, protocol.Result], None]
+
+
+@dataclass
+class Durable:
+    future: Future
+    inv: protocol.Invocation
+    raw_args: bytes
+    accepted_at: float = 0.0
+    on_accept: list[Callable[[BaseException | None], None]] = field(default_factory=list)
+
+
+class Submitter:
+    def __init__(self, nc: NATS, client_id: str, resolve: Resolve) -> None:
+        self.nc = nc
+        self.client_id = client_id
+        self.notify_subject = protocol.durable_notify_subject(client_id)
+        self._resolve = resolve
+        self.waiting: dict[str, Durable] = {}
+        self._outbox: deque[Durable] = deque()
+        self._wake = asyncio.Event()
+        self._wake_scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self._reconnects = 0
+
+    async def start(self, spawn: Callable[[Any], None]) -> None:
+        await self.nc.subscribe(
+            self.notify_subject,
+            cb=self._on_notify,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        spawn(self._send_loop())
+        spawn(self._sweep_loop())
+
+    def submit(self, durable: Durable) -> None:
+        """Queue one invocation from any thread; one wake-up per burst."""
+        durable.inv.notify = self.notify_subject
+        self._outbox.append(durable)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            if _on_loop(self._loop):
+                self._wake.set()
+            else:
+                self._loop.call_soon_threadsafe(self._wake.set)
+
+    def fail_all(self, error: SuperposeError) -> None:
+        for durable in list(self.waiting.values()) + list(self._outbox):
+            _fail(durable.future, error)
+        self.waiting.clear()
+        self._outbox.clear()
+
+    # --- sending -------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._wake_scheduled = False
+            burst: list[Durable] = []
+            while self._outbox:
+                burst.append(self._outbox.popleft())
+            burst = [d for d in burst if not d.future.cancelled()]
+            if burst:
+                await self._send(burst)
+
+    async def _send(self, burst: list[Durable]) -> None:
+        burst = await self._answer_repeats(burst)
+        ready: list[Durable] = []
+        for durable in burst:
+            inv = durable.inv
+            try:
+                if inv.args.data is None and inv.args.blob is None:
+                    inv.args = await payload.wrap(self.nc, durable.raw_args, inv.args.codec)
+            except Exception as exc:
+                _fail(durable.future, _as_error(exc))
+                continue
+            ready.append(durable)
+        for durable in ready:
+            self.waiting[durable.inv.id] = durable
+        messages = [_envelope_message(group) for group in _envelopes(ready)]
+        error = await self._publish(messages)
+        now = time.monotonic()
+        for durable in ready:
+            if error is not None:
+                self.waiting.pop(durable.inv.id, None)
+                _fail(durable.future, error)
+            else:
+                durable.accepted_at = now
+                durable.future.accepted.set()
+            for callback in durable.on_accept:
+                callback(error)
+
+    async def _answer_repeats(self, burst: list[Durable]) -> list[Durable]:
+        """A repeated idempotency key whose result is stored gets that result, no new run."""
+        keyed = [d.inv.id for d in burst if d.future.idempotency_key is not None]
+        if not keyed:
+            return burst
+        try:
+            found = await results.get_many(self.nc, keyed)
+        except Exception:
+            return burst  # the stream's de-duplication still drops a repeat
+        for durable in burst:
+            result = found.get(durable.inv.id)
+            if result is not None:
+                durable.future.accepted.set()
+                for callback in durable.on_accept:
+                    callback(None)
+                self._resolve(durable.future, result)
+        return [d for d in burst if d.inv.id not in found]
+
+    async def _publish(self, messages: list[Message]) -> SuperposeError | None:
+        """Persist the envelopes, retrying through reconnects; None once acknowledged."""
+        deadline = time.monotonic() + ACCEPT_DEADLINE_S
+        keyed = [m for m in messages if m.headers and m.headers.get(KEYED_HEADER)]
+        plain = [m for m in messages if not (m.headers and m.headers.get(KEYED_HEADER))]
+        # Keyed envelopes go one by one: the stream answers a repeat of a key with a
+        # duplicate ack, which would fail a whole atomic batch. The rest go in atomic
+        # chunks, each retried on its own, so a duplicate error names that chunk only.
+        step = protocol.ATOMIC_BATCH_MAX
+        chunks = [[m] for m in keyed] + [plain[i : i + step] for i in range(0, len(plain), step)]
+        for chunk in chunks:
+            error = await self._publish_chunk(chunk, deadline)
+            if error is not None:
+                return error
+        return None
+
+    async def _publish_chunk(self, chunk: list[Message], deadline: float) -> SuperposeError | None:
+        while True:
+            try:
+                await publish_atomic(self.nc, chunk)
+                return None
+            except Exception as exc:
+                if "duplicate message id" in str(exc):
+                    return None  # a retry of a chunk that had landed: all of it is there
+                if time.monotonic() > deadline:
+                    return LatticeError(
+                        f"could not persist {len(chunk)} envelope(s) of invocations in "
+                        f"{ACCEPT_DEADLINE_S:g} s: {exc}"
+                    )
+                log.debug("publishing envelopes failed; retrying", exc_info=True)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+
+    # --- results ---------------------------------------------------------------------
+
+    async def _on_notify(self, msg: Msg) -> None:
+        try:
+            result = protocol.Result.decode(msg.data)
+        except ValueError:
+            return
+        self.deliver(result)
+
+    def deliver(self, result: protocol.Result) -> None:
+        durable = self.waiting.pop(result.id, None)
+        if durable is not None:
+            self._resolve(durable.future, result)
+
+    async def _sweep_loop(self) -> None:
+        """Find stored results whose notification never came (a reconnect, a lost message)."""
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            reconnects = int(self.nc.stats.get("reconnects", 0))
+            after = 0.0 if reconnects != self._reconnects else SWEEP_AFTER_S
+            self._reconnects = reconnects
+            now = time.monotonic()
+            stale = [
+                inv_id
+                for inv_id, d in self.waiting.items()
+                if d.accepted_at and now - d.accepted_at > after
+            ][:SWEEP_MAX_IDS]
+            if not stale:
+                continue
+            try:
+                found = await results.get_many(self.nc, stale)
+            except Exception:
+                log.debug("result sweep failed; next time", exc_info=True)
+                continue
+            for result in found.values():
+                self.deliver(result)
+
+    # --- cancellation ----------------------------------------------------------------
+
+    async def cancel(self, ids: list[str]) -> list[str]:
+        """Cancel invocations: queued ones never run, running ones are killed.
+
+        Returns the ids that were cancelled (not already finished).
+        """
+        cancelled = await results.mark_cancelled(self.nc, ids, node=f"client-{self.client_id}")
+        if ids:
+            await self.nc.publish(protocol.CANCEL_SUBJECT, protocol.Cancel(ids).encode())
+        for inv_id in cancelled:
+            durable = self.waiting.pop(inv_id, None)
+            if durable is not None and not durable.future.done():
+                durable.future.on_cancel = None  # already cancelling on the lattice
+                durable.future.cancel()
+        return cancelled
+
+    async def speculate(self, inv_id: str) -> bool:
+        """Run a second copy of a waiting invocation; the first result stored wins."""
+        durable = self.waiting.get(inv_id)
+        if durable is None:
+            return False
+        error = await self._publish([_envelope_message([durable])])
+        return error is None
+
+
+def _envelopes(ready: list[Durable]) -> list[list[Durable]]:
+    """Consecutive items of the same function, in envelopes sized for the burst
+    (and never bigger than ENVELOPE_MAX_BYTES of arguments)."""
+    size = max(1, min(protocol.MAX_ENVELOPE_ITEMS, len(ready) // ITEMS_PER_ENVELOPE_DIVISOR))
+    groups: list[list[Durable]] = []
+    group_bytes = 0
+    for durable in ready:
+        item_bytes = len(durable.inv.args.data or b"") + 512
+        if groups and group_bytes + item_bytes > ENVELOPE_MAX_BYTES:
+            groups.append([durable])
+            group_bytes = item_bytes
+            continue
+        group_bytes += item_bytes
+        key = (durable.inv.app, durable.inv.fn)
+        solo = durable.future.idempotency_key is not None
+        last = groups[-1] if groups else None
+        if (
+            last is None
+            or solo
+            or last[0].future.idempotency_key is not None
+            or len(last) >= size
+            or (last[0].inv.app, last[0].inv.fn) != key
+        ):
+            groups.append([durable])
+            group_bytes = item_bytes
+        else:
+            last.append(durable)
+    return groups
+
+
+def _envelope_message(group: list[Durable]) -> Message:
+    first = group[0]
+    # A repeat of the same idempotency key is dropped by the stream's de-duplication.
+    keyed = first.future.idempotency_key is not None
+    envelope_id = first.inv.id if keyed else uuid.uuid4().hex
+    envelope = protocol.Envelope(id=envelope_id, items=[d.inv.encode() for d in group])
+    headers = {"Nats-Msg-Id": envelope_id}
+    if keyed:
+        headers[KEYED_HEADER] = "1"
+    return Message(protocol.work_subject(first.inv.app, first.inv.fn), envelope.encode(), headers)
+
+
+def result_error(result: protocol.Result) -> RemoteError:
+    assert result.error is not None
+    return RemoteError.from_info(result.error, result.node)
+
+
+def _fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _as_error(exc: Exception) -> SuperposeError:
+    if isinstance(exc, SuperposeError):
+        return exc
+    return SuperposeError(f"{type(exc).__name__}: {exc}")
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+async def wait_accepted(future: Future, timeout: float = ACCEPT_DEADLINE_S + 10) -> str:
+    """Wait until the lattice has persisted a durable submission; returns its id.
+
+    Ends early with the submission's own error if it failed.
+    """
+    deadline = time.monotonic() + timeout
+    while not future.accepted.is_set():
+        if future.done():
+            error = future.exception() if not future.cancelled() else None
+            if error is not None:
+                raise error
+            break
+        if time.monotonic() > deadline:
+            raise SuperposeError(
+                f"invocation {future.invocation_id} was not persisted in {timeout:g} s"
+            )
+        await asyncio.sleep(0.01)
+    return future.invocation_id

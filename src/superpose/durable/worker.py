@@ -1,0 +1,501 @@
+"""A node's side of the durable path: pull envelopes, run their items, store, then ack.
+
+Life of an envelope on a node: pulled (only while the node has room) →
+items that already have a stored result are skipped (a redelivery after a
+crash, a speculative copy, a cancelled item) → each item goes to the agent
+like any call, its result coming back on the node's results subject → results
+are stored in atomic batches → the envelope is acked once every item is
+settled (stored, or handed on as a retry envelope). Until then the node tells
+JetStream every two seconds that it is still at work; if the node dies, the
+envelope is redelivered to another node when ACK_WAIT_S lapses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from superpose import protocol
+from superpose.durable import results
+from superpose.lattice.batch import Message, publish_atomic
+
+if TYPE_CHECKING:
+    from superpose.node.agent import NodeAgent
+
+log = logging.getLogger("superpose.node.durable")
+
+PULL_EXPIRES_S = 5.0
+RETRY_BASE_S = 0.5
+RETRY_MAX_S = 30.0
+STORE_RETRY_S = 0.5
+PREFETCH_ENVELOPES = 2
+SPECULATIVE_BOUNCE_S = 0.2
+RESULT_GRACE_S = 5.0
+NS = 1_000_000_000
+
+
+@dataclass
+class Work:
+    """One durable item as the agent sees a call: its bytes and where its result goes."""
+
+    data: bytes
+    reply: str
+
+
+@dataclass
+class Envelope:
+    msg: Msg
+    id: str
+    open_items: int
+    delivered: int
+
+
+@dataclass
+class Item:
+    inv: protocol.Invocation
+    data: bytes
+    envelope: Envelope
+    timer: asyncio.TimerHandle | None = None
+    settled: bool = False
+    requeue: bool = False
+    """Killed because a neighbour in its executor was cancelled: run again, same attempt."""
+    answered: bool = False
+    """Its result reached this worker (results travel over NATS from the executor)."""
+
+
+@dataclass
+class _Credit:
+    expires: float
+    remaining: int
+
+
+@dataclass
+class DurableWorker:
+    agent: NodeAgent
+    envelopes: dict[str, Envelope] = field(default_factory=dict)
+    items: dict[str, Item] = field(default_factory=dict)
+    """Items this node holds, by invocation id (one copy per id per node)."""
+    cancelled: set[str] = field(default_factory=set)
+    _credits: list[_Credit] = field(default_factory=list)
+    _to_store: list[tuple[Item, protocol.Result]] = field(default_factory=list)
+    _storing: bool = False
+    _subs: list[Subscription] = field(default_factory=list)
+    _room: asyncio.Event = field(default_factory=asyncio.Event)
+    _inbox: str = ""
+
+    @property
+    def reply(self) -> str:
+        return protocol.node_results_subject(self.agent.config.node_id)
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def start(self, spawn: Callable[..., None]) -> None:
+        nc = self.agent.nc
+        self._inbox = nc.new_inbox()
+        for subject, callback in ((self._inbox, self._on_delivery), (self.reply, self._on_result)):
+            self._subs.append(
+                await nc.subscribe(
+                    subject, cb=callback, pending_msgs_limit=-1, pending_bytes_limit=-1
+                )
+            )
+        self._subs.append(await nc.subscribe(protocol.CANCEL_SUBJECT, cb=self._on_cancel))
+        spawn(self._pull_loop())
+        spawn(self._keep_alive())
+
+    async def stop_pulling(self) -> None:
+        for sub in self._subs[:1]:
+            await sub.unsubscribe()
+
+    def busy(self) -> bool:
+        return bool(self.envelopes)
+
+    def room(self) -> None:
+        """The agent finished a call: maybe pull more."""
+        self._room.set()
+
+    # --- pulling -------------------------------------------------------------------
+
+    def _wanted(self) -> int:
+        """Envelopes to ask for now: only while the node has idle capacity."""
+        now = time.monotonic()
+        self._credits = [c for c in self._credits if c.expires > now and c.remaining > 0]
+        outstanding = sum(c.remaining for c in self._credits)
+        waiting = self.agent.queued
+        if waiting >= self.agent.capacity():
+            return 0
+        return max(0, PREFETCH_ENVELOPES - outstanding)
+
+    async def _pull_loop(self) -> None:
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{protocol.WORK_STREAM}.{protocol.WORK_CONSUMER}"
+        while True:
+            self._room.clear()
+            wanted = self._wanted()
+            if wanted:
+                request = {"batch": wanted, "expires": int(PULL_EXPIRES_S * NS)}
+                try:
+                    await self.agent.nc.publish(
+                        subject, json.dumps(request).encode(), reply=self._inbox
+                    )
+                    self._credits.append(_Credit(time.monotonic() + PULL_EXPIRES_S, wanted))
+                except Exception:
+                    log.debug("pull request failed; retrying", exc_info=True)
+            with contextlib.suppress(TimeoutError):  # wake on room, or as pulls expire
+                await asyncio.wait_for(self._room.wait(), PULL_EXPIRES_S / 5)
+
+    async def _on_delivery(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status is not None:  # 404/408/409: the pull ended with fewer messages
+            if status in ("404", "408", "409") and self._credits:
+                pending = int(headers.get("Nats-Pending-Messages", "0") or 0)
+                self._credits[0].remaining -= pending or self._credits[0].remaining
+                self._room.set()
+            return
+        if self._credits:
+            self._credits[0].remaining -= 1
+        self._room.set()  # the credit is used: ask for the next envelope while this one runs
+        # A task per envelope: its result lookup must not hold up the next delivery.
+        asyncio.get_running_loop().create_task(self._take_safely(msg))
+
+    async def _take_safely(self, msg: Msg) -> None:
+        try:
+            await self._take(msg)
+        except Exception:
+            log.exception("cannot take envelope; it will be redelivered")
+
+    async def _take(self, msg: Msg) -> None:
+        delivered = msg.metadata.num_delivered if msg.metadata else 1
+        try:
+            envelope = protocol.Envelope.decode(msg.data)
+            invocations = [protocol.Invocation.decode(raw) for raw in envelope.items]
+        except Exception as exc:
+            log.error("dropping an unreadable envelope: %s", exc)
+            await msg.term()
+            return
+        if len(invocations) == 1 and invocations[0].id in self.items:
+            await self._bounce(msg, envelope, invocations[0])
+            return
+        state = Envelope(msg, envelope.id, len(invocations), delivered)
+        self.envelopes[envelope.id] = state
+        stored: dict[str, protocol.Result] = {}
+        if delivered > 1:  # a redelivery: some items may have finished before the node died
+            try:
+                stored = await results.get_many(self.agent.nc, [inv.id for inv in invocations])
+            except Exception:
+                log.warning("result lookup failed; running the envelope", exc_info=True)
+        open_items = [
+            (inv, raw)
+            for inv, raw in zip(invocations, envelope.items, strict=True)
+            if inv.id not in stored and inv.id not in self.cancelled
+        ]
+        if delivered > 1 and len(open_items) > 1:
+            await self._split(state, open_items)
+            return
+        now = time.time()
+        for inv, raw in zip(invocations, envelope.items, strict=True):
+            item = Item(inv, raw, state)
+            if inv.id in stored or inv.id in self.items or inv.id in self.cancelled:
+                self._settle(item)  # done already, running here already, or cancelled
+                continue
+            if delivered > protocol.MAX_DELIVER:
+                self._fail_lost(item)
+                continue
+            self.items[inv.id] = item
+            delay = inv.not_before - now
+            if delay > 0:
+                item.timer = asyncio.get_running_loop().call_later(delay, self._run, item)
+            else:
+                self._run(item)
+
+    async def _bounce(
+        self, msg: Msg, envelope: protocol.Envelope, inv: protocol.Invocation
+    ) -> None:
+        """A speculative copy of an invocation this node is running: hand it back so
+        another node takes it (the point of the copy), as a fresh envelope so the
+        hand-back never counts as a failed delivery."""
+        await asyncio.sleep(SPECULATIVE_BOUNCE_S)
+        try:
+            if inv.id not in await results.get_many(self.agent.nc, [inv.id]):
+                bounce_id = f"{envelope.id}.b{uuid.uuid4().hex[:8]}"
+                copy = protocol.Envelope(id=bounce_id, items=envelope.items)
+                await publish_atomic(
+                    self.agent.nc,
+                    [
+                        Message(
+                            protocol.work_subject(inv.app, inv.fn),
+                            copy.encode(),
+                            {"Nats-Msg-Id": bounce_id},
+                        )
+                    ],
+                )
+            await msg.ack()
+        except Exception:  # it comes back by redelivery
+            log.debug("could not hand back copy of %s", inv.id, exc_info=True)
+
+    async def _split(
+        self, state: Envelope, open_items: list[tuple[protocol.Invocation, bytes]]
+    ) -> None:
+        """A redelivered envelope goes back as one envelope per unfinished item.
+
+        Its node died holding it: the items it never reached must not share the
+        blame (the delivery count) of the one that may have killed it, and other
+        nodes can now take them one by one.
+        """
+        messages = [
+            Message(
+                protocol.work_subject(inv.app, inv.fn),
+                protocol.Envelope(id=f"{state.id}.{state.delivered}.{i}", items=[raw]).encode(),
+                {"Nats-Msg-Id": f"{state.id}.{state.delivered}.{i}"},
+            )
+            for i, (inv, raw) in enumerate(open_items)
+        ]
+        try:
+            await publish_atomic(self.agent.nc, messages)
+        except Exception:  # not split: it comes back again, the split is tried again
+            log.warning("cannot split envelope %s", state.id, exc_info=True)
+            self.envelopes.pop(state.id, None)
+            return
+        self.envelopes.pop(state.id, None)
+        await self._ack(state)
+        self._room.set()
+
+    def _run(self, item: Item) -> None:
+        item.timer = None
+        if item.settled:
+            return
+        item.answered = False
+        self.agent.accept(item.inv, Work(item.data, self.reply))
+
+    def call_ended(self, inv_id: str) -> None:
+        """The agent saw the call end; its result must follow within RESULT_GRACE_S.
+
+        The executor publishes results over NATS: one published while the broker
+        restarts can be lost. Then the item runs again instead of waiting forever.
+        """
+        item = self.items.get(inv_id)
+        if item is not None:
+            asyncio.get_running_loop().call_later(RESULT_GRACE_S, self._check_answered, item)
+
+    def _check_answered(self, item: Item) -> None:
+        if item.settled or item.answered or item.timer is not None:
+            return
+        if self.items.get(item.inv.id) is not item:
+            return
+        log.warning("no result reached the node for %s; running it again", item.inv.id)
+        self._run(item)
+
+    def _fail_lost(self, item: Item) -> None:
+        self.items[item.inv.id] = item
+        error = protocol.ErrorInfo(
+            protocol.ERR_LOST,
+            "NodeLost",
+            f"{item.inv.app}.{item.inv.fn} ({item.inv.id}) was delivered "
+            f"{item.envelope.delivered} times and its node died each time",
+        )
+        self._finish(item, protocol.Result(item.inv.id, self.agent.config.node_id, error=error))
+
+    # --- results -------------------------------------------------------------------
+
+    async def _on_result(self, msg: Msg) -> None:
+        try:
+            result = protocol.Result.decode(msg.data)
+        except ValueError:
+            log.error("unreadable durable result dropped")
+            return
+        item = self.items.get(result.id)
+        if item is None or item.settled:
+            return
+        item.answered = True
+        if result.id in self.cancelled:
+            self._settle(item)  # the canceller stored the verdict
+            return
+        error = result.error
+        if error is not None and item.requeue:
+            item.requeue = False
+            self._run(item)
+            return
+        if error is not None and _retryable(item.inv, error):
+            asyncio.get_running_loop().create_task(self._retry(item, error))
+            return
+        self._finish(item, result)
+
+    def _finish(self, item: Item, result: protocol.Result) -> None:
+        result.attempts = item.inv.attempt
+        result.finished = time.time()
+        self._to_store.append((item, result))
+        if not self._storing:
+            self._storing = True
+            asyncio.get_running_loop().create_task(self._store_loop())
+
+    async def _store_loop(self) -> None:
+        """One store in flight per node: results finishing meanwhile form the next batch.
+
+        A JetStream write costs an fsync, so fewer, bigger batches are what scale.
+        """
+        try:
+            await asyncio.sleep(0)  # let this loop iteration's results join the batch
+            while self._to_store:
+                batch, self._to_store = self._to_store, []
+                await self._store(batch)
+        finally:
+            self._storing = False
+
+    async def _store(self, batch: list[tuple[Item, protocol.Result]]) -> None:
+        """Dead-letter failures, store, tell callers, then settle (maybe ack).
+
+        Dead letters first: once a result is stored a redelivery skips the item, so
+        a letter written after it could be lost with the node.
+        """
+        nc = self.agent.nc
+        for item, result in batch:
+            if result.error is not None:
+                await self._dead_letter(item, result)
+        while True:
+            try:
+                await results.store_many(nc, (r for _, r in batch))
+                break
+            except Exception:  # the lattice is away: keep trying; JetStream keeps our envelopes
+                log.warning("storing %d results failed; retrying", len(batch), exc_info=True)
+                await asyncio.sleep(STORE_RETRY_S)
+        for item, result in batch:
+            if item.inv.notify:
+                try:
+                    await nc.publish(item.inv.notify, result.encode())
+                except Exception:
+                    log.debug("notify failed; the caller will find the stored result")
+            self._settle(item)
+
+    async def _dead_letter(self, item: Item, result: protocol.Result) -> None:
+        assert result.error is not None
+        if result.error.kind == protocol.ERR_CANCELLED:
+            return
+        letter = protocol.DeadLetter(
+            id=item.inv.id,
+            app=item.inv.app,
+            fn=item.inv.fn,
+            invocation=item.data,
+            error=result.error,
+            attempts=item.inv.attempt,
+            failed=time.time(),
+        )
+        try:
+            assert self.agent.assets is not None
+            await self.agent.assets.dead.put(item.inv.id, letter.encode())
+        except Exception:
+            log.warning("cannot record dead letter %s", item.inv.id, exc_info=True)
+
+    async def _retry(self, item: Item, error: protocol.ErrorInfo) -> None:
+        """Hand the item on as a new envelope with the next attempt, after a backoff."""
+        inv = item.inv
+        if self.items.get(inv.id) is item:  # its next attempt may be delivered back here
+            del self.items[inv.id]
+        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (inv.attempt - 1)) * random.uniform(0.5, 1.0)
+        inv.attempt += 1
+        inv.not_before = time.time() + delay
+        data = inv.encode()
+        envelope = protocol.Envelope(id=f"{inv.id}.a{inv.attempt}", items=[data])
+        log.info(
+            "↻ %s.%s %s attempt %d in %.1f s after %s",
+            inv.app,
+            inv.fn,
+            inv.id,
+            inv.attempt,
+            delay,
+            error.type,
+        )
+        while True:
+            try:
+                await publish_atomic(
+                    self.agent.nc,
+                    [
+                        Message(
+                            protocol.work_subject(inv.app, inv.fn),
+                            envelope.encode(),
+                            {"Nats-Msg-Id": envelope.id},
+                        )
+                    ],
+                )
+                break
+            except Exception:
+                log.warning("cannot queue retry of %s; retrying", inv.id, exc_info=True)
+                await asyncio.sleep(STORE_RETRY_S)
+        self._settle(item)
+
+    def _settle(self, item: Item) -> None:
+        if item.settled:
+            return
+        item.settled = True
+        if item.timer is not None:
+            item.timer.cancel()
+        if self.items.get(item.inv.id) is item:
+            del self.items[item.inv.id]
+        envelope = item.envelope
+        envelope.open_items -= 1
+        if envelope.open_items == 0:
+            self.envelopes.pop(envelope.id, None)
+            asyncio.get_running_loop().create_task(self._ack(envelope))
+            self._room.set()
+
+    async def _ack(self, envelope: Envelope) -> None:
+        try:
+            await envelope.msg.ack()
+        except Exception:  # redelivered later; every item then finds its stored result
+            log.debug("ack of %s failed", envelope.id, exc_info=True)
+
+    async def _keep_alive(self) -> None:
+        """Tell JetStream we still hold our envelopes, so a long function is not run twice."""
+        while True:
+            await asyncio.sleep(protocol.IN_PROGRESS_EVERY_S)
+            for envelope in list(self.envelopes.values()):
+                try:
+                    await envelope.msg.in_progress()
+                except Exception:
+                    log.debug("in-progress for %s failed", envelope.id, exc_info=True)
+
+    # --- cancellation ----------------------------------------------------------------
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            cancel = protocol.Cancel.decode(msg.data)
+        except ValueError:
+            return
+        for inv_id in cancel.ids:
+            self.cancelled.add(inv_id)
+            item = self.items.get(inv_id)
+            if item is None:
+                continue
+            if item.timer is not None:  # waiting for its retry time: drop it
+                self._settle(item)
+                continue
+            for neighbour in self.agent.cancel(inv_id):
+                other = self.items.get(neighbour)
+                if other is not None:
+                    other.requeue = True
+        if len(self.cancelled) > 100_000:  # a bounded memory: the results bucket remembers
+            self.cancelled.clear()
+
+
+def _retryable(inv: protocol.Invocation, error: protocol.ErrorInfo) -> bool:
+    if inv.attempt > inv.retries:
+        return False
+    if error.kind in protocol.INFRASTRUCTURE_ERRORS:
+        return True
+    if error.kind != protocol.ERR_RAISED or not inv.retry_on:
+        return False
+    names = error.types or [error.type]
+    return any(n == wanted or n.endswith("." + wanted) for n in names for wanted in inv.retry_on)
+
+
+def new_envelope_id() -> str:
+    return uuid.uuid4().hex
