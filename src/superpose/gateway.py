@@ -3,6 +3,10 @@
 User errors map to 4xx (bad body 400, unknown function 404, body too big
 413), a function that raised or crashed to 500, a timeout to 504, no node to
 503. Results are passed through as the JSON bytes the node produced.
+
+Durable invocations: ``POST /v1/invoke/{name}`` answers 202 with the id once
+JetStream has persisted it; ``GET /v1/invocations/{id}`` reads its stored result
+(202 while there is none) and ``DELETE`` cancels it (409 if it had finished).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from starlette.routing import Route
 from superpose import protocol
 from superpose.client import Client
 from superpose.config import MAX_HTTP_BODY_BYTES
+from superpose.durable import dead
 from superpose.errors import (
     BadRequestError,
     CallTimeoutError,
@@ -33,6 +38,9 @@ from superpose.registry import split_name
 from superpose.status import lattice_status
 
 VERSION_HEADER = "x-superpose-version"
+IDEMPOTENCY_HEADER = "idempotency-key"
+MAX_WAIT_S = 60.0
+"""``GET /v1/invocations/{id}?wait=S`` waits at most this long, whatever S says."""
 
 _REMOTE_STATUS = {
     protocol.ERR_TIMEOUT: 504,
@@ -139,6 +147,15 @@ def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -
             return _error_response(exc, max_body_bytes)
         return Response(b'{"result": ' + result + b"}", media_type="application/json")
 
+    async def invoke(request: Request) -> Response:
+        return await _invoke(state["client"], request, max_body_bytes)
+
+    async def invocation(request: Request) -> Response:
+        return await _invocation(state["client"], request)
+
+    async def cancel(request: Request) -> Response:
+        return await _cancel(state["client"], request)
+
     async def status(_: Request) -> Response:
         return JSONResponse(await lattice_status(state["client"]))
 
@@ -151,11 +168,97 @@ def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -
     return Starlette(
         routes=[
             Route("/v1/call/{name:str}", call, methods=["POST"]),
+            Route("/v1/invoke/{name:str}", invoke, methods=["POST"]),
+            Route("/v1/invocations/{id:str}", invocation, methods=["GET"]),
+            Route("/v1/invocations/{id:str}", cancel, methods=["DELETE"]),
             Route("/v1/status", status, methods=["GET"]),
             Route("/v1/health", health, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         lifespan=lifespan,
+    )
+
+
+async def _invoke(client: Client, request: Request, max_body_bytes: int) -> Response:
+    """``POST /v1/invoke/{name}``: persist a durable invocation, answer 202 with its id."""
+    try:
+        app, fn, version = split_name(request.path_params["name"])
+        version = request.headers.get(VERSION_HEADER) or version
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        body = _parse_call_body(await _read_body(request, max_body_bytes))
+        target = (await client.registry()).resolve(app, fn, version)
+        invocation_id = await client.invoke_json(target, body, idempotency_key=key)
+    except (BodyTooLarge, SuperposeError) as exc:
+        return _error_response(exc, max_body_bytes)
+    return JSONResponse(
+        {"id": invocation_id},
+        status_code=202,
+        headers={"location": f"/v1/invocations/{invocation_id}"},
+    )
+
+
+async def _invocation(client: Client, request: Request) -> Response:
+    """``GET /v1/invocations/{id}[?wait=S]``: the stored result, or 202 pending."""
+    invocation_id = request.path_params["id"]
+    try:
+        wait = _wait_param(request.query_params.get("wait"))
+        found = await client.result_async(invocation_id, wait=wait > 0, timeout=wait)
+        return await _invocation_response(client, invocation_id, found)
+    except SuperposeError as exc:
+        return _error_response(exc, 0)
+
+
+async def _cancel(client: Client, request: Request) -> Response:
+    """``DELETE /v1/invocations/{id}``: cancel it, or 409 if it had already finished."""
+    invocation_id = request.path_params["id"]
+    try:
+        finished = await dead.cancel(client, invocation_id)
+    except SuperposeError as exc:
+        return _error_response(exc, 0)
+    if finished is not None:
+        return _error(
+            409, "AlreadyFinished", f"invocation {invocation_id} had already finished ({finished})"
+        )
+    return JSONResponse({"id": invocation_id, "status": "cancelled"})
+
+
+def _wait_param(text: str | None) -> float:
+    """Seconds ``?wait=`` asks for, capped at MAX_WAIT_S; 0 when absent."""
+    if text is None or text == "":
+        return 0.0
+    try:
+        wait = float(text)
+    except ValueError:
+        raise BadRequestError(f"wait={text!r} is not a number of seconds") from None
+    if not 0 <= wait < float("inf"):
+        raise BadRequestError(f"wait must be a number of seconds ≥ 0, got {text!r}")
+    return min(wait, MAX_WAIT_S)
+
+
+async def _invocation_response(
+    client: Client, invocation_id: str, found: protocol.Result | None
+) -> Response:
+    status = dead.status_of(found)
+    if found is None:
+        return JSONResponse({"id": invocation_id, "status": status}, status_code=202)
+    if found.error is None:
+        value = await dead.result_json(client.nc, found)
+        head = json.dumps({"id": invocation_id, "status": status})[:-1].encode()
+        return Response(head + b', "result": ' + value + b"}", media_type="application/json")
+    if status == "cancelled":
+        return JSONResponse({"id": invocation_id, "status": status})
+    error = found.error
+    return JSONResponse(
+        {
+            "id": invocation_id,
+            "status": status,
+            "error": {
+                "type": error.type,
+                "message": error.message,
+                "traceback": error.traceback,
+                "kind": error.kind,
+            },
+        }
     )
 
 
@@ -200,6 +303,62 @@ _ERROR = {
     },
 }
 
+_NAME_PARAM = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "APP.FN or APP.FN@VERSION",
+}
+_VERSION_PARAM = {
+    "name": "X-Superpose-Version",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "version digest or alias",
+}
+_CALL_BODY = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "args": {"type": "array"},
+                    "kwargs": {"type": "object"},
+                },
+                "additionalProperties": False,
+            }
+        }
+    }
+}
+_INVOCATION = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"enum": ["pending", "done", "failed", "cancelled"]},
+        "result": {"description": "present when done"},
+        "error": {
+            "type": "object",
+            "description": "present when failed",
+            "properties": {
+                "type": {"type": "string"},
+                "message": {"type": "string"},
+                "traceback": {"type": "string"},
+                "kind": {"type": "string"},
+            },
+        },
+    },
+    "required": ["id", "status"],
+}
+
+
+def _errors(*answers: tuple[str, str]) -> dict[str, Any]:
+    return {
+        code: {"description": why, "content": {"application/json": {"schema": _ERROR}}}
+        for code, why in answers
+    }
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "superpose gateway", "version": "1"},
@@ -207,36 +366,8 @@ OPENAPI: dict[str, Any] = {
         "/v1/call/{name}": {
             "post": {
                 "summary": "Call a deployed function and wait for its result",
-                "parameters": [
-                    {
-                        "name": "name",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                        "description": "APP.FN or APP.FN@VERSION",
-                    },
-                    {
-                        "name": "X-Superpose-Version",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string"},
-                        "description": "version digest or alias",
-                    },
-                ],
-                "requestBody": {
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "args": {"type": "array"},
-                                    "kwargs": {"type": "object"},
-                                },
-                                "additionalProperties": False,
-                            }
-                        }
-                    }
-                },
+                "parameters": [_NAME_PARAM, _VERSION_PARAM],
+                "requestBody": _CALL_BODY,
                 "responses": {
                     "200": {
                         "description": "the result",
@@ -246,22 +377,107 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    **{
-                        code: {
-                            "description": why,
-                            "content": {"application/json": {"schema": _ERROR}},
-                        }
-                        for code, why in [
-                            ("400", "malformed body"),
-                            ("404", "unknown app, function or version"),
-                            ("413", "body over the limit"),
-                            ("500", "the function raised or crashed"),
-                            ("503", "no node is serving"),
-                            ("504", "the function timed out"),
-                        ]
-                    },
+                    **_errors(
+                        ("400", "malformed body"),
+                        ("404", "unknown app, function or version"),
+                        ("413", "body over the limit"),
+                        ("500", "the function raised or crashed"),
+                        ("503", "no node is serving"),
+                        ("504", "the function timed out"),
+                    ),
                 },
             }
+        },
+        "/v1/invoke/{name}": {
+            "post": {
+                "summary": "Persist a durable invocation; answers its id at once",
+                "parameters": [
+                    _NAME_PARAM,
+                    _VERSION_PARAM,
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
+                        "description": "a key used before returns that invocation's id, "
+                        "not a new run",
+                    },
+                ],
+                "requestBody": _CALL_BODY,
+                "responses": {
+                    "202": {
+                        "description": "persisted: it will run even if a node dies",
+                        "headers": {
+                            "Location": {
+                                "schema": {"type": "string"},
+                                "description": "/v1/invocations/{id}",
+                            }
+                        },
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"id": {"type": "string"}},
+                                    "required": ["id"],
+                                }
+                            }
+                        },
+                    },
+                    **_errors(
+                        ("400", "malformed body, name or idempotency key"),
+                        ("404", "unknown app, function or version"),
+                        ("413", "body over the limit"),
+                    ),
+                },
+            }
+        },
+        "/v1/invocations/{id}": {
+            "parameters": [
+                {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "an invocation id from /v1/invoke (or a Python spawn)",
+                }
+            ],
+            "get": {
+                "summary": "The state and result of a durable invocation",
+                "parameters": [
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "number", "minimum": 0},
+                        "description": f"seconds to wait for the result (at most {MAX_WAIT_S:g})",
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "finished: done (with result), failed (with error) "
+                        "or cancelled",
+                        "content": {"application/json": {"schema": _INVOCATION}},
+                    },
+                    "202": {
+                        "description": "pending: no result stored yet (an unknown id too)",
+                        "content": {"application/json": {"schema": _INVOCATION}},
+                    },
+                    **_errors(("400", "malformed id or wait")),
+                },
+            },
+            "delete": {
+                "summary": "Cancel a durable invocation: dropped if queued, killed if running",
+                "responses": {
+                    "200": {
+                        "description": "cancelled",
+                        "content": {"application/json": {"schema": _INVOCATION}},
+                    },
+                    **_errors(
+                        ("400", "malformed id"),
+                        ("409", "it had already finished"),
+                    ),
+                },
+            },
         },
         "/v1/status": {
             "get": {

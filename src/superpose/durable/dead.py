@@ -1,0 +1,176 @@
+"""Durable invocations after the fact: dead letters, replay, and stored results as JSON.
+
+A durable invocation that failed its last attempt is kept in the dead-letter
+bucket (key: its invocation id) for ``superpose failed``. Replaying one submits
+the same function and arguments again under a new invocation id, then removes
+the letter. The CLI and the gateway share these helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.errors import KeyNotFoundError
+
+from superpose import payload, protocol
+from superpose.durable.submit import wait_accepted
+from superpose.errors import BadRequestError, NotFoundError, SuperposeError
+from superpose.lattice import objects
+from superpose.lattice.connection import Assets
+
+if TYPE_CHECKING:
+    from superpose.client import Client
+
+log = logging.getLogger("superpose.durable")
+
+LIST_TIMEOUT_S = 10.0
+"""How long listing waits for the next dead letter before giving up."""
+ACCEPT_TIMEOUT_S = 40.0
+"""How long a replay waits for JetStream to persist the new invocation."""
+ACCEPT_POLL_S = 0.01
+
+
+async def list_failed(assets: Assets, app: str | None = None) -> list[protocol.DeadLetter]:
+    """Every dead letter (of one app, if given), oldest failure first; [] if there is none.
+
+    Reads the bucket with a watch and stops at the entry with nothing pending
+    after it. The end-of-initial-values marker of nats-py's watch is not
+    trusted: it can come before entries the server has already sent.
+    """
+    watcher = await assets.dead.watchall()
+    letters: list[protocol.DeadLetter] = []
+    seen = False
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(LIST_TIMEOUT_S)  # type: ignore[no-untyped-call]
+            except nats.errors.TimeoutError as exc:
+                raise SuperposeError(
+                    f"listing failed invocations: no answer from the lattice in "
+                    f"{LIST_TIMEOUT_S:g} s"
+                ) from exc
+            if entry is None:
+                if not seen and (await assets.dead.status()).values == 0:
+                    break  # an empty bucket
+                continue
+            seen = True
+            letter = _letter(entry.key, entry.value, entry.operation)
+            if letter is not None and (app is None or letter.app == app):
+                letters.append(letter)
+            if entry.delta == 0:  # the last entry the bucket held when the watch began
+                break
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    letters.sort(key=lambda letter: letter.failed)
+    return letters
+
+
+def _letter(key: str, value: bytes | None, operation: str | None) -> protocol.DeadLetter | None:
+    if operation is not None or not value:  # deleted (replayed) or purged
+        return None
+    try:
+        return protocol.DeadLetter.decode(value)
+    except (ValueError, TypeError, KeyError):
+        log.warning("skipping an unreadable dead letter %s", key)
+        return None
+
+
+async def get_failed(assets: Assets, invocation_id: str) -> protocol.DeadLetter:
+    """One dead letter; NotFoundError naming the id if there is none."""
+    _check_id(invocation_id)
+    try:
+        entry = await assets.dead.get(invocation_id)
+    except KeyNotFoundError:
+        entry = None
+    if entry is None or not entry.value:
+        raise NotFoundError(
+            f"no failed invocation {invocation_id} (it was never dead-lettered, was replayed "
+            "already, or expired): `superpose failed` lists them"
+        )
+    return protocol.DeadLetter.decode(entry.value)
+
+
+async def replay(client: Client, invocation_id: str) -> str:
+    """Submit a dead-lettered invocation again under a new id; returns that id.
+
+    The new invocation starts from attempt 1 with the function's retry budget.
+    The dead letter is removed once the new invocation is persisted.
+    """
+    letter = await get_failed(client.assets, invocation_id)
+    inv = protocol.Invocation.decode(letter.invocation)
+    blob = inv.args.blob
+    if blob is not None and not await objects.exists(
+        client.assets.js, protocol.BLOBS_BUCKET, protocol.blob_object_name(blob)
+    ):
+        raise NotFoundError(
+            f"cannot replay {invocation_id}: its arguments (spilled to the blob store) expired"
+        )
+    inv.ctx = protocol.CallContext(trace_id=inv.ctx.trace_id)  # the old caller is gone
+    future = client.resubmit(inv)
+    await wait_accepted(future)
+    try:
+        await client.assets.dead.delete(invocation_id)
+    except Exception:  # the replay is persisted: report it, and warn about the letter left
+        log.warning(
+            "replayed %s as %s but could not remove its dead letter; "
+            "replaying it again would run it again",
+            invocation_id,
+            inv.id,
+        )
+    return inv.id
+
+
+async def cancel(client: Client, invocation_id: str) -> str | None:
+    """Cancel one durable invocation: None if it was, else how it had already finished.
+
+    The answer is ``done``, ``failed`` or ``cancelled`` (cancelled before).
+    An id that never existed cannot be told from one still queued: it is
+    "cancelled" too, and nothing will ever run under it.
+    """
+    _check_id(invocation_id)
+    if await client.cancel_async([invocation_id]):
+        return None
+    found = await client.result_async(invocation_id, wait=False)
+    if found is None:  # the cancel write failed for another reason than a stored result
+        raise SuperposeError(f"could not cancel {invocation_id}: the lattice refused; try again")
+    return status_of(found)
+
+
+def status_of(result: protocol.Result | None) -> str:
+    """``pending`` (nothing stored yet), ``done``, ``failed`` or ``cancelled``."""
+    if result is None:
+        return "pending"
+    if result.error is None:
+        return "done"
+    return "cancelled" if result.error.kind == protocol.ERR_CANCELLED else "failed"
+
+
+async def result_json(nc: NATS, result: protocol.Result) -> bytes:
+    """A successful result's value as JSON bytes, whichever codec it was stored in.
+
+    JSON-codec results (CLI and HTTP submissions) are passed through; Python
+    values are unpickled here and printed with ``repr`` for what JSON lacks.
+    """
+    value = result.value
+    if value is None:
+        raise SuperposeError(f"invocation {result.id} has no value (status {status_of(result)})")
+    data = await payload.unwrap(nc, value) if value.blob is not None else value.data or b""
+    if value.codec == protocol.CODEC_JSON:
+        return data
+    try:
+        decoded = payload.decode_value(data, value.codec)
+    except Exception as exc:
+        raise SuperposeError(
+            f"the result of {result.id} is a Python value that cannot be decoded here: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return json.dumps(decoded, default=repr).encode()
+
+
+def _check_id(invocation_id: str) -> None:
+    if not protocol.is_valid_invocation_id(invocation_id):
+        raise BadRequestError(f"{invocation_id!r} is not an invocation id")

@@ -1,0 +1,330 @@
+"""Durable invocations over HTTP: POST /v1/invoke, GET and DELETE /v1/invocations/{id}."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import fns
+import superpose as sp
+from conftest import Lattice, superpose_cli
+from superpose import protocol
+from superpose.config import MAX_HTTP_BODY_BYTES
+
+DIGEST = re.compile(r"^[0-9a-f]{64}$", re.MULTILINE)
+
+APP_SOURCE = """
+import time
+
+import superpose as sp
+
+
+@sp.function
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@sp.function
+def boom(message):
+    raise ValueError(message)
+
+
+@sp.function
+def nap(marker, seconds):
+    open(marker, "w").close()
+    time.sleep(seconds)
+    return "rested"
+
+
+@sp.function
+def tag():
+    return "{tag}"
+"""
+
+
+def poll(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def deploy(lattice: Lattice, folder: Path, tag: str) -> str:
+    (folder / "durable_http.py").write_text(textwrap.dedent(APP_SOURCE).replace("{tag}", tag))
+    proc = superpose_cli("deploy", str(folder), url=lattice.url, check=True)
+    return DIGEST.findall(proc.stdout)[-1]
+
+
+@pytest.fixture(scope="module")
+def app(lattice: Lattice, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    """A throwaway app deployed twice: (name, first version, second version = latest)."""
+    name = f"dhttp_{uuid.uuid4().hex[:8]}"
+    folder = tmp_path_factory.mktemp("durable_http") / name
+    folder.mkdir()
+    first = deploy(lattice, folder, "one")
+    second = deploy(lattice, folder, "two")
+    return name, first, second
+
+
+@pytest.fixture(scope="module")
+def name(app: tuple[str, str, str]) -> str:
+    return app[0]
+
+
+@pytest.fixture(scope="module")
+def http(lattice: Lattice) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=lattice.gateway, timeout=90) as c:
+        yield c
+
+
+def error_of(response: httpx.Response) -> dict[str, str]:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error: dict[str, str] = body["error"]
+    assert error["type"] and error["message"]
+    return error
+
+
+def invoke(http: httpx.Client, path: str, **kwargs: Any) -> str:
+    """POST /v1/invoke/...: 202 with the id, and where to read it."""
+    response = http.post(f"/v1/invoke/{path}", **kwargs)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert set(body) == {"id"}
+    invocation_id: str = body["id"]
+    assert protocol.is_valid_invocation_id(invocation_id)
+    assert response.headers["location"] == f"/v1/invocations/{invocation_id}"
+    return invocation_id
+
+
+def finished(http: httpx.Client, invocation_id: str) -> dict[str, Any]:
+    """GET /v1/invocations/{id}?wait=...: the 200 answer once it has finished."""
+    response = http.get(f"/v1/invocations/{invocation_id}", params={"wait": 60})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert body["id"] == invocation_id
+    return body
+
+
+# --- invoke and results ----------------------------------------------------------------
+
+
+def test_invoke_answers_202_with_an_id_whose_result_can_be_read(
+    http: httpx.Client, name: str
+) -> None:
+    invocation_id = invoke(http, f"{name}.echo", json={"args": [1, [2]], "kwargs": {"k": "v"}})
+    expected = {
+        "id": invocation_id,
+        "status": "done",
+        "result": {"args": [1, [2]], "kwargs": {"k": "v"}},
+    }
+    assert finished(http, invocation_id) == expected
+    again = http.get(f"/v1/invocations/{invocation_id}")  # stored: no wait needed now
+    assert again.status_code == 200
+    assert again.headers["content-type"].startswith("application/json")
+    assert again.json() == expected
+
+
+def test_invoke_with_no_body_and_with_a_large_argument(http: httpx.Client, name: str) -> None:
+    empty = invoke(http, f"{name}.echo")
+    assert finished(http, empty)["result"] == {"args": [], "kwargs": {}}
+    big = "x" * 300_000  # over the inline limit: argument and result go through blobs
+    spilled = invoke(http, f"{name}.echo", json={"args": [big]})
+    assert finished(http, spilled)["result"] == {"args": [big], "kwargs": {}}
+
+
+def test_a_failure_reads_as_failed_with_the_remote_error(http: httpx.Client, name: str) -> None:
+    invocation_id = invoke(http, f"{name}.boom", json={"args": ["kaboom"]})
+    body = finished(http, invocation_id)
+    assert body["status"] == "failed"
+    assert set(body) == {"id", "status", "error"}
+    error = body["error"]
+    assert error["type"] == "ValueError"
+    assert error["message"] == "kaboom"
+    assert error["kind"] == "raised"
+    assert "Traceback (most recent call last)" in error["traceback"]
+
+
+def test_results_of_python_spawns_read_as_json(http: httpx.Client, client: sp.Client) -> None:
+    square = fns.square.spawn(9)
+    spilled = fns.make_bytes.spawn(300_000)
+    for future in (square, spilled):
+        future.result(timeout=60)
+    assert finished(http, square.invocation_id)["result"] == 81
+    assert finished(http, spilled.invocation_id)["result"] == repr(b"\x07" * 300_000)
+
+
+def test_the_same_idempotency_key_gives_the_same_id_and_result(
+    http: httpx.Client, name: str
+) -> None:
+    key = f"order-{uuid.uuid4().hex}"
+    first = invoke(http, f"{name}.echo", json={"args": ["once"]}, headers={"Idempotency-Key": key})
+    assert finished(http, first)["result"] == {"args": ["once"], "kwargs": {}}
+    second = invoke(
+        http, f"{name}.echo", json={"args": ["twice"]}, headers={"Idempotency-Key": key}
+    )
+    assert second == first
+    assert finished(http, second)["result"] == {"args": ["once"], "kwargs": {}}  # no second run
+    other = invoke(http, f"{name}.echo", headers={"Idempotency-Key": key + "-2"})
+    assert other != first
+
+
+@pytest.mark.parametrize("key", ["", "k" * 1025])
+def test_a_bad_idempotency_key_is_a_400(http: httpx.Client, name: str, key: str) -> None:
+    response = http.post(f"/v1/invoke/{name}.echo", headers={"Idempotency-Key": key})
+    assert response.status_code == 400
+    assert "idempotency_key" in error_of(response)["message"]
+
+
+def test_the_version_header_and_path_pick_the_version(
+    http: httpx.Client, app: tuple[str, str, str]
+) -> None:
+    name, first, second = app
+    latest = invoke(http, f"{name}.tag")
+    by_path = invoke(http, f"{name}.tag@{first[:8]}")
+    by_header = invoke(http, f"{name}.tag", headers={"X-Superpose-Version": first[:8]})
+    overrides = invoke(http, f"{name}.tag@{second[:8]}", headers={"X-Superpose-Version": first[:8]})
+    assert finished(http, latest)["result"] == "two"
+    assert finished(http, by_path)["result"] == "one"
+    assert finished(http, by_header)["result"] == "one"
+    assert finished(http, overrides)["result"] == "one"
+    unknown = http.post(f"/v1/invoke/{name}.tag", headers={"X-Superpose-Version": "abcdef123456"})
+    assert unknown.status_code == 404
+    assert "abcdef123456" in error_of(unknown)["message"]
+
+
+# --- invoke errors -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b'["x"]', "must be a JSON object"),
+        (b'{"args": "x"}', '"args" must be a JSON array'),
+        (b'{"args": [], "kwargs": [1]}', '"kwargs" must be a JSON object'),
+        (b'{"args": [], "extra": 1}', "unknown field(s) in request body: extra"),
+    ],
+)
+def test_a_malformed_body_is_a_400(
+    http: httpx.Client, name: str, body: bytes, problem: str
+) -> None:
+    response = http.post(
+        f"/v1/invoke/{name}.echo", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert problem in error_of(response)["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "named"),
+    [
+        ("nodot", 400, "APP.FN"),
+        ("{name}.no_such_fn", 404, "no_such_fn"),
+        ("no_such_app_zz.echo", 404, "no_such_app_zz"),
+    ],
+)
+def test_a_bad_or_unknown_name_is_refused(
+    http: httpx.Client, name: str, path: str, status: int, named: str
+) -> None:
+    response = http.post(f"/v1/invoke/{path.replace('{name}', name)}", json={})
+    assert response.status_code == status
+    assert named in error_of(response)["message"]
+
+
+def test_a_body_over_the_limit_is_a_413(http: httpx.Client, name: str) -> None:
+    too_big = b'{"args": ["' + b"x" * MAX_HTTP_BODY_BYTES + b'"]}'
+    response = http.post(f"/v1/invoke/{name}.echo", content=too_big)
+    assert response.status_code == 413
+    assert str(MAX_HTTP_BODY_BYTES) in error_of(response)["message"]
+
+
+# --- pending, cancel, bad ids ------------------------------------------------------------
+
+
+def test_a_running_invocation_is_pending_until_cancelled(
+    http: httpx.Client, name: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    invocation_id = invoke(http, f"{name}.nap", json={"args": [str(marker), 60]})
+    poll(marker.exists, "the invocation to start")
+    path = f"/v1/invocations/{invocation_id}"
+
+    for params in ({}, {"wait": "0.2"}):
+        pending = http.get(path, params=params)
+        assert pending.status_code == 202
+        assert pending.json() == {"id": invocation_id, "status": "pending"}
+
+    cancelled = http.delete(path)
+    assert cancelled.status_code == 200
+    assert cancelled.json() == {"id": invocation_id, "status": "cancelled"}
+    assert finished(http, invocation_id) == {"id": invocation_id, "status": "cancelled"}
+
+    again = http.delete(path)
+    assert again.status_code == 409
+    assert "already finished (cancelled)" in error_of(again)["message"]
+
+
+def test_cancelling_a_finished_invocation_is_a_409(http: httpx.Client, name: str) -> None:
+    invocation_id = invoke(http, f"{name}.echo", json={"args": [3]})
+    assert finished(http, invocation_id)["status"] == "done"
+    response = http.delete(f"/v1/invocations/{invocation_id}")
+    assert response.status_code == 409
+    error = error_of(response)
+    assert error["type"] == "AlreadyFinished"
+    assert f"{invocation_id} had already finished (done)" in error["message"]
+    assert finished(http, invocation_id)["result"] == {"args": [3], "kwargs": {}}  # untouched
+
+
+def test_an_unknown_id_is_pending(http: httpx.Client) -> None:
+    unknown = f"nobody.{uuid.uuid4().hex[:8]}"
+    for params in ({}, {"wait": "0.2"}):
+        response = http.get(f"/v1/invocations/{unknown}", params=params)
+        assert response.status_code == 202
+        assert response.json() == {"id": unknown, "status": "pending"}
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_a_malformed_id_is_a_400(http: httpx.Client, method: str) -> None:
+    response = http.request(method, "/v1/invocations/not..an..id")
+    assert response.status_code == 400
+    assert "is not an invocation id" in error_of(response)["message"]
+
+
+@pytest.mark.parametrize("wait", ["soon", "-1", "nan", "inf"])
+def test_a_bad_wait_is_a_400(http: httpx.Client, wait: str) -> None:
+    response = http.get("/v1/invocations/nobody.1", params={"wait": wait})
+    assert response.status_code == 400
+    assert "wait" in error_of(response)["message"]
+
+
+def test_a_wait_over_the_cap_still_answers(http: httpx.Client, name: str) -> None:
+    invocation_id = invoke(http, f"{name}.echo", json={"args": ["capped"]})
+    response = http.get(f"/v1/invocations/{invocation_id}", params={"wait": "100000"})
+    assert response.status_code == 200
+    assert response.json()["result"] == {"args": ["capped"], "kwargs": {}}
+
+
+def test_openapi_describes_the_durable_endpoints(http: httpx.Client) -> None:
+    paths = http.get("/openapi.json").json()["paths"]
+    invoke_op = paths["/v1/invoke/{name}"]["post"]
+    assert "202" in invoke_op["responses"]
+    headers = {p["name"] for p in invoke_op["parameters"] if p["in"] == "header"}
+    assert headers == {"Idempotency-Key", "X-Superpose-Version"}
+    invocation = paths["/v1/invocations/{id}"]
+    assert {"200", "202", "400"} <= set(invocation["get"]["responses"])
+    assert {"200", "400", "409"} <= set(invocation["delete"]["responses"])
+    assert paths["/v1/call/{name}"]["post"]["parameters"][0]["name"] == "name"
+    json.dumps(paths)  # plain JSON all the way down
