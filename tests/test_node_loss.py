@@ -1,7 +1,9 @@
-"""A node that dies mid-call: the caller hears it within seconds, not at its deadline."""
+"""A node that dies mid-call: the caller hears it within seconds, not at its deadline;
+a durable invocation is redelivered to another node."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import time
@@ -44,8 +46,9 @@ def test_a_call_on_a_node_that_dies_fails_fast_with_node_lost(
     own_lattice: Lattice, tmp_path: Path
 ) -> None:
     marker = tmp_path / "pid"
-    with client_on(own_lattice):
-        future = fns.hold_once.with_options(timeout=120).spawn(str(marker), 60)
+    with client_on(own_lattice), concurrent.futures.ThreadPoolExecutor(1) as pool:
+        direct = fns.hold_once.with_options(timeout=120)
+        future = pool.submit(direct.remote, str(marker), 60)
         _kill_node_running(_wait_for_file(marker))
         started = time.monotonic()
         with pytest.raises(sp.RemoteError) as info:
@@ -58,7 +61,31 @@ def test_a_call_on_a_node_that_dies_fails_fast_with_node_lost(
 
 def test_a_call_with_retries_moves_to_another_node(own_lattice: Lattice, tmp_path: Path) -> None:
     marker = tmp_path / "pid"
-    with client_on(own_lattice):
-        future = fns.hold_once.with_options(timeout=120, retries=1).spawn(str(marker), 60)
+    with client_on(own_lattice), concurrent.futures.ThreadPoolExecutor(1) as pool:
+        direct = fns.hold_once.with_options(timeout=120, retries=1)
+        future = pool.submit(direct.remote, str(marker), 60)
         _kill_node_running(_wait_for_file(marker))
         assert future.result(timeout=60) == "retried"
+
+
+def test_an_idempotent_direct_call_moves_to_another_node(
+    own_lattice: Lattice, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pid"
+    with client_on(own_lattice), concurrent.futures.ThreadPoolExecutor(1) as pool:
+        direct = fns.hold_once.with_options(timeout=120, idempotent=True)
+        future = pool.submit(direct.remote, str(marker), 60)
+        _kill_node_running(_wait_for_file(marker))
+        assert future.result(timeout=60) == "retried"
+
+
+def test_a_durable_invocation_is_redelivered_when_its_node_is_killed(
+    own_lattice: Lattice, tmp_path: Path
+) -> None:
+    """No retries asked for: redelivery of persisted work is not a retry, it is the contract."""
+    marker = tmp_path / "pid"
+    with client_on(own_lattice):
+        future = fns.hold_once.with_options(timeout=120).spawn(str(marker), 60)
+        _kill_node_running(_wait_for_file(marker))
+        assert future.result(timeout=60) == "retried"
+        assert future.accepted.is_set()
