@@ -140,6 +140,14 @@ def main() -> int:
                 "call", "shop.checkout", '[[{"sku": "apple", "qty": 12}, {"sku": "tea", "qty": 1}]]'
             ),
         )
+        invocation = demo.step(
+            "durable: call --async (persisted, id back)",
+            lambda: superpose("call", "hello.greet", '["later"]', "--async").strip(),
+        )
+        demo.step(
+            "durable: superpose result ID --wait",
+            lambda: superpose("result", invocation, "--wait", "--timeout", "30"),
+        )
         demo.step(
             "call through the HTTP gateway",
             lambda: http_call(gateway, "hello.greet", {"args": ["HTTP"]}),
