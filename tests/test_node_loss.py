@@ -16,6 +16,7 @@ import fns
 import superpose as sp
 from conftest import Lattice, client_on, start_lattice, stop_lattice
 from superpose import protocol
+from superpose.durable import dead
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,25 @@ def test_a_durable_invocation_is_redelivered_when_its_node_is_killed(
         _kill_node_running(_wait_for_file(marker))
         assert future.result(timeout=60) == "retried"
         assert future.accepted.is_set()
+
+
+def test_an_invocation_whose_node_keeps_dying_is_failed_as_lost_and_dead_lettered(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With at most one delivery allowed, one kill is enough to reach the verdict."""
+    monkeypatch.setenv("SUPERPOSE_MAX_DELIVER", "1")
+    handle = start_lattice(tmp_path_factory.mktemp("lost"), gateway=False)
+    marker = tmp_path / "pid"
+    try:
+        with client_on(handle) as client:
+            future = fns.hold_once.with_options(timeout=120).spawn(str(marker), 60)
+            _kill_node_running(_wait_for_file(marker))
+            with pytest.raises(sp.RemoteError) as info:
+                future.result(timeout=60)
+            letters = client.run(dead.list_failed(client.assets))
+    finally:
+        stop_lattice(handle)
+    assert info.value.kind == protocol.ERR_LOST
+    assert info.value.type == "NodeLost"
+    assert "delivered 2 times" in info.value.remote_message
+    assert future.invocation_id in {letter.id for letter in letters}

@@ -9,6 +9,7 @@ ENV_HOME = "SUPERPOSE_HOME"
 ENV_LATTICE = "SUPERPOSE_LATTICE"
 ENV_NATS_SERVER = "SUPERPOSE_NATS_SERVER"
 ENV_REPLICAS = "SUPERPOSE_REPLICAS"
+ENV_MAX_DELIVER = "SUPERPOSE_MAX_DELIVER"
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -33,3 +34,17 @@ def state_file(home_dir: Path) -> Path:
 
 def lattice_from_env() -> str | None:
     return os.environ.get(ENV_LATTICE) or None
+
+
+def max_deliver(default: int) -> int:
+    """Deliveries of a durable envelope before a node fails its items as lost.
+
+    ``$SUPERPOSE_MAX_DELIVER`` overrides it for a node (tests use 1 to reach the
+    verdict with a single kill).
+    """
+    text = os.environ.get(ENV_MAX_DELIVER)
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{ENV_MAX_DELIVER}={text!r}: expected a whole number ≥ 1")
+    return int(text)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from superpose import protocol
+from superpose import config, protocol
 from superpose.durable import results
 from superpose.lattice.batch import Message, publish_atomic
 
@@ -93,6 +93,7 @@ class DurableWorker:
     _subs: list[Subscription] = field(default_factory=list)
     _room: asyncio.Event = field(default_factory=asyncio.Event)
     _inbox: str = ""
+    max_deliver: int = field(default_factory=lambda: config.max_deliver(protocol.MAX_DELIVER))
 
     @property
     def reply(self) -> str:
@@ -208,7 +209,7 @@ class DurableWorker:
             if inv.id in stored or inv.id in self.items or inv.id in self.cancelled:
                 self._settle(item)  # done already, running here already, or cancelled
                 continue
-            if delivered > protocol.MAX_DELIVER:
+            if delivered > self.max_deliver:
                 self._fail_lost(item)
                 continue
             self.items[inv.id] = item

@@ -172,7 +172,11 @@ async def _ensure_durable_path(nc: NATS, replicas: int) -> None:
                     "durable_name": protocol.WORK_CONSUMER,
                     "ack_policy": "explicit",
                     "ack_wait": int(protocol.ACK_WAIT_S * NS),
-                    "max_deliver": protocol.MAX_DELIVER + 1,
+                    # Unbounded here on purpose: the node fails an envelope's items as
+                    # lost on delivery MAX_DELIVER + 1. A JetStream limit would stop
+                    # delivering silently if that node died too, and no result would
+                    # ever be stored.
+                    "max_deliver": -1,
                     "max_ack_pending": 100_000,
                     "max_waiting": 4096,
                     "num_replicas": replicas,
