@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import pytest
 
 import durable_fns as dfns
 import superpose as sp
-from conftest import Lattice
+from conftest import Lattice, client_on, start_lattice, stop_lattice
 from superpose import client as client_module
 from superpose import protocol
 from superpose.durable import dead
@@ -250,3 +251,32 @@ def test_a_straggler_in_a_map_of_an_idempotent_function_gets_a_duplicate(
     assert dfns.runs(str(tmp_path), "slow7") == 2
     _idle(client)
     _idle(client)
+
+
+def test_a_node_that_starts_after_a_cancellation_does_not_run_it(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """No node hears the cancel broadcast here: the cancels bucket is what stops it."""
+    handle = start_lattice(tmp_path_factory.mktemp("nonodes"), workers=0, gateway=False)
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        with client_on(handle) as client:
+            queued = dfns.counted.spawn(str(tmp_path), "late")
+            assert queued.accepted.wait(30)
+            assert client.cancel(queued.invocation_id)
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "superpose", "worker", "--lattice", handle.url],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "SUPERPOSE_HOME": str(tmp_path / "worker")},
+            )
+            assert dfns.noop.spawn(1).result(timeout=60) == 1  # the new node is serving
+            assert dfns.noop.spawn(2).result(timeout=60) == 2
+            with pytest.raises(concurrent.futures.CancelledError):
+                client.result(queued.invocation_id, timeout=10)
+        assert dfns.runs(str(tmp_path), "late") == 0
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+        stop_lattice(handle)

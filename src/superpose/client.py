@@ -140,7 +140,7 @@ class Client:
         )
         self._tasks.append(self.loop.create_task(self._send_loop()))
         self._tasks.append(self.loop.create_task(self._reap_loop()))
-        self._submitter = Submitter(self.nc, self.id, self._resolve_durable)
+        self._submitter = Submitter(self.nc, self.id, self._resolve_durable, self.assets.cancels)
         await self._submitter.start(lambda coro: self._tasks.append(self.loop.create_task(coro)))
 
     async def aclose(self) -> None:

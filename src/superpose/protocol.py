@@ -28,6 +28,8 @@ WORK_CONSUMER = "nodes"
 """The one pull consumer all nodes share: JetStream hands each envelope to one node."""
 RESULTS_BUCKET = "sp_results"
 DEAD_BUCKET = "sp_dead"
+CANCELS_BUCKET = "sp_cancels"
+"""Cancelled invocation ids: every node watches it, so one that starts later knows too."""
 
 NODE_TTL_S = 10.0
 """A node that has not refreshed its entry for this long is considered gone."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 
 from superpose import payload, protocol
 from superpose.durable import results
@@ -59,8 +60,9 @@ class Durable:
 
 
 class Submitter:
-    def __init__(self, nc: NATS, client_id: str, resolve: Resolve) -> None:
+    def __init__(self, nc: NATS, client_id: str, resolve: Resolve, cancels: KeyValue) -> None:
         self.nc = nc
+        self.cancels = cancels
         self.client_id = client_id
         self.notify_subject = protocol.durable_notify_subject(client_id)
         self._resolve = resolve
@@ -234,6 +236,8 @@ class Submitter:
         Returns the ids that were cancelled (not already finished).
         """
         cancelled = await results.mark_cancelled(self.nc, ids, node=f"client-{self.client_id}")
+        # Recorded for nodes that start later, then told to the running ones at once.
+        await asyncio.gather(*(self.cancels.put(inv_id, b"") for inv_id in cancelled))
         if ids:
             await self.nc.publish(protocol.CANCEL_SUBJECT, protocol.Cancel(ids).encode())
         for inv_id in cancelled:

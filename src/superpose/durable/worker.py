@@ -42,6 +42,7 @@ STORE_RETRY_S = 0.5
 PREFETCH_ENVELOPES = 2
 SPECULATIVE_BOUNCE_S = 0.2
 RESULT_GRACE_S = 5.0
+CANCELS_LOAD_S = 5.0
 NS = 1_000_000_000
 
 
@@ -111,6 +112,10 @@ class DurableWorker:
                 )
             )
         self._subs.append(await nc.subscribe(protocol.CANCEL_SUBJECT, cb=self._on_cancel))
+        loaded = asyncio.Event()
+        spawn(self._follow_cancels(loaded))
+        with contextlib.suppress(TimeoutError):  # cancellations made before we started
+            await asyncio.wait_for(loaded.wait(), CANCELS_LOAD_S)
         spawn(self._pull_loop())
         spawn(self._keep_alive())
 
@@ -466,12 +471,42 @@ class DurableWorker:
 
     # --- cancellation ----------------------------------------------------------------
 
+    async def _follow_cancels(self, loaded: asyncio.Event) -> None:
+        """Watch the cancels bucket: a node that starts after a cancellation knows it."""
+        assert self.agent.assets is not None
+        bucket = self.agent.assets.cancels
+        while True:
+            watcher = None
+            try:
+                watcher = await bucket.watchall()
+                async for entry in watcher:
+                    if entry is None:  # nats-py may send this early: trust it only when empty
+                        if (await bucket.status()).values == 0:
+                            loaded.set()
+                        continue
+                    if entry.operation is None:
+                        self._cancel_ids([entry.key])
+                    if entry.delta == 0:
+                        loaded.set()
+            except asyncio.CancelledError:
+                if watcher is not None:
+                    await asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]
+                raise
+            except Exception:  # the watch died with the connection; start it again
+                log.warning("cancels watch failed; restarting it", exc_info=True)
+                await asyncio.sleep(0.5)
+
     async def _on_cancel(self, msg: Msg) -> None:
         try:
             cancel = protocol.Cancel.decode(msg.data)
         except ValueError:
             return
-        for inv_id in cancel.ids:
+        self._cancel_ids(cancel.ids)
+
+    def _cancel_ids(self, ids: list[str]) -> None:
+        for inv_id in ids:
+            if inv_id in self.cancelled:
+                continue
             self.cancelled.add(inv_id)
             item = self.items.get(inv_id)
             if item is None:
@@ -483,8 +518,6 @@ class DurableWorker:
                 other = self.items.get(neighbour)
                 if other is not None:
                     other.requeue = True
-        if len(self.cancelled) > 100_000:  # a bounded memory: the results bucket remembers
-            self.cancelled.clear()
 
 
 def _retryable(inv: protocol.Invocation, error: protocol.ErrorInfo) -> bool:

@@ -66,6 +66,7 @@ class Assets:
         blobs: ObjectStore,
         results: KeyValue,
         dead: KeyValue,
+        cancels: KeyValue,
     ) -> None:
         self.js = js
         self.registry = registry
@@ -74,6 +75,7 @@ class Assets:
         self.blobs = blobs
         self.results = results
         self.dead = dead
+        self.cancels = cancels
 
 
 async def _open_or_create(
@@ -235,6 +237,7 @@ async def ensure_assets(nc: NATS) -> Assets:
         await _ensure_durable_path(nc, replicas)
         results = await js.key_value(protocol.RESULTS_BUCKET)
         dead = await kv(bucket=protocol.DEAD_BUCKET, ttl=protocol.DEAD_TTL_S)
+        cancels = await kv(bucket=protocol.CANCELS_BUCKET, ttl=protocol.RESULT_TTL_S)
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
-    return Assets(js, registry, nodes, bundles, blobs, results, dead)
+    return Assets(js, registry, nodes, bundles, blobs, results, dead, cancels)
