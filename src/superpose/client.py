@@ -40,9 +40,10 @@ from superpose.errors import (
     RemoteError,
     SuperposeError,
     UserError,
+    as_superpose_error,
 )
 from superpose.functions import Options, RemoteFunction
-from superpose.futures import Future
+from superpose.futures import Future, fail, on_loop
 from superpose.lattice.connection import Assets, ensure_assets
 from superpose.lattice.connection import connect as connect_nats
 from superpose.registry import Registry, Target, split_name
@@ -154,7 +155,7 @@ class Client:
             await self._registry.stop()
         closed = SuperposeError("the client was closed before the call finished")
         for pending in self._pending.values():
-            _fail(pending.future, closed)
+            fail(pending.future, closed)
         self._pending.clear()
         if self._submitter is not None:
             self._submitter.fail_all(closed)
@@ -165,7 +166,7 @@ class Client:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the client's loop from another thread and wait for it."""
-        if _on_loop(self.loop):
+        if on_loop(self.loop):
             coro.close()
             raise UserError(
                 "a blocking superpose call was made on the event loop that serves it; "
@@ -177,7 +178,7 @@ class Client:
         global _default
         if _default is self:
             _default = None
-        if _on_loop(self.loop):
+        if on_loop(self.loop):
             return
         if self.loop.is_running():
             self.run(self.aclose())
@@ -205,7 +206,7 @@ class Client:
     def resolve(self, app: str, fn: str, version: str | None = None) -> Target:
         registry = self._registry
         if registry is None:
-            registry = self.run(self.registry()) if not _on_loop(self.loop) else None
+            registry = self.run(self.registry()) if not on_loop(self.loop) else None
             if registry is None:
                 raise SuperposeError("call `await client.registry()` before resolving on the loop")
         return registry.resolve(app, fn, version)
@@ -215,7 +216,7 @@ class Client:
         app, fn, at = split_name(name)
         handle = RemoteFunction(app, fn, version or at, Options())
         handle._bound_client = self
-        if not _on_loop(self.loop):
+        if not on_loop(self.loop):
             self.resolve(app, fn, version or at)  # fail now on an unknown name
         return handle
 
@@ -331,7 +332,7 @@ class Client:
 
     def _fire(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Start a coroutine on the client's loop from any thread, without waiting."""
-        if _on_loop(self.loop):
+        if on_loop(self.loop):
             self.loop.create_task(coro)
         else:
             asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -405,7 +406,7 @@ class Client:
                 future.on_cancel = None
                 future.cancel()
             else:
-                _fail(future, RemoteError.from_info(result.error, result.node))
+                fail(future, RemoteError.from_info(result.error, result.node))
             return
         assert result.value is not None
         value = result.value
@@ -415,7 +416,7 @@ class Client:
                     codec=value.codec, data=await payload.unwrap(self.nc, value)
                 )
             except Exception as exc:
-                _fail(future, _as_superpose_error(exc))
+                fail(future, as_superpose_error(exc))
                 return
         _resolve(future, value)
 
@@ -447,7 +448,7 @@ class Client:
         self._outbox.append(_Pending(future, inv, raw_args, retries))
         if not self._wake_scheduled:  # one wake-up per batch, not per submission
             self._wake_scheduled = True
-            if _on_loop(self.loop):
+            if on_loop(self.loop):
                 self._outbox_ready.set()
             else:
                 self.loop.call_soon_threadsafe(self._outbox_ready.set)
@@ -463,7 +464,7 @@ class Client:
                 try:
                     await self._send(pending)
                 except Exception as exc:  # spill or publish failed: fail this call only
-                    _fail(pending.future, _as_superpose_error(exc))
+                    fail(pending.future, as_superpose_error(exc))
             await self.nc.flush()
 
     async def _send(self, pending: _Pending) -> None:
@@ -499,7 +500,7 @@ class Client:
             result = protocol.Result.decode(msg.data)
         except ValueError as exc:
             self._pending.pop(inv_id, None)
-            _fail(pending.future, SuperposeError(f"unreadable reply for {inv_id}: {exc}"))
+            fail(pending.future, SuperposeError(f"unreadable reply for {inv_id}: {exc}"))
             return
         if result.error is not None:
             error = RemoteError.from_info(result.error, result.node)
@@ -507,7 +508,7 @@ class Client:
                 await self._retry_or_fail(pending, error)
             else:
                 self._pending.pop(inv_id, None)
-                _fail(pending.future, error)
+                fail(pending.future, error)
             return
         self._pending.pop(inv_id, None)
         await payload.discard(self.nc, pending.inv.args)
@@ -522,7 +523,7 @@ class Client:
             data = await payload.unwrap(self.nc, value)
             await payload.discard(self.nc, value)
         except Exception as exc:
-            _fail(future, _as_superpose_error(exc))
+            fail(future, as_superpose_error(exc))
             return
         _resolve(future, protocol.Payload(codec=value.codec, data=data))
 
@@ -530,7 +531,7 @@ class Client:
         inv_id = pending.inv.id
         if pending.attempts_left <= 0 or pending.future.cancelled():
             self._pending.pop(inv_id, None)
-            _fail(pending.future, error)
+            fail(pending.future, error)
             return
         pending.attempts_left -= 1
         await asyncio.sleep(RETRY_BACKOFF_S)
@@ -588,7 +589,7 @@ class Client:
                 _, inv_id = heapq.heappop(self._deadlines)
                 expired = self._pending.pop(inv_id, None)
                 if expired is not None:
-                    _fail(
+                    fail(
                         expired.future,
                         CallTimeoutError(
                             f"{expired.inv.app}.{expired.inv.fn} ({inv_id}) got no answer "
@@ -633,7 +634,7 @@ def _chain(source: Future, target: Future) -> None:
         if done.cancelled():
             target.cancel()
         elif done.exception() is not None:
-            _fail(target, done.exception())  # type: ignore[arg-type]
+            fail(target, done.exception())  # type: ignore[arg-type]
         else:
             target.set_result(done.result())
 
@@ -650,27 +651,9 @@ def _resolve(future: Future, value: protocol.Payload) -> None:
             data if value.codec == protocol.CODEC_JSON else payload.decode_value(data, value.codec)
         )
     except Exception as exc:
-        _fail(future, SuperposeError(f"cannot decode the result: {exc}"))
+        fail(future, SuperposeError(f"cannot decode the result: {exc}"))
         return
     future.set_result(decoded)
-
-
-def _fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
-
-
-def _as_superpose_error(exc: Exception) -> SuperposeError:
-    return (
-        exc if isinstance(exc, SuperposeError) else SuperposeError(f"{type(exc).__name__}: {exc}")
-    )
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 # --- the process's clients -------------------------------------------------------

@@ -79,3 +79,10 @@ class RemoteError(SuperposeError):
 
     def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str, str, str]]:
         return (RemoteError, (self.kind, self.type, self.remote_message, self.traceback, self.node))
+
+
+def as_superpose_error(exc: Exception) -> SuperposeError:
+    """An unexpected exception as the error type callers handle, naming its type."""
+    if isinstance(exc, SuperposeError):
+        return exc
+    return SuperposeError(f"{type(exc).__name__}: {exc}")

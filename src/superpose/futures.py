@@ -67,3 +67,17 @@ def gather(*futures: concurrent.futures.Future[Any]) -> list[Any]:
         with runtime.blocking():
             concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_EXCEPTION)
     return [concurrent.futures.Future.result(f) for f in futures]
+
+
+def fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
+    """Fail a future unless it already has its outcome (results can race a timeout)."""
+    if not future.done():
+        future.set_exception(error)
+
+
+def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when called from the thread running ``loop``."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

@@ -11,7 +11,6 @@ arriving at the right moment.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import time
 import uuid
@@ -26,8 +25,8 @@ from nats.js.kv import KeyValue
 
 from superpose import payload, protocol
 from superpose.durable import results
-from superpose.errors import LatticeError, RemoteError, SuperposeError
-from superpose.futures import Future
+from superpose.errors import LatticeError, SuperposeError, as_superpose_error
+from superpose.futures import Future, fail, on_loop
 from superpose.lattice.batch import Message, publish_atomic
 
 log = logging.getLogger("superpose.client")
@@ -89,14 +88,14 @@ class Submitter:
         self._outbox.append(durable)
         if not self._wake_scheduled:
             self._wake_scheduled = True
-            if _on_loop(self._loop):
+            if on_loop(self._loop):
                 self._wake.set()
             else:
                 self._loop.call_soon_threadsafe(self._wake.set)
 
     def fail_all(self, error: SuperposeError) -> None:
         for durable in list(self.waiting.values()) + list(self._outbox):
-            _fail(durable.future, error)
+            fail(durable.future, error)
         self.waiting.clear()
         self._outbox.clear()
 
@@ -123,7 +122,7 @@ class Submitter:
                 if inv.args.data is None and inv.args.blob is None:
                     inv.args = await payload.wrap(self.nc, durable.raw_args, inv.args.codec)
             except Exception as exc:
-                _fail(durable.future, _as_error(exc))
+                fail(durable.future, as_superpose_error(exc))
                 continue
             ready.append(durable)
         for durable in ready:
@@ -134,7 +133,7 @@ class Submitter:
         for durable in ready:
             if error is not None:
                 self.waiting.pop(durable.inv.id, None)
-                _fail(durable.future, error)
+                fail(durable.future, error)
             else:
                 durable.accepted_at = now
                 durable.future.accepted.set()
@@ -296,29 +295,6 @@ def _envelope_message(group: list[Durable]) -> Message:
     if keyed:
         headers[KEYED_HEADER] = "1"
     return Message(protocol.work_subject(first.inv.app, first.inv.fn), envelope.encode(), headers)
-
-
-def result_error(result: protocol.Result) -> RemoteError:
-    assert result.error is not None
-    return RemoteError.from_info(result.error, result.node)
-
-
-def _fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
-
-
-def _as_error(exc: Exception) -> SuperposeError:
-    if isinstance(exc, SuperposeError):
-        return exc
-    return SuperposeError(f"{type(exc).__name__}: {exc}")
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 async def wait_accepted(future: Future, timeout: float = ACCEPT_DEADLINE_S + 10) -> str:

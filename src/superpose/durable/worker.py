@@ -529,7 +529,3 @@ def _retryable(inv: protocol.Invocation, error: protocol.ErrorInfo) -> bool:
         return False
     names = error.types or [error.type]
     return any(n == wanted or n.endswith("." + wanted) for n in names for wanted in inv.retry_on)
-
-
-def new_envelope_id() -> str:
-    return uuid.uuid4().hex
