@@ -39,10 +39,12 @@ async def get_many(nc: NATS, ids: Sequence[str]) -> dict[str, protocol.Result]:
     return results
 
 
-async def store_many(nc: NATS, results: Iterable[protocol.Result]) -> None:
-    """Write results with one fsync per batch; raises if the batch did not land."""
+async def store_many(nc: NATS, encoded: Iterable[tuple[str, bytes]]) -> None:
+    """Write (invocation id, encoded result) pairs with one fsync per batch; raises if
+    the batch did not land. Encoded by the caller, who sends the same bytes on."""
     messages = [
-        Message(protocol.results_subject(protocol.result_key(r.id)), r.encode()) for r in results
+        Message(protocol.results_subject(protocol.result_key(inv_id)), data)
+        for inv_id, data in encoded
     ]
     if messages:
         await publish_atomic(nc, messages)

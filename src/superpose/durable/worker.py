@@ -367,17 +367,18 @@ class DurableWorker:
         for item, result in batch:
             if result.error is not None:
                 await self._dead_letter(item, result)
+        encoded = [(result.id, result.encode()) for _, result in batch]
         while True:
             try:
-                await results.store_many(nc, (r for _, r in batch))
+                await results.store_many(nc, encoded)
                 break
             except Exception:  # the lattice is away: keep trying; JetStream keeps our envelopes
                 log.warning("storing %d results failed; retrying", len(batch), exc_info=True)
                 await asyncio.sleep(STORE_RETRY_S)
-        for item, result in batch:
+        for (item, _), (_, data) in zip(batch, encoded, strict=True):
             if item.inv.notify:
                 try:
-                    await nc.publish(item.inv.notify, result.encode())
+                    await nc.publish(item.inv.notify, data)
                 except Exception:
                     log.debug("notify failed; the caller will find the stored result")
             self._settle(item)
