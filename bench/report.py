@@ -59,6 +59,14 @@ METRICS = (
     Metric("bundle", "warm_call_ms", "8 next calls of that bundle (p50)", "ms"),
     Metric("update", "cli_deploy_s", "8 `superpose deploy` new version (CLI)", "s"),
     Metric("update", "visible_s", "8 deploy start → call answers new version", "s"),
+    Metric(
+        "alias",
+        "visible_ms",
+        "8 alias move → visible in another process",
+        "ms",
+        target=("<=", 100.0),
+    ),
+    Metric("alias", "move_ms", "8 alias move itself (KV read + put)", "ms"),
 )
 
 

@@ -41,8 +41,9 @@ WORKLOADS = (
     "up",
     "bundle",
     "update",
+    "alias",
 )
-SP_ONLY = ("up", "bundle", "update")
+SP_ONLY = ("up", "bundle", "update", "alias")
 TAG_ENV = "SUPERPOSE_BENCH_TAG"
 KILL_GRACE_S = 20.0
 
@@ -163,6 +164,7 @@ def time_limit(workload: str, sizes: Any) -> float:
         "up": 30 + s.sp_up_repeats * 60,
         "bundle": 60 + s.sp_bundle_repeats * 60,
         "update": 60 + s.sp_update_repeats * 60,
+        "alias": 90.0,
     }
     return float(limits[workload])
 

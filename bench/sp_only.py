@@ -1,19 +1,25 @@
-"""Workload 8, superpose only: ``up`` to ready, a never-seen bundle, and a code update.
+"""Workload 8, superpose only: ``up`` to ready, a never-seen bundle, a code update,
+and an alias move.
 
 Everything runs against a real ``superpose up --detach`` lattice in a private
 ``SUPERPOSE_HOME``, through the CLI a user would type, and is always brought
 down again with ``superpose down``.
+
+``python -m bench.sp_only alias [MOVES]`` runs the alias workload alone and prints it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import queue
 import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +36,10 @@ HELPER_MODULES = 9
 WARM_CALLS = 20
 SETTLE_S = 2.0
 """Idle time before each settled cold call (node spare executors restart meanwhile)."""
+ALIAS_MOVES = 20
+ALIAS_VISIBLE_LIMIT_S = 5.0
+MIRROR_POLL_S = 0.0005
+"""How often the mirror process asks its registry what ``latest`` resolves to."""
 
 
 def up(sizes: Sizes) -> list[Figures]:
@@ -136,6 +146,121 @@ def _time_update(handle: Any, home: Path, folder: Path, token: str) -> Figures:
     }
 
 
+def alias(sizes: Sizes, moves: int | None = None) -> list[Figures]:
+    """``promote``/``rollback`` until another process's registry mirror resolves the new version.
+
+    Moves alternate: promote the other version, then roll back. Each is timed
+    from just before the move (its KV read and put) to the moment a separate
+    process, polling its own mirror, resolves ``latest`` to the new digest;
+    both processes stamp with the same wall clock.
+    """
+    from superpose import versions
+    from superpose.deploy import deploy
+
+    moves = moves or getattr(sizes, "sp_alias_moves", ALIAS_MOVES)
+    folder = Path(tempfile.mkdtemp(prefix="bench-app-")) / "flip"
+    out = []
+    try:
+        with _running_lattice() as (client, _home):
+            digests = []
+            for token in ("a", "b"):
+                _write_app(folder, token)
+                digests.append(client.run(deploy(client, folder)).version)
+            with _mirror(client.url, "flip") as mirror:
+                for i in range(moves):
+                    registry = client.run(client.registry())
+                    if i % 2 == 0:
+                        op, move = "promote", versions.promote(registry, "flip", digests[0])
+                    else:
+                        op, move = "rollback", versions.rollback(registry, "flip")
+                    out.append(_time_move(client, move, mirror, op))
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+    return out
+
+
+def _time_move(client: Any, move: Any, mirror: queue.Queue[str], op: str) -> Figures:
+    started = time.time()
+    moved = client.run(move)
+    put_done = time.time()
+    _check(moved.changed, f"{op} moved nothing")
+    seen = _seen_at(mirror, moved.new)
+    return {
+        "op": op,
+        "visible_ms": (seen - started) * 1000,
+        "move_ms": (put_done - started) * 1000,
+    }
+
+
+@contextmanager
+def _mirror(url: str, app: str) -> Iterator[queue.Queue[str]]:
+    """A separate process that reports ``<digest> <time>`` whenever ``app@latest`` changes.
+
+    Its lines are read by a thread into a queue: ``select`` on a buffered pipe
+    misses lines that arrived together with the previous one.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.sp_only", "mirror", url, app],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    try:
+        _check(_next_line(lines, CLI_TIMEOUT_S) == "ready", "mirror did not start")
+        yield lines
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _pump(stream: Any, lines: queue.Queue[str]) -> None:
+    for line in stream:
+        lines.put(line.strip())
+
+
+def _seen_at(mirror: queue.Queue[str], digest: str) -> float:
+    deadline = time.monotonic() + ALIAS_VISIBLE_LIMIT_S
+    while True:
+        seen, _, stamp = _next_line(mirror, deadline - time.monotonic()).partition(" ")
+        if seen == digest:
+            return float(stamp)
+
+
+def _next_line(lines: queue.Queue[str], timeout_s: float) -> str:
+    try:
+        return lines.get(timeout=max(0.0, timeout_s))
+    except queue.Empty:
+        raise AssertionError(f"no word from the mirror process within {timeout_s:.1f} s") from None
+
+
+async def _follow_latest(url: str, app: str) -> None:
+    """The mirror process: resolve ``app@latest`` as a caller would, report each change."""
+    from superpose.client import Client
+
+    client = await Client.open(url)
+    registry = await client.registry()
+    print("ready", flush=True)
+    last = None
+    while True:
+        digest = registry.version(app, None).digest
+        if digest != last:
+            print(f"{digest} {time.time():.6f}", flush=True)
+            last = digest
+        await asyncio.sleep(MIRROR_POLL_S)
+
+
+def _print_alias(figures: list[Figures]) -> None:
+    visible = sorted(f["visible_ms"] for f in figures)
+    moves = sorted(f["move_ms"] for f in figures)
+    print(
+        f"alias move → visible in another process: p50 {visible[len(visible) // 2]:.1f} ms, "
+        f"max {visible[-1]:.1f} ms over {len(visible)} moves "
+        f"(the move itself: p50 {moves[len(moves) // 2]:.1f} ms); target ≤ 100 ms"
+    )
+
+
 # --- helpers ----------------------------------------------------------------------
 
 
@@ -236,4 +361,21 @@ def _helper_source(k: int, token: str) -> str:
     )
 
 
-DRIVERS = {"up": up, "bundle": bundle, "update": update}
+DRIVERS = {"up": up, "bundle": bundle, "update": update, "alias": alias}
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["mirror"]:
+        asyncio.run(_follow_latest(argv[1], argv[2]))
+        return 0
+    if argv[:1] == ["alias"]:
+        from bench.workloads import QUICK
+
+        _print_alias(alias(QUICK, int(argv[1]) if len(argv) > 1 else None))
+        return 0
+    print("usage: python -m bench.sp_only alias [MOVES]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

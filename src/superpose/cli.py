@@ -19,6 +19,8 @@ from superpose import config, protocol, supervisor
 
 if TYPE_CHECKING:  # the client (and nats-py) is imported by the commands that use it
     from superpose.client import Client
+    from superpose.registry import Registry
+    from superpose.versions import Move
 from superpose.errors import (
     BadRequestError,
     LatticeError,
@@ -453,6 +455,108 @@ def cmd_ls(ns: argparse.Namespace) -> int:
     return asyncio.run(_with_client(ns.lattice, body))
 
 
+# --- versions and aliases -------------------------------------------------------------
+
+
+def _app_arg(text: str) -> str:
+    if not protocol.is_valid_name(text):
+        raise BadRequestError(f"{text!r} is not an app name (letters, digits, _ and -)")
+    return text
+
+
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "(none)"
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def cmd_versions(ns: argparse.Namespace) -> int:
+    from superpose import versions
+
+    app = _app_arg(ns.app)
+
+    async def body(client: Client) -> int:
+        found = versions.listing(await client.registry(), app)
+        if ns.json:
+            print(json.dumps(found, indent=2))
+            return 0
+        print(f"{app}: {len(found['versions'])} version(s), newest first")
+        for row in found["versions"]:
+            changes = row["changes"]
+            diff = (
+                f"+{changes['added']} -{changes['removed']} ~{changes['modified']}"
+                if changes
+                else "first"
+            )
+            marks = f"  [{', '.join(row['aliases'])}]" if row["aliases"] else ""
+            print(
+                f"  {row['version'][:12]}  {_when(row['created'])}  {row['size']:>8} B  "
+                f"{row['files']:>4} files  {diff:<14}{marks}".rstrip()
+            )
+        return 0
+
+    return asyncio.run(_with_client(ns.lattice, body))
+
+
+def cmd_alias(ns: argparse.Namespace) -> int:
+    from superpose import versions
+
+    app = _app_arg(ns.app)
+    if ns.list or ns.name is None:
+        return _list_aliases(ns.lattice, app)
+    if ns.version is None:
+        raise BadRequestError(
+            f"say which version {ns.name!r} should point at: "
+            f"`superpose alias {app} {ns.name} VERSION` (a digest prefix or an alias)"
+        )
+    return _move(ns.lattice, lambda registry: versions.move(registry, app, ns.name, ns.version))
+
+
+def _list_aliases(url: str | None, app: str) -> int:
+    from superpose import versions
+
+    async def body(client: Client) -> int:
+        found = versions.listing(await client.registry(), app)
+        created = {row["version"]: row["created"] for row in found["versions"]}
+        width = max(map(len, found["aliases"]), default=0)
+        for name, digest in found["aliases"].items():
+            when = _when(created[digest]) if digest in created else "unknown version"
+            print(f"{name:<{width}}  → {_short(digest)}  ({when})")
+        return 0
+
+    return asyncio.run(_with_client(url, body))
+
+
+def cmd_promote(ns: argparse.Namespace) -> int:
+    from superpose import versions
+
+    app = _app_arg(ns.app)
+    return _move(ns.lattice, lambda registry: versions.promote(registry, app, ns.version))
+
+
+def cmd_rollback(ns: argparse.Namespace) -> int:
+    from superpose import versions
+
+    app = _app_arg(ns.app)
+    return _move(ns.lattice, lambda registry: versions.rollback(registry, app))
+
+
+def _move(url: str | None, how: Callable[[Registry], Awaitable[Move]]) -> int:
+    """Run one alias move and print it as old → new."""
+
+    async def body(client: Client) -> int:
+        move = await how(await client.registry())
+        if move.changed:
+            print(f"{move.app} {move.alias}: {_short(move.old)} → {_short(move.new)}")
+        else:
+            print(f"{move.app} {move.alias}: already {_short(move.new)}; nothing moved")
+        return 0
+
+    return asyncio.run(_with_client(url, body))
+
+
 def cmd_status(ns: argparse.Namespace) -> int:
     from superpose.status import lattice_status
 
@@ -472,8 +576,8 @@ def cmd_status(ns: argparse.Namespace) -> int:
             )
         print(f"{len(state['apps'])} app(s)")
         for app in state["apps"]:
-            latest = app["aliases"].get("latest", "")[:12]
-            print(f"  {app['app']}  versions={len(app['versions'])} latest={latest}")
+            aliases = " ".join(f"{name}={digest[:12]}" for name, digest in app["aliases"].items())
+            print(f"  {app['app']}  versions={len(app['versions'])} {aliases}".rstrip())
         return 0
 
     return asyncio.run(_with_client(ns.lattice, body))
@@ -633,6 +737,23 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("ls", cmd_ls, "list apps, functions and versions")
     p.add_argument("--json", action="store_true")
+
+    p = add("versions", cmd_versions, "list an app's versions: time, size, files changed, aliases")
+    p.add_argument("app")
+    p.add_argument("--json", action="store_true")
+
+    p = add("alias", cmd_alias, "point an alias of an app at a version (or list the aliases)")
+    p.add_argument("app")
+    p.add_argument("name", nargs="?", help="alias name, e.g. stable")
+    p.add_argument("version", nargs="?", help="digest prefix (6+ characters) or another alias")
+    p.add_argument("--list", action="store_true", help="list the app's aliases")
+
+    p = add("promote", cmd_promote, "make a version the app's latest")
+    p.add_argument("app")
+    p.add_argument("version", help="digest prefix (6+ characters) or an alias")
+
+    p = add("rollback", cmd_rollback, "move latest back to the version it pointed at before")
+    p.add_argument("app")
 
     p = add("status", cmd_status, "show the lattice: nodes, apps, versions")
     p.add_argument("--json", action="store_true")

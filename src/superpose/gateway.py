@@ -7,11 +7,14 @@ User errors map to 4xx (bad body 400, unknown function 404, body too big
 Durable invocations: ``POST /v1/invoke/{name}`` answers 202 with the id once
 JetStream has persisted it; ``GET /v1/invocations/{id}`` reads its stored result
 (202 while there is none) and ``DELETE`` cancels it (409 if it had finished).
+
+``GET /v1/apps/{app}`` lists an app's versions and where its aliases point.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -22,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from superpose import protocol
+from superpose import protocol, versions
 from superpose.client import Client
 from superpose.config import MAX_HTTP_BODY_BYTES
 from superpose.durable import dead
@@ -172,6 +175,7 @@ def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -
             Route("/v1/invocations/{id:str}", invocation, methods=["GET"]),
             Route("/v1/invocations/{id:str}", cancel, methods=["DELETE"]),
             Route("/v1/status", status, methods=["GET"]),
+            Route("/v1/apps/{app:str}", functools.partial(_app_versions, state), methods=["GET"]),
             Route("/v1/health", health, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
@@ -195,6 +199,17 @@ async def _invoke(client: Client, request: Request, max_body_bytes: int) -> Resp
         status_code=202,
         headers={"location": f"/v1/invocations/{invocation_id}"},
     )
+
+
+async def _app_versions(state: dict[str, Client], request: Request) -> Response:
+    """``GET /v1/apps/{app}``: every version (newest first) and where the aliases point."""
+    app, client = request.path_params["app"], state["client"]
+    try:
+        if not protocol.is_valid_name(app):
+            raise BadRequestError(f"{app!r} is not an app name (letters, digits, _ and -)")
+        return JSONResponse(versions.listing(await client.registry(), app))
+    except SuperposeError as exc:
+        return _error_response(exc, 0)
 
 
 async def _invocation(client: Client, request: Request) -> Response:
@@ -478,6 +493,19 @@ OPENAPI: dict[str, Any] = {
                     ),
                 },
             },
+        },
+        "/v1/apps/{app}": {
+            "get": {
+                "summary": "An app's versions (newest first, with files changed from the one "
+                "before) and its aliases",
+                "parameters": [
+                    {"name": "app", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "versions and aliases"},
+                    **_errors(("400", "malformed app name"), ("404", "unknown app")),
+                },
+            }
         },
         "/v1/status": {
             "get": {

@@ -11,18 +11,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from superpose import protocol
-from superpose.errors import BadRequestError, NotFoundError
+from superpose.errors import BadRequestError, LatticeError, NotFoundError, UserError
 
 log = logging.getLogger("superpose.registry")
 LATEST = "latest"
 MIN_VERSION_PREFIX = 6
+HISTORY_TIMEOUT_S = 5.0
+_DIGEST_LIKE = re.compile(rf"^[0-9a-f]{{{MIN_VERSION_PREFIX},}}$")
 
 
 @dataclass
@@ -53,6 +57,33 @@ class Target:
     module: str
     qualname: str
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class AliasEntry:
+    """One value an alias held: its KV revision (for compare-and-set) and its digest."""
+
+    revision: int
+    digest: str | None
+    """None when the alias was deleted at this revision."""
+
+
+def check_alias_name(name: str) -> None:
+    """Refuse names that cannot be subject tokens or that would shadow digest prefixes.
+
+    ``APP.FN@REF`` looks up aliases before digests, so an alias spelled like a
+    digest prefix would silently hide the version it resembles.
+    """
+    if not protocol.is_valid_name(name):
+        raise BadRequestError(
+            f"alias name {name!r} is not allowed: use letters, digits, _ and -, "
+            "starting with a letter or _"
+        )
+    if _DIGEST_LIKE.match(name):
+        raise BadRequestError(
+            f"alias name {name!r} looks like a version digest prefix; "
+            f"pick a name that is not {MIN_VERSION_PREFIX} or more hex digits"
+        )
 
 
 def split_name(name: str) -> tuple[str, str, str | None]:
@@ -138,6 +169,14 @@ class Registry:
     # --- writes --------------------------------------------------------------
 
     async def register(self, version: Version) -> None:
+        """Record a version; redeploying known code keeps its first creation time.
+
+        ``versions`` orders and diffs versions by creation, so code deployed again
+        must not jump ahead of the versions that came after it.
+        """
+        known = self.versions.get(version.app, {}).get(version.digest)
+        if known is not None:
+            version.created = known.created
         await self.kv.put(
             protocol.app_key(version.app), json.dumps({"created": time.time()}).encode()
         )
@@ -148,24 +187,97 @@ class Registry:
         await self.kv.put(protocol.alias_key(app, alias), digest.encode())
         self._apply(protocol.alias_key(app, alias), digest.encode(), "PUT")
 
+    async def move_alias(
+        self, app: str, alias: str, digest: str, expected: AliasEntry | None
+    ) -> None:
+        """Point ``alias`` at ``digest`` only if it still holds ``expected``.
+
+        Two people moving one alias at once must not both be told they won:
+        the loser gets an error and the printed old → new stays true.
+        """
+        key = protocol.alias_key(app, alias)
+        try:
+            if expected is None or expected.digest is None:
+                await self.kv.create(key, digest.encode())
+            else:
+                await self.kv.update(key, digest.encode(), last=expected.revision)
+        except KeyWrongLastSequenceError:
+            raise UserError(
+                f"alias {alias!r} of {app} was moved by someone else meanwhile; "
+                "check `superpose versions` and run the command again"
+            ) from None
+        self._apply(key, digest.encode(), "PUT")
+
+    # --- alias history --------------------------------------------------------
+
+    async def alias_entry(self, app: str, alias: str) -> AliasEntry | None:
+        """The alias as the bucket holds it now (not the mirror), or None."""
+        try:
+            entry = await self.kv.get(protocol.alias_key(app, alias))
+        except KeyNotFoundError:
+            return None
+        return AliasEntry(entry.revision or 0, (entry.value or b"").decode() or None)
+
+    async def alias_history(self, app: str, alias: str) -> list[AliasEntry]:
+        """Every value the bucket kept for the alias (up to its history), oldest first.
+
+        Not ``kv.history()``: nats-py may send its end-of-history marker before
+        entries the server already sent, which would cut the list short. The
+        entry with nothing pending after it is the true end.
+        """
+        key = protocol.alias_key(app, alias)
+        watcher = await self.kv.watch(key, include_history=True)
+        entries: list[AliasEntry] = []
+        try:
+            async with asyncio.timeout(HISTORY_TIMEOUT_S):
+                async for entry in watcher:
+                    if entry is None:
+                        if not entries and await self.alias_entry(app, alias) is None:
+                            break
+                        continue
+                    deleted = entry.operation in ("DEL", "PURGE") or not entry.value
+                    digest = None if deleted else (entry.value or b"").decode()
+                    entries.append(AliasEntry(entry.revision or 0, digest))
+                    if entry.delta == 0:
+                        break
+        except TimeoutError:
+            raise LatticeError(
+                f"the lattice did not send the history of {key} within {HISTORY_TIMEOUT_S:g} s"
+            ) from None
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return entries
+
     # --- reads ---------------------------------------------------------------
 
-    def version(self, app: str, ref: str | None) -> Version:
-        """A version by alias (default ``latest``) or by digest prefix."""
+    def versions_of(self, app: str) -> dict[str, Version]:
+        """The app's versions by digest; an unknown app is the caller's error."""
         versions = self.versions.get(app)
         if not versions:
             raise NotFoundError(f"no app named {app!r} is deployed (see `superpose ls`)")
+        return versions
+
+    def version(self, app: str, ref: str | None) -> Version:
+        """A version by alias (default ``latest``) or by digest prefix."""
+        versions = self.versions_of(app)
         ref = ref or LATEST
         digest = self.aliases.get(app, {}).get(ref)
         if digest is not None and digest in versions:
             return versions[digest]
         if len(ref) >= MIN_VERSION_PREFIX:
-            matches = [d for d in versions if d.startswith(ref)]
+            matches = sorted(d for d in versions if d.startswith(ref))
             if len(matches) == 1:
                 return versions[matches[0]]
             if len(matches) > 1:
-                raise BadRequestError(f"version {ref!r} of {app} is ambiguous; give more digits")
-        raise NotFoundError(f"{app} has no version or alias {ref!r}")
+                starts = ", ".join(d[:12] for d in matches)
+                raise BadRequestError(
+                    f"version {ref!r} of {app} is ambiguous: it starts {len(matches)} versions "
+                    f"({starts}); give more digits"
+                )
+        hint = ""
+        if len(ref) < MIN_VERSION_PREFIX and re.fullmatch(r"[0-9a-f]+", ref):
+            hint = f" (digest prefixes need at least {MIN_VERSION_PREFIX} characters)"
+        raise NotFoundError(f"{app} has no version or alias {ref!r}{hint}")
 
     def resolve(self, app: str, fn: str, version: str | None = None) -> Target:
         found = self.version(app, version)

@@ -32,6 +32,7 @@ from superpose.errors import CallTimeoutError, NotFoundError, SuperposeError
 from superpose.lattice.connection import Assets, connect, ensure_assets
 from superpose.node.call_log import CallLog
 from superpose.node.executors import Call, ExecutorDied, ExecutorProcess, LoadFailed
+from superpose.node.prefetch import AliasPrefetcher
 from superpose.node.slots import SlotPool
 
 log = logging.getLogger("superpose.node")
@@ -118,6 +119,7 @@ class NodeAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._executor_log: IO[bytes] | None = None
         self.durable = DurableWorker(self)
+        self._prefetcher: AliasPrefetcher | None = None
 
     @property
     def nc(self) -> NATS:
@@ -164,6 +166,8 @@ class NodeAgent:
                 protocol.node_control_subject(self.config.node_id), cb=self._on_control
             )
         )
+        self._prefetcher = AliasPrefetcher(self.nc, self._prefetch)
+        await self._prefetcher.start()
         await self.durable.start(self._spawn)
         await self._heartbeat_once()
         self._spawn(self._heartbeat())
@@ -178,6 +182,8 @@ class NodeAgent:
 
     async def shutdown(self) -> None:
         """Stop taking calls, drain, stop executors, leave. Never waits on a dead lattice."""
+        if self._prefetcher is not None:
+            await _bounded(self._prefetcher.stop(), "stop prefetching")
         for sub in self._subs:
             await _bounded(sub.unsubscribe(), "unsubscribe")
         self._subs.clear()
@@ -313,6 +319,20 @@ class NodeAgent:
                     log.info("⇣ bundle %s warm (%s)", inv.digest[:12], inv.app)
         self.hosts.move_to_end(inv.digest)
         return host
+
+    async def _prefetch(self, digest: str) -> None:
+        """Fetch a bundle an alias just moved to, so its first call here is not cold.
+
+        Files only: an executor would hold memory for a version this node may
+        never serve. The lock is ``_host``'s, so a call arriving mid-fetch waits
+        for this fetch instead of starting a second one.
+        """
+        if digest in self.hosts:
+            return
+        async with self._host_locks.setdefault(digest, asyncio.Lock()):
+            if digest not in self.hosts:
+                await store.materialize(self.nc, digest, self.config.state_dir / "bundles")
+                log.info("⇣ bundle %s prefetched", digest[:12])
 
     async def _add_executor(self, host: BundleHost, app: str) -> ExecutorProcess:
         self._evict_if_full()

@@ -1,0 +1,92 @@
+"""Warm a bundle as soon as an alias moves to it.
+
+After ``promote`` or ``rollback`` the next call of the app runs a version the
+node may never have fetched. Fetching it when the alias moves, not when that
+call arrives, keeps the bundle download off the call's latency. The node
+decides what "warm" means through its ``fetch`` callback (typically
+``store.materialize``); this class only notices moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
+
+from superpose import protocol
+
+log = logging.getLogger("superpose.node.prefetch")
+ALIAS_KEYS = "alias.>"
+RETRY_S = 0.5
+
+Fetch = Callable[[str], Awaitable[object]]
+
+
+class AliasPrefetcher:
+    """Calls ``fetch(digest)`` once for each new target of any alias of any app.
+
+    Aliases that already pointed somewhere when ``start`` ran are not fetched:
+    a node joining a lattice with many apps must not download all of them.
+    """
+
+    def __init__(self, nc: NATS, fetch: Fetch) -> None:
+        self._nc = nc
+        self._fetch = fetch
+        self._targets: dict[str, str] = {}
+        """alias key → digest it points at, so a rewrite of the same value fetches nothing."""
+        self._since = 0
+        """Bucket revision when we started: entries up to it are the past, not moves."""
+        self._fetching: dict[str, asyncio.Task[None]] = {}
+        self._follow: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        kv = await self._nc.jetstream().key_value(protocol.REGISTRY_BUCKET)
+        self._since = (await kv.status()).stream_info.state.last_seq
+        self._follow = asyncio.create_task(self._watch(kv))
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._follow, *self._fetching.values()) if t is not None]
+        self._follow = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch(self, kv: KeyValue) -> None:
+        while True:
+            watcher = None
+            try:
+                watcher = await kv.watch(ALIAS_KEYS)
+                async for entry in watcher:
+                    if entry is not None:
+                        self._seen(entry.key, entry.value, entry.operation, entry.revision or 0)
+            except asyncio.CancelledError:
+                if watcher is not None:
+                    await asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]
+                raise
+            except Exception:  # the watch died with the connection; start it again
+                log.warning("alias watch failed; restarting it", exc_info=True)
+                await asyncio.sleep(RETRY_S)
+
+    def _seen(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
+        if operation in ("DEL", "PURGE") or not value:
+            self._targets.pop(key, None)
+            return
+        digest = value.decode()
+        if self._targets.get(key) == digest:
+            return
+        self._targets[key] = digest
+        if revision > self._since and digest not in self._fetching:
+            task = asyncio.create_task(self._warm(key, digest))
+            self._fetching[digest] = task
+            task.add_done_callback(lambda _: self._fetching.pop(digest, None))
+
+    async def _warm(self, key: str, digest: str) -> None:
+        try:
+            await self._fetch(digest)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the first call fetches it again and reports the error
+            log.warning("prefetch of %s (%s) failed", digest[:12], key, exc_info=True)

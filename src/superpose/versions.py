@@ -1,0 +1,117 @@
+"""Every version of an app side by side, and the aliases that choose between them.
+
+Versions are never replaced, only added, so going back is moving a pointer:
+``alias``, ``promote`` and ``rollback`` rewrite one ``alias.<app>.<name>`` key,
+and every reader's registry mirror sees the move through its KV watch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from superpose.errors import UserError
+from superpose.registry import LATEST, AliasEntry, Registry, Version, check_alias_name
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Files changed from one version to the next, by content hash."""
+
+    added: int
+    removed: int
+    modified: int
+
+    @classmethod
+    def between(cls, old: dict[str, str], new: dict[str, str]) -> Changes:
+        return cls(
+            added=len(new.keys() - old.keys()),
+            removed=len(old.keys() - new.keys()),
+            modified=sum(1 for path in new.keys() & old.keys() if new[path] != old[path]),
+        )
+
+
+@dataclass(frozen=True)
+class Move:
+    """One alias move, so the CLI can print old → new."""
+
+    app: str
+    alias: str
+    old: str | None
+    new: str
+
+    @property
+    def changed(self) -> bool:
+        return self.old != self.new
+
+
+def listing(registry: Registry, app: str) -> dict[str, Any]:
+    """The app's versions, newest first, each diffed against the one created before it."""
+    ordered = sorted(registry.versions_of(app).values(), key=lambda v: (v.created, v.digest))
+    aliases = dict(sorted(registry.aliases.get(app, {}).items()))
+    rows = [
+        _row(version, ordered[i - 1] if i else None, aliases) for i, version in enumerate(ordered)
+    ]
+    return {"app": app, "aliases": aliases, "versions": rows[::-1]}
+
+
+def _row(version: Version, previous: Version | None, aliases: dict[str, str]) -> dict[str, Any]:
+    changes = Changes.between(previous.files, version.files) if previous else None
+    return {
+        "version": version.digest,
+        "created": version.created,
+        "size": version.size,
+        "files": len(version.files),
+        "functions": sorted(version.functions),
+        "kind": version.kind,
+        "previous": previous.digest if previous else None,
+        "changes": changes.__dict__ if changes else None,
+        "aliases": [name for name, digest in aliases.items() if digest == version.digest],
+    }
+
+
+async def move(registry: Registry, app: str, alias: str, ref: str) -> Move:
+    """Point ``alias`` at the version ``ref`` names (a digest prefix or another alias)."""
+    check_alias_name(alias)
+    target = registry.version(app, ref).digest
+    current = await registry.alias_entry(app, alias)
+    return await _move_to(registry, app, alias, current, target)
+
+
+async def promote(registry: Registry, app: str, ref: str) -> Move:
+    """Make ``ref`` what unqualified calls get: move ``latest``."""
+    return await move(registry, app, LATEST, ref)
+
+
+async def rollback(registry: Registry, app: str) -> Move:
+    """Move ``latest`` back to the newest other version it pointed at.
+
+    The alias's own KV history is the record of what was live, so no extra
+    bookkeeping is needed; a second rollback therefore undoes the first.
+    """
+    versions = registry.versions_of(app)
+    history = await registry.alias_history(app, LATEST)
+    if not history or history[-1].digest is None:
+        raise UserError(f"{app} has no `{LATEST}` alias to roll back")
+    current = history[-1]
+    earlier = (
+        entry.digest
+        for entry in reversed(history[:-1])
+        if entry.digest is not None and entry.digest != current.digest and entry.digest in versions
+    )
+    target = next(earlier, None)
+    if target is None:
+        raise UserError(
+            f"nothing to roll back to: `{LATEST}` of {app} has pointed only at "
+            f"{(current.digest or '')[:12]} in its last {len(history)} move(s)"
+        )
+    return await _move_to(registry, app, LATEST, current, target)
+
+
+async def _move_to(
+    registry: Registry, app: str, alias: str, current: AliasEntry | None, target: str
+) -> Move:
+    old = current.digest if current else None
+    if old != target:  # an unchanged alias keeps its history free of no-op entries
+        await registry.move_alias(app, alias, target, current)
+    return Move(app, alias, old, target)
