@@ -30,6 +30,18 @@ def _wait_until(predicate, timeout_s: float = 60, what: str = "condition") -> No
         time.sleep(0.05)
 
 
+def _pid_in(path: Path) -> int:
+    return int(path.read_text().split()[-1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _idle(client: sp.Client) -> None:
     """Every node has finished what it was given (a fresh no-op round-trips on each)."""
     assert dfns.noop.spawn(0).result(timeout=60) == 0
@@ -169,21 +181,25 @@ def test_cancelling_a_running_invocation_kills_it(client: sp.Client, tmp_path: P
 
 
 def test_cancelling_a_queued_invocation_means_it_never_runs(
-    client: sp.Client, tmp_path: Path
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    blockers = [dfns.sleep_noted.spawn(str(tmp_path), f"b{i}", 60) for i in range(2)]
-    _wait_until(
-        lambda: all(dfns.runs(str(tmp_path), f"b{i}") for i in range(2)), what="both slots busy"
-    )
-    queued = dfns.counted.spawn(str(tmp_path), "q")
-    assert queued.accepted.wait(30)
-    assert client.cancel(queued.invocation_id)
-    for blocker in blockers:
-        blocker.cancel()
-    _idle(client)
-    _idle(client)
-    assert dfns.runs(str(tmp_path), "q") == 0
-    assert not client.cancel(queued.invocation_id)  # already final: nothing to cancel
+    """One node with one slot, so where the queued invocation waits is certain: behind
+    the blocker, on that node."""
+    handle = start_lattice(tmp_path_factory.mktemp("queued"), workers=1, gateway=False)
+    try:
+        with client_on(handle) as client:
+            blocker = dfns.sleep_noted.spawn(str(tmp_path), "b", 60)
+            _wait_until(lambda: dfns.runs(str(tmp_path), "b") == 1, what="the slot busy")
+            queued = dfns.counted.spawn(str(tmp_path), "q")
+            assert queued.accepted.wait(30)
+            assert client.cancel(queued.invocation_id)
+            blocker.cancel()
+            _wait_until(lambda: not _alive(_pid_in(tmp_path / "b.runs")), what="blocker killed")
+            assert dfns.noop.spawn(1).result(timeout=60) == 1  # the node is free again
+            assert dfns.runs(str(tmp_path), "q") == 0
+            assert not client.cancel(queued.invocation_id)  # already final: nothing to cancel
+    finally:
+        stop_lattice(handle)
 
 
 def test_a_map_stopped_early_cancels_its_remaining_items(client: sp.Client, tmp_path: Path) -> None:

@@ -72,7 +72,9 @@ class Item:
     requeue: bool = False
     """Killed because a neighbour in its executor was cancelled: run again, same attempt."""
     answered: bool = False
-    """Its result reached this worker (results travel over NATS from the executor)."""
+    """Its current run's result reached this worker (results travel over NATS)."""
+    run: int = 0
+    """Runs started here; a check scheduled for one run ignores the runs after it."""
 
 
 @dataclass
@@ -281,6 +283,7 @@ class DurableWorker:
         if item.settled:
             return
         item.answered = False
+        item.run += 1
         self.agent.accept(item.inv, Work(item.data, self.reply))
 
     def call_ended(self, inv_id: str) -> None:
@@ -291,10 +294,11 @@ class DurableWorker:
         """
         item = self.items.get(inv_id)
         if item is not None:
-            asyncio.get_running_loop().call_later(RESULT_GRACE_S, self._check_answered, item)
+            loop = asyncio.get_running_loop()
+            loop.call_later(RESULT_GRACE_S, self._check_answered, item, item.run)
 
-    def _check_answered(self, item: Item) -> None:
-        if item.settled or item.answered or item.timer is not None:
+    def _check_answered(self, item: Item, run: int) -> None:
+        if item.settled or item.answered or item.timer is not None or item.run != run:
             return
         if self.items.get(item.inv.id) is not item:
             return
