@@ -137,8 +137,11 @@ class Invocable:
                     if stragglers is not None:
                         stragglers.track(future)
                     if len(in_flight) >= window:
-                        yield _next(in_flight, stragglers)
-                        advance()
+                        # Refill in bursts, not one by one: a burst travels in few
+                        # envelopes (one fsync each), a trickle in one envelope per item.
+                        while len(in_flight) > window // 2:
+                            yield _next(in_flight, stragglers)
+                            advance()
                 while in_flight:
                     yield _next(in_flight, stragglers)
                     advance()
