@@ -164,14 +164,15 @@ class DurableWorker:
     async def _on_delivery(self, msg: Msg) -> None:
         headers = msg.headers or {}
         status = headers.get("Status")
+        credit = next((c for c in self._credits if c.remaining > 0), None)
         if status is not None:  # 404/408/409: the pull ended with fewer messages
-            if status in ("404", "408", "409") and self._credits:
+            if status in ("404", "408", "409") and credit is not None:
                 pending = int(headers.get("Nats-Pending-Messages", "0") or 0)
-                self._credits[0].remaining -= pending or self._credits[0].remaining
+                credit.remaining -= min(credit.remaining, pending or credit.remaining)
                 self._room.set()
             return
-        if self._credits:
-            self._credits[0].remaining -= 1
+        if credit is not None:
+            credit.remaining -= 1
         self._room.set()  # the credit is used: ask for the next envelope while this one runs
         # A task per envelope: its result lookup must not hold up the next delivery.
         asyncio.get_running_loop().create_task(self._take_safely(msg))
