@@ -41,7 +41,7 @@ DEAD_TTL_S = 7 * 24 * 3600.0
 BLOB_TTL_S = RESULT_TTL_S + 3600.0
 """Spilled arguments and results live as long as the durable results that point at them."""
 
-ACK_WAIT_S = 6.0
+ACK_WAIT_S = 10.0
 """A durable envelope whose node has not reported on it for this long is redelivered."""
 IN_PROGRESS_EVERY_S = 2.0
 """How often a node tells JetStream it is still working on an envelope it holds."""

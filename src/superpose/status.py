@@ -5,32 +5,39 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from nats.js.errors import NoKeysError
-
 from superpose import protocol
 from superpose.client import Client
+from superpose.lattice.batch import js_api
 
 
 async def nodes(client: Client) -> list[protocol.NodeInfo]:
-    kv = client.assets.nodes
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
+    """Every live node: the keys from the stream's subject list, then one get each.
+
+    Not ``kv.keys()``: nats-py's watch can send its end marker before entries the
+    server already sent, and then a freshly started lattice shows no nodes.
+    """
+    stream = f"KV_{protocol.NODES_BUCKET}"
+    info = await js_api(
+        client.nc,
+        f"$JS.API.STREAM.INFO.{stream}",
+        {"subjects_filter": f"$KV.{protocol.NODES_BUCKET}.>"},
+    )
+    prefix = f"$KV.{protocol.NODES_BUCKET}."
+    keys = [s.removeprefix(prefix) for s in ((info.get("state") or {}).get("subjects") or {})]
     found = []
     for key in keys:
         try:
-            entry = await kv.get(key)
-        except Exception:
+            data = (await client.assets.nodes.get(key)).value
+        except Exception:  # deleted (a node that stopped cleanly) or expired meanwhile
             continue
-        if not entry.value:
+        if not data:
             continue
         try:
-            info = protocol.NodeInfo.decode(entry.value)
+            node = protocol.NodeInfo.decode(data)
         except Exception:  # a node of another version: `status` must still answer
             continue
-        if time.time() - info.seen < protocol.NODE_TTL_S:
-            found.append(info)
+        if time.time() - node.seen < protocol.NODE_TTL_S:
+            found.append(node)
     return sorted(found, key=lambda n: n.id)
 
 
