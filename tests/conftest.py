@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +111,17 @@ def superpose_cli(
     if check and proc.returncode != 0:
         raise AssertionError(f"superpose {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def poll(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """``check()``'s first truthy answer; fails naming ``what`` after ``timeout`` seconds.
+
+    Tests wait on events this way, never with fixed sleeps.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

@@ -17,17 +17,10 @@ import pytest
 
 import durable_fns as dfns
 import superpose as sp
-from conftest import Lattice, client_on, start_lattice, stop_lattice
+from conftest import Lattice, client_on, poll, start_lattice, stop_lattice
 from superpose import client as client_module
 from superpose import protocol
 from superpose.durable import dead
-
-
-def _wait_until(predicate, timeout_s: float = 60, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _pid_in(path: Path) -> int:
@@ -170,7 +163,7 @@ def test_an_invalid_idempotency_key_is_refused() -> None:
 
 def test_cancelling_a_running_invocation_kills_it(client: sp.Client, tmp_path: Path) -> None:
     future = dfns.sleep_noted.spawn(str(tmp_path), "r", 60)
-    _wait_until(lambda: dfns.runs(str(tmp_path), "r") == 1, what="the invocation to start")
+    poll(lambda: dfns.runs(str(tmp_path), "r") == 1, "the invocation to start")
     assert future.cancel()
     assert future.cancelled()
     with pytest.raises(concurrent.futures.CancelledError):
@@ -189,12 +182,12 @@ def test_cancelling_a_queued_invocation_means_it_never_runs(
     try:
         with client_on(handle) as client:
             blocker = dfns.sleep_noted.spawn(str(tmp_path), "b", 60)
-            _wait_until(lambda: dfns.runs(str(tmp_path), "b") == 1, what="the slot busy")
+            poll(lambda: dfns.runs(str(tmp_path), "b") == 1, "the slot busy")
             queued = dfns.counted.spawn(str(tmp_path), "q")
             assert queued.accepted.wait(30)
             assert client.cancel(queued.invocation_id)
             blocker.cancel()
-            _wait_until(lambda: not _alive(_pid_in(tmp_path / "b.runs")), what="blocker killed")
+            poll(lambda: not _alive(_pid_in(tmp_path / "b.runs")), "blocker killed")
             assert dfns.noop.spawn(1).result(timeout=60) == 1  # the node is free again
             assert dfns.runs(str(tmp_path), "q") == 0
             assert not client.cancel(queued.invocation_id)  # already final: nothing to cancel

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 import fns
 import superpose as sp
-from conftest import Lattice, start_lattice, stop_lattice, superpose_cli
+from conftest import Lattice, poll, start_lattice, stop_lattice, superpose_cli
 from superpose import protocol
 
 APP_SOURCE = """
@@ -52,17 +51,6 @@ def nap(marker, seconds):
 
 PENDING = 3
 CANCELLED = 4
-
-
-def poll(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    """``check()``'s first truthy answer; fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 import fns
 import superpose as sp
-from conftest import Lattice, superpose_cli
+from conftest import Lattice, poll, superpose_cli
 from superpose import protocol
 from superpose.config import MAX_HTTP_BODY_BYTES
 
@@ -49,16 +48,6 @@ def nap(marker, seconds):
 def tag():
     return "{tag}"
 """
-
-
-def poll(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def deploy(lattice: Lattice, folder: Path, tag: str) -> str:

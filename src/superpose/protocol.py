@@ -111,11 +111,6 @@ def results_subject(key: str) -> str:
     return f"$KV.{RESULTS_BUCKET}.{key}"
 
 
-def client_results_filter(client_id: str) -> str:
-    """Every durable result of one client: its invocation ids start with its id."""
-    return f"$KV.{RESULTS_BUCKET}.{client_id}.>"
-
-
 def durable_id(client_id: str, seq: int) -> str:
     return f"{client_id}.{seq:x}"
 

@@ -39,7 +39,6 @@ class Stragglers:
         self.latencies: list[float] = []
         self.speculated: set[str] = set()
         self.total = 0
-        self.duplicates = 0
         self._lock = threading.Lock()
 
     def track(self, future: Future) -> None:
@@ -77,6 +76,5 @@ class Stragglers:
                 if inv_id not in self.speculated and now - started > threshold
             ]
             self.speculated.update(slow)
-            self.duplicates += len(slow)
         for inv_id in slow:
             self.client.speculate(inv_id)

@@ -38,7 +38,6 @@ SWEEP_EVERY_S = 5.0
 SWEEP_AFTER_S = 5.0
 """Results not heard of this long after acceptance are looked up in the bucket."""
 SWEEP_MAX_IDS = 4096
-KEYED_HEADER = "Superpose-Keyed"
 ENVELOPE_MAX_BYTES = 768 * 1024
 """Under NATS's default max_payload (1 MiB) with room for headers; arguments above
 the spill threshold travel as blob references, so any one item fits."""
@@ -127,8 +126,10 @@ class Submitter:
             ready.append(durable)
         for durable in ready:
             self.waiting[durable.inv.id] = durable
-        messages = [_envelope_message(group) for group in _envelopes(ready)]
-        error = await self._publish(messages)
+        groups = _envelopes(ready)
+        keyed = [_envelope_message(g) for g in groups if g[0].future.idempotency_key is not None]
+        plain = [_envelope_message(g) for g in groups if g[0].future.idempotency_key is None]
+        error = await self._publish(keyed, plain)
         now = time.monotonic()
         for durable in ready:
             if error is not None:
@@ -158,11 +159,12 @@ class Submitter:
                 self._resolve(durable.future, result)
         return [d for d in burst if d.inv.id not in found]
 
-    async def _publish(self, messages: list[Message]) -> SuperposeError | None:
-        """Persist the envelopes, retrying through reconnects; None once acknowledged."""
+    async def _publish(self, keyed: list[Message], plain: list[Message]) -> SuperposeError | None:
+        """Persist the envelopes, retrying through reconnects; None once acknowledged.
+
+        ``keyed`` envelopes carry an idempotency key's id as their message id.
+        """
         deadline = time.monotonic() + ACCEPT_DEADLINE_S
-        keyed = [m for m in messages if m.headers and m.headers.get(KEYED_HEADER)]
-        plain = [m for m in messages if not (m.headers and m.headers.get(KEYED_HEADER))]
         # Keyed envelopes go one by one: the stream answers a repeat of a key with a
         # duplicate ack, which would fail a whole atomic batch. The rest go in atomic
         # chunks, each retried on its own, so a duplicate error names that chunk only.
@@ -251,7 +253,7 @@ class Submitter:
         durable = self.waiting.get(inv_id)
         if durable is None:
             return False
-        error = await self._publish([_envelope_message([durable])])
+        error = await self._publish([], [_envelope_message([durable])])
         return error is None
 
 
@@ -290,11 +292,15 @@ def _envelope_message(group: list[Durable]) -> Message:
     # A repeat of the same idempotency key is dropped by the stream's de-duplication.
     keyed = first.future.idempotency_key is not None
     envelope_id = first.inv.id if keyed else uuid.uuid4().hex
-    envelope = protocol.Envelope(id=envelope_id, items=[d.inv.encode() for d in group])
-    headers = {"Nats-Msg-Id": envelope_id}
-    if keyed:
-        headers[KEYED_HEADER] = "1"
-    return Message(protocol.work_subject(first.inv.app, first.inv.fn), envelope.encode(), headers)
+    return work_message(first.inv, envelope_id, [d.inv.encode() for d in group])
+
+
+def work_message(inv: protocol.Invocation, envelope_id: str, items: list[bytes]) -> Message:
+    """An envelope on its function's work subject, its id the stream's de-duplication key."""
+    envelope = protocol.Envelope(id=envelope_id, items=items)
+    return Message(
+        protocol.work_subject(inv.app, inv.fn), envelope.encode(), {"Nats-Msg-Id": envelope_id}
+    )
 
 
 async def wait_accepted(future: Future, timeout: float = ACCEPT_DEADLINE_S + 10) -> str:

@@ -19,7 +19,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,8 @@ from nats.aio.subscription import Subscription
 
 from superpose import config, protocol
 from superpose.durable import results
-from superpose.lattice.batch import Message, publish_atomic
+from superpose.durable.submit import work_message
+from superpose.lattice.batch import publish_atomic
 
 if TYPE_CHECKING:
     from superpose.node.agent import NodeAgent
@@ -237,17 +238,7 @@ class DurableWorker:
         try:
             if inv.id not in await results.get_many(self.agent.nc, [inv.id]):
                 bounce_id = f"{envelope.id}.b{uuid.uuid4().hex[:8]}"
-                copy = protocol.Envelope(id=bounce_id, items=envelope.items)
-                await publish_atomic(
-                    self.agent.nc,
-                    [
-                        Message(
-                            protocol.work_subject(inv.app, inv.fn),
-                            copy.encode(),
-                            {"Nats-Msg-Id": bounce_id},
-                        )
-                    ],
-                )
+                await publish_atomic(self.agent.nc, [work_message(inv, bounce_id, envelope.items)])
             await msg.ack()
         except Exception:  # it comes back by redelivery
             log.debug("could not hand back copy of %s", inv.id, exc_info=True)
@@ -262,20 +253,15 @@ class DurableWorker:
         nodes can now take them one by one.
         """
         messages = [
-            Message(
-                protocol.work_subject(inv.app, inv.fn),
-                protocol.Envelope(id=f"{state.id}.{state.delivered}.{i}", items=[raw]).encode(),
-                {"Nats-Msg-Id": f"{state.id}.{state.delivered}.{i}"},
-            )
+            work_message(inv, f"{state.id}.{state.delivered}.{i}", [raw])
             for i, (inv, raw) in enumerate(open_items)
         ]
+        self.envelopes.pop(state.id, None)
         try:
             await publish_atomic(self.agent.nc, messages)
         except Exception:  # not split: it comes back again, the split is tried again
             log.warning("cannot split envelope %s", state.id, exc_info=True)
-            self.envelopes.pop(state.id, None)
             return
-        self.envelopes.pop(state.id, None)
         await self._ack(state)
         self._room.set()
 
@@ -373,13 +359,7 @@ class DurableWorker:
             if result.error is not None:
                 await self._dead_letter(item, result)
         encoded = [(result.id, result.encode()) for _, result in batch]
-        while True:
-            try:
-                await results.store_many(nc, encoded)
-                break
-            except Exception:  # the lattice is away: keep trying; JetStream keeps our envelopes
-                log.warning("storing %d results failed; retrying", len(batch), exc_info=True)
-                await asyncio.sleep(STORE_RETRY_S)
+        await _until_done(lambda: results.store_many(nc, encoded), f"store {len(batch)} results")
         for (item, _), (_, data) in zip(batch, encoded, strict=True):
             if item.inv.notify:
                 try:
@@ -415,8 +395,7 @@ class DurableWorker:
         delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (inv.attempt - 1)) * random.uniform(0.5, 1.0)
         inv.attempt += 1
         inv.not_before = time.time() + delay
-        data = inv.encode()
-        envelope = protocol.Envelope(id=f"{inv.id}.a{inv.attempt}", items=[data])
+        message = work_message(inv, f"{inv.id}.a{inv.attempt}", [inv.encode()])
         log.info(
             "↻ %s.%s %s attempt %d in %.1f s after %s",
             inv.app,
@@ -426,22 +405,9 @@ class DurableWorker:
             delay,
             error.type,
         )
-        while True:
-            try:
-                await publish_atomic(
-                    self.agent.nc,
-                    [
-                        Message(
-                            protocol.work_subject(inv.app, inv.fn),
-                            envelope.encode(),
-                            {"Nats-Msg-Id": envelope.id},
-                        )
-                    ],
-                )
-                break
-            except Exception:
-                log.warning("cannot queue retry of %s; retrying", inv.id, exc_info=True)
-                await asyncio.sleep(STORE_RETRY_S)
+        await _until_done(
+            lambda: publish_atomic(self.agent.nc, [message]), f"queue retry of {inv.id}"
+        )
         self._settle(item)
 
     def _settle(self, item: Item) -> None:
@@ -524,6 +490,18 @@ class DurableWorker:
                 other = self.items.get(neighbour)
                 if other is not None:
                     other.requeue = True
+
+
+async def _until_done(attempt: Callable[[], Awaitable[object]], what: str) -> None:
+    """Retry a lattice write until it lands: JetStream keeps our envelopes meanwhile, and
+    if the node dies first they are redelivered."""
+    while True:
+        try:
+            await attempt()
+            return
+        except Exception:
+            log.warning("could not %s; retrying", what, exc_info=True)
+            await asyncio.sleep(STORE_RETRY_S)
 
 
 def _retryable(inv: protocol.Invocation, error: protocol.ErrorInfo) -> bool:
