@@ -29,7 +29,7 @@ if TYPE_CHECKING:
         SuperposeError,
         UserError,
     )
-    from superpose.functions import Function, RemoteFunction, function
+    from superpose.functions import Function, LinkedApp, RemoteFunction, function, use
     from superpose.futures import Future, gather
 
 _WHERE = {
@@ -45,6 +45,8 @@ _WHERE = {
     "Function": "superpose.functions",
     "RemoteFunction": "superpose.functions",
     "function": "superpose.functions",
+    "use": "superpose.functions",
+    "LinkedApp": "superpose.functions",
     "Future": "superpose.futures",
     "gather": "superpose.futures",
 }
@@ -55,6 +57,7 @@ __all__ = [
     "DeployError",
     "Function",
     "Future",
+    "LinkedApp",
     "NoNodesError",
     "NotFoundError",
     "RemoteError",
@@ -64,6 +67,7 @@ __all__ = [
     "connect",
     "function",
     "gather",
+    "use",
 ]
 
 

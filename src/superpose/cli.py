@@ -295,7 +295,9 @@ def cmd_deploy(ns: argparse.Namespace) -> int:
 
 
 def cmd_call(ns: argparse.Namespace) -> int:
+    from superpose import routing
     from superpose.client import parse_json_args
+    from superpose.functions import Options
     from superpose.registry import split_name
 
     if ns.idempotency_key is not None and not ns.is_async:
@@ -306,16 +308,22 @@ def cmd_call(ns: argparse.Namespace) -> int:
         )
     body_json = parse_json_args(ns.args, ns.kwargs)
     app, fn, version = split_name(ns.name)
+    options = Options(session=ns.session, pins=routing.parse_pins(ns.pin) or None, trace=ns.trace)
 
     async def body(client: Client) -> int:
-        target = (await client.registry()).resolve(app, fn, version)
+        registry = await client.registry()
+        kwargs = json.loads(body_json)["kwargs"]
+        ctx = client.call_context(options, app, kwargs)
+        target = registry.resolve(app, fn, version, ctx)
+        if ctx.trace_id and ns.trace:
+            _err(f"trace {ctx.trace_id}: `superpose trace {ctx.trace_id}`")
         if ns.is_async:
-            print(
-                await client.invoke_json(target, body_json, idempotency_key=ns.idempotency_key),
-                flush=True,
+            invocation_id = await client.invoke_json(
+                target, body_json, idempotency_key=ns.idempotency_key, ctx=ctx
             )
+            print(invocation_id, flush=True)
             return 0
-        result = await client.call_json(target, body_json, ns.timeout)
+        result = await client.call_json(target, body_json, ns.timeout, ctx=ctx)
         print(result.decode())
         return 0
 
@@ -578,9 +586,25 @@ def cmd_status(ns: argparse.Namespace) -> int:
         for app in state["apps"]:
             aliases = " ".join(f"{name}={digest[:12]}" for name, digest in app["aliases"].items())
             print(f"  {app['app']}  versions={len(app['versions'])} {aliases}".rstrip())
+            _print_routing(app["routing"])
         return 0
 
     return asyncio.run(_with_client(ns.lattice, body))
+
+
+def _print_routing(rules: dict[str, Any]) -> None:
+    """The routing rules of one app, and the calls each version served."""
+    canary = rules["canary"]
+    if canary:
+        key = f" by {canary['key']}" if canary["key"] else ""
+        print(f"    canary: {canary['percent']:g} % → {canary['version'][:12]}{key}")
+    for fn, node in rules["pins"].items():
+        print(f"    pinned: {fn} → {node}")
+    for dep, digest in rules["lock"].items():
+        print(f"    locked: {dep} → {digest[:12]}")
+    total = sum(rules["traffic"].values())
+    for digest, count in rules["traffic"].items():
+        print(f"    served by {digest[:12]}: {count} ({100 * count / total:.1f} %)")
 
 
 def cmd_logs(ns: argparse.Namespace) -> int:
@@ -712,6 +736,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="with --async: a key used before returns that invocation's id, not a new run",
     )
+    p.add_argument("--session", help="session for canary splits (same session, same versions)")
+    p.add_argument(
+        "--pin", metavar="APP@VERSION,...", help="versions for this call's whole call graph"
+    )
+    p.add_argument(
+        "--trace", action="store_true", help="record which versions answered; prints the trace id"
+    )
 
     p = add("result", cmd_result, RESULT_HELP.splitlines()[0])
     p.description = RESULT_HELP
@@ -761,6 +792,10 @@ def _parser() -> argparse.ArgumentParser:
     p = add("logs", cmd_logs, "show what an app's functions printed")
     p.add_argument("target", help="APP or APP.FN")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+
+    from superpose import cli_routing  # its commands use this module's helpers
+
+    cli_routing.add_commands(add)
     return parser
 
 

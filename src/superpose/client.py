@@ -19,8 +19,8 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -44,14 +44,16 @@ from superpose.errors import (
 )
 from superpose.functions import Options, RemoteFunction
 from superpose.futures import Future, fail, on_loop
-from superpose.lattice.connection import Assets, ensure_assets
+from superpose.lattice.connection import Assets, ensure_assets, ensure_work_consumer
 from superpose.lattice.connection import connect as connect_nats
-from superpose.registry import Registry, Target, split_name
+from superpose.placement import NodeDirectory, call_needs, choose
+from superpose.registry import Registry, Target, session_from, split_name
 
 T = TypeVar("T")
 RETRYABLE = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
 RETRY_BACKOFF_S = 0.2
 REAP_INTERVAL_S = 0.25
+CLOSE_WAIT_S = 2.0
 LOST_SCAN_EVERY = 4
 """Reaper ticks between scans for calls whose node went silent (once a second)."""
 
@@ -62,6 +64,7 @@ class _Pending:
     inv: protocol.Invocation
     raw_args: bytes
     attempts_left: int
+    wait_for_node: float = 0.0
     heard: float = 0.0
     """When a node last reported holding this call (or when it was sent)."""
     node: str = ""
@@ -105,6 +108,10 @@ class Client:
         self._seq = 0
         self._wake_scheduled = False
         self._submitter: Submitter | None = None
+        self._nodes: NodeDirectory | None = None
+        self._sent_to: Counter[str] = Counter()
+        """Placed direct calls sent to each node and not yet answered."""
+        self._placed_classes: set[str] = set()
         self._keyed: dict[str, Future] = {}
         """Durable submissions with an idempotency key still waiting, by id."""
 
@@ -150,9 +157,13 @@ class Client:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: nats-py's flush can swallow a cancellation, leaving a loop alive.
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=CLOSE_WAIT_S)
         if self._registry is not None:
             await self._registry.stop()
+        if self._nodes is not None:
+            await self._nodes.stop()
         closed = SuperposeError("the client was closed before the call finished")
         for pending in self._pending.values():
             fail(pending.future, closed)
@@ -203,13 +214,46 @@ class Client:
             await self._registry.start()
         return self._registry
 
-    def resolve(self, app: str, fn: str, version: str | None = None) -> Target:
+    def resolve(
+        self,
+        app: str,
+        fn: str,
+        version: str | None = None,
+        ctx: protocol.CallContext | None = None,
+    ) -> Target:
+        """The version a call runs (see ``Registry.pick`` for the rules), from the mirror."""
         registry = self._registry
         if registry is None:
             registry = self.run(self.registry()) if not on_loop(self.loop) else None
             if registry is None:
                 raise SuperposeError("call `await client.registry()` before resolving on the loop")
-        return registry.resolve(app, fn, version)
+        invocation = runtime.current_invocation.get()
+        caller = invocation.app if invocation is not None else None
+        return registry.resolve(app, fn, version, ctx, caller)
+
+    def call_context(
+        self,
+        options: Options,
+        app: str | None = None,
+        kwargs: dict[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> protocol.CallContext:
+        """The context a call carries: inherited from the call it is made in, with the
+        session, pins and tracing this call asks for. An inherited session wins, so a
+        whole call graph resolves versions for the session it began with."""
+        ctx = runtime.child_context()
+        if options.session is not None:
+            ctx.session = options.session
+        if options.pins:
+            ctx.pins = {**(ctx.pins or {}), **options.pins}
+        if options.trace:
+            ctx.trace = True
+        if ctx.session is None and app is not None and self._registry is not None:
+            canary = self._registry.canaries.get(app)
+            ctx.session = session_from(canary, headers=headers, kwargs=kwargs)
+        if ctx.trace and ctx.trace_id is None:
+            ctx.trace_id = uuid.uuid4().hex[:16]
+        return ctx
 
     def function(self, name: str, version: str | None = None) -> RemoteFunction:
         """A deployed function by name: ``"app.fn"`` or ``"app.fn@version"``."""
@@ -251,6 +295,7 @@ class Client:
         *,
         codec: str = protocol.CODEC_PICKLE,
         durable: bool = False,
+        ctx: protocol.CallContext | None = None,
     ) -> Future:
         """Start one invocation from any thread; the future resolves with its result.
 
@@ -259,11 +304,16 @@ class Client:
         """
         raw = payload.encode_args(args, kwargs, codec)
         if durable:
-            return self.submit_durable(target, raw, codec, options)
-        return self.submit_raw(target, raw, codec, options)
+            return self.submit_durable(target, raw, codec, options, ctx)
+        return self.submit_raw(target, raw, codec, options, ctx)
 
     def submit_durable(
-        self, target: Target, raw_args: bytes, codec: str, options: Options
+        self,
+        target: Target,
+        raw_args: bytes,
+        codec: str,
+        options: Options,
+        ctx: protocol.CallContext | None = None,
     ) -> Future:
         if self._closed or self._submitter is None:
             raise SuperposeError("this superpose client is closed")
@@ -286,9 +336,10 @@ class Client:
             deadline=time.time() + protocol.RESULT_TTL_S,
             timeout_s=options.timeout,
             memory_mb=options.memory,
-            ctx=runtime.child_context(),
+            ctx=ctx or runtime.child_context(),
             retries=retries,
             retry_on=list(options.retry_on) or None,
+            needs=self._needs(target, options) or None,
         )
         if inv.ctx.log_to is None and self.log_sink is not None:
             inv.ctx.log_to = protocol.client_log_subject(self.id)
@@ -303,8 +354,47 @@ class Client:
             self._keyed[inv_id] = future
             future.add_done_callback(lambda _: self._keyed.pop(inv_id, None))
         future.on_cancel = self._cancel_from_future
-        self._submitter.submit(Durable(future, inv, raw_args))
+        durable = Durable(future, inv, raw_args)
+        if inv.needs:
+            self._fire(self._submit_placed(durable, options.wait_for_node))
+        else:
+            self._submitter.submit(durable)
         return future
+
+    def _needs(self, target: Target, options: Options) -> dict[str, str]:
+        pins = self._registry.pins.get(target.app, {}) if self._registry is not None else {}
+        return call_needs(target.options, options.needs, options.region, pins.get(target.fn))
+
+    async def nodes(self) -> NodeDirectory:
+        """The live nodes, mirrored; started on first use (calls with needs or pins)."""
+        if self._nodes is None:
+            self._nodes = NodeDirectory(self.assets.nodes)
+            await self._nodes.start()
+        return self._nodes
+
+    async def _place(self, inv: protocol.Invocation, wait_s: float) -> list[protocol.NodeInfo]:
+        directory = await self.nodes()
+        assert inv.needs is not None
+        return await directory.wait_for(inv.needs, wait_s, f"{inv.app}.{inv.fn}")
+
+    async def _submit_placed(self, durable: Durable, wait_s: float) -> None:
+        """Durable work with needs goes to its needs class's subject, which only the
+        nodes meeting the needs pull from; fail now if no such node is alive."""
+        inv = durable.inv
+        assert inv.needs is not None and self._submitter is not None
+        try:
+            await self._place(inv, wait_s)
+            cls = protocol.needs_class(inv.needs)
+            if cls not in self._placed_classes:
+                await ensure_work_consumer(
+                    self.nc, protocol.placed_consumer(cls), protocol.placed_filter(cls)
+                )
+                await (await self.registry()).record_placement(cls, inv.needs)
+                self._placed_classes.add(cls)
+        except Exception as exc:
+            fail(durable.future, as_superpose_error(exc))
+            return
+        self._submitter.submit(durable)
 
     def _cancel_from_future(self, future: Future) -> None:
         self._fire(self.cancel_async([future.invocation_id]))
@@ -370,6 +460,7 @@ class Client:
         *,
         idempotency_key: str | None = None,
         timeout_s: float | None = None,
+        ctx: protocol.CallContext | None = None,
     ) -> str:
         """Persist a durable invocation with JSON arguments; returns its id once accepted."""
         future = self.submit_durable(
@@ -377,6 +468,7 @@ class Client:
             args_json,
             protocol.CODEC_JSON,
             Options(idempotency_key=idempotency_key, timeout=timeout_s),
+            ctx,
         )
         return await wait_accepted(future)
 
@@ -420,7 +512,14 @@ class Client:
                 return
         _resolve(future, value)
 
-    def submit_raw(self, target: Target, raw_args: bytes, codec: str, options: Options) -> Future:
+    def submit_raw(
+        self,
+        target: Target,
+        raw_args: bytes,
+        codec: str,
+        options: Options,
+        ctx: protocol.CallContext | None = None,
+    ) -> Future:
         if self._closed:
             raise SuperposeError("this superpose client is closed")
         timeout_s = options.timeout or target.options.get("timeout") or config.DEFAULT_TIMEOUT_S
@@ -436,7 +535,8 @@ class Client:
             deadline=time.time() + float(timeout_s) + config.WAIT_MARGIN_S,
             timeout_s=options.timeout,
             memory_mb=options.memory,
-            ctx=runtime.child_context(),
+            ctx=ctx or runtime.child_context(),
+            needs=self._needs(target, options) or None,
         )
         if inv.ctx.log_to is None and self.log_sink is not None:
             inv.ctx.log_to = protocol.client_log_subject(self.id)
@@ -445,7 +545,7 @@ class Client:
         retries = options.retries or int(target.options.get("retries", 0) or 0)
         if options.idempotent:  # safe to run again when its node dies
             retries = max(retries, 1)
-        self._outbox.append(_Pending(future, inv, raw_args, retries))
+        self._outbox.append(_Pending(future, inv, raw_args, retries, options.wait_for_node))
         if not self._wake_scheduled:  # one wake-up per batch, not per submission
             self._wake_scheduled = True
             if on_loop(self.loop):
@@ -455,7 +555,7 @@ class Client:
         return future
 
     async def _send_loop(self) -> None:
-        while True:
+        while not self._closed:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             self._wake_scheduled = False
@@ -476,17 +576,38 @@ class Client:
         self._pending[inv.id] = pending
         pending.heard = time.monotonic()
         heapq.heappush(self._deadlines, (inv.deadline, inv.id))
-        await self.nc.publish(
-            protocol.call_subject(inv.app, inv.fn),
-            inv.encode(),
-            reply=protocol.reply_subject(self.id, inv.id),
-        )
+        if inv.needs:
+            self.loop.create_task(self._send_placed(pending))  # may wait for a node
+        else:
+            await self._publish_call(pending)
+
+    async def _send_placed(self, pending: _Pending) -> None:
+        try:
+            await self._publish_call(pending)
+        except Exception as exc:
+            self._pending.pop(pending.inv.id, None)
+            fail(pending.future, as_superpose_error(exc))
+
+    async def _publish_call(self, pending: _Pending) -> None:
+        """To the queue group (NATS picks a node), or to the chosen node when the call
+        has needs or a pin; a retry chooses again."""
+        inv = pending.inv
+        subject = protocol.call_subject(inv.app, inv.fn)
+        if inv.needs:
+            candidates = await self._place(inv, pending.wait_for_node)
+            node = choose(candidates, inv.digest, self._sent_to)
+            self._sent_to[node.id] += 1
+            pending.node = node.id
+            subject = protocol.node_call_subject(node.id, inv.app, inv.fn)
+        await self.nc.publish(subject, inv.encode(), reply=protocol.reply_subject(self.id, inv.id))
 
     async def _on_reply(self, msg: Msg) -> None:
         inv_id = msg.subject.rsplit(".", 1)[-1]
         pending = self._pending.get(inv_id)
         if pending is None:
             return
+        if pending.inv.needs and self._sent_to[pending.node] > 0:
+            self._sent_to[pending.node] -= 1
         if msg.headers and msg.headers.get("Status") == "503":
             await self._retry_or_fail(
                 pending,
@@ -536,11 +657,11 @@ class Client:
         pending.attempts_left -= 1
         await asyncio.sleep(RETRY_BACKOFF_S)
         pending.heard = time.monotonic()
-        await self.nc.publish(
-            protocol.call_subject(pending.inv.app, pending.inv.fn),
-            pending.inv.encode(),
-            reply=protocol.reply_subject(self.id, inv_id),
-        )
+        try:
+            await self._publish_call(pending)
+        except Exception as exc:  # no node meets its needs any more
+            self._pending.pop(inv_id, None)
+            fail(pending.future, as_superpose_error(exc))
 
     async def _on_progress(self, msg: Msg) -> None:
         try:
@@ -620,11 +741,15 @@ class Client:
             yield lambda: bar.advance(task)
 
     async def call_json(
-        self, target: Target, args_json: bytes, timeout_s: float | None = None
+        self,
+        target: Target,
+        args_json: bytes,
+        timeout_s: float | None = None,
+        ctx: protocol.CallContext | None = None,
     ) -> bytes:
         """Run with JSON arguments (``{"args": [...], "kwargs": {...}}``); returns JSON bytes."""
         options = Options(timeout=timeout_s)
-        future = self.submit_raw(target, args_json, protocol.CODEC_JSON, options)
+        future = self.submit_raw(target, args_json, protocol.CODEC_JSON, options, ctx)
         result: bytes = await asyncio.wrap_future(future)
         return result
 

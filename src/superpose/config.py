@@ -10,6 +10,7 @@ ENV_LATTICE = "SUPERPOSE_LATTICE"
 ENV_NATS_SERVER = "SUPERPOSE_NATS_SERVER"
 ENV_REPLICAS = "SUPERPOSE_REPLICAS"
 ENV_MAX_DELIVER = "SUPERPOSE_MAX_DELIVER"
+ENV_AFFINITY = "SUPERPOSE_AFFINITY"
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -48,3 +49,8 @@ def max_deliver(default: int) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"{ENV_MAX_DELIVER}={text!r}: expected a whole number ≥ 1")
     return int(text)
+
+
+def affinity_from_env() -> bool:
+    """Warm affinity is on unless ``$SUPERPOSE_AFFINITY=0`` (benchmarks compare both)."""
+    return os.environ.get(ENV_AFFINITY, "1") != "0"

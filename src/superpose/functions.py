@@ -14,6 +14,7 @@ from superpose import protocol, runtime
 from superpose.durable.stragglers import Stragglers
 from superpose.errors import BadRequestError
 from superpose.futures import Future
+from superpose.placement import check_needs
 from superpose.registry import Target
 
 if TYPE_CHECKING:
@@ -44,9 +45,29 @@ class Options:
     """A durable submission with a key already used returns that invocation, not a new run."""
     straggler_factor: float = 3.0
     """``map`` of an idempotent function: duplicate an item slower than this × the median."""
+    needs: dict[str, str] | None = None
+    """Node labels the call must run on, e.g. ``{"gpu": "1"}`` (``"*"``: label present)."""
+    region: str | None = None
+    """Shorthand for the need ``region=<region>``."""
+    wait_for_node: float = 0.0
+    """Seconds to wait for a node meeting the needs to join, instead of failing at once."""
+    session: str | None = None
+    """The session a canary split hashes: the same session sees the same versions,
+    in this call and every call nested under it."""
+    pins: dict[str, str] | None = None
+    """App → version for this call and every call nested under it."""
+    trace: bool = False
+    """Record which version of each function answered, down the call graph."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retry_on", _exception_names(self.retry_on))
+        object.__setattr__(self, "needs", check_needs(self.needs) or None)
+        if self.region is not None and not protocol.is_valid_name(str(self.region)):
+            raise BadRequestError(f"region must be a label value like 'eu', got {self.region!r}")
+        if not (isinstance(self.wait_for_node, int | float) and self.wait_for_node >= 0):
+            raise BadRequestError(
+                f"wait_for_node must be a number of seconds ≥ 0, got {self.wait_for_node!r}"
+            )
         if self.idempotency_key is not None and not (
             isinstance(self.idempotency_key, str) and 0 < len(self.idempotency_key) <= 1024
         ):
@@ -101,7 +122,7 @@ class Invocable:
         self.options_ = options
         self.remote = _Remote(self)
 
-    def _target(self, client: Client) -> Target:
+    def _target(self, client: Client, ctx: protocol.CallContext | None = None) -> Target:
         raise NotImplementedError
 
     def _client(self) -> Client:
@@ -119,12 +140,15 @@ class Invocable:
 
     def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, durable: bool) -> Future:
         client = self._client()
-        return client.submit(self._target(client), args, kwargs, self.options_, durable=durable)
+        ctx = client.call_context(self.options_)
+        target = self._target(client, ctx)
+        return client.submit(target, args, kwargs, self.options_, durable=durable, ctx=ctx)
 
     def map(self, *iterables: Iterable[Any], window: int = MAP_WINDOW) -> Iterator[Any]:
         """Results of the function over the items, in order, as soon as each is ready."""
         client = self._client()
-        target = self._target(client)
+        ctx = client.call_context(self.options_)
+        target = self._target(client, ctx)
         items = zip(*iterables, strict=False)
         total = _length(iterables)
         in_flight: deque[Future] = deque()
@@ -132,7 +156,7 @@ class Invocable:
         try:
             with client.progress(total, f"{target.app}.{target.fn}") as advance:
                 for item in items:
-                    future = client.submit(target, item, {}, self.options_, durable=True)
+                    future = client.submit(target, item, {}, self.options_, durable=True, ctx=ctx)
                     in_flight.append(future)
                     if stragglers is not None:
                         stragglers.track(future)
@@ -216,7 +240,7 @@ class Function(Invocable):
     def node_options(self) -> dict[str, Any]:
         return self.options_.node_options()
 
-    def _target(self, client: Client) -> Target:
+    def _target(self, client: Client, ctx: protocol.CallContext | None = None) -> Target:
         """On a node: the bundle the executor hosts. Elsewhere: the script's bundle,
         looked up per call (cheap) because it changes when local modules are imported."""
         module, name, qualname = self.local.__module__, self.local.__name__, self.local.__qualname__
@@ -251,8 +275,8 @@ class RemoteFunction(Invocable):
     def _client(self) -> Client:
         return self._bound_client or super()._client()
 
-    def _target(self, client: Client) -> Target:
-        return client.resolve(self.app, self.fn, self.version)
+    def _target(self, client: Client, ctx: protocol.CallContext | None = None) -> Target:
+        return client.resolve(self.app, self.fn, self.version, ctx)
 
     def __repr__(self) -> str:
         at = f"@{self.version}" if self.version else ""
@@ -270,6 +294,9 @@ def function(
     concurrency: int | None = None,
     idempotent: bool = False,
     retry_on: tuple[type[BaseException] | str, ...] = (),
+    needs: dict[str, str] | None = None,
+    region: str | None = None,
+    wait_for_node: float = 0.0,
 ) -> Callable[[Callable[..., Any]], Function]: ...
 
 
@@ -283,6 +310,9 @@ def function(
     concurrency: int | None = None,
     idempotent: bool = False,
     retry_on: tuple[type[BaseException] | str, ...] = (),
+    needs: dict[str, str] | None = None,
+    region: str | None = None,
+    wait_for_node: float = 0.0,
 ) -> Function | Callable[[Callable[..., Any]], Function]:
     """Mark a function as runnable on the lattice (``@sp.function`` or ``@sp.function(...)``)."""
     options = Options(
@@ -292,6 +322,9 @@ def function(
         concurrency=concurrency,
         idempotent=idempotent,
         retry_on=retry_on,  # type: ignore[arg-type]
+        needs=needs,
+        region=region,
+        wait_for_node=wait_for_node,
     )
 
     def wrap(f: Callable[..., Any]) -> Function:
@@ -302,3 +335,40 @@ def function(
         return Function(f, options)
 
     return wrap(fn) if fn is not None else wrap
+
+
+class LinkedApp:
+    """Another app's functions, resolved by name at call time (``sp.use("pricing")``).
+
+    Nothing is bound at import or deploy time: each call resolves the version
+    the calling app's runtime lockfile names (``superpose lock``), else the
+    canary or ``latest`` rules, so deploying a new ``pricing`` changes what
+    every app using it runs without redeploying them.
+    """
+
+    def __init__(self, app: str) -> None:
+        if not isinstance(app, str) or not protocol.is_valid_name(app):
+            raise BadRequestError(
+                f"sp.use takes an app name (letters, digits, _ and -), got {app!r}"
+            )
+        self._app = app
+
+    def __getattr__(self, fn: str) -> RemoteFunction:
+        if fn.startswith("__") or not protocol.is_valid_name(fn):
+            raise AttributeError(fn)
+        return RemoteFunction(self._app, fn, None, Options())
+
+    def function(self, fn: str) -> RemoteFunction:
+        """The same as attribute access, for names that are not identifiers (``my-fn``)."""
+        if not protocol.is_valid_name(fn):
+            raise BadRequestError(f"{fn!r} is not a function name")
+        return RemoteFunction(self._app, fn, None, Options())
+
+    def __repr__(self) -> str:
+        return f"<superpose app {self._app}>"
+
+
+def use(app: str) -> LinkedApp:
+    """Use another deployed app's functions: ``pricing = sp.use("pricing")``, then
+    ``pricing.quote.remote(...)``."""
+    return LinkedApp(app)

@@ -14,10 +14,12 @@ JetStream has persisted it; ``GET /v1/invocations/{id}`` reads its stored result
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Any
 
 from starlette.applications import Starlette
@@ -25,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from superpose import protocol, versions
+from superpose import protocol, routing, versions
 from superpose.client import Client
 from superpose.config import MAX_HTTP_BODY_BYTES
 from superpose.durable import dead
@@ -37,10 +39,15 @@ from superpose.errors import (
     RemoteError,
     SuperposeError,
 )
-from superpose.registry import split_name
+from superpose.functions import Options
+from superpose.registry import Target, split_name
 from superpose.status import lattice_status
 
 VERSION_HEADER = "x-superpose-version"
+SESSION_HEADER = "x-superpose-session"
+PIN_HEADER = "x-superpose-pin"
+TRACE_HEADER = "x-superpose-trace"
+TRACE_ID_HEADER = "x-superpose-trace-id"
 IDEMPOTENCY_HEADER = "idempotency-key"
 MAX_WAIT_S = 60.0
 """``GET /v1/invocations/{id}?wait=S`` waits at most this long, whatever S says."""
@@ -144,11 +151,16 @@ def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -
             app, fn, version = split_name(request.path_params["name"])
             version = request.headers.get(VERSION_HEADER) or version
             body = _parse_call_body(await _read_body(request, max_body_bytes))
-            target = (await client.registry()).resolve(app, fn, version)
-            result = await client.call_json(target, body)
+            ctx = await request_context(client, request, app, body)
+            target = (await client.registry()).resolve(app, fn, version, ctx)
+            result = await client.call_json(target, body, ctx=ctx)
         except (BodyTooLarge, SuperposeError) as exc:
             return _error_response(exc, max_body_bytes)
-        return Response(b'{"result": ' + result + b"}", media_type="application/json")
+        return Response(
+            b'{"result": ' + result + b"}",
+            media_type="application/json",
+            headers=_answer_headers(target, ctx),
+        )
 
     async def invoke(request: Request) -> Response:
         return await _invoke(state["client"], request, max_body_bytes)
@@ -176,6 +188,7 @@ def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -
             Route("/v1/invocations/{id:str}", cancel, methods=["DELETE"]),
             Route("/v1/status", status, methods=["GET"]),
             Route("/v1/apps/{app:str}", functools.partial(_app_versions, state), methods=["GET"]),
+            Route("/v1/traces/{id:str}", functools.partial(_trace, state), methods=["GET"]),
             Route("/v1/health", health, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
@@ -190,15 +203,43 @@ async def _invoke(client: Client, request: Request, max_body_bytes: int) -> Resp
         version = request.headers.get(VERSION_HEADER) or version
         key = request.headers.get(IDEMPOTENCY_HEADER)
         body = _parse_call_body(await _read_body(request, max_body_bytes))
-        target = (await client.registry()).resolve(app, fn, version)
-        invocation_id = await client.invoke_json(target, body, idempotency_key=key)
+        ctx = await request_context(client, request, app, body)
+        target = (await client.registry()).resolve(app, fn, version, ctx)
+        invocation_id = await client.invoke_json(target, body, idempotency_key=key, ctx=ctx)
     except (BodyTooLarge, SuperposeError) as exc:
         return _error_response(exc, max_body_bytes)
     return JSONResponse(
         {"id": invocation_id},
         status_code=202,
-        headers={"location": f"/v1/invocations/{invocation_id}"},
+        headers={"location": f"/v1/invocations/{invocation_id}", **_answer_headers(target, ctx)},
     )
+
+
+async def request_context(
+    client: Client, request: Request, app: str, body: bytes | None
+) -> protocol.CallContext:
+    """The version context of an HTTP request: its session (``X-Superpose-Session``, else
+    what the app's canary key names: a header, or a JSON keyword argument), its pins
+    (``X-Superpose-Pin: app@version,...``) and whether to trace it."""
+    await client.registry()
+    kwargs = None
+    if body:
+        with contextlib.suppress(ValueError, AttributeError):
+            kwargs = json.loads(body).get("kwargs")
+    options = Options(
+        session=request.headers.get(SESSION_HEADER) or None,
+        pins=routing.parse_pins(request.headers.get(PIN_HEADER)) or None,
+        trace=request.headers.get(TRACE_HEADER, "").lower() in ("1", "true", "yes"),
+    )
+    return client.call_context(options, app, kwargs, headers=request.headers)
+
+
+def _answer_headers(target: Target, ctx: protocol.CallContext) -> dict[str, str]:
+    """Which version answered, and the trace to read the rest of the graph from."""
+    headers = {VERSION_HEADER: target.digest}
+    if ctx.trace and ctx.trace_id:
+        headers[TRACE_ID_HEADER] = ctx.trace_id
+    return headers
 
 
 async def _app_versions(state: dict[str, Client], request: Request) -> Response:
@@ -207,9 +248,25 @@ async def _app_versions(state: dict[str, Client], request: Request) -> Response:
     try:
         if not protocol.is_valid_name(app):
             raise BadRequestError(f"{app!r} is not an app name (letters, digits, _ and -)")
-        return JSONResponse(versions.listing(await client.registry(), app))
+        registry = await client.registry()
+        listing = versions.listing(registry, app)
+        directory = await client.nodes()
+        listing["routing"] = routing.split(registry, app, directory.live())
+        return JSONResponse(listing)
     except SuperposeError as exc:
         return _error_response(exc, 0)
+
+
+async def _trace(state: dict[str, Client], request: Request) -> Response:
+    """``GET /v1/traces/{id}``: which version of each function answered a traced request."""
+    trace_id = request.path_params["id"]
+    try:
+        spans = await routing.read_trace(state["client"].nc, trace_id)
+    except SuperposeError as exc:
+        return _error_response(exc, 0)
+    if not spans:
+        return _error(404, "NotFound", f"no spans recorded for trace {trace_id}")
+    return JSONResponse({"trace": trace_id, "spans": [asdict(s) for s in spans]})
 
 
 async def _invocation(client: Client, request: Request) -> Response:

@@ -7,6 +7,7 @@ message carries a versioned type tag (``t``) so mixed versions fail loudly.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,10 +23,16 @@ NODES_BUCKET = "sp_nodes"
 BUNDLES_BUCKET = "sp_bundles"
 BLOBS_BUCKET = "sp_blobs"
 LOGS_STREAM = "SP_LOGS"
+TRACES_STREAM = "SP_TRACES"
+"""Spans of traced calls (which version of what answered where), kept an hour."""
+TRACE_RETENTION_S = 3600.0
 WORK_STREAM = "SP_WORK"
 """Durable invocations: a JetStream work-queue stream (file storage, fsync'd)."""
-WORK_CONSUMER = "nodes"
-"""The one pull consumer all nodes share: JetStream hands each envelope to one node."""
+WORK_CONSUMER = "anywhere"
+"""The pull consumer all nodes share for work any node may run: JetStream hands each
+envelope to one node."""
+LEGACY_WORK_CONSUMER = "nodes"
+"""The unfiltered consumer of lattices made before placement; it would overlap the others."""
 RESULTS_BUCKET = "sp_results"
 DEAD_BUCKET = "sp_dead"
 CANCELS_BUCKET = "sp_cancels"
@@ -88,11 +95,59 @@ def log_filter(app: str, fn: str | None = None) -> str:
 LOGS_WILDCARD = "sp.logs.>"
 
 
-def work_subject(app: str, fn: str) -> str:
-    return f"sp.work.{app}.{fn}"
+def trace_subject(trace_id: str) -> str:
+    return f"sp.trace.{trace_id}"
+
+
+TRACES_WILDCARD = "sp.trace.>"
+
+
+def needs_class(needs: dict[str, str]) -> str:
+    """A short stable name for a set of needs: one consumer per set, shared by the
+    nodes that satisfy it."""
+    canonical = ",".join(f"{k}={v}" for k, v in sorted(needs.items()))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def work_subject(app: str, fn: str, needs: dict[str, str] | None = None) -> str:
+    """Work any node may run, or work placed by needs (and pins) on its class's subject."""
+    if needs:
+        return f"sp.work.placed.{needs_class(needs)}.{app}.{fn}"
+    return f"sp.work.any.{app}.{fn}"
 
 
 WORK_WILDCARD = "sp.work.>"
+WORK_ANY_FILTER = "sp.work.any.>"
+
+
+def placed_filter(cls: str) -> str:
+    return f"sp.work.placed.{cls}.>"
+
+
+def placed_consumer(cls: str) -> str:
+    return f"placed-{cls}"
+
+
+def node_call_subject(node_id: str, app: str, fn: str) -> str:
+    """A direct call sent to one chosen node (placement by need, pinning, warm affinity)."""
+    return f"sp.node.{node_id}.call.{app}.{fn}"
+
+
+def node_call_wildcard(node_id: str) -> str:
+    return f"sp.node.{node_id}.call.>"
+
+
+FORWARDED_BY_HEADER = "Sp-Forwarded-By"
+"""Set on a call one node hands to another (warm affinity): the receiver reports back
+when the call ends, so the sender knows how many it has outstanding there."""
+
+
+def forward_done_subject(node_id: str) -> str:
+    return f"_SPN.{node_id}.f"
+
+
+NODE_LABEL = "node"
+"""Every node carries this label set to its id: a pin is the need ``node=<id>``."""
 CANCEL_SUBJECT = "sp.cancel"
 """Every node hears cancellations: the one running the invocation kills it."""
 
@@ -175,6 +230,23 @@ def alias_key(app: str, alias: str) -> str:
 
 def app_key(app: str) -> str:
     return f"app.{app}"
+
+
+def placement_key(cls: str) -> str:
+    """A needs class in use: nodes satisfying it pull from its consumer."""
+    return f"place.{cls}"
+
+
+def pin_key(app: str, fn: str) -> str:
+    return f"pin.{app}.{fn}"
+
+
+def canary_key(app: str) -> str:
+    return f"canary.{app}"
+
+
+def lock_key(app: str) -> str:
+    return f"lock.{app}"
 
 
 def bundle_manifest_name(digest: str) -> str:
@@ -268,12 +340,19 @@ def _payload_map(payload: Payload) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class CallContext:
-    """What follows a call down the call graph: who to tell about prints, and tracing."""
+    """What follows a call down the call graph: who to tell about prints, tracing, and
+    the version context (session key and pins) every nested call resolves versions with."""
 
     log_to: str | None = None
     trace_id: str | None = None
     parent_id: str | None = None
     depth: int = 0
+    session: str | None = None
+    """The session a canary split hashes: the same session sees the same versions."""
+    pins: dict[str, str] | None = None
+    """App → version for this request's whole call graph (``X-Superpose-Pin``)."""
+    trace: bool = False
+    """Record a span per call of this graph (which version answered, where, how long)."""
 
 
 @dataclass(slots=True)
@@ -305,6 +384,8 @@ class Invocation:
     """A retry waits until this epoch time (exponential backoff with jitter)."""
     notify: str | None = None
     """Durable invocations: where the node tells the caller, once the result is stored."""
+    needs: dict[str, str] | None = None
+    """Node labels the invocation must run on (a pin is ``{"node": id}``)."""
 
     def encode(self) -> bytes:
         # Built by hand: dataclasses.asdict was half of a client's time per spawn.
@@ -327,12 +408,16 @@ class Invocation:
                     "trace_id": ctx.trace_id,
                     "parent_id": ctx.parent_id,
                     "depth": ctx.depth,
+                    "session": ctx.session,
+                    "pins": ctx.pins,
+                    "trace": ctx.trace,
                 },
                 "attempt": self.attempt,
                 "retries": self.retries,
                 "retry_on": self.retry_on,
                 "not_before": self.not_before,
                 "notify": self.notify,
+                "needs": self.needs,
             }
         )
 
@@ -460,6 +545,10 @@ class NodeInfo:
     started: float = 0.0
     seen: float = 0.0
     served: int = 0
+    cold_loads: int = 0
+    """Bundles this node has loaded into a new executor since it started."""
+    traffic: dict[str, int] = field(default_factory=dict)
+    """Calls served per ``app@digest`` since the node started (canary splits)."""
 
     def encode(self) -> bytes:
         return pack({"t": self.TYPE, **asdict(self)})
@@ -528,4 +617,30 @@ class Cancel:
 
     @classmethod
     def decode(cls, data: bytes) -> Cancel:
+        return cls(**_untag(unpack(data), cls.TYPE))
+
+
+@dataclass(slots=True)
+class Span:
+    """One call of a traced request: which version of which function answered, and where."""
+
+    TYPE = "sp.span.v1"
+
+    trace_id: str
+    id: str
+    parent_id: str | None
+    app: str
+    fn: str
+    digest: str
+    node: str
+    started: float
+    duration_s: float
+    ok: bool
+    session: str | None = None
+
+    def encode(self) -> bytes:
+        return pack({"t": self.TYPE, **asdict(self)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Span:
         return cls(**_untag(unpack(data), cls.TYPE))

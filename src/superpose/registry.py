@@ -9,10 +9,12 @@ round trip and an alias move reaches every reader in milliseconds.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-import logging
 import re
 import time
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +23,8 @@ from nats.js.kv import KeyValue
 
 from superpose import protocol
 from superpose.errors import BadRequestError, LatticeError, NotFoundError, UserError
+from superpose.lattice.mirror import follow_bucket
 
-log = logging.getLogger("superpose.registry")
 LATEST = "latest"
 MIN_VERSION_PREFIX = 6
 HISTORY_TIMEOUT_S = 5.0
@@ -57,6 +59,65 @@ class Target:
     module: str
     qualname: str
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Canary:
+    """Send ``percent`` of sessions of an app to ``version``; the rest follow ``latest``."""
+
+    version: str
+    percent: float
+    key: str | None = None
+    """Where a request's session comes from: ``header:NAME`` or ``arg:NAME``."""
+
+    def as_json(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, text: str) -> Canary:
+        return cls(**json.loads(text))
+
+
+def session_from(
+    canary: Canary | None,
+    headers: Mapping[str, str] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+) -> str | None:
+    """A request's session as the app's canary key names it (``header:NAME``, ``arg:NAME``)."""
+    if canary is None or not canary.key:
+        return None
+    source, _, name = canary.key.partition(":")
+    if source == "header" and headers is not None:
+        return headers.get(name.lower()) or headers.get(name)
+    if source == "arg" and kwargs is not None and name in kwargs:
+        return str(kwargs[name])
+    return None
+
+
+def check_canary_key(key: str | None) -> None:
+    if key is None:
+        return
+    source, colon, name = key.partition(":")
+    if source not in ("header", "arg") or not colon or not name:
+        raise BadRequestError(
+            f"canary key {key!r} is not understood: use header:NAME (e.g. header:X-Session) "
+            "or arg:NAME (e.g. arg:user_id)"
+        )
+
+
+def in_canary(app: str, session: str, percent: float) -> bool:
+    """Consistent hashing of the session: the same session always lands on the same side,
+    and each app splits independently of the others."""
+    digest = hashlib.sha256(f"{app}\0{session}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10_000 < percent * 100
+
+
+def _put(table: dict[str, Any], key: str, value: Any) -> None:
+    """Mirror one entry: a falsy value is a deletion."""
+    if value:
+        table[key] = value
+    else:
+        table.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -101,11 +162,19 @@ def split_name(name: str) -> tuple[str, str, str | None]:
 class Registry:
     """Mirror of the registry bucket plus the writes deploy and aliasing need."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, on_change: Callable[[str], None] | None = None) -> None:
         self.kv = kv
+        self._on_change = on_change
         self.apps: dict[str, float] = {}
         self.versions: dict[str, dict[str, Version]] = {}
         self.aliases: dict[str, dict[str, str]] = {}
+        self.canaries: dict[str, Canary] = {}
+        self.locks: dict[str, dict[str, str]] = {}
+        """app → {dependency app → version digest} (``superpose lock``)."""
+        self.pins: dict[str, dict[str, str]] = {}
+        """app → {function → node id} (``superpose pin``)."""
+        self.placements: dict[str, dict[str, str]] = {}
+        """needs class → needs: the classes durable work has been placed by."""
         self._watch_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
 
@@ -122,49 +191,31 @@ class Registry:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _follow(self) -> None:
-        while True:
-            watcher = None
-            try:
-                watcher = await self.kv.watchall()
-                async for entry in watcher:
-                    if entry is None:
-                        # nats-py can send its end-of-initial-values marker before
-                        # entries the server already sent: trust it only when empty.
-                        if not self._synced.is_set() and (await self.kv.status()).values == 0:
-                            self._synced.set()
-                        continue
-                    self._apply(entry.key, entry.value, entry.operation)
-                    if entry.delta == 0:  # the newest entry the bucket holds: caught up
-                        self._synced.set()
-            except asyncio.CancelledError:
-                if watcher is not None:
-                    await asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]
-                raise
-            except Exception:  # the watch died with the connection; start it again
-                log.warning("registry watch failed; restarting it", exc_info=True)
-                await asyncio.sleep(0.5)
+        await follow_bucket(self.kv, self._apply, self._synced, "registry")
 
-    def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
+    def _apply(self, key: str, value: bytes | None, deleted: bool) -> None:
         kind, _, rest = key.partition(".")
-        deleted = operation in ("DEL", "PURGE") or not value
+        app, _, name = rest.partition(".")
+        text = None if deleted or value is None else value.decode()
         if kind == "app":
-            if deleted:
+            if text is None:
                 self.apps.pop(rest, None)
             else:
-                self.apps[rest] = json.loads(value or b"{}").get("created", 0.0)
+                self.apps[rest] = json.loads(text or "{}").get("created", 0.0)
         elif kind == "ver":
-            app, _, digest = rest.partition(".")
-            if deleted:
-                self.versions.get(app, {}).pop(digest, None)
-            else:
-                assert value is not None
-                self.versions.setdefault(app, {})[digest] = Version.from_json(value)
+            _put(self.versions.setdefault(app, {}), name, text and Version.from_json(value or b""))
         elif kind == "alias":
-            app, _, alias = rest.partition(".")
-            if deleted:
-                self.aliases.get(app, {}).pop(alias, None)
-            else:
-                self.aliases.setdefault(app, {})[alias] = (value or b"").decode()
+            _put(self.aliases.setdefault(app, {}), name, text)
+        elif kind == "canary":
+            _put(self.canaries, rest, text and Canary.from_json(text))
+        elif kind == "lock":
+            _put(self.locks, rest, text and json.loads(text))
+        elif kind == "pin":
+            _put(self.pins.setdefault(app, {}), name, text)
+        elif kind == "place":
+            _put(self.placements, rest, text and json.loads(text))
+        if self._on_change is not None:
+            self._on_change(key)
 
     # --- writes --------------------------------------------------------------
 
@@ -181,11 +232,11 @@ class Registry:
             protocol.app_key(version.app), json.dumps({"created": time.time()}).encode()
         )
         await self.kv.put(protocol.version_key(version.app, version.digest), version.as_json())
-        self._apply(protocol.version_key(version.app, version.digest), version.as_json(), "PUT")
+        self._apply(protocol.version_key(version.app, version.digest), version.as_json(), False)
 
     async def set_alias(self, app: str, alias: str, digest: str) -> None:
         await self.kv.put(protocol.alias_key(app, alias), digest.encode())
-        self._apply(protocol.alias_key(app, alias), digest.encode(), "PUT")
+        self._apply(protocol.alias_key(app, alias), digest.encode(), False)
 
     async def move_alias(
         self, app: str, alias: str, digest: str, expected: AliasEntry | None
@@ -206,7 +257,33 @@ class Registry:
                 f"alias {alias!r} of {app} was moved by someone else meanwhile; "
                 "check `superpose versions` and run the command again"
             ) from None
-        self._apply(key, digest.encode(), "PUT")
+        self._apply(key, digest.encode(), False)
+
+    async def _put_entry(self, key: str, value: bytes | None) -> None:
+        """Write (or with None delete) one entry, and mirror it at once for this reader."""
+        if value is None:
+            await self.kv.delete(key)
+        else:
+            await self.kv.put(key, value)
+        self._apply(key, value, value is None)
+
+    async def set_canary(self, app: str, canary: Canary | None) -> None:
+        await self._put_entry(protocol.canary_key(app), canary.as_json() if canary else None)
+
+    async def set_lock(self, app: str, links: dict[str, str]) -> None:
+        """``app``'s runtime lockfile: dependency app → version its calls resolve to."""
+        value = json.dumps(links, sort_keys=True).encode() if links else None
+        await self._put_entry(protocol.lock_key(app), value)
+
+    async def set_pin(self, app: str, fn: str, node: str | None) -> None:
+        await self._put_entry(protocol.pin_key(app, fn), node.encode() if node else None)
+
+    async def record_placement(self, cls: str, needs: dict[str, str]) -> None:
+        """Tell the nodes a needs class is in use, so those satisfying it pull its work."""
+        if self.placements.get(cls) != needs:
+            await self._put_entry(
+                protocol.placement_key(cls), json.dumps(needs, sort_keys=True).encode()
+            )
 
     # --- alias history --------------------------------------------------------
 
@@ -279,8 +356,46 @@ class Registry:
             hint = f" (digest prefixes need at least {MIN_VERSION_PREFIX} characters)"
         raise NotFoundError(f"{app} has no version or alias {ref!r}{hint}")
 
-    def resolve(self, app: str, fn: str, version: str | None = None) -> Target:
-        found = self.version(app, version)
+    def pick(
+        self,
+        app: str,
+        ref: str | None = None,
+        ctx: protocol.CallContext | None = None,
+        caller: str | None = None,
+    ) -> Version:
+        """The version a call answers with, by the first rule that applies: a version
+        named in the call, a pin of the request (``X-Superpose-Pin``), the calling app's
+        lock, the app's canary for the call's session, else ``latest``.
+
+        A call that meets a canary without a session gets a random one in ``ctx``,
+        so the calls nested under it still see one consistent set of versions.
+        """
+        if ref:
+            return self.version(app, ref)
+        if ctx is not None and ctx.pins and app in ctx.pins:
+            return self.version(app, ctx.pins[app])
+        locked = self.locks.get(caller or "", {}).get(app)
+        if locked:
+            return self.version(app, locked)
+        canary = self.canaries.get(app)
+        if canary is not None and canary.version in self.versions.get(app, {}):
+            if ctx is None:
+                ctx = protocol.CallContext()
+            if ctx.session is None:
+                ctx.session = uuid.uuid4().hex
+            if in_canary(app, ctx.session, canary.percent):
+                return self.versions[app][canary.version]
+        return self.version(app, None)
+
+    def resolve(
+        self,
+        app: str,
+        fn: str,
+        version: str | None = None,
+        ctx: protocol.CallContext | None = None,
+        caller: str | None = None,
+    ) -> Target:
+        found = self.pick(app, version, ctx, caller)
         spec = found.functions.get(fn)
         if spec is None:
             names = ", ".join(sorted(found.functions)) or "none"
@@ -298,6 +413,9 @@ class Registry:
                 {
                     "app": app,
                     "aliases": dict(sorted(self.aliases.get(app, {}).items())),
+                    "canary": (canary := self.canaries.get(app)) and canary.__dict__,
+                    "lock": self.locks.get(app, {}),
+                    "pins": dict(sorted(self.pins.get(app, {}).items())),
                     "versions": [
                         {
                             "version": v.digest,

@@ -62,6 +62,9 @@ def child_context() -> protocol.CallContext:
         trace_id=parent.ctx.trace_id or parent.id,
         parent_id=parent.id,
         depth=parent.ctx.depth + 1,
+        session=parent.ctx.session,
+        pins=parent.ctx.pins,
+        trace=parent.ctx.trace,
     )
 
 

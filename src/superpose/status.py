@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from superpose import protocol
+from superpose import protocol, routing
 from superpose.client import Client
 from superpose.lattice.batch import js_api
 
@@ -43,6 +43,10 @@ async def nodes(client: Client) -> list[protocol.NodeInfo]:
 
 async def lattice_status(client: Client) -> dict[str, Any]:
     registry = await client.registry()
+    live = await nodes(client)
+    apps = registry.describe()
+    for app in apps:
+        app["routing"] = routing.split(registry, app["app"], live)
     return {
         "lattice": client.url,
         "nodes": [
@@ -56,9 +60,10 @@ async def lattice_status(client: Client) -> dict[str, Any]:
                 "queued": n.queued,
                 "served": n.served,
                 "warm": n.warm,
+                "cold_loads": n.cold_loads,
                 "uptime_s": round(time.time() - n.started, 1),
             }
-            for n in await nodes(client)
+            for n in live
         ],
-        "apps": registry.describe(),
+        "apps": apps,
     }

@@ -270,7 +270,7 @@ def _envelopes(ready: list[Durable]) -> list[list[Durable]]:
             group_bytes = item_bytes
             continue
         group_bytes += item_bytes
-        key = (durable.inv.app, durable.inv.fn)
+        key = _subject_of(durable)
         solo = durable.future.idempotency_key is not None
         last = groups[-1] if groups else None
         if (
@@ -278,13 +278,18 @@ def _envelopes(ready: list[Durable]) -> list[list[Durable]]:
             or solo
             or last[0].future.idempotency_key is not None
             or len(last) >= size
-            or (last[0].inv.app, last[0].inv.fn) != key
+            or _subject_of(last[0]) != key
         ):
             groups.append([durable])
             group_bytes = item_bytes
         else:
             last.append(durable)
     return groups
+
+
+def _subject_of(durable: Durable) -> str:
+    inv = durable.inv
+    return protocol.work_subject(inv.app, inv.fn, inv.needs)
 
 
 def _envelope_message(group: list[Durable]) -> Message:
@@ -299,7 +304,9 @@ def work_message(inv: protocol.Invocation, envelope_id: str, items: list[bytes])
     """An envelope on its function's work subject, its id the stream's de-duplication key."""
     envelope = protocol.Envelope(id=envelope_id, items=items)
     return Message(
-        protocol.work_subject(inv.app, inv.fn), envelope.encode(), {"Nats-Msg-Id": envelope_id}
+        protocol.work_subject(inv.app, inv.fn, inv.needs),
+        envelope.encode(),
+        {"Nats-Msg-Id": envelope_id},
     )
 
 

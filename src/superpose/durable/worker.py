@@ -85,18 +85,32 @@ class _Credit:
 
 
 @dataclass
+class _Source:
+    """One consumer this node pulls from: ``anywhere``, or a needs class it meets."""
+
+    consumer: str
+    inbox: str
+    credits: list[_Credit] = field(default_factory=list)
+    subscription: Subscription | None = None
+
+    @property
+    def next_subject(self) -> str:
+        return f"$JS.API.CONSUMER.MSG.NEXT.{protocol.WORK_STREAM}.{self.consumer}"
+
+
+@dataclass
 class DurableWorker:
     agent: NodeAgent
     envelopes: dict[str, Envelope] = field(default_factory=dict)
     items: dict[str, Item] = field(default_factory=dict)
     """Items this node holds, by invocation id (one copy per id per node)."""
     cancelled: set[str] = field(default_factory=set)
-    _credits: list[_Credit] = field(default_factory=list)
+    _sources: dict[str, _Source] = field(default_factory=dict)
     _to_store: list[tuple[Item, protocol.Result]] = field(default_factory=list)
     _storing: bool = False
     _subs: list[Subscription] = field(default_factory=list)
     _room: asyncio.Event = field(default_factory=asyncio.Event)
-    _inbox: str = ""
+    _pulling: bool = True
     max_deliver: int = field(default_factory=lambda: config.max_deliver(protocol.MAX_DELIVER))
 
     @property
@@ -107,24 +121,50 @@ class DurableWorker:
 
     async def start(self, spawn: Callable[..., None]) -> None:
         nc = self.agent.nc
-        self._inbox = nc.new_inbox()
-        for subject, callback in ((self._inbox, self._on_delivery), (self.reply, self._on_result)):
-            self._subs.append(
-                await nc.subscribe(
-                    subject, cb=callback, pending_msgs_limit=-1, pending_bytes_limit=-1
-                )
+        self._subs.append(
+            await nc.subscribe(
+                self.reply, cb=self._on_result, pending_msgs_limit=-1, pending_bytes_limit=-1
             )
+        )
         self._subs.append(await nc.subscribe(protocol.CANCEL_SUBJECT, cb=self._on_cancel))
         loaded = asyncio.Event()
         spawn(self._follow_cancels(loaded))
         with contextlib.suppress(TimeoutError):  # cancellations made before we started
             await asyncio.wait_for(loaded.wait(), CANCELS_LOAD_S)
+        await self._add_source(protocol.WORK_CONSUMER)
         spawn(self._pull_loop())
         spawn(self._keep_alive())
 
+    def add_source(self, consumer: str) -> None:
+        """Also pull from ``consumer`` (a needs class this node meets), from now on."""
+        if consumer not in self._sources and self._pulling:
+            asyncio.get_running_loop().create_task(self._add_source(consumer))
+
+    async def _add_source(self, consumer: str) -> None:
+        if consumer in self._sources:
+            return
+        inbox = self.agent.nc.new_inbox()
+        source = _Source(consumer, inbox)
+        self._sources[consumer] = source
+
+        async def deliver(msg: Msg) -> None:
+            await self._on_delivery(source, msg)
+
+        source.subscription = await self.agent.nc.subscribe(
+            inbox,
+            cb=deliver,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        log.info("pulling durable work from %s", consumer)
+        self._room.set()
+
     async def stop_pulling(self) -> None:
-        for sub in self._subs[:1]:
-            await sub.unsubscribe()
+        self._pulling = False
+        for source in list(self._sources.values()):
+            if source.subscription is not None:
+                await source.subscription.unsubscribe()
+        self._sources.clear()
 
     def busy(self) -> bool:
         return bool(self.envelopes)
@@ -135,37 +175,41 @@ class DurableWorker:
 
     # --- pulling -------------------------------------------------------------------
 
-    def _wanted(self) -> int:
+    def _wanted(self, source: _Source) -> int:
         """Envelopes to ask for now: only while the node has idle capacity."""
         now = time.monotonic()
-        self._credits = [c for c in self._credits if c.expires > now and c.remaining > 0]
-        outstanding = sum(c.remaining for c in self._credits)
+        source.credits = [c for c in source.credits if c.expires > now and c.remaining > 0]
+        outstanding = sum(c.remaining for c in source.credits)
         waiting = self.agent.queued
         if waiting >= self.agent.capacity():
             return 0
         return max(0, PREFETCH_ENVELOPES - outstanding)
 
     async def _pull_loop(self) -> None:
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{protocol.WORK_STREAM}.{protocol.WORK_CONSUMER}"
         while True:
             self._room.clear()
-            wanted = self._wanted()
-            if wanted:
-                request = {"batch": wanted, "expires": int(PULL_EXPIRES_S * NS)}
-                try:
-                    await self.agent.nc.publish(
-                        subject, json.dumps(request).encode(), reply=self._inbox
-                    )
-                    self._credits.append(_Credit(time.monotonic() + PULL_EXPIRES_S, wanted))
-                except Exception:
-                    log.debug("pull request failed; retrying", exc_info=True)
+            for source in list(self._sources.values()):
+                await self._pull(source)
             with contextlib.suppress(TimeoutError):  # wake on room, or as pulls expire
                 await asyncio.wait_for(self._room.wait(), PULL_EXPIRES_S / 5)
 
-    async def _on_delivery(self, msg: Msg) -> None:
+    async def _pull(self, source: _Source) -> None:
+        wanted = self._wanted(source)
+        if not wanted:
+            return
+        request = {"batch": wanted, "expires": int(PULL_EXPIRES_S * NS)}
+        try:
+            await self.agent.nc.publish(
+                source.next_subject, json.dumps(request).encode(), reply=source.inbox
+            )
+            source.credits.append(_Credit(time.monotonic() + PULL_EXPIRES_S, wanted))
+        except Exception:
+            log.debug("pull request failed; retrying", exc_info=True)
+
+    async def _on_delivery(self, source: _Source, msg: Msg) -> None:
         headers = msg.headers or {}
         status = headers.get("Status")
-        credit = next((c for c in self._credits if c.remaining > 0), None)
+        credit = next((c for c in source.credits if c.remaining > 0), None)
         if status is not None:  # 404/408/409: the pull ended with fewer messages
             if status in ("404", "408", "409") and credit is not None:
                 pending = int(headers.get("Nats-Pending-Messages", "0") or 0)

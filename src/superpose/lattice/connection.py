@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -160,32 +161,8 @@ async def _ensure_durable_path(nc: NATS, replicas: int) -> None:
             "max_msg_size": -1,
         },
     )
-    await _open_or_create(
-        f"consumer {protocol.WORK_CONSUMER}",
-        lambda: js_api(
-            nc, f"$JS.API.CONSUMER.INFO.{protocol.WORK_STREAM}.{protocol.WORK_CONSUMER}", {}
-        ),
-        lambda: js_api(
-            nc,
-            f"$JS.API.CONSUMER.DURABLE.CREATE.{protocol.WORK_STREAM}.{protocol.WORK_CONSUMER}",
-            {
-                "stream_name": protocol.WORK_STREAM,
-                "config": {
-                    "durable_name": protocol.WORK_CONSUMER,
-                    "ack_policy": "explicit",
-                    "ack_wait": int(protocol.ACK_WAIT_S * NS),
-                    # Unbounded here on purpose: the node fails an envelope's items as
-                    # lost on delivery MAX_DELIVER + 1. A JetStream limit would stop
-                    # delivering silently if that node died too, and no result would
-                    # ever be stored.
-                    "max_deliver": -1,
-                    "max_ack_pending": 100_000,
-                    "max_waiting": 4096,
-                    "num_replicas": replicas,
-                },
-            },
-        ),
-    )
+    await _drop_legacy_consumer(nc)
+    await ensure_work_consumer(nc, protocol.WORK_CONSUMER, protocol.WORK_ANY_FILTER, replicas)
     # Laid out exactly as a nats-py/CLI key-value bucket, plus atomic batches.
     bucket = protocol.RESULTS_BUCKET
     await _ensure_raw_stream(
@@ -204,6 +181,63 @@ async def _ensure_durable_path(nc: NATS, replicas: int) -> None:
             "duplicate_window": 120 * NS,
             "allow_atomic": True,
         },
+    )
+
+
+async def ensure_work_consumer(
+    nc: NATS, name: str, filter_subject: str, replicas: int | None = None
+) -> None:
+    """A shared pull consumer on the work stream: ``anywhere``, or one per needs class."""
+    replicas = replicas or replicas_from_env()
+    await _open_or_create(
+        f"consumer {name}",
+        lambda: js_api(nc, f"$JS.API.CONSUMER.INFO.{protocol.WORK_STREAM}.{name}", {}),
+        lambda: js_api(
+            nc,
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{protocol.WORK_STREAM}.{name}",
+            {
+                "stream_name": protocol.WORK_STREAM,
+                "config": {
+                    "durable_name": name,
+                    "filter_subject": filter_subject,
+                    "ack_policy": "explicit",
+                    "ack_wait": int(protocol.ACK_WAIT_S * NS),
+                    # Unbounded here on purpose: the node fails an envelope's items as
+                    # lost on delivery MAX_DELIVER + 1. A JetStream limit would stop
+                    # delivering silently if that node died too, and no result would
+                    # ever be stored.
+                    "max_deliver": -1,
+                    "max_ack_pending": 100_000,
+                    "max_waiting": 4096,
+                    "num_replicas": replicas,
+                },
+            },
+        ),
+    )
+
+
+async def _drop_legacy_consumer(nc: NATS) -> None:
+    """A state folder from before placement has an unfiltered consumer that would
+    overlap the filtered ones (a work-queue stream refuses that): remove it."""
+    subject = f"$JS.API.CONSUMER.DELETE.{protocol.WORK_STREAM}.{protocol.LEGACY_WORK_CONSUMER}"
+    with contextlib.suppress(nats.errors.Error, LatticeError):
+        await js_api(nc, subject, {})
+
+
+async def _ensure_traces_stream(js: JetStreamContext, replicas: int) -> None:
+    config = StreamConfig(
+        name=protocol.TRACES_STREAM,
+        subjects=[protocol.TRACES_WILDCARD],
+        storage=StorageType.FILE,
+        max_age=protocol.TRACE_RETENTION_S,
+        max_bytes=protocol.LOG_MAX_BYTES,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+    )
+    await _open_or_create(
+        protocol.TRACES_STREAM,
+        lambda: js.stream_info(protocol.TRACES_STREAM),
+        lambda: js.add_stream(config),
     )
 
 
@@ -234,6 +268,7 @@ async def ensure_assets(nc: NATS) -> Assets:
         bundles = await objects(bucket=protocol.BUNDLES_BUCKET)
         blobs = await objects(bucket=protocol.BLOBS_BUCKET, ttl=protocol.BLOB_TTL_S)
         await _ensure_logs_stream(js, replicas)
+        await _ensure_traces_stream(js, replicas)
         await _ensure_durable_path(nc, replicas)
         results = await js.key_value(protocol.RESULTS_BUCKET)
         dead = await kv(bucket=protocol.DEAD_BUCKET, ttl=protocol.DEAD_TTL_S)

@@ -11,11 +11,12 @@ report → release.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -26,7 +27,7 @@ from nats.aio.subscription import Subscription
 
 from superpose import protocol
 from superpose.code import store
-from superpose.config import DEFAULT_TIMEOUT_S
+from superpose.config import DEFAULT_TIMEOUT_S, affinity_from_env
 from superpose.durable.worker import DurableWorker
 from superpose.errors import CallTimeoutError, NotFoundError, SuperposeError
 from superpose.lattice.connection import Assets, connect, ensure_assets
@@ -34,9 +35,16 @@ from superpose.node.call_log import CallLog
 from superpose.node.executors import Call, ExecutorDied, ExecutorProcess, LoadFailed
 from superpose.node.prefetch import AliasPrefetcher
 from superpose.node.slots import SlotPool
+from superpose.placement import NodeDirectory, satisfies
+from superpose.registry import Registry
 
 log = logging.getLogger("superpose.node")
 DEFAULT_ASYNC_CONCURRENCY = 100
+FORWARDS_PER_SLOT = 2
+"""Calls handed to a warm node per slot of it, outstanding, before this node loads the
+bundle itself (a done report can trail the caller's next call)."""
+FORWARD_FORGET_S = 60.0
+"""A handed-over call never reported done (its node died) stops counting after this."""
 SPARE_READY_S = 10.0
 
 
@@ -61,6 +69,8 @@ class NodeConfig:
     max_executors: int = 8
     """Warm executor processes kept; the least recently used idle one is evicted past this."""
     drain_grace_s: float = 10.0
+    affinity: bool = field(default_factory=affinity_from_env)
+    """Hand a call for a bundle this node lacks to a node holding it warm and idle."""
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -120,6 +130,15 @@ class NodeAgent:
         self._executor_log: IO[bytes] | None = None
         self.durable = DurableWorker(self)
         self._prefetcher: AliasPrefetcher | None = None
+        self.directory: NodeDirectory | None = None
+        self._registry: Registry | None = None
+        self.cold_loads = 0
+        self.forwarded = 0
+        self.traffic: Counter[str] = Counter()
+        self._forwards: dict[str, dict[str, float]] = {}
+        """Calls handed to other nodes and not yet reported done: node → {id: when}."""
+        self._forwarded_from: dict[str, str] = {}
+        """Calls other nodes handed to this one: id → the node to tell when it ends."""
 
     @property
     def nc(self) -> NATS:
@@ -163,9 +182,26 @@ class NodeAgent:
         )
         self._subs.append(
             await self.nc.subscribe(
+                protocol.node_call_wildcard(self.config.node_id),
+                cb=self._on_placed_call,
+                pending_msgs_limit=-1,
+                pending_bytes_limit=-1,
+            )
+        )
+        self._subs.append(
+            await self.nc.subscribe(
                 protocol.node_control_subject(self.config.node_id), cb=self._on_control
             )
         )
+        self._subs.append(
+            await self.nc.subscribe(
+                protocol.forward_done_subject(self.config.node_id), cb=self._on_forward_done
+            )
+        )
+        self.directory = NodeDirectory(self._assets.nodes)
+        await self.directory.start()
+        self._registry = Registry(self._assets.registry, on_change=self._on_registry_change)
+        await self._registry.start()
         self._prefetcher = AliasPrefetcher(self.nc, self._prefetch)
         await self._prefetcher.start()
         await self.durable.start(self._spawn)
@@ -182,8 +218,7 @@ class NodeAgent:
 
     async def shutdown(self) -> None:
         """Stop taking calls, drain, stop executors, leave. Never waits on a dead lattice."""
-        if self._prefetcher is not None:
-            await _bounded(self._prefetcher.stop(), "stop prefetching")
+        await self._stop_watching()
         for sub in self._subs:
             await _bounded(sub.unsubscribe(), "unsubscribe")
         self._subs.clear()
@@ -210,6 +245,11 @@ class NodeAgent:
         self.call_log.flush()
         log.info("node %s stopped", self.config.node_id)
 
+    async def _stop_watching(self) -> None:
+        for watch in (self._prefetcher, self.directory, self._registry):
+            if watch is not None:
+                await _bounded(watch.stop(), "stop watching the lattice")
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -230,6 +270,8 @@ class NodeAgent:
             started=self.started,
             seen=time.time(),
             served=self.served,
+            cold_loads=self.cold_loads,
+            traffic=dict(self.traffic),
         )
 
     async def _heartbeat_once(self) -> None:
@@ -315,6 +357,7 @@ class NodeAgent:
                     )
                     host = BundleHost(inv.digest, path)
                     await self._add_executor(host, inv.app)
+                    self.cold_loads += 1
                     self.hosts[inv.digest] = host
                     log.info("⇣ bundle %s warm (%s)", inv.digest[:12], inv.app)
         self.hosts.move_to_end(inv.digest)
@@ -389,6 +432,18 @@ class NodeAgent:
     # --- invocations -------------------------------------------------------------
 
     async def _on_call(self, msg: Msg) -> None:
+        """A call from the queue group: any node may serve it, ideally one holding it warm."""
+        await self._take_call(msg, may_forward=self.config.affinity)
+
+    async def _on_placed_call(self, msg: Msg) -> None:
+        """A call sent to this node by name (its needs, a pin, or warm affinity)."""
+        sender = (msg.headers or {}).get(protocol.FORWARDED_BY_HEADER)
+        if sender:
+            with contextlib.suppress(ValueError, KeyError):
+                self._forwarded_from[protocol.Invocation.decode(msg.data).id] = sender
+        await self._take_call(msg, may_forward=False)
+
+    async def _take_call(self, msg: Msg, *, may_forward: bool) -> None:
         reply = msg.reply or ""
         try:
             inv = protocol.Invocation.decode(msg.data)
@@ -404,10 +459,60 @@ class NodeAgent:
                 f"{inv.app}.{inv.fn} reached a node after its caller's deadline",
             )
             return
+        if may_forward and inv.digest not in self.hosts and self._forward_to_warm(inv, msg):
+            return
         client = protocol.client_of_reply(reply)
         if client is not None:
             self.held[inv.id] = (client, time.monotonic(), inv.deadline)
         self.accept(inv, msg)
+
+    def _forward_to_warm(self, inv: protocol.Invocation, msg: Msg) -> bool:
+        """Warm affinity: this node would load the bundle cold, so hand the call to a
+        node that holds it warm and has room. One hop at most (the receiver never
+        forwards). "Room" means no calls queued there at its last heartbeat and fewer
+        than two per slot handed over and not yet reported done, so a hot bundle spills
+        onto this node instead of piling up on one."""
+        assert self.directory is not None
+        now = time.monotonic()
+        best: tuple[int, protocol.NodeInfo] | None = None
+        for node in self.directory.live():
+            if node.id == self.config.node_id or inv.digest not in node.warm:
+                continue
+            outstanding = self._forwards.setdefault(node.id, {})
+            for inv_id, since in list(outstanding.items()):
+                if now - since > FORWARD_FORGET_S:
+                    del outstanding[inv_id]
+            room = node.queued < node.slots and len(outstanding) < FORWARDS_PER_SLOT * node.slots
+            if room and (best is None or len(outstanding) < best[0]):
+                best = (len(outstanding), node)
+        if best is None:
+            return False
+        node = best[1]
+        self._forwards[node.id][inv.id] = now
+        self.forwarded += 1
+        subject = protocol.node_call_subject(node.id, inv.app, inv.fn)
+        headers = {protocol.FORWARDED_BY_HEADER: self.config.node_id}
+        self._spawn(self.nc.publish(subject, msg.data, reply=msg.reply or "", headers=headers))
+        return True
+
+    async def _on_forward_done(self, msg: Msg) -> None:
+        node, _, inv_id = msg.data.decode().partition(" ")
+        self._forwards.get(node, {}).pop(inv_id, None)
+
+    def _forward_ended(self, inv_id: str) -> None:
+        """Tell the node that handed us this call that it ended (see _forward_to_warm)."""
+        sender = self._forwarded_from.pop(inv_id, None)
+        if sender is not None:
+            done = f"{self.config.node_id} {inv_id}".encode()
+            self._spawn(self.nc.publish(protocol.forward_done_subject(sender), done))
+
+    def _on_registry_change(self, key: str) -> None:
+        """A needs class appeared: pull its durable work if this node meets the needs."""
+        assert self._registry is not None
+        kind, _, cls = key.partition(".")
+        needs = self._registry.placements.get(cls) if kind == "place" else None
+        if needs is not None and satisfies(self.info(), needs):
+            self.durable.add_source(protocol.placed_consumer(cls))
 
     def accept(self, inv: protocol.Invocation, msg: Request) -> None:
         """Run a decoded call now, or queue it until this node has room."""
@@ -542,6 +647,7 @@ class NodeAgent:
 
         def finished(done: asyncio.Future[bool]) -> None:
             self.held.pop(inv.id, None)
+            self._forward_ended(inv.id)
             for timer in timers:
                 timer.cancel()
             host.users -= 1
@@ -559,15 +665,39 @@ class NodeAgent:
             if error is not None:
                 self._spawn(self._report_failure(reply, inv, error))  # type: ignore[arg-type]
                 return
-            self.served += 1
-            self.call_log.record(
-                "←" if done.result() else "✗", inv, (time.perf_counter() - started) * 1000
-            )
+            self._served(inv, started, bool(done.result()))
 
         call.on_start = on_start
         call.done.add_done_callback(finished)
         host.users += 1
         executor.run(msg.data, reply, call)
+
+    def _served(self, inv: protocol.Invocation, started: float, ok: bool) -> None:
+        self.served += 1
+        self.traffic[f"{inv.app}@{inv.digest}"] += 1
+        if inv.ctx.trace:
+            self._spawn(self._publish_span(inv, started, ok))
+        self.call_log.record("←" if ok else "✗", inv, (time.perf_counter() - started) * 1000)
+
+    async def _publish_span(self, inv: protocol.Invocation, started: float, ok: bool) -> None:
+        trace_id = inv.ctx.trace_id or inv.id
+        span = protocol.Span(
+            trace_id=trace_id,
+            id=inv.id,
+            parent_id=inv.ctx.parent_id,
+            app=inv.app,
+            fn=inv.fn,
+            digest=inv.digest,
+            node=self.config.node_id,
+            started=time.time() - (time.perf_counter() - started),
+            duration_s=time.perf_counter() - started,
+            ok=ok,
+            session=inv.ctx.session,
+        )
+        try:
+            await self.nc.publish(protocol.trace_subject(trace_id), span.encode())
+        except Exception:
+            log.debug("could not record a span of %s", inv.id, exc_info=True)
 
     def cancel(self, inv_id: str) -> list[str]:
         """Kill the executor running ``inv_id``; returns the other calls that died with it."""
@@ -614,6 +744,7 @@ class NodeAgent:
 
     async def _report_failure(self, reply: str, inv: protocol.Invocation, exc: Exception) -> None:
         self.held.pop(inv.id, None)
+        self._forward_ended(inv.id)
         if not isinstance(exc, LoadFailed | ExecutorDied | SuperposeError):
             log.exception("internal error serving %s", inv.id)
         info = _error_info(exc)

@@ -1,0 +1,151 @@
+"""CLI commands for routing rules: ``canary``, ``pin``/``unpin``, ``lock``/``unlock``, ``trace``.
+
+Each command changes or reads one registry rule (see ``superpose.routing``);
+the effect reaches every client and node through their registry mirrors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable
+
+from superpose import routing
+from superpose.cli import _app_arg, _short, _with_client
+from superpose.client import Client
+from superpose.errors import BadRequestError
+
+AddCommand = Callable[..., argparse.ArgumentParser]
+
+
+def cmd_canary(ns: argparse.Namespace) -> int:
+    app = _app_arg(ns.app)
+    if ns.off and (ns.version or ns.percent is not None):
+        raise BadRequestError("--off takes no version or --percent")
+    if not ns.off and ns.version and ns.percent is None:
+        raise BadRequestError(f"say how many sessions go to {ns.version}: --percent P (0-100)")
+
+    async def body(client: Client) -> int:
+        registry = await client.registry()
+        if ns.off:
+            old = await routing.canary_off(registry, app)
+            print(f"{app}: canary off" + (f" (was {_short(old.version)})" if old else ""))
+        elif ns.version:
+            canary = await routing.set_canary(registry, app, ns.version, ns.percent, ns.key)
+            key = f", session from {canary.key}" if canary.key else ""
+            print(f"{app}: {canary.percent:g} % of sessions → {_short(canary.version)}{key}")
+        else:
+            shown = routing.split(registry, app, (await client.nodes()).live())
+            print(json.dumps(shown, indent=2))
+        return 0
+
+    return asyncio.run(_with_client(ns.lattice, body))
+
+
+def cmd_pin(ns: argparse.Namespace) -> int:
+    async def body(client: Client) -> int:
+        live = [n.id for n in (await client.nodes()).live()]
+        await routing.pin(await client.registry(), live, ns.function, ns.node)
+        print(f"{ns.function} pinned to {ns.node}")
+        return 0
+
+    return asyncio.run(_with_client(ns.lattice, body))
+
+
+def cmd_unpin(ns: argparse.Namespace) -> int:
+    async def body(client: Client) -> int:
+        old = await routing.unpin(await client.registry(), ns.function)
+        print(f"{ns.function} unpinned" + (f" (was on {old})" if old else " (was not pinned)"))
+        return 0
+
+    return asyncio.run(_with_client(ns.lattice, body))
+
+
+def cmd_lock(ns: argparse.Namespace) -> int:
+    app = _app_arg(ns.app)
+    if ns.show == bool(ns.link):
+        raise BadRequestError(
+            f"give a link to freeze (`superpose lock {app} pricing@3f2a91`) or --show"
+        )
+
+    async def body(client: Client) -> int:
+        registry = await client.registry()
+        if ns.show:
+            print(json.dumps(routing.lockfile(registry, app), indent=2))
+            return 0
+        dep, digest = await routing.lock(registry, app, ns.link)
+        print(f"{app} → {dep}@{_short(digest)} (locked)")
+        return 0
+
+    return asyncio.run(_with_client(ns.lattice, body))
+
+
+def cmd_unlock(ns: argparse.Namespace) -> int:
+    app = _app_arg(ns.app)
+
+    async def body(client: Client) -> int:
+        old = await routing.unlock(await client.registry(), app, ns.dep)
+        print(f"{app} → {ns.dep}: follows latest again (was locked to {_short(old)})")
+        return 0
+
+    return asyncio.run(_with_client(ns.lattice, body))
+
+
+def cmd_trace(ns: argparse.Namespace) -> int:
+    async def body(client: Client) -> int:
+        spans = await routing.read_trace(client.nc, ns.id)
+        if not spans:
+            raise BadRequestError(f"no spans recorded for trace {ns.id} (kept for an hour)")
+        if ns.json:
+            print(json.dumps([span.__dict__ for span in spans], indent=2))
+            return 0
+        depth = {spans[0].id: 0}
+        for span in spans:
+            level = depth.get(span.parent_id or "", -1) + 1
+            depth[span.id] = level
+            mark = "ok" if span.ok else "FAILED"
+            print(
+                f"{'  ' * level}{span.app}.{span.fn}@{span.digest[:12]}  node={span.node}  "
+                f"{span.duration_s * 1000:.1f} ms  {mark}"
+            )
+        return 0
+
+    return asyncio.run(_with_client(ns.lattice, body))
+
+
+def add_commands(add: AddCommand) -> None:
+    p = add(
+        "canary",
+        cmd_canary,
+        "send a share of an app's sessions to another version (or --off; no version: show)",
+    )
+    p.add_argument("app")
+    p.add_argument("version", nargs="?", help="digest prefix (6+ characters) or an alias")
+    p.add_argument("--percent", type=float, help="share of sessions, 0-100")
+    p.add_argument(
+        "--key",
+        help="where a request's session comes from: header:NAME or arg:NAME "
+        "(default: X-Superpose-Session, else each request is its own session)",
+    )
+    p.add_argument("--off", action="store_true", help="send every session to latest")
+
+    p = add("pin", cmd_pin, "serve a function only on one node")
+    p.add_argument("function", help="APP.FN")
+    p.add_argument("node", help="node id, as `superpose status` lists it")
+
+    p = add("unpin", cmd_unpin, "let a pinned function run on any node again")
+    p.add_argument("function", help="APP.FN")
+
+    p = add("lock", cmd_lock, "freeze the version an app's calls to another app resolve to")
+    p.add_argument("app")
+    p.add_argument("link", nargs="?", help="DEP@VERSION, e.g. pricing@3f2a91")
+    p.add_argument("--show", action="store_true", help="print the app's runtime lockfile")
+
+    p = add("unlock", cmd_unlock, "let an app's calls to another app follow its latest again")
+    p.add_argument("app")
+    p.add_argument("dep", help="the app it calls")
+
+    p = add("trace", cmd_trace, "show which version of each function answered a traced request")
+    p.add_argument("id", help="trace id (X-Superpose-Trace-Id, or printed by `call --trace`)")
+    p.add_argument("--json", action="store_true")
