@@ -117,6 +117,8 @@ class Invocable:
     """What every remote function offers: remote, spawn, map, options."""
 
     options_: Options
+    app: str | None = None
+    """The deployed app a handle names (its canary key may read the call's arguments)."""
 
     def __init__(self, options: Options) -> None:
         self.options_ = options
@@ -140,14 +142,14 @@ class Invocable:
 
     def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, durable: bool) -> Future:
         client = self._client()
-        ctx = client.call_context(self.options_)
+        ctx = client.call_context(self.options_, self.app, kwargs)
         target = self._target(client, ctx)
         return client.submit(target, args, kwargs, self.options_, durable=durable, ctx=ctx)
 
     def map(self, *iterables: Iterable[Any], window: int = MAP_WINDOW) -> Iterator[Any]:
         """Results of the function over the items, in order, as soon as each is ready."""
         client = self._client()
-        ctx = client.call_context(self.options_)
+        ctx = client.call_context(self.options_, self.app)
         target = self._target(client, ctx)
         items = zip(*iterables, strict=False)
         total = _length(iterables)
@@ -269,18 +271,19 @@ class RemoteFunction(Invocable):
 
     def __init__(self, app: str, fn: str, version: str | None, options: Options) -> None:
         super().__init__(options)
-        self.app, self.fn, self.version = app, fn, version
+        self.app_name, self.fn, self.version = app, fn, version
+        self.app = app
         self._bound_client: Client | None = None
 
     def _client(self) -> Client:
         return self._bound_client or super()._client()
 
     def _target(self, client: Client, ctx: protocol.CallContext | None = None) -> Target:
-        return client.resolve(self.app, self.fn, self.version, ctx)
+        return client.resolve(self.app_name, self.fn, self.version, ctx)
 
     def __repr__(self) -> str:
         at = f"@{self.version}" if self.version else ""
-        return f"<superpose function {self.app}.{self.fn}{at}>"
+        return f"<superpose function {self.app_name}.{self.fn}{at}>"
 
 
 @overload

@@ -1,0 +1,259 @@
+"""Canaries by session, version context through the call graph, pins, traces, and
+runtime-linked apps with their lockfile — against a real lattice, through the CLI,
+the gateway and the Python API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ROOT, Lattice, client_on, poll, start_lattice, stop_lattice, superpose_cli
+from test_cli import deploy, unique, write_app
+
+CHAIN = """
+import superpose as sp
+
+below = {below}
+
+
+@sp.function
+def tag(user: str = "") -> list[str]:
+    mine = ["{app}:{version}"]
+    return mine + (below.tag.remote(user=user) if below is not None else [])
+"""
+
+
+@pytest.fixture(scope="module")
+def lattice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lattice]:
+    """Its own lattice: the federation example names its apps (shop, pricing, tax)."""
+    handle = start_lattice(tmp_path_factory.mktemp("routing"), workers=2)
+    yield handle
+    stop_lattice(handle)
+
+
+def deploy_chain(lattice: Lattice, root: Path, names: list[str], versions: int) -> dict:  # type: ignore[type-arg]
+    """Apps names[0] → names[1] → ... each calling the next with ``sp.use``; every app
+    deployed ``versions`` times (v1, v2, ...). Returns app → [digest of v1, v2, ...]."""
+    digests: dict[str, list[str]] = {}
+    for i, app in enumerate(names):
+        below = f'sp.use("{names[i + 1]}")' if i + 1 < len(names) else "None"
+        for v in range(1, versions + 1):
+            folder = write_app(
+                root / app, {"chain.py": CHAIN.format(app=app, version=f"v{v}", below=below)}
+            )
+            digests.setdefault(app, []).append(deploy(lattice, folder))
+    return digests
+
+
+def call(
+    lattice: Lattice, name: str, headers: dict[str, str] | None = None, **kwargs: str
+) -> httpx.Response:
+    response = httpx.post(
+        f"{lattice.gateway}/v1/call/{name}",
+        json={"args": [], "kwargs": kwargs},
+        headers=headers or {},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+def test_canary_splits_sessions_and_each_session_sticks(lattice: Lattice, tmp_path: Path) -> None:
+    (app,) = names = [unique("cn")]
+    digests = deploy_chain(lattice, tmp_path, names, versions=2)
+    v1, v2 = digests[app]
+    superpose_cli(
+        "canary", app, v1[:12], "--percent", "10", "--key", "header:X-Session",
+        url=lattice.url, check=True,
+    )  # fmt: skip
+    with httpx.Client(timeout=60) as http:
+
+        def version_for(session: str) -> str:
+            response = http.post(
+                f"{lattice.gateway}/v1/call/{app}.tag",
+                json={"args": [], "kwargs": {}},
+                headers={"X-Session": session},
+            )
+            assert response.status_code == 200, response.text
+            assert response.headers["x-superpose-version"] in (v1, v2)
+            return str(response.json()["result"][0].split(":")[1])
+
+        first = {f"s{i}": version_for(f"s{i}") for i in range(1000)}
+        share = Counter(first.values())["v1"] / 1000
+        assert 0.07 <= share <= 0.13, share
+        again = {s: version_for(s) for s in list(first)[:100]}
+        assert again == {s: first[s] for s in again}  # every session sticks to its version
+        # a per-request version override wins over the canary
+        forced = http.post(
+            f"{lattice.gateway}/v1/call/{app}.tag",
+            json={"args": [], "kwargs": {}},
+            headers={
+                "X-Session": "s0",
+                "X-Superpose-Version": v2[:12] if first["s0"] == "v1" else v1[:12],
+            },
+        )
+        assert forced.json()["result"][0].split(":")[1] != first["s0"]
+
+    def shown() -> dict | None:  # type: ignore[type-arg]
+        state = json.loads(superpose_cli("status", "--json", url=lattice.url, check=True).stdout)
+        (entry,) = [a for a in state["apps"] if a["app"] == app]
+        rules = entry["routing"]
+        return rules if sum(rules["traffic"].values()) >= 1101 else None
+
+    rules = poll(shown, "the traffic in the nodes' heartbeats")
+    assert rules["canary"] == {"version": v1, "percent": 10.0, "key": "header:X-Session"}
+    assert 70 <= rules["traffic"][v1] <= 140
+    listing = httpx.get(f"{lattice.gateway}/v1/apps/{app}", timeout=30).json()
+    assert listing["routing"]["canary"]["version"] == v1
+    human = superpose_cli("status", url=lattice.url, check=True).stdout
+    assert f"canary: 10 % → {v1[:12]} by header:X-Session" in human
+
+    superpose_cli("canary", app, "--off", url=lattice.url, check=True)
+    assert {version_for_all(lattice, app, f"s{i}") for i in range(30)} == {"v2"}
+
+
+def version_for_all(lattice: Lattice, app: str, session: str) -> str:
+    response = call(lattice, f"{app}.tag", {"X-Superpose-Session": session})
+    return str(response.json()["result"][0].split(":")[1])
+
+
+def test_a_session_sees_one_combination_of_versions_through_three_nested_calls(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    """a → b → c, each app in a 50 % canary: the versions a session meets are decided
+    once per app by its session key, whichever node runs each nested call."""
+    names = [unique("ca"), unique("cb"), unique("cc")]
+    digests = deploy_chain(lattice, tmp_path, names, versions=2)
+    for app in names:
+        superpose_cli("canary", app, digests[app][0][:12], "--percent", "50", "--key", "arg:user", url=lattice.url, check=True)  # fmt: skip
+    combos = {}
+    for user in (f"u{i}" for i in range(24)):
+        seen = {
+            tuple(call(lattice, f"{names[0]}.tag", user=user).json()["result"]) for _ in range(3)
+        }
+        assert len(seen) == 1, f"session {user} saw {seen}"
+        combos[user] = seen.pop()
+    assert len(set(combos.values())) >= 3  # the split is per app, not one coin for all
+    # the same sessions from the Python API (session from the keyword argument)
+    with client_on(lattice) as client:
+        top = client.function(f"{names[0]}.tag")
+        for user in list(combos)[:6]:
+            assert tuple(top.remote(user=user)) == combos[user]
+        # a pin for one request wins down the whole graph, without any deploy
+        pinned = top.options(pins={names[2]: digests[names[2]][1][:12]})
+        assert all(pinned.remote(user=u)[2].endswith(":v2") for u in list(combos)[:6])
+    # and from the HTTP header
+    user = next(u for u, combo in combos.items() if combo[2].endswith(":v2"))
+    forced = call(
+        lattice,
+        f"{names[0]}.tag",
+        {"X-Superpose-Pin": f"{names[2]}@{digests[names[2]][0][:12]}"},
+        user=user,
+    )
+    assert forced.json()["result"][:2] == list(combos[user][:2])
+    assert forced.json()["result"][2].endswith(":v1")
+
+
+def test_a_trace_shows_which_versions_answered(lattice: Lattice, tmp_path: Path) -> None:
+    names = [unique("ta"), unique("tb"), unique("tc")]
+    digests = deploy_chain(lattice, tmp_path, names, versions=1)
+    response = call(lattice, f"{names[0]}.tag", {"X-Superpose-Trace": "1"})
+    trace_id = response.headers["x-superpose-trace-id"]
+
+    def spans() -> list | None:  # type: ignore[type-arg]
+        found = httpx.get(f"{lattice.gateway}/v1/traces/{trace_id}", timeout=30)
+        body = found.json() if found.status_code == 200 else {"spans": []}
+        return body["spans"] if len(body["spans"]) == 3 else None
+
+    found = poll(spans, "three spans")
+    assert [(s["app"], s["digest"]) for s in found] == [(n, digests[n][0]) for n in names]
+    assert found[1]["parent_id"] == found[0]["id"] and found[2]["parent_id"] == found[1]["id"]
+    shown = superpose_cli("trace", trace_id, url=lattice.url, check=True).stdout
+    assert f"    {names[2]}.tag@{digests[names[2]][0][:12]}" in shown
+    assert httpx.get(f"{lattice.gateway}/v1/traces/nope", timeout=30).status_code == 404
+    proc = superpose_cli("trace", "bad id!", url=lattice.url)
+    assert proc.returncode == 1 and "not a trace id" in proc.stderr
+
+
+def test_canary_and_pin_bad_input_is_refused(lattice: Lattice, tmp_path: Path) -> None:
+    (app,) = names = [unique("bad")]
+    deploy_chain(lattice, tmp_path, names, versions=1)
+    for args, message in [
+        (("canary", app, "latest", "--percent", "150"), "between 0 and 100"),
+        (("canary", app, "latest", "--percent", "-1"), "between 0 and 100"),
+        (("canary", app, "abcdef12", "--percent", "10"), "no version or alias 'abcdef12'"),
+        (("canary", "no_app", "latest", "--percent", "10"), "no app named 'no_app'"),
+        (("canary", app, "latest", "--percent", "10", "--key", "cookie:x"), "header:NAME"),
+        (("canary", app, "latest"), "--percent"),
+        (("canary", app, "latest", "--off"), "--off takes no version"),
+    ]:
+        proc = superpose_cli(*args, url=lattice.url)
+        assert proc.returncode == 1, (args, proc.stdout)
+        assert message in proc.stderr, (args, proc.stderr)
+    bad_pin = httpx.post(
+        f"{lattice.gateway}/v1/call/{app}.tag",
+        json={"args": [], "kwargs": {}},
+        headers={"X-Superpose-Pin": "nonsense"},
+        timeout=30,
+    )
+    assert bad_pin.status_code == 400 and "APP@VERSION" in bad_pin.text
+    unknown = httpx.post(
+        f"{lattice.gateway}/v1/call/{app}.tag",
+        json={"args": [], "kwargs": {}},
+        headers={"X-Superpose-Pin": f"{app}@abcdef12"},
+        timeout=30,
+    )
+    assert unknown.status_code == 404 and "abcdef12" in unknown.text
+
+
+def test_three_deep_runtime_linked_update_and_lock(lattice: Lattice, tmp_path: Path) -> None:
+    """The federation example: shop → pricing → tax, each deployed alone."""
+    example = tmp_path / "federation"
+    shutil.copytree(ROOT / "examples" / "federation", example)
+    tax_v1 = deploy(lattice, example / "tax")
+    deploy(lattice, example / "pricing")
+    shop = deploy(lattice, example / "shop")
+
+    def checkout() -> float:
+        proc = superpose_cli(
+            "call", "shop.checkout", '[["apple", "pear"]]', url=lattice.url, check=True
+        )
+        return float(json.loads(proc.stdout)["total"])
+
+    assert checkout() == 3.6
+    rates = example / "tax" / "rates.py"
+    rates.write_text(rates.read_text().replace('"eu": 0.20', '"eu": 0.25'))
+    tax_v2 = deploy(lattice, example / "tax")
+    assert tax_v2 != tax_v1
+    assert checkout() == 3.75  # a new tax reaches shop with no redeploy of shop or pricing
+    assert deploy(lattice, example / "shop") == shop  # shop's code never changed
+
+    superpose_cli("lock", "pricing", f"tax@{tax_v1[:12]}", url=lattice.url, check=True)
+    assert checkout() == 3.6
+    shown = json.loads(
+        superpose_cli("lock", "pricing", "--show", url=lattice.url, check=True).stdout
+    )
+    assert shown == {"app": "pricing", "locked": {"tax": tax_v1}, "default": "latest"}
+    # a call made outside pricing is not bound by pricing's lock
+    direct = superpose_cli("call", "tax.rate", '["eu"]', url=lattice.url, check=True)
+    assert json.loads(direct.stdout) == 0.25
+    superpose_cli("unlock", "pricing", "tax", url=lattice.url, check=True)
+    assert checkout() == 3.75
+
+    for args, message in [
+        (("lock", "pricing", "tax@abcdef12"), "no version or alias 'abcdef12'"),
+        (("lock", "pricing", "no_app@abcdef12"), "no app named 'no_app'"),
+        (("lock", "no_app", f"tax@{tax_v1[:12]}"), "no app named 'no_app'"),
+        (("lock", "pricing", "tax"), "DEP@VERSION"),
+        (("lock", "pricing"), "--show"),
+        (("unlock", "pricing", "tax"), "has no lock on 'tax'"),
+    ]:
+        proc = superpose_cli(*args, url=lattice.url)
+        assert proc.returncode == 1, (args, proc.stdout)
+        assert message in proc.stderr, (args, proc.stderr)
