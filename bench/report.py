@@ -67,6 +67,9 @@ METRICS = (
         target=("<=", 100.0),
     ),
     Metric("alias", "move_ms", "8 alias move itself (KV read + put)", "ms"),
+    Metric("affinity", "cold_loads_on", "8 20 bundles, 2 nodes: cold loads, warm affinity", "n"),
+    Metric("affinity", "cold_loads_off", "8 same, random placement", "n"),
+    Metric("affinity", "ratio", "8 cold loads affinity / random", "x", target=("<=", 1.0)),
 )
 
 

@@ -42,8 +42,9 @@ WORKLOADS = (
     "bundle",
     "update",
     "alias",
+    "affinity",
 )
-SP_ONLY = ("up", "bundle", "update", "alias")
+SP_ONLY = ("up", "bundle", "update", "alias", "affinity")
 TAG_ENV = "SUPERPOSE_BENCH_TAG"
 KILL_GRACE_S = 20.0
 
@@ -165,6 +166,7 @@ def time_limit(workload: str, sizes: Any) -> float:
         "bundle": 60 + s.sp_bundle_repeats * 60,
         "update": 60 + s.sp_update_repeats * 60,
         "alias": 90.0,
+        "affinity": 300.0,
     }
     return float(limits[workload])
 

@@ -265,15 +265,16 @@ def _print_alias(figures: list[Figures]) -> None:
 
 
 @contextmanager
-def _running_lattice() -> Iterator[tuple[Any, Path]]:
-    """A ``superpose up --detach`` lattice (2 nodes × 1 slot) and a client on it."""
+def _running_lattice(env: dict[str, str] | None = None) -> Iterator[tuple[Any, Path]]:
+    """A ``superpose up --detach`` lattice (2 nodes × 1 slot) and a client on it;
+    ``env`` is added to the lattice processes' environment."""
     import superpose as sp
     from superpose.supervisor import find_running_lattice
 
     home = Path(tempfile.mkdtemp(prefix="bench-sp-home-"))
     client = None
     try:
-        _cli(home, "up", *_up_args())
+        _cli(home, "up", *_up_args(), env=env)
         url = find_running_lattice(home)
         _check(url is not None, "up returned but lattice.json has no URL")
         client = sp.connect(url, show_logs=False)
@@ -301,15 +302,18 @@ def _superpose_argv() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "superpose"]
 
 
-def _cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
-    env["SUPERPOSE_HOME"] = str(home)
+def _cli(
+    home: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
+    full_env.update(env or {})
+    full_env["SUPERPOSE_HOME"] = str(home)
     proc = subprocess.run(
         [*_superpose_argv(), *args],
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT_S,
-        env=env,
+        env=full_env,
         cwd=home,
         check=False,
     )
@@ -361,7 +365,13 @@ def _helper_source(k: int, token: str) -> str:
     )
 
 
-DRIVERS = {"up": up, "bundle": bundle, "update": update, "alias": alias}
+def affinity(sizes: Sizes) -> list[Figures]:
+    from bench.affinity import affinity as run
+
+    return run(sizes)
+
+
+DRIVERS = {"up": up, "bundle": bundle, "update": update, "alias": alias, "affinity": affinity}
 
 
 def main(argv: list[str]) -> int:

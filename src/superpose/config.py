@@ -11,6 +11,7 @@ ENV_NATS_SERVER = "SUPERPOSE_NATS_SERVER"
 ENV_REPLICAS = "SUPERPOSE_REPLICAS"
 ENV_MAX_DELIVER = "SUPERPOSE_MAX_DELIVER"
 ENV_AFFINITY = "SUPERPOSE_AFFINITY"
+ENV_MAX_EXECUTORS = "SUPERPOSE_MAX_EXECUTORS"
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -54,3 +55,13 @@ def max_deliver(default: int) -> int:
 def affinity_from_env() -> bool:
     """Warm affinity is on unless ``$SUPERPOSE_AFFINITY=0`` (benchmarks compare both)."""
     return os.environ.get(ENV_AFFINITY, "1") != "0"
+
+
+def max_executors_from_env(default: int) -> int:
+    """Warm executors a node keeps (one per bundle version it serves); more costs memory."""
+    text = os.environ.get(ENV_MAX_EXECUTORS)
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{ENV_MAX_EXECUTORS}={text!r}: expected a whole number ≥ 1")
+    return int(text)

@@ -27,7 +27,7 @@ from nats.aio.subscription import Subscription
 
 from superpose import protocol
 from superpose.code import store
-from superpose.config import DEFAULT_TIMEOUT_S, affinity_from_env
+from superpose.config import DEFAULT_TIMEOUT_S, affinity_from_env, max_executors_from_env
 from superpose.durable.worker import DurableWorker
 from superpose.errors import CallTimeoutError, NotFoundError, SuperposeError
 from superpose.lattice.connection import Assets, connect, ensure_assets
@@ -43,6 +43,7 @@ DEFAULT_ASYNC_CONCURRENCY = 100
 FORWARDS_PER_SLOT = 2
 """Calls handed to a warm node per slot of it, outstanding, before this node loads the
 bundle itself (a done report can trail the caller's next call)."""
+WARM_ANNOUNCE_S = 0.02
 FORWARD_FORGET_S = 60.0
 """A handed-over call never reported done (its node died) stops counting after this."""
 SPARE_READY_S = 10.0
@@ -66,7 +67,7 @@ class NodeConfig:
     labels: dict[str, str] = field(default_factory=dict)
     pipeline_depth: int = 8
     """Sync calls sent ahead to an executor per slot, so it runs them back to back."""
-    max_executors: int = 8
+    max_executors: int = field(default_factory=lambda: max_executors_from_env(8))
     """Warm executor processes kept; the least recently used idle one is evicted past this."""
     drain_grace_s: float = 10.0
     affinity: bool = field(default_factory=affinity_from_env)
@@ -137,6 +138,7 @@ class NodeAgent:
         self.traffic: Counter[str] = Counter()
         self._forwards: dict[str, dict[str, float]] = {}
         """Calls handed to other nodes and not yet reported done: node → {id: when}."""
+        self._warm_news = False
         self._forwarded_from: dict[str, str] = {}
         """Calls other nodes handed to this one: id → the node to tell when it ends."""
 
@@ -274,6 +276,21 @@ class NodeAgent:
             traffic=dict(self.traffic),
         )
 
+    def _warm_changed(self) -> None:
+        """Publish the new warm set now, not at the next heartbeat: warm affinity on
+        other nodes reads it, and a stale set sends them calls this node cannot take warm."""
+        if not self._warm_news:
+            self._warm_news = True
+            self._spawn(self._announce_warm())
+
+    async def _announce_warm(self) -> None:
+        await asyncio.sleep(WARM_ANNOUNCE_S)  # one update for a burst of loads and evictions
+        self._warm_news = False
+        try:
+            await self._heartbeat_once()
+        except Exception:
+            log.debug("could not announce the warm set", exc_info=True)
+
     async def _heartbeat_once(self) -> None:
         assert self._assets is not None
         await self._assets.nodes.put(self.config.node_id, self.info().encode())
@@ -359,6 +376,7 @@ class NodeAgent:
                     await self._add_executor(host, inv.app)
                     self.cold_loads += 1
                     self.hosts[inv.digest] = host
+                    self._warm_changed()
                     log.info("⇣ bundle %s warm (%s)", inv.digest[:12], inv.app)
         self.hosts.move_to_end(inv.digest)
         return host
@@ -395,6 +413,7 @@ class NodeAgent:
                 for executor in host.executors:
                     self._spawn(executor.close())
                 log.info("evicted bundle %s", digest[:12])
+                self._warm_changed()
 
     def _ready_executor(self, host: BundleHost, is_sync: bool) -> ExecutorProcess | None:
         """A live executor that can take the call now, or None if one must be started."""
@@ -469,9 +488,10 @@ class NodeAgent:
     def _forward_to_warm(self, inv: protocol.Invocation, msg: Msg) -> bool:
         """Warm affinity: this node would load the bundle cold, so hand the call to a
         node that holds it warm and has room. One hop at most (the receiver never
-        forwards). "Room" means no calls queued there at its last heartbeat and fewer
-        than two per slot handed over and not yet reported done, so a hot bundle spills
-        onto this node instead of piling up on one."""
+        forwards). "Room" means fewer than two calls per slot handed over and not yet
+        reported done, so a hot bundle spills onto this node instead of piling up on one.
+        (Heartbeat load figures are too stale for this: a node loading a bundle looks
+        busy for the whole load.)"""
         assert self.directory is not None
         now = time.monotonic()
         best: tuple[int, protocol.NodeInfo] | None = None
@@ -482,7 +502,7 @@ class NodeAgent:
             for inv_id, since in list(outstanding.items()):
                 if now - since > FORWARD_FORGET_S:
                     del outstanding[inv_id]
-            room = node.queued < node.slots and len(outstanding) < FORWARDS_PER_SLOT * node.slots
+            room = len(outstanding) < FORWARDS_PER_SLOT * node.slots
             if room and (best is None or len(outstanding) < best[0]):
                 best = (len(outstanding), node)
         if best is None:
