@@ -9,6 +9,9 @@ JetStream has persisted it; ``GET /v1/invocations/{id}`` reads its stored result
 (202 while there is none) and ``DELETE`` cancels it (409 if it had finished).
 
 ``GET /v1/apps/{app}`` lists an app's versions and where its aliases point.
+
+Any other ``/{app}/...`` request goes to the app's ASGI entry (``deploy --asgi``),
+see ``http_apps``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from superpose.errors import (
     RemoteError,
     SuperposeError,
 )
+from superpose.http_apps import METHODS, HttpApps
 from superpose.registry import split_name
 from superpose.status import lattice_status
 
@@ -127,15 +131,19 @@ _USER_STATUS: list[tuple[type[SuperposeError], int]] = [
 
 def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -> Starlette:
     state: dict[str, Client] = {}
+    http_apps = HttpApps()
+    http_app = functools.partial(_http_app, http_apps, max_body_bytes)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         client = await Client.open(lattice_url)
         await client.registry()
         state["client"] = client
+        await http_apps.start(client)
         try:
             yield
         finally:
+            await http_apps.stop()
             await client.aclose()
 
     async def call(request: Request) -> Response:
@@ -178,9 +186,22 @@ def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -
             Route("/v1/apps/{app:str}", functools.partial(_app_versions, state), methods=["GET"]),
             Route("/v1/health", health, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/{app:str}", http_app, methods=METHODS),
+            Route("/{app:str}/{path:path}", http_app, methods=METHODS),
         ],
         lifespan=lifespan,
     )
+
+
+async def _http_app(http_apps: HttpApps, max_body_bytes: int, request: Request) -> Response:
+    """``/{app}/...``: the request, answered by the app's ASGI entry wherever it runs."""
+    try:
+        version = request.headers.get(VERSION_HEADER)
+        target = await http_apps.resolve(request.path_params["app"], version)
+        body = await _read_body(request, max_body_bytes)
+        return await http_apps.forward(request, target, body)
+    except (BodyTooLarge, SuperposeError) as exc:
+        return _error_response(exc, max_body_bytes)
 
 
 async def _invoke(client: Client, request: Request, max_body_bytes: int) -> Response:
