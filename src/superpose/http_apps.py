@@ -82,8 +82,12 @@ class HttpApps:
 
     async def _on_part(self, msg: Msg) -> None:
         queue = self._streams.get(msg.subject.rsplit(".", 1)[-1])
-        if queue is not None:  # else: its request has ended (the client left)
+        if queue is None:  # its request has ended (the client left)
+            return
+        try:
             queue.put_nowait(protocol.HttpPart.decode(msg.data))
+        except ValueError:  # unreadable: the gap it leaves ends that stream
+            return
 
     async def resolve(self, app: str, version: str | None) -> Target:
         """The app's HTTP entry in the version asked for; 404 naming what is missing."""
@@ -111,9 +115,9 @@ class HttpApps:
         # Registered before any await: the invocation is published only after this.
         inv_id = future.invocation_id
         queue = self._streams[inv_id] = asyncio.Queue()
-        future.add_done_callback(lambda _: self._forget_soon(inv_id))
         timeout_s = float(target.options.get("timeout") or DEFAULT_TIMEOUT_S)
         exchange = _Exchange(future, queue, time.monotonic() + timeout_s + WAIT_MARGIN_S)
+        future.add_done_callback(lambda _: self._forget_soon(inv_id, exchange))
         try:
             first = await exchange.first()
         except RemoteError as exc:
@@ -122,16 +126,17 @@ class HttpApps:
             return _whole(first)
         return _streamed(first, exchange.body(first))
 
-    def _forget_soon(self, inv_id: str) -> None:
+    def _forget_soon(self, inv_id: str, exchange: _Exchange) -> None:
         """Drop a finished request's queue once its last parts can no longer arrive.
 
         Tied to the result, not to the response: a streamed body that is never
-        read (the client left first) must not leave its queue behind.
+        read (the client left first) must not leave its queue or a waiting task behind.
         """
         loop = self.client.loop
 
         def forget() -> None:
             self._streams.pop(inv_id, None)
+            exchange.stop_waiting()
 
         loop.call_soon_threadsafe(loop.call_later, 2 * TAIL_WAIT_S, forget)
 
@@ -150,8 +155,13 @@ class _Exchange:
 
     async def first(self) -> protocol.HttpPart | protocol.HttpResponse:
         """The head of a streamed body, or the whole answer, whichever comes first."""
-        got = await self._wait()
+        try:
+            got = await self._wait()
+        finally:
+            if self.result.done():  # answered or failed: no part is coming first
+                self.stop_waiting()
         if got is None:
+            self.stop_waiting()
             raise RemoteError(
                 protocol.ERR_TIMEOUT, "DeadlineExceeded", "the app did not answer in time"
             )
@@ -173,10 +183,20 @@ class _Exchange:
                     return
                 item = await self._wait()
             raise StreamBroken("the app stopped sending its response body in time")
+        except RemoteError as exc:  # the headers are out: the server can only cut it short
+            raise StreamBroken(
+                f"the app failed mid-response: {exc.type}: {exc.remote_message}"
+            ) from None
         finally:
-            if self._next is not None:
-                self._next.cancel()
+            self.stop_waiting()
             self.result.cancel()
+
+    def stop_waiting(self) -> None:
+        """Cancel the pending read of the next part, if any (reading again starts another).
+        A read that has already got its part is kept: that part is the next one."""
+        if self._next is not None and not self._next.done():
+            self._next.cancel()
+            self._next = None
 
     async def _wait(self) -> protocol.HttpPart | protocol.HttpResponse | None:
         """The next part, or the answer when it is the next thing known; None past the

@@ -243,9 +243,17 @@ def _settle(future: asyncio.Future[None]) -> None:
 
 def _report(what: str, exc: BaseException | None) -> None:
     """To the node's executors.log, and to the app's logs when a request is running."""
-    text = what if exc is None else f"{what}:\n{''.join(traceback.format_exception(exc))}"
+    text = what if exc is None else f"{what}:\n{_app_traceback(exc)}"
     _note(text.rstrip())
     log.error("%s", text.rstrip())
+
+
+def _app_traceback(exc: BaseException) -> str:
+    """From the app's first frame on: this module's own frame is noise."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
 def _note(text: str) -> None:
