@@ -535,5 +535,27 @@ OPENAPI: dict[str, Any] = {
             }
         },
         "/v1/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+        "/{app}/{path}": {
+            "description": "Any method: the request, as the app's ASGI entry (`superpose deploy "
+            "PATH --asgi MODULE:ATTR`) answers it, streamed bodies included",
+            "parameters": [
+                {"name": "app", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
+                _VERSION_PARAM,
+            ],
+            "get": {
+                "summary": "Forwarded to the app (as are the other methods)",
+                "responses": {
+                    "default": {"description": "whatever the app answers"},
+                    **_errors(
+                        ("404", "unknown app or version, or an app without an HTTP entry"),
+                        ("413", "body over the limit"),
+                        ("500", "the app failed before answering"),
+                        ("503", "no node is serving"),
+                        ("504", "the app did not answer in time"),
+                    ),
+                },
+            },
+        },
     },
 }
