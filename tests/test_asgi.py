@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import superpose as sp
-from conftest import ROOT, Lattice, client_on, poll, start_lattice, stop_lattice, superpose_cli
+from conftest import ROOT, Lattice, poll, start_lattice, stop_lattice, superpose_cli
 from superpose.config import MAX_HTTP_BODY_BYTES
 from superpose.deploy import deploy as deploy_app
 from superpose.errors import BadRequestError, DeployError
@@ -477,8 +477,7 @@ def test_deploy_refuses_an_entry_that_is_not_an_app(
     assert name not in client.run(client.registry()).versions
 
 
-def test_deploy_refuses_an_http_app_named_v1(lattice: Lattice, tmp_path: Path) -> None:
-    with client_on(lattice) as client:
-        folder = write_app(tmp_path / "v1", {"main.py": TAGGED.format(tag="x")})
-        with pytest.raises(BadRequestError, match="/v1/"):
-            client.run(deploy_app(client, folder, asgi="main:app"))
+def test_deploy_refuses_an_http_app_named_v1(client: sp.Client, tmp_path: Path) -> None:
+    folder = write_app(tmp_path / "v1", {"main.py": TAGGED.format(tag="x")})
+    with pytest.raises(BadRequestError, match="/v1/"):
+        client.run(deploy_app(client, folder, asgi="main:app"))
