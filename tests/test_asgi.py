@@ -13,6 +13,7 @@ import pytest
 
 import superpose as sp
 from conftest import ROOT, Lattice, poll, start_lattice, stop_lattice, superpose_cli
+from superpose.code import asgi_entry
 from superpose.config import MAX_HTTP_BODY_BYTES
 from superpose.deploy import deploy as deploy_app
 from superpose.errors import BadRequestError, DeployError
@@ -99,6 +100,12 @@ async def app(scope, receive, send):
     if path.endswith("/twice"):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.start", "status": 200, "headers": []})
+    if path.endswith("/early"):
+        await send({"type": "http.response.body", "body": b"before the start"})
+    if path.endswith("/open"):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"and then", "more_body": True})
+        return
     await inner(scope, receive, send)
 """
 
@@ -192,6 +199,9 @@ def test_site_query_param_and_a_nested_call(http: httpx.Client, site: str) -> No
 def test_site_functions_stay_callable(http: httpx.Client, site: str) -> None:
     response = http.post("/v1/call/site.shout", json={"args": ["fn"]})
     assert response.json() == {"result": "FN!"}
+    (app,) = [a for a in http.get("/v1/status").json()["apps"] if a["app"] == site]
+    assert app["versions"][0]["kind"] == "asgi"
+    assert app["versions"][0]["functions"] == ["http", "shout"]
 
 
 def test_site_streams_a_body(http: httpx.Client, site: str) -> None:
@@ -328,7 +338,12 @@ def test_a_starlette_app_that_raises_answers_its_own_500(
 
 
 @pytest.mark.parametrize(
-    ("path", "problem"), [("silent", "never started a response"), ("twice", "twice")]
+    ("path", "problem"),
+    [
+        ("silent", "never started a response"),
+        ("twice", "twice"),
+        ("early", "outside a response"),
+    ],
 )
 def test_an_app_that_breaks_the_protocol_is_a_500(
     http: httpx.Client, probe: str, path: str, problem: str
@@ -339,11 +354,13 @@ def test_an_app_that_breaks_the_protocol_is_a_500(
     assert http.get(f"/{probe}/echo").status_code == 200
 
 
-def test_a_stream_that_fails_midway_is_cut_short(http: httpx.Client, probe: str) -> None:
+@pytest.mark.parametrize(
+    "path", ["stream?n=2&size=10&boom=1", "open"], ids=["raises", "returns-mid-body"]
+)
+def test_a_stream_that_fails_midway_is_cut_short(http: httpx.Client, probe: str, path: str) -> None:
     """Its status has been sent: the only honest signal left is an incomplete body."""
-    params = {"n": 2, "size": 10, "boom": 1}
     with (
-        http.stream("GET", f"/{probe}/stream", params=params) as response,
+        http.stream("GET", f"/{probe}/{path}") as response,
         pytest.raises(httpx.RemoteProtocolError),
     ):
         assert response.status_code == 200
@@ -365,10 +382,11 @@ def test_an_app_whose_lifespan_fails_is_a_500(
 # --- names, versions and where requests go ---------------------------------------------------
 
 
-def test_unknown_app_is_a_404_naming_it(http: httpx.Client) -> None:
-    response = http.get("/no_such_site/anything")
+@pytest.mark.parametrize("app", ["no_such_site", "not.a.name"])
+def test_unknown_app_is_a_404_naming_it(http: httpx.Client, app: str) -> None:
+    response = http.get(f"/{app}/anything")
     assert response.status_code == 404
-    assert "no_such_site" in error_of(response)["message"]
+    assert app in error_of(response)["message"]
 
 
 def test_an_app_without_an_http_entry_is_a_404_with_a_hint(
@@ -455,6 +473,12 @@ def test_deploy_refuses_an_app_that_fails_to_import(lattice: Lattice, tmp_path: 
         ({"main.py": "app = 3\n"}, "web:app", DeployError, "has no web.py"),
         ({"main.py": "app = 3\n"}, "main", BadRequestError, "is not MODULE:ATTR"),
         (
+            {"main.py": "import os\n\nos._exit(3)\n"},
+            "main:app",
+            DeployError,
+            "ended the checking process (exit status 3)",
+        ),
+        (
             {"main.py": "import superpose as sp\n\n\n@sp.function\ndef http():\n    pass\n"},
             "main:http",
             DeployError,
@@ -474,6 +498,17 @@ def test_deploy_refuses_an_entry_that_is_not_an_app(
     folder = write_app(tmp_path / name, files)
     with pytest.raises(error, match=re.escape(problem)):
         client.run(deploy_app(client, folder, asgi=entry))
+    assert name not in client.run(client.registry()).versions
+
+
+def test_deploy_gives_up_on_an_import_that_does_not_end(
+    client: sp.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(asgi_entry, "IMPORT_CHECK_TIMEOUT_S", 0.5)
+    name = unique("slow")
+    folder = write_app(tmp_path / name, {"main.py": "import time\n\ntime.sleep(60)\napp = 1\n"})
+    with pytest.raises(DeployError, match=r"took more than 0\.5 s"):
+        client.run(deploy_app(client, folder, asgi="main:app"))
     assert name not in client.run(client.registry()).versions
 
 
