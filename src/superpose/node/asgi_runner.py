@@ -81,7 +81,12 @@ class AsgiRunner:
         lifespan = self._lifespans.get(key)
         if lifespan is None:
             lifespan = self._lifespans[key] = _Lifespan(app, f"{key[0]}:{key[1]}")
-        return await lifespan.started()
+        try:
+            return await lifespan.started()
+        except LifespanFailed:  # the next request tries again: the cause may pass (a database)
+            if self._lifespans.get(key) is lifespan:
+                del self._lifespans[key]
+            raise
 
     async def shutdown(self) -> None:
         """Let every app run its shutdown, briefly: the executor is going away."""
@@ -221,10 +226,12 @@ class _Lifespan:
         if kind == "lifespan.startup.complete":
             _settle(self._ready)
         elif kind == "lifespan.startup.failed":
-            why = message.get("message", "")
+            why = str(message.get("message", "")).strip()
             _report(f"{self.name} lifespan startup failed: {why}", None)
+            # Starlette's message is a whole traceback: requests get its last line.
+            last = why.splitlines()[-1] if why else "no reason given"
             if not self._ready.done():
-                self._ready.set_exception(LifespanFailed(f"{self.name} failed to start: {why}"))
+                self._ready.set_exception(LifespanFailed(f"{self.name} failed to start: {last}"))
         elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
             _settle(self._stopped)
 
