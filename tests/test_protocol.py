@@ -44,3 +44,29 @@ def test_names_must_be_subject_safe() -> None:
     assert protocol.is_valid_name("shop_2-a")
     for bad in ("", "a.b", "a b", "*", ">", "1abc", "x" * 65):
         assert not protocol.is_valid_name(bad)
+
+
+def test_http_messages_round_trip() -> None:
+    request = protocol.HttpRequest(
+        method="POST",
+        path="/site/greet",
+        raw_path=b"/site/greet",
+        query=b"a=1",
+        root_path="/site",
+        headers=[[b"content-type", b"text/plain"]],
+        body=b"\x00\xff",
+        client=["127.0.0.1", 5000],
+    )
+    assert protocol.HttpRequest.decode(request.encode()) == request
+    response = protocol.HttpResponse(200, [[b"x-a", b"1"], [b"x-a", b"2"]], b"ok", parts=0)
+    assert protocol.HttpResponse.decode(response.encode()) == response
+    part = protocol.HttpPart(0, b"chunk", status=201, headers=[[b"x", b"y"]])
+    assert protocol.HttpPart.decode(part.encode()) == part
+    with pytest.raises(ValueError, match=r"expected a sp\.http\.part\.v1"):
+        protocol.HttpPart.decode(response.encode())
+
+
+def test_a_stream_subject_belongs_to_its_client() -> None:
+    subject = protocol.http_stream_subject("c0ffee", "c0ffee1a")
+    assert subject == "_SP.c0ffee.s.c0ffee1a"
+    assert subject.startswith(protocol.http_stream_wildcard("c0ffee")[:-1])

@@ -131,7 +131,11 @@ def test_a_session_sees_one_combination_of_versions_through_three_nested_calls(
     names = [unique("ca"), unique("cb"), unique("cc")]
     digests = deploy_chain(lattice, tmp_path, names, versions=2)
     for app in names:
-        superpose_cli("canary", app, digests[app][0][:12], "--percent", "50", "--key", "arg:user", url=lattice.url, check=True)  # fmt: skip
+        first = digests[app][0][:12]
+        superpose_cli(
+            "canary", app, first, "--percent", "50", "--key", "arg:user",
+            url=lattice.url, check=True,
+        )  # fmt: skip
     combos = {}
     for user in (f"u{i}" for i in range(24)):
         seen = {

@@ -282,12 +282,14 @@ def cmd_deploy(ns: argparse.Namespace) -> int:
     from superpose.deploy import deploy
 
     async def body(client: Client) -> int:
-        done = await deploy(client, Path(ns.path), ns.name)
+        done = await deploy(client, Path(ns.path), ns.name, asgi=ns.asgi)
         print(
             f"deployed {done.app} version {done.version[:12]}  "
             f"({done.files} files, {done.uploaded} uploaded, {done.size} bytes)"
         )
         print("functions: " + ", ".join(f"{done.app}.{f}" for f in done.functions))
+        if done.asgi:
+            print(f"http: {done.asgi} at /{done.app}/ on the gateway")
         print(done.version)
         return 0
 
@@ -712,6 +714,11 @@ def _parser() -> argparse.ArgumentParser:
     p = add("deploy", cmd_deploy, "bundle a folder or .py file and make it the app's latest")
     p.add_argument("path")
     p.add_argument("--name", help="app name (default: the folder or file name)")
+    p.add_argument(
+        "--asgi",
+        metavar="MODULE:ATTR",
+        help="also serve this ASGI app (FastAPI, Starlette) at /APP/ on the gateway, e.g. main:app",
+    )
 
     p = add(
         "call",

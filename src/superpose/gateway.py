@@ -9,6 +9,9 @@ JetStream has persisted it; ``GET /v1/invocations/{id}`` reads its stored result
 (202 while there is none) and ``DELETE`` cancels it (409 if it had finished).
 
 ``GET /v1/apps/{app}`` lists an app's versions and where its aliases point.
+
+Any other ``/{app}/...`` request goes to the app's ASGI entry (``deploy --asgi``),
+see ``http_apps``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from superpose.errors import (
     SuperposeError,
 )
 from superpose.functions import Options
+from superpose.http_apps import METHODS, HttpApps
 from superpose.registry import Target, split_name
 from superpose.status import lattice_status
 
@@ -134,15 +138,19 @@ _USER_STATUS: list[tuple[type[SuperposeError], int]] = [
 
 def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -> Starlette:
     state: dict[str, Client] = {}
+    http_apps = HttpApps()
+    http_app = functools.partial(_http_app, http_apps, max_body_bytes)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         client = await Client.open(lattice_url)
         await client.registry()
         state["client"] = client
+        await http_apps.start(client)
         try:
             yield
         finally:
+            await http_apps.stop()
             await client.aclose()
 
     async def call(request: Request) -> Response:
@@ -191,9 +199,26 @@ def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -
             Route("/v1/traces/{id:str}", functools.partial(_trace, state), methods=["GET"]),
             Route("/v1/health", health, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/{app:str}", http_app, methods=METHODS),
+            Route("/{app:str}/{path:path}", http_app, methods=METHODS),
         ],
         lifespan=lifespan,
     )
+
+
+async def _http_app(http_apps: HttpApps, max_body_bytes: int, request: Request) -> Response:
+    """``/{app}/...``: the request, answered by the app's ASGI entry wherever it runs."""
+    try:
+        version = request.headers.get(VERSION_HEADER)
+        app = request.path_params["app"]
+        ctx = None
+        if protocol.is_valid_name(app) and app != "v1":
+            ctx = await request_context(http_apps.client, request, app, None)
+        target = await http_apps.resolve(app, version, ctx)
+        body = await _read_body(request, max_body_bytes)
+        return await http_apps.forward(request, target, body, ctx)
+    except (BodyTooLarge, SuperposeError) as exc:
+        return _error_response(exc, max_body_bytes)
 
 
 async def _invoke(client: Client, request: Request, max_body_bytes: int) -> Response:
@@ -571,5 +596,27 @@ OPENAPI: dict[str, Any] = {
             }
         },
         "/v1/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+        "/{app}/{path}": {
+            "description": "Any method: the request, as the app's ASGI entry (`superpose deploy "
+            "PATH --asgi MODULE:ATTR`) answers it, streamed bodies included",
+            "parameters": [
+                {"name": "app", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
+                _VERSION_PARAM,
+            ],
+            "get": {
+                "summary": "Forwarded to the app (as are the other methods)",
+                "responses": {
+                    "default": {"description": "whatever the app answers"},
+                    **_errors(
+                        ("404", "unknown app or version, or an app without an HTTP entry"),
+                        ("413", "body over the limit"),
+                        ("500", "the app failed before answering"),
+                        ("503", "no node is serving"),
+                        ("504", "the app did not answer in time"),
+                    ),
+                },
+            },
+        },
     },
 }

@@ -60,12 +60,16 @@ def _json_default(value: Any) -> Any:
 
 
 def encode_value(value: Any, codec: str) -> bytes:
+    if codec == protocol.CODEC_HTTP:  # already an encoded HttpResponse
+        return bytes(value)
     if codec == protocol.CODEC_JSON:
         return json.dumps(value, default=_json_default).encode()
     return _pickle(value)
 
 
 def decode_value(data: bytes, codec: str) -> Any:
+    if codec == protocol.CODEC_HTTP:  # the gateway decodes the HttpResponse itself
+        return data
     if codec == protocol.CODEC_JSON:
         return json.loads(data)
     return cloudpickle.loads(data)

@@ -204,6 +204,15 @@ def progress_subject(client_id: str) -> str:
     return f"_SP.{client_id}.p"
 
 
+def http_stream_subject(client_id: str, invocation_id: str) -> str:
+    """Where an executor publishes the body parts of a streamed HTTP response."""
+    return f"_SP.{client_id}.s.{invocation_id}"
+
+
+def http_stream_wildcard(client_id: str) -> str:
+    return f"_SP.{client_id}.s.*"
+
+
 def client_of_reply(reply: str) -> str | None:
     """The client id in a reply subject made by ``reply_subject``, else None."""
     parts = reply.split(".")
@@ -278,6 +287,14 @@ def object_chunk_subject(bucket: str, nuid: str) -> str:
 
 CODEC_PICKLE = "pickle"
 CODEC_JSON = "json"
+CODEC_HTTP = "http"
+"""Arguments are an encoded ``HttpRequest`` and the result an ``HttpResponse``: the
+entry point is an ASGI app, run by the executor as one HTTP request."""
+
+HTTP_FUNCTION = "http"
+"""The function name deploy ``--asgi`` registers for an app's ASGI entry point."""
+HTTP_PART_MAX_BYTES = 256 * 1024
+"""A streamed body chunk larger than this travels as several parts."""
 
 # --- error kinds ------------------------------------------------------------------
 
@@ -643,4 +660,83 @@ class Span:
 
     @classmethod
     def decode(cls, data: bytes) -> Span:
+        return cls(**_untag(unpack(data), cls.TYPE))
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    """One HTTP request for an ASGI app: the arguments of a ``CODEC_HTTP`` invocation.
+
+    ``path`` and ``raw_path`` are the whole path the gateway received, ``root_path``
+    its ``/<app>`` prefix: ASGI servers do the same, and Starlette strips the
+    prefix for routing while building URLs (redirects, ``url_for``) from the whole.
+    """
+
+    TYPE = "sp.http.request.v1"
+
+    method: str
+    path: str
+    raw_path: bytes
+    query: bytes
+    root_path: str
+    headers: list[list[bytes]]
+    """``[name, value]`` pairs, names lower-case, in the order received."""
+    body: bytes = b""
+    scheme: str = "http"
+    http_version: str = "1.1"
+    client: list[Any] | None = None
+    """``[host, port]`` of the HTTP client, as the gateway saw it."""
+    server: list[Any] | None = None
+
+    def encode(self) -> bytes:
+        return pack({"t": self.TYPE, **asdict(self)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> HttpRequest:
+        return cls(**_untag(unpack(data), cls.TYPE))
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    """The answer of an ASGI app: the result of a ``CODEC_HTTP`` invocation.
+
+    A streamed response sent its body as ``parts`` ``HttpPart``s before this
+    message, and ``body`` is empty; otherwise the whole body is here.
+    """
+
+    TYPE = "sp.http.response.v1"
+
+    status: int
+    headers: list[list[bytes]]
+    body: bytes = b""
+    parts: int = 0
+
+    def encode(self) -> bytes:
+        return pack({"t": self.TYPE, **asdict(self)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> HttpResponse:
+        return cls(**_untag(unpack(data), cls.TYPE))
+
+
+@dataclass(slots=True)
+class HttpPart:
+    """One chunk of a streamed HTTP response body, on ``http_stream_subject``.
+
+    Part 0 also carries the status and headers, so the gateway can start its
+    answer before the app has finished.
+    """
+
+    TYPE = "sp.http.part.v1"
+
+    seq: int
+    body: bytes
+    status: int = 0
+    headers: list[list[bytes]] = field(default_factory=list)
+
+    def encode(self) -> bytes:
+        return pack({"t": self.TYPE, **asdict(self)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> HttpPart:
         return cls(**_untag(unpack(data), cls.TYPE))

@@ -34,6 +34,7 @@ from superpose import payload, protocol, runtime
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import RemoteError, UserError
 from superpose.lattice.connection import connect
+from superpose.node.asgi_runner import AsgiRunner
 from superpose.node.channel import Channel
 from superpose.node.lane import SyncLane
 
@@ -104,6 +105,7 @@ class Executor:
         self.digest = ""
         self.outputs: list[_Output] = []
         self.lane = SyncLane(self._run_sync)
+        self.http = AsgiRunner(nc)
         self._events: deque[tuple[Any, ...]] = deque()
         """What lane threads tell the loop (start, result, block, unblock), in order."""
         self._wake_scheduled = False
@@ -120,6 +122,7 @@ class Executor:
                 self._describe(message)
             elif op == "load":
                 await self._load(message)
+        await self.http.shutdown()
 
     async def _load(self, message: dict[str, Any]) -> None:
         path = Path(message["path"])
@@ -160,10 +163,10 @@ class Executor:
     def _accept(self, raw: bytes, reply: str) -> None:
         inv = protocol.Invocation.decode(raw)
         try:
-            is_async = inspect.iscoroutinefunction(self._function(inv.module, inv.qualname))
+            is_async = _is_async(self._function(inv.module, inv.qualname))
         except BaseException:
             is_async = True  # run it on the loop: _run reports the lookup failure
-        if is_async:
+        if is_async or inv.args.codec == protocol.CODEC_HTTP:
             self.channel.send({"op": "start", "id": inv.id})
             self.loop.create_task(self._run(inv, reply))
         else:
@@ -303,7 +306,7 @@ class Executor:
             fn = self._function(message["module"], message["qualname"])
             wrapper = _wrapper_of(message["module"], message["qualname"])
             reply["meta"] = {
-                "is_async": inspect.iscoroutinefunction(fn),
+                "is_async": _is_async(fn),
                 **(wrapper.node_options() if wrapper is not None else {}),
             }
         except BaseException as exc:
@@ -322,7 +325,7 @@ class Executor:
             runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx)
         )
         try:
-            value = await self._call(inv)
+            value = await self._call(inv, reply)
             data = payload.encode_value(value, inv.args.codec)
             result = protocol.Result(
                 id=inv.id,
@@ -338,11 +341,21 @@ class Executor:
         result.duration_s = time.perf_counter() - started
         await self._answer_all([(reply, result)])
 
-    async def _call(self, inv: protocol.Invocation) -> Any:
-        """Async functions (and calls whose function could not be found)."""
+    async def _call(self, inv: protocol.Invocation, reply: str) -> Any:
+        """Async functions, HTTP requests for ASGI apps (and calls whose function could
+        not be found)."""
         raw_args = await payload.unwrap(self.nc, inv.args)
+        fn = self._function(inv.module, inv.qualname)
+        if inv.args.codec == protocol.CODEC_HTTP:
+            return await self.http.serve(fn, inv, raw_args, reply)
         args, kwargs = payload.decode_args(raw_args, inv.args.codec)
-        return await self._function(inv.module, inv.qualname)(*args, **kwargs)
+        return await fn(*args, **kwargs)
+
+
+def _is_async(fn: Any) -> bool:
+    """Async functions, and objects whose ``__call__`` is async: ASGI apps like FastAPI's
+    run on the loop too, where the agent counts them against ``concurrency``, not slots."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 def _in_lane_thread() -> bool:
