@@ -3,9 +3,9 @@
 Each run starts its own ``superpose up`` lattice (2 nodes × 1 slot, room for 12
 warm bundles each), deploys 20 small apps, then makes the same seeded random
 sequence of calls from a few threads. Cold loads (a bundle loaded into a new
-executor) are read from the nodes' heartbeats. ``SUPERPOSE_AFFINITY=0`` gives the queue group's random
-placement; the default hands a call for a bundle a node lacks to the node that
-holds it warm and has room.
+executor) are read from the nodes' heartbeats. ``SUPERPOSE_AFFINITY=0`` gives
+the queue group's random placement; the default hands a call for a bundle a
+node lacks to the node that holds it warm and has room.
 
 ``python -m bench.affinity`` runs it alone and prints the comparison.
 """
