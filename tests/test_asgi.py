@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -436,6 +437,58 @@ def test_the_version_header_picks_an_older_version(
     unknown = http.get(f"/{name}/", headers={"X-Superpose-Version": "abcdef123456"})
     assert unknown.status_code == 404
     assert "abcdef123456" in error_of(unknown)["message"]
+
+
+def test_canary_sessions_and_pins_apply_to_http_apps(
+    lattice: Lattice, http: httpx.Client, tmp_path: Path
+) -> None:
+    name = unique("canaried")
+    folder = tmp_path / name
+    write_app(folder, {"main.py": TAGGED.format(tag="one")})
+    one = deploy(lattice, folder, "--asgi", "main:app")
+    write_app(folder, {"main.py": TAGGED.format(tag="two")})
+    deploy(lattice, folder, "--asgi", "main:app")
+    superpose_cli(
+        "canary", name, one[:12], "--percent", "50", "--key", "header:X-Session",
+        url=lattice.url, check=True,
+    )  # fmt: skip
+    seen = {f"s{i}": http.get(f"/{name}/", headers={"X-Session": f"s{i}"}).text for i in range(40)}
+    assert set(seen.values()) == {"one", "two"}
+    for session, tag in list(seen.items())[:10]:
+        assert http.get(f"/{name}/", headers={"X-Session": session}).text == tag
+    nodes = json.loads(superpose_cli("status", "--json", url=lattice.url, check=True).stdout)
+    node = nodes["nodes"][0]["id"]
+    superpose_cli("pin", f"{name}.http", node, url=lattice.url, check=True)
+    try:
+        poll(
+            lambda: http.get(f"/{name}/", headers={"X-Session": "s0"}).status_code == 200,
+            "the pinned app to answer",
+        )
+        before = poll(lambda: settled_counts(lattice), "the nodes' counts to settle")
+        for _ in range(20):
+            assert http.get(f"/{name}/", headers={"X-Session": "s0"}).text == seen["s0"]
+
+        def served() -> dict[str, int] | None:
+            state = json.loads(superpose_cli("status", "--json", url=lattice.url).stdout)
+            now = {n["id"]: n["served"] - before.get(n["id"], 0) for n in state["nodes"]}
+            return now if now.get(node, 0) >= 20 else None
+
+        grown = poll(served, "the pinned node's heartbeat")
+        assert all(count == 0 for other, count in grown.items() if other != node), grown
+    finally:
+        superpose_cli("unpin", f"{name}.http", url=lattice.url, check=True)
+
+
+def settled_counts(lattice: Lattice) -> dict[str, int] | None:
+    """Calls served per node, once two heartbeats in a row agree (earlier calls counted)."""
+
+    def counts() -> dict[str, int]:
+        state = json.loads(superpose_cli("status", "--json", url=lattice.url, check=True).stdout)
+        return {n["id"]: n["served"] for n in state["nodes"]}
+
+    first = counts()
+    time.sleep(2.2)  # one node heartbeat
+    return first if counts() == first else None
 
 
 def test_one_node_serves_the_site_and_the_shop_in_turn(tmp_path: Path) -> None:

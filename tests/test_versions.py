@@ -160,7 +160,9 @@ def test_versions_lists_files_changed_from_the_previous_version(
     assert v1[:12] in text[3] and "first" in text[3] and "[stable]" in text[3]
 
     with httpx.Client(base_url=lattice.gateway, timeout=60) as http:
-        assert http.get(f"/v1/apps/{name}").json() == listed
+        over_http = http.get(f"/v1/apps/{name}").json()
+        assert over_http.pop("routing")["latest"] == v3  # plus the routing rules
+        assert over_http == listed
         missing = http.get("/v1/apps/no_such_app_x")
         assert missing.status_code == 404
         assert "no_such_app_x" in missing.json()["error"]["message"]

@@ -10,7 +10,6 @@ Traces read the spans nodes record for calls made with tracing on.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -19,7 +18,8 @@ from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from superpose import protocol
-from superpose.errors import BadRequestError, NotFoundError
+from superpose.errors import BadRequestError, LatticeError, NotFoundError
+from superpose.lattice.batch import js_api
 from superpose.registry import LATEST, Canary, Registry, check_canary_key
 
 TRACE_READ_S = 2.0
@@ -141,28 +141,32 @@ def split(registry: Registry, app: str, nodes: Iterable[protocol.NodeInfo]) -> d
     }
 
 
-async def read_trace(nc: NATS, trace_id: str, wait_s: float = TRACE_READ_S) -> list[protocol.Span]:
-    """Every span recorded for a trace, in start order (waits briefly for late ones)."""
-    if not protocol.is_valid_name(trace_id):
+async def read_trace(nc: NATS, trace_id: str) -> list[protocol.Span]:
+    """Every span recorded for a trace, in start order.
+
+    The stream says how many spans the trace's subject holds, then an ordered
+    consumer reads exactly those: no guessing from delivery metadata when to stop.
+    """
+    if not protocol.is_valid_invocation_id(trace_id):
         raise BadRequestError(f"{trace_id!r} is not a trace id")
-    js = nc.jetstream()
-    sub = await js.subscribe(
-        protocol.trace_subject(trace_id),
-        ordered_consumer=True,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    subject = protocol.trace_subject(trace_id)
+    info = await js_api(
+        nc, f"$JS.API.STREAM.INFO.{protocol.TRACES_STREAM}", {"subjects_filter": subject}
+    )
+    count = int(((info.get("state") or {}).get("subjects") or {}).get(subject, 0))
+    if count == 0:
+        return []
+    sub = await nc.jetstream().subscribe(
+        subject, ordered_consumer=True, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
     )
     spans: list[protocol.Span] = []
-    deadline = time.monotonic() + wait_s
     try:
-        while time.monotonic() < deadline:
-            try:
-                msg = await sub.next_msg(timeout=max(0.05, deadline - time.monotonic()))
-            except TimeoutError:
-                break
+        for _ in range(count):
+            msg = await sub.next_msg(timeout=TRACE_READ_S)
             with contextlib.suppress(ValueError, TypeError):
                 spans.append(protocol.Span.decode(msg.data))
-            if msg.metadata and msg.metadata.num_pending == 0:
-                break
+    except TimeoutError:
+        raise LatticeError(f"the lattice stopped sending the spans of trace {trace_id}") from None
     finally:
         await sub.unsubscribe()
     return sorted(spans, key=lambda s: s.started)
