@@ -138,7 +138,7 @@ class DurableWorker:
     def add_source(self, consumer: str) -> None:
         """Also pull from ``consumer`` (a needs class this node meets), from now on."""
         if consumer not in self._sources and self._pulling:
-            asyncio.get_running_loop().create_task(self._add_source(consumer))
+            self.agent._spawn(self._add_source(consumer))
 
     async def _add_source(self, consumer: str) -> None:
         if consumer in self._sources:

@@ -111,21 +111,20 @@ def replicas_from_env() -> int:
     return int(text)
 
 
-async def _ensure_logs_stream(js: JetStreamContext, replicas: int) -> None:
+async def _ensure_rolling_stream(
+    js: JetStreamContext, name: str, wildcard: str, max_age_s: float, replicas: int
+) -> None:
+    """A stream that keeps recent records and drops the oldest (logs, trace spans)."""
     config = StreamConfig(
-        name=protocol.LOGS_STREAM,
-        subjects=[protocol.LOGS_WILDCARD],
+        name=name,
+        subjects=[wildcard],
         storage=StorageType.FILE,
-        max_age=protocol.LOG_RETENTION_S,
+        max_age=max_age_s,
         max_bytes=protocol.LOG_MAX_BYTES,
         discard=DiscardPolicy.OLD,
         num_replicas=replicas,
     )
-    await _open_or_create(
-        protocol.LOGS_STREAM,
-        lambda: js.stream_info(protocol.LOGS_STREAM),
-        lambda: js.add_stream(config),
-    )
+    await _open_or_create(name, lambda: js.stream_info(name), lambda: js.add_stream(config))
 
 
 NS = 1_000_000_000
@@ -224,23 +223,6 @@ async def _drop_legacy_consumer(nc: NATS) -> None:
         await js_api(nc, subject, {})
 
 
-async def _ensure_traces_stream(js: JetStreamContext, replicas: int) -> None:
-    config = StreamConfig(
-        name=protocol.TRACES_STREAM,
-        subjects=[protocol.TRACES_WILDCARD],
-        storage=StorageType.FILE,
-        max_age=protocol.TRACE_RETENTION_S,
-        max_bytes=protocol.LOG_MAX_BYTES,
-        discard=DiscardPolicy.OLD,
-        num_replicas=replicas,
-    )
-    await _open_or_create(
-        protocol.TRACES_STREAM,
-        lambda: js.stream_info(protocol.TRACES_STREAM),
-        lambda: js.add_stream(config),
-    )
-
-
 async def ensure_assets(nc: NATS) -> Assets:
     """Create (or open) every bucket and stream; safe to run from many processes."""
     js = nc.jetstream()
@@ -267,8 +249,16 @@ async def ensure_assets(nc: NATS) -> Assets:
         nodes = await kv(bucket=protocol.NODES_BUCKET, ttl=protocol.NODE_TTL_S)
         bundles = await objects(bucket=protocol.BUNDLES_BUCKET)
         blobs = await objects(bucket=protocol.BLOBS_BUCKET, ttl=protocol.BLOB_TTL_S)
-        await _ensure_logs_stream(js, replicas)
-        await _ensure_traces_stream(js, replicas)
+        await _ensure_rolling_stream(
+            js, protocol.LOGS_STREAM, protocol.LOGS_WILDCARD, protocol.LOG_RETENTION_S, replicas
+        )
+        await _ensure_rolling_stream(
+            js,
+            protocol.TRACES_STREAM,
+            protocol.TRACES_WILDCARD,
+            protocol.TRACE_RETENTION_S,
+            replicas,
+        )
         await _ensure_durable_path(nc, replicas)
         results = await js.key_value(protocol.RESULTS_BUCKET)
         dead = await kv(bucket=protocol.DEAD_BUCKET, ttl=protocol.DEAD_TTL_S)
