@@ -193,29 +193,51 @@ def test_pin_errors_name_what_is_wrong(placed: tuple[Lattice, str, str]) -> None
         assert message in proc.stderr, proc.stderr
 
 
-def test_warm_affinity_sends_calls_to_the_node_holding_the_bundle(
-    tmp_path_factory: pytest.TempPathFactory,
+def test_warm_affinity_keeps_two_bundles_warm_on_nodes_that_hold_one_each(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two plain nodes: after one cold load, calls that reach the cold node are handed to
-    the warm one, so twenty calls in a row load the bundle once, not once per node."""
+    """Two nodes that can each keep one bundle warm, two apps called in turn: once each
+    node holds one, every call is served warm (on its node, or handed over to the node
+    holding it), where random placement would load a bundle cold on most calls."""
+    monkeypatch.setenv("SUPERPOSE_MAX_EXECUTORS", "1")
     handle = start_lattice(tmp_path_factory.mktemp("affinity"), workers=2, gateway=False)
     try:
-        folder = write_app(tmp_path_factory.mktemp("apps") / unique("warm"), {"app.py": WHERE})
-        digest = deploy(handle, folder)
-        with client_on(handle) as client:
-            where = client.function(f"{folder.name}.where")
-            first = where.remote()
-            poll(
-                lambda: any(digest in n["warm"] for n in status(handle)["nodes"]),
-                "the warm bundle in a heartbeat",
+        names = [unique("warm") for _ in range(2)]
+        apps = [  # different code, so different bundles
+            write_app(
+                tmp_path_factory.mktemp("apps") / name, {"app.py": f"{WHERE}\nTAG = {name!r}\n"}
             )
-            served = {where.remote() for _ in range(20)}
-        assert served == {first}
-        poll(
-            lambda: sum(n["served"] for n in status(handle)["nodes"]) >= 21,
-            "the calls in the nodes' heartbeats",
-        )
-        loads = {n["id"]: n["cold_loads"] for n in status(handle)["nodes"]}
-        assert loads[first] == 1 and sum(loads.values()) == 1, loads
+            for name in names
+        ]
+        digests = [deploy(handle, folder) for folder in apps]
+        with client_on(handle) as client:
+            handles = [client.function(f"{folder.name}.where") for folder in apps]
+
+            def partitioned() -> dict[str, str] | None:
+                for h in handles * 3:
+                    h.remote()
+                holders = {}
+                for node in status(handle)["nodes"]:
+                    for digest in node["warm"]:
+                        holders.setdefault(digest, set()).add(node["id"])
+                owners = [holders.get(d, set()) for d in digests]
+                if all(len(o) == 1 for o in owners) and owners[0] != owners[1]:
+                    return {d: next(iter(o)) for d, o in zip(digests, owners, strict=True)}
+                return None
+
+            owner = poll(partitioned, "each node to hold one of the bundles")
+            before = poll(lambda: settled_loads(handle), "the nodes' counts to settle")
+            served = [(i, handles[i].remote()) for _ in range(20) for i in (0, 1)]
+        assert all(node == owner[digests[i]] for i, node in served), served
+        after = poll(lambda: settled_loads(handle), "the nodes' counts to settle")
+        assert after == before, (before, after)
     finally:
         stop_lattice(handle)
+
+
+def settled_loads(handle: Lattice) -> dict[str, int] | None:
+    """Cold loads per node, once two heartbeats in a row agree."""
+    first = {n["id"]: n["cold_loads"] for n in status(handle)["nodes"]}
+    time.sleep(2.2)
+    second = {n["id"]: n["cold_loads"] for n in status(handle)["nodes"]}
+    return first if first == second else None

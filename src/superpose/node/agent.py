@@ -479,11 +479,30 @@ class NodeAgent:
             )
             return
         if may_forward and inv.digest not in self.hosts and self._forward_to_warm(inv, msg):
+            if not self._full():  # room to spare: warm it here too, off the caller's path
+                self._spawn(self._warm_up(inv))
             return
         client = protocol.client_of_reply(reply)
         if client is not None:
             self.held[inv.id] = (client, time.monotonic(), inv.deadline)
         self.accept(inv, msg)
+
+    def _full(self) -> bool:
+        """Loading one more bundle would evict a warm one."""
+        return sum(len(h.executors) for h in self.hosts.values()) >= self.config.max_executors
+
+    async def _warm_up(self, inv: protocol.Invocation) -> None:
+        """Load a bundle another node served for us, so its next calls run here warm.
+
+        Only while this node has room: a full node keeps handing the bundle's calls
+        over instead of evicting one of its own, and the lattice as a whole keeps
+        more bundles warm than any one node can.
+        """
+        try:
+            host = await self._host(inv)
+            await self._describe(host, inv)
+        except Exception:  # the call itself was served elsewhere; the next one retries
+            log.debug("could not warm %s up", inv.digest[:12], exc_info=True)
 
     def _forward_to_warm(self, inv: protocol.Invocation, msg: Msg) -> bool:
         """Warm affinity: this node would load the bundle cold, so hand the call to a
