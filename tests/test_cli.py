@@ -316,17 +316,23 @@ def test_two_versions_side_by_side_by_digest_prefix(lattice: Lattice, tmp_path: 
     latest = superpose_cli("call", f"{name}.which", url=lattice.url, check=True)
     assert json.loads(latest.stdout)[0] == "v2"
 
-    seen: dict[str, dict[str, int]] = {"v1": {}, "v2": {}}  # tag -> node -> executor pid
-    deadline = time.monotonic() + 60
-    while not set(seen["v1"]) & set(seen["v2"]):  # until one node has run both
-        assert time.monotonic() < deadline, seen
+    # Pinned to one node (warm affinity would otherwise keep each version where it
+    # first ran): that node runs both versions side by side.
+    node = json.loads(superpose_cli("status", "--json", url=lattice.url, check=True).stdout)[
+        "nodes"
+    ][0]["id"]
+    superpose_cli("pin", f"{name}.which", node, url=lattice.url, check=True)
+    seen: dict[str, tuple[str, int]] = {}  # tag -> (node, executor pid)
+    try:
         for tag, digest in (("v1", v1), ("v2", v2)):
             proc = superpose_cli("call", f"{name}.which@{digest[:8]}", url=lattice.url, check=True)
-            answered, node, pid = json.loads(proc.stdout)
+            answered, ran_on, pid = json.loads(proc.stdout)
             assert answered == tag
-            seen[tag][node] = pid
-    node = next(iter(set(seen["v1"]) & set(seen["v2"])))
-    assert seen["v1"][node] != seen["v2"][node]  # two executors, one per version
+            seen[tag] = (ran_on, pid)
+    finally:
+        superpose_cli("unpin", f"{name}.which", url=lattice.url, check=True)
+    assert seen["v1"][0] == seen["v2"][0] == node
+    assert seen["v1"][1] != seen["v2"][1]  # two executors, one per version
 
     listed = {
         a["app"]: a for a in json.loads(superpose_cli("ls", "--json", url=lattice.url).stdout)

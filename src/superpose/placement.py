@@ -24,6 +24,7 @@ from superpose.lattice.mirror import follow_bucket
 ANY_VALUE = "*"
 """A need whose value is ``*`` only asks that the label exist."""
 WAIT_POLL_S = 0.1
+FRESH_S = 2.5 * protocol.NODE_HEARTBEAT_S
 
 
 def check_needs(needs: Any, where: str = "needs") -> dict[str, str]:
@@ -87,6 +88,13 @@ def describe_unmet(needs: Mapping[str, str], nodes: Iterable[protocol.NodeInfo])
     return f"no live node has {' and '.join(unmet)} (nodes: {offered or 'none'})"
 
 
+def fresh(nodes: Iterable[protocol.NodeInfo]) -> list[protocol.NodeInfo]:
+    """Nodes heard from within a couple of heartbeats: the ones to send a call to.
+    (A node killed a moment ago stays "live" until its entry expires.)"""
+    horizon = time.time() - FRESH_S
+    return [n for n in nodes if n.seen >= horizon]
+
+
 def load(node: protocol.NodeInfo, extra: int = 0) -> float:
     return (node.busy + node.queued + extra) / max(1, node.slots)
 
@@ -97,6 +105,7 @@ def choose(
     """The least loaded candidate, preferring those with the bundle warm while they
     have room (so a hot bundle does not pile onto one node). ``sent`` counts calls
     this client has sent each node since its last heartbeat could show them."""
+    candidates = fresh(candidates) or candidates
     warm = [n for n in candidates if digest in n.warm and load(n, sent.get(n.id, 0)) < 1]
     pool = warm or candidates
     best = min(load(n, sent.get(n.id, 0)) for n in pool)

@@ -35,7 +35,7 @@ from superpose.node.call_log import CallLog
 from superpose.node.executors import Call, ExecutorDied, ExecutorProcess, LoadFailed
 from superpose.node.prefetch import AliasPrefetcher
 from superpose.node.slots import SlotPool
-from superpose.placement import NodeDirectory, satisfies
+from superpose.placement import NodeDirectory, fresh, satisfies
 from superpose.registry import Registry
 
 log = logging.getLogger("superpose.node")
@@ -514,7 +514,7 @@ class NodeAgent:
         assert self.directory is not None
         now = time.monotonic()
         best: tuple[int, protocol.NodeInfo] | None = None
-        for node in self.directory.live():
+        for node in fresh(self.directory.live()):
             if node.id == self.config.node_id or inv.digest not in node.warm:
                 continue
             outstanding = self._forwards.setdefault(node.id, {})
