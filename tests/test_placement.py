@@ -15,10 +15,12 @@ import pytest
 
 import superpose as sp
 from conftest import Lattice, client_on, poll, start_lattice, stop_lattice, superpose_cli
+from superpose import protocol
 from test_cli import deploy, unique, write_app
 
 WHERE = """
 import superpose as sp
+from superpose import protocol
 from superpose import runtime
 
 
@@ -145,6 +147,10 @@ def test_wait_for_node_waits_for_a_node_that_joins(
         with ThreadPoolExecutor(1) as pool:
             durable = later.spawn()
             direct = pool.submit(later.remote)
+            # The scenario itself: the node joins only after the client's lost-call
+            # horizon, which must not fail a call that is still waiting to be placed.
+            time.sleep(protocol.LOST_AFTER_S + 1)
+            assert not direct.done() and not durable.done()
             worker = start_worker(handle.url, "region=mars")
             try:
                 mars = node_with(handle, region="mars")
@@ -241,3 +247,37 @@ def settled_loads(handle: Lattice) -> dict[str, int] | None:
     time.sleep(2.2)
     second = {n["id"]: n["cold_loads"] for n in status(handle)["nodes"]}
     return first if first == second else None
+
+
+def test_a_node_keeps_at_most_its_executor_limit_evicting_the_least_recently_used(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUPERPOSE_MAX_EXECUTORS", "2")
+    handle = start_lattice(tmp_path_factory.mktemp("lru"), workers=1, gateway=False)
+    try:
+        names = [unique("lru") for _ in range(3)]
+        folders = [
+            write_app(tmp_path_factory.mktemp("apps") / n, {"app.py": f"{WHERE}\nTAG = {n!r}\n"})
+            for n in names
+        ]
+        digests = [deploy(handle, folder) for folder in folders]
+        with client_on(handle) as client:
+            first, second, third = (client.function(f"{n}.where") for n in names)
+            first.remote()
+            second.remote()
+            first.remote()  # the first is now the most recently used
+            third.remote()  # evicts the second, not the first
+
+            def warm() -> list[str] | None:
+                (node,) = status(handle)["nodes"]
+                return sorted(node["warm"]) if node["cold_loads"] == 3 else None
+
+            assert poll(warm, "the third load in a heartbeat") == sorted([digests[0], digests[2]])
+            second.remote()  # loaded again, cold
+            (node,) = poll(
+                lambda: [n for n in status(handle)["nodes"] if n["cold_loads"] == 4] or None,
+                "the fourth load",
+            )
+            assert len(node["warm"]) == 2 and digests[1] in node["warm"]
+    finally:
+        stop_lattice(handle)

@@ -65,6 +65,8 @@ class _Pending:
     raw_args: bytes
     attempts_left: int
     wait_for_node: float = 0.0
+    placing: bool = False
+    """Waiting for a node that meets its needs: no node holds it yet, none can be lost."""
     heard: float = 0.0
     """When a node last reported holding this call (or when it was sent)."""
     node: str = ""
@@ -577,6 +579,7 @@ class Client:
         pending.heard = time.monotonic()
         heapq.heappush(self._deadlines, (inv.deadline, inv.id))
         if inv.needs:
+            pending.placing = True
             self.loop.create_task(self._send_placed(pending))  # may wait for a node
         else:
             await self._publish_call(pending)
@@ -594,7 +597,12 @@ class Client:
         inv = pending.inv
         subject = protocol.call_subject(inv.app, inv.fn)
         if inv.needs:
-            candidates = await self._place(inv, pending.wait_for_node)
+            pending.placing = True
+            try:
+                candidates = await self._place(inv, pending.wait_for_node)
+            finally:
+                pending.placing = False
+                pending.heard = time.monotonic()
             node = choose(candidates, inv.digest, self._sent_to)
             self._sent_to[node.id] += 1
             pending.node = node.id
@@ -677,7 +685,11 @@ class Client:
     async def _find_lost(self) -> None:
         """A call no node has reported for LOST_AFTER_S was held by a node that died."""
         now = time.monotonic()
-        lost = [p for p in self._pending.values() if now - p.heard > protocol.LOST_AFTER_S]
+        lost = [
+            p
+            for p in self._pending.values()
+            if now - p.heard > protocol.LOST_AFTER_S and not p.placing
+        ]
         for pending in lost:
             inv = pending.inv
             where = f"node {pending.node}" if pending.node else "the node that took it"

@@ -396,18 +396,24 @@ class NodeAgent:
                 log.info("⇣ bundle %s prefetched", digest[:12])
 
     async def _add_executor(self, host: BundleHost, app: str) -> ExecutorProcess:
-        self._evict_if_full()
+        self._evict_if_full(room_for=1)
         executor = await self._fresh_executor()
         await executor.load(host.digest, str(host.path), app)
         host.executors.append(executor)
+        # Loads overlap (a warm-up and a call, two cold bundles): each made room before
+        # the other finished, so look again now that this one is in.
+        self._evict_if_full(room_for=0, keep=host)
         return executor
 
-    def _evict_if_full(self) -> None:
+    def _evict_if_full(self, room_for: int, keep: BundleHost | None = None) -> None:
+        """Close the least recently used idle bundles until ``room_for`` more executors fit."""
         total = sum(len(h.executors) for h in self.hosts.values())
+        if keep is not None and keep.digest not in self.hosts:
+            total += len(keep.executors)  # being loaded: not in the table yet
         for digest, host in list(self.hosts.items()):
-            if total < self.config.max_executors:
+            if total + room_for <= self.config.max_executors:
                 return
-            if host.users == 0:
+            if host.users == 0 and host is not keep:
                 del self.hosts[digest]
                 total -= len(host.executors)
                 for executor in host.executors:
