@@ -132,6 +132,12 @@ def test_bad_needs_are_refused(placed: tuple[Lattice, str, str]) -> None:
             where.options(needs=["gpu"])
         with pytest.raises(sp.SuperposeError, match="wait_for_node"):
             where.options(wait_for_node=-1)
+        with pytest.raises(sp.SuperposeError, match="label gpu must be a string"):
+            where.options(needs={"gpu": None})
+        with pytest.raises(sp.SuperposeError, match="label name 'a b'"):
+            where.options(needs={"a b": "1"})
+        with pytest.raises(sp.SuperposeError, match="region must be a label value"):
+            where.options(region="eu west")
 
 
 def test_wait_for_node_waits_for_a_node_that_joins(
@@ -192,6 +198,7 @@ def test_pin_errors_name_what_is_wrong(placed: tuple[Lattice, str, str]) -> None
         (("pin", f"{app}.nope", node), "has no function 'nope'"),
         (("pin", "no_such_app.where", node), "no app named 'no_such_app'"),
         (("pin", "where", node), "expected APP.FN"),
+        (("pin", f"{app}.where", "bad id!"), "is not a node id"),
         (("unpin", "no_such_app.where"), "no app named 'no_such_app'"),
     ]:
         proc = superpose_cli(*args, url=handle.url)
@@ -281,3 +288,11 @@ def test_a_node_keeps_at_most_its_executor_limit_evicting_the_least_recently_use
             assert len(node["warm"]) == 2 and digests[1] in node["warm"]
     finally:
         stop_lattice(handle)
+
+
+def test_a_star_need_asks_only_that_the_label_exist() -> None:
+    from superpose.placement import satisfies
+
+    node = protocol.NodeInfo(id="n1", host="h", pid=1, labels={"gpu": "2"}, slots=1)
+    assert satisfies(node, {"gpu": "*"}) and satisfies(node, {"node": "n1"})
+    assert not satisfies(node, {"gpu": "1"}) and not satisfies(node, {"region": "*"})

@@ -107,6 +107,8 @@ def test_canary_splits_sessions_and_each_session_sticks(lattice: Lattice, tmp_pa
         return rules if sum(rules["traffic"].values()) >= 1101 else None
 
     rules = poll(shown, "the traffic in the nodes' heartbeats")
+    printed = json.loads(superpose_cli("canary", app, url=lattice.url, check=True).stdout)
+    assert printed["canary"] == {"version": v1, "percent": 10.0, "key": "header:X-Session"}
     assert rules["canary"] == {"version": v1, "percent": 10.0, "key": "header:X-Session"}
     assert 70 <= rules["traffic"][v1] <= 140
     listing = httpx.get(f"{lattice.gateway}/v1/apps/{app}", timeout=30).json()
@@ -184,6 +186,8 @@ def test_a_trace_shows_which_versions_answered(lattice: Lattice, tmp_path: Path)
     assert httpx.get(f"{lattice.gateway}/v1/traces/nope", timeout=30).status_code == 404
     proc = superpose_cli("trace", "bad id!", url=lattice.url)
     assert proc.returncode == 1 and "not a trace id" in proc.stderr
+    proc = superpose_cli("trace", "0123456789abcdef", url=lattice.url)
+    assert proc.returncode == 1 and "no spans recorded" in proc.stderr
 
 
 def test_canary_and_pin_bad_input_is_refused(lattice: Lattice, tmp_path: Path) -> None:

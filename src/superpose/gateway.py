@@ -246,10 +246,10 @@ async def request_context(
     """The version context of an HTTP request: its session (``X-Superpose-Session``, else
     what the app's canary key names: a header, or a JSON keyword argument), its pins
     (``X-Superpose-Pin: app@version,...``) and whether to trace it."""
-    await client.registry()
+    canary = (await client.registry()).canaries.get(app)
     kwargs = None
-    if body:
-        with contextlib.suppress(ValueError, AttributeError):
+    if body and canary is not None and (canary.key or "").startswith("arg:"):
+        with contextlib.suppress(ValueError, AttributeError):  # parsed again only for this
             kwargs = json.loads(body).get("kwargs")
     options = Options(
         session=request.headers.get(SESSION_HEADER) or None,

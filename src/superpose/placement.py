@@ -135,7 +135,7 @@ class NodeDirectory:
             await asyncio.gather(task, return_exceptions=True)
 
     def _apply(self, key: str, value: bytes | None, deleted: bool) -> None:
-        if deleted or value is None:
+        if deleted or not value:
             self.nodes.pop(key, None)
             return
         try:

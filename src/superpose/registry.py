@@ -196,7 +196,7 @@ class Registry:
     def _apply(self, key: str, value: bytes | None, deleted: bool) -> None:
         kind, _, rest = key.partition(".")
         app, _, name = rest.partition(".")
-        text = None if deleted or value is None else value.decode()
+        text = None if deleted or not value else value.decode()
         if kind == "app":
             if text is None:
                 self.apps.pop(rest, None)

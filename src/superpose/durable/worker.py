@@ -30,6 +30,7 @@ from superpose import config, protocol
 from superpose.durable import results
 from superpose.durable.submit import work_message
 from superpose.lattice.batch import publish_atomic
+from superpose.lattice.mirror import follow_bucket
 
 if TYPE_CHECKING:
     from superpose.node.agent import NodeAgent
@@ -490,27 +491,12 @@ class DurableWorker:
     async def _follow_cancels(self, loaded: asyncio.Event) -> None:
         """Watch the cancels bucket: a node that starts after a cancellation knows it."""
         assert self.agent.assets is not None
-        bucket = self.agent.assets.cancels
-        while True:
-            watcher = None
-            try:
-                watcher = await bucket.watchall()
-                async for entry in watcher:
-                    if entry is None:  # nats-py may send this early: trust it only when empty
-                        if (await bucket.status()).values == 0:
-                            loaded.set()
-                        continue
-                    if entry.operation is None:
-                        self._cancel_ids([entry.key])
-                    if entry.delta == 0:
-                        loaded.set()
-            except asyncio.CancelledError:
-                if watcher is not None:
-                    await asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]
-                raise
-            except Exception:  # the watch died with the connection; start it again
-                log.warning("cancels watch failed; restarting it", exc_info=True)
-                await asyncio.sleep(0.5)
+
+        def seen(key: str, value: bytes | None, deleted: bool) -> None:
+            if not deleted:
+                self._cancel_ids([key])
+
+        await follow_bucket(self.agent.assets.cancels, seen, loaded, "cancels")
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:

@@ -160,8 +160,9 @@ async def _ensure_durable_path(nc: NATS, replicas: int) -> None:
             "max_msg_size": -1,
         },
     )
-    await _drop_legacy_consumer(nc)
-    await ensure_work_consumer(nc, protocol.WORK_CONSUMER, protocol.WORK_ANY_FILTER, replicas)
+    await ensure_work_consumer(
+        nc, protocol.WORK_CONSUMER, protocol.WORK_ANY_FILTER, replicas, _drop_legacy_consumer
+    )
     # Laid out exactly as a nats-py/CLI key-value bucket, plus atomic batches.
     bucket = protocol.RESULTS_BUCKET
     await _ensure_raw_stream(
@@ -184,14 +185,23 @@ async def _ensure_durable_path(nc: NATS, replicas: int) -> None:
 
 
 async def ensure_work_consumer(
-    nc: NATS, name: str, filter_subject: str, replicas: int | None = None
+    nc: NATS,
+    name: str,
+    filter_subject: str,
+    replicas: int | None = None,
+    before_create: Callable[[NATS], Awaitable[None]] | None = None,
 ) -> None:
-    """A shared pull consumer on the work stream: ``anywhere``, or one per needs class."""
+    """A shared pull consumer on the work stream: ``anywhere``, or one per needs class.
+
+    ``before_create`` runs only when the consumer does not exist yet, so a migration
+    step costs nothing on the start-ups that find it.
+    """
     replicas = replicas or replicas_from_env()
-    await _open_or_create(
-        f"consumer {name}",
-        lambda: js_api(nc, f"$JS.API.CONSUMER.INFO.{protocol.WORK_STREAM}.{name}", {}),
-        lambda: js_api(
+
+    async def create() -> Any:
+        if before_create is not None:
+            await before_create(nc)
+        return await js_api(
             nc,
             f"$JS.API.CONSUMER.DURABLE.CREATE.{protocol.WORK_STREAM}.{name}",
             {
@@ -211,7 +221,12 @@ async def ensure_work_consumer(
                     "num_replicas": replicas,
                 },
             },
-        ),
+        )
+
+    await _open_or_create(
+        f"consumer {name}",
+        lambda: js_api(nc, f"$JS.API.CONSUMER.INFO.{protocol.WORK_STREAM}.{name}", {}),
+        create,
     )
 
 

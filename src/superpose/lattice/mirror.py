@@ -18,7 +18,8 @@ RESTART_S = 0.5
 STOP_WATCH_S = 2.0
 
 Apply = Callable[[str, bytes | None, bool], None]
-"""(key, value, deleted) for each entry, in bucket order."""
+"""(key, value, deleted) for each entry, in bucket order; ``deleted`` is a delete or
+purge marker (an empty value is a value: the cancels bucket stores only keys)."""
 
 
 async def follow_bucket(kv: KeyValue, apply: Apply, synced: asyncio.Event, what: str) -> None:
@@ -34,8 +35,7 @@ async def follow_bucket(kv: KeyValue, apply: Apply, synced: asyncio.Event, what:
                     if not synced.is_set() and (await kv.status()).values == 0:
                         synced.set()
                     continue
-                deleted = entry.operation in ("DEL", "PURGE") or not entry.value
-                apply(entry.key, entry.value, deleted)
+                apply(entry.key, entry.value, entry.operation in ("DEL", "PURGE"))
                 if entry.delta == 0:  # the newest entry the bucket holds: caught up
                     synced.set()
         except asyncio.CancelledError:

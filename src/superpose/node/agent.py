@@ -11,7 +11,6 @@ report → release.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -134,7 +133,6 @@ class NodeAgent:
         self.directory: NodeDirectory | None = None
         self._registry: Registry | None = None
         self.cold_loads = 0
-        self.forwarded = 0
         self.traffic: Counter[str] = Counter()
         self._forwards: dict[str, dict[str, float]] = {}
         """Calls handed to other nodes and not yet reported done: node → {id: when}."""
@@ -462,10 +460,6 @@ class NodeAgent:
 
     async def _on_placed_call(self, msg: Msg) -> None:
         """A call sent to this node by name (its needs, a pin, or warm affinity)."""
-        sender = (msg.headers or {}).get(protocol.FORWARDED_BY_HEADER)
-        if sender:
-            with contextlib.suppress(ValueError, KeyError):
-                self._forwarded_from[protocol.Invocation.decode(msg.data).id] = sender
         await self._take_call(msg, may_forward=False)
 
     async def _take_call(self, msg: Msg, *, may_forward: bool) -> None:
@@ -475,7 +469,11 @@ class NodeAgent:
         except Exception as exc:
             await self._reply_error(reply, "?", protocol.ERR_BAD_REQUEST, "BadInvocation", str(exc))
             return
+        sender = (msg.headers or {}).get(protocol.FORWARDED_BY_HEADER)
+        if sender:  # handed over by another node: it counts the call until we report it
+            self._forwarded_from[inv.id] = sender
         if inv.remaining_s() <= 0:  # the caller has given up: running it would be wasted work
+            self._forward_ended(inv.id)
             await self._reply_error(
                 reply,
                 inv.id,
@@ -534,7 +532,6 @@ class NodeAgent:
             return False
         node = best[1]
         self._forwards[node.id][inv.id] = now
-        self.forwarded += 1
         subject = protocol.node_call_subject(node.id, inv.app, inv.fn)
         headers = {protocol.FORWARDED_BY_HEADER: self.config.node_id}
         self._spawn(self.nc.publish(subject, msg.data, reply=msg.reply or "", headers=headers))
