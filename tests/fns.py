@@ -42,6 +42,14 @@ def hard_exit(code: int) -> None:
 
 
 @sp.function
+def exit_if(code: int) -> int:
+    """Returns 0, or kills its process with ``code``: one function, warm first, then crash."""
+    if code:
+        os._exit(code)
+    return 0
+
+
+@sp.function
 def segfault() -> None:
     ctypes.string_at(0)
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from superpose import config, protocol, supervisor
+from superpose import config, eventloop, protocol, supervisor
 
 if TYPE_CHECKING:  # the client (and nats-py) is imported by the commands that use it
     from superpose.client import Client
@@ -76,7 +76,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
     if ns.detach:
         return _up_detached(ns, home)
     with supervisor.exclusive_home(home):
-        return asyncio.run(_up_foreground(ns, home))
+        return eventloop.run(_up_foreground(ns, home))
 
 
 def _up_argv(ns: argparse.Namespace) -> list[str]:
@@ -255,7 +255,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
         finally:
             watch.cancel()
 
-    asyncio.run(run())
+    eventloop.run(run())
     return 0
 
 
@@ -263,7 +263,7 @@ def cmd_gateway(ns: argparse.Namespace) -> int:
     from superpose.gateway import serve
 
     url = _lattice_url(ns.lattice)
-    asyncio.run(
+    eventloop.run(
         serve(
             url,
             ns.host,
@@ -582,7 +582,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
             warm = ",".join(d[:8] for d in n["warm"]) or "-"
             print(
                 f"  {n['id']}  host={n['host']} labels={labels} slots={n['slots']} "
-                f"busy={n['busy']} served={n['served']} warm={warm}"
+                f"busy={n['busy']} served={n['served']} (express {n['express']}) warm={warm}"
             )
         print(f"{len(state['apps'])} app(s)")
         for app in state["apps"]:

@@ -12,6 +12,7 @@ ENV_REPLICAS = "SUPERPOSE_REPLICAS"
 ENV_MAX_DELIVER = "SUPERPOSE_MAX_DELIVER"
 ENV_AFFINITY = "SUPERPOSE_AFFINITY"
 ENV_MAX_EXECUTORS = "SUPERPOSE_MAX_EXECUTORS"
+ENV_EXPRESS = "SUPERPOSE_EXPRESS"
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -55,6 +56,12 @@ def max_deliver(default: int) -> int:
 def affinity_from_env() -> bool:
     """Warm affinity is on unless ``$SUPERPOSE_AFFINITY=0`` (benchmarks compare both)."""
     return os.environ.get(ENV_AFFINITY, "1") != "0"
+
+
+def express_from_env() -> bool:
+    """Clients send warm calls straight to executors unless ``$SUPERPOSE_EXPRESS=0``
+    (benchmarks compare both; every call then goes through a node agent)."""
+    return os.environ.get(ENV_EXPRESS, "1") != "0"
 
 
 def max_executors_from_env(default: int) -> int:

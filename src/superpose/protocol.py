@@ -137,6 +137,27 @@ def node_call_wildcard(node_id: str) -> str:
     return f"sp.node.{node_id}.call.>"
 
 
+EXPRESS_QUEUE_GROUP = "exec"
+
+
+def express_subject(digest: str, app: str, fn: str) -> str:
+    """A warm call sent straight to the executors hosting ``digest``, past their agents.
+
+    Every executor hosting the bundle subscribes in one queue group; one that is busy,
+    or has not served the function yet, passes the call to ``call_subject`` unchanged.
+    """
+    return f"sp.exec.{digest}.{app}.{fn}"
+
+
+def express_wildcard(digest: str) -> str:
+    return f"sp.exec.{digest}.>"
+
+
+def call_subject_of_express(subject: str) -> str:
+    """``sp.exec.<digest>.<app>.<fn>`` → ``sp.call.<app>.<fn>``, without decoding the call."""
+    return "sp.call." + subject.split(".", 3)[3]
+
+
 FORWARDED_BY_HEADER = "Sp-Forwarded-By"
 """Set on a call one node hands to another (warm affinity): the receiver reports back
 when the call ends, so the sender knows how many it has outstanding there."""
@@ -564,6 +585,8 @@ class NodeInfo:
     served: int = 0
     cold_loads: int = 0
     """Bundles this node has loaded into a new executor since it started."""
+    express: int = 0
+    """Of ``served``, calls a client sent straight to one of this node's warm executors."""
     traffic: dict[str, int] = field(default_factory=dict)
     """Calls served per ``app@digest`` since the node started (canary splits)."""
 

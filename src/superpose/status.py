@@ -59,6 +59,7 @@ async def lattice_status(client: Client) -> dict[str, Any]:
                 "busy": n.busy,
                 "queued": n.queued,
                 "served": n.served,
+                "express": n.express,
                 "warm": n.warm,
                 "cold_loads": n.cold_loads,
                 "uptime_s": round(time.time() - n.started, 1),

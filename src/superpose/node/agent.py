@@ -26,7 +26,12 @@ from nats.aio.subscription import Subscription
 
 from superpose import protocol
 from superpose.code import store
-from superpose.config import DEFAULT_TIMEOUT_S, affinity_from_env, max_executors_from_env
+from superpose.config import (
+    DEFAULT_TIMEOUT_S,
+    affinity_from_env,
+    express_from_env,
+    max_executors_from_env,
+)
 from superpose.durable.worker import DurableWorker
 from superpose.errors import CallTimeoutError, NotFoundError, SuperposeError
 from superpose.lattice.connection import Assets, connect, ensure_assets
@@ -71,6 +76,8 @@ class NodeConfig:
     drain_grace_s: float = 10.0
     affinity: bool = field(default_factory=affinity_from_env)
     """Hand a call for a bundle this node lacks to a node holding it warm and idle."""
+    express: bool = field(default_factory=express_from_env)
+    """Warm executors take calls straight from clients (see executor_main)."""
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -133,6 +140,7 @@ class NodeAgent:
         self.directory: NodeDirectory | None = None
         self._registry: Registry | None = None
         self.cold_loads = 0
+        self.express_calls = 0
         self.traffic: Counter[str] = Counter()
         self._forwards: dict[str, dict[str, float]] = {}
         """Calls handed to other nodes and not yet reported done: node → {id: when}."""
@@ -222,6 +230,7 @@ class NodeAgent:
         for sub in self._subs:
             await _bounded(sub.unsubscribe(), "unsubscribe")
         self._subs.clear()
+        await asyncio.gather(*(e.quiet() for h in self.hosts.values() for e in h.executors))
         await _bounded(self.durable.stop_pulling(), "stop pulling durable work")
         deadline = time.monotonic() + self.config.drain_grace_s
         while (self.busy or self.queued or self.durable.busy()) and time.monotonic() < deadline:
@@ -271,6 +280,7 @@ class NodeAgent:
             seen=time.time(),
             served=self.served,
             cold_loads=self.cold_loads,
+            express=self.express_calls,
             traffic=dict(self.traffic),
         )
 
@@ -396,7 +406,8 @@ class NodeAgent:
     async def _add_executor(self, host: BundleHost, app: str) -> ExecutorProcess:
         self._evict_if_full(room_for=1)
         executor = await self._fresh_executor()
-        await executor.load(host.digest, str(host.path), app)
+        executor.on_took = lambda message: self._adopt(host, executor, message)
+        await executor.load(host.digest, str(host.path), app, express=self.config.express)
         host.executors.append(executor)
         # Loads overlap (a warm-up and a call, two cold bundles): each made room before
         # the other finished, so look again now that this one is in.
@@ -653,13 +664,13 @@ class NodeAgent:
         meta: dict[str, Any],
         pool: SlotPool,
     ) -> None:
-        """Hand the call to the executor; start, completion and timeout arrive as callbacks."""
-        loop = asyncio.get_running_loop()
+        """Hand the call to the executor."""
+        reply = msg.reply or ""
         if inv.id in self.durable.cancelled:  # cancelled while it waited here
             pool.release()
             self._spawn(
                 self._reply_error(
-                    msg.reply or "",
+                    reply,
                     inv.id,
                     protocol.ERR_CANCELLED,
                     "Cancelled",
@@ -667,6 +678,38 @@ class NodeAgent:
                 )
             )
             return
+        executor.run(msg.data, reply, self._track(host, executor, inv, reply, meta, pool))
+
+    def _adopt(self, host: BundleHost, executor: ExecutorProcess, message: dict[str, Any]) -> None:
+        """An executor took a call a client sent it directly: account for it as if this
+        agent had sent it (slot, timeout, memory, progress, span). The slot is taken
+        even if none is free; the executor only takes a call when it is idle."""
+        reply = message["reply"] or ""
+        inv = protocol.Invocation.decode(message["inv"])
+        key = (inv.module, inv.qualname)
+        meta = host.known.get(key, {})
+        is_sync = not meta.get("is_async", False)
+        pool = self.slots if is_sync else host.async_limit(key, meta, self.config.slots)
+        pool.take()
+        client = protocol.client_of_reply(reply)
+        if client is not None:
+            self.held[inv.id] = (client, time.monotonic(), inv.deadline)
+        if inv.digest in self.hosts:
+            self.hosts.move_to_end(inv.digest)
+        self.express_calls += 1
+        executor.adopt(self._track(host, executor, inv, reply, meta, pool), started=True)
+
+    def _track(
+        self,
+        host: BundleHost,
+        executor: ExecutorProcess,
+        inv: protocol.Invocation,
+        reply: str,
+        meta: dict[str, Any],
+        pool: SlotPool,
+    ) -> Call:
+        """A call record whose start, completion and timeout arrive as callbacks."""
+        loop = asyncio.get_running_loop()
         memory_mb = inv.memory_mb or meta.get("memory_mb")
         call = Call(
             id=inv.id,
@@ -675,7 +718,6 @@ class NodeAgent:
             done=loop.create_future(),
         )
         timeout_s = float(inv.timeout_s or meta.get("timeout_s") or DEFAULT_TIMEOUT_S)
-        reply = msg.reply or ""
         timers: list[asyncio.TimerHandle] = []
         started = 0.0
 
@@ -712,7 +754,7 @@ class NodeAgent:
         call.on_start = on_start
         call.done.add_done_callback(finished)
         host.users += 1
-        executor.run(msg.data, reply, call)
+        return call
 
     def _served(self, inv: protocol.Invocation, started: float, ok: bool) -> None:
         self.served += 1

@@ -6,12 +6,18 @@ functions run in worker threads, async ones on the event loop. Results are
 published straight to the caller's reply subject; the agent only hears
 ``done``, so big results never pass through it. What user code prints is
 captured per invocation and published as log records.
+
+Calls come from the agent over the channel, or, once the bundle is warm, straight
+from clients on the bundle's express subject: an idle executor runs such a call at
+once and tells the agent it ``took`` it (the agent then times, limits and reports it
+as if it had sent it); a busy one passes it to the node queue group unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import inspect
 import logging
@@ -29,8 +35,10 @@ from typing import Any, TextIO
 
 import cloudpickle
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
-from superpose import payload, protocol, runtime
+from superpose import eventloop, payload, protocol, runtime
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import RemoteError, UserError
 from superpose.lattice.connection import connect
@@ -109,6 +117,12 @@ class Executor:
         self._events: deque[tuple[Any, ...]] = deque()
         """What lane threads tell the loop (start, result, block, unblock), in order."""
         self._wake_scheduled = False
+        self.in_flight = 0
+        """Calls accepted and not yet answered, from either source."""
+        self.express: Subscription | None = None
+        self.express_ok: set[tuple[str, str]] = set()
+        """Functions the agent has sent here: it knows their limits, so it can adopt
+        an express call of them after the fact."""
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -117,11 +131,17 @@ class Executor:
         while (message := await self.channel.receive()) is not None:
             op = message["op"]
             if op == "run":
-                self._accept(message["inv"], message["reply"])
+                inv = protocol.Invocation.decode(message["inv"])
+                self.express_ok.add((inv.module, inv.qualname))
+                self._accept(inv, message["reply"])
             elif op == "describe":
                 self._describe(message)
             elif op == "load":
                 await self._load(message)
+            elif op == "quiet":
+                await self._quiet()
+                self.channel.send({"op": "quiet"})
+        await self._quiet()
         await self.http.shutdown()
 
     async def _load(self, message: dict[str, Any]) -> None:
@@ -143,7 +163,38 @@ class Executor:
         from superpose import client as client_module
 
         await client_module.install_node_client(self.nc)
+        if message.get("express", True):
+            self.express = await self.nc.subscribe(
+                protocol.express_wildcard(self.digest),
+                queue=protocol.EXPRESS_QUEUE_GROUP,
+                cb=self._on_express,
+                pending_msgs_limit=-1,
+                pending_bytes_limit=-1,
+            )
         self.channel.send({"op": "loaded"})
+
+    async def _on_express(self, msg: Msg) -> None:
+        """A client sent this call here directly: run it now if idle, else pass it on."""
+        if self.in_flight == 0 and self.express is not None:
+            try:
+                inv = protocol.Invocation.decode(msg.data)
+            except Exception:  # the agent that gets it answers with the decode error
+                inv = None
+            if inv is not None and (inv.module, inv.qualname) in self.express_ok:
+                # Taken only when idle, so it starts now: "took" is also its "start".
+                self.channel.send({"op": "took", "inv": msg.data, "reply": msg.reply})
+                self._accept(inv, msg.reply, announced=True)
+                return
+        subject = protocol.call_subject_of_express(msg.subject)
+        await self.nc.publish(subject, msg.data, reply=msg.reply)
+
+    async def _quiet(self) -> None:
+        """Take no more express calls (eviction, shutdown); ones already delivered are
+        passed to the queue group, so none is lost."""
+        express, self.express = self.express, None
+        if express is not None:
+            with contextlib.suppress(Exception):  # connection gone: nothing more can arrive
+                await express.drain()  # type: ignore[no-untyped-call]
 
     def _capture_output(self) -> None:
         out = _Output("stdout", sys.stdout, self._emit)
@@ -160,21 +211,22 @@ class Executor:
     # The agent sends sync calls ahead (its pipeline depth); lane threads run them
     # back to back and hand results to the loop in batches, one wake-up per batch.
 
-    def _accept(self, raw: bytes, reply: str) -> None:
-        inv = protocol.Invocation.decode(raw)
+    def _accept(self, inv: protocol.Invocation, reply: str, announced: bool = False) -> None:
+        self.in_flight += 1
         try:
             is_async = _is_async(self._function(inv.module, inv.qualname))
         except BaseException:
             is_async = True  # run it on the loop: _run reports the lookup failure
         if is_async or inv.args.codec == protocol.CODEC_HTTP:
-            self.channel.send({"op": "start", "id": inv.id})
+            if not announced:
+                self.channel.send({"op": "start", "id": inv.id})
             self.loop.create_task(self._run(inv, reply))
         else:
-            self.lane.submit((inv, reply))
+            self.lane.submit((inv, reply, announced))
 
-    def _run_sync(self, job: tuple[protocol.Invocation, str]) -> None:
+    def _run_sync(self, job: tuple[protocol.Invocation, str, bool]) -> None:
         """In a lane thread: run one sync call and hand its result to the loop."""
-        inv, reply = job
+        inv, reply, announced = job
         if inv.remaining_s() <= 0:
             error = protocol.ErrorInfo(
                 protocol.ERR_TIMEOUT,
@@ -183,7 +235,8 @@ class Executor:
             )
             self._tell_loop("result", reply, protocol.Result(inv.id, self.node_id, error=error))
             return
-        self._tell_loop("start", inv.id)
+        if not announced:
+            self._tell_loop("start", inv.id)
         started = time.perf_counter()
         token = runtime.current_invocation.set(
             runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx)
@@ -236,6 +289,7 @@ class Executor:
 
     async def _answer_all(self, results: list[tuple[str, protocol.Result]]) -> None:
         for reply, result in results:
+            self.in_flight -= 1
             if reply:
                 await self.nc.publish(reply, result.encode())
             self.channel.send({"op": "done", "id": result.id, "ok": result.error is None})
@@ -459,7 +513,7 @@ def main() -> None:
     parser.add_argument("--node", required=True)
     ns = parser.parse_args()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when executors stop
-    asyncio.run(_main(ns.fd, ns.lattice, ns.node))
+    eventloop.run(_main(ns.fd, ns.lattice, ns.node))
     os._exit(0)  # worker threads of abandoned calls must not keep the process alive
 
 

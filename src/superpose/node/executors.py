@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from typing import Any
 from superpose.node.channel import Channel
 
 START_TIMEOUT_S = 30.0
+QUIET_TIMEOUT_S = 2.0
 MEMORY_POLL_S = 0.05
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -60,6 +62,8 @@ class ExecutorProcess:
     calls: dict[str, Call] = field(default_factory=dict)
     last_used: float = field(default_factory=time.monotonic)
     kill_reason: tuple[str, str] | None = None
+    on_took: Callable[[dict[str, Any]], None] | None = None
+    """Told of each call a client sent straight here (express); the agent adopts it."""
     _waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     _reader: asyncio.Task[None] | None = None
     _memory_watch: asyncio.Task[None] | None = None
@@ -121,9 +125,10 @@ class ExecutorProcess:
         self.channel.send(message)
         return await waiter
 
-    async def load(self, digest: str, path: str, app: str) -> None:
+    async def load(self, digest: str, path: str, app: str, *, express: bool = True) -> None:
         self.digest = digest
-        await self._request("load", {"op": "load", "digest": digest, "path": path, "app": app})
+        message = {"op": "load", "digest": digest, "path": path, "app": app, "express": express}
+        await self._request("load", message)
 
     async def describe(self, module: str, qualname: str) -> dict[str, Any]:
         key = f"describe:{module}:{qualname}"
@@ -136,12 +141,30 @@ class ExecutorProcess:
         return meta
 
     def run(self, inv: bytes, reply: str, call: Call) -> None:
+        self.adopt(call)
+        self.channel.send({"op": "run", "inv": inv, "reply": reply})
+
+    def adopt(self, call: Call, *, started: bool = False) -> None:
+        """Watch a call this executor runs: one sent now, or one it took by express
+        (which has ``started`` already)."""
         self.calls[call.id] = call
         self.running_sync += call.is_sync
         self.last_used = time.monotonic()
-        self.channel.send({"op": "run", "inv": inv, "reply": reply})
         if call.memory_bytes and self._memory_watch is None:
             self._memory_watch = asyncio.create_task(self._watch_memory())
+        if started:
+            self._started(call)
+
+    def _started(self, call: Call) -> None:
+        call.started = True
+        if call.on_start is not None:
+            call.on_start()
+
+    async def quiet(self) -> None:
+        """Stop express calls; returns once the ones already delivered have been passed on."""
+        if self.alive and self.digest is not None:
+            with contextlib.suppress(TimeoutError, ExecutorDied):
+                await asyncio.wait_for(self._request("quiet", {"op": "quiet"}), QUIET_TIMEOUT_S)
 
     async def _read(self) -> None:
         while (message := await self.channel.receive()) is not None:
@@ -150,6 +173,11 @@ class ExecutorProcess:
                 self._resolve("load", message)
             elif op == "described":
                 self._resolve(message["key"], message)
+            elif op == "took":
+                if self.on_took is not None:
+                    self.on_took(message)
+            elif op == "quiet":
+                self._resolve("quiet", message)
             else:
                 call = self.calls.get(message["id"])
                 if call is not None:
@@ -163,9 +191,7 @@ class ExecutorProcess:
             if not call.done.done():
                 call.done.set_result(bool(message.get("ok")))
         elif op == "start":
-            call.started = True
-            if call.on_start is not None:
-                call.on_start()
+            self._started(call)
         elif op == "block" and call.holds_slot:
             self.running_sync -= call.is_sync
             self.on_block(call)
@@ -220,7 +246,12 @@ class ExecutorProcess:
         if self.process.returncode is None:
             self.process.kill()
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = QUIET_TIMEOUT_S) -> None:
+        """Quiet, let calls taken meanwhile finish (up to ``grace_s``), then stop."""
+        await self.quiet()
+        deadline = time.monotonic() + grace_s
+        while self.calls and self.alive and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         self.channel.close()
         try:
             await asyncio.wait_for(self.process.wait(), 2.0)
