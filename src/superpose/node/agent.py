@@ -791,7 +791,7 @@ class NodeAgent:
                 if inv_id in executor.calls:
                     neighbours += [c for c in executor.calls if c != inv_id]
                     why = f"executor restarted: invocation {inv_id} was cancelled"
-                    executor.kill((protocol.ERR_CRASHED, why))
+                    executor.condemn((protocol.ERR_CRASHED, why))
                     log.info("✂ cancelled %s", inv_id)
         return neighbours
 
@@ -807,7 +807,7 @@ class NodeAgent:
             return
         self.held.pop(inv.id, None)
         executor.calls.pop(call.id, None)
-        executor.kill(
+        executor.condemn(
             (
                 "crashed",
                 f"executor restarted: invocation {inv.id} of "

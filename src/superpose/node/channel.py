@@ -24,15 +24,20 @@ class Channel:
         self.writer = writer
         self._outgoing: list[bytes] = []
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any], *, now: bool = False) -> None:
+        """Queue a frame for the end of this loop iteration, or, ``now``, write it (and
+        any queued before it) before returning: for a frame that must reach the peer
+        even if this process dies the next moment."""
         body = msgpack.packb(message, use_bin_type=True)
-        if not self._outgoing:
+        if not self._outgoing and not now:
             asyncio.get_running_loop().call_soon(self._flush)
         self._outgoing.append(_HEADER.pack(len(body)) + body)
+        if now:
+            self._flush()
 
     def _flush(self) -> None:
         frames, self._outgoing = self._outgoing, []
-        if not self.writer.is_closing():
+        if frames and not self.writer.is_closing():
             self.writer.write(b"".join(frames))
 
     async def receive(self) -> dict[str, Any] | None:

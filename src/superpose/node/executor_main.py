@@ -182,7 +182,10 @@ class Executor:
                 inv = None
             if inv is not None and (inv.module, inv.qualname) in self.express_ok:
                 # Taken only when idle, so it starts now: "took" is also its "start".
-                self.channel.send({"op": "took", "inv": msg.data, "reply": msg.reply})
+                # Written at once: if the call kills this process, the agent must know
+                # of it to tell its caller.
+                took = {"op": "took", "inv": msg.data, "reply": msg.reply}
+                self.channel.send(took, now=True)
                 self._accept(inv, msg.reply, announced=True)
                 return
         subject = protocol.call_subject_of_express(msg.subject)

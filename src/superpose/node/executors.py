@@ -17,6 +17,9 @@ from superpose.node.channel import Channel
 
 START_TIMEOUT_S = 30.0
 QUIET_TIMEOUT_S = 2.0
+QUIET_BEFORE_KILL_S = 0.1
+"""How long a condemned executor gets to pass on express calls NATS already delivered
+to it; a clean kill would lose them (their callers notice only after 10 s)."""
 MEMORY_POLL_S = 0.05
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -230,7 +233,7 @@ class ExecutorProcess:
             if limits:
                 rss = _rss_bytes(self.pid)
                 if rss > min(limits):
-                    self.kill(
+                    self.condemn(
                         (
                             "memory",
                             f"memory limit of {min(limits) // 2**20} MiB exceeded "
@@ -239,6 +242,22 @@ class ExecutorProcess:
                     )
                     return
             await asyncio.sleep(MEMORY_POLL_S)
+
+    def condemn(self, reason: tuple[str, str]) -> None:
+        """Kill for a reason (a timeout, the memory limit, a cancel): at once for the
+        agent, which sends it nothing more, and for the process after a quiet of at
+        most QUIET_BEFORE_KILL_S (a sync call runs in a lane thread, so its event loop
+        can still answer; a stuck loop just means the full wait)."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        asyncio.get_running_loop().create_task(self._quiet_then_kill())
+
+    async def _quiet_then_kill(self) -> None:
+        if self.digest is not None and self.process.returncode is None:
+            with contextlib.suppress(TimeoutError, ExecutorDied):
+                quiet = self._request("quiet", {"op": "quiet"})
+                await asyncio.wait_for(quiet, QUIET_BEFORE_KILL_S)
+        self.kill()
 
     def kill(self, reason: tuple[str, str] | None = None) -> None:
         if self.kill_reason is None:
