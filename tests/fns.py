@@ -49,6 +49,13 @@ def exit_if(code: int) -> int:
     return 0
 
 
+@sp.function(timeout=1)
+async def stuck_loop(seconds: float) -> str:
+    """Blocks its executor's event loop: a bug the node must survive."""
+    time.sleep(seconds)
+    return "unstuck"
+
+
 @sp.function
 def segfault() -> None:
     ctypes.string_at(0)

@@ -119,6 +119,34 @@ def test_a_call_that_kills_its_executor_at_once_is_reported_not_lost(
         assert "exited with code 4" in crashed.value.remote_message
 
 
+def test_an_express_call_that_blocks_the_executors_loop_is_still_killed_on_time(
+    one_node: Lattice, express_client: sp.Client
+) -> None:
+    """The executor cannot answer the agent's quiet while its loop is stuck: the kill
+    goes ahead after the short wait."""
+    learn(express_client, lambda: fns.stuck_loop.remote(0))
+    with pytest.raises(sp.RemoteError) as timed_out:
+        fns.stuck_loop.remote(30)
+    assert timed_out.value.kind == protocol.ERR_TIMEOUT
+    assert fns.stuck_loop.remote(0) == "unstuck"
+
+
+def test_a_garbled_express_message_is_answered_with_bad_request(
+    one_node: Lattice, express_client: sp.Client
+) -> None:
+    """An executor passes what it cannot read to its node, which answers it."""
+    assert fns.square.remote(2) == 4  # the script's bundle is warm
+    digest, _, app = express_client.script_bundle("fns")
+    subject = protocol.express_subject(digest, app, "square")
+
+    async def request() -> protocol.Result:
+        reply = await express_client.nc.request(subject, b"\x93not msgpack map", timeout=10)
+        return protocol.Result.decode(reply.data)
+
+    result = express_client.run(request())
+    assert result.error is not None and result.error.kind == protocol.ERR_BAD_REQUEST
+
+
 def test_a_busy_executor_passes_calls_on_to_the_node(
     one_node: Lattice, express_client: sp.Client
 ) -> None:

@@ -33,8 +33,3 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         result: T = uvloop.run(main)
         return result
     return asyncio.run(main)
-
-
-def name() -> str:
-    """Which loop this process uses, for benchmark records and ``status``."""
-    return "uvloop" if uvloop is not None else "asyncio"

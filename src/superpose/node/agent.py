@@ -807,7 +807,7 @@ class NodeAgent:
             return
         self.held.pop(inv.id, None)
         executor.calls.pop(call.id, None)
-        executor.condemn(
+        killed = executor.condemn(
             (
                 "crashed",
                 f"executor restarted: invocation {inv.id} of "
@@ -815,13 +815,16 @@ class NodeAgent:
             )
         )
         call.done.cancel()
-        self._spawn(
-            self._reply_error(
-                reply,
-                inv.id,
-                protocol.ERR_TIMEOUT,
-                "TimeoutError",
-                f"{inv.app}.{inv.fn} exceeded its timeout of {timeout_s:g} s and was killed",
+        # Answer once it is dead: the caller's next call must not go express to it.
+        killed.add_done_callback(
+            lambda _: self._spawn(
+                self._reply_error(
+                    reply,
+                    inv.id,
+                    protocol.ERR_TIMEOUT,
+                    "TimeoutError",
+                    f"{inv.app}.{inv.fn} exceeded its timeout of {timeout_s:g} s and was killed",
+                )
             )
         )
         log.info("! %s.%s %s timeout after %g s", inv.app, inv.fn, inv.id, timeout_s)

@@ -163,11 +163,12 @@ class ExecutorProcess:
         if call.on_start is not None:
             call.on_start()
 
-    async def quiet(self) -> None:
-        """Stop express calls; returns once the ones already delivered have been passed on."""
-        if self.alive and self.digest is not None:
+    async def quiet(self, within_s: float = QUIET_TIMEOUT_S) -> None:
+        """Stop express calls; returns once the ones already delivered have been passed
+        on, or after ``within_s`` (an event loop stuck in user code cannot answer)."""
+        if self.digest is not None and self.process.returncode is None:
             with contextlib.suppress(TimeoutError, ExecutorDied):
-                await asyncio.wait_for(self._request("quiet", {"op": "quiet"}), QUIET_TIMEOUT_S)
+                await asyncio.wait_for(self._request("quiet", {"op": "quiet"}), within_s)
 
     async def _read(self) -> None:
         while (message := await self.channel.receive()) is not None:
@@ -243,21 +244,20 @@ class ExecutorProcess:
                     return
             await asyncio.sleep(MEMORY_POLL_S)
 
-    def condemn(self, reason: tuple[str, str]) -> None:
+    def condemn(self, reason: tuple[str, str]) -> asyncio.Task[None]:
         """Kill for a reason (a timeout, the memory limit, a cancel): at once for the
         agent, which sends it nothing more, and for the process after a quiet of at
         most QUIET_BEFORE_KILL_S (a sync call runs in a lane thread, so its event loop
         can still answer; a stuck loop just means the full wait)."""
         if self.kill_reason is None:
             self.kill_reason = reason
-        asyncio.get_running_loop().create_task(self._quiet_then_kill())
+        return asyncio.get_running_loop().create_task(self._quiet_then_kill())
 
     async def _quiet_then_kill(self) -> None:
-        if self.digest is not None and self.process.returncode is None:
-            with contextlib.suppress(TimeoutError, ExecutorDied):
-                quiet = self._request("quiet", {"op": "quiet"})
-                await asyncio.wait_for(quiet, QUIET_BEFORE_KILL_S)
+        await self.quiet(QUIET_BEFORE_KILL_S)
         self.kill()
+        with contextlib.suppress(TimeoutError):  # dead, so its connection is going too
+            await asyncio.wait_for(self.process.wait(), QUIET_TIMEOUT_S)
 
     def kill(self, reason: tuple[str, str] | None = None) -> None:
         if self.kill_reason is None:
