@@ -212,3 +212,21 @@ def test_an_express_subject_names_the_call_subject_it_falls_back_to() -> None:
     subject = protocol.express_subject("ab" * 32, "shop", "checkout")
     assert subject == f"sp.exec.{'ab' * 32}.shop.checkout"
     assert protocol.call_subject_of_express(subject) == protocol.call_subject("shop", "checkout")
+
+
+def test_a_failure_to_account_for_an_express_call_does_not_stop_the_reader(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The agent's reader of an executor's frames survives a failing ``took`` handler:
+    if it stopped, every later frame of that executor would go unread and its calls
+    would hang."""
+    from superpose.node.executors import ExecutorProcess
+
+    def broken(message: dict[str, object]) -> None:
+        raise KeyError("reply")
+
+    executor = ExecutorProcess(None, None, print, print)  # type: ignore[arg-type]
+    executor.on_took = broken
+    with caplog.at_level("ERROR", logger="superpose.node"):
+        executor._took({"op": "took"})
+    assert "could not account for an express call" in caplog.text

@@ -594,11 +594,12 @@ class Client:
         heapq.heappush(self._deadlines, (inv.deadline, inv.id))
         if inv.needs:
             pending.placing = True
-            self.loop.create_task(self._send_placed(pending))  # may wait for a node
+            self.loop.create_task(self._publish_or_fail(pending))  # may wait for a node
         else:
             await self._publish_call(pending)
 
-    async def _send_placed(self, pending: _Pending) -> None:
+    async def _publish_or_fail(self, pending: _Pending) -> None:
+        """Publish from a task or callback of its own: a failure fails this call only."""
         try:
             await self._publish_call(pending)
         except Exception as exc:
@@ -657,7 +658,7 @@ class Client:
             self._express_settled(pending)
             if no_responders:  # not warm anywhere: the queue group's nodes load it
                 self._express_cold[pending.inv.digest] = time.monotonic() + EXPRESS_RETRY_S
-                await self._publish_call(pending)
+                await self._publish_or_fail(pending)
                 return
         if no_responders:
             await self._retry_or_fail(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from superpose.node.channel import Channel
+
+log = logging.getLogger("superpose.node")
 
 START_TIMEOUT_S = 30.0
 QUIET_TIMEOUT_S = 2.0
@@ -158,6 +161,16 @@ class ExecutorProcess:
         if started:
             self._started(call)
 
+    def _took(self, message: dict[str, Any]) -> None:
+        """Report an express call to the agent. Whatever goes wrong there must not stop
+        this reader: every later frame of this executor would go unread."""
+        if self.on_took is None:
+            return
+        try:
+            self.on_took(message)
+        except Exception:  # the call still runs and answers its caller, unaccounted
+            log.exception("could not account for an express call")
+
     def _started(self, call: Call) -> None:
         call.started = True
         if call.on_start is not None:
@@ -178,8 +191,7 @@ class ExecutorProcess:
             elif op == "described":
                 self._resolve(message["key"], message)
             elif op == "took":
-                if self.on_took is not None:
-                    self.on_took(message)
+                self._took(message)
             elif op == "quiet":
                 self._resolve("quiet", message)
             else:
