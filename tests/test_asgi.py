@@ -423,15 +423,22 @@ def test_gateway_routes_win_and_v1_is_not_an_app(http: httpx.Client, site: str) 
     assert "/openapi.json" in error_of(response)["message"]
 
 
-def test_the_version_header_picks_an_older_version(
-    lattice: Lattice, http: httpx.Client, tmp_path: Path
-) -> None:
-    name = unique("tagged")
+def deploy_one_then_two(lattice: Lattice, tmp_path: Path, prefix: str) -> tuple[str, str]:
+    """A new HTTP app answering "one", then its second version answering "two" (latest):
+    the app's name and the first version's digest."""
+    name = unique(prefix)
     folder = tmp_path / name
     write_app(folder, {"main.py": TAGGED.format(tag="one")})
     one = deploy(lattice, folder, "--asgi", "main:app")
     write_app(folder, {"main.py": TAGGED.format(tag="two")})
     deploy(lattice, folder, "--asgi", "main:app")
+    return name, one
+
+
+def test_the_version_header_picks_an_older_version(
+    lattice: Lattice, http: httpx.Client, tmp_path: Path
+) -> None:
+    name, one = deploy_one_then_two(lattice, tmp_path, "tagged")
     assert http.get(f"/{name}/").text == "two"
     assert http.get(f"/{name}/", headers={"X-Superpose-Version": one[:10]}).text == "one"
     unknown = http.get(f"/{name}/", headers={"X-Superpose-Version": "abcdef123456"})
@@ -442,12 +449,7 @@ def test_the_version_header_picks_an_older_version(
 def test_canary_sessions_and_pins_apply_to_http_apps(
     lattice: Lattice, http: httpx.Client, tmp_path: Path
 ) -> None:
-    name = unique("canaried")
-    folder = tmp_path / name
-    write_app(folder, {"main.py": TAGGED.format(tag="one")})
-    one = deploy(lattice, folder, "--asgi", "main:app")
-    write_app(folder, {"main.py": TAGGED.format(tag="two")})
-    deploy(lattice, folder, "--asgi", "main:app")
+    name, one = deploy_one_then_two(lattice, tmp_path, "canaried")
     superpose_cli(
         "canary", name, one[:12], "--percent", "50", "--key", "header:X-Session",
         url=lattice.url, check=True,

@@ -53,15 +53,19 @@ def max_deliver(default: int) -> int:
     return int(text)
 
 
+def _on_unless_zero(variable: str) -> bool:
+    return os.environ.get(variable, "1") != "0"
+
+
 def affinity_from_env() -> bool:
     """Warm affinity is on unless ``$SUPERPOSE_AFFINITY=0`` (benchmarks compare both)."""
-    return os.environ.get(ENV_AFFINITY, "1") != "0"
+    return _on_unless_zero(ENV_AFFINITY)
 
 
 def express_from_env() -> bool:
     """Clients send warm calls straight to executors unless ``$SUPERPOSE_EXPRESS=0``
     (benchmarks compare both; every call then goes through a node agent)."""
-    return os.environ.get(ENV_EXPRESS, "1") != "0"
+    return _on_unless_zero(ENV_EXPRESS)
 
 
 def max_executors_from_env(default: int) -> int:

@@ -68,6 +68,8 @@ class ExecutorProcess:
     calls: dict[str, Call] = field(default_factory=dict)
     last_used: float = field(default_factory=time.monotonic)
     kill_reason: tuple[str, str] | None = None
+    quieted: bool = False
+    """Asked to take no more express calls (once is enough: shutdown, then close)."""
     on_took: Callable[[dict[str, Any]], None] | None = None
     """Told of each call a client sent straight here (express); the agent adopts it."""
     _waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
@@ -179,7 +181,8 @@ class ExecutorProcess:
     async def quiet(self, within_s: float = QUIET_TIMEOUT_S) -> None:
         """Stop express calls; returns once the ones already delivered have been passed
         on, or after ``within_s`` (an event loop stuck in user code cannot answer)."""
-        if self.digest is not None and self.process.returncode is None:
+        if self.digest is not None and self.process.returncode is None and not self.quieted:
+            self.quieted = True  # a stuck loop must not cost the wait twice
             with contextlib.suppress(TimeoutError, ExecutorDied):
                 await asyncio.wait_for(self._request("quiet", {"op": "quiet"}), within_s)
 
