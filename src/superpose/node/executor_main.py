@@ -160,9 +160,6 @@ class Executor:
             )
         )
         self._capture_output()
-        from superpose import client as client_module
-
-        await client_module.install_node_client(self.nc)
         if message.get("express", True):
             self.express = await self.nc.subscribe(
                 protocol.express_wildcard(self.digest),
@@ -502,6 +499,11 @@ async def _main(fd: int, lattice: str, node_id: str) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     nc = await connect(lattice, name=f"superpose-executor-{node_id}-{os.getpid()}")
+    # While still neutral: importing the client and opening it (asset lookups, its
+    # subscriptions) cost 35-55 ms, which a bundle's first call would otherwise wait for.
+    from superpose import client as client_module
+
+    await client_module.install_node_client(nc)
     executor = Executor(nc, Channel(reader, writer), node_id)
     try:
         await executor.serve()
