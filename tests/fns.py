@@ -84,6 +84,20 @@ def identity(data: bytes) -> bytes:
 
 
 @sp.function
+async def async_make_bytes(n: int) -> bytes:
+    return b"\x09" * n
+
+
+@sp.function
+def relay_size(n: int) -> int:
+    """A nested call with a big argument and a big result: the executor offers one and
+    pulls the other."""
+    back = identity.remote(b"\x05" * n)
+    assert back == b"\x05" * n
+    return len(back)
+
+
+@sp.function
 def talk(word: str) -> str:
     print(f"hello {word}")
     print("to stderr", file=__import__("sys").stderr)

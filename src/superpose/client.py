@@ -46,6 +46,7 @@ from superpose.functions import Options, RemoteFunction
 from superpose.futures import Future, fail, on_loop
 from superpose.lattice.connection import Assets, ensure_assets, ensure_work_consumer
 from superpose.lattice.connection import connect as connect_nats
+from superpose.lattice.offers import Offers
 from superpose.placement import NodeDirectory, call_needs, choose
 from superpose.registry import Registry, Target, session_from, split_name
 
@@ -59,6 +60,8 @@ EXPRESS_RETRY_S = 1.0
 """After no executor answered a bundle's express subject, how long to use the queue group."""
 REAP_INTERVAL_S = 0.25
 CLOSE_WAIT_S = 2.0
+OFFER_GRACE_S = 30.0
+"""A big argument stays offered this long past its call's deadline, if never settled."""
 LOST_SCAN_EVERY = 4
 """Reaper ticks between scans for calls whose node went silent (once a second)."""
 
@@ -104,6 +107,8 @@ class Client:
         self.loop = loop
         self.url = url
         self.id = uuid.uuid4().hex[:16]
+        self.offers = Offers(nc, self.id)
+        """Big arguments of this client's direct calls (and, in an executor, big results)."""
         self.log_sink = log_sink
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
@@ -154,6 +159,12 @@ class Client:
         )
         if self.log_sink is not None:
             await self.nc.subscribe(protocol.client_log_subject(self.id), cb=self._on_log)
+        await self.nc.subscribe(
+            self.offers.subject,
+            cb=self.offers.serve,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
         await self.nc.subscribe(
             protocol.progress_subject(self.id),
             cb=self._on_progress,
@@ -588,7 +599,11 @@ class Client:
         if pending.future.cancelled():
             return
         if inv.args.data is None and inv.args.blob is None:
-            inv.args = await payload.wrap(self.nc, pending.raw_args, inv.args.codec)
+            hold_s = max(0.0, inv.remaining_s()) + OFFER_GRACE_S
+            inv.args = payload.offer(self.offers, pending.raw_args, inv.args.codec, hold_s)
+            if inv.args.source is not None:  # retries resend it: withdrawn when settled
+                args = inv.args
+                pending.future.add_done_callback(lambda _: self.offers.withdraw(args))
         self._pending[inv.id] = pending
         pending.heard = time.monotonic()
         heapq.heappush(self._deadlines, (inv.deadline, inv.id))
@@ -684,7 +699,6 @@ class Client:
                 fail(pending.future, error)
             return
         self._pending.pop(inv_id, None)
-        await payload.discard(self.nc, pending.inv.args)
         assert result.value is not None
         if result.value.blob is None:
             _resolve(pending.future, result.value)

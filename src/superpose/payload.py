@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 
 from superpose import protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
-from superpose.lattice import objects
+from superpose.lattice import objects, offers
 
 BY_VALUE_MODULES: set[bytes] = {b"__main__"}
 """Modules the receiving side cannot import: values referring to them are sent by value.
@@ -43,7 +43,7 @@ def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], codec: str) -> by
     return _pickle((args, kwargs))
 
 
-def decode_args(data: bytes, codec: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def decode_args(data: bytes | bytearray, codec: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if codec == protocol.CODEC_JSON:
         body = json.loads(data)
         return tuple(body.get("args", ())), dict(body.get("kwargs", {}))
@@ -67,7 +67,7 @@ def encode_value(value: Any, codec: str) -> bytes:
     return _pickle(value)
 
 
-def decode_value(data: bytes, codec: str) -> Any:
+def decode_value(data: bytes | bytearray, codec: str) -> Any:
     if codec == protocol.CODEC_HTTP:  # the gateway decodes the HttpResponse itself
         return data
     if codec == protocol.CODEC_JSON:
@@ -76,7 +76,8 @@ def decode_value(data: bytes, codec: str) -> Any:
 
 
 async def wrap(nc: NATS, data: bytes, codec: str) -> protocol.Payload:
-    """Inline small payloads; spill large ones to the blob store and pass a reference."""
+    """Durable payloads: inline if small, else spilled to the blob store (they must
+    outlive every process) and passed by reference."""
     if len(data) <= SPILL_THRESHOLD_BYTES:
         return protocol.Payload(codec=codec, data=data, size=len(data))
     blob = uuid.uuid4().hex
@@ -84,13 +85,28 @@ async def wrap(nc: NATS, data: bytes, codec: str) -> protocol.Payload:
     return protocol.Payload(codec=codec, blob=blob, size=len(data))
 
 
-async def unwrap(nc: NATS, payload: protocol.Payload) -> bytes:
+def offer(offered: offers.Offers, data: bytes, codec: str, hold_s: float) -> protocol.Payload:
+    """Direct calls' payloads: inline if small, else offered for the reader to pull
+    (its caller is waiting, so nothing needs to survive it)."""
+    if len(data) <= SPILL_THRESHOLD_BYTES:
+        return protocol.Payload(codec=codec, data=data, size=len(data))
+    return offered.offer(data, codec, hold_s)
+
+
+async def unwrap(nc: NATS, payload: protocol.Payload) -> bytes | bytearray:
     if payload.blob is None:
         return payload.data or b""
+    if payload.source is not None:
+        return await offers.pull(nc, payload)
     return await objects.get(nc, protocol.BLOBS_BUCKET, protocol.blob_object_name(payload.blob))
 
 
 async def discard(nc: NATS, payload: protocol.Payload | None) -> None:
-    """Free a spilled blob once its reader has it (the bucket TTL is the backstop)."""
-    if payload is not None and payload.blob is not None:
+    """Free a spilled or offered blob once its reader has it (the bucket TTL, or the
+    offer's expiry, is the backstop)."""
+    if payload is None or payload.blob is None:
+        return
+    if payload.source is not None:
+        await offers.release(nc, payload)
+    else:
         await objects.delete(nc, protocol.BLOBS_BUCKET, protocol.blob_object_name(payload.blob))

@@ -178,6 +178,11 @@ def node_results_subject(node_id: str) -> str:
     return f"_SPN.{node_id}.d"
 
 
+def is_node_results_subject(subject: str) -> bool:
+    """A reply to a node's durable worker (the result is stored), not to a caller."""
+    return subject.startswith("_SPN.") and subject.endswith(".d")
+
+
 def result_key(invocation_id: str) -> str:
     return invocation_id
 
@@ -218,6 +223,11 @@ def durable_notify_subject(client_id: str) -> str:
 
 def client_log_subject(client_id: str) -> str:
     return f"_SP.{client_id}.log"
+
+
+def offers_subject(client_id: str) -> str:
+    """Where a client (or an executor's client) answers pulls of the payloads it offers."""
+    return f"_SP.{client_id}.b"
 
 
 def progress_subject(client_id: str) -> str:
@@ -342,7 +352,7 @@ def pack(obj: dict[str, Any]) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpack(data: bytes) -> dict[str, Any]:
+def unpack(data: bytes | bytearray) -> dict[str, Any]:
     obj = msgpack.unpackb(data, raw=False)
     if not isinstance(obj, dict):
         raise ValueError("superpose message is not a map")
@@ -362,18 +372,25 @@ class Payload:
     """Arguments or a result: inline bytes, or a reference to a spilled blob."""
 
     codec: str
-    data: bytes | None = None
+    data: bytes | bytearray | None = None
+    """A bytearray only on the receiving side of a pulled offer (saves a copy)."""
     blob: str | None = None
     size: int = 0
+    source: str | None = None
+    """Where the blob is offered for pulling (a direct call's big payload,
+    ``lattice/offers.py``); None: the blob is in the object store."""
 
 
 def _payload_map(payload: Payload) -> dict[str, Any]:
-    return {
+    mapped = {
         "codec": payload.codec,
         "data": payload.data,
         "blob": payload.blob,
         "size": payload.size,
     }
+    if payload.source is not None:
+        mapped["source"] = payload.source
+    return mapped
 
 
 @dataclass(slots=True)
@@ -715,7 +732,7 @@ class HttpRequest:
         return pack({"t": self.TYPE, **asdict(self)})
 
     @classmethod
-    def decode(cls, data: bytes) -> HttpRequest:
+    def decode(cls, data: bytes | bytearray) -> HttpRequest:
         return cls(**_untag(unpack(data), cls.TYPE))
 
 

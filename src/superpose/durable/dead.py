@@ -160,7 +160,7 @@ async def result_json(nc: NATS, result: protocol.Result) -> bytes:
         raise SuperposeError(f"invocation {result.id} has no value (status {status_of(result)})")
     data = await payload.unwrap(nc, value) if value.blob is not None else value.data or b""
     if value.codec == protocol.CODEC_JSON:
-        return data
+        return bytes(data)
     try:
         decoded = payload.decode_value(data, value.codec)
     except Exception as exc:

@@ -56,7 +56,9 @@ class AsgiRunner:
         self.nc = nc
         self._lifespans: dict[tuple[str, str], _Lifespan] = {}
 
-    async def serve(self, app: App, inv: protocol.Invocation, raw: bytes, reply: str) -> bytes:
+    async def serve(
+        self, app: App, inv: protocol.Invocation, raw: bytes | bytearray, reply: str
+    ) -> bytes:
         """Run one request through ``app``; returns the encoded ``HttpResponse``."""
         request = protocol.HttpRequest.decode(raw)
         state = await self._started(app, (inv.module, inv.qualname))

@@ -41,11 +41,16 @@ from nats.aio.subscription import Subscription
 from superpose import eventloop, payload, protocol, runtime
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import RemoteError, UserError
+from superpose.lattice import offers
 from superpose.lattice.connection import connect
+from superpose.lattice.offers import OfferGoneError, Offers
 from superpose.node.asgi_runner import AsgiRunner
 from superpose.node.channel import Channel
 from superpose.node.lane import SyncLane
 
+OFFERS_DRAIN_S = 1.5
+"""On stopping, how long to keep serving results their callers have not pulled yet
+(the agent kills an executor that has not exited 2 s after its channel closed)."""
 INHERITED_KINDS = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
 """Failure kinds a function's error takes from the nested call that caused it."""
 
@@ -103,8 +108,10 @@ class _LogHandler(logging.Handler):
 
 
 class Executor:
-    def __init__(self, nc: NATS, channel: Channel, node_id: str) -> None:
+    def __init__(self, nc: NATS, channel: Channel, node_id: str, offered: Offers) -> None:
         self.nc = nc
+        self.offers = offered
+        """Big results of direct calls, until their callers have pulled them."""
         self.channel = channel
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
@@ -143,6 +150,9 @@ class Executor:
                 self.channel.send({"op": "quiet"})
         await self._quiet()
         await self.http.shutdown()
+        deadline = time.monotonic() + OFFERS_DRAIN_S
+        while len(self.offers) and time.monotonic() < deadline:  # results not yet pulled
+            await asyncio.sleep(0.01)
 
     async def _load(self, message: dict[str, Any]) -> None:
         path = Path(message["path"])
@@ -250,7 +260,7 @@ class Executor:
             args, kwargs = payload.decode_args(raw or b"", inv.args.codec)
             value = self._function(inv.module, inv.qualname)(*args, **kwargs)
             data = payload.encode_value(value, inv.args.codec)
-            result = protocol.Result(inv.id, self.node_id, value=self._payload(data, inv))
+            result = protocol.Result(inv.id, self.node_id, value=self._payload(data, inv, reply))
         except BaseException as exc:  # report everything the user code raised
             result = protocol.Result(inv.id, self.node_id, error=_error_info(exc))
         finally:
@@ -260,11 +270,13 @@ class Executor:
         result.duration_s = time.perf_counter() - started
         self._tell_loop("result", reply, result)
 
-    def _payload(self, data: bytes, inv: protocol.Invocation) -> protocol.Payload:
-        if len(data) <= SPILL_THRESHOLD_BYTES:
-            return protocol.Payload(codec=inv.args.codec, data=data, size=len(data))
-        spilled: protocol.Payload = self._on_loop(payload.wrap(self.nc, data, inv.args.codec))
-        return spilled
+    def _payload(self, data: bytes, inv: protocol.Invocation, reply: str) -> protocol.Payload:
+        """In a lane thread: a durable result is spilled to the object store (on the
+        loop), a direct one offered to its caller."""
+        if len(data) > SPILL_THRESHOLD_BYTES and protocol.is_node_results_subject(reply):
+            spilled: protocol.Payload = self._on_loop(payload.wrap(self.nc, data, inv.args.codec))
+            return spilled
+        return payload.offer(self.offers, data, inv.args.codec, offers.RESULT_HOLD_S)
 
     def _on_loop(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
@@ -381,11 +393,11 @@ class Executor:
         try:
             value = await self._call(inv, reply)
             data = payload.encode_value(value, inv.args.codec)
-            result = protocol.Result(
-                id=inv.id,
-                node=self.node_id,
-                value=await payload.wrap(self.nc, data, inv.args.codec),
-            )
+            if protocol.is_node_results_subject(reply):
+                wrapped = await payload.wrap(self.nc, data, inv.args.codec)
+            else:
+                wrapped = payload.offer(self.offers, data, inv.args.codec, offers.RESULT_HOLD_S)
+            result = protocol.Result(id=inv.id, node=self.node_id, value=wrapped)
         except BaseException as exc:  # report everything the user code raised
             result = protocol.Result(id=inv.id, node=self.node_id, error=_error_info(exc))
         finally:
@@ -480,6 +492,8 @@ def _error_info(exc: BaseException, kind: str = protocol.ERR_RAISED) -> protocol
         # A nested call died with its node: the caller failed for the same reason, so
         # a retry at any level of the call tree applies (it reruns the whole subtree).
         kind = exc.kind
+    elif isinstance(exc, OfferGoneError):  # a payload could not be pulled: not the user's
+        kind = protocol.ERR_INTERNAL
     return protocol.ErrorInfo(
         kind=kind,
         type=_type_name(type(exc)),
@@ -504,7 +518,8 @@ async def _main(fd: int, lattice: str, node_id: str) -> None:
     from superpose import client as client_module
 
     await client_module.install_node_client(nc)
-    executor = Executor(nc, Channel(reader, writer), node_id)
+    offered = client_module.current_client().offers
+    executor = Executor(nc, Channel(reader, writer), node_id, offered)
     try:
         await executor.serve()
     finally:

@@ -1,0 +1,163 @@
+"""Big payloads of direct calls, offered by their owner and pulled in chunks over NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+import fns
+import superpose as sp
+from conftest import Lattice
+from superpose import protocol
+from superpose.config import SPILL_THRESHOLD_BYTES
+from superpose.lattice import offers
+from superpose.lattice.connection import connect
+from superpose.lattice.offers import OfferGoneError, Offers
+
+BIG = SPILL_THRESHOLD_BYTES * 8
+
+
+async def _with_owner(lattice: Lattice, body: Callable[[Offers, Any], Awaitable[None]]) -> None:
+    """An owner serving offers on one connection, a reader on another (as across processes)."""
+    owner_nc = await connect(lattice.url, name="test-offers-owner")
+    reader_nc = await connect(lattice.url, name="test-offers-reader")
+    owned = Offers(owner_nc, "testowner" + os.urandom(4).hex())
+    await owner_nc.subscribe(owned.subject, cb=owned.serve)
+    await owner_nc.flush()
+    try:
+        await body(owned, reader_nc)
+    finally:
+        await owner_nc.close()
+        await reader_nc.close()
+
+
+def test_an_offer_is_pulled_whole_then_released(lattice: Lattice) -> None:
+    async def body(owned: Offers, reader: Any) -> None:
+        chunk = max(64 * 1024, min(1024 * 1024, reader.max_payload - 4096))
+        for size in (1, chunk, 3 * chunk + 123):
+            data = os.urandom(size)
+            payload = owned.offer(data, protocol.CODEC_PICKLE, hold_s=60)
+            assert payload.source == owned.subject and payload.size == size
+            assert await offers.pull(reader, payload) == data
+            assert await offers.pull(reader, payload) == data  # a retry may read it again
+            await offers.release(reader, payload)
+            await _until(lambda: len(owned) == 0)
+            with pytest.raises(OfferGoneError, match="no longer offered"):
+                await offers.pull(reader, payload)
+
+    asyncio.run(_with_owner(lattice, body))
+
+
+def test_an_unread_offer_expires_and_a_withdrawn_one_is_gone(lattice: Lattice) -> None:
+    async def body(owned: Offers, reader: Any) -> None:
+        stale = owned.offer(b"x" * 10, protocol.CODEC_PICKLE, hold_s=0.01)
+        await asyncio.sleep(0.05)
+        kept = owned.offer(b"y" * 10, protocol.CODEC_PICKLE, hold_s=60)  # sweeps the stale one
+        assert len(owned) == 1
+        with pytest.raises(OfferGoneError, match="no longer offered"):
+            await offers.pull(reader, stale)
+        owned.withdraw(kept)
+        with pytest.raises(OfferGoneError, match="no longer offered"):
+            await offers.pull(reader, kept)
+
+    asyncio.run(_with_owner(lattice, body))
+
+
+def test_a_garbled_pull_request_is_ignored_and_the_owner_keeps_serving(lattice: Lattice) -> None:
+    async def body(owned: Offers, reader: Any) -> None:
+        payload = owned.offer(b"z" * 100, protocol.CODEC_PICKLE, hold_s=60)
+        await reader.publish(owned.subject, b"\xff\xfe not a request")
+        await reader.publish(owned.subject, b"onlyoneword")
+        assert await offers.pull(reader, payload) == b"z" * 100
+
+    asyncio.run(_with_owner(lattice, body))
+
+
+def test_pulling_from_an_owner_that_is_gone_names_the_payload(lattice: Lattice) -> None:
+    async def body(owned: Offers, reader: Any) -> None:
+        orphan = protocol.Payload(
+            codec=protocol.CODEC_PICKLE,
+            blob="deadbeef",
+            size=10,
+            source=protocol.offers_subject("nobody" + os.urandom(4).hex()),
+        )
+        with pytest.raises(OfferGoneError, match=r"deadbeef.*is gone"):
+            await offers.pull(reader, orphan)
+
+    asyncio.run(_with_owner(lattice, body))
+
+
+def _blob_objects(client: sp.Client) -> int:
+    async def count() -> int:
+        stream = protocol.object_stream(protocol.BLOBS_BUCKET)
+        info = await client.nc.jetstream().stream_info(stream)
+        return int(info.state.messages)
+
+    return client.run(count())
+
+
+def test_direct_calls_pull_big_payloads_instead_of_storing_them(client: sp.Client) -> None:
+    data = os.urandom(BIG)
+    before = _blob_objects(client)
+    assert fns.echo_size.remote(data) == BIG
+    assert fns.identity.remote(data) == data
+    assert fns.async_make_bytes.remote(BIG) == b"\x09" * BIG
+    assert fns.relay_size.remote(BIG) == BIG  # an executor offers and pulls for nested calls
+    assert _blob_objects(client) == before  # nothing written to, or left in, the store
+    assert len(client.offers) == 0  # every argument withdrawn once its call settled
+
+
+def test_a_big_argument_is_withdrawn_when_its_call_fails(client: sp.Client) -> None:
+    with pytest.raises(sp.RemoteError, match="Boom"):
+        fns.fail.remote("x" * BIG)
+    assert len(client.offers) == 0
+
+
+def test_durable_calls_still_spill_big_payloads_to_the_object_store(client: sp.Client) -> None:
+    before = _blob_objects(client)
+    assert fns.echo_size.spawn(os.urandom(BIG)).result(timeout=60) == BIG
+    assert _blob_objects(client) > before  # it must outlive every process
+
+
+def test_an_argument_its_caller_no_longer_offers_fails_the_call_clearly(
+    client: sp.Client,
+) -> None:
+    target = fns.echo_size._target(client)
+    inv = protocol.Invocation(
+        id="orphan-args-1",
+        app=target.app,
+        fn=target.fn,
+        digest=target.digest,
+        module=target.module,
+        qualname=target.qualname,
+        args=protocol.Payload(
+            codec=protocol.CODEC_PICKLE,
+            blob="c0ffee",
+            size=BIG,
+            source=protocol.offers_subject("gonecaller" + os.urandom(4).hex()),
+        ),
+        deadline=time.time() + 30,
+    )
+
+    async def request() -> protocol.Result:
+        subject = protocol.call_subject(target.app, target.fn)
+        reply = await client.nc.request(subject, inv.encode(), timeout=20)
+        return protocol.Result.decode(reply.data)
+
+    result = client.run(request())
+    assert result.error is not None
+    assert result.error.kind == protocol.ERR_INTERNAL
+    assert "c0ffee" in result.error.message and "is gone" in result.error.message
+    assert fns.square.remote(5) == 25  # the node keeps serving
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
