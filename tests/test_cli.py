@@ -210,6 +210,45 @@ def test_commands_without_a_lattice_say_how_to_start_one(tmp_path: Path) -> None
     assert "superpose up" in proc.stderr
 
 
+def _unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_lattice_url_nothing_answers_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{_unused_port()}"
+    started = time.monotonic()
+    proc = superpose_cli("call", "hello.greet", "[]", url=url, home=tmp_path, timeout=40)
+    assert proc.returncode == 1
+    assert f"cannot reach the lattice at {url}" in proc.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_a_worker_that_cannot_reach_its_lattice_exits_and_leaves_no_executor(
+    tmp_path: Path,
+) -> None:
+    url = f"nats://127.0.0.1:{_unused_port()}"
+    proc = superpose_cli("worker", "--lattice", url, home=tmp_path, timeout=40)
+    assert proc.returncode == 1
+    assert f"cannot reach the lattice at {url}" in proc.stderr
+    # its spare executor was already starting: it must not outlive the worker
+    assert not [cmd for cmd in _command_lines() if "executor_main" in cmd and url in cmd]
+
+
+def _command_lines() -> list[str]:
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:  # gone meanwhile
+                continue
+    return lines
+
+
 # --- ls, status, logs ------------------------------------------------------------------
 
 

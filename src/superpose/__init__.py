@@ -18,6 +18,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from superpose.lazy_imports import defer_unused_imports
+
+defer_unused_imports()  # before anything imports nats-py
+
 if TYPE_CHECKING:
     from superpose.client import Client, connect
     from superpose.errors import (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable
@@ -29,29 +30,40 @@ from superpose.lattice.batch import js_api
 T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 5.0
+FIRST_CONNECT_S = 10.0
+"""How long the first connection may take: nats-py retries it forever once reconnects
+are unlimited, which left a mistyped lattice URL hanging (and deaf to Ctrl-C)."""
 
 
 async def connect(url: str, *, name: str) -> NATS:
-    """A connection that reconnects forever and notices a dead server in seconds."""
+    """A connection that reconnects forever once made, and notices a dead server in
+    seconds; the first connection fails after FIRST_CONNECT_S with LatticeError."""
+    last_error: list[Exception] = []
 
-    async def _quiet(_: Exception) -> None:
-        return None
+    async def _remember(exc: Exception) -> None:
+        last_error[:] = [exc]
 
     try:
-        return await nats.connect(
-            servers=[url],
-            name=name,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            ping_interval=5,
-            max_outstanding_pings=3,
-            error_cb=_quiet,
+        return await asyncio.wait_for(
+            nats.connect(
+                servers=[url],
+                name=name,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                ping_interval=5,
+                max_outstanding_pings=3,
+                error_cb=_remember,
+            ),
+            FIRST_CONNECT_S,
         )
     except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+        why = last_error[0] if last_error else exc
         raise LatticeError(
-            f"cannot reach the lattice at {url}: {exc or type(exc).__name__}"
+            f"cannot reach the lattice at {url} (tried for {FIRST_CONNECT_S:.0f} s: "
+            f"{why or type(why).__name__}); is it running? `superpose status` shows "
+            "the one `superpose up` started"
         ) from exc
 
 
