@@ -50,6 +50,13 @@ def test_spawn_is_persisted_and_its_result_can_be_fetched_by_id(
     assert client.result(future.invocation_id, timeout=10) == "a"
 
 
+def test_a_garbled_notification_is_dropped_and_results_keep_arriving(client: sp.Client) -> None:
+    subject = protocol.durable_notify_subject(client.id)
+    client.run(client.nc.publish(subject, b"\xc1 not msgpack"))
+    client.run(client.nc.publish(subject, protocol.pack({"t": "not a batch"})))
+    assert sp.gather(*(dfns.noop.spawn(i) for i in range(50))) == list(range(50))
+
+
 def test_a_result_is_fetched_by_a_client_that_did_not_submit_it(
     lattice: Lattice, client: sp.Client, tmp_path: Path
 ) -> None:

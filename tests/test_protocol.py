@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
 from superpose import protocol
@@ -70,3 +71,21 @@ def test_a_stream_subject_belongs_to_its_client() -> None:
     subject = protocol.http_stream_subject("c0ffee", "c0ffee1a")
     assert subject == "_SP.c0ffee.s.c0ffee1a"
     assert subject.startswith(protocol.http_stream_wildcard("c0ffee")[:-1])
+
+
+def test_durable_notifications_pack_results_under_the_size_limit() -> None:
+    small = [protocol.Result(f"id{i}", "n1").encode() for i in range(1000)]
+    big = [b"x" * (200 * 1024)] * 7
+    for encoded in (small, big, small[:1], []):
+        messages = protocol.pack_results(encoded)
+        assert all(len(m) <= protocol.NOTIFY_MAX_BYTES + 64 for m in messages)
+        assert [e for m in messages for e in protocol.unpack_results(m)] == encoded
+    assert len(protocol.pack_results(small)) == 1
+    assert len(protocol.pack_results(big)) == 4  # two 200 KiB results per message
+
+
+def test_a_garbled_durable_notification_is_refused() -> None:
+    with pytest.raises(ValueError, match="array of results"):
+        protocol.unpack_results(protocol.pack({"t": "x"}))
+    with pytest.raises(ValueError, match="array of results"):
+        protocol.unpack_results(msgpack.packb([1, 2]))

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from superpose.errors import (
         CallTimeoutError,
         DeployError,
+        LatticeError,
         NoNodesError,
         NotFoundError,
         RemoteError,
@@ -41,6 +42,7 @@ _WHERE = {
     "connect": "superpose.client",
     "CallTimeoutError": "superpose.errors",
     "DeployError": "superpose.errors",
+    "LatticeError": "superpose.errors",
     "NoNodesError": "superpose.errors",
     "NotFoundError": "superpose.errors",
     "RemoteError": "superpose.errors",
@@ -61,6 +63,7 @@ __all__ = [
     "DeployError",
     "Function",
     "Future",
+    "LatticeError",
     "LinkedApp",
     "NoNodesError",
     "NotFoundError",

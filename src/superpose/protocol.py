@@ -174,13 +174,9 @@ CANCEL_SUBJECT = "sp.cancel"
 
 
 def node_results_subject(node_id: str) -> str:
-    """Where a node's executors send the results of durable invocations, for storing."""
+    """The reply a node gives the durable items it runs: its executors recognise it and
+    return those results with their ``done`` frame, for the agent to store."""
     return f"_SPN.{node_id}.d"
-
-
-def is_node_results_subject(subject: str) -> bool:
-    """A reply to a node's durable worker (the result is stored), not to a caller."""
-    return subject.startswith("_SPN.") and subject.endswith(".d")
 
 
 def result_key(invocation_id: str) -> str:
@@ -217,8 +213,37 @@ def reply_wildcard(client_id: str) -> str:
 
 
 def durable_notify_subject(client_id: str) -> str:
-    """Where nodes tell a client that a durable result of its is stored."""
+    """Where nodes tell a client that durable results of its are stored: a msgpack
+    array of encoded ``Result``s (``pack_results``), one message per stored batch."""
     return f"_SP.{client_id}.d"
+
+
+NOTIFY_MAX_BYTES = 512 * 1024
+"""Encoded results per notification message, under NATS's default 1 MiB max_payload."""
+
+
+def pack_results(encoded: list[bytes]) -> list[bytes]:
+    """Notification messages carrying ``encoded`` results, each under NOTIFY_MAX_BYTES
+    (a result is inline only up to the 256 KiB spill threshold, so any one fits)."""
+    messages: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for data in encoded:
+        if group and size + len(data) > NOTIFY_MAX_BYTES:
+            messages.append(msgpack.packb(group, use_bin_type=True))
+            group, size = [], 0
+        group.append(data)
+        size += len(data) + 8
+    if group:
+        messages.append(msgpack.packb(group, use_bin_type=True))
+    return messages
+
+
+def unpack_results(data: bytes) -> list[bytes]:
+    encoded = msgpack.unpackb(data, raw=False)
+    if not isinstance(encoded, list) or not all(isinstance(e, bytes) for e in encoded):
+        raise ValueError("a durable notification is not an array of results")
+    return encoded
 
 
 def client_log_subject(client_id: str) -> str:

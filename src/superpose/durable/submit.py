@@ -196,10 +196,12 @@ class Submitter:
 
     async def _on_notify(self, msg: Msg) -> None:
         try:
-            result = protocol.Result.decode(msg.data)
-        except ValueError:
+            batch = [protocol.Result.decode(data) for data in protocol.unpack_results(msg.data)]
+        except Exception:  # garbled: the sweep finds these results in the store
+            log.warning("unreadable durable notification dropped")
             return
-        self.deliver(result)
+        for result in batch:
+            self.deliver(result)
 
     def deliver(self, result: protocol.Result) -> None:
         durable = self.waiting.pop(result.id, None)

@@ -408,6 +408,7 @@ class NodeAgent:
         self._evict_if_full(room_for=1)
         executor = await self._fresh_executor()
         executor.on_took = lambda message: self._adopt(host, executor, message)
+        executor.on_result = self.durable.result_arrived
         await executor.load(host.digest, str(host.path), app, express=self.config.express)
         host.executors.append(executor)
         # Loads overlap (a warm-up and a call, two cold bundles): each made room before
@@ -849,7 +850,10 @@ class NodeAgent:
             node=self.config.node_id,
             error=protocol.ErrorInfo(kind=kind, type=type_name, message=message, traceback=tb),
         )
-        await self.nc.publish(reply, result.encode())
+        if reply == self.durable.reply:  # a durable item of ours (a crash, a timeout…)
+            self.durable.result_arrived(result.encode())
+        else:
+            await self.nc.publish(reply, result.encode())
 
 
 def _error_info(exc: Exception) -> protocol.ErrorInfo:

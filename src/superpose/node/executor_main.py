@@ -111,6 +111,8 @@ class Executor:
     def __init__(self, nc: NATS, channel: Channel, node_id: str, offered: Offers) -> None:
         self.nc = nc
         self.offers = offered
+        self.results_here = protocol.node_results_subject(node_id)
+        """Durable results for this node's agent: sent with their ``done`` frame."""
         """Big results of direct calls, until their callers have pulled them."""
         self.channel = channel
         self.node_id = node_id
@@ -273,7 +275,7 @@ class Executor:
     def _payload(self, data: bytes, inv: protocol.Invocation, reply: str) -> protocol.Payload:
         """In a lane thread: a durable result is spilled to the object store (on the
         loop), a direct one offered to its caller."""
-        if len(data) > SPILL_THRESHOLD_BYTES and protocol.is_node_results_subject(reply):
+        if len(data) > SPILL_THRESHOLD_BYTES and reply == self.results_here:
             spilled: protocol.Payload = self._on_loop(payload.wrap(self.nc, data, inv.args.codec))
             return spilled
         return payload.offer(self.offers, data, inv.args.codec, offers.RESULT_HOLD_S)
@@ -302,9 +304,12 @@ class Executor:
     async def _answer_all(self, results: list[tuple[str, protocol.Result]]) -> None:
         for reply, result in results:
             self.in_flight -= 1
-            if reply:
+            done = {"op": "done", "id": result.id, "ok": result.error is None}
+            if reply == self.results_here:  # for our own agent: no trip through NATS
+                done["result"] = result.encode()
+            elif reply:
                 await self.nc.publish(reply, result.encode())
-            self.channel.send({"op": "done", "id": result.id, "ok": result.error is None})
+            self.channel.send(done)
 
     def _on_block(self, invocation_id: str) -> None:
         """In the calling thread: a call waits on its children."""
@@ -393,7 +398,7 @@ class Executor:
         try:
             value = await self._call(inv, reply)
             data = payload.encode_value(value, inv.args.codec)
-            if protocol.is_node_results_subject(reply):
+            if reply == self.results_here:
                 wrapped = await payload.wrap(self.nc, data, inv.args.codec)
             else:
                 wrapped = payload.offer(self.offers, data, inv.args.codec, offers.RESULT_HOLD_S)

@@ -72,6 +72,9 @@ class ExecutorProcess:
     """Asked to take no more express calls (once is enough: shutdown, then close)."""
     on_took: Callable[[dict[str, Any]], None] | None = None
     """Told of each call a client sent straight here (express); the agent adopts it."""
+    on_result: Callable[[bytes], None] | None = None
+    """Given the encoded result of each durable call of this node's (it comes with its
+    ``done`` frame, not over NATS)."""
     _waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     _reader: asyncio.Task[None] | None = None
     _memory_watch: asyncio.Task[None] | None = None
@@ -205,6 +208,9 @@ class ExecutorProcess:
 
     def _on_call_frame(self, op: str, call: Call, message: dict[str, Any]) -> None:
         if op == "done":
+            result = message.get("result")
+            if result is not None and self.on_result is not None:
+                self.on_result(result)
             del self.calls[call.id]
             self.running_sync -= call.is_sync and call.holds_slot
             if not call.done.done():
