@@ -125,3 +125,28 @@ def poll(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
             return found
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def raw_call(client: sp.Client, function: Any, inv_id: str, args: Any, deadline: float) -> Any:
+    """Send a hand-built invocation of ``function`` (its ``protocol.Payload`` of
+    arguments and its deadline as given) straight to the queue group; its ``Result``."""
+    from superpose import protocol
+
+    target = function._target(client)
+    inv = protocol.Invocation(
+        id=inv_id,
+        app=target.app,
+        fn=target.fn,
+        digest=target.digest,
+        module=target.module,
+        qualname=target.qualname,
+        args=args,
+        deadline=deadline,
+    )
+
+    async def request() -> protocol.Result:
+        subject = protocol.call_subject(target.app, target.fn)
+        reply = await client.nc.request(subject, inv.encode(), timeout=20)
+        return protocol.Result.decode(reply.data)
+
+    return client.run(request())

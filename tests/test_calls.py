@@ -10,6 +10,7 @@ import pytest
 
 import fns
 import superpose as sp
+from conftest import raw_call
 from superpose import protocol
 
 
@@ -179,18 +180,8 @@ def _raw_request(client: sp.Client, subject: str, data: bytes) -> protocol.Resul
 
 
 def test_node_refuses_a_call_whose_caller_has_given_up(client: sp.Client) -> None:
-    target = fns.square._target(client)
-    inv = protocol.Invocation(
-        id="expired-1",
-        app=target.app,
-        fn=target.fn,
-        digest=target.digest,
-        module=target.module,
-        qualname=target.qualname,
-        args=protocol.Payload(codec=protocol.CODEC_JSON, data=b'{"args": [2]}'),
-        deadline=1.0,
-    )
-    result = _raw_request(client, protocol.call_subject(target.app, target.fn), inv.encode())
+    args = protocol.Payload(codec=protocol.CODEC_JSON, data=b'{"args": [2]}')
+    result = raw_call(client, fns.square, "expired-1", args, deadline=1.0)
     assert result.error is not None
     assert (result.error.kind, result.error.type) == (protocol.ERR_TIMEOUT, "DeadlineExceeded")
 

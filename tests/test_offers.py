@@ -12,7 +12,7 @@ import pytest
 
 import fns
 import superpose as sp
-from conftest import Lattice
+from conftest import Lattice, raw_call
 from superpose import protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.lattice import offers
@@ -127,29 +127,13 @@ def test_durable_calls_still_spill_big_payloads_to_the_object_store(client: sp.C
 def test_an_argument_its_caller_no_longer_offers_fails_the_call_clearly(
     client: sp.Client,
 ) -> None:
-    target = fns.echo_size._target(client)
-    inv = protocol.Invocation(
-        id="orphan-args-1",
-        app=target.app,
-        fn=target.fn,
-        digest=target.digest,
-        module=target.module,
-        qualname=target.qualname,
-        args=protocol.Payload(
-            codec=protocol.CODEC_PICKLE,
-            blob="c0ffee",
-            size=BIG,
-            source=protocol.offers_subject("gonecaller" + os.urandom(4).hex()),
-        ),
-        deadline=time.time() + 30,
+    args = protocol.Payload(
+        codec=protocol.CODEC_PICKLE,
+        blob="c0ffee",
+        size=BIG,
+        source=protocol.offers_subject("gonecaller" + os.urandom(4).hex()),
     )
-
-    async def request() -> protocol.Result:
-        subject = protocol.call_subject(target.app, target.fn)
-        reply = await client.nc.request(subject, inv.encode(), timeout=20)
-        return protocol.Result.decode(reply.data)
-
-    result = client.run(request())
+    result = raw_call(client, fns.echo_size, "orphan-args-1", args, deadline=time.time() + 30)
     assert result.error is not None
     assert result.error.kind == protocol.ERR_INTERNAL
     assert "c0ffee" in result.error.message and "is gone" in result.error.message
