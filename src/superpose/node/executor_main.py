@@ -111,9 +111,9 @@ class Executor:
     def __init__(self, nc: NATS, channel: Channel, node_id: str, offered: Offers) -> None:
         self.nc = nc
         self.offers = offered
+        """Big results of direct calls, until their callers have pulled them."""
         self.results_here = protocol.node_results_subject(node_id)
         """Durable results for this node's agent: sent with their ``done`` frame."""
-        """Big results of direct calls, until their callers have pulled them."""
         self.channel = channel
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
