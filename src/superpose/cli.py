@@ -226,6 +226,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     import uuid
 
     from superpose.node.agent import NodeAgent, NodeConfig
+    from superpose.node.executors import fork_executor
 
     labels = _parse_labels(ns.labels)
     node_id = ns.node_id or f"n{uuid.uuid4().hex[:6]}"
@@ -241,6 +242,8 @@ def cmd_worker(ns: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    # Before the event loop, threads or logging exist: the child shares our imports.
+    forked = fork_executor(node_config.lattice, node_id, state_dir / "executors.log")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     async def run() -> None:
@@ -251,7 +254,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
         watch = loop.create_task(supervisor.orphaned(ns.parent_pid))
         watch.add_done_callback(lambda _: stop.set())
         try:
-            await NodeAgent(node_config).run(stop)
+            await NodeAgent(node_config, forked).run(stop)
         finally:
             watch.cancel()
 

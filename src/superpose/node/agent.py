@@ -36,7 +36,13 @@ from superpose.durable.worker import DurableWorker
 from superpose.errors import CallTimeoutError, NotFoundError, SuperposeError
 from superpose.lattice.connection import Assets, connect, ensure_assets
 from superpose.node.call_log import CallLog
-from superpose.node.executors import Call, ExecutorDied, ExecutorProcess, LoadFailed
+from superpose.node.executors import (
+    Call,
+    ExecutorDied,
+    ExecutorProcess,
+    ForkedChild,
+    LoadFailed,
+)
 from superpose.node.prefetch import AliasPrefetcher
 from superpose.node.slots import SlotPool
 from superpose.placement import NodeDirectory, fresh, satisfies
@@ -114,8 +120,12 @@ class BundleHost:
 
 
 class NodeAgent:
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(
+        self, config: NodeConfig, forked: tuple[ForkedChild, socket.socket] | None = None
+    ) -> None:
         self.config = config
+        self._forked = forked
+        """A neutral executor forked before the event loop started: the first spare."""
         self.slots = SlotPool(config.slots * config.pipeline_depth)
         self.hosts: OrderedDict[str, BundleHost] = OrderedDict()
         self._host_locks: dict[str, asyncio.Lock] = {}
@@ -175,7 +185,7 @@ class NodeAgent:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         self._executor_log = open(self.config.state_dir / "executors.log", "ab")  # noqa: SIM115
         # First: its interpreter start and imports (~0.15 s) overlap our own set-up.
-        self._spare = asyncio.create_task(self._start_executor())
+        self._spare = asyncio.create_task(self._first_spare())
         self._nc = await connect(self.config.lattice, name=f"superpose-node-{self.config.node_id}")
         self._assets = await ensure_assets(self._nc)
         self._subs.append(
@@ -347,6 +357,14 @@ class NodeAgent:
             on_block=self._on_block,
             on_unblock=self._on_unblock,
             log_file=self._executor_log,
+        )
+
+    async def _first_spare(self) -> ExecutorProcess:
+        if self._forked is None:
+            return await self._start_executor()
+        (child, sock), self._forked = self._forked, None
+        return await ExecutorProcess.take_over(
+            child, sock, on_block=self._on_block, on_unblock=self._on_unblock
         )
 
     async def _fresh_executor(self) -> ExecutorProcess:

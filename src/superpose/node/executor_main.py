@@ -537,8 +537,14 @@ def main() -> None:
     parser.add_argument("--lattice", required=True)
     parser.add_argument("--node", required=True)
     ns = parser.parse_args()
+    serve_forever(ns.fd, ns.lattice, ns.node)
+
+
+def serve_forever(fd: int, lattice: str, node_id: str) -> None:
+    """Be an executor on the agent's socket ``fd`` until the agent closes it; never returns."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when executors stop
-    eventloop.run(_main(ns.fd, ns.lattice, ns.node))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    eventloop.run(_main(fd, lattice, node_id))
     os._exit(0)  # worker threads of abandoned calls must not keep the process alive
 
 
