@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from nats.errors import NoRespondersError
 
 import fns
 import superpose as sp
@@ -28,12 +29,26 @@ async def _with_owner(lattice: Lattice, body: Callable[[Offers, Any], Awaitable[
     reader_nc = await connect(lattice.url, name="test-offers-reader")
     owned = Offers(owner_nc, "testowner" + os.urandom(4).hex())
     await owner_nc.subscribe(owned.subject, cb=owned.serve)
-    await owner_nc.flush()
+    await _until_answered(reader_nc, owned.subject)
     try:
         await body(owned, reader_nc)
     finally:
         await owner_nc.close()
         await reader_nc.close()
+
+
+async def _until_answered(reader: Any, subject: str) -> None:
+    """Until the owner's subscription is live. Not ``flush()``: nats-py writes its PING
+    straight to the socket, ahead of a SUB still waiting in its buffer, so the PONG can
+    come back before the server has the subscription (seen as "no responders")."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        try:
+            await reader.request(subject, b"probe 0 0", timeout=1)
+            return
+        except NoRespondersError:
+            assert asyncio.get_running_loop().time() < deadline, f"nobody answers {subject}"
+            await asyncio.sleep(0.01)
 
 
 def test_an_offer_is_pulled_whole_then_released(lattice: Lattice) -> None:
