@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 import fns
 import superpose as sp
@@ -18,6 +19,7 @@ from superpose import protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.lattice import offers
 from superpose.lattice.connection import connect
+from superpose.lattice.objects import chunk_size_for
 from superpose.lattice.offers import OfferGoneError, Offers
 
 BIG = SPILL_THRESHOLD_BYTES * 8
@@ -53,7 +55,7 @@ async def _until_answered(reader: Any, subject: str) -> None:
 
 def test_an_offer_is_pulled_whole_then_released(lattice: Lattice) -> None:
     async def body(owned: Offers, reader: Any) -> None:
-        chunk = max(64 * 1024, min(1024 * 1024, reader.max_payload - 4096))
+        chunk = chunk_size_for(reader)
         for size in (1, chunk, 3 * chunk + 123):
             data = os.urandom(size)
             payload = owned.offer(data, protocol.CODEC_PICKLE, hold_s=60)
@@ -88,6 +90,8 @@ def test_a_garbled_pull_request_is_ignored_and_the_owner_keeps_serving(lattice: 
         payload = owned.offer(b"z" * 100, protocol.CODEC_PICKLE, hold_s=60)
         await reader.publish(owned.subject, b"\xff\xfe not a request")
         await reader.publish(owned.subject, b"onlyoneword")
+        with pytest.raises(NatsTimeout):  # words of a request, but not numbers: no answer
+            await reader.request(owned.subject, f"{payload.blob} x y".encode(), timeout=0.3)
         assert await offers.pull(reader, payload) == b"z" * 100
 
     asyncio.run(_with_owner(lattice, body))
@@ -160,3 +164,35 @@ async def _until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
     while not check():
         assert asyncio.get_running_loop().time() < deadline, "condition never held"
         await asyncio.sleep(0.01)
+
+
+def test_an_owner_that_answers_badly_or_never_is_a_clear_error(
+    lattice: Lattice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(offers, "CHUNK_TIMEOUT_S", 0.2)
+
+    async def body() -> None:
+        nc = await connect(lattice.url, name="test-offers-bad-owner")
+        try:
+            short = protocol.offers_subject("short" + os.urandom(4).hex())
+            silent = protocol.offers_subject("silent" + os.urandom(4).hex())
+
+            async def answer_short(msg: Any) -> None:
+                await nc.publish(msg.reply, b"abc")
+
+            async def answer_nothing(msg: Any) -> None:
+                return None
+
+            await nc.subscribe(short, cb=answer_short)
+            await nc.subscribe(silent, cb=answer_nothing)
+            await _until_answered(nc, short)
+            wrong = protocol.Payload(protocol.CODEC_PICKLE, blob="b1", size=10, source=short)
+            with pytest.raises(OfferGoneError, match="answered 3 bytes at offset 0, expected 10"):
+                await offers.pull(nc, wrong)
+            lost = protocol.Payload(protocol.CODEC_PICKLE, blob="b2", size=10, source=silent)
+            with pytest.raises(OfferGoneError, match="no answer for the chunk at offset 0"):
+                await offers.pull(nc, lost)
+        finally:
+            await nc.close()
+
+    asyncio.run(body())

@@ -28,6 +28,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from superpose import protocol
 from superpose.errors import SuperposeError
+from superpose.lattice.objects import chunk_size_for
 
 CHUNKS_IN_FLIGHT = 16
 """Requests outstanding per pull: 16-32 measured best for 1 MiB chunks (50 MB in 0.12 s)."""
@@ -80,22 +81,18 @@ class Offers:
 
     async def serve(self, msg: Msg) -> None:
         """``<blob> <offset> <length>`` answers those bytes; ``<blob> release`` drops it."""
-        try:
-            blob, first, *rest = msg.data.decode().split()
-        except ValueError:
-            return  # not a request of ours: nothing to answer
-        if first == RELEASE:
+        words = msg.data.decode(errors="replace").split()
+        if len(words) == 2 and words[1] == RELEASE:
             with self._lock:
-                self._offers.pop(blob, None)
+                self._offers.pop(words[0], None)
             return
+        if len(words) != 3 or not msg.reply or not (words[1] + words[2]).isdigit():
+            return  # not a request of ours: nothing to answer
+        blob, start, length = words[0], int(words[1]), int(words[2])
         offer = self._offers.get(blob)
-        if not msg.reply:
-            return
         if offer is None:
             await self._nc.publish(msg.reply, b"", headers={GONE_HEADER: "1"})
             return
-        start = int(first)
-        length = int(rest[0]) if rest else len(offer.data)
         # A view: nats-py copies it into the outgoing command anyway.
         chunk = memoryview(offer.data)[start : start + length]
         await self._nc.publish(msg.reply, chunk)  # type: ignore[arg-type]
@@ -107,7 +104,7 @@ async def pull(nc: NATS, payload: protocol.Payload) -> bytes | bytearray:
     size = payload.size
     if size == 0:
         return b""
-    chunk = max(64 * 1024, min(1024 * 1024, nc.max_payload - 4096))
+    chunk = chunk_size_for(nc)
     buffer = bytearray(size)
     window = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
 

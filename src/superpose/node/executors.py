@@ -103,10 +103,11 @@ def fork_executor(lattice: str, node_id: str, log_path: Path) -> tuple[ForkedChi
         try:
             ours.close()
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(log_fd, 1)
-            os.dup2(log_fd, 2)
             null_fd = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null_fd, 0)
+            for fd, target in ((null_fd, 0), (log_fd, 1), (log_fd, 2)):
+                os.dup2(fd, target)
+            os.close(log_fd)
+            os.close(null_fd)
             from superpose.node import executor_main
 
             executor_main.serve_forever(theirs.detach(), lattice, node_id)
