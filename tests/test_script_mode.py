@@ -87,9 +87,14 @@ def test_a_script_runs_with_its_local_modules_and_shows_remote_prints(
     root = _project(tmp_path)
     proc = _run_script(root, lattice, "3")
     assert proc.returncode == 0, proc.stderr
-    assert "remote 42" in proc.stdout
-    assert "mapped 6" in proc.stdout
-    assert "[work@n" in proc.stdout and "] working on 21" in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert "remote 42" in lines and "mapped 6" in lines
+    printed = [i for i, line in enumerate(lines) if line.startswith("[work@n")]
+    assert len(printed) == 4, proc.stdout
+    # A call's output reaches the caller before its result, never inside the caller's line.
+    assert lines[printed[0]].endswith("] working on 21")
+    assert printed[0] < lines.index("remote 42") < printed[1]
+    assert printed[-1] < lines.index("mapped 6")
 
 
 def test_map_shows_a_progress_bar_on_a_terminal_only(lattice: Lattice, tmp_path: Path) -> None:

@@ -157,8 +157,6 @@ class Client:
             pending_msgs_limit=-1,
             pending_bytes_limit=-1,
         )
-        if self.log_sink is not None:
-            await self.nc.subscribe(protocol.client_log_subject(self.id), cb=self._on_log)
         await self.nc.subscribe(
             self.offers.subject,
             cb=self.offers.serve,
@@ -663,9 +661,16 @@ class Client:
 
     async def _on_reply(self, msg: Msg) -> None:
         inv_id = msg.subject.rsplit(".", 1)[-1]
-        pending = self._pending.get(inv_id)
-        if pending is None:
+        if inv_id == protocol.CLIENT_LOG_TOKEN:
+            self._on_log(msg)
             return
+        pending = self._pending.get(inv_id)
+        if pending is not None:
+            await self._settle(pending, msg)
+
+    async def _settle(self, pending: _Pending, msg: Msg) -> None:
+        """A node's answer to one of our direct calls: its result, its error, or no one."""
+        inv_id = pending.inv.id
         if pending.inv.needs and self._sent_to[pending.node] > 0:
             self._sent_to[pending.node] -= 1
         no_responders = bool(msg.headers and msg.headers.get("Status") == "503")
@@ -790,7 +795,7 @@ class Client:
                         ),
                     )
 
-    async def _on_log(self, msg: Msg) -> None:
+    def _on_log(self, msg: Msg) -> None:
         if self.log_sink is not None:
             try:
                 self.log_sink(protocol.LogRecord.decode(msg.data))

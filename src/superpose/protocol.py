@@ -246,8 +246,15 @@ def unpack_results(data: bytes) -> list[bytes]:
     return encoded
 
 
+CLIENT_LOG_TOKEN = "log"
+"""The last token of a client's log subject: never an invocation id, which is hex."""
+
+
 def client_log_subject(client_id: str) -> str:
-    return f"_SP.{client_id}.log"
+    """Under the client's reply wildcard, so its one subscription takes a call's output and
+    then its result in the order the executor published them (two subscriptions are two
+    tasks in nats-py, and a result could overtake the lines printed before it)."""
+    return f"_SP.{client_id}.r.{CLIENT_LOG_TOKEN}"
 
 
 def offers_subject(client_id: str) -> str:
