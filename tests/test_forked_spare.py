@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import fns
 import superpose as sp
 from conftest import Lattice, client_on, start_lattice, stop_lattice
 from superpose import protocol
+from superpose.node.executors import ForkedChild
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +49,24 @@ def test_the_first_executor_is_forked_and_fails_like_any_other(one_node: Lattice
         second = int(fns.whoami.remote())  # the node keeps serving, on a fresh executor
         assert second != first and _parent_of(second) == node
         assert "superpose.node.executor_main" in _command_line(second)
+
+
+def _forked(exit_code: int) -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(exit_code)
+    return pid
+
+
+def test_a_forked_child_reports_its_exit_code_once_and_for_all() -> None:
+    child = ForkedChild(_forked(3))
+    assert asyncio.run(child.wait()) == 3
+    assert child.returncode == 3  # kept: the pid is reaped and may be reused
+
+
+def test_a_forked_child_reaped_elsewhere_counts_as_killed() -> None:
+    pid = _forked(0)
+    os.waitpid(pid, 0)  # someone else reaped it first
+    child = ForkedChild(pid)
+    assert child.returncode == -signal.SIGKILL
+    child.kill()  # a no-op: its pid may already belong to another process

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +17,13 @@ from nats.errors import TimeoutError as NatsTimeout
 import fns
 import superpose as sp
 from conftest import Lattice, raw_call
-from superpose import protocol
+from superpose import payload, protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.lattice import offers
 from superpose.lattice.connection import connect
 from superpose.lattice.objects import chunk_size_for
 from superpose.lattice.offers import OfferGoneError, Offers
+from superpose.node.executors import Call, ExecutorProcess
 
 BIG = SPILL_THRESHOLD_BYTES * 8
 
@@ -193,6 +196,59 @@ def test_an_owner_that_answers_badly_or_never_is_a_clear_error(
             with pytest.raises(OfferGoneError, match="no answer for the chunk at offset 0"):
                 await offers.pull(nc, lost)
         finally:
+            await nc.close()
+
+    asyncio.run(body())
+
+
+def test_a_stopping_executor_keeps_serving_results_not_yet_pulled(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    """Its agent closes its channel right after the ``done`` frame, as at shutdown or
+    eviction: the caller, not yet done pulling, still gets the whole result, and the
+    executor then exits by itself (not killed)."""
+    (tmp_path / "bigmod.py").write_text("def make(n):\n    return b'x' * n\n")
+
+    async def body() -> None:
+        nc = await connect(lattice.url, name="test-offers-caller")
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_reply(msg: Any) -> None:
+            await replies.put(msg.data)
+
+        inbox = nc.new_inbox()
+        await nc.subscribe(inbox, cb=on_reply)
+        executor = await ExecutorProcess.start(
+            lattice.url, "ndrain", lambda call: None, lambda call: None, subprocess.DEVNULL
+        )
+        try:
+            await executor.load("d" * 64, str(tmp_path), "drain")
+            inv = protocol.Invocation(
+                id="drain1",
+                app="drain",
+                fn="make",
+                digest="d" * 64,
+                module="bigmod",
+                qualname="make",
+                args=protocol.Payload(
+                    codec=protocol.CODEC_PICKLE,
+                    data=payload.encode_args((BIG,), {}, protocol.CODEC_PICKLE),
+                ),
+                deadline=time.time() + 30,
+            )
+            done = asyncio.get_running_loop().create_future()
+            executor.run(inv.encode(), inbox, Call(inv.id, True, None, done))
+            result = protocol.Result.decode(await asyncio.wait_for(replies.get(), 30))
+            assert result.value is not None and result.value.source is not None  # offered
+            closing = asyncio.create_task(executor.close(grace_s=0))
+            await asyncio.sleep(0.2)  # the channel is closed: the executor is stopping
+            data = await payload.unwrap(nc, result.value)
+            assert payload.decode_value(data, protocol.CODEC_PICKLE) == b"x" * BIG
+            await payload.discard(nc, result.value)
+            await closing
+            assert executor.process.returncode == 0
+        finally:
+            executor.kill()
             await nc.close()
 
     asyncio.run(body())

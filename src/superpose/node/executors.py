@@ -80,6 +80,8 @@ class ForkedChild:
         return self._code
 
     def kill(self) -> None:
+        if self.returncode is not None:  # reaped: its pid may belong to someone else now
+            return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
 
