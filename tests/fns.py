@@ -38,12 +38,14 @@ def sleepy(seconds: float) -> str:
 
 @sp.function
 def hard_exit(code: int) -> None:
+    print(f"last words before exit {code}")  # still in nats-py's buffer when it dies
     os._exit(code)
 
 
 @sp.function
 def exit_if(code: int) -> int:
     """Returns 0, or kills its process with ``code``: one function, warm first, then crash."""
+    print(f"exit_if({code})")
     if code:
         os._exit(code)
     return 0
@@ -58,11 +60,13 @@ async def stuck_loop(seconds: float) -> str:
 
 @sp.function
 def segfault() -> None:
+    print("about to read address 0")
     ctypes.string_at(0)
 
 
 @sp.function(memory=200)
 def hog(mib: int) -> int:
+    print(f"allocating {mib} MiB")
     blocks = [bytearray(1024 * 1024) for _ in range(mib)]
     time.sleep(1)
     return len(blocks)
@@ -164,3 +168,10 @@ def hold_once(marker: str, seconds: float) -> str:
 @sp.function
 def parent_of_crash() -> None:
     hard_exit.remote(4)
+
+
+@sp.function
+def write_to_fd(token: str) -> None:
+    """Output at the fd level, as a C extension writes it, and through print."""
+    os.write(1, f"raw {token}\n".encode())
+    print(f"captured {token}")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import random
+import time
 
 import pytest
 
 import fns
 import superpose as sp
-from conftest import raw_call
+from conftest import Lattice, raw_call
 from superpose import protocol
 
 
@@ -70,7 +72,16 @@ def test_hard_exit_is_reported_as_a_crash(client: sp.Client) -> None:
         fns.hard_exit.remote(3)
     assert info.value.kind == protocol.ERR_CRASHED
     assert "exited with code 3" in info.value.remote_message
+    assert info.value.traceback == "last words before exit 3"
+    assert "--- last output ---\nlast words before exit 3" in str(info.value)
     assert fns.square.remote(5) == 25
+
+
+def test_a_crash_report_holds_only_what_its_own_call_printed(client: sp.Client) -> None:
+    assert sp.gather(*(fns.exit_if.spawn(0) for _ in range(6))) == [0] * 6
+    with pytest.raises(sp.RemoteError) as info:
+        fns.exit_if.remote(5)
+    assert info.value.traceback == "exit_if(5)"
 
 
 def test_segfault_is_reported_as_a_crash(client: sp.Client) -> None:
@@ -78,6 +89,9 @@ def test_segfault_is_reported_as_a_crash(client: sp.Client) -> None:
         fns.segfault.remote()
     assert info.value.kind == protocol.ERR_CRASHED
     assert "SIGSEGV" in info.value.remote_message
+    report = info.value.traceback
+    assert report.startswith("about to read address 0\nFatal Python error: Segmentation fault")
+    assert "in segfault" in report  # the Python stack of the thread it hit
     assert fns.square.remote(5) == 25
 
 
@@ -86,6 +100,7 @@ def test_memory_blow_up_past_the_limit_is_killed(client: sp.Client) -> None:
         fns.hog.remote(1500)
     assert info.value.kind == protocol.ERR_MEMORY
     assert "memory limit of 200 MiB" in info.value.remote_message
+    assert info.value.traceback == "allocating 1500 MiB"
     assert fns.hog.remote(10) == 10
 
 
@@ -208,3 +223,17 @@ def test_a_memory_limit_given_at_call_time_is_enforced(client: sp.Client) -> Non
         fns.make_bytes.with_options(memory=64).remote(600 * 1024 * 1024)
     assert info.value.kind == protocol.ERR_MEMORY
     assert "memory limit of 64 MiB" in info.value.remote_message
+
+
+def test_output_at_the_fd_level_goes_to_the_node_log_and_prints_do_not(
+    lattice: Lattice, client: sp.Client
+) -> None:
+    token = os.urandom(6).hex()
+    fns.write_to_fd.remote(token)
+    logs = list(lattice.state_dir.rglob("executors.log"))
+    assert logs
+    deadline = time.monotonic() + 10
+    while not any(f"raw {token}" in log.read_text() for log in logs):
+        assert time.monotonic() < deadline, "the executor's own output never reached its log"
+        time.sleep(0.05)
+    assert not any(f"captured {token}" in log.read_text() for log in logs)

@@ -59,7 +59,7 @@ def _forked(exit_code: int) -> int:
 
 
 def test_a_forked_child_reports_its_exit_code_once_and_for_all() -> None:
-    child = ForkedChild(_forked(3))
+    child = ForkedChild(_forked(3), output_fd=-1)
     assert asyncio.run(child.wait()) == 3
     assert child.returncode == 3  # kept: the pid is reaped and may be reused
 
@@ -67,6 +67,6 @@ def test_a_forked_child_reports_its_exit_code_once_and_for_all() -> None:
 def test_a_forked_child_reaped_elsewhere_counts_as_killed() -> None:
     pid = _forked(0)
     os.waitpid(pid, 0)  # someone else reaped it first
-    child = ForkedChild(pid)
+    child = ForkedChild(pid, output_fd=-1)
     assert child.returncode == -signal.SIGKILL
     child.kill()  # a no-op: its pid may already belong to another process

@@ -243,7 +243,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     # Before the event loop, threads or logging exist: the child shares our imports.
-    forked = fork_executor(node_config.lattice, node_id, state_dir / "executors.log")
+    forked = fork_executor(node_config.lattice, node_id)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     async def run() -> None:
@@ -816,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
     except RemoteError as exc:
         if exc.traceback:
             where = f" (node {exc.node})" if exc.node else ""
-            _err(f"remote traceback{where}:\n{exc.traceback.rstrip()}")
+            _err(f"{exc.traceback_label}{where}:\n{exc.traceback.rstrip()}")
         _err(f"error: {exc.kind}: {exc.type}: {exc.remote_message}")
         return 1
     except SuperposeError as exc:

@@ -71,10 +71,15 @@ class RemoteError(SuperposeError):
     def from_info(cls, info: protocol.ErrorInfo, node: str = "") -> RemoteError:
         return cls(info.kind, info.type, info.message, info.traceback, node)
 
+    @property
+    def traceback_label(self) -> str:
+        """A dead process leaves no traceback: its report carries its last output."""
+        return "last output" if self.kind in ("crashed", "memory") else "remote traceback"
+
     def __str__(self) -> str:
         text = self.message
         if self.traceback:
-            text += "\n--- remote traceback ---\n" + self.traceback.rstrip()
+            text += f"\n--- {self.traceback_label} ---\n" + self.traceback.rstrip()
         return text
 
     def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str, str, str]]:

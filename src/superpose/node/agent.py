@@ -364,7 +364,11 @@ class NodeAgent:
             return await self._start_executor()
         (child, sock), self._forked = self._forked, None
         return await ExecutorProcess.take_over(
-            child, sock, on_block=self._on_block, on_unblock=self._on_unblock
+            child,
+            sock,
+            on_block=self._on_block,
+            on_unblock=self._on_unblock,
+            log_file=self._executor_log,
         )
 
     async def _fresh_executor(self) -> ExecutorProcess:
@@ -881,7 +885,7 @@ def _error_info(exc: Exception) -> protocol.ErrorInfo:
         return protocol.ErrorInfo(e["kind"], e["type"], e["message"], e.get("traceback", ""))
     if isinstance(exc, ExecutorDied):
         kind_name = "MemoryLimitExceeded" if exc.kind == protocol.ERR_MEMORY else "ExecutorCrashed"
-        return protocol.ErrorInfo(exc.kind, kind_name, exc.reason)
+        return protocol.ErrorInfo(exc.kind, kind_name, exc.reason, exc.output)
     if isinstance(exc, CallTimeoutError):
         return protocol.ErrorInfo(protocol.ERR_TIMEOUT, "DeadlineExceeded", exc.message)
     if isinstance(exc, NotFoundError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import importlib
 import inspect
 import logging
@@ -47,6 +48,7 @@ from superpose.lattice.offers import OfferGoneError, Offers
 from superpose.node.asgi_runner import AsgiRunner
 from superpose.node.channel import Channel
 from superpose.node.lane import SyncLane
+from superpose.node.output import copy_line
 
 OFFERS_DRAIN_S = 1.5
 """On stopping, how long to keep serving results their callers have not pulled yet
@@ -342,6 +344,7 @@ class Executor:
             subjects.append(invocation.ctx.log_to)
         for subject in subjects:
             self._publish_threadsafe(subject, record)
+        copy_line(invocation.id, line)  # for a crash report, should we die before those go
 
     def _publish_threadsafe(self, subject: str, data: bytes) -> None:
         try:
@@ -544,6 +547,8 @@ def serve_forever(fd: int, lattice: str, node_id: str) -> None:
     """Be an executor on the agent's socket ``fd`` until the agent closes it; never returns."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when executors stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A fatal signal's Python stack (of the thread it hit) goes to the crash report.
+    faulthandler.enable(all_threads=False)
     eventloop.run(_main(fd, lattice, node_id))
     os._exit(0)  # worker threads of abandoned calls must not keep the process alive
 

@@ -12,10 +12,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from superpose.node.channel import Channel
+from superpose.node.output import OutputTail
 
 log = logging.getLogger("superpose.node")
 
@@ -26,16 +26,21 @@ QUIET_BEFORE_KILL_S = 0.1
 """How long a condemned executor gets to pass on express calls NATS already delivered
 to it; a clean kill would lose them (their callers notice only after 10 s)."""
 MEMORY_POLL_S = 0.05
+OUTPUT_SETTLE_S = 0.5
+"""After an executor exits, how long its last output may take to arrive (longer only
+when a process it started still holds the pipe open)."""
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 class ExecutorDied(Exception):
     """The executor process ended while calls were in flight."""
 
-    def __init__(self, kind: str, reason: str) -> None:
+    def __init__(self, kind: str, reason: str, output: str = "") -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+        self.output = output
+        """The last lines the dead call printed, and the process wrote while it ran."""
 
 
 class LoadFailed(Exception):
@@ -56,6 +61,9 @@ class Call:
     on_start: Callable[[], None] | None = None
     """Called when the executor begins the call (it may queue it first)."""
     started: bool = False
+    output_since: int = 0
+    """The executor's output line count when the call came: later untagged lines
+    belong in its crash report."""
 
 
 class ForkedChild:
@@ -63,8 +71,10 @@ class ForkedChild:
     ``asyncio.subprocess.Process`` an executor uses. Waited for by pid, so nothing
     else in the process reaps it."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, output_fd: int) -> None:
         self.pid = pid
+        self.output_fd = output_fd
+        """The read end of the pipe on the child's fds 1 and 2."""
         self._code: int | None = None
 
     @property
@@ -91,12 +101,12 @@ class ForkedChild:
         return code
 
 
-def fork_executor(lattice: str, node_id: str, log_path: Path) -> tuple[ForkedChild, socket.socket]:
+def fork_executor(lattice: str, node_id: str) -> tuple[ForkedChild, socket.socket]:
     """Fork a neutral executor from a node process that has not started its event loop
     or any thread yet: it inherits the imports already made (nats, superpose), which
     a fresh interpreter pays about 0.15 s of CPU for, twice per node at start-up."""
     ours, theirs = socket.socketpair()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    output_read, output_write = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -104,11 +114,11 @@ def fork_executor(lattice: str, node_id: str, log_path: Path) -> tuple[ForkedChi
         code = 1
         try:
             ours.close()
-            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.close(output_read)
             null_fd = os.open(os.devnull, os.O_RDONLY)
-            for fd, target in ((null_fd, 0), (log_fd, 1), (log_fd, 2)):
+            for fd, target in ((null_fd, 0), (output_write, 1), (output_write, 2)):
                 os.dup2(fd, target)
-            os.close(log_fd)
+            os.close(output_write)
             os.close(null_fd)
             from superpose.node import executor_main
 
@@ -117,7 +127,8 @@ def fork_executor(lattice: str, node_id: str, log_path: Path) -> tuple[ForkedChi
         finally:
             os._exit(code)
     theirs.close()
-    return ForkedChild(pid), ours
+    os.close(output_write)
+    return ForkedChild(pid, output_read), ours
 
 
 @dataclass
@@ -139,8 +150,11 @@ class ExecutorProcess:
     on_result: Callable[[bytes], None] | None = None
     """Given the encoded result of each durable call of this node's (it comes with its
     ``done`` frame, not over NATS)."""
+    output: OutputTail = field(default_factory=lambda: OutputTail(None))
+    """Its fds 1 and 2: logged, and the last lines kept for crash reports."""
     _waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     _reader: asyncio.Task[None] | None = None
+    _pump: asyncio.Task[None] | None = None
     _memory_watch: asyncio.Task[None] | None = None
 
     @property
@@ -162,7 +176,7 @@ class ExecutorProcess:
         node_id: str,
         on_block: Callable[[Call], None],
         on_unblock: Callable[[Call], None],
-        log_file: Any,
+        log_file: IO[bytes] | None,
     ) -> ExecutorProcess:
         ours, theirs = socket.socketpair()
         process = await asyncio.create_subprocess_exec(
@@ -177,11 +191,12 @@ class ExecutorProcess:
             node_id,
             pass_fds=(theirs.fileno(),),
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         theirs.close()
-        return await cls.take_over(process, ours, on_block, on_unblock)
+        assert process.stdout is not None
+        return await cls.take_over(process, ours, on_block, on_unblock, process.stdout, log_file)
 
     @classmethod
     async def take_over(
@@ -190,10 +205,18 @@ class ExecutorProcess:
         ours: socket.socket,
         on_block: Callable[[Call], None],
         on_unblock: Callable[[Call], None],
+        output: asyncio.StreamReader | None = None,
+        log_file: IO[bytes] | None = None,
     ) -> ExecutorProcess:
-        """Take charge of a started executor process once it says it is ready."""
+        """Take charge of a started executor process once it says it is ready; its
+        ``output`` is a forked child's own pipe unless given."""
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         executor = cls(process, Channel(reader, writer), on_block, on_unblock)
+        executor.output = OutputTail(log_file)
+        if output is None and isinstance(process, ForkedChild):
+            output = await _read_pipe(process.output_fd)
+        if output is not None:
+            executor._pump = asyncio.create_task(executor.output.pump(output))
         try:
             ready = await asyncio.wait_for(executor.channel.receive(), START_TIMEOUT_S)
         except BaseException:  # timed out or cancelled: no process may outlive its start
@@ -234,6 +257,7 @@ class ExecutorProcess:
         """Watch a call this executor runs: one sent now, or one it took by express
         (which has ``started`` already)."""
         self.calls[call.id] = call
+        call.output_since = self.output.seq
         self.running_sync += call.is_sync
         self.last_used = time.monotonic()
         if call.memory_bytes and self._memory_watch is None:
@@ -306,6 +330,7 @@ class ExecutorProcess:
 
     async def _died(self) -> None:
         code = await self.process.wait()
+        await self._output_read(OUTPUT_SETTLE_S)
         if self.kill_reason is not None:
             kind, reason = self.kill_reason
         elif code < 0:
@@ -315,7 +340,8 @@ class ExecutorProcess:
         error = ExecutorDied(kind, reason)
         for call in self.calls.values():
             if not call.done.done():
-                call.done.set_exception(error)
+                output = self.output.last_output(call.id, call.output_since)
+                call.done.set_exception(ExecutorDied(kind, reason, output))
         self.calls.clear()
         for waiter in self._waiters.values():
             if not waiter.done():
@@ -375,6 +401,24 @@ class ExecutorProcess:
             await self.process.wait()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
+        await self._output_read(OUTPUT_SETTLE_S)
+        if self._pump is not None:  # a process it started still holds the pipe
+            self._pump.cancel()
+
+    async def _output_read(self, within_s: float) -> None:
+        """Until the pipe is drained: the process that wrote to it has exited, but its
+        last lines may still be on their way to us."""
+        if self._pump is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._pump), within_s)
+
+
+async def _read_pipe(fd: int) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    return reader
 
 
 def _rss_bytes(pid: int) -> int:
