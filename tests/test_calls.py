@@ -64,7 +64,27 @@ def test_timeout_kills_the_call_and_says_so(client: sp.Client) -> None:
         fns.sleepy.remote(30)
     assert info.value.kind == protocol.ERR_TIMEOUT
     assert "timeout of 1 s" in info.value.remote_message
+    where = info.value.traceback
+    assert where.startswith("where it was (most recent call last):\n")
+    assert "in sleepy\n    time.sleep(seconds)" in where
+    assert "executor_main" not in where  # the user's frames only
     assert fns.sleepy.remote(0) == "woke"
+
+
+def test_an_async_timeout_says_where_it_was_awaiting(client: sp.Client) -> None:
+    with pytest.raises(sp.RemoteError) as info:
+        fns.async_nap.with_options(timeout=1).remote(30)
+    assert info.value.kind == protocol.ERR_TIMEOUT
+    assert "in async_nap\n    await asyncio.sleep(seconds)" in info.value.traceback
+
+
+def test_a_timeout_of_an_async_function_that_blocks_its_loop_says_so(client: sp.Client) -> None:
+    with pytest.raises(sp.RemoteError) as info:
+        fns.stuck_loop.remote(30)
+    assert info.value.kind == protocol.ERR_TIMEOUT
+    assert "event loop did not answer" in info.value.remote_message
+    assert info.value.traceback == ""
+    assert fns.stuck_loop.remote(0) == "unstuck"
 
 
 def test_hard_exit_is_reported_as_a_crash(client: sp.Client) -> None:

@@ -831,6 +831,8 @@ class NodeAgent:
             return
         self.held.pop(inv.id, None)
         executor.calls.pop(call.id, None)
+        # Asked first, so it is answered (or not) before the kill that follows the quiet.
+        stack = asyncio.get_running_loop().create_task(executor.stack_of(inv.id))
         killed = executor.condemn(
             (
                 "crashed",
@@ -839,18 +841,24 @@ class NodeAgent:
             )
         )
         call.done.cancel()
-        # Answer once it is dead: the caller's next call must not go express to it.
-        killed.add_done_callback(
-            lambda _: self._spawn(
-                self._reply_error(
-                    reply,
-                    inv.id,
-                    protocol.ERR_TIMEOUT,
-                    "TimeoutError",
-                    f"{inv.app}.{inv.fn} exceeded its timeout of {timeout_s:g} s and was killed",
+
+        async def answer() -> None:
+            # Once it is dead: the caller's next call must not go express to it.
+            where = await stack
+            message = f"{inv.app}.{inv.fn} exceeded its timeout of {timeout_s:g} s and was killed"
+            if where is None:
+                message += (
+                    "; its executor's event loop did not answer, so something blocked it "
+                    "(blocking code in an async function, such as time.sleep, stops every "
+                    "call on its executor)"
                 )
+            elif where:
+                where = f"where it was (most recent call last):\n{where}"
+            await self._reply_error(
+                reply, inv.id, protocol.ERR_TIMEOUT, "TimeoutError", message, where or ""
             )
-        )
+
+        killed.add_done_callback(lambda _: self._spawn(answer()))
         log.info("! %s.%s %s timeout after %g s", inv.app, inv.fn, inv.id, timeout_s)
 
     async def _report_failure(self, reply: str, inv: protocol.Invocation, exc: Exception) -> None:

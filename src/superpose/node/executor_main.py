@@ -132,6 +132,9 @@ class Executor:
         """Calls accepted and not yet answered, from either source."""
         self.express: Subscription | None = None
         self.express_ok: set[tuple[str, str]] = set()
+        self.running: dict[str, int | asyncio.Task[Any]] = {}
+        """Where each call runs (its lane thread's id, or its task): to say where a
+        call that timed out was stuck."""
         """Functions the agent has sent here: it knows their limits, so it can adopt
         an express call of them after the fact."""
 
@@ -147,6 +150,9 @@ class Executor:
                 self._accept(inv, message["reply"])
             elif op == "describe":
                 self._describe(message)
+            elif op == "stack":
+                stack = self._stack_of(message["id"])
+                self.channel.send({"op": "stack", "id": message["id"], "stack": stack})
             elif op == "load":
                 await self._load(message)
             elif op == "quiet":
@@ -255,6 +261,7 @@ class Executor:
         token = runtime.current_invocation.set(
             runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx)
         )
+        self.running[inv.id] = threading.get_ident()
         try:
             raw = (
                 inv.args.data
@@ -268,6 +275,7 @@ class Executor:
         except BaseException as exc:  # report everything the user code raised
             result = protocol.Result(inv.id, self.node_id, error=_error_info(exc))
         finally:
+            del self.running[inv.id]
             runtime.current_invocation.reset(token)
             for output in self.outputs:
                 output.flush_invocation(inv.id)
@@ -356,6 +364,24 @@ class Executor:
         else:
             asyncio.run_coroutine_threadsafe(self.nc.publish(subject, data), self.loop)
 
+    def _stack_of(self, invocation_id: str) -> str:
+        """Where a running call is now, as a traceback from the user's function down
+        (frames of the executor itself left out); empty if it is not running here."""
+        where = self.running.get(invocation_id)
+        if isinstance(where, int):
+            frame = sys._current_frames().get(where)
+            frames = traceback.extract_stack(frame) if frame is not None else []
+            entry = "_run_sync"
+        elif where is not None:
+            frames = _awaiting_frames(where.get_coro())
+            entry = "_call"
+        else:
+            return ""
+        ours = [i for i, f in enumerate(frames) if f.filename == __file__ and f.name == entry]
+        if ours:
+            frames = frames[ours[-1] + 1 :]
+        return "".join(traceback.format_list(frames))
+
     # --- functions -------------------------------------------------------------
 
     def _function(self, module: str, qualname: str) -> Callable[..., Any]:
@@ -398,6 +424,9 @@ class Executor:
         token = runtime.current_invocation.set(
             runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx)
         )
+        task = asyncio.current_task()
+        if task is not None:
+            self.running[inv.id] = task
         try:
             value = await self._call(inv, reply)
             data = payload.encode_value(value, inv.args.codec)
@@ -409,6 +438,7 @@ class Executor:
         except BaseException as exc:  # report everything the user code raised
             result = protocol.Result(id=inv.id, node=self.node_id, error=_error_info(exc))
         finally:
+            self.running.pop(inv.id, None)
             runtime.current_invocation.reset(token)
             for output in self.outputs:
                 output.flush_invocation(inv.id)
@@ -424,6 +454,19 @@ class Executor:
             return await self.http.serve(fn, inv, raw_args, reply)
         args, kwargs = payload.decode_args(raw_args, inv.args.codec)
         return await fn(*args, **kwargs)
+
+
+def _awaiting_frames(coro: Any) -> list[traceback.FrameSummary]:
+    """A suspended coroutine's frames, down the chain of what each one awaits
+    (``Task.get_stack`` gives only the outermost)."""
+    frames = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append((frame, frame.f_lineno))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return list(traceback.StackSummary.extract(iter(frames)))
 
 
 def _is_async(fn: Any) -> bool:

@@ -26,6 +26,8 @@ QUIET_BEFORE_KILL_S = 0.1
 """How long a condemned executor gets to pass on express calls NATS already delivered
 to it; a clean kill would lose them (their callers notice only after 10 s)."""
 MEMORY_POLL_S = 0.05
+STACK_WAIT_S = 0.2
+"""How long a timed-out call's executor gets to say where the call is stuck."""
 OUTPUT_SETTLE_S = 0.5
 """After an executor exits, how long its last output may take to arrive (longer only
 when a process it started still holds the pipe open)."""
@@ -280,6 +282,17 @@ class ExecutorProcess:
         if call.on_start is not None:
             call.on_start()
 
+    async def stack_of(self, invocation_id: str, within_s: float = STACK_WAIT_S) -> str | None:
+        """Where a call running here is now: a traceback ("" if it is not running here),
+        or None if the executor does not answer (gone, or its event loop is stuck)."""
+        asked = self._request(f"stack:{invocation_id}", {"op": "stack", "id": invocation_id})
+        try:
+            reply = await asyncio.wait_for(asked, within_s)
+        except (TimeoutError, ExecutorDied):
+            return None
+        stack: str = reply.get("stack", "")
+        return stack
+
     async def quiet(self, within_s: float = QUIET_TIMEOUT_S) -> None:
         """Stop express calls; returns once the ones already delivered have been passed
         on, or after ``within_s`` (an event loop stuck in user code cannot answer)."""
@@ -299,6 +312,8 @@ class ExecutorProcess:
                 self._took(message)
             elif op == "quiet":
                 self._resolve("quiet", message)
+            elif op == "stack":
+                self._resolve(f"stack:{message['id']}", message)
             else:
                 call = self.calls.get(message["id"])
                 if call is not None:
