@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import subprocess
 import time
 
 import superpose as sp
@@ -175,3 +176,11 @@ def write_to_fd(token: str) -> None:
     """Output at the fd level, as a C extension writes it, and through print."""
     os.write(1, f"raw {token}\n".encode())
     print(f"captured {token}")
+
+
+@sp.function
+def crash_leaving_a_child() -> None:
+    """Its child inherits the executor's output pipe and outlives it."""
+    child = subprocess.Popen(["sleep", "60"])
+    print(f"child {child.pid}")
+    os._exit(3)

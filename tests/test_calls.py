@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import os
 import random
+import signal
 import time
 
 import pytest
@@ -257,3 +258,14 @@ def test_output_at_the_fd_level_goes_to_the_node_log_and_prints_do_not(
         assert time.monotonic() < deadline, "the executor's own output never reached its log"
         time.sleep(0.05)
     assert not any(f"captured {token}" in log.read_text() for log in logs)
+
+
+def test_a_crash_is_reported_while_a_child_it_started_holds_its_output_open(
+    client: sp.Client,
+) -> None:
+    with pytest.raises(sp.RemoteError) as info:
+        fns.crash_leaving_a_child.remote()
+    assert info.value.kind == protocol.ERR_CRASHED
+    line = info.value.traceback
+    assert line.startswith("child ")
+    os.kill(int(line.split()[1]), signal.SIGKILL)
