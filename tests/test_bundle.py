@@ -64,7 +64,7 @@ def test_discover_finds_decorated_top_level_functions_in_every_spelling(tmp_path
             "one.py": (
                 "import superpose as sp\n"
                 "@sp.function\ndef a(): ...\n"
-                "@sp.function(timeout=5, retries=2)\nasync def b(): ...\n"
+                "@sp.function(timeout=5, retries=2)\nasync def b(x, /, y, *rest, z): ...\n"
                 "def plain(): ...\n"
             ),
             "two.py": (
@@ -77,6 +77,8 @@ def test_discover_finds_decorated_top_level_functions_in_every_spelling(tmp_path
     found = discover(bundles.from_folder(root))
     assert sorted(found) == ["a", "b", "c", "d"]
     assert found["b"].is_async and found["b"].options == {"timeout": 5, "retries": 2}
+    assert found["b"].params == ["x", "y"]  # what a positional argument can fill
+    assert found["a"].params == []
     assert found["d"].module == "two" and found["d"].options == {"memory": 256}
 
 

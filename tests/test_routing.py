@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from conftest import ROOT, Lattice, client_on, poll, start_lattice, stop_lattice, superpose_cli
+from superpose.registry import Canary, session_from
 from test_cli import deploy, unique, write_app
 
 CHAIN = """
@@ -151,9 +152,20 @@ def test_a_session_sees_one_combination_of_versions_through_three_nested_calls(
         top = client.function(f"{names[0]}.tag")
         for user in list(combos)[:6]:
             assert tuple(top.remote(user=user)) == combos[user]
+            assert tuple(top.remote(user)) == combos[user]  # the key names it by position too
         # a pin for one request wins down the whole graph, without any deploy
         pinned = top.options(pins={names[2]: digests[names[2]][1][:12]})
         assert all(pinned.remote(user=u)[2].endswith(":v2") for u in list(combos)[:6])
+    # positional over HTTP and from the CLI
+    for user in list(combos)[6:10]:
+        response = httpx.post(
+            f"{lattice.gateway}/v1/call/{names[0]}.tag", json={"args": [user]}, timeout=60
+        )
+        assert tuple(response.json()["result"]) == combos[user]
+        printed = superpose_cli(
+            "call", f"{names[0]}.tag", json.dumps([user]), url=lattice.url, check=True
+        )
+        assert tuple(json.loads(printed.stdout)) == combos[user]
     # and from the HTTP header
     user = next(u for u, combo in combos.items() if combo[2].endswith(":v2"))
     forced = call(
@@ -266,3 +278,15 @@ def test_three_deep_runtime_linked_update_and_lock(lattice: Lattice, tmp_path: P
         proc = superpose_cli(*args, url=lattice.url)
         assert proc.returncode == 1, (args, proc.stdout)
         assert message in proc.stderr, (args, proc.stderr)
+
+
+def test_a_canary_argument_key_finds_its_argument_by_keyword_or_by_position() -> None:
+    canary = Canary(version="v2", percent=50, key="arg:user")
+    params = ["cart", "user"]
+    assert session_from(canary, kwargs={"user": "u1"}, args=["c", "u2"], params=params) == "u1"
+    assert session_from(canary, kwargs={}, args=["c", "u2"], params=params) == "u2"
+    assert session_from(canary, kwargs={}, args=["c"], params=params) is None  # not given
+    assert session_from(canary, args=["c", "u2"], params=["cart"]) is None  # no such parameter
+    assert session_from(canary, args=["c", 7], params=params) == "7"
+    header = Canary(version="v2", percent=50, key="header:X-Session")
+    assert session_from(header, {"x-session": "s1"}, args=["c", "u2"], params=params) == "s1"

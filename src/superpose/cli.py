@@ -317,8 +317,8 @@ def cmd_call(ns: argparse.Namespace) -> int:
 
     async def body(client: Client) -> int:
         registry = await client.registry()
-        kwargs = json.loads(body_json)["kwargs"]
-        ctx = client.call_context(options, app, kwargs)
+        call_args = json.loads(body_json)
+        ctx = client.call_context(options, app, call_args["kwargs"], fn=fn, args=call_args["args"])
         target = registry.resolve(app, fn, version, ctx)
         if ctx.trace_id and ns.trace:
             _err(f"trace {ctx.trace_id}: `superpose trace {ctx.trace_id}`")

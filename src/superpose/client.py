@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -260,6 +260,9 @@ class Client:
         app: str | None = None,
         kwargs: dict[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        *,
+        fn: str | None = None,
+        args: Sequence[Any] = (),
     ) -> protocol.CallContext:
         """The context a call carries: inherited from the call it is made in, with the
         session, pins and tracing this call asks for. An inherited session wins, so a
@@ -273,7 +276,8 @@ class Client:
             ctx.trace = True
         if ctx.session is None and app is not None and self._registry is not None:
             canary = self._registry.canaries.get(app)
-            ctx.session = session_from(canary, headers=headers, kwargs=kwargs)
+            params = self._registry.params_of(app, fn) if args and canary is not None else []
+            ctx.session = session_from(canary, headers, kwargs, args, params)
         if ctx.trace and ctx.trace_id is None:
             ctx.trace_id = uuid.uuid4().hex[:16]
         return ctx

@@ -119,6 +119,8 @@ class Invocable:
     options_: Options
     app: str | None = None
     """The deployed app a handle names (its canary key may read the call's arguments)."""
+    fn: str | None = None
+    """The function's name in that app."""
 
     def __init__(self, options: Options) -> None:
         self.options_ = options
@@ -142,7 +144,7 @@ class Invocable:
 
     def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, durable: bool) -> Future:
         client = self._client()
-        ctx = client.call_context(self.options_, self.app, kwargs)
+        ctx = client.call_context(self.options_, self.app, kwargs, fn=self.fn, args=args)
         target = self._target(client, ctx)
         return client.submit(target, args, kwargs, self.options_, durable=durable, ctx=ctx)
 
@@ -268,6 +270,8 @@ def _in_bundle(module: str) -> bool:
 
 class RemoteFunction(Invocable):
     """A handle on a deployed function, by name: ``client.function("shop.checkout")``."""
+
+    fn: str
 
     def __init__(self, app: str, fn: str, version: str | None, options: Options) -> None:
         super().__init__(options)

@@ -159,7 +159,7 @@ def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -
             app, fn, version = split_name(request.path_params["name"])
             version = request.headers.get(VERSION_HEADER) or version
             body = _parse_call_body(await _read_body(request, max_body_bytes))
-            ctx = await request_context(client, request, app, body)
+            ctx = await request_context(client, request, app, body, fn)
             target = (await client.registry()).resolve(app, fn, version, ctx)
             result = await client.call_json(target, body, ctx=ctx)
         except (BodyTooLarge, SuperposeError) as exc:
@@ -228,7 +228,7 @@ async def _invoke(client: Client, request: Request, max_body_bytes: int) -> Resp
         version = request.headers.get(VERSION_HEADER) or version
         key = request.headers.get(IDEMPOTENCY_HEADER)
         body = _parse_call_body(await _read_body(request, max_body_bytes))
-        ctx = await request_context(client, request, app, body)
+        ctx = await request_context(client, request, app, body, fn)
         target = (await client.registry()).resolve(app, fn, version, ctx)
         invocation_id = await client.invoke_json(target, body, idempotency_key=key, ctx=ctx)
     except (BodyTooLarge, SuperposeError) as exc:
@@ -241,22 +241,24 @@ async def _invoke(client: Client, request: Request, max_body_bytes: int) -> Resp
 
 
 async def request_context(
-    client: Client, request: Request, app: str, body: bytes | None
+    client: Client, request: Request, app: str, body: bytes | None, fn: str | None = None
 ) -> protocol.CallContext:
     """The version context of an HTTP request: its session (``X-Superpose-Session``, else
     what the app's canary key names: a header, or a JSON keyword argument), its pins
     (``X-Superpose-Pin: app@version,...``) and whether to trace it."""
     canary = (await client.registry()).canaries.get(app)
-    kwargs = None
+    kwargs: dict[str, Any] | None = None
+    args: list[Any] = []
     if body and canary is not None and (canary.key or "").startswith("arg:"):
         with contextlib.suppress(ValueError, AttributeError):  # parsed again only for this
-            kwargs = json.loads(body).get("kwargs")
+            parsed = json.loads(body)
+            kwargs, args = parsed.get("kwargs"), parsed.get("args") or []
     options = Options(
         session=request.headers.get(SESSION_HEADER) or None,
         pins=routing.parse_pins(request.headers.get(PIN_HEADER)) or None,
         trace=request.headers.get(TRACE_HEADER, "").lower() in ("1", "true", "yes"),
     )
-    return client.call_context(options, app, kwargs, headers=request.headers)
+    return client.call_context(options, app, kwargs, request.headers, fn=fn, args=args)
 
 
 def _answer_headers(target: Target, ctx: protocol.CallContext) -> dict[str, str]:

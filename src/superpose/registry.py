@@ -14,7 +14,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,16 +82,23 @@ def session_from(
     canary: Canary | None,
     headers: Mapping[str, str] | None = None,
     kwargs: Mapping[str, Any] | None = None,
+    args: Sequence[Any] = (),
+    params: Sequence[str] = (),
 ) -> str | None:
-    """A request's session as the app's canary key names it (``header:NAME``, ``arg:NAME``)."""
+    """A request's session as the app's canary key names it (``header:NAME``, or
+    ``arg:NAME``: the argument of that name, given by keyword or by position, which
+    ``params``, the function's parameter names, tell)."""
     if canary is None or not canary.key:
         return None
     source, _, name = canary.key.partition(":")
     if source == "header" and headers is not None:
         return headers.get(name.lower()) or headers.get(name)
-    if source == "arg" and kwargs is not None and name in kwargs:
+    if source != "arg":
+        return None
+    if kwargs is not None and name in kwargs:
         return str(kwargs[name])
-    return None
+    position = params.index(name) if name in params else len(args)
+    return str(args[position]) if position < len(args) else None
 
 
 def check_canary_key(key: str | None) -> None:
@@ -386,6 +393,15 @@ class Registry:
             if in_canary(app, ctx.session, canary.percent):
                 return self.versions[app][canary.version]
         return self.version(app, None)
+
+    def params_of(self, app: str, fn: str | None) -> list[str]:
+        """The parameter names of ``app.fn`` as ``latest`` has it (a canary key's
+        argument is found by them before the version is chosen); [] if unknown."""
+        try:
+            spec = self.version(app, None).functions.get(fn or "")
+        except NotFoundError:
+            return []
+        return list(spec.get("params", [])) if spec is not None else []
 
     def resolve(
         self,

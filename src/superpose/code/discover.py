@@ -27,6 +27,9 @@ class FunctionSpec:
     line: int
     is_async: bool
     options: dict[str, Any] = field(default_factory=dict)
+    params: list[str] = field(default_factory=list)
+    """Names of the parameters an argument can fill by position, in order: a canary
+    key ``arg:NAME`` finds a positional argument by them."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +40,7 @@ class FunctionSpec:
             "line": self.line,
             "is_async": self.is_async,
             "options": self.options,
+            "params": self.params,
         }
 
 
@@ -109,6 +113,7 @@ def functions_in_module(path: str, source: bytes) -> list[FunctionSpec]:
                         line=node.lineno,
                         is_async=isinstance(node, ast.AsyncFunctionDef),
                         options=options,
+                        params=[a.arg for a in node.args.posonlyargs + node.args.args],
                     )
                 )
                 break
