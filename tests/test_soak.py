@@ -23,7 +23,7 @@ import fns
 import superpose as sp
 from conftest import Lattice, client_on, start_lattice, stop_lattice
 
-pytestmark = pytest.mark.soak
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600)]  # minutes by design
 KILL_EVERY_S = 20.0
 
 
