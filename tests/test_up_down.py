@@ -274,6 +274,8 @@ def test_a_killed_node_is_restarted_and_down_still_stops_everything(tmp_path: Pa
             assert time.monotonic() < deadline, "the restarted node did not come back"
         wait_all_gone(victim_tree)  # its executors noticed and left
         new = every_process_of(handle)
+        node_log = (tmp_path / "logs" / f"node-{victim}.log").read_text()
+        assert f"superpose: {victim} was killed by SIGKILL; restarting it" in node_log
     finally:
         superpose_cli("down", home=tmp_path, check=True)
     wait_all_gone(old | new)

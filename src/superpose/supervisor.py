@@ -114,6 +114,19 @@ class Child:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 
+    def note_death(self) -> None:
+        """Say in the child's own log how it ended, before its restart writes there: a
+        silent restart hides a crash (and the calls it cost)."""
+        code = self.process.returncode if self.process is not None else None
+        how = (
+            f"was killed by {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exited with code {code}"
+        )
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.log_path, "a") as log:
+            log.write(f"{stamp} superpose: {self.name} {how}; restarting it\n")
+
     async def stop(self, grace_s: float) -> None:
         proc = self.process
         if proc is None or proc.returncode is not None:
@@ -285,6 +298,7 @@ class LocalLattice:
             for child in self.children:
                 proc = child.process
                 if proc is not None and proc.returncode is not None and not self._stopping:
+                    child.note_death()
                     child.restarts += 1
                     await asyncio.sleep(RESTART_BACKOFF_S)
                     if not self._stopping:
