@@ -45,6 +45,7 @@ def test_the_first_executor_is_forked_and_fails_like_any_other(one_node: Lattice
             fns.hard_exit.remote(3)
         assert info.value.kind == protocol.ERR_CRASHED
         assert "exited with code 3" in info.value.remote_message
+        assert info.value.traceback == "last words before exit 3"  # through its own socket
 
         second = int(fns.whoami.remote())  # the node keeps serving, on a fresh executor
         assert second != first and _parent_of(second) == node
@@ -59,7 +60,7 @@ def _forked(exit_code: int) -> int:
 
 
 def test_a_forked_child_reports_its_exit_code_once_and_for_all() -> None:
-    child = ForkedChild(_forked(3), output_fd=-1)
+    child = ForkedChild(_forked(3), output=None)
     assert asyncio.run(child.wait()) == 3
     assert child.returncode == 3  # kept: the pid is reaped and may be reused
 
@@ -67,6 +68,6 @@ def test_a_forked_child_reports_its_exit_code_once_and_for_all() -> None:
 def test_a_forked_child_reaped_elsewhere_counts_as_killed() -> None:
     pid = _forked(0)
     os.waitpid(pid, 0)  # someone else reaped it first
-    child = ForkedChild(pid, output_fd=-1)
+    child = ForkedChild(pid, output=None)
     assert child.returncode == -signal.SIGKILL
     child.kill()  # a no-op: its pid may already belong to another process

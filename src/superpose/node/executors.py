@@ -73,10 +73,13 @@ class ForkedChild:
     ``asyncio.subprocess.Process`` an executor uses. Waited for by pid, so nothing
     else in the process reaps it."""
 
-    def __init__(self, pid: int, output_fd: int) -> None:
+    def __init__(self, pid: int, output: socket.socket | None) -> None:
         self.pid = pid
-        self.output_fd = output_fd
-        """The read end of the pipe on the child's fds 1 and 2."""
+        self.output = output
+        """Our end of the socket on the child's fds 1 and 2. A socket, not a pipe:
+        uvloop's ``connect_read_pipe`` closes a pipe's fd twice (MagicStack/uvloop#763),
+        and the second close can hit a descriptor the loop polls by then, which makes
+        libuv abort the whole node."""
         self._code: int | None = None
 
     @property
@@ -108,7 +111,7 @@ def fork_executor(lattice: str, node_id: str) -> tuple[ForkedChild, socket.socke
     or any thread yet: it inherits the imports already made (nats, superpose), which
     a fresh interpreter pays about 0.15 s of CPU for, twice per node at start-up."""
     ours, theirs = socket.socketpair()
-    output_read, output_write = os.pipe()
+    output_read, output_write = socket.socketpair()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -116,11 +119,15 @@ def fork_executor(lattice: str, node_id: str) -> tuple[ForkedChild, socket.socke
         code = 1
         try:
             ours.close()
-            os.close(output_read)
+            output_read.close()
             null_fd = os.open(os.devnull, os.O_RDONLY)
-            for fd, target in ((null_fd, 0), (output_write, 1), (output_write, 2)):
+            for fd, target in (
+                (null_fd, 0),
+                (output_write.fileno(), 1),
+                (output_write.fileno(), 2),
+            ):
                 os.dup2(fd, target)
-            os.close(output_write)
+            output_write.close()
             os.close(null_fd)
             from superpose.node import executor_main
 
@@ -129,7 +136,7 @@ def fork_executor(lattice: str, node_id: str) -> tuple[ForkedChild, socket.socke
         finally:
             os._exit(code)
     theirs.close()
-    os.close(output_write)
+    output_write.close()
     return ForkedChild(pid, output_read), ours
 
 
@@ -157,6 +164,8 @@ class ExecutorProcess:
     _waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     _reader: asyncio.Task[None] | None = None
     _pump: asyncio.Task[None] | None = None
+    _output_closer: asyncio.StreamWriter | None = None
+    """Closes a forked child's output socket if it is not read to its end."""
     _memory_watch: asyncio.Task[None] | None = None
 
     @property
@@ -215,8 +224,9 @@ class ExecutorProcess:
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         executor = cls(process, Channel(reader, writer), on_block, on_unblock)
         executor.output = OutputTail(log_file)
-        if output is None and isinstance(process, ForkedChild):
-            output = await _read_pipe(process.output_fd)
+        if output is None and isinstance(process, ForkedChild) and process.output is not None:
+            output, closer = await asyncio.open_unix_connection(sock=process.output)
+            executor._output_closer = closer
         if output is not None:
             executor._pump = asyncio.create_task(executor.output.pump(output))
         try:
@@ -419,6 +429,8 @@ class ExecutorProcess:
         await self._output_read(OUTPUT_SETTLE_S)
         if self._pump is not None:  # a process it started still holds the pipe
             self._pump.cancel()
+        if self._output_closer is not None:
+            self._output_closer.close()
 
     async def _output_read(self, within_s: float) -> None:
         """Until the pipe is drained: the process that wrote to it has exited, but its
@@ -426,14 +438,6 @@ class ExecutorProcess:
         if self._pump is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._pump), within_s)
-
-
-async def _read_pipe(fd: int) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader()
-    await asyncio.get_running_loop().connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-    )
-    return reader
 
 
 def _rss_bytes(pid: int) -> int:
