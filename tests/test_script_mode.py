@@ -29,6 +29,7 @@ if __name__ == "__main__":
     with sp.connect():
         print("remote", work.remote(21))
         print("mapped", sum(work.map(range(int(sys.argv[1])))))
+        print("spawned", work.spawn(50).result())
 """
 
 
@@ -90,11 +91,15 @@ def test_a_script_runs_with_its_local_modules_and_shows_remote_prints(
     lines = proc.stdout.splitlines()
     assert "remote 42" in lines and "mapped 6" in lines
     printed = [i for i, line in enumerate(lines) if line.startswith("[work@n")]
-    assert len(printed) == 4, proc.stdout
-    # A call's output reaches the caller before its result, never inside the caller's line.
+    assert len(printed) == 5, proc.stdout
+    # A call's output reaches the caller before its result, never inside the caller's line:
+    # direct calls (one connection carries both) and durable ones (the result comes from
+    # the node agent, after the executor has flushed what the call printed).
     assert lines[printed[0]].endswith("] working on 21")
     assert printed[0] < lines.index("remote 42") < printed[1]
-    assert printed[-1] < lines.index("mapped 6")
+    assert printed[3] < lines.index("mapped 6") < printed[4]
+    assert lines[printed[4]].endswith("] working on 50")
+    assert printed[4] < lines.index("spawned 100")
 
 
 def test_map_shows_a_progress_bar_on_a_terminal_only(lattice: Lattice, tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ class Client:
         self._tasks.append(self.loop.create_task(self._send_loop()))
         self._tasks.append(self.loop.create_task(self._reap_loop()))
         self._submitter = Submitter(self.nc, self.id, self._resolve_durable, self.assets.cancels)
-        await self._submitter.start(lambda coro: self._tasks.append(self.loop.create_task(coro)))
+        self._submitter.start(lambda coro: self._tasks.append(self.loop.create_task(coro)))
 
     async def aclose(self) -> None:
         if self._closed:
@@ -667,6 +667,10 @@ class Client:
         inv_id = msg.subject.rsplit(".", 1)[-1]
         if inv_id == protocol.CLIENT_LOG_TOKEN:
             self._on_log(msg)
+            return
+        if inv_id == protocol.DURABLE_NOTIFY_TOKEN:
+            if self._submitter is not None:
+                self._submitter.on_notify(msg)
             return
         pending = self._pending.get(inv_id)
         if pending is not None:

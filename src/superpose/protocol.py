@@ -212,10 +212,16 @@ def reply_wildcard(client_id: str) -> str:
     return f"_SP.{client_id}.r.*"
 
 
+DURABLE_NOTIFY_TOKEN = "durable"
+"""The last token of a client's durable notification subject (not hex: no invocation id)."""
+
+
 def durable_notify_subject(client_id: str) -> str:
     """Where nodes tell a client that durable results of its are stored: a msgpack
-    array of encoded ``Result``s (``pack_results``), one message per stored batch."""
-    return f"_SP.{client_id}.d"
+    array of encoded ``Result``s (``pack_results``), one message per stored batch.
+    Under the reply wildcard, like the log subject: one subscription takes a call's
+    output before the result that follows it."""
+    return f"_SP.{client_id}.r.{DURABLE_NOTIFY_TOKEN}"
 
 
 NOTIFY_MAX_BYTES = 512 * 1024

@@ -71,13 +71,8 @@ class Submitter:
         self._loop = asyncio.get_running_loop()
         self._reconnects = 0
 
-    async def start(self, spawn: Callable[[Any], None]) -> None:
-        await self.nc.subscribe(
-            self.notify_subject,
-            cb=self._on_notify,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
+    def start(self, spawn: Callable[[Any], None]) -> None:
+        """Its notifications arrive through its client's reply subscription (``on_notify``)."""
         spawn(self._send_loop())
         spawn(self._sweep_loop())
 
@@ -194,7 +189,7 @@ class Submitter:
 
     # --- results ---------------------------------------------------------------------
 
-    async def _on_notify(self, msg: Msg) -> None:
+    def on_notify(self, msg: Msg) -> None:
         try:
             batch = [protocol.Result.decode(data) for data in protocol.unpack_results(msg.data)]
         except Exception:  # garbled: the sweep finds these results in the store

@@ -53,6 +53,8 @@ from superpose.node.output import copy_line
 OFFERS_DRAIN_S = 1.5
 """On stopping, how long to keep serving results their callers have not pulled yet
 (the agent kills an executor that has not exited 2 s after its channel closed)."""
+OUTPUT_FLUSH_S = 1
+"""Seconds a durable call's result waits at most for its output to be flushed."""
 INHERITED_KINDS = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
 """Failure kinds a function's error takes from the nested call that caused it."""
 
@@ -132,6 +134,8 @@ class Executor:
         """Calls accepted and not yet answered, from either source."""
         self.express: Subscription | None = None
         self.express_ok: set[tuple[str, str]] = set()
+        self.printed: set[str] = set()
+        """Calls that have printed (a durable one's output is flushed before its result)."""
         self.running: dict[str, int | asyncio.Task[Any]] = {}
         """Where each call runs (its lane thread's id, or its task): to say where a
         call that timed out was stuck."""
@@ -315,11 +319,21 @@ class Executor:
         for reply, result in results:
             self.in_flight -= 1
             done = {"op": "done", "id": result.id, "ok": result.error is None}
+            printed = result.id in self.printed
+            self.printed.discard(result.id)
             if reply == self.results_here:  # for our own agent: no trip through NATS
+                if printed:  # its output reaches the caller before the agent's notice
+                    await self._flush_output()
                 done["result"] = result.encode()
             elif reply:
                 await self.nc.publish(reply, result.encode())
             self.channel.send(done)
+
+    async def _flush_output(self) -> None:
+        """Until the server has routed what we published (one round trip): the lines a
+        durable call printed, before its result goes to the agent on another path."""
+        with contextlib.suppress(Exception):  # late output is better than a late result
+            await self.nc.flush(timeout=OUTPUT_FLUSH_S)
 
     def _on_block(self, invocation_id: str) -> None:
         """In the calling thread: a call waits on its children."""
@@ -353,6 +367,7 @@ class Executor:
         for subject in subjects:
             self._publish_threadsafe(subject, record)
         copy_line(invocation.id, line)  # for a crash report, should we die before those go
+        self.printed.add(invocation.id)
 
     def _publish_threadsafe(self, subject: str, data: bytes) -> None:
         try:
