@@ -219,8 +219,8 @@ class ExecutorProcess:
         output: asyncio.StreamReader | None = None,
         log_file: IO[bytes] | None = None,
     ) -> ExecutorProcess:
-        """Take charge of a started executor process once it says it is ready; its
-        ``output`` is a forked child's own pipe unless given."""
+        """Take charge of a started executor process once it says it is ready. Its
+        ``output`` (fds 1 and 2) is read from the pipe given, or a forked child's socket."""
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         executor = cls(process, Channel(reader, writer), on_block, on_unblock)
         executor.output = OutputTail(log_file)
@@ -435,9 +435,8 @@ class ExecutorProcess:
     async def _output_read(self, within_s: float) -> None:
         """Until the pipe is drained: the process that wrote to it has exited, but its
         last lines may still be on their way to us."""
-        if self._pump is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._pump), within_s)
+        if self._pump is not None:  # not wait_for: the pump may be cancelled meanwhile
+            await asyncio.wait({self._pump}, timeout=within_s)
 
 
 def _rss_bytes(pid: int) -> int:
