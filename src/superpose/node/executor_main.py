@@ -134,13 +134,13 @@ class Executor:
         """Calls accepted and not yet answered, from either source."""
         self.express: Subscription | None = None
         self.express_ok: set[tuple[str, str]] = set()
+        """Functions the agent has sent here: it knows their limits, so it can adopt
+        an express call of them after the fact."""
         self.printed: set[str] = set()
         """Calls that have printed (a durable one's output is flushed before its result)."""
         self.running: dict[str, int | asyncio.Task[Any]] = {}
         """Where each call runs (its lane thread's id, or its task): to say where a
         call that timed out was stuck."""
-        """Functions the agent has sent here: it knows their limits, so it can adopt
-        an express call of them after the fact."""
 
     # --- lifecycle -------------------------------------------------------------
 
