@@ -244,7 +244,8 @@ async def request_context(
     client: Client, request: Request, app: str, body: bytes | None, fn: str | None = None
 ) -> protocol.CallContext:
     """The version context of an HTTP request: its session (``X-Superpose-Session``, else
-    what the app's canary key names: a header, or a JSON keyword argument), its pins
+    what the app's canary key names: a header, or an argument of ``fn`` in the JSON
+    body, by keyword or by position), its pins
     (``X-Superpose-Pin: app@version,...``) and whether to trace it."""
     canary = (await client.registry()).canaries.get(app)
     kwargs: dict[str, Any] | None = None
