@@ -161,6 +161,21 @@ def test_call_of_a_function_that_raises(lattice: Lattice) -> None:
     assert "pricing.py" in proc.stderr  # the traceback reaches into the user's code
 
 
+def test_call_of_a_function_that_crashes_prints_its_last_output(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    name = unique("dies")
+    source = (
+        "import os\n\nimport superpose as sp\n\n\n@sp.function\ndef die() -> None:\n"
+        "    print('about to exit')\n    os._exit(9)\n"
+    )
+    deploy(lattice, write_app(tmp_path / name, {"mod.py": source}))
+    proc = superpose_cli("call", f"{name}.die", url=lattice.url)
+    assert proc.returncode == 1
+    assert "last output (node n" in proc.stderr and "about to exit" in proc.stderr
+    assert "error: crashed: ExecutorCrashed: executor process exited with code 9" in proc.stderr
+
+
 def test_call_unknown_app(lattice: Lattice) -> None:
     proc = superpose_cli("call", "no_such_app.greet", '["x"]', url=lattice.url)
     assert proc.returncode == 1
