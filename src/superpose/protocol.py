@@ -221,7 +221,7 @@ def durable_notify_subject(client_id: str) -> str:
     array of encoded ``Result``s (``pack_results``), one message per stored batch.
     Under the reply wildcard, like the log subject: one subscription takes a call's
     output before the result that follows it."""
-    return f"_SP.{client_id}.r.{DURABLE_NOTIFY_TOKEN}"
+    return reply_subject(client_id, DURABLE_NOTIFY_TOKEN)
 
 
 NOTIFY_MAX_BYTES = 512 * 1024
@@ -260,7 +260,7 @@ def client_log_subject(client_id: str) -> str:
     """Under the client's reply wildcard, so its one subscription takes a call's output and
     then its result in the order the executor published them (two subscriptions are two
     tasks in nats-py, and a result could overtake the lines printed before it)."""
-    return f"_SP.{client_id}.r.{CLIENT_LOG_TOKEN}"
+    return reply_subject(client_id, CLIENT_LOG_TOKEN)
 
 
 def offers_subject(client_id: str) -> str:
