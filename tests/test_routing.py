@@ -87,7 +87,7 @@ def test_canary_splits_sessions_and_each_session_sticks(lattice: Lattice, tmp_pa
 
         first = {f"s{i}": version_for(f"s{i}") for i in range(1000)}
         share = Counter(first.values())["v1"] / 1000
-        assert 0.07 <= share <= 0.13, share
+        assert 0.06 <= share <= 0.14, share  # ±4 standard deviations: the app name seeds the split
         again = {s: version_for(s) for s in list(first)[:100]}
         assert again == {s: first[s] for s in again}  # every session sticks to its version
         # a per-request version override wins over the canary
@@ -99,7 +99,9 @@ def test_canary_splits_sessions_and_each_session_sticks(lattice: Lattice, tmp_pa
                 "X-Superpose-Version": v2[:12] if first["s0"] == "v1" else v1[:12],
             },
         )
-        assert forced.json()["result"][0].split(":")[1] != first["s0"]
+        forced_to = forced.json()["result"][0].split(":")[1]
+        assert forced_to != first["s0"]
+    served = Counter([*first.values(), *again.values(), forced_to])
 
     def shown() -> dict | None:  # type: ignore[type-arg]
         state = json.loads(superpose_cli("status", "--json", url=lattice.url, check=True).stdout)
@@ -111,7 +113,8 @@ def test_canary_splits_sessions_and_each_session_sticks(lattice: Lattice, tmp_pa
     printed = json.loads(superpose_cli("canary", app, url=lattice.url, check=True).stdout)
     assert printed["canary"] == {"version": v1, "percent": 10.0, "key": "header:X-Session"}
     assert rules["canary"] == {"version": v1, "percent": 10.0, "key": "header:X-Session"}
-    assert 70 <= rules["traffic"][v1] <= 140
+    # every call the test made is counted once, on the version that answered it
+    assert rules["traffic"] == {v1: served["v1"], v2: served["v2"]}
     listing = httpx.get(f"{lattice.gateway}/v1/apps/{app}", timeout=30).json()
     assert listing["routing"]["canary"]["version"] == v1
     human = superpose_cli("status", url=lattice.url, check=True).stdout
