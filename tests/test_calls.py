@@ -7,14 +7,17 @@ import concurrent.futures
 import os
 import random
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 import fns
 import superpose as sp
 from conftest import Lattice, raw_call
-from superpose import protocol
+from superpose import payload, protocol
+from superpose.node.executors import Call, ExecutorProcess
 
 
 def test_remote_returns_the_result(client: sp.Client) -> None:
@@ -86,6 +89,50 @@ def test_a_timeout_of_an_async_function_that_blocks_its_loop_says_so(client: sp.
     assert "event loop did not answer" in info.value.remote_message
     assert info.value.traceback == ""
     assert fns.stuck_loop.remote(0) == "unstuck"
+
+
+def test_an_executor_shows_a_calls_stack_only_while_it_runs(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    """The agent asks where a call is before killing it for its timeout. A call that
+    finished just then has no stack (its report carries none); a dead executor gives
+    no answer, and asking it raises nothing."""
+    (tmp_path / "napmod.py").write_text("import time\n\ndef nap(s):\n    time.sleep(s)\n")
+
+    async def body() -> None:
+        executor = await ExecutorProcess.start(
+            lattice.url, "nstack", lambda call: None, lambda call: None, subprocess.DEVNULL
+        )
+        try:
+            await executor.load("e" * 64, str(tmp_path), "stack")
+            inv = protocol.Invocation(
+                id="nap1",
+                app="stack",
+                fn="nap",
+                digest="e" * 64,
+                module="napmod",
+                qualname="nap",
+                args=protocol.Payload(
+                    protocol.CODEC_PICKLE, payload.encode_args((30,), {}, protocol.CODEC_PICKLE)
+                ),
+                deadline=time.time() + 60,
+            )
+            done = asyncio.get_running_loop().create_future()
+            executor.run(inv.encode(), "", Call(inv.id, True, None, done))
+            where = ""
+            for _ in range(100):
+                if where := await executor.stack_of(inv.id) or "":
+                    break
+                await asyncio.sleep(0.05)
+            assert where.endswith("in nap\n    time.sleep(s)\n"), where
+            assert await executor.stack_of("nap-finished") == ""
+            executor.kill()
+            await executor.process.wait()
+            assert await executor.stack_of(inv.id) is None
+        finally:
+            executor.kill()
+
+    asyncio.run(body())
 
 
 def test_hard_exit_is_reported_as_a_crash(client: sp.Client) -> None:
