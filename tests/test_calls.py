@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import os
 import random
 import signal
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -131,6 +133,31 @@ def test_an_executor_shows_a_calls_stack_only_while_it_runs(
             assert await executor.stack_of(inv.id) is None
         finally:
             executor.kill()
+
+    asyncio.run(body())
+
+
+def test_an_executor_that_dies_leaves_no_socket_to_the_garbage_collector(
+    lattice: Lattice,
+) -> None:
+    """Its agent closes the channel's transport when the process dies. A socket left to
+    the garbage collector closed its fd number after the event loop had given it to the
+    next executor, and uvloop aborted the whole node (SIGABRT) when it next polled it."""
+
+    async def body() -> None:
+        executor = await ExecutorProcess.start(
+            lattice.url, "ngc", lambda call: None, lambda call: None, subprocess.DEVNULL
+        )
+        writer = executor.channel.writer
+        executor.kill()
+        assert executor._reader is not None
+        await asyncio.wait_for(executor._reader, 30)  # it has seen the death through
+        assert writer.is_closing()
+        del executor, writer
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            gc.collect()
+        assert not [w for w in caught if "unclosed" in str(w.message)]
 
     asyncio.run(body())
 

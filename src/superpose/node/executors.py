@@ -227,15 +227,18 @@ class ExecutorProcess:
         if output is None and isinstance(process, ForkedChild) and process.output is not None:
             output, closer = await asyncio.open_unix_connection(sock=process.output)
             executor._output_closer = closer
+            process.output = None  # the transport owns the socket now, and closes it
         if output is not None:
             executor._pump = asyncio.create_task(executor.output.pump(output))
         try:
             ready = await asyncio.wait_for(executor.channel.receive(), START_TIMEOUT_S)
         except BaseException:  # timed out or cancelled: no process may outlive its start
             executor.kill()
+            executor._release()
             raise
         if ready is None or ready.get("op") != "ready":
             executor.kill()
+            executor._release()
             raise ExecutorDied("internal", "executor process failed to start (see node log)")
         executor._reader = asyncio.create_task(executor._read())
         return executor
@@ -374,6 +377,7 @@ class ExecutorProcess:
         self._waiters.clear()
         if self._memory_watch is not None:
             self._memory_watch.cancel()
+        self._release()
 
     async def _watch_memory(self) -> None:
         while self.process.returncode is None:
@@ -427,7 +431,15 @@ class ExecutorProcess:
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
         await self._output_read(OUTPUT_SETTLE_S)
-        if self._pump is not None:  # a process it started still holds the pipe
+        self._release()
+
+    def _release(self) -> None:
+        """Close our ends of its channel and output, through their transports. Left to
+        the garbage collector, a socket can be closed after its transport's fd number
+        went to a new descriptor the event loop watches (another executor's channel);
+        uvloop aborts the whole node when it next polls that descriptor."""
+        self.channel.close()
+        if self._pump is not None:  # a process it started may still hold the pipe
             self._pump.cancel()
         if self._output_closer is not None:
             self._output_closer.close()
