@@ -590,6 +590,7 @@ async def _main(fd: int, lattice: str, node_id: str) -> None:
         await executor.serve()
     finally:
         await nc.close()
+        executor.channel.close()
 
 
 def main() -> None:
