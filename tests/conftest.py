@@ -35,6 +35,12 @@ class Lattice:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
 
+CHILD_WARNINGS = "always::ResourceWarning"
+"""On in the lattice's own processes (nodes, executors, gateway), and any in their logs
+fails the lattice's teardown: a socket left to the garbage collector once closed a
+descriptor the event loop had given to another executor, and uvloop aborted the node."""
+
+
 def start_lattice(
     state_dir: Path, *, workers: int = 2, slots: int = 1, gateway: bool = True
 ) -> Lattice:
@@ -47,13 +53,30 @@ def start_lattice(
         gateway_port=0 if gateway else None,
         drain_grace_s=2.0,
     )
-    url = asyncio.run_coroutine_threadsafe(lattice.start(), loop).result()
+    before = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = CHILD_WARNINGS  # read by the children it starts now
+    try:
+        url = asyncio.run_coroutine_threadsafe(lattice.start(), loop).result()
+    finally:
+        if before is None:
+            del os.environ["PYTHONWARNINGS"]
+        else:
+            os.environ["PYTHONWARNINGS"] = before
     return Lattice(url, lattice.gateway_url, state_dir, lattice, loop)
 
 
 def stop_lattice(handle: Lattice) -> None:
     handle.run(handle.lattice.stop())
     handle.loop.call_soon_threadsafe(handle.loop.stop)
+    warned = [
+        f"{log.relative_to(handle.state_dir)}: {line}"
+        for log in sorted(handle.state_dir.rglob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if "ResourceWarning" in line
+    ]
+    assert not warned, "the lattice's processes left resources to the garbage collector:\n" + (
+        "\n".join(warned[:20])
+    )
 
 
 @contextmanager
