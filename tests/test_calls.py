@@ -17,7 +17,7 @@ import fns
 import superpose as sp
 from conftest import Lattice, raw_call
 from superpose import payload, protocol
-from superpose.node.executors import Call, ExecutorProcess
+from superpose.node.executors import Call, ExecutorDied, ExecutorProcess
 
 
 def test_remote_returns_the_result(client: sp.Client) -> None:
@@ -155,6 +155,22 @@ def test_an_executor_that_dies_leaves_no_socket_to_the_garbage_collector(
         assert sock.fileno() == -1  # closed by its transport, not left to the collector
 
     asyncio.run(body())
+
+
+def test_an_executor_that_cannot_start_says_why_in_the_node_log(tmp_path: Path) -> None:
+    """It exits before it is ready: its agent lets it finish its traceback (a kill at
+    once cut it short) and reads it to the end before giving up on it."""
+    log_path = tmp_path / "executors.log"
+
+    async def body() -> None:
+        with open(log_path, "wb") as log, pytest.raises(ExecutorDied, match="failed to start"):
+            await ExecutorProcess.start(
+                "nats://127.0.0.1:notaport", "nbad", lambda c: None, lambda c: None, log
+            )
+
+    asyncio.run(body())
+    last_line = log_path.read_text().rstrip().rpartition("\n")[2]
+    assert last_line == "nats.errors.Error: nats: invalid connect url option"
 
 
 def test_hard_exit_is_reported_as_a_crash(client: sp.Client) -> None:

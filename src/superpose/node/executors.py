@@ -237,7 +237,10 @@ class ExecutorProcess:
             executor._release()
             raise
         if ready is None or ready.get("op") != "ready":
+            with contextlib.suppress(TimeoutError):  # exiting: let it finish saying why
+                await asyncio.wait_for(executor.process.wait(), OUTPUT_SETTLE_S)
             executor.kill()
+            await executor._output_read(OUTPUT_SETTLE_S)
             executor._release()
             raise ExecutorDied("internal", "executor process failed to start (see node log)")
         executor._reader = asyncio.create_task(executor._read())
