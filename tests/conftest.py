@@ -150,6 +150,34 @@ def poll(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
         time.sleep(0.05)
 
 
+async def bare_executor(url: str, node_id: str) -> Any:
+    """An executor process with no node agent around it: the test sends its frames."""
+    from superpose.node.executors import ExecutorProcess
+
+    return await ExecutorProcess.start(
+        url, node_id, lambda call: None, lambda call: None, subprocess.DEVNULL
+    )
+
+
+def bare_invocation(inv_id: str, digest: str, module: str, qualname: str, *args: Any) -> Any:
+    """An invocation of ``module.qualname(*args)`` in the bundle ``digest``, for a bare
+    executor that has loaded it (its app is named after the module)."""
+    from superpose import payload, protocol
+
+    return protocol.Invocation(
+        id=inv_id,
+        app=module,
+        fn=qualname,
+        digest=digest,
+        module=module,
+        qualname=qualname,
+        args=protocol.Payload(
+            protocol.CODEC_PICKLE, payload.encode_args(args, {}, protocol.CODEC_PICKLE)
+        ),
+        deadline=time.time() + 60,
+    )
+
+
 def raw_call(client: sp.Client, function: Any, inv_id: str, args: Any, deadline: float) -> Any:
     """Send a hand-built invocation of ``function`` (its ``protocol.Payload`` of
     arguments and its deadline as given) straight to the queue group; its ``Result``."""

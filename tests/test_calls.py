@@ -7,7 +7,6 @@ import concurrent.futures
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import pytest
 
 import fns
 import superpose as sp
-from conftest import Lattice, raw_call
-from superpose import payload, protocol
+from conftest import Lattice, bare_executor, bare_invocation, raw_call
+from superpose import protocol
 from superpose.node.executors import Call, ExecutorDied, ExecutorProcess
 
 
@@ -100,23 +99,10 @@ def test_an_executor_shows_a_calls_stack_only_while_it_runs(
     (tmp_path / "napmod.py").write_text("import time\n\ndef nap(s):\n    time.sleep(s)\n")
 
     async def body() -> None:
-        executor = await ExecutorProcess.start(
-            lattice.url, "nstack", lambda call: None, lambda call: None, subprocess.DEVNULL
-        )
+        executor = await bare_executor(lattice.url, "nstack")
         try:
-            await executor.load("e" * 64, str(tmp_path), "stack")
-            inv = protocol.Invocation(
-                id="nap1",
-                app="stack",
-                fn="nap",
-                digest="e" * 64,
-                module="napmod",
-                qualname="nap",
-                args=protocol.Payload(
-                    protocol.CODEC_PICKLE, payload.encode_args((30,), {}, protocol.CODEC_PICKLE)
-                ),
-                deadline=time.time() + 60,
-            )
+            await executor.load("e" * 64, str(tmp_path), "napmod")
+            inv = bare_invocation("nap1", "e" * 64, "napmod", "nap", 30)
             done = asyncio.get_running_loop().create_future()
             executor.run(inv.encode(), "", Call(inv.id, True, None, done))
             where = ""
@@ -143,9 +129,7 @@ def test_an_executor_that_dies_leaves_no_socket_to_the_garbage_collector(
     next executor, and uvloop aborted the whole node (SIGABRT) when it next polled it."""
 
     async def body() -> None:
-        executor = await ExecutorProcess.start(
-            lattice.url, "ngc", lambda call: None, lambda call: None, subprocess.DEVNULL
-        )
+        executor = await bare_executor(lattice.url, "ngc")
         sock = executor.channel.writer.get_extra_info("socket")
         assert sock.fileno() >= 0
         executor.kill()

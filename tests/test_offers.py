@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,14 +15,14 @@ from nats.errors import TimeoutError as NatsTimeout
 
 import fns
 import superpose as sp
-from conftest import Lattice, raw_call
+from conftest import Lattice, bare_executor, bare_invocation, raw_call
 from superpose import payload, protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.lattice import offers
 from superpose.lattice.connection import connect
 from superpose.lattice.objects import chunk_size_for
 from superpose.lattice.offers import OfferGoneError, Offers
-from superpose.node.executors import Call, ExecutorProcess
+from superpose.node.executors import Call
 
 BIG = SPILL_THRESHOLD_BYTES * 8
 
@@ -218,24 +217,10 @@ def test_a_stopping_executor_keeps_serving_results_not_yet_pulled(
 
         inbox = nc.new_inbox()
         await nc.subscribe(inbox, cb=on_reply)
-        executor = await ExecutorProcess.start(
-            lattice.url, "ndrain", lambda call: None, lambda call: None, subprocess.DEVNULL
-        )
+        executor = await bare_executor(lattice.url, "ndrain")
         try:
-            await executor.load("d" * 64, str(tmp_path), "drain")
-            inv = protocol.Invocation(
-                id="drain1",
-                app="drain",
-                fn="make",
-                digest="d" * 64,
-                module="bigmod",
-                qualname="make",
-                args=protocol.Payload(
-                    codec=protocol.CODEC_PICKLE,
-                    data=payload.encode_args((BIG,), {}, protocol.CODEC_PICKLE),
-                ),
-                deadline=time.time() + 30,
-            )
+            await executor.load("d" * 64, str(tmp_path), "bigmod")
+            inv = bare_invocation("drain1", "d" * 64, "bigmod", "make", BIG)
             done = asyncio.get_running_loop().create_future()
             executor.run(inv.encode(), inbox, Call(inv.id, True, None, done))
             result = protocol.Result.decode(await asyncio.wait_for(replies.get(), 30))

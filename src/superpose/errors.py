@@ -9,7 +9,17 @@ Everything else is a ``SuperposeError`` (internal, 5xx).
 
 from __future__ import annotations
 
+import signal
+
 from superpose import protocol
+
+
+def how_it_ended(returncode: int) -> str:
+    """A finished process's exit status, for a message: "was killed by SIGKILL" (a
+    negative code is the signal) or "exited with code 3"."""
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with code {returncode}"
 
 
 class SuperposeError(Exception):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from superpose import config, protocol
-from superpose.errors import LatticeError, UserError
+from superpose.errors import LatticeError, UserError, how_it_ended
 from superpose.lattice.embedded import EmbeddedServer
 
 READY_TIMEOUT_S = 30.0
@@ -114,18 +114,12 @@ class Child:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 
-    def note_death(self) -> None:
+    def note_death(self, returncode: int) -> None:
         """Say in the child's own log how it ended, before its restart writes there: a
         silent restart hides a crash (and the calls it cost)."""
-        code = self.process.returncode if self.process is not None else None
-        how = (
-            f"was killed by {signal.Signals(-code).name}"
-            if code is not None and code < 0
-            else f"exited with code {code}"
-        )
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with open(self.log_path, "a") as log:
-            log.write(f"{stamp} superpose: {self.name} {how}; restarting it\n")
+            log.write(f"{stamp} superpose: {self.name} {how_it_ended(returncode)}; restarting it\n")
 
     async def stop(self, grace_s: float) -> None:
         proc = self.process
@@ -298,7 +292,7 @@ class LocalLattice:
             for child in self.children:
                 proc = child.process
                 if proc is not None and proc.returncode is not None and not self._stopping:
-                    child.note_death()
+                    child.note_death(proc.returncode)
                     child.restarts += 1
                     await asyncio.sleep(RESTART_BACKOFF_S)
                     if not self._stopping:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from superpose.errors import how_it_ended
 from superpose.node.channel import Channel
 from superpose.node.output import OutputTail
 
@@ -364,10 +365,8 @@ class ExecutorProcess:
         await self._output_read(OUTPUT_SETTLE_S)
         if self.kill_reason is not None:
             kind, reason = self.kill_reason
-        elif code < 0:
-            kind, reason = "crashed", f"executor process was killed by {signal.Signals(-code).name}"
         else:
-            kind, reason = "crashed", f"executor process exited with code {code}"
+            kind, reason = "crashed", f"executor process {how_it_ended(code)}"
         error = ExecutorDied(kind, reason)
         for call in self.calls.values():
             if not call.done.done():
