@@ -49,8 +49,8 @@ def affinity(sizes: Any = None) -> list[dict[str, Any]]:
 
 
 def _run(*, affinity_on: bool) -> dict[str, Any]:
-    from superpose.deploy import deploy
-    from superpose.status import nodes
+    from superpose.client.deploy import deploy
+    from superpose.client.status import nodes
 
     root = Path(tempfile.mkdtemp(prefix="bench-affinity-"))
     env = {"SUPERPOSE_MAX_EXECUTORS": str(EXECUTORS_PER_NODE)}

@@ -134,7 +134,7 @@ def source() -> dict[str, Any]:
 
 def _nats_server_version() -> str:
     try:
-        from superpose.lattice.embedded import find_nats_server
+        from superpose.local.embedded import find_nats_server
 
         out = subprocess.run(
             [find_nats_server(), "--version"],

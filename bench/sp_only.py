@@ -82,7 +82,7 @@ def bundle(sizes: Sizes) -> list[Figures]:
 
 
 def _cold_bundle_call(client: Any) -> Figures:
-    from superpose.deploy import deploy
+    from superpose.client.deploy import deploy
 
     token = uuid.uuid4().hex[:12]
     app = f"cold{token}"
@@ -107,7 +107,7 @@ def _cold_bundle_call(client: Any) -> Figures:
 
 def update(sizes: Sizes) -> list[Figures]:
     """``superpose deploy`` of a new version until a running client's call answers with it."""
-    from superpose.deploy import deploy
+    from superpose.client.deploy import deploy
 
     out = []
     folder = Path(tempfile.mkdtemp(prefix="bench-app-")) / "upd"
@@ -154,8 +154,8 @@ def alias(sizes: Sizes, moves: int | None = None) -> list[Figures]:
     process, polling its own mirror, resolves ``latest`` to the new digest;
     both processes stamp with the same wall clock.
     """
-    from superpose import versions
-    from superpose.deploy import deploy
+    from superpose.client.deploy import deploy
+    from superpose.registry import versions
 
     moves = moves or getattr(sizes, "sp_alias_moves", ALIAS_MOVES)
     folder = Path(tempfile.mkdtemp(prefix="bench-app-")) / "flip"
@@ -237,7 +237,7 @@ def _next_line(lines: queue.Queue[str], timeout_s: float) -> str:
 
 async def _follow_latest(url: str, app: str) -> None:
     """The mirror process: resolve ``app@latest`` as a caller would, report each change."""
-    from superpose.client import Client
+    from superpose.client.client import Client
 
     client = await Client.open(url)
     registry = await client.registry()
@@ -269,7 +269,7 @@ def _running_lattice(env: dict[str, str] | None = None) -> Iterator[tuple[Any, P
     """A ``superpose up --detach`` lattice (2 nodes × 1 slot) and a client on it;
     ``env`` is added to the lattice processes' environment."""
     import superpose as sp
-    from superpose.supervisor import find_running_lattice
+    from superpose.local.supervisor import find_running_lattice
 
     home = Path(tempfile.mkdtemp(prefix="bench-sp-home-"))
     client = None

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import superpose as sp
-from superpose import client as client_module
-from superpose.supervisor import LocalLattice
+from superpose.client import client as client_module
+from superpose.local.supervisor import LocalLattice
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ def poll(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
 
 async def bare_executor(url: str, node_id: str) -> Any:
     """An executor process with no node agent around it: the test sends its frames."""
-    from superpose.node.executors import ExecutorProcess
+    from superpose.node.executor_process import ExecutorProcess
 
     return await ExecutorProcess.start(
         url, node_id, lambda call: None, lambda call: None, subprocess.DEVNULL
@@ -162,7 +162,8 @@ async def bare_executor(url: str, node_id: str) -> Any:
 def bare_invocation(inv_id: str, digest: str, module: str, qualname: str, *args: Any) -> Any:
     """An invocation of ``module.qualname(*args)`` in the bundle ``digest``, for a bare
     executor that has loaded it (its app is named after the module)."""
-    from superpose import payload, protocol
+    from superpose import protocol
+    from superpose.lattice import payload
 
     return protocol.Invocation(
         id=inv_id,

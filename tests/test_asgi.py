@@ -14,9 +14,9 @@ import pytest
 
 import superpose as sp
 from conftest import ROOT, Lattice, poll, start_lattice, stop_lattice, superpose_cli
+from superpose.client.deploy import deploy as deploy_app
 from superpose.code import asgi_entry
 from superpose.config import MAX_HTTP_BODY_BYTES
-from superpose.deploy import deploy as deploy_app
 from superpose.errors import BadRequestError, DeployError
 from test_cli import deploy, unique, write_app
 

@@ -16,7 +16,7 @@ import fns
 import superpose as sp
 from conftest import Lattice, bare_executor, bare_invocation, raw_call
 from superpose import protocol
-from superpose.node.executors import Call, ExecutorDied, ExecutorProcess
+from superpose.node.executor_process import Call, ExecutorDied, ExecutorProcess
 
 
 def test_remote_returns_the_result(client: sp.Client) -> None:
@@ -70,7 +70,7 @@ def test_timeout_kills_the_call_and_says_so(client: sp.Client) -> None:
     where = info.value.traceback
     assert where.startswith("where it was (most recent call last):\n")
     assert "in sleepy\n    time.sleep(seconds)" in where
-    assert "executor_main" not in where  # the user's frames only
+    assert "superpose/node/" not in where  # the user's frames only
     assert fns.sleepy.remote(0) == "woke"
 
 

@@ -21,7 +21,7 @@ import pytest
 import durable_fns as dfns
 import superpose as sp
 from conftest import Lattice, client_on, start_lattice, stop_lattice
-from superpose.durable import results
+from superpose.lattice import results
 
 CHAOS_INVOCATIONS = 2000
 CHAOS_KILLS = 12

@@ -418,7 +418,7 @@ def test_a_dependency_missing_on_nodes_is_the_users_error_not_a_missing_function
     assert "raised" in proc.stderr and "not_found" not in proc.stderr
     assert "No module named 'not_installed_dependency_xyz'" in proc.stderr
     assert "needs.py" in proc.stderr
-    assert "executor_main.py" not in proc.stderr  # the traceback starts at the user's code
+    assert "superpose/node/executor" not in proc.stderr  # the traceback starts at the user's code
 
 
 def test_a_module_that_calls_the_lattice_on_import_gets_a_clear_error(

@@ -18,9 +18,9 @@ import pytest
 import durable_fns as dfns
 import superpose as sp
 from conftest import Lattice, client_on, poll, start_lattice, stop_lattice
-from superpose import client as client_module
 from superpose import protocol
-from superpose.durable import dead
+from superpose.client import client as client_module
+from superpose.client import dead_letters as dead
 
 
 def _pid_in(path: Path) -> int:

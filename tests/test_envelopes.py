@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from superpose import config, protocol
-from superpose.durable.submit import ENVELOPE_MAX_BYTES, Durable, _envelopes
-from superpose.futures import Future
+from superpose.client.durable import ENVELOPE_MAX_BYTES, Durable, _envelopes
+from superpose.client.futures import Future
 
 
 def _durable(fn: str, size: int, key: str | None = None) -> Durable:

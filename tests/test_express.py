@@ -220,7 +220,7 @@ def test_a_failure_to_account_for_an_express_call_does_not_stop_the_reader(
     """The agent's reader of an executor's frames survives a failing ``took`` handler:
     if it stopped, every later frame of that executor would go unread and its calls
     would hang."""
-    from superpose.node.executors import ExecutorProcess
+    from superpose.node.executor_process import ExecutorProcess
 
     def broken(message: dict[str, object]) -> None:
         raise KeyError("reply")

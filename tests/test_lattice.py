@@ -10,7 +10,7 @@ import pytest
 from superpose.config import ENV_REPLICAS
 from superpose.errors import LatticeError
 from superpose.lattice.connection import connect, ensure_assets
-from superpose.lattice.embedded import EmbeddedServer
+from superpose.local.embedded import EmbeddedServer
 
 
 async def _ensure_on_fresh_server(state_dir: Path) -> None:

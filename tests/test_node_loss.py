@@ -16,7 +16,7 @@ import fns
 import superpose as sp
 from conftest import Lattice, client_on, start_lattice, stop_lattice
 from superpose import protocol
-from superpose.durable import dead
+from superpose.client import dead_letters as dead
 
 
 @pytest.fixture(scope="module")

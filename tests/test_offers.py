@@ -16,13 +16,13 @@ from nats.errors import TimeoutError as NatsTimeout
 import fns
 import superpose as sp
 from conftest import Lattice, bare_executor, bare_invocation, raw_call
-from superpose import payload, protocol
+from superpose import protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
-from superpose.lattice import offers
+from superpose.lattice import offers, payload
 from superpose.lattice.connection import connect
 from superpose.lattice.objects import chunk_size_for
 from superpose.lattice.offers import OfferGoneError, Offers
-from superpose.node.executors import Call
+from superpose.node.executor_process import Call
 
 BIG = SPILL_THRESHOLD_BYTES * 8
 

@@ -291,7 +291,7 @@ def test_a_node_keeps_at_most_its_executor_limit_evicting_the_least_recently_use
 
 
 def test_a_star_need_asks_only_that_the_label_exist() -> None:
-    from superpose.placement import satisfies
+    from superpose.registry.placement import satisfies
 
     node = protocol.NodeInfo(id="n1", host="h", pid=1, labels={"gpu": "2"}, slots=1)
     assert satisfies(node, {"gpu": "*"}) and satisfies(node, {"node": "n1"})

@@ -24,7 +24,7 @@ import pytest
 import durable_fns as dfns
 import superpose as sp
 from conftest import client_on, start_lattice, stop_lattice
-from superpose.durable import results
+from superpose.lattice import results
 from test_chaos import _kill_node
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600)]

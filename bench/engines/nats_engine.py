@@ -61,7 +61,7 @@ class NatsEngine(Engine):
     def start(self) -> None:
         import nats
 
-        from superpose.lattice.embedded import find_nats_server
+        from superpose.local.embedded import find_nats_server
 
         self.dir = Path(tempfile.mkdtemp(prefix="bench-nats-"))
         url = self._start_server(find_nats_server())

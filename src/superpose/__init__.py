@@ -18,12 +18,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from superpose.lazy_imports import defer_unused_imports
+from superpose.support.lazy_imports import defer_unused_imports
 
 defer_unused_imports()  # before anything imports nats-py
 
 if TYPE_CHECKING:
-    from superpose.client import Client, connect
+    from superpose.client.client import Client, connect
+    from superpose.client.functions import Function, LinkedApp, RemoteFunction, function, use
+    from superpose.client.futures import Future, gather
     from superpose.errors import (
         CallTimeoutError,
         DeployError,
@@ -34,12 +36,10 @@ if TYPE_CHECKING:
         SuperposeError,
         UserError,
     )
-    from superpose.functions import Function, LinkedApp, RemoteFunction, function, use
-    from superpose.futures import Future, gather
 
 _WHERE = {
-    "Client": "superpose.client",
-    "connect": "superpose.client",
+    "Client": "superpose.client.client",
+    "connect": "superpose.client.client",
     "CallTimeoutError": "superpose.errors",
     "DeployError": "superpose.errors",
     "LatticeError": "superpose.errors",
@@ -48,13 +48,13 @@ _WHERE = {
     "RemoteError": "superpose.errors",
     "SuperposeError": "superpose.errors",
     "UserError": "superpose.errors",
-    "Function": "superpose.functions",
-    "RemoteFunction": "superpose.functions",
-    "function": "superpose.functions",
-    "use": "superpose.functions",
-    "LinkedApp": "superpose.functions",
-    "Future": "superpose.futures",
-    "gather": "superpose.futures",
+    "Function": "superpose.client.functions",
+    "RemoteFunction": "superpose.client.functions",
+    "function": "superpose.client.functions",
+    "use": "superpose.client.functions",
+    "LinkedApp": "superpose.client.functions",
+    "Future": "superpose.client.futures",
+    "gather": "superpose.client.futures",
 }
 
 __all__ = [

@@ -1,5 +1,5 @@
 import sys
 
-from superpose.cli import main
+from superpose.cli.main import main
 
 sys.exit(main())

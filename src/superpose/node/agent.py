@@ -32,11 +32,11 @@ from superpose.config import (
     express_from_env,
     max_executors_from_env,
 )
-from superpose.durable.worker import DurableWorker
 from superpose.errors import CallTimeoutError, NotFoundError, SuperposeError
 from superpose.lattice.connection import Assets, connect, ensure_assets
 from superpose.node.call_log import CallLog
-from superpose.node.executors import (
+from superpose.node.durable import DurableWorker
+from superpose.node.executor_process import (
     Call,
     ExecutorDied,
     ExecutorProcess,
@@ -45,8 +45,8 @@ from superpose.node.executors import (
 )
 from superpose.node.prefetch import AliasPrefetcher
 from superpose.node.slots import SlotPool
-from superpose.placement import NodeDirectory, fresh, satisfies
-from superpose.registry import Registry
+from superpose.registry.mirror import Registry
+from superpose.registry.placement import NodeDirectory, fresh, satisfies
 
 log = logging.getLogger("superpose.node")
 DEFAULT_ASYNC_CONCURRENCY = 100

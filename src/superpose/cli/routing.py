@@ -1,6 +1,6 @@
 """CLI commands for routing rules: ``canary``, ``pin``/``unpin``, ``lock``/``unlock``, ``trace``.
 
-Each command changes or reads one registry rule (see ``superpose.routing``);
+Each command changes or reads one registry rule (see ``superpose.registry.routing``);
 the effect reaches every client and node through their registry mirrors.
 """
 
@@ -11,10 +11,10 @@ import asyncio
 import json
 from collections.abc import Callable
 
-from superpose import routing
-from superpose.cli import _app_arg, _short, _with_client
-from superpose.client import Client
+from superpose.cli.main import _app_arg, _short, _with_client
+from superpose.client.client import Client
 from superpose.errors import BadRequestError
+from superpose.registry import routing
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 

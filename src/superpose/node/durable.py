@@ -27,8 +27,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from superpose import config, protocol
-from superpose.durable import results
-from superpose.durable.submit import work_message
+from superpose.client.durable import work_message
+from superpose.lattice import results
 from superpose.lattice.batch import publish_atomic
 from superpose.lattice.mirror import follow_bucket
 

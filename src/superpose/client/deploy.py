@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from superpose import protocol
-from superpose.client import Client
+from superpose.client.client import Client
 from superpose.code import bundle as bundles
 from superpose.code import store
 from superpose.code.asgi_entry import entry_spec
 from superpose.code.discover import FunctionSpec, discover
 from superpose.errors import BadRequestError, DeployError
-from superpose.registry import LATEST, Version
+from superpose.registry.mirror import LATEST, Version
 
 RESERVED_HTTP_APPS = frozenset({"v1"})
 """Paths the gateway answers itself, so no HTTP app can be served there."""

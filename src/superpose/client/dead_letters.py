@@ -16,14 +16,14 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError
 
-from superpose import payload, protocol
-from superpose.durable.submit import wait_accepted
+from superpose import protocol
+from superpose.client.durable import wait_accepted
 from superpose.errors import BadRequestError, NotFoundError, SuperposeError
-from superpose.lattice import objects
+from superpose.lattice import objects, payload
 from superpose.lattice.connection import Assets
 
 if TYPE_CHECKING:
-    from superpose.client import Client
+    from superpose.client.client import Client
 
 log = logging.getLogger("superpose.durable")
 

@@ -16,11 +16,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from superpose import runtime
-from superpose.futures import Future
+from superpose.client.futures import Future
 
 if TYPE_CHECKING:
-    from superpose.client import Client
-    from superpose.functions import Options
+    from superpose.client.client import Client
+    from superpose.client.functions import Options
 
 MOST_DONE = 0.5
 """Fraction of a map's items that must be done before stragglers are looked for. Not

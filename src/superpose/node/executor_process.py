@@ -130,7 +130,7 @@ def fork_executor(lattice: str, node_id: str) -> tuple[ForkedChild, socket.socke
                 os.dup2(fd, target)
             output_write.close()
             os.close(null_fd)
-            from superpose.node import executor_main
+            from superpose.node.executor import main as executor_main
 
             executor_main.serve_forever(theirs.detach(), lattice, node_id)
             code = 0
@@ -194,7 +194,7 @@ class ExecutorProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "superpose.node.executor_main",
+            "superpose.node.executor.main",
             "--fd",
             str(theirs.fileno()),
             "--lattice",

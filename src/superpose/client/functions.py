@@ -11,14 +11,14 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, overload
 
 from superpose import protocol, runtime
-from superpose.durable.stragglers import Stragglers
+from superpose.client.futures import Future
+from superpose.client.stragglers import Stragglers
 from superpose.errors import BadRequestError
-from superpose.futures import Future
-from superpose.placement import check_needs
-from superpose.registry import Target
+from superpose.registry.mirror import Target
+from superpose.registry.placement import check_needs
 
 if TYPE_CHECKING:
-    from superpose.client import Client
+    from superpose.client.client import Client
 
 MAP_WINDOW = 4096
 """How many map items are in flight at once: bounds client memory on huge maps."""
@@ -130,7 +130,7 @@ class Invocable:
         raise NotImplementedError
 
     def _client(self) -> Client:
-        from superpose import client
+        from superpose.client import client
 
         return client.current_client()
 

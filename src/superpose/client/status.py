@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from superpose import protocol, routing
-from superpose.client import Client
+from superpose import protocol
+from superpose.client.client import Client
 from superpose.lattice.batch import js_api
+from superpose.registry import routing
 
 
 async def nodes(client: Client) -> list[protocol.NodeInfo]:

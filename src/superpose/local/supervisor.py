@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from superpose import config, protocol
 from superpose.errors import LatticeError, UserError, how_it_ended
-from superpose.lattice.embedded import EmbeddedServer
+from superpose.local.embedded import EmbeddedServer
 
 READY_TIMEOUT_S = 30.0
 RESTART_BACKOFF_S = 1.0

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from superpose.errors import UserError
-from superpose.registry import LATEST, AliasEntry, Registry, Version, check_alias_name
+from superpose.registry.mirror import LATEST, AliasEntry, Registry, Version, check_alias_name
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from superpose import protocol
 from superpose.errors import BadRequestError, LatticeError, NotFoundError
 from superpose.lattice.batch import js_api
-from superpose.registry import LATEST, Canary, Registry, check_canary_key
+from superpose.registry.mirror import LATEST, Canary, Registry, check_canary_key
 
 TRACE_READ_S = 2.0
 

@@ -22,12 +22,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from superpose import protocol
-from superpose.client import Client
+from superpose.client.client import Client
+from superpose.client.functions import Options
+from superpose.client.futures import Future
 from superpose.config import DEFAULT_TIMEOUT_S, WAIT_MARGIN_S
 from superpose.errors import NotFoundError, RemoteError, SuperposeError
-from superpose.functions import Options
-from superpose.futures import Future
-from superpose.registry import Target
+from superpose.registry.mirror import Target
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 TAIL_WAIT_S = 5.0

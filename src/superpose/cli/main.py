@@ -15,12 +15,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from superpose import config, eventloop, protocol, supervisor
+from superpose import config, protocol
+from superpose.local import supervisor
+from superpose.support import eventloop
 
 if TYPE_CHECKING:  # the client (and nats-py) is imported by the commands that use it
-    from superpose.client import Client
-    from superpose.registry import Registry
-    from superpose.versions import Move
+    from superpose.client.client import Client
+    from superpose.registry.mirror import Registry
+    from superpose.registry.versions import Move
 from superpose.errors import (
     BadRequestError,
     LatticeError,
@@ -47,7 +49,7 @@ def _lattice_url(explicit: str | None) -> str:
 
 
 async def _with_client(url: str | None, body: Callable[[Client], Awaitable[int]]) -> int:
-    from superpose.client import Client
+    from superpose.client.client import Client
 
     client = await Client.open(_lattice_url(url))
     try:
@@ -179,8 +181,8 @@ async def _live_status(lattice: supervisor.LocalLattice, stop: asyncio.Event) ->
         return
     from rich.live import Live
 
-    from superpose.client import Client
-    from superpose.status import nodes
+    from superpose.client.client import Client
+    from superpose.client.status import nodes
 
     client = await Client.open(lattice.url)
     try:
@@ -226,7 +228,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     import uuid
 
     from superpose.node.agent import NodeAgent, NodeConfig
-    from superpose.node.executors import fork_executor
+    from superpose.node.executor_process import fork_executor
 
     labels = _parse_labels(ns.labels)
     node_id = ns.node_id or f"n{uuid.uuid4().hex[:6]}"
@@ -263,7 +265,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
 
 
 def cmd_gateway(ns: argparse.Namespace) -> int:
-    from superpose.gateway import serve
+    from superpose.gateway.app import serve
 
     url = _lattice_url(ns.lattice)
     eventloop.run(
@@ -282,7 +284,7 @@ def cmd_gateway(ns: argparse.Namespace) -> int:
 
 
 def cmd_deploy(ns: argparse.Namespace) -> int:
-    from superpose.deploy import deploy
+    from superpose.client.deploy import deploy
 
     async def body(client: Client) -> int:
         done = await deploy(client, Path(ns.path), ns.name, asgi=ns.asgi)
@@ -300,10 +302,10 @@ def cmd_deploy(ns: argparse.Namespace) -> int:
 
 
 def cmd_call(ns: argparse.Namespace) -> int:
-    from superpose import routing
-    from superpose.client import parse_json_args
-    from superpose.functions import Options
-    from superpose.registry import split_name
+    from superpose.client.client import parse_json_args
+    from superpose.client.functions import Options
+    from superpose.registry import routing
+    from superpose.registry.mirror import split_name
 
     if ns.idempotency_key is not None and not ns.is_async:
         raise BadRequestError("--idempotency-key needs --async (it names a durable invocation)")
@@ -353,7 +355,7 @@ exit status:
 
 
 def cmd_result(ns: argparse.Namespace) -> int:
-    from superpose.durable import dead
+    from superpose.client import dead_letters as dead
 
     if ns.timeout is not None and ns.timeout < 0:
         raise BadRequestError(f"--timeout must be ≥ 0 seconds, got {ns.timeout:g}")
@@ -378,7 +380,7 @@ def cmd_result(ns: argparse.Namespace) -> int:
 
 
 def cmd_failed(ns: argparse.Namespace) -> int:
-    from superpose.durable import dead
+    from superpose.client import dead_letters as dead
 
     if ns.app is not None and not protocol.is_valid_name(ns.app):
         raise BadRequestError(f"{ns.app!r} is not an app name (letters, digits, _ and -)")
@@ -421,7 +423,7 @@ def _letter_json(letter: protocol.DeadLetter) -> dict[str, Any]:
 
 
 def cmd_replay(ns: argparse.Namespace) -> int:
-    from superpose.durable import dead
+    from superpose.client import dead_letters as dead
 
     async def body(client: Client) -> int:
         print(await dead.replay(client, ns.id), flush=True)
@@ -431,7 +433,7 @@ def cmd_replay(ns: argparse.Namespace) -> int:
 
 
 def cmd_cancel(ns: argparse.Namespace) -> int:
-    from superpose.durable import dead
+    from superpose.client import dead_letters as dead
 
     async def body(client: Client) -> int:
         finished = await dead.cancel(client, ns.id)
@@ -486,7 +488,7 @@ def _when(ts: float) -> str:
 
 
 def cmd_versions(ns: argparse.Namespace) -> int:
-    from superpose import versions
+    from superpose.registry import versions
 
     app = _app_arg(ns.app)
 
@@ -514,7 +516,7 @@ def cmd_versions(ns: argparse.Namespace) -> int:
 
 
 def cmd_alias(ns: argparse.Namespace) -> int:
-    from superpose import versions
+    from superpose.registry import versions
 
     app = _app_arg(ns.app)
     if ns.list or ns.name is None:
@@ -528,7 +530,7 @@ def cmd_alias(ns: argparse.Namespace) -> int:
 
 
 def _list_aliases(url: str | None, app: str) -> int:
-    from superpose import versions
+    from superpose.registry import versions
 
     async def body(client: Client) -> int:
         found = versions.listing(await client.registry(), app)
@@ -543,14 +545,14 @@ def _list_aliases(url: str | None, app: str) -> int:
 
 
 def cmd_promote(ns: argparse.Namespace) -> int:
-    from superpose import versions
+    from superpose.registry import versions
 
     app = _app_arg(ns.app)
     return _move(ns.lattice, lambda registry: versions.promote(registry, app, ns.version))
 
 
 def cmd_rollback(ns: argparse.Namespace) -> int:
-    from superpose import versions
+    from superpose.registry import versions
 
     app = _app_arg(ns.app)
     return _move(ns.lattice, lambda registry: versions.rollback(registry, app))
@@ -571,7 +573,7 @@ def _move(url: str | None, how: Callable[[Registry], Awaitable[Move]]) -> int:
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
-    from superpose.status import lattice_status
+    from superpose.client.status import lattice_status
 
     async def body(client: Client) -> int:
         state = await lattice_status(client)
@@ -613,7 +615,7 @@ def _print_routing(rules: dict[str, Any]) -> None:
 
 
 def cmd_logs(ns: argparse.Namespace) -> int:
-    from superpose import logs
+    from superpose.client import logs
 
     app, _, fn = ns.target.partition(".")
     if not protocol.is_valid_name(app) or (fn and not protocol.is_valid_name(fn)):
@@ -803,7 +805,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="APP or APP.FN")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
 
-    from superpose import cli_routing  # its commands use this module's helpers
+    from superpose.cli import routing as cli_routing
 
     cli_routing.add_commands(add)
     return parser

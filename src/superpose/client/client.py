@@ -29,10 +29,11 @@ from typing import Any, TypeVar
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from superpose import config, eventloop, payload, protocol, runtime
+from superpose import config, protocol, runtime
+from superpose.client.durable import Durable, Submitter, wait_accepted
+from superpose.client.functions import Options, RemoteFunction
+from superpose.client.futures import Future, fail, on_loop
 from superpose.code import script, store
-from superpose.durable import results
-from superpose.durable.submit import Durable, Submitter, wait_accepted
 from superpose.errors import (
     BadRequestError,
     CallTimeoutError,
@@ -42,13 +43,13 @@ from superpose.errors import (
     UserError,
     as_superpose_error,
 )
-from superpose.functions import Options, RemoteFunction
-from superpose.futures import Future, fail, on_loop
+from superpose.lattice import payload, results
 from superpose.lattice.connection import Assets, ensure_assets, ensure_work_consumer
 from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
-from superpose.placement import NodeDirectory, call_needs, choose
-from superpose.registry import Registry, Target, session_from, split_name
+from superpose.registry.mirror import Registry, Target, session_from, split_name
+from superpose.registry.placement import NodeDirectory, call_needs, choose
+from superpose.support import eventloop
 
 T = TypeVar("T")
 RETRYABLE = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
@@ -908,7 +909,7 @@ def connect(url: str | None = None, *, workers: int = 2, show_logs: bool = True)
 
 
 def _open_in_thread(url: str | None, workers: int, log_sink: LogSink | None) -> Client:
-    from superpose.supervisor import LocalLattice, find_running_lattice
+    from superpose.local.supervisor import LocalLattice, find_running_lattice
 
     loop = eventloop.new_loop()
     thread = threading.Thread(target=loop.run_forever, name="superpose-client", daemon=True)

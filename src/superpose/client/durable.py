@@ -23,10 +23,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from superpose import payload, protocol
-from superpose.durable import results
+from superpose import protocol
+from superpose.client.futures import Future, fail, on_loop
 from superpose.errors import LatticeError, SuperposeError, as_superpose_error
-from superpose.futures import Future, fail, on_loop
+from superpose.lattice import payload, results
 from superpose.lattice.batch import Message, publish_atomic
 
 log = logging.getLogger("superpose.client")

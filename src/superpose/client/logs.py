@@ -8,7 +8,7 @@ import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from superpose import protocol
-from superpose.client import Client
+from superpose.client.client import Client
 
 FETCH_BATCH = 256
 FOLLOW_POLL_S = 1.0

@@ -30,10 +30,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from superpose import protocol, routing, versions
-from superpose.client import Client
+from superpose import protocol
+from superpose.client import dead_letters as dead
+from superpose.client.client import Client
+from superpose.client.functions import Options
+from superpose.client.status import lattice_status
 from superpose.config import MAX_HTTP_BODY_BYTES
-from superpose.durable import dead
 from superpose.errors import (
     BadRequestError,
     CallTimeoutError,
@@ -42,10 +44,9 @@ from superpose.errors import (
     RemoteError,
     SuperposeError,
 )
-from superpose.functions import Options
-from superpose.http_apps import METHODS, HttpApps
-from superpose.registry import Target, split_name
-from superpose.status import lattice_status
+from superpose.gateway.http_apps import METHODS, HttpApps
+from superpose.registry import routing, versions
+from superpose.registry.mirror import Target, split_name
 
 VERSION_HEADER = "x-superpose-version"
 SESSION_HEADER = "x-superpose-session"

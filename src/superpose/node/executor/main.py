@@ -39,16 +39,17 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from superpose import eventloop, payload, protocol, runtime
+from superpose import protocol, runtime
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import RemoteError, UserError
-from superpose.lattice import offers
+from superpose.lattice import offers, payload
 from superpose.lattice.connection import connect
 from superpose.lattice.offers import OfferGoneError, Offers
-from superpose.node.asgi_runner import AsgiRunner
 from superpose.node.channel import Channel
-from superpose.node.lane import SyncLane
+from superpose.node.executor.asgi import AsgiRunner
+from superpose.node.executor.lane import SyncLane
 from superpose.node.output import copy_line
+from superpose.support import eventloop
 
 OFFERS_DRAIN_S = 1.5
 """On stopping, how long to keep serving results their callers have not pulled yet
@@ -548,7 +549,7 @@ def _is_runtime_frame(filename: str) -> bool:
 
 
 _RUNTIME_DIRS = (
-    str(Path(__file__).resolve().parents[1]),
+    str(Path(__file__).resolve().parents[2]),  # the superpose package
     str(Path(asyncio.__file__).resolve().parents[1]),
 )
 
@@ -581,7 +582,7 @@ async def _main(fd: int, lattice: str, node_id: str) -> None:
     nc = await connect(lattice, name=f"superpose-executor-{node_id}-{os.getpid()}")
     # While still neutral: importing the client and opening it (asset lookups, its
     # subscriptions) cost 35-55 ms, which a bundle's first call would otherwise wait for.
-    from superpose import client as client_module
+    from superpose.client import client as client_module
 
     await client_module.install_node_client(nc)
     offered = client_module.current_client().offers

@@ -1,0 +1,1 @@
+"""The `superpose` command. The only package that prints or exits."""

@@ -1,0 +1,1 @@
+"""The caller's side: the client, functions, futures, durable calls, status and log readers."""

@@ -1,1 +1,0 @@
-"""The durable path: invocations persisted in JetStream before they are acknowledged."""

@@ -1,0 +1,1 @@
+"""The HTTP gateway: JSON calls, durable invocations, HTTP apps, its OpenAPI document."""

@@ -1,0 +1,1 @@
+"""A lattice on this machine: the `up` supervisor, its state folder, the embedded nats-server."""

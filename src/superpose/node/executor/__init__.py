@@ -1,0 +1,1 @@
+"""The executor process: hosts one bundle, runs its functions."""
