@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import superpose as sp
-from superpose.client import client as client_module
+from superpose.client import session
 from superpose.local.supervisor import LocalLattice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,13 +86,13 @@ def client_on(handle: Lattice) -> Iterator[sp.Client]:
     ``connect()`` to a second URL makes that client the process default, so tests
     that run their own lattice must hand the default back when they are done.
     """
-    previous = client_module._default
+    previous = session.default_client()
     client = sp.connect(handle.url, show_logs=False)
     try:
         yield client
     finally:
         client.close()
-        client_module._default = previous
+        session.set_default(previous)
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,7 @@ import pytest
 import durable_fns as dfns
 import superpose as sp
 from conftest import Lattice, client_on, poll, start_lattice, stop_lattice
-from superpose import protocol
-from superpose.client import client as client_module
+from superpose import protocol, public
 from superpose.client import dead_letters as dead
 
 
@@ -62,7 +61,7 @@ def test_a_result_is_fetched_by_a_client_that_did_not_submit_it(
 ) -> None:
     future = dfns.counted.spawn(str(tmp_path), "b")
     future.result(timeout=60)
-    other = client_module._open_in_thread(lattice.url, 0, None)
+    other = public.open_in_thread(lattice.url, 0, None)
     try:
         assert other.result(future.invocation_id, timeout=10) == "b"
     finally:
@@ -131,7 +130,7 @@ def test_two_hundred_concurrent_submissions_with_one_key_run_once(
     lattice: Lattice, client: sp.Client, tmp_path: Path
 ) -> None:
     """Four separate clients (four connections), fifty submissions each, at once."""
-    clients = [client_module._open_in_thread(lattice.url, 0, None) for _ in range(4)]
+    clients = [public.open_in_thread(lattice.url, 0, None) for _ in range(4)]
     key = f"order-{time.time_ns()}"
     start = threading.Barrier(len(clients))
 

@@ -38,7 +38,7 @@ def test_the_first_executor_is_forked_and_fails_like_any_other(one_node: Lattice
         first = int(fns.whoami.remote())
         node = _parent_of(first)
         assert "superpose worker" in _command_line(node)
-        # forked, not started as `python -m superpose.node.executor.main`
+        # forked, not started as `python -m superpose.cli.executor`
         assert _command_line(first) == _command_line(node)
 
         with pytest.raises(sp.RemoteError) as info:
@@ -49,7 +49,7 @@ def test_the_first_executor_is_forked_and_fails_like_any_other(one_node: Lattice
 
         second = int(fns.whoami.remote())  # the node keeps serving, on a fresh executor
         assert second != first and _parent_of(second) == node
-        assert "superpose.node.executor.main" in _command_line(second)
+        assert "superpose.cli.executor" in _command_line(second)
 
 
 def _forked(exit_code: int) -> int:

@@ -237,7 +237,7 @@ def test_down_leaves_no_process_behind_and_up_works_again(tmp_path: Path) -> Non
         total = superpose_cli("call", "fanout.total", "[20]", home=tmp_path, check=True)
         assert json.loads(total.stdout) == sum(i * i for i in range(20))
         pids = every_process_of(first)
-        executors = {p for p in pids if b"superpose.node.executor.main" in cmdline(p)}
+        executors = {p for p in pids if b"superpose.cli.executor" in cmdline(p)}
         assert len(executors) >= 2  # each node keeps at least a spare executor
     finally:
         down = superpose_cli("down", home=tmp_path)

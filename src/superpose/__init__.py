@@ -23,39 +23,25 @@ from superpose.support.lazy_imports import defer_unused_imports
 defer_unused_imports()  # before anything imports nats-py
 
 if TYPE_CHECKING:
-    from superpose.client.client import Client, connect
-    from superpose.client.functions import Function, LinkedApp, RemoteFunction, function, use
-    from superpose.client.futures import Future, gather
-    from superpose.errors import (
+    from superpose.public import (
         CallTimeoutError,
+        Client,
         DeployError,
+        Function,
+        Future,
         LatticeError,
+        LinkedApp,
         NoNodesError,
         NotFoundError,
         RemoteError,
+        RemoteFunction,
         SuperposeError,
         UserError,
+        connect,
+        function,
+        gather,
+        use,
     )
-
-_WHERE = {
-    "Client": "superpose.client.client",
-    "connect": "superpose.client.client",
-    "CallTimeoutError": "superpose.errors",
-    "DeployError": "superpose.errors",
-    "LatticeError": "superpose.errors",
-    "NoNodesError": "superpose.errors",
-    "NotFoundError": "superpose.errors",
-    "RemoteError": "superpose.errors",
-    "SuperposeError": "superpose.errors",
-    "UserError": "superpose.errors",
-    "Function": "superpose.client.functions",
-    "RemoteFunction": "superpose.client.functions",
-    "function": "superpose.client.functions",
-    "use": "superpose.client.functions",
-    "LinkedApp": "superpose.client.functions",
-    "Future": "superpose.client.futures",
-    "gather": "superpose.client.futures",
-}
 
 __all__ = [
     "CallTimeoutError",
@@ -79,13 +65,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
+    if name not in __all__:
         raise AttributeError(f"module 'superpose' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module("superpose.public"), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+    return sorted(set(globals()) | set(__all__))

@@ -9,11 +9,20 @@ small lattice), and takes it back when it resumes.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
 
 from superpose import protocol
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+CallerOpener: TypeAlias = "Callable[[NATS], Awaitable[None]]"
+"""Opens, on an executor's connection, the client its user code's nested calls go
+through. The node side is handed one (``cli/executor.py``): it never imports the
+caller's side, it only calls this."""
 
 
 @dataclass

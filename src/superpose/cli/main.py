@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from superpose import config, protocol
+from superpose.cli import common
 from superpose.local import supervisor
 from superpose.support import eventloop
 
@@ -32,42 +33,6 @@ from superpose.errors import (
 )
 
 DOWN_TIMEOUT_S = 30.0
-
-
-def _err(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _lattice_url(explicit: str | None) -> str:
-    url = explicit or config.lattice_from_env() or supervisor.find_running_lattice(config.home())
-    if not url:
-        raise UserError(
-            f"no lattice is running in {config.home()}: start one with `superpose up --detach`, "
-            f"or point at one with --lattice or {config.ENV_LATTICE}"
-        )
-    return url
-
-
-async def _with_client(url: str | None, body: Callable[[Client], Awaitable[int]]) -> int:
-    from superpose.client.client import Client
-
-    client = await Client.open(_lattice_url(url))
-    try:
-        return await body(client)
-    finally:
-        await client.aclose()
-
-
-def _parse_labels(text: str | None) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for item in filter(None, (text or "").split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise BadRequestError(
-                f"label {item!r} is not KEY=VALUE (e.g. --labels region=eu,gpu=1)"
-            )
-        labels[key.strip()] = value.strip()
-    return labels
 
 
 # --- up / down ------------------------------------------------------------------
@@ -230,12 +195,12 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     from superpose.node.agent import NodeAgent, NodeConfig
     from superpose.node.executor_process import fork_executor
 
-    labels = _parse_labels(ns.labels)
+    labels = common.parse_labels(ns.labels)
     node_id = ns.node_id or f"n{uuid.uuid4().hex[:6]}"
     state_dir = Path(ns.state_dir) if ns.state_dir else config.home() / "nodes" / node_id
     try:
         node_config = NodeConfig(
-            lattice=_lattice_url(ns.lattice),
+            lattice=common.lattice_url(ns.lattice),
             node_id=node_id,
             state_dir=state_dir,
             slots=ns.slots or (os.cpu_count() or 1),
@@ -267,7 +232,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
 def cmd_gateway(ns: argparse.Namespace) -> int:
     from superpose.gateway.app import serve
 
-    url = _lattice_url(ns.lattice)
+    url = common.lattice_url(ns.lattice)
     eventloop.run(
         serve(
             url,
@@ -298,12 +263,11 @@ def cmd_deploy(ns: argparse.Namespace) -> int:
         print(done.version)
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def cmd_call(ns: argparse.Namespace) -> int:
-    from superpose.client.client import parse_json_args
-    from superpose.client.functions import Options
+    from superpose.client.options import Options
     from superpose.registry import routing
     from superpose.registry.mirror import split_name
 
@@ -313,7 +277,7 @@ def cmd_call(ns: argparse.Namespace) -> int:
         raise BadRequestError(
             "--timeout applies to direct calls; for --async the function's own timeout holds"
         )
-    body_json = parse_json_args(ns.args, ns.kwargs)
+    body_json = common.parse_json_args(ns.args, ns.kwargs)
     app, fn, version = split_name(ns.name)
     options = Options(session=ns.session, pins=routing.parse_pins(ns.pin) or None, trace=ns.trace)
 
@@ -323,7 +287,7 @@ def cmd_call(ns: argparse.Namespace) -> int:
         ctx = client.call_context(options, app, call_args["kwargs"], fn=fn, args=call_args["args"])
         target = registry.resolve(app, fn, version, ctx)
         if ctx.trace_id and ns.trace:
-            _err(f"trace {ctx.trace_id}: `superpose trace {ctx.trace_id}`")
+            common.err(f"trace {ctx.trace_id}: `superpose trace {ctx.trace_id}`")
         if ns.is_async:
             invocation_id = await client.invoke_json(
                 target, body_json, idempotency_key=ns.idempotency_key, ctx=ctx
@@ -334,7 +298,7 @@ def cmd_call(ns: argparse.Namespace) -> int:
         print(result.decode())
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 # --- durable invocations ------------------------------------------------------------
@@ -366,17 +330,17 @@ def cmd_result(ns: argparse.Namespace) -> int:
         status = dead.status_of(found)
         if found is None:
             why = f"after waiting {ns.timeout:g} s" if wait else "(wait for it with --wait)"
-            _err(f"pending: {ns.id} has no result yet {why}")
+            common.err(f"pending: {ns.id} has no result yet {why}")
             return EXIT_PENDING
         if found.error is not None:
             if status == "cancelled":
-                _err(f"cancelled: {ns.id} was cancelled")
+                common.err(f"cancelled: {ns.id} was cancelled")
                 return EXIT_CANCELLED
             raise RemoteError.from_info(found.error, found.node)
         print((await dead.result_json(client.nc, found)).decode(), flush=True)
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def cmd_failed(ns: argparse.Namespace) -> int:
@@ -402,7 +366,7 @@ def cmd_failed(ns: argparse.Namespace) -> int:
             )
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def _letter_json(letter: protocol.DeadLetter) -> dict[str, Any]:
@@ -429,7 +393,7 @@ def cmd_replay(ns: argparse.Namespace) -> int:
         print(await dead.replay(client, ns.id), flush=True)
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def cmd_cancel(ns: argparse.Namespace) -> int:
@@ -440,10 +404,10 @@ def cmd_cancel(ns: argparse.Namespace) -> int:
         if finished is None:
             print(f"cancelled {ns.id}")
             return 0
-        _err(f"error: {ns.id} had already finished ({finished}); nothing to cancel")
+        common.err(f"error: {ns.id} had already finished ({finished}); nothing to cancel")
         return 1
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def cmd_ls(ns: argparse.Namespace) -> int:
@@ -467,30 +431,16 @@ def cmd_ls(ns: argparse.Namespace) -> int:
                 )
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 # --- versions and aliases -------------------------------------------------------------
 
 
-def _app_arg(text: str) -> str:
-    if not protocol.is_valid_name(text):
-        raise BadRequestError(f"{text!r} is not an app name (letters, digits, _ and -)")
-    return text
-
-
-def _short(digest: str | None) -> str:
-    return digest[:12] if digest else "(none)"
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
 def cmd_versions(ns: argparse.Namespace) -> int:
     from superpose.registry import versions
 
-    app = _app_arg(ns.app)
+    app = common.app_arg(ns.app)
 
     async def body(client: Client) -> int:
         found = versions.listing(await client.registry(), app)
@@ -507,18 +457,18 @@ def cmd_versions(ns: argparse.Namespace) -> int:
             )
             marks = f"  [{', '.join(row['aliases'])}]" if row["aliases"] else ""
             print(
-                f"  {row['version'][:12]}  {_when(row['created'])}  {row['size']:>8} B  "
+                f"  {row['version'][:12]}  {common.when(row['created'])}  {row['size']:>8} B  "
                 f"{row['files']:>4} files  {diff:<14}{marks}".rstrip()
             )
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def cmd_alias(ns: argparse.Namespace) -> int:
     from superpose.registry import versions
 
-    app = _app_arg(ns.app)
+    app = common.app_arg(ns.app)
     if ns.list or ns.name is None:
         return _list_aliases(ns.lattice, app)
     if ns.version is None:
@@ -537,24 +487,24 @@ def _list_aliases(url: str | None, app: str) -> int:
         created = {row["version"]: row["created"] for row in found["versions"]}
         width = max(map(len, found["aliases"]), default=0)
         for name, digest in found["aliases"].items():
-            when = _when(created[digest]) if digest in created else "unknown version"
-            print(f"{name:<{width}}  → {_short(digest)}  ({when})")
+            when = common.when(created[digest]) if digest in created else "unknown version"
+            print(f"{name:<{width}}  → {common.short(digest)}  ({when})")
         return 0
 
-    return asyncio.run(_with_client(url, body))
+    return asyncio.run(common.with_client(url, body))
 
 
 def cmd_promote(ns: argparse.Namespace) -> int:
     from superpose.registry import versions
 
-    app = _app_arg(ns.app)
+    app = common.app_arg(ns.app)
     return _move(ns.lattice, lambda registry: versions.promote(registry, app, ns.version))
 
 
 def cmd_rollback(ns: argparse.Namespace) -> int:
     from superpose.registry import versions
 
-    app = _app_arg(ns.app)
+    app = common.app_arg(ns.app)
     return _move(ns.lattice, lambda registry: versions.rollback(registry, app))
 
 
@@ -564,12 +514,12 @@ def _move(url: str | None, how: Callable[[Registry], Awaitable[Move]]) -> int:
     async def body(client: Client) -> int:
         move = await how(await client.registry())
         if move.changed:
-            print(f"{move.app} {move.alias}: {_short(move.old)} → {_short(move.new)}")
+            print(f"{move.app} {move.alias}: {common.short(move.old)} → {common.short(move.new)}")
         else:
-            print(f"{move.app} {move.alias}: already {_short(move.new)}; nothing moved")
+            print(f"{move.app} {move.alias}: already {common.short(move.new)}; nothing moved")
         return 0
 
-    return asyncio.run(_with_client(url, body))
+    return asyncio.run(common.with_client(url, body))
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
@@ -596,7 +546,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
             _print_routing(app["routing"])
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def _print_routing(rules: dict[str, Any]) -> None:
@@ -628,35 +578,9 @@ def cmd_logs(ns: argparse.Namespace) -> int:
         return 0
 
     try:
-        return asyncio.run(_with_client(ns.lattice, body))
+        return asyncio.run(common.with_client(ns.lattice, body))
     except KeyboardInterrupt:
         return 0
-
-
-def _port(text: str) -> int:
-    """argparse type: a TCP port (0 picks a free one)."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
-    return port
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    """argparse type: a whole number of at least ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 # --- parser ------------------------------------------------------------------------
@@ -678,13 +602,17 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     p = add("up", cmd_up, "start a local lattice: nats-server, nodes and the gateway", False)
-    p.add_argument("--workers", type=_count(0), default=2, help="node agents to start (default 2)")
-    p.add_argument("--slots", type=_count(1), help="slots per node (default: cores / workers)")
+    p.add_argument(
+        "--workers", type=common.count(0), default=2, help="node agents to start (default 2)"
+    )
+    p.add_argument(
+        "--slots", type=common.count(1), help="slots per node (default: cores / workers)"
+    )
     p.add_argument("--detach", action="store_true", help="return once ready; stop with `down`")
-    p.add_argument("--lattice-port", type=_port, help="NATS port (default: a free one)")
+    p.add_argument("--lattice-port", type=common.port, help="NATS port (default: a free one)")
     p.add_argument(
         "--gateway-port",
-        type=_port,
+        type=common.port,
         default=config.DEFAULT_GATEWAY_PORT,
         help="HTTP gateway port on 127.0.0.1 (default 8700)",
     )
@@ -694,7 +622,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("worker", cmd_worker, "join a lattice as a node")
     p.add_argument("--labels", help="KEY=VALUE,... advertised to the lattice")
-    p.add_argument("--slots", type=_count(1), help="invocations run at once (default: cores)")
+    p.add_argument("--slots", type=common.count(1), help="invocations run at once (default: cores)")
     p.add_argument("--node-id", help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--state-dir", help=argparse.SUPPRESS)
@@ -707,10 +635,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("gateway", cmd_gateway, "serve the HTTP gateway")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_port, default=config.DEFAULT_GATEWAY_PORT)
+    p.add_argument("--port", type=common.port, default=config.DEFAULT_GATEWAY_PORT)
     p.add_argument(
         "--max-body-bytes",
-        type=_count(1),
+        type=common.count(1),
         default=config.MAX_HTTP_BODY_BYTES,
         help=f"largest request body accepted (default {config.MAX_HTTP_BODY_BYTES})",
     )
@@ -818,11 +746,11 @@ def main(argv: list[str] | None = None) -> int:
     except RemoteError as exc:
         if exc.traceback:
             where = f" (node {exc.node})" if exc.node else ""
-            _err(f"{exc.traceback_label}{where}:\n{exc.traceback.rstrip()}")
-        _err(f"error: {exc.kind}: {exc.type}: {exc.remote_message}")
+            common.err(f"{exc.traceback_label}{where}:\n{exc.traceback.rstrip()}")
+        common.err(f"error: {exc.kind}: {exc.type}: {exc.remote_message}")
         return 1
     except SuperposeError as exc:
-        _err(f"error: {exc.message}")
+        common.err(f"error: {exc.message}")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -10,17 +10,20 @@ import argparse
 import asyncio
 import json
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from superpose.cli.main import _app_arg, _short, _with_client
-from superpose.client.client import Client
+from superpose.cli import common
 from superpose.errors import BadRequestError
 from superpose.registry import routing
+
+if TYPE_CHECKING:
+    from superpose.client.client import Client
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 
 
 def cmd_canary(ns: argparse.Namespace) -> int:
-    app = _app_arg(ns.app)
+    app = common.app_arg(ns.app)
     if ns.off and (ns.version or ns.percent is not None):
         raise BadRequestError("--off takes no version or --percent")
     if not ns.off and ns.version and ns.percent is None:
@@ -30,17 +33,17 @@ def cmd_canary(ns: argparse.Namespace) -> int:
         registry = await client.registry()
         if ns.off:
             old = await routing.canary_off(registry, app)
-            print(f"{app}: canary off" + (f" (was {_short(old.version)})" if old else ""))
+            print(f"{app}: canary off" + (f" (was {common.short(old.version)})" if old else ""))
         elif ns.version:
             canary = await routing.set_canary(registry, app, ns.version, ns.percent, ns.key)
             key = f", session from {canary.key}" if canary.key else ""
-            print(f"{app}: {canary.percent:g} % of sessions → {_short(canary.version)}{key}")
+            print(f"{app}: {canary.percent:g} % of sessions → {common.short(canary.version)}{key}")
         else:
             shown = routing.split(registry, app, (await client.nodes()).live())
             print(json.dumps(shown, indent=2))
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def cmd_pin(ns: argparse.Namespace) -> int:
@@ -50,7 +53,7 @@ def cmd_pin(ns: argparse.Namespace) -> int:
         print(f"{ns.function} pinned to {ns.node}")
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def cmd_unpin(ns: argparse.Namespace) -> int:
@@ -59,11 +62,11 @@ def cmd_unpin(ns: argparse.Namespace) -> int:
         print(f"{ns.function} unpinned" + (f" (was on {old})" if old else " (was not pinned)"))
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def cmd_lock(ns: argparse.Namespace) -> int:
-    app = _app_arg(ns.app)
+    app = common.app_arg(ns.app)
     if ns.show == bool(ns.link):
         raise BadRequestError(
             f"give a link to freeze (`superpose lock {app} pricing@3f2a91`) or --show"
@@ -75,21 +78,21 @@ def cmd_lock(ns: argparse.Namespace) -> int:
             print(json.dumps(routing.lockfile(registry, app), indent=2))
             return 0
         dep, digest = await routing.lock(registry, app, ns.link)
-        print(f"{app} → {dep}@{_short(digest)} (locked)")
+        print(f"{app} → {dep}@{common.short(digest)} (locked)")
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def cmd_unlock(ns: argparse.Namespace) -> int:
-    app = _app_arg(ns.app)
+    app = common.app_arg(ns.app)
 
     async def body(client: Client) -> int:
         old = await routing.unlock(await client.registry(), app, ns.dep)
-        print(f"{app} → {ns.dep}: follows latest again (was locked to {_short(old)})")
+        print(f"{app} → {ns.dep}: follows latest again (was locked to {common.short(old)})")
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def cmd_trace(ns: argparse.Namespace) -> int:
@@ -111,7 +114,7 @@ def cmd_trace(ns: argparse.Namespace) -> int:
             )
         return 0
 
-    return asyncio.run(_with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body))
 
 
 def add_commands(add: AddCommand) -> None:

@@ -10,13 +10,10 @@ batch, not 20,000 tasks. Results arrive on one wildcard reply subscription.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import hashlib
 import heapq
-import json
 import sys
-import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -30,9 +27,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from superpose import config, protocol, runtime
+from superpose.client import session
 from superpose.client.durable import Durable, Submitter, wait_accepted
-from superpose.client.functions import Options, RemoteFunction
+from superpose.client.functions import RemoteFunction
 from superpose.client.futures import Future, fail, on_loop
+from superpose.client.options import Options
 from superpose.code import script, store
 from superpose.errors import (
     BadRequestError,
@@ -49,7 +48,6 @@ from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
 from superpose.registry.mirror import Registry, Target, session_from, split_name
 from superpose.registry.placement import NodeDirectory, call_needs, choose
-from superpose.support import eventloop
 
 T = TypeVar("T")
 RETRYABLE = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
@@ -134,6 +132,8 @@ class Client:
         """Bundles no executor held warm at the last express try, until when to skip them."""
         self._keyed: dict[str, Future] = {}
         """Durable submissions with an idempotency key still waiting, by id."""
+        self.after_close: Callable[[], None] | None = None
+        """Run once the client is closed (the sync facade stops its loop's thread)."""
 
     # --- opening and closing ---------------------------------------------------
 
@@ -210,16 +210,17 @@ class Client:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def close(self) -> None:
-        global _default
-        if _default is self:
-            _default = None
+        session.forget(self)
         if on_loop(self.loop):
             return
         if self.loop.is_running():
             self.run(self.aclose())
-        stop = getattr(self, "_stop_thread", None)
-        if stop is not None:
-            stop()
+        if self.after_close is not None:
+            self.after_close()
+
+    def close_first(self, closer: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``closer`` first when the client closes (an embedded lattice it owns)."""
+        self._closers.insert(0, closer)
 
     def __enter__(self) -> Client:
         return self
@@ -867,94 +868,9 @@ def _resolve(future: Future, value: protocol.Payload) -> None:
     future.set_result(decoded)
 
 
-# --- the process's clients -------------------------------------------------------
-
-_default: Client | None = None
-_node_client: Client | None = None
-_lock = threading.Lock()
-
-
-async def install_node_client(nc: NATS) -> None:
-    """Called by an executor: nested calls share its connection and loop."""
-    global _node_client
-    _node_client = await Client.open(nc.connected_url.geturl() if nc.connected_url else "", nc=nc)
-
-
-def current_client() -> Client:
-    """The client calls go through: the node's, the one ``connect()`` made, or a new one."""
-    if _node_client is not None:
-        return _node_client
-    if _default is not None:
-        return _default
-    return connect()
-
-
-def connect(url: str | None = None, *, workers: int = 2, show_logs: bool = True) -> Client:
-    """Connect to a lattice, starting a private embedded one if none is running.
-
-    Order: ``url``, ``$SUPERPOSE_LATTICE``, the lattice ``superpose up`` started
-    in ``$SUPERPOSE_HOME``, else an embedded lattice with ``workers`` nodes that
-    is torn down when the client closes (or the process exits).
-    """
-    global _default
-    if _node_client is not None:
-        return _node_client
-    with _lock:
-        if _default is not None and url in (None, _default.url):
-            return _default
-        client = _open_in_thread(url, workers, print_log_record if show_logs else None)
-        _default = client
-        atexit.register(client.close)
-        return client
-
-
-def _open_in_thread(url: str | None, workers: int, log_sink: LogSink | None) -> Client:
-    from superpose.local.supervisor import LocalLattice, find_running_lattice
-
-    loop = eventloop.new_loop()
-    thread = threading.Thread(target=loop.run_forever, name="superpose-client", daemon=True)
-    thread.start()
-
-    async def open_client() -> Client:
-        resolved = url or config.lattice_from_env() or find_running_lattice(config.home())
-        lattice = None
-        if resolved is None:
-            lattice = LocalLattice(state_dir=None, workers=workers)
-            resolved = await lattice.start()
-        try:
-            client = await Client.open(resolved, log_sink=log_sink)
-        except BaseException:
-            if lattice is not None:
-                await lattice.stop()
-            raise
-        if lattice is not None:
-            client._closers.insert(0, lattice.stop)
-        return client
-
-    try:
-        client = asyncio.run_coroutine_threadsafe(open_client(), loop).result()
-    except BaseException:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        raise
-
-    def stop_thread() -> None:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-
-    client._stop_thread = stop_thread  # type: ignore[attr-defined]
-    return client
-
-
-def parse_json_args(args_text: str | None, kwargs_text: str | None) -> bytes:
-    """CLI arguments (a JSON array and a JSON object) as a JSON call body."""
-    try:
-        args = json.loads(args_text) if args_text else []
-        kwargs = json.loads(kwargs_text) if kwargs_text else {}
-    except json.JSONDecodeError as exc:
-        raise BadRequestError(f"arguments are not valid JSON: {exc}") from exc
-    if not isinstance(args, list):
-        raise BadRequestError("positional arguments must be a JSON array, e.g. '[1, 2]'")
-    if not isinstance(kwargs, dict):
-        raise BadRequestError("keyword arguments must be a JSON object, e.g. '{\"x\": 1}'")
-    return json.dumps({"args": args, "kwargs": kwargs}).encode()
+async def open_node_client(nc: NATS) -> None:
+    """An executor's client: user code's nested calls share its connection and loop.
+    (The executor process is composed in ``cli/executor.py``, above the node and
+    this layer, which may not import each other.)"""
+    url = nc.connected_url.geturl() if nc.connected_url else ""
+    session.set_node_client(await Client.open(url, nc=nc))

@@ -28,6 +28,7 @@ from superpose.client.futures import Future, fail, on_loop
 from superpose.errors import LatticeError, SuperposeError, as_superpose_error
 from superpose.lattice import payload, results
 from superpose.lattice.batch import Message, publish_atomic
+from superpose.lattice.work import work_message
 
 log = logging.getLogger("superpose.client")
 
@@ -295,16 +296,6 @@ def _envelope_message(group: list[Durable]) -> Message:
     keyed = first.future.idempotency_key is not None
     envelope_id = first.inv.id if keyed else uuid.uuid4().hex
     return work_message(first.inv, envelope_id, [d.inv.encode() for d in group])
-
-
-def work_message(inv: protocol.Invocation, envelope_id: str, items: list[bytes]) -> Message:
-    """An envelope on its function's work subject, its id the stream's de-duplication key."""
-    envelope = protocol.Envelope(id=envelope_id, items=items)
-    return Message(
-        protocol.work_subject(inv.app, inv.fn, inv.needs),
-        envelope.encode(),
-        {"Nats-Msg-Id": envelope_id},
-    )
 
 
 async def wait_accepted(future: Future, timeout: float = ACCEPT_DEADLINE_S + 10) -> str:

@@ -20,7 +20,7 @@ from superpose.client.futures import Future
 
 if TYPE_CHECKING:
     from superpose.client.client import Client
-    from superpose.client.functions import Options
+    from superpose.client.options import Options
 
 MOST_DONE = 0.5
 """Fraction of a map's items that must be done before stragglers are looked for. Not

@@ -33,7 +33,7 @@ from starlette.routing import Route
 from superpose import protocol
 from superpose.client import dead_letters as dead
 from superpose.client.client import Client
-from superpose.client.functions import Options
+from superpose.client.options import Options
 from superpose.client.status import lattice_status
 from superpose.config import MAX_HTTP_BODY_BYTES
 from superpose.errors import (

@@ -23,8 +23,8 @@ from starlette.responses import Response, StreamingResponse
 
 from superpose import protocol
 from superpose.client.client import Client
-from superpose.client.functions import Options
 from superpose.client.futures import Future
+from superpose.client.options import Options
 from superpose.config import DEFAULT_TIMEOUT_S, WAIT_MARGIN_S
 from superpose.errors import NotFoundError, RemoteError, SuperposeError
 from superpose.registry.mirror import Target

@@ -27,10 +27,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from superpose import config, protocol
-from superpose.client.durable import work_message
 from superpose.lattice import results
 from superpose.lattice.batch import publish_atomic
 from superpose.lattice.mirror import follow_bucket
+from superpose.lattice.work import work_message
 
 if TYPE_CHECKING:
     from superpose.node.agent import NodeAgent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -33,6 +34,11 @@ OUTPUT_SETTLE_S = 0.5
 """After an executor exits, how long its last output may take to arrive (longer only
 when a process it started still holds the pipe open)."""
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+EXECUTOR_ENTRY = "superpose.cli.executor"
+"""The executor process's entry module. Named, not imported: an executor hosts user
+code, which calls other functions through the client, so the process is composed
+above both the node and the client (which may not import each other). The agent
+starts it by this name, spawned (``python -m``) or forked (run in the child)."""
 
 
 class ExecutorDied(Exception):
@@ -130,9 +136,8 @@ def fork_executor(lattice: str, node_id: str) -> tuple[ForkedChild, socket.socke
                 os.dup2(fd, target)
             output_write.close()
             os.close(null_fd)
-            from superpose.node.executor import main as executor_main
-
-            executor_main.serve_forever(theirs.detach(), lattice, node_id)
+            entry = importlib.import_module(EXECUTOR_ENTRY)
+            entry.serve(theirs.detach(), lattice, node_id)
             code = 0
         finally:
             os._exit(code)
@@ -194,7 +199,7 @@ class ExecutorProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "superpose.node.executor.main",
+            EXECUTOR_ENTRY,
             "--fd",
             str(theirs.fileno()),
             "--lattice",

@@ -15,7 +15,6 @@ as if it had sent it); a busy one passes it to the node queue group unchanged.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import faulthandler
@@ -29,6 +28,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -576,16 +576,17 @@ def _type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-async def _main(fd: int, lattice: str, node_id: str) -> None:
+async def _main(fd: int, lattice: str, node_id: str, open_caller: runtime.CallerOpener) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     nc = await connect(lattice, name=f"superpose-executor-{node_id}-{os.getpid()}")
-    # While still neutral: importing the client and opening it (asset lookups, its
-    # subscriptions) cost 35-55 ms, which a bundle's first call would otherwise wait for.
-    from superpose.client import client as client_module
-
-    await client_module.install_node_client(nc)
-    offered = client_module.current_client().offers
+    # While still neutral: opening the client user code calls through (asset lookups,
+    # its subscriptions) cost 35-55 ms, which a bundle's first call would otherwise wait for.
+    await open_caller(nc)
+    offered = Offers(nc, uuid.uuid4().hex[:16])
+    await nc.subscribe(
+        offered.subject, cb=offered.serve, pending_msgs_limit=-1, pending_bytes_limit=-1
+    )
     executor = Executor(nc, Channel(reader, writer), node_id, offered)
     try:
         await executor.serve()
@@ -594,24 +595,14 @@ async def _main(fd: int, lattice: str, node_id: str) -> None:
         executor.channel.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="superpose-executor")
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--lattice", required=True)
-    parser.add_argument("--node", required=True)
-    ns = parser.parse_args()
-    serve_forever(ns.fd, ns.lattice, ns.node)
+def serve_forever(fd: int, lattice: str, node_id: str, open_caller: runtime.CallerOpener) -> None:
+    """Be an executor on the agent's socket ``fd`` until the agent closes it; never returns.
 
-
-def serve_forever(fd: int, lattice: str, node_id: str) -> None:
-    """Be an executor on the agent's socket ``fd`` until the agent closes it; never returns."""
+    ``open_caller`` opens the client that user code's nested calls go through.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when executors stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # A fatal signal's Python stack (of the thread it hit) goes to the crash report.
     faulthandler.enable(all_threads=False)
-    eventloop.run(_main(fd, lattice, node_id))
+    eventloop.run(_main(fd, lattice, node_id, open_caller))
     os._exit(0)  # worker threads of abandoned calls must not keep the process alive
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,107 @@
+"""What every command shares: finding the lattice, a client for one command, argument types."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from superpose import config, protocol
+from superpose.errors import BadRequestError, UserError
+from superpose.local import supervisor
+
+if TYPE_CHECKING:  # the client (and nats-py) is imported by the commands that use it
+    from superpose.client.client import Client
+
+
+def err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def lattice_url(explicit: str | None) -> str:
+    url = explicit or config.lattice_from_env() or supervisor.find_running_lattice(config.home())
+    if not url:
+        raise UserError(
+            f"no lattice is running in {config.home()}: start one with `superpose up --detach`, "
+            f"or point at one with --lattice or {config.ENV_LATTICE}"
+        )
+    return url
+
+
+async def with_client(url: str | None, body: Callable[[Client], Awaitable[int]]) -> int:
+    from superpose.client.client import Client
+
+    client = await Client.open(lattice_url(url))
+    try:
+        return await body(client)
+    finally:
+        await client.aclose()
+
+
+def parse_labels(text: str | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in filter(None, (text or "").split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise BadRequestError(
+                f"label {item!r} is not KEY=VALUE (e.g. --labels region=eu,gpu=1)"
+            )
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def app_arg(text: str) -> str:
+    if not protocol.is_valid_name(text):
+        raise BadRequestError(f"{text!r} is not an app name (letters, digits, _ and -)")
+    return text
+
+
+def short(digest: str | None) -> str:
+    return digest[:12] if digest else "(none)"
+
+
+def when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port (0 picks a free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
+    return port
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_json_args(args_text: str | None, kwargs_text: str | None) -> bytes:
+    """CLI arguments (a JSON array and a JSON object) as a JSON call body."""
+    try:
+        args = json.loads(args_text) if args_text else []
+        kwargs = json.loads(kwargs_text) if kwargs_text else {}
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(f"arguments are not valid JSON: {exc}") from exc
+    if not isinstance(args, list):
+        raise BadRequestError("positional arguments must be a JSON array, e.g. '[1, 2]'")
+    if not isinstance(kwargs, dict):
+        raise BadRequestError("keyword arguments must be a JSON object, e.g. '{\"x\": 1}'")
+    return json.dumps({"args": args, "kwargs": kwargs}).encode()

@@ -1,0 +1,34 @@
+"""The executor process: ``python -m superpose.cli.executor --fd N --lattice URL --node ID``.
+
+An executor is node-side machinery (``node/executor``) that hosts user code, and
+user code calls other functions through the caller's side (``client``). Those two
+layers may not import each other, so the process is composed here, above both:
+the executor is handed the opener of the client its user code calls through.
+Node agents start it by module name (``node/executor_process.EXECUTOR_ENTRY``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from superpose.client.client import open_node_client
+from superpose.node.executor.main import serve_forever
+
+
+def serve(fd: int, lattice: str, node_id: str) -> None:
+    """Be an executor on the agent's socket ``fd``; never returns (also run by a child
+    the node forked, before its event loop started)."""
+    serve_forever(fd, lattice, node_id, open_node_client)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="superpose-executor")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--lattice", required=True)
+    parser.add_argument("--node", required=True)
+    ns = parser.parse_args()
+    serve(ns.fd, ns.lattice, ns.node)
+
+
+if __name__ == "__main__":
+    main()

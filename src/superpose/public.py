@@ -1,0 +1,113 @@
+"""The public surface: every name ``import superpose`` offers is served from here.
+
+``connect()`` lives here, above both the client and ``local/``: with no lattice to
+find it starts one on this machine, and the client layer itself never starts
+processes. Importing this module installs ``connect`` as the way a call with no
+client opens one (``client/session.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+
+from superpose import config
+from superpose.client import session
+from superpose.client.client import Client, LogSink, print_log_record
+from superpose.client.functions import Function, LinkedApp, RemoteFunction, function, use
+from superpose.client.futures import Future, gather
+from superpose.errors import (
+    CallTimeoutError,
+    DeployError,
+    LatticeError,
+    NoNodesError,
+    NotFoundError,
+    RemoteError,
+    SuperposeError,
+    UserError,
+)
+from superpose.support import eventloop
+
+__all__ = [
+    "CallTimeoutError",
+    "Client",
+    "DeployError",
+    "Function",
+    "Future",
+    "LatticeError",
+    "LinkedApp",
+    "NoNodesError",
+    "NotFoundError",
+    "RemoteError",
+    "RemoteFunction",
+    "SuperposeError",
+    "UserError",
+    "connect",
+    "function",
+    "gather",
+    "use",
+]
+
+
+def connect(url: str | None = None, *, workers: int = 2, show_logs: bool = True) -> Client:
+    """Connect to a lattice, starting a private embedded one if none is running.
+
+    Order: ``url``, ``$SUPERPOSE_LATTICE``, the lattice ``superpose up`` started
+    in ``$SUPERPOSE_HOME``, else an embedded lattice with ``workers`` nodes that
+    is torn down when the client closes (or the process exits).
+    """
+    node = session.node_client()
+    if node is not None:
+        return node
+    with session.lock:
+        default = session.default_client()
+        if default is not None and url in (None, default.url):
+            return default
+        client = open_in_thread(url, workers, print_log_record if show_logs else None)
+        session.set_default(client)
+        atexit.register(client.close)
+        return client
+
+
+def open_in_thread(url: str | None, workers: int, log_sink: LogSink | None) -> Client:
+    """A client on a loop of its own, in a daemon thread: the sync facade's home.
+    With no lattice to find, an embedded one is started and stopped with the client."""
+    from superpose.local.supervisor import LocalLattice, find_running_lattice
+
+    loop = eventloop.new_loop()
+    thread = threading.Thread(target=loop.run_forever, name="superpose-client", daemon=True)
+    thread.start()
+
+    async def open_client() -> Client:
+        resolved = url or config.lattice_from_env() or find_running_lattice(config.home())
+        lattice = None
+        if resolved is None:
+            lattice = LocalLattice(state_dir=None, workers=workers)
+            resolved = await lattice.start()
+        try:
+            client = await Client.open(resolved, log_sink=log_sink)
+        except BaseException:
+            if lattice is not None:
+                await lattice.stop()
+            raise
+        if lattice is not None:
+            client.close_first(lattice.stop)
+        return client
+
+    try:
+        client = asyncio.run_coroutine_threadsafe(open_client(), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        raise
+
+    def stop_thread() -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+
+    client.after_close = stop_thread
+    return client
+
+
+session.install_connector(connect)
