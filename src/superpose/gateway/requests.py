@@ -1,0 +1,130 @@
+"""What the gateway reads from a request: its body within the limit, the call it names,
+the version context its headers ask for; and the headers it answers with.
+
+``/v1/call``, ``/v1/invoke`` and the HTTP apps read requests the same way, so a
+header or a body means the same on every endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from superpose import protocol
+from superpose.client.client import Client
+from superpose.client.options import Options
+from superpose.errors import BadRequestError
+from superpose.gateway.errors import BodyTooLarge
+from superpose.registry import routing
+from superpose.registry.mirror import Target, split_name
+
+VERSION_HEADER = "x-superpose-version"
+SESSION_HEADER = "x-superpose-session"
+PIN_HEADER = "x-superpose-pin"
+TRACE_HEADER = "x-superpose-trace"
+TRACE_ID_HEADER = "x-superpose-trace-id"
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+def client_of(request: Request) -> Client:
+    """The client the app's lifespan opened; typed here because ``app.state`` is not."""
+    client: Client = request.app.state.client
+    return client
+
+
+def body_limit(request: Request) -> int:
+    """The body limit ``create_app`` was given, from ``app.state``: handlers need no closure."""
+    limit: int = request.app.state.max_body_bytes
+    return limit
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused as soon as it is known to exceed ``limit``: from the
+    declared length before reading, else while streaming, so an oversized body is
+    never held whole."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_call_body(body: bytes) -> bytes:
+    """Validate ``{"args": [...], "kwargs": {...}}`` and return it re-encoded.
+
+    Checked here so a malformed body is a 400 naming the problem, not a failure on a node.
+    """
+    if not body.strip():
+        return b'{"args": [], "kwargs": {}}'
+    try:
+        parsed = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise BadRequestError(
+            'request body must be a JSON object: {"args": [...], "kwargs": {...}}'
+        )
+    unknown = set(parsed) - {"args", "kwargs"}
+    if unknown:
+        raise BadRequestError(
+            f"unknown field(s) in request body: {', '.join(sorted(unknown))} "
+            '(expected "args" and "kwargs")'
+        )
+    args, kwargs = parsed.get("args", []), parsed.get("kwargs", {})
+    if not isinstance(args, list):
+        raise BadRequestError('"args" must be a JSON array')
+    if not isinstance(kwargs, dict):
+        raise BadRequestError('"kwargs" must be a JSON object')
+    return json.dumps({"args": args, "kwargs": kwargs}).encode()
+
+
+async def read_call(client: Client, request: Request) -> tuple[Target, bytes, protocol.CallContext]:
+    """The function a ``/v1/call`` or ``/v1/invoke`` request names, in the version its
+    name, ``X-Superpose-Version`` header or version context asks for; with its body.
+
+    One reading for both, so a durable invocation runs what the same call would have.
+    """
+    app, fn, version = split_name(request.path_params["name"])
+    version = request.headers.get(VERSION_HEADER) or version
+    body = parse_call_body(await read_body(request, body_limit(request)))
+    ctx = await request_context(client, request, app, body, fn)
+    target = (await client.registry()).resolve(app, fn, version, ctx)
+    return target, body, ctx
+
+
+async def request_context(
+    client: Client, request: Request, app: str, body: bytes | None, fn: str | None = None
+) -> protocol.CallContext:
+    """The version context of an HTTP request: its session (``X-Superpose-Session``, else
+    what the app's canary key names: a header, or an argument of ``fn`` in the JSON
+    body, by keyword or by position), its pins
+    (``X-Superpose-Pin: app@version,...``) and whether to trace it."""
+    canary = (await client.registry()).canaries.get(app)
+    kwargs: dict[str, Any] | None = None
+    args: list[Any] = []
+    if body and canary is not None and (canary.key or "").startswith("arg:"):
+        with contextlib.suppress(ValueError, AttributeError):  # parsed again only for this
+            parsed = json.loads(body)
+            kwargs, args = parsed.get("kwargs"), parsed.get("args") or []
+    options = Options(
+        session=request.headers.get(SESSION_HEADER) or None,
+        pins=routing.parse_pins(request.headers.get(PIN_HEADER)) or None,
+        trace=request.headers.get(TRACE_HEADER, "").lower() in ("1", "true", "yes"),
+    )
+    return client.call_context(options, app, kwargs, request.headers, fn=fn, args=args)
+
+
+def answer_headers(target: Target, ctx: protocol.CallContext) -> dict[str, str]:
+    """Which version answered, and the trace to read the rest of the graph from."""
+    headers = {VERSION_HEADER: target.digest}
+    if ctx.trace and ctx.trace_id:
+        headers[TRACE_ID_HEADER] = ctx.trace_id
+    return headers
