@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from superpose import config, protocol
 from superpose.errors import BadRequestError, UserError
@@ -15,6 +15,18 @@ from superpose.local import supervisor
 
 if TYPE_CHECKING:  # the client (and nats-py) is imported by the commands that use it
     from superpose.client.client import Client
+
+Command = Callable[[argparse.Namespace], int]
+"""A command's body: the parsed arguments in, the exit status out."""
+
+
+class AddCommand(Protocol):
+    """How a group module adds a command: ``cli.main`` owns the subparsers and the
+    ``--lattice`` option every command that talks to a lattice shares."""
+
+    def __call__(
+        self, name: str, fn: Command, help_text: str, lattice: bool = True
+    ) -> argparse.ArgumentParser: ...
 
 
 def err(text: str) -> None:

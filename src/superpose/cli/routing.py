@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from superpose.cli import common
@@ -18,8 +17,6 @@ from superpose.registry import routing
 
 if TYPE_CHECKING:
     from superpose.client.client import Client
-
-AddCommand = Callable[..., argparse.ArgumentParser]
 
 
 def cmd_canary(ns: argparse.Namespace) -> int:
@@ -117,7 +114,7 @@ def cmd_trace(ns: argparse.Namespace) -> int:
     return asyncio.run(common.with_client(ns.lattice, body))
 
 
-def add_commands(add: AddCommand) -> None:
+def add_commands(add: common.AddCommand) -> None:
     p = add(
         "canary",
         cmd_canary,

@@ -1,0 +1,332 @@
+"""The lattice's own processes: ``up``/``down`` for a local lattice, ``worker`` and ``gateway``
+to join one, and ``status`` to see it.
+
+``up`` starts the others in this module as child processes, so they share one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from superpose import config
+from superpose.cli import common
+from superpose.errors import LatticeError, UserError
+from superpose.local import supervisor
+from superpose.support import eventloop
+
+if TYPE_CHECKING:  # the client (and nats-py) is imported by the commands that use it
+    from superpose.client.client import Client
+
+DOWN_TIMEOUT_S = 30.0
+
+
+def cmd_up(ns: argparse.Namespace) -> int:
+    home = config.home()
+    if ns.detach:
+        return _up_detached(ns, home)
+    with supervisor.exclusive_home(home):
+        return eventloop.run(_up_foreground(ns, home))
+
+
+def _up_argv(ns: argparse.Namespace) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "superpose",
+        "up",
+        "--workers",
+        str(ns.workers),
+        "--gateway-port",
+        str(ns.gateway_port),
+        "--quiet",
+    ]
+    if ns.slots:
+        argv += ["--slots", str(ns.slots)]
+    if ns.lattice_port is not None:
+        argv += ["--lattice-port", str(ns.lattice_port)]
+    return argv
+
+
+def _up_detached(ns: argparse.Namespace, home: Path) -> int:
+    """Run the foreground ``up`` in its own session and return once it is ready."""
+    started = time.monotonic()
+    if supervisor.lock_is_held(home):
+        raise supervisor.already_running(home)
+    log_path = home / "logs" / "up.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    config.state_file(home).unlink(missing_ok=True)
+    with open(log_path, "ab") as log:
+        offset = log.tell()
+        proc = subprocess.Popen(
+            _up_argv(ns),
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, config.ENV_HOME: str(home)},
+        )
+    deadline = time.monotonic() + supervisor.READY_TIMEOUT_S + 10
+    while time.monotonic() < deadline:
+        state = supervisor.read_state(home)
+        if state and state.get("ready") and state.get("pid") == proc.pid:
+            _print_ready(state, time.monotonic() - started, "stop with `superpose down`")
+            return 0
+        if proc.poll() is not None:
+            with open(log_path, "rb") as log:
+                log.seek(offset)
+                tail = log.read()[-2000:].decode(errors="replace").strip()
+            # The child's own `error: ...` line says what went wrong (port in use, ...).
+            message = tail.removeprefix("error: ") if tail.count("\n") == 0 else tail
+            raise LatticeError(f"`superpose up` failed: {message or f'exit {proc.returncode}'}")
+        time.sleep(0.02)
+    proc.terminate()
+    raise LatticeError(f"the lattice did not become ready; see {home / 'logs'}")
+
+
+def _print_ready(state: dict[str, Any], elapsed_s: float, how_to_stop: str) -> None:
+    print(f"lattice  {state['lattice']}")
+    if state.get("gateway"):
+        print(f"gateway  {state['gateway']}")
+    print(f"ready in {elapsed_s:.2f} s (state in {config.home()}); {how_to_stop}", flush=True)
+
+
+async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
+    started = time.monotonic()
+    lattice = supervisor.LocalLattice(
+        state_dir=home,
+        workers=ns.workers,
+        slots=ns.slots,
+        lattice_port=ns.lattice_port if ns.lattice_port is not None else -1,
+        gateway_port=ns.gateway_port,
+    )
+    lattice.on_restart = lambda: supervisor.write_state(home, lattice)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    supervisor.write_state(home, lattice, ready=False)
+    try:
+        await lattice.start()
+        supervisor.write_state(home, lattice)
+        if not ns.quiet:
+            _print_ready(
+                {"lattice": lattice.url, "gateway": lattice.gateway_url},
+                time.monotonic() - started,
+                "Ctrl-C to stop",
+            )
+            await _live_status(lattice, stop)
+        await stop.wait()
+    finally:
+        if not ns.quiet:
+            print("\nstopping: draining in-flight calls…", flush=True)
+        await lattice.stop()
+    return 0
+
+
+async def _live_status(lattice: supervisor.LocalLattice, stop: asyncio.Event) -> None:
+    if not sys.stdout.isatty():
+        return
+    from rich.live import Live
+
+    from superpose.client.client import Client
+    from superpose.client.status import nodes
+
+    client = await Client.open(lattice.url)
+    try:
+        with Live(refresh_per_second=2, transient=True) as live:
+            while not stop.is_set():
+                found = await nodes(client)
+                busy = sum(n.busy for n in found)
+                slots = sum(n.slots for n in found)
+                served = sum(n.served for n in found)
+                live.update(
+                    f"[bold]{len(found)}[/] nodes · {busy}/{slots} slots busy · "
+                    f"{served} served · Ctrl-C to stop"
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        await client.aclose()
+
+
+def cmd_down(ns: argparse.Namespace) -> int:
+    home = config.home()
+    started = time.monotonic()
+    outcome = supervisor.stop_running(home, DOWN_TIMEOUT_S)
+    if not outcome.running:
+        print(f"no lattice is running in {home}")
+        return 0
+    if outcome.leftovers:
+        print(f"the lattice's supervisor in {home} had died; stopped the processes it left")
+    elif outcome.killed:
+        print(
+            f"the lattice did not stop within {DOWN_TIMEOUT_S:.0f} s; killed "
+            f"{len(outcome.killed)} process(es)"
+        )
+    print(f"lattice stopped in {time.monotonic() - started:.2f} s")
+    return 0
+
+
+def cmd_worker(ns: argparse.Namespace) -> int:
+    import logging
+    import uuid
+
+    from superpose.node.agent import NodeAgent, NodeConfig
+    from superpose.node.executor_process import fork_executor
+
+    labels = common.parse_labels(ns.labels)
+    node_id = ns.node_id or f"n{uuid.uuid4().hex[:6]}"
+    state_dir = Path(ns.state_dir) if ns.state_dir else config.home() / "nodes" / node_id
+    try:
+        node_config = NodeConfig(
+            lattice=common.lattice_url(ns.lattice),
+            node_id=node_id,
+            state_dir=state_dir,
+            slots=ns.slots or (os.cpu_count() or 1),
+            labels=labels,
+            drain_grace_s=ns.drain_grace,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    # Before the event loop, threads or logging exist: the child shares our imports.
+    forked = fork_executor(node_config.lattice, node_id)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        watch = loop.create_task(supervisor.orphaned(ns.parent_pid))
+        watch.add_done_callback(lambda _: stop.set())
+        try:
+            await NodeAgent(node_config, forked).run(stop)
+        finally:
+            watch.cancel()
+
+    eventloop.run(run())
+    return 0
+
+
+def cmd_gateway(ns: argparse.Namespace) -> int:
+    from superpose.gateway.app import serve
+
+    url = common.lattice_url(ns.lattice)
+    eventloop.run(
+        serve(
+            url,
+            ns.host,
+            ns.port,
+            max_body_bytes=ns.max_body_bytes,
+            until=supervisor.orphaned(ns.parent_pid),
+        )
+    )
+    return 0
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    from superpose.client.status import lattice_status
+
+    async def body(client: Client) -> int:
+        state = await lattice_status(client)
+        if ns.json:
+            print(json.dumps(state, indent=2))
+            return 0
+        print(f"lattice {state['lattice']}")
+        print(f"{len(state['nodes'])} node(s)")
+        for n in state["nodes"]:
+            labels = ",".join(f"{k}={v}" for k, v in n["labels"].items()) or "-"
+            warm = ",".join(d[:8] for d in n["warm"]) or "-"
+            print(
+                f"  {n['id']}  host={n['host']} labels={labels} slots={n['slots']} "
+                f"busy={n['busy']} served={n['served']} (express {n['express']}) warm={warm}"
+            )
+        print(f"{len(state['apps'])} app(s)")
+        for app in state["apps"]:
+            aliases = " ".join(f"{name}={digest[:12]}" for name, digest in app["aliases"].items())
+            print(f"  {app['app']}  versions={len(app['versions'])} {aliases}".rstrip())
+            _print_routing(app["routing"])
+        return 0
+
+    return asyncio.run(common.with_client(ns.lattice, body))
+
+
+def _print_routing(rules: dict[str, Any]) -> None:
+    """The routing rules of one app, and the calls each version served."""
+    canary = rules["canary"]
+    if canary:
+        key = f" by {canary['key']}" if canary["key"] else ""
+        print(f"    canary: {canary['percent']:g} % → {canary['version'][:12]}{key}")
+    for fn, node in rules["pins"].items():
+        print(f"    pinned: {fn} → {node}")
+    for dep, digest in rules["lock"].items():
+        print(f"    locked: {dep} → {digest[:12]}")
+    total = sum(rules["traffic"].values())
+    for digest, count in rules["traffic"].items():
+        print(f"    served by {digest[:12]}: {count} ({100 * count / total:.1f} %)")
+
+
+def add_commands(add: common.AddCommand) -> None:
+    _add_up(add)
+    add("down", cmd_down, "stop the lattice `up` started in $SUPERPOSE_HOME", False)
+    _add_worker(add)
+    _add_gateway(add)
+    p = add("status", cmd_status, "show the lattice: nodes, apps, versions")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_up(add: common.AddCommand) -> None:
+    p = add("up", cmd_up, "start a local lattice: nats-server, nodes and the gateway", False)
+    p.add_argument(
+        "--workers", type=common.count(0), default=2, help="node agents to start (default 2)"
+    )
+    p.add_argument(
+        "--slots", type=common.count(1), help="slots per node (default: cores / workers)"
+    )
+    p.add_argument("--detach", action="store_true", help="return once ready; stop with `down`")
+    p.add_argument("--lattice-port", type=common.port, help="NATS port (default: a free one)")
+    p.add_argument(
+        "--gateway-port",
+        type=common.port,
+        default=config.DEFAULT_GATEWAY_PORT,
+        help="HTTP gateway port on 127.0.0.1 (default 8700)",
+    )
+    p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_worker(add: common.AddCommand) -> None:
+    p = add("worker", cmd_worker, "join a lattice as a node")
+    p.add_argument("--labels", help="KEY=VALUE,... advertised to the lattice")
+    p.add_argument("--slots", type=common.count(1), help="invocations run at once (default: cores)")
+    p.add_argument("--node-id", help=argparse.SUPPRESS)
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--state-dir", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--drain-grace",
+        type=float,
+        default=10.0,
+        help="seconds to finish in-flight calls on shutdown (default 10)",
+    )
+
+
+def _add_gateway(add: common.AddCommand) -> None:
+    p = add("gateway", cmd_gateway, "serve the HTTP gateway")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=common.port, default=config.DEFAULT_GATEWAY_PORT)
+    p.add_argument(
+        "--max-body-bytes",
+        type=common.count(1),
+        default=config.MAX_HTTP_BODY_BYTES,
+        help=f"largest request body accepted (default {config.MAX_HTTP_BODY_BYTES})",
+    )
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
