@@ -181,7 +181,8 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     import logging
     import uuid
 
-    from superpose.node.agent import NodeAgent, NodeConfig
+    from superpose.node.agent import NodeAgent
+    from superpose.node.config import NodeConfig
     from superpose.node.executor_process import fork_executor
 
     labels = common.parse_labels(ns.labels)

@@ -1,56 +1,64 @@
-"""A node's side of the durable path: pull envelopes, run their items, store, then ack.
+"""A node's side of the durable path: take envelopes, run their items, store, then ack.
 
-Life of an envelope on a node: pulled (only while the node has room) →
-items that already have a stored result are skipped (a redelivery after a
-crash, a speculative copy, a cancelled item) → each item goes to the agent
-like any call, its result coming back on the node's results subject → results
-are stored in atomic batches → the envelope is acked once every item is
-settled (stored, or handed on as a retry envelope). Until then the node tells
-JetStream every two seconds that it is still at work; if the node dies, the
-envelope is redelivered to another node when ACK_WAIT_S lapses.
+Life of an envelope on a node: pulled (only while the node has room, see
+``work_pull``) → items that already have a stored result are skipped (a
+redelivery after a crash, a speculative copy, a cancelled item) → each item goes
+to admission like any call, its result coming back with its executor's ``done``
+frame → results are stored in atomic batches (``result_store``) → the envelope is
+acked once every item is settled (stored, or handed on as a retry envelope).
+Until then the node tells JetStream every two seconds that it is still at work; if
+the node dies, the envelope is redelivered to another node when ACK_WAIT_S lapses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from superpose import config, protocol
 from superpose.lattice import results
 from superpose.lattice.batch import publish_atomic
-from superpose.lattice.mirror import follow_bucket
 from superpose.lattice.work import work_message
-
-if TYPE_CHECKING:
-    from superpose.node.agent import NodeAgent
+from superpose.node.admission import Request
+from superpose.node.cancels import Cancellations
+from superpose.node.link import Connected
+from superpose.node.result_store import Finished, ResultStore, until_done
+from superpose.node.work_pull import WorkPuller
 
 log = logging.getLogger("superpose.node.durable")
 
-PULL_EXPIRES_S = 5.0
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 30.0
-STORE_RETRY_S = 0.5
-PREFETCH_ENVELOPES = 2
 SPECULATIVE_BOUNCE_S = 0.2
 RESULT_GRACE_S = 5.0
-CANCELS_LOAD_S = 5.0
-NS = 1_000_000_000
+
+
+class DurableHost(Connected, Protocol):
+    """What the durable worker needs of its node, and nothing more."""
+
+    def accept(self, inv: protocol.Invocation, work: Request) -> None:
+        """Run an item like any call (it answers on ``DurableWorker.reply``)."""
+
+    def has_room(self) -> bool:
+        """Fewer calls wait than the node can run at once: pull more work."""
+
+    def cancel(self, inv_id: str) -> list[str]:
+        """Kill the executor running ``inv_id``; the other calls that died with it."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
 
 @dataclass
 class Work:
-    """One durable item as the agent sees a call: its bytes and where its result goes."""
+    """One durable item as admission sees a call: its bytes and where its result goes."""
 
     data: bytes
     reply: str
@@ -74,153 +82,52 @@ class Item:
     requeue: bool = False
     """Killed because a neighbour in its executor was cancelled: run again, same attempt."""
     answered: bool = False
-    """Its current run's result reached this worker (results travel over NATS)."""
+    """Its current run's result reached this worker."""
     run: int = 0
     """Runs started here; a check scheduled for one run ignores the runs after it."""
 
 
-@dataclass
-class _Credit:
-    expires: float
-    remaining: int
-
-
-@dataclass
-class _Source:
-    """One consumer this node pulls from: ``anywhere``, or a needs class it meets."""
-
-    consumer: str
-    inbox: str
-    credits: list[_Credit] = field(default_factory=list)
-    subscription: Subscription | None = None
-
-    @property
-    def next_subject(self) -> str:
-        return f"$JS.API.CONSUMER.MSG.NEXT.{protocol.WORK_STREAM}.{self.consumer}"
-
-
-@dataclass
 class DurableWorker:
-    agent: NodeAgent
-    envelopes: dict[str, Envelope] = field(default_factory=dict)
-    items: dict[str, Item] = field(default_factory=dict)
-    """Items this node holds, by invocation id (one copy per id per node)."""
-    cancelled: set[str] = field(default_factory=set)
-    _sources: dict[str, _Source] = field(default_factory=dict)
-    _to_store: list[tuple[Item, protocol.Result]] = field(default_factory=list)
-    _storing: bool = False
-    _subs: list[Subscription] = field(default_factory=list)
-    _room: asyncio.Event = field(default_factory=asyncio.Event)
-    _held_back: bool = False
-    """The last pull asked for less because the node's queue was full."""
-    _pulling: bool = True
-    max_deliver: int = field(default_factory=lambda: config.max_deliver(protocol.MAX_DELIVER))
+    def __init__(self, host: DurableHost) -> None:
+        self.host = host
+        self.envelopes: dict[str, Envelope] = {}
+        self.items: dict[str, Item] = {}
+        """Items this node holds, by invocation id (one copy per id per node)."""
+        self.cancelled = Cancellations(host, self._cancel)
+        self.puller = WorkPuller(host, self._take_soon)
+        self.store: ResultStore[Item] = ResultStore(host, self._settle)
+        self.max_deliver = config.max_deliver(protocol.MAX_DELIVER)
 
     @property
     def reply(self) -> str:
-        return protocol.node_results_subject(self.agent.config.node_id)
+        """The reply of this node's items: their results come back with their ``done``."""
+        return protocol.node_results_subject(self.host.node_id)
 
     # --- lifecycle ---------------------------------------------------------------
 
-    async def start(self, spawn: Callable[..., None]) -> None:
-        nc = self.agent.nc
-        self._subs.append(await nc.subscribe(protocol.CANCEL_SUBJECT, cb=self._on_cancel))
-        loaded = asyncio.Event()
-        spawn(self._follow_cancels(loaded))
-        with contextlib.suppress(TimeoutError):  # cancellations made before we started
-            await asyncio.wait_for(loaded.wait(), CANCELS_LOAD_S)
-        await self._add_source(protocol.WORK_CONSUMER)
-        spawn(self._pull_loop())
-        spawn(self._keep_alive())
+    async def start(self) -> None:
+        await self.cancelled.start(self.host.spawn)  # cancels made before we started
+        await self.puller.add(protocol.WORK_CONSUMER)
+        self.host.spawn(self.puller.run())
+        self.host.spawn(self._keep_alive())
 
     def add_source(self, consumer: str) -> None:
         """Also pull from ``consumer`` (a needs class this node meets), from now on."""
-        if consumer not in self._sources and self._pulling:
-            self.agent._spawn(self._add_source(consumer))
-
-    async def _add_source(self, consumer: str) -> None:
-        if consumer in self._sources:
-            return
-        inbox = self.agent.nc.new_inbox()
-        source = _Source(consumer, inbox)
-        self._sources[consumer] = source
-
-        async def deliver(msg: Msg) -> None:
-            await self._on_delivery(source, msg)
-
-        source.subscription = await self.agent.nc.subscribe(
-            inbox,
-            cb=deliver,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
-        log.info("pulling durable work from %s", consumer)
-        self._room.set()
+        self.puller.add_source(consumer)
 
     async def stop_pulling(self) -> None:
-        self._pulling = False
-        for source in list(self._sources.values()):
-            if source.subscription is not None:
-                await source.subscription.unsubscribe()
-        self._sources.clear()
+        await self.puller.stop()
 
     def busy(self) -> bool:
         return bool(self.envelopes)
 
     def room(self) -> None:
-        """The agent finished a call: pull more if a pull was held back for want of room.
-        (Not on every call: a wake-up of the pull loop per warm call cost the agent 8 %.)"""
-        if self._held_back:
-            self._room.set()
+        """A call finished: pull more if a pull was held back for want of room."""
+        self.puller.room()
 
-    # --- pulling -------------------------------------------------------------------
+    # --- taking envelopes ------------------------------------------------------------
 
-    def _wanted(self, source: _Source) -> int:
-        """Envelopes to ask for now: only while the node has idle capacity."""
-        now = time.monotonic()
-        source.credits = [c for c in source.credits if c.expires > now and c.remaining > 0]
-        outstanding = sum(c.remaining for c in source.credits)
-        waiting = self.agent.queued
-        if waiting >= self.agent.capacity():
-            self._held_back = True
-            return 0
-        return max(0, PREFETCH_ENVELOPES - outstanding)
-
-    async def _pull_loop(self) -> None:
-        while True:
-            self._room.clear()
-            self._held_back = False
-            for source in list(self._sources.values()):
-                await self._pull(source)
-            with contextlib.suppress(TimeoutError):  # wake on room, or as pulls expire
-                await asyncio.wait_for(self._room.wait(), PULL_EXPIRES_S / 5)
-
-    async def _pull(self, source: _Source) -> None:
-        wanted = self._wanted(source)
-        if not wanted:
-            return
-        request = {"batch": wanted, "expires": int(PULL_EXPIRES_S * NS)}
-        try:
-            await self.agent.nc.publish(
-                source.next_subject, json.dumps(request).encode(), reply=source.inbox
-            )
-            source.credits.append(_Credit(time.monotonic() + PULL_EXPIRES_S, wanted))
-        except Exception:
-            log.debug("pull request failed; retrying", exc_info=True)
-
-    async def _on_delivery(self, source: _Source, msg: Msg) -> None:
-        headers = msg.headers or {}
-        status = headers.get("Status")
-        credit = next((c for c in source.credits if c.remaining > 0), None)
-        if status is not None:  # 404/408/409: the pull ended with fewer messages
-            if status in ("404", "408", "409") and credit is not None:
-                pending = int(headers.get("Nats-Pending-Messages", "0") or 0)
-                credit.remaining -= min(credit.remaining, pending or credit.remaining)
-                self._room.set()
-            return
-        if credit is not None:
-            credit.remaining -= 1
-        self._room.set()  # the credit is used: ask for the next envelope while this one runs
+    def _take_soon(self, msg: Msg) -> None:
         # A task per envelope: its result lookup must not hold up the next delivery.
         asyncio.get_running_loop().create_task(self._take_safely(msg))
 
@@ -244,12 +151,7 @@ class DurableWorker:
             return
         state = Envelope(msg, envelope.id, len(invocations), delivered)
         self.envelopes[envelope.id] = state
-        stored: dict[str, protocol.Result] = {}
-        if delivered > 1:  # a redelivery: some items may have finished before the node died
-            try:
-                stored = await results.get_many(self.agent.nc, [inv.id for inv in invocations])
-            except Exception:
-                log.warning("result lookup failed; running the envelope", exc_info=True)
+        stored = await self._stored(invocations) if delivered > 1 else {}
         open_items = [
             (inv, raw)
             for inv, raw in zip(invocations, envelope.items, strict=True)
@@ -258,21 +160,31 @@ class DurableWorker:
         if delivered > 1 and len(open_items) > 1:
             await self._split(state, open_items)
             return
-        now = time.time()
         for inv, raw in zip(invocations, envelope.items, strict=True):
-            item = Item(inv, raw, state)
-            if inv.id in stored or inv.id in self.items or inv.id in self.cancelled:
-                self._settle(item)  # done already, running here already, or cancelled
-                continue
-            if delivered > self.max_deliver:
-                self._fail_lost(item)
-                continue
-            self.items[inv.id] = item
-            delay = inv.not_before - now
-            if delay > 0:
-                item.timer = asyncio.get_running_loop().call_later(delay, self._run, item)
-            else:
-                self._run(item)
+            self._start_item(Item(inv, raw, state), stored)
+
+    async def _stored(self, invocations: list[protocol.Invocation]) -> dict[str, protocol.Result]:
+        """A redelivery: some items may have finished before the node that held it died."""
+        try:
+            return await results.get_many(self.host.nc, [inv.id for inv in invocations])
+        except Exception:
+            log.warning("result lookup failed; running the envelope", exc_info=True)
+            return {}
+
+    def _start_item(self, item: Item, stored: dict[str, protocol.Result]) -> None:
+        inv = item.inv
+        if inv.id in stored or inv.id in self.items or inv.id in self.cancelled:
+            self._settle(item)  # done already, running here already, or cancelled
+            return
+        if item.envelope.delivered > self.max_deliver:
+            self._fail_lost(item)
+            return
+        self.items[inv.id] = item
+        delay = inv.not_before - time.time()
+        if delay > 0:
+            item.timer = asyncio.get_running_loop().call_later(delay, self._run, item)
+        else:
+            self._run(item)
 
     async def _bounce(
         self, msg: Msg, envelope: protocol.Envelope, inv: protocol.Invocation
@@ -282,9 +194,9 @@ class DurableWorker:
         hand-back never counts as a failed delivery."""
         await asyncio.sleep(SPECULATIVE_BOUNCE_S)
         try:
-            if inv.id not in await results.get_many(self.agent.nc, [inv.id]):
+            if inv.id not in await results.get_many(self.host.nc, [inv.id]):
                 bounce_id = f"{envelope.id}.b{uuid.uuid4().hex[:8]}"
-                await publish_atomic(self.agent.nc, [work_message(inv, bounce_id, envelope.items)])
+                await publish_atomic(self.host.nc, [work_message(inv, bounce_id, envelope.items)])
             await msg.ack()
         except Exception:  # it comes back by redelivery
             log.debug("could not hand back copy of %s", inv.id, exc_info=True)
@@ -304,12 +216,14 @@ class DurableWorker:
         ]
         self.envelopes.pop(state.id, None)
         try:
-            await publish_atomic(self.agent.nc, messages)
+            await publish_atomic(self.host.nc, messages)
         except Exception:  # not split: it comes back again, the split is tried again
             log.warning("cannot split envelope %s", state.id, exc_info=True)
             return
         await self._ack(state)
-        self._room.set()
+        self.puller.wake()
+
+    # --- running items ---------------------------------------------------------------
 
     def _run(self, item: Item) -> None:
         item.timer = None
@@ -317,13 +231,13 @@ class DurableWorker:
             return
         item.answered = False
         item.run += 1
-        self.agent.accept(item.inv, Work(item.data, self.reply))
+        self.host.accept(item.inv, Work(item.data, self.reply))
 
     def call_ended(self, inv_id: str) -> None:
-        """The agent saw the call end; its result must follow within RESULT_GRACE_S.
+        """The call ended; its result must follow within RESULT_GRACE_S.
 
-        The executor publishes results over NATS: one published while the broker
-        restarts can be lost. Then the item runs again instead of waiting forever.
+        A result that never arrives (lost with a dying connection) must not leave the
+        item waiting forever: it runs again.
         """
         item = self.items.get(inv_id)
         if item is not None:
@@ -346,9 +260,9 @@ class DurableWorker:
             f"{item.inv.app}.{item.inv.fn} ({item.inv.id}) was delivered "
             f"{item.envelope.delivered} times and its node died each time",
         )
-        self._finish(item, protocol.Result(item.inv.id, self.agent.config.node_id, error=error))
+        self._finish(item, protocol.Result(item.inv.id, self.host.node_id, error=error))
 
-    # --- results -------------------------------------------------------------------
+    # --- results ---------------------------------------------------------------------
 
     def result_arrived(self, data: bytes) -> None:
         """An executor's result of an item of ours, with its ``done`` frame (items run
@@ -378,69 +292,7 @@ class DurableWorker:
     def _finish(self, item: Item, result: protocol.Result) -> None:
         result.attempts = item.inv.attempt
         result.finished = time.time()
-        self._to_store.append((item, result))
-        if not self._storing:
-            self._storing = True
-            asyncio.get_running_loop().create_task(self._store_loop())
-
-    async def _store_loop(self) -> None:
-        """One store in flight per node: results finishing meanwhile form the next batch.
-
-        A JetStream write costs an fsync, so fewer, bigger batches are what scale.
-        """
-        try:
-            await asyncio.sleep(0)  # let this loop iteration's results join the batch
-            while self._to_store:
-                batch, self._to_store = self._to_store, []
-                await self._store(batch)
-        finally:
-            self._storing = False
-
-    async def _store(self, batch: list[tuple[Item, protocol.Result]]) -> None:
-        """Dead-letter failures, store, tell callers, then settle (maybe ack).
-
-        Dead letters first: once a result is stored a redelivery skips the item, so
-        a letter written after it could be lost with the node.
-        """
-        nc = self.agent.nc
-        for item, result in batch:
-            if result.error is not None:
-                await self._dead_letter(item, result)
-        encoded = [(result.id, result.encode()) for _, result in batch]
-        await _until_done(lambda: results.store_many(nc, encoded), f"store {len(batch)} results")
-        by_caller: dict[str, list[bytes]] = {}
-        for (item, _), (_, data) in zip(batch, encoded, strict=True):
-            if item.inv.notify:
-                by_caller.setdefault(item.inv.notify, []).append(data)
-        # One message per caller and batch: a message per result was a fifth of the
-        # server's and the caller's work per no-op durable call.
-        for subject, datas in by_caller.items():
-            for message in protocol.pack_results(datas):
-                try:
-                    await nc.publish(subject, message)
-                except Exception:
-                    log.debug("notify failed; the caller will find the stored results")
-        for item, _ in batch:
-            self._settle(item)
-
-    async def _dead_letter(self, item: Item, result: protocol.Result) -> None:
-        assert result.error is not None
-        if result.error.kind == protocol.ERR_CANCELLED:
-            return
-        letter = protocol.DeadLetter(
-            id=item.inv.id,
-            app=item.inv.app,
-            fn=item.inv.fn,
-            invocation=item.data,
-            error=result.error,
-            attempts=item.inv.attempt,
-            failed=time.time(),
-        )
-        try:
-            assert self.agent.assets is not None
-            await self.agent.assets.dead.put(item.inv.id, letter.encode())
-        except Exception:
-            log.warning("cannot record dead letter %s", item.inv.id, exc_info=True)
+        self.store.add(Finished(item, item.inv, item.data, result))
 
     async def _retry(self, item: Item, error: protocol.ErrorInfo) -> None:
         """Hand the item on as a new envelope with the next attempt, after a backoff."""
@@ -460,8 +312,8 @@ class DurableWorker:
             delay,
             error.type,
         )
-        await _until_done(
-            lambda: publish_atomic(self.agent.nc, [message]), f"queue retry of {inv.id}"
+        await until_done(
+            lambda: publish_atomic(self.host.nc, [message]), f"queue retry of {inv.id}"
         )
         self._settle(item)
 
@@ -478,7 +330,7 @@ class DurableWorker:
         if envelope.open_items == 0:
             self.envelopes.pop(envelope.id, None)
             asyncio.get_running_loop().create_task(self._ack(envelope))
-            self._room.set()
+            self.puller.wake()
 
     async def _ack(self, envelope: Envelope) -> None:
         try:
@@ -498,50 +350,19 @@ class DurableWorker:
 
     # --- cancellation ----------------------------------------------------------------
 
-    async def _follow_cancels(self, loaded: asyncio.Event) -> None:
-        """Watch the cancels bucket: a node that starts after a cancellation knows it."""
-        assert self.agent.assets is not None
-
-        def seen(key: str, value: bytes | None, deleted: bool) -> None:
-            if not deleted:
-                self._cancel_ids([key])
-
-        await follow_bucket(self.agent.assets.cancels, seen, loaded, "cancels")
-
-    async def _on_cancel(self, msg: Msg) -> None:
-        try:
-            cancel = protocol.Cancel.decode(msg.data)
-        except ValueError:
+    def _cancel(self, inv_id: str) -> None:
+        """A newly cancelled id: drop it if it waits for its retry time, kill it if it
+        runs here (its executor's other items run again, same attempt)."""
+        item = self.items.get(inv_id)
+        if item is None:
             return
-        self._cancel_ids(cancel.ids)
-
-    def _cancel_ids(self, ids: list[str]) -> None:
-        for inv_id in ids:
-            if inv_id in self.cancelled:
-                continue
-            self.cancelled.add(inv_id)
-            item = self.items.get(inv_id)
-            if item is None:
-                continue
-            if item.timer is not None:  # waiting for its retry time: drop it
-                self._settle(item)
-                continue
-            for neighbour in self.agent.cancel(inv_id):
-                other = self.items.get(neighbour)
-                if other is not None:
-                    other.requeue = True
-
-
-async def _until_done(attempt: Callable[[], Awaitable[object]], what: str) -> None:
-    """Retry a lattice write until it lands: JetStream keeps our envelopes meanwhile, and
-    if the node dies first they are redelivered."""
-    while True:
-        try:
-            await attempt()
+        if item.timer is not None:  # waiting for its retry time: drop it
+            self._settle(item)
             return
-        except Exception:
-            log.warning("could not %s; retrying", what, exc_info=True)
-            await asyncio.sleep(STORE_RETRY_S)
+        for neighbour in self.host.cancel(inv_id):
+            other = self.items.get(neighbour)
+            if other is not None:
+                other.requeue = True
 
 
 def _retryable(inv: protocol.Invocation, error: protocol.ErrorInfo) -> bool:

@@ -1,0 +1,43 @@
+"""A node's settings, validated when the node is made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from superpose import protocol
+from superpose.config import affinity_from_env, express_from_env, max_executors_from_env
+
+
+@dataclass(kw_only=True)
+class NodeConfig:
+    lattice: str
+    node_id: str
+    state_dir: Path
+    slots: int = 1
+    """How many sync invocations run at once; an async function runs up to its
+    ``concurrency`` (default 100) invocations per slot."""
+    labels: dict[str, str] = field(default_factory=dict)
+    pipeline_depth: int = 8
+    """Sync calls sent ahead to an executor per slot, so it runs them back to back."""
+    max_executors: int = field(default_factory=lambda: max_executors_from_env(8))
+    """Warm executor processes kept; the least recently used idle one is evicted past this."""
+    drain_grace_s: float = 10.0
+    affinity: bool = field(default_factory=affinity_from_env)
+    """Hand a call for a bundle this node lacks to a node holding it warm and idle."""
+    express: bool = field(default_factory=express_from_env)
+    """Warm executors take calls straight from clients (see node/executor)."""
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ValueError(f"slots must be at least 1, got {self.slots}")
+        if self.pipeline_depth < 1:
+            raise ValueError(f"pipeline_depth must be at least 1, got {self.pipeline_depth}")
+        if self.max_executors < 1:
+            raise ValueError(f"max_executors must be at least 1, got {self.max_executors}")
+        if not protocol.is_valid_name(self.node_id):
+            raise ValueError(f"node id {self.node_id!r} must be letters, digits, _ and -")
+
+    def capacity(self) -> int:
+        """Sync calls this node runs or has sent ahead at once."""
+        return self.slots * self.pipeline_depth
