@@ -3,31 +3,74 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from nats.aio.client import Client as NATS
+from nats.js.api import RetentionPolicy
 
+from superpose import protocol
 from superpose.config import ENV_REPLICAS
 from superpose.errors import LatticeError
 from superpose.lattice.connection import connect, ensure_assets
 from superpose.local.embedded import EmbeddedServer
 
 
-async def _ensure_on_fresh_server(state_dir: Path) -> None:
+async def _ensure_on_fresh_server(
+    state_dir: Path, then: Callable[[NATS], Awaitable[None]] | None = None
+) -> None:
     server = EmbeddedServer(state_dir)
     url = await server.start()
     try:
         nc = await connect(url, name="test-lattice")
         try:
             await ensure_assets(nc)
+            if then is not None:
+                await then(nc)
         finally:
             await nc.close()
     finally:
         server.stop()
 
 
+EXPECTED_STREAMS = {
+    f"KV_{protocol.REGISTRY_BUCKET}",
+    f"KV_{protocol.NODES_BUCKET}",
+    f"OBJ_{protocol.BUNDLES_BUCKET}",
+    f"OBJ_{protocol.BLOBS_BUCKET}",
+    protocol.LOGS_STREAM,
+    protocol.TRACES_STREAM,
+    protocol.WORK_STREAM,
+    f"KV_{protocol.RESULTS_BUCKET}",
+    f"KV_{protocol.DEAD_BUCKET}",
+    f"KV_{protocol.CANCELS_BUCKET}",
+}
+
+
 def test_assets_are_created_on_a_fresh_server(tmp_path: Path) -> None:
-    asyncio.run(_ensure_on_fresh_server(tmp_path))
+    found: dict[str, Any] = {}
+
+    async def inspect(nc: NATS) -> None:
+        js = nc.jetstream()
+        found["streams"] = {info.config.name: info.config for info in await js.streams_info()}
+        found["consumer"] = await js.consumer_info(protocol.WORK_STREAM, protocol.WORK_CONSUMER)
+        await ensure_assets(nc)  # what every later process does: finds them, changes nothing
+        found["again"] = {info.config.name for info in await js.streams_info()}
+
+    asyncio.run(_ensure_on_fresh_server(tmp_path, inspect))
+    streams = found["streams"]
+    assert set(streams) == EXPECTED_STREAMS
+    assert found["again"] == EXPECTED_STREAMS
+    assert streams[protocol.WORK_STREAM].retention == RetentionPolicy.WORK_QUEUE
+    assert streams[protocol.WORK_STREAM].subjects == [protocol.WORK_WILDCARD]
+    assert streams[f"KV_{protocol.NODES_BUCKET}"].max_age == protocol.NODE_TTL_S
+    assert streams[f"KV_{protocol.RESULTS_BUCKET}"].max_age == protocol.RESULT_TTL_S
+    assert streams[f"OBJ_{protocol.BLOBS_BUCKET}"].max_age == protocol.BLOB_TTL_S
+    consumer = found["consumer"].config
+    assert consumer.filter_subject == protocol.WORK_ANY_FILTER
+    assert consumer.ack_wait == protocol.ACK_WAIT_S
 
 
 def test_more_replicas_than_servers_is_refused_naming_the_setting(
