@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.js.kv import KeyValue
 
+from superpose.support.retry import Backoff, retry
+
 log = logging.getLogger("superpose.lattice")
-RESTART_S = 0.5
+RESTART = Backoff(0.5)
+"""How long a watch that died waits before it starts again."""
 STOP_WATCH_S = 2.0
 
 Apply = Callable[[str, bytes | None, bool], None]
@@ -24,25 +27,41 @@ purge marker (an empty value is a value: the cancels bucket stores only keys).""
 
 async def follow_bucket(kv: KeyValue, apply: Apply, synced: asyncio.Event, what: str) -> None:
     """Apply every entry of ``kv`` and then every change; set ``synced`` once caught up."""
-    while True:
-        watcher = None
+
+    async def on_entry(entry: KeyValue.Entry | None) -> None:
+        if entry is None:
+            # nats-py can send its end-of-initial-values marker before
+            # entries the server already sent: trust it only when empty.
+            if not synced.is_set() and (await kv.status()).values == 0:
+                synced.set()
+            return
+        apply(entry.key, entry.value, entry.operation in ("DEL", "PURGE"))
+        if entry.delta == 0:  # the newest entry the bucket holds: caught up
+            synced.set()
+
+    await follow(kv.watchall, on_entry, what)
+
+
+async def follow(
+    open_watch: Callable[[], Awaitable[KeyValue.KeyWatcher]],
+    on_entry: Callable[[KeyValue.Entry | None], Awaitable[None]],
+    what: str,
+) -> None:
+    """Every entry a KV watch yields, for as long as the caller runs: a watch that dies
+    with its connection, or ends, is started again."""
+
+    async def watch_once() -> None:
+        watcher = await open_watch()
         try:
-            watcher = await kv.watchall()
             async for entry in watcher:
-                if entry is None:
-                    # nats-py can send its end-of-initial-values marker before
-                    # entries the server already sent: trust it only when empty.
-                    if not synced.is_set() and (await kv.status()).values == 0:
-                        synced.set()
-                    continue
-                apply(entry.key, entry.value, entry.operation in ("DEL", "PURGE"))
-                if entry.delta == 0:  # the newest entry the bucket holds: caught up
-                    synced.set()
+                await on_entry(entry)
         except asyncio.CancelledError:
-            if watcher is not None:  # a dying connection must not hold up a close
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(watcher.stop(), STOP_WATCH_S)  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):  # a dying connection must not hold up a close
+                await asyncio.wait_for(watcher.stop(), STOP_WATCH_S)  # type: ignore[no-untyped-call]
             raise
-        except Exception:  # the watch died with the connection; start it again
-            log.warning("%s watch failed; restarting it", what, exc_info=True)
-            await asyncio.sleep(RESTART_S)
+
+    def restarting(error: BaseException, failures: int) -> None:
+        log.warning("%s watch failed; restarting it", what, exc_info=error)
+
+    while True:
+        await retry(watch_once, backoff=RESTART, on_failure=restarting)

@@ -27,6 +27,7 @@ from nats.js.errors import ObjectNotFoundError
 
 from superpose import protocol
 from superpose.errors import NotFoundError, SuperposeError
+from superpose.support.retry import Backoff, retry
 
 ROLLUP_HEADER = "Nats-Rollup"
 CHUNK_BYTES = 1024 * 1024
@@ -35,7 +36,7 @@ WINDOW_BYTES = 16 * 1024 * 1024
 """Chunks in flight without an ack: enough to keep the pipe full, little enough that
 JetStream never answers "too many requests"."""
 PUT_ATTEMPTS = 3
-RETRY_BACKOFF_S = 0.5
+PUT_BACKOFF = Backoff(0.5, factor=2)
 
 
 def _meta_subject(bucket: str, name: str) -> str:
@@ -80,16 +81,19 @@ async def put(nc: NATS, bucket: str, name: str, data: bytes | memoryview) -> int
     size = chunk_size_for(nc)
     chunks = [view[i : i + size] for i in range(0, len(view), size)]
     digest = hashlib.sha256(view).digest()
-    for attempt in range(1, PUT_ATTEMPTS + 1):
+
+    async def write_chunks() -> str:
         nuid = uuid.uuid4().hex
         try:
             await _publish_acked(nc, _chunk_subject(bucket, nuid), chunks)
-            break
         except ChunkRefused:
             await nc.jetstream().purge_stream(_stream(bucket), subject=_chunk_subject(bucket, nuid))
-            if attempt == PUT_ATTEMPTS:
-                raise
-            await asyncio.sleep(RETRY_BACKOFF_S * attempt)
+            raise
+        return nuid
+
+    nuid = await retry(
+        write_chunks, backoff=PUT_BACKOFF, attempts=PUT_ATTEMPTS, retry_on=ChunkRefused
+    )
     info = js_api.ObjectInfo(
         name=name,
         bucket=bucket,

@@ -14,9 +14,11 @@ from superpose import protocol
 from superpose.errors import LatticeError
 from superpose.lattice.batch import Message, get_last_many, publish_atomic
 from superpose.lattice.connection import Assets
+from superpose.support.retry import Backoff
 
 RESULTS_STREAM = f"KV_{protocol.RESULTS_BUCKET}"
-WAIT_POLL_MAX_S = 0.5
+WAIT_POLLS = Backoff(0.02, factor=2, max_s=0.5)
+"""Pauses between looks for a result: soon at first, every half second at most."""
 
 
 async def get(assets: Assets, invocation_id: str) -> protocol.Result | None:
@@ -94,7 +96,7 @@ async def wait(assets: Assets, invocation_id: str, timeout: float | None) -> pro
     state to rebuild; the interval is capped at half a second.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    interval = 0.02
+    polls = 0
     while True:
         try:
             found = await get(assets, invocation_id)
@@ -104,5 +106,5 @@ async def wait(assets: Assets, invocation_id: str, timeout: float | None) -> pro
             return found
         if deadline is not None and time.monotonic() >= deadline:
             return None
-        await asyncio.sleep(interval)
-        interval = min(interval * 2, WAIT_POLL_MAX_S)
+        polls += 1
+        await asyncio.sleep(WAIT_POLLS.pause_s(polls))

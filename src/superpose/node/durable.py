@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
 from collections.abc import Coroutine
@@ -32,11 +31,12 @@ from superpose.node.cancels import Cancellations
 from superpose.node.link import Connected
 from superpose.node.result_store import Finished, ResultStore, until_done
 from superpose.node.work_pull import WorkPuller
+from superpose.support.retry import Backoff
 
 log = logging.getLogger("superpose.node.durable")
 
-RETRY_BASE_S = 0.5
-RETRY_MAX_S = 30.0
+RETRY_BACKOFF = Backoff(0.5, factor=2, max_s=30.0, jitter=0.5)
+"""Before a durable invocation's next attempt: 0.5 s, doubling to 30 s, jittered."""
 SPECULATIVE_BOUNCE_S = 0.2
 RESULT_GRACE_S = 5.0
 
@@ -299,7 +299,7 @@ class DurableWorker:
         inv = item.inv
         if self.items.get(inv.id) is item:  # its next attempt may be delivered back here
             del self.items[inv.id]
-        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (inv.attempt - 1)) * random.uniform(0.5, 1.0)
+        delay = RETRY_BACKOFF.pause_s(inv.attempt)
         inv.attempt += 1
         inv.not_before = time.time() + delay
         message = work_message(inv, f"{inv.id}.a{inv.attempt}", [inv.encode()])

@@ -17,10 +17,10 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from superpose import protocol
+from superpose.lattice.mirror import follow
 
 log = logging.getLogger("superpose.node.prefetch")
 ALIAS_KEYS = "alias.>"
-RETRY_S = 0.5
 
 Fetch = Callable[[str], Awaitable[object]]
 
@@ -55,20 +55,11 @@ class AliasPrefetcher:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _watch(self, kv: KeyValue) -> None:
-        while True:
-            watcher = None
-            try:
-                watcher = await kv.watch(ALIAS_KEYS)
-                async for entry in watcher:
-                    if entry is not None:
-                        self._seen(entry.key, entry.value, entry.operation, entry.revision or 0)
-            except asyncio.CancelledError:
-                if watcher is not None:
-                    await asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]
-                raise
-            except Exception:  # the watch died with the connection; start it again
-                log.warning("alias watch failed; restarting it", exc_info=True)
-                await asyncio.sleep(RETRY_S)
+        async def on_entry(entry: KeyValue.Entry | None) -> None:
+            if entry is not None:
+                self._seen(entry.key, entry.value, entry.operation, entry.revision or 0)
+
+        await follow(lambda: kv.watch(ALIAS_KEYS), on_entry, "alias")
 
     def _seen(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
         if operation in ("DEL", "PURGE") or not value:

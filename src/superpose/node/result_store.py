@@ -19,9 +19,10 @@ from typing import Generic, TypeVar
 from superpose import protocol
 from superpose.lattice import results
 from superpose.node.link import Connected
+from superpose.support.retry import Backoff, retry
 
 log = logging.getLogger("superpose.node.durable")
-STORE_RETRY_S = 0.5
+STORE_RETRY = Backoff(0.5)
 T = TypeVar("T")
 
 
@@ -106,10 +107,8 @@ class ResultStore(Generic[T]):
 async def until_done(attempt: Callable[[], Awaitable[object]], what: str) -> None:
     """Retry a lattice write until it lands: JetStream keeps our envelopes meanwhile, and
     if the node dies first they are redelivered."""
-    while True:
-        try:
-            await attempt()
-            return
-        except Exception:
-            log.warning("could not %s; retrying", what, exc_info=True)
-            await asyncio.sleep(STORE_RETRY_S)
+
+    def retrying(error: BaseException, failures: int) -> None:
+        log.warning("could not %s; retrying", what, exc_info=error)
+
+    await retry(attempt, backoff=STORE_RETRY, on_failure=retrying)
