@@ -485,3 +485,25 @@ def test_logs_follow_prints_new_lines_as_they_come(lattice: Lattice, tmp_path: P
     finally:
         follower.terminate()
         follower.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value", "wanted"),
+    [
+        (("status",), "SUPERPOSE_REPLICAS", "three", "a whole number from 1 to 5"),
+        (("worker", "--slots", "1"), "SUPERPOSE_MAX_DELIVER", "0", "a whole number ≥ 1"),
+    ],
+)
+def test_a_bad_setting_is_one_error_line(
+    lattice: Lattice, command: tuple[str, ...], variable: str, value: str, wanted: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "superpose", *command],
+        env={**env, "SUPERPOSE_LATTICE": lattice.url, variable: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: {variable}={value!r}: expected {wanted}\n"

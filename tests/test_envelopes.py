@@ -7,6 +7,7 @@ import pytest
 from superpose import config, protocol
 from superpose.client.durable import ENVELOPE_MAX_BYTES, Durable, _envelopes
 from superpose.client.futures import Future
+from superpose.errors import SettingError
 
 
 def _durable(fn: str, size: int, key: str | None = None) -> Durable:
@@ -49,10 +50,11 @@ def test_a_keyed_submission_travels_alone() -> None:
 
 
 def test_a_bad_max_deliver_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert config.max_deliver(10) == 10
+    monkeypatch.delenv(config.ENV_MAX_DELIVER, raising=False)
+    assert config.settings().max_deliver == protocol.MAX_DELIVER
     monkeypatch.setenv(config.ENV_MAX_DELIVER, "3")
-    assert config.max_deliver(10) == 3
+    assert config.settings().max_deliver == 3
     for bad in ("0", "-1", "three"):
         monkeypatch.setenv(config.ENV_MAX_DELIVER, bad)
-        with pytest.raises(ValueError, match=config.ENV_MAX_DELIVER):
-            config.max_deliver(10)
+        with pytest.raises(SettingError, match=f"{config.ENV_MAX_DELIVER}='{bad}'"):
+            config.settings()

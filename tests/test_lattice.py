@@ -13,7 +13,7 @@ from nats.js.api import RetentionPolicy
 
 from superpose import protocol
 from superpose.config import ENV_REPLICAS
-from superpose.errors import LatticeError
+from superpose.errors import LatticeError, SettingError
 from superpose.lattice.connection import connect, ensure_assets
 from superpose.local.embedded import EmbeddedServer
 
@@ -85,5 +85,5 @@ def test_a_malformed_replica_count_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ENV_REPLICAS, "three")
-    with pytest.raises(LatticeError, match="SUPERPOSE_REPLICAS='three'"):
+    with pytest.raises(SettingError, match="SUPERPOSE_REPLICAS='three'"):
         asyncio.run(_ensure_on_fresh_server(tmp_path))

@@ -45,9 +45,22 @@ def test_node_settings_from_the_environment_are_checked(monkeypatch: pytest.Monk
     from superpose import config
 
     monkeypatch.setenv(config.ENV_MAX_EXECUTORS, "12")
-    assert config.max_executors_from_env(8) == 12
-    monkeypatch.setenv(config.ENV_MAX_EXECUTORS, "0")
-    with pytest.raises(ValueError, match="SUPERPOSE_MAX_EXECUTORS"):
-        config.max_executors_from_env(8)
+    assert config.settings().max_executors == 12
     monkeypatch.setenv(config.ENV_AFFINITY, "0")
-    assert config.affinity_from_env() is False
+    assert config.settings().affinity is False
+    monkeypatch.setenv(config.ENV_MAX_EXECUTORS, "0")
+    with pytest.raises(ValueError, match="MAX_EXECUTORS='0': expected a whole number ≥ 1"):
+        config.settings()
+
+
+def test_every_setting_has_its_default_and_a_bad_one_is_one_user_error() -> None:
+    from superpose import config
+    from superpose.errors import SettingError, UserError
+
+    found = config.settings({})
+    assert (found.replicas, found.max_executors) == (1, 8)
+    assert found.affinity and found.express
+    assert found.lattice is None and found.home.name == ".superpose"
+    with pytest.raises(SettingError, match="REPLICAS='6': expected a whole number from 1 to 5"):
+        config.settings({config.ENV_REPLICAS: "6"})
+    assert issubclass(SettingError, UserError)  # the CLI prints it as an error: line

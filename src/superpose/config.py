@@ -1,9 +1,14 @@
-"""Where superpose keeps its state and how it finds a running lattice."""
+"""Settings: the environment variables superpose reads, and defaults with units."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+
+from superpose import protocol
+from superpose.errors import SettingError
 
 ENV_HOME = "SUPERPOSE_HOME"
 ENV_LATTICE = "SUPERPOSE_LATTICE"
@@ -25,54 +30,62 @@ MAX_BUNDLE_BYTES = 200 * 1024 * 1024
 MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024
 
 
-def home() -> Path:
-    """The state folder: ``$SUPERPOSE_HOME`` or ``./.superpose``."""
-    return Path(os.environ.get(ENV_HOME) or ".superpose").resolve()
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every environment variable superpose reads, read and checked in one place.
+
+    A bad value fails as one ``SettingError`` naming the variable and what it
+    takes, wherever settings are read; nothing reads ``os.environ`` elsewhere.
+    """
+
+    home: Path
+    """``$SUPERPOSE_HOME``, else ``./.superpose``: the state folder of ``superpose up``."""
+    lattice: str | None
+    """``$SUPERPOSE_LATTICE``: the lattice to use when no URL is given."""
+    nats_server: str | None
+    """``$SUPERPOSE_NATS_SERVER``: the nats-server binary an embedded lattice runs."""
+    replicas: int
+    """``$SUPERPOSE_REPLICAS`` (1-5, default 1): copies JetStream keeps of each asset."""
+    max_deliver: int
+    """``$SUPERPOSE_MAX_DELIVER`` (≥ 1): deliveries of a durable envelope before a node
+    fails its items as lost (tests use 1 to reach the verdict with a single kill)."""
+    max_executors: int
+    """``$SUPERPOSE_MAX_EXECUTORS`` (≥ 1, default 8): warm executors a node keeps (one
+    per bundle version it serves); more costs memory."""
+    affinity: bool
+    """``$SUPERPOSE_AFFINITY`` (on unless ``0``): a node hands a call for a bundle it
+    lacks to a node holding it warm (benchmarks compare both)."""
+    express: bool
+    """``$SUPERPOSE_EXPRESS`` (on unless ``0``): clients send warm calls straight to
+    executors (benchmarks compare both; every call then goes through a node agent)."""
+
+
+def settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings as the environment (``os.environ`` unless given) says now."""
+    env = os.environ if environ is None else environ
+    return Settings(
+        home=Path(env.get(ENV_HOME) or ".superpose").resolve(),
+        lattice=env.get(ENV_LATTICE) or None,
+        nats_server=env.get(ENV_NATS_SERVER) or None,
+        replicas=_whole(env, ENV_REPLICAS, default=1, high=5),
+        max_deliver=_whole(env, ENV_MAX_DELIVER, default=protocol.MAX_DELIVER),
+        max_executors=_whole(env, ENV_MAX_EXECUTORS, default=8),
+        affinity=env.get(ENV_AFFINITY, "1") != "0",
+        express=env.get(ENV_EXPRESS, "1") != "0",
+    )
+
+
+def _whole(env: Mapping[str, str], name: str, *, default: int, high: int | None = None) -> int:
+    """A whole number from 1 (to ``high``), or ``default`` when the variable is unset."""
+    text = env.get(name)
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1 or (high is not None and int(text) > high):
+        wanted = "≥ 1" if high is None else f"from 1 to {high}"
+        raise SettingError(f"{name}={text!r}: expected a whole number {wanted}")
+    return int(text)
 
 
 def state_file(home_dir: Path) -> Path:
     """Written by ``superpose up`` once everything answers; read by every other command."""
     return home_dir / "lattice.json"
-
-
-def lattice_from_env() -> str | None:
-    return os.environ.get(ENV_LATTICE) or None
-
-
-def max_deliver(default: int) -> int:
-    """Deliveries of a durable envelope before a node fails its items as lost.
-
-    ``$SUPERPOSE_MAX_DELIVER`` overrides it for a node (tests use 1 to reach the
-    verdict with a single kill).
-    """
-    text = os.environ.get(ENV_MAX_DELIVER)
-    if not text:
-        return default
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{ENV_MAX_DELIVER}={text!r}: expected a whole number ≥ 1")
-    return int(text)
-
-
-def _on_unless_zero(variable: str) -> bool:
-    return os.environ.get(variable, "1") != "0"
-
-
-def affinity_from_env() -> bool:
-    """Warm affinity is on unless ``$SUPERPOSE_AFFINITY=0`` (benchmarks compare both)."""
-    return _on_unless_zero(ENV_AFFINITY)
-
-
-def express_from_env() -> bool:
-    """Clients send warm calls straight to executors unless ``$SUPERPOSE_EXPRESS=0``
-    (benchmarks compare both; every call then goes through a node agent)."""
-    return _on_unless_zero(ENV_EXPRESS)
-
-
-def max_executors_from_env(default: int) -> int:
-    """Warm executors a node keeps (one per bundle version it serves); more costs memory."""
-    text = os.environ.get(ENV_MAX_EXECUTORS)
-    if not text:
-        return default
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{ENV_MAX_EXECUTORS}={text!r}: expected a whole number ≥ 1")
-    return int(text)

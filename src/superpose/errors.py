@@ -46,6 +46,10 @@ class DeployError(UserError):
     """A bundle that cannot be deployed; names the file (and line) at fault."""
 
 
+class SettingError(UserError, ValueError):
+    """An environment variable superpose reads has a value it cannot take."""
+
+
 class NoNodesError(UserError):
     """No node is serving the lattice."""
 

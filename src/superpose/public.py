@@ -80,7 +80,8 @@ def open_in_thread(url: str | None, workers: int, log_sink: LogSink | None) -> C
     thread.start()
 
     async def open_client() -> Client:
-        resolved = url or config.lattice_from_env() or find_running_lattice(config.home())
+        found = config.settings()
+        resolved = url or found.lattice or find_running_lattice(found.home)
         lattice = None
         if resolved is None:
             lattice = LocalLattice(state_dir=None, workers=workers)

@@ -34,10 +34,11 @@ def err(text: str) -> None:
 
 
 def lattice_url(explicit: str | None) -> str:
-    url = explicit or config.lattice_from_env() or supervisor.find_running_lattice(config.home())
+    found = config.settings()
+    url = explicit or found.lattice or supervisor.find_running_lattice(found.home)
     if not url:
         raise UserError(
-            f"no lattice is running in {config.home()}: start one with `superpose up --detach`, "
+            f"no lattice is running in {found.home}: start one with `superpose up --detach`, "
             f"or point at one with --lattice or {config.ENV_LATTICE}"
         )
     return url

@@ -31,7 +31,7 @@ DOWN_TIMEOUT_S = 30.0
 
 
 def cmd_up(ns: argparse.Namespace) -> int:
-    home = config.home()
+    home = config.settings().home
     if ns.detach:
         return _up_detached(ns, home)
     with supervisor.exclusive_home(home):
@@ -97,7 +97,9 @@ def _print_ready(state: dict[str, Any], elapsed_s: float, how_to_stop: str) -> N
     print(f"lattice  {state['lattice']}")
     if state.get("gateway"):
         print(f"gateway  {state['gateway']}")
-    print(f"ready in {elapsed_s:.2f} s (state in {config.home()}); {how_to_stop}", flush=True)
+    print(
+        f"ready in {elapsed_s:.2f} s (state in {config.settings().home}); {how_to_stop}", flush=True
+    )
 
 
 async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
@@ -160,7 +162,7 @@ async def _live_status(lattice: supervisor.LocalLattice, stop: asyncio.Event) ->
 
 
 def cmd_down(ns: argparse.Namespace) -> int:
-    home = config.home()
+    home = config.settings().home
     started = time.monotonic()
     outcome = supervisor.stop_running(home, DOWN_TIMEOUT_S)
     if not outcome.running:
@@ -187,7 +189,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
 
     labels = common.parse_labels(ns.labels)
     node_id = ns.node_id or f"n{uuid.uuid4().hex[:6]}"
-    state_dir = Path(ns.state_dir) if ns.state_dir else config.home() / "nodes" / node_id
+    state_dir = Path(ns.state_dir) if ns.state_dir else config.settings().home / "nodes" / node_id
     try:
         node_config = NodeConfig(
             lattice=common.lattice_url(ns.lattice),

