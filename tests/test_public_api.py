@@ -24,9 +24,14 @@ def test_public_names_survive_submodule_imports() -> None:
 
 
 def test_the_command_line_does_not_import_the_client() -> None:
-    probe = "import sys, superpose.cli.main; print('superpose.client' in sys.modules)"
+    """Commands that never talk to a lattice (down, up --detach, --help) must not pay for
+    importing the client or nats-py: only the commands that use them import them."""
+    probe = (
+        "import sys, superpose.cli.main as cli; cli._parser(); "
+        "print('superpose.client' in sys.modules, 'nats' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
 
 
 def test_use_names_another_app_and_refuses_bad_names() -> None:

@@ -11,7 +11,7 @@ import os
 import sys
 
 from superpose import config
-from superpose.cli import apps, calls, common, lattice
+from superpose.cli import apps, calls, common, lattice, routing
 from superpose.errors import RemoteError, SuperposeError
 
 HELP_ORDER = (
@@ -41,9 +41,6 @@ def _parser() -> argparse.ArgumentParser:
     lattice.add_commands(add)
     apps.add_commands(add)
     calls.add_commands(add)
-    # Imported here: it imports the registry (and nats-py) at module level.
-    from superpose.cli import routing
-
     routing.add_commands(add)
     _in_help_order(sub)
     return parser

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 
 from superpose.cli import common
 from superpose.errors import BadRequestError
-from superpose.registry import routing
 
 if TYPE_CHECKING:
     from superpose.client.client import Client
 
 
 def cmd_canary(ns: argparse.Namespace) -> int:
+    from superpose.registry import routing
+
     app = common.app_arg(ns.app)
     if ns.off and (ns.version or ns.percent is not None):
         raise BadRequestError("--off takes no version or --percent")
@@ -44,6 +45,8 @@ def cmd_canary(ns: argparse.Namespace) -> int:
 
 
 def cmd_pin(ns: argparse.Namespace) -> int:
+    from superpose.registry import routing
+
     async def body(client: Client) -> int:
         live = [n.id for n in (await client.nodes()).live()]
         await routing.pin(await client.registry(), live, ns.function, ns.node)
@@ -54,6 +57,8 @@ def cmd_pin(ns: argparse.Namespace) -> int:
 
 
 def cmd_unpin(ns: argparse.Namespace) -> int:
+    from superpose.registry import routing
+
     async def body(client: Client) -> int:
         old = await routing.unpin(await client.registry(), ns.function)
         print(f"{ns.function} unpinned" + (f" (was on {old})" if old else " (was not pinned)"))
@@ -63,6 +68,8 @@ def cmd_unpin(ns: argparse.Namespace) -> int:
 
 
 def cmd_lock(ns: argparse.Namespace) -> int:
+    from superpose.registry import routing
+
     app = common.app_arg(ns.app)
     if ns.show == bool(ns.link):
         raise BadRequestError(
@@ -82,6 +89,8 @@ def cmd_lock(ns: argparse.Namespace) -> int:
 
 
 def cmd_unlock(ns: argparse.Namespace) -> int:
+    from superpose.registry import routing
+
     app = common.app_arg(ns.app)
 
     async def body(client: Client) -> int:
@@ -93,6 +102,8 @@ def cmd_unlock(ns: argparse.Namespace) -> int:
 
 
 def cmd_trace(ns: argparse.Namespace) -> int:
+    from superpose.registry import routing
+
     async def body(client: Client) -> int:
         spans = await routing.read_trace(client.nc, ns.id)
         if not spans:
