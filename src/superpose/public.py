@@ -14,40 +14,26 @@ import threading
 
 from superpose import config
 from superpose.client import session
-from superpose.client.client import Client, LogSink, print_log_record
-from superpose.client.functions import Function, LinkedApp, RemoteFunction, function, use
-from superpose.client.futures import Future, gather
-from superpose.errors import (
-    CallTimeoutError,
-    DeployError,
-    LatticeError,
-    NoNodesError,
-    NotFoundError,
-    RemoteError,
-    SuperposeError,
-    UserError,
-)
+from superpose.client.client import Client as Client
+from superpose.client.client import LogSink, print_log_record
+from superpose.client.functions import Function as Function
+from superpose.client.functions import LinkedApp as LinkedApp
+from superpose.client.functions import RemoteFunction as RemoteFunction
+from superpose.client.functions import function as function
+from superpose.client.functions import use as use
+from superpose.client.futures import Future as Future
+from superpose.client.futures import gather as gather
+from superpose.errors import CallTimeoutError as CallTimeoutError
+from superpose.errors import DeployError as DeployError
+from superpose.errors import LatticeError as LatticeError
+from superpose.errors import NoNodesError as NoNodesError
+from superpose.errors import NotFoundError as NotFoundError
+from superpose.errors import RemoteError as RemoteError
+from superpose.errors import SuperposeError as SuperposeError
+from superpose.errors import UserError as UserError
 from superpose.support import eventloop
 
-__all__ = [
-    "CallTimeoutError",
-    "Client",
-    "DeployError",
-    "Function",
-    "Future",
-    "LatticeError",
-    "LinkedApp",
-    "NoNodesError",
-    "NotFoundError",
-    "RemoteError",
-    "RemoteFunction",
-    "SuperposeError",
-    "UserError",
-    "connect",
-    "function",
-    "gather",
-    "use",
-]
+# The names re-exported with ``as`` are those of ``superpose.__all__`` (kept there).
 
 
 def connect(url: str | None = None, *, workers: int = 2, show_logs: bool = True) -> Client:
