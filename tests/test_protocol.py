@@ -1,11 +1,19 @@
-"""Wire messages: round trips and loud failures on foreign or old messages."""
+"""Wire messages: round trips, compatibility with stored messages, and loud failures on
+foreign, old or garbled ones."""
 
 from __future__ import annotations
 
-import msgpack
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
 import pytest
 
+import wire_samples
 from superpose import protocol
+
+GOLDEN = Path(__file__).with_name("wire_v1.json")
 
 
 def _invocation() -> protocol.Invocation:
@@ -38,7 +46,7 @@ def test_a_message_of_another_type_fails_loudly() -> None:
     with pytest.raises(ValueError, match=r"expected a sp\.result\.v1"):
         protocol.Result.decode(_invocation().encode())
     with pytest.raises(ValueError, match="untagged"):
-        protocol.Invocation.decode(protocol.pack({"id": "x"}))
+        protocol.Invocation.decode(msgspec.msgpack.encode({"id": "x"}))
 
 
 def test_names_must_be_subject_safe() -> None:
@@ -85,7 +93,124 @@ def test_durable_notifications_pack_results_under_the_size_limit() -> None:
 
 
 def test_a_garbled_durable_notification_is_refused() -> None:
-    with pytest.raises(ValueError, match="array of results"):
-        protocol.unpack_results(protocol.pack({"t": "x"}))
-    with pytest.raises(ValueError, match="array of results"):
-        protocol.unpack_results(msgpack.packb([1, 2]))
+    with pytest.raises(protocol.ProtocolError, match="array of results"):
+        protocol.unpack_results(msgspec.msgpack.encode({"t": "x"}))
+    with pytest.raises(protocol.ProtocolError, match="array of results"):
+        protocol.unpack_results(msgspec.msgpack.encode([1, 2]))
+
+
+def _golden() -> dict[str, bytes]:
+    return {k: bytes.fromhex(v) for k, v in json.loads(GOLDEN.read_text())["messages"].items()}
+
+
+def test_messages_stored_before_msgspec_still_decode() -> None:
+    """Envelopes, results and dead letters outlive an upgrade in their buckets and
+    streams: what the dataclass codec wrote must decode to the same messages."""
+    golden = _golden()
+    for name, message in wire_samples.messages().items():
+        assert type(message).decode(golden[name]) == message, name
+    results = protocol.unpack_results(golden["durable_notification"])
+    assert results == [golden["result_value"], golden["result_error"]]
+
+
+_NESTED = {"args": protocol.Payload, "value": protocol.Payload, "ctx": protocol.CallContext}
+
+
+def _defaults(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    found = {}
+    for info in msgspec.structs.fields(cls):
+        if info.default is not msgspec.NODEFAULT:
+            found[info.encode_name] = info.default
+        elif info.default_factory is not msgspec.NODEFAULT:
+            found[info.encode_name] = info.default_factory()
+    return found
+
+
+def _as_the_old_decoder_saw_it(raw: dict[str, Any], cls: type[msgspec.Struct]) -> dict[str, Any]:
+    """A map with its left-out fields put back at their defaults, as the dataclass
+    decoders (``cls(**raw)``) filled them in; nested messages likewise."""
+    filled = {**_defaults(cls), **raw}
+    for key, value in filled.items():
+        nested = protocol.ErrorInfo if key == "error" else _NESTED.get(key)
+        if nested is not None and isinstance(value, dict):
+            filled[key] = _as_the_old_decoder_saw_it(value, nested)
+        elif isinstance(value, msgspec.Struct):
+            filled[key] = msgspec.to_builtins(value)
+    return filled
+
+
+def test_what_we_encode_reads_as_before_in_a_decoder_of_the_old_codec() -> None:
+    """Nodes and clients of the dataclass codec still run during an upgrade: what they
+    decode from our messages (their keys, with left-out defaults filled in as they do)
+    is what they decoded from their own."""
+    golden = _golden()
+    for name, message in wire_samples.messages().items():
+        ours = msgspec.msgpack.decode(message.encode())
+        theirs = msgspec.msgpack.decode(golden[name])
+        assert next(iter(ours)) == "t", name  # the tag leads, as it always did
+        assert set(ours) <= set(theirs), name  # no key an old decoder would refuse
+        cls = type(message)
+        assert _as_the_old_decoder_saw_it(ours, cls) == _as_the_old_decoder_saw_it(theirs, cls), (
+            name
+        )
+    old_notification = msgspec.msgpack.decode(golden["durable_notification"])
+    new_notification = msgspec.msgpack.decode(
+        protocol.pack_results([golden["result_value"], golden["result_error"]])[0]
+    )
+    assert new_notification == old_notification
+
+
+def test_every_message_is_tagged_by_its_class() -> None:
+    tags = [cls.TYPE for cls in protocol.MESSAGE_TYPES]
+    assert len(set(tags)) == len(tags)
+    assert protocol.Invocation.TYPE == "sp.invocation.v1"
+    assert protocol.HttpPart.TYPE == "sp.http.part.v1"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xc1 not msgpack", r"malformed sp\.result\.v1 message: MessagePack data is malformed"),
+        (b"", r"malformed sp\.result\.v1 message: Input data was truncated"),
+        (msgspec.msgpack.encode([1, 2]), r"expected a sp\.result\.v1 message, got a list"),
+        (msgspec.msgpack.encode({"id": "a", "node": "n"}), "got an untagged one"),
+        (msgspec.msgpack.encode({"t": "sp.result.v0", "id": "a"}), "got 'sp.result.v0'"),
+        (
+            msgspec.msgpack.encode({"t": "sp.result.v1", "id": "a"}),
+            r"missing required field `node`",
+        ),
+        (
+            msgspec.msgpack.encode({"t": "sp.result.v1", "id": "a", "node": "n", "attempts": "2"}),
+            r"Expected `int`, got `str` - at `\$\.attempts`",
+        ),
+        (
+            msgspec.msgpack.encode({"t": "sp.result.v1", "id": "a", "node": "n", "error": {}}),
+            r"missing required field `kind` - at `\$\.error`",
+        ),
+        (b"\x91" * 5000, "malformed"),
+    ],
+)
+def test_a_malformed_message_raises_one_error_that_says_what_is_wrong(
+    data: bytes, reason: str
+) -> None:
+    with pytest.raises(protocol.ProtocolError, match=reason):
+        protocol.Result.decode(data)
+
+
+def test_unknown_keys_are_ignored_and_left_out_defaults_filled_in() -> None:
+    """A later version may add a field with a default without a new tag."""
+    data = msgspec.msgpack.encode({"t": "sp.result.v1", "id": "a", "node": "n", "new": [1]})
+    assert protocol.Result.decode(data) == protocol.Result("a", "n")
+
+
+def test_messages_keep_their_python_api() -> None:
+    """Positional construction in field order, mutability, defaults not shared."""
+    error = protocol.ErrorInfo("raised", "E", "m")
+    error.types.append("E")
+    assert protocol.ErrorInfo("raised", "E", "m").types == []
+    inv = wire_samples.messages()["invocation"]
+    inv.ctx.log_to = "_SP.x.r.log"
+    assert protocol.Invocation.decode(inv.encode()).ctx.log_to == "_SP.x.r.log"
+    assert inv.remaining_s() < 0
+    span = wire_samples.messages()["span_root"]
+    assert json.loads(json.dumps(msgspec.structs.asdict(span)))["parent_id"] is None

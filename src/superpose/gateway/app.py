@@ -22,9 +22,9 @@ import functools
 import json
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from typing import Any
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -295,7 +295,7 @@ async def _trace(state: dict[str, Client], request: Request) -> Response:
         return _error_response(exc, 0)
     if not spans:
         return _error(404, "NotFound", f"no spans recorded for trace {trace_id}")
-    return JSONResponse({"trace": trace_id, "spans": [asdict(s) for s in spans]})
+    return JSONResponse({"trace": trace_id, "spans": [msgspec.structs.asdict(s) for s in spans]})
 
 
 async def _invocation(client: Client, request: Request) -> Response:
