@@ -186,3 +186,34 @@ def notification() -> list[bytes]:
     """The encoded results of one durable notification (``pack_results``)."""
     found = messages()
     return [found["result_value"].encode(), found["result_error"].encode()]
+
+
+def frames() -> list[Any]:
+    """Every agent ↔ executor frame, the optional parts both set and unset."""
+    inv = messages()["invocation"].encode()
+    result = messages()["result_value"].encode()
+    error = protocol.ErrorInfo(protocol.ERR_NOT_FOUND, "FunctionNotFound", "no such", "tb")
+    return [
+        protocol.Load(DIGEST, "/state/bundles/" + DIGEST, "shop"),
+        protocol.Load(DIGEST, "/state/bundles/" + DIGEST, "shop", express=False),
+        protocol.Describe("describe:shop.checkout:checkout", "shop.checkout", "checkout"),
+        protocol.Run(inv, "_SP.3f9a1c0e5b7d2468.r.3f9a1c0e5b7d2468.1a"),
+        protocol.StackQuery("3f9a1c0e5b7d2468.1a"),
+        protocol.Quiet(),
+        protocol.Ready(4242),
+        protocol.Loaded(),
+        protocol.Described("describe:shop.checkout:checkout", meta={"is_async": False}),
+        protocol.Described(
+            "describe:shop.x:x", meta={"is_async": True, "timeout_s": 5.0, "concurrency": 8}
+        ),
+        protocol.Described("describe:shop.y:y", error=error),
+        protocol.Start("3f9a1c0e5b7d2468.1a"),
+        protocol.Done("3f9a1c0e5b7d2468.1a", ok=True),
+        protocol.Done("3f9a1c0e5b7d2468.1a", ok=False, result=result),
+        protocol.Block("3f9a1c0e5b7d2468.1a"),
+        protocol.Unblock("3f9a1c0e5b7d2468.1a"),
+        protocol.Took(inv, "_SP.3f9a1c0e5b7d2468.r.3f9a1c0e5b7d2468.1a"),
+        protocol.Quieted(),
+        protocol.Stack("3f9a1c0e5b7d2468.1a", '  File "shop.py", line 3, in checkout\n'),
+        protocol.Stack("3f9a1c0e5b7d2468.1b", ""),
+    ]

@@ -699,3 +699,155 @@ def unpack_results(data: Buffer) -> list[bytes]:
         return _NOTIFICATION.decode(data)
     except (msgspec.DecodeError, RecursionError) as exc:
         raise ProtocolError(f"a durable notification is not an array of results: {exc}") from None
+
+
+# --- agent ↔ executor frames -----------------------------------------------------
+#
+# What a node agent and its executor subprocesses say over their socket pair
+# (``node/channel.py`` adds a length prefix to each). Two sets, one per direction,
+# each a tagged union decoded in one call: a request and its answer may share an
+# ``op`` (``quiet``, ``stack``) because they travel in opposite directions.
+
+
+class Frame(msgspec.Struct, tag_field="op", omit_defaults=True):
+    """One frame: a msgpack map tagged with its ``op``.
+
+    No version in the tag: an executor is started by its agent, from the same
+    installation, so both ends always speak the same frames.
+    """
+
+
+# from the agent to an executor
+
+
+class Load(Frame, tag="load"):
+    """Collapse into this bundle (at ``path``); answered by ``Loaded``."""
+
+    digest: str
+    path: str
+    app: str
+    express: bool = True
+    """Also take warm calls that clients send straight to executors of this bundle."""
+
+
+class Describe(Frame, tag="describe"):
+    """Import and inspect one function; answered by a ``Described`` with the same key."""
+
+    key: str
+    module: str
+    qualname: str
+
+
+class Run(Frame, tag="run"):
+    """Queue one invocation (encoded, as it came); its result goes to ``reply``."""
+
+    inv: bytes
+    reply: str
+
+
+class StackQuery(Frame, tag="stack"):
+    """Where is this call now? (It timed out.) Answered by ``Stack``."""
+
+    id: str
+
+
+class Quiet(Frame, tag="quiet"):
+    """Take no more express calls; answered by ``Quieted`` once the ones already
+    delivered have been passed on."""
+
+
+# from an executor to its agent
+
+
+class Ready(Frame, tag="ready"):
+    """Started: imports done, connected to NATS."""
+
+    pid: int
+
+
+class Loaded(Frame, tag="loaded"):
+    pass
+
+
+class Described(Frame, tag="described"):
+    """What ``Describe`` found: the function's ``meta`` (``is_async`` and its node
+    options), or the ``error`` that importing or finding it raised."""
+
+    key: str
+    meta: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+
+
+class Start(Frame, tag="start"):
+    """A queued call began (sync calls may wait in the lane first)."""
+
+    id: str
+
+
+class Done(Frame, tag="done"):
+    """A call finished. A durable item's encoded ``Result`` rides along: the agent
+    stores it, no trip through NATS."""
+
+    id: str
+    ok: bool
+    result: bytes | None = None
+
+
+class Block(Frame, tag="block"):
+    """This call waits on calls of its own: its slot is free meanwhile."""
+
+    id: str
+
+
+class Unblock(Frame, tag="unblock"):
+    """This call resumed: it takes a slot again."""
+
+    id: str
+
+
+class Took(Frame, tag="took"):
+    """This executor took a call a client sent it directly (express), and started it:
+    the agent accounts for it as if it had sent it (a ``Done`` follows)."""
+
+    inv: bytes
+    reply: str
+
+
+class Quieted(Frame, tag="quiet"):
+    pass
+
+
+class Stack(Frame, tag="stack"):
+    """Where a call is now: a traceback of its frames, "" if it is not running here."""
+
+    id: str
+    stack: str
+
+
+FromAgent: TypeAlias = Load | Describe | Run | StackQuery | Quiet
+FromExecutor: TypeAlias = (
+    Ready | Loaded | Described | Start | Done | Block | Unblock | Took | Quieted | Stack
+)
+
+_FROM_AGENT = msgspec.msgpack.Decoder(FromAgent)
+_FROM_EXECUTOR = msgspec.msgpack.Decoder(FromExecutor)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    return _ENCODER.encode(frame)
+
+
+def decode_from_agent(data: Buffer) -> FromAgent:
+    """A frame an executor received, or ProtocolError."""
+    try:
+        return _FROM_AGENT.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ProtocolError(f"malformed frame from the agent: {exc}") from None
+
+
+def decode_from_executor(data: Buffer) -> FromExecutor:
+    """A frame an agent received, or ProtocolError."""
+    try:
+        return _FROM_EXECUTOR.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ProtocolError(f"malformed frame from an executor: {exc}") from None

@@ -429,7 +429,7 @@ class NodeAgent:
     async def _add_executor(self, host: BundleHost, app: str) -> ExecutorProcess:
         self._evict_if_full(room_for=1)
         executor = await self._fresh_executor()
-        executor.on_took = lambda message: self._adopt(host, executor, message)
+        executor.on_took = lambda took: self._adopt(host, executor, took)
         executor.on_result = self.durable.result_arrived
         await executor.load(host.digest, str(host.path), app, express=self.config.express)
         host.executors.append(executor)
@@ -704,12 +704,12 @@ class NodeAgent:
             return
         executor.run(msg.data, reply, self._track(host, executor, inv, reply, meta, pool))
 
-    def _adopt(self, host: BundleHost, executor: ExecutorProcess, message: dict[str, Any]) -> None:
+    def _adopt(self, host: BundleHost, executor: ExecutorProcess, took: protocol.Took) -> None:
         """An executor took a call a client sent it directly: account for it as if this
         agent had sent it (slot, timeout, memory, progress, span). The slot is taken
         even if none is free; the executor only takes a call when it is idle."""
-        reply = message["reply"] or ""
-        inv = protocol.Invocation.decode(message["inv"])
+        reply = took.reply or ""
+        inv = protocol.Invocation.decode(took.inv)
         key = (inv.module, inv.qualname)
         meta = host.known.get(key, {})
         is_sync = not meta.get("is_async", False)
@@ -890,7 +890,7 @@ def _error_info(exc: Exception) -> protocol.ErrorInfo:
     """How a failure to serve a call is reported to its caller."""
     if isinstance(exc, LoadFailed):
         e = exc.error
-        return protocol.ErrorInfo(e["kind"], e["type"], e["message"], e.get("traceback", ""))
+        return protocol.ErrorInfo(e.kind, e.type, e.message, e.traceback)
     if isinstance(exc, ExecutorDied):
         kind_name = "MemoryLimitExceeded" if exc.kind == protocol.ERR_MEMORY else "ExecutorCrashed"
         return protocol.ErrorInfo(exc.kind, kind_name, exc.reason, exc.output)
