@@ -3,7 +3,10 @@ foreign, old or garbled ones."""
 
 from __future__ import annotations
 
+import io
 import json
+import tokenize
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +217,43 @@ def test_messages_keep_their_python_api() -> None:
     assert inv.remaining_s() < 0
     span = wire_samples.messages()["span_root"]
     assert json.loads(json.dumps(msgspec.structs.asdict(span)))["parent_id"] is None
+
+
+SUBJECT_PREFIXES = ("sp.", "_SP.", "_SPN.", "$JS.", "$KV.", "$O.", "KV_", "OBJ_")
+"""How the lattice's subjects and stream names begin (JetStream's own included)."""
+
+
+def _literal_heads(source: str) -> Iterator[tuple[int, str]]:
+    """The text each string literal of a module starts with (an f-string's, up to its
+    first placeholder), by line.
+
+    Read with ``tokenize``, not ``ast``: CPython 3.11 keeps the AST constructor's depth
+    count interpreter-wide, and a traceback printed meanwhile in another thread of the
+    test session (which parses the failing line) made ``ast.parse`` raise SystemError.
+    """
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    fstring_start = getattr(tokenize, "FSTRING_START", None)  # Python 3.12 and later
+    for token, after in zip(tokens, [*tokens[1:], None], strict=True):
+        if token.type == tokenize.STRING:
+            prefix = token.string[: len(token.string) - len(token.string.lstrip("rRbBuUfF"))]
+            body = token.string[len(prefix) :]
+            quote = body[:3] if body[:3] in ('"""', "'''") else body[:1]
+            text = body[len(quote) : -len(quote)]
+            yield token.start[0], text.split("{", 1)[0] if "f" in prefix.lower() else text
+        elif token.type == fstring_start and after is not None:
+            yield token.start[0], after.string if after.type != tokenize.OP else ""
+
+
+def test_only_protocol_formats_subjects() -> None:
+    """protocol.py is the whole wire contract: no other module spells a subject, stream
+    or JetStream API name. (A subject has no whitespace, which tells it from prose such
+    as an error message naming ``sp.use``.)"""
+    package = Path(protocol.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path == Path(protocol.__file__):
+            continue
+        for line, head in _literal_heads(path.read_text()):
+            if head.startswith(SUBJECT_PREFIXES) and not any(c.isspace() for c in head):
+                found.append(f"{path.relative_to(package)}:{line}: {head!r}")
+    assert not found, "subjects spelled outside protocol.py:\n" + "\n".join(found)

@@ -186,7 +186,7 @@ def result_key(invocation_id: str) -> str:
 
 def results_subject(key: str) -> str:
     """The JetStream subject of a key in the results bucket (what a watch filters on)."""
-    return f"$KV.{RESULTS_BUCKET}.{key}"
+    return kv_subject(RESULTS_BUCKET, key)
 
 
 def durable_id(client_id: str, seq: int) -> str:
@@ -283,6 +283,10 @@ def alias_key(app: str, alias: str) -> str:
     return f"alias.{app}.{alias}"
 
 
+ALIAS_WILDCARD = "alias.>"
+"""Every alias of every app (what a watch for alias moves filters on)."""
+
+
 def app_key(app: str) -> str:
     return f"app.{app}"
 
@@ -327,6 +331,61 @@ def object_meta_subject(bucket: str, encoded_name: str) -> str:
 
 def object_chunk_subject(bucket: str, nuid: str) -> str:
     return f"$O.{bucket}.C.{nuid}"
+
+
+# JetStream key-value layout (the same as nats-py and the nats CLI use): for the
+# streams made by hand with settings nats-py lacks, and for reading many keys at once
+def kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    return f"$KV.{bucket}.{key}"
+
+
+def kv_wildcard(bucket: str) -> str:
+    return f"$KV.{bucket}.>"
+
+
+def kv_key(bucket: str, subject: str) -> str:
+    """The key in a subject made by ``kv_subject``."""
+    return subject.removeprefix(kv_subject(bucket, ""))
+
+
+RESULTS_STREAM = kv_stream(RESULTS_BUCKET)
+"""Made by hand, laid out as a key-value bucket, for atomic batch writes."""
+
+
+# JetStream API requests made by hand: for settings and batch operations nats-py lacks
+def stream_info_subject(stream: str) -> str:
+    return f"$JS.API.STREAM.INFO.{stream}"
+
+
+def stream_create_subject(stream: str) -> str:
+    return f"$JS.API.STREAM.CREATE.{stream}"
+
+
+def consumer_create_subject(stream: str, consumer: str) -> str:
+    """Create (or, with the same configuration, open) a durable consumer."""
+    return f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}"
+
+
+def consumer_info_subject(stream: str, consumer: str) -> str:
+    return f"$JS.API.CONSUMER.INFO.{stream}.{consumer}"
+
+
+def consumer_delete_subject(stream: str, consumer: str) -> str:
+    return f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}"
+
+
+def consumer_next_subject(stream: str, consumer: str) -> str:
+    """Pull requests for a pull consumer's next messages."""
+    return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+
+def direct_get_subject(stream: str) -> str:
+    """Direct gets from a stream (``allow_direct``): the last message of many subjects."""
+    return f"$JS.API.DIRECT.GET.{stream}"
 
 
 # --- payload codecs -------------------------------------------------------------

@@ -15,7 +15,6 @@ from superpose.errors import LatticeError
 from superpose.lattice.batch import Message, get_last_many, publish_atomic
 from superpose.lattice.connection import Assets
 
-RESULTS_STREAM = f"KV_{protocol.RESULTS_BUCKET}"
 WAIT_POLL_MAX_S = 0.5
 
 
@@ -30,7 +29,7 @@ async def get(assets: Assets, invocation_id: str) -> protocol.Result | None:
 async def get_many(nc: NATS, ids: Sequence[str]) -> dict[str, protocol.Result]:
     """Stored results of those ids that have one, in one round trip per 1,000."""
     subjects = [protocol.results_subject(protocol.result_key(i)) for i in ids]
-    found = await get_last_many(nc, RESULTS_STREAM, subjects)
+    found = await get_last_many(nc, protocol.RESULTS_STREAM, subjects)
     results: dict[str, protocol.Result] = {}
     for data in found.values():
         if data:

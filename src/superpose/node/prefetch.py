@@ -19,7 +19,6 @@ from nats.js.kv import KeyValue
 from superpose import protocol
 
 log = logging.getLogger("superpose.node.prefetch")
-ALIAS_KEYS = "alias.>"
 RETRY_S = 0.5
 
 Fetch = Callable[[str], Awaitable[object]]
@@ -58,7 +57,7 @@ class AliasPrefetcher:
         while True:
             watcher = None
             try:
-                watcher = await kv.watch(ALIAS_KEYS)
+                watcher = await kv.watch(protocol.ALIAS_WILDCARD)
                 async for entry in watcher:
                     if entry is not None:
                         self._seen(entry.key, entry.value, entry.operation, entry.revision or 0)
