@@ -8,7 +8,7 @@ import json
 import tokenize
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import pytest
@@ -257,3 +257,56 @@ def test_only_protocol_formats_subjects() -> None:
             if head.startswith(SUBJECT_PREFIXES) and not any(c.isspace() for c in head):
                 found.append(f"{path.relative_to(package)}:{line}: {head!r}")
     assert not found, "subjects spelled outside protocol.py:\n" + "\n".join(found)
+
+
+def test_frames_round_trip_in_their_direction() -> None:
+    to_executor = get_args(protocol.FromAgent)
+    for frame in wire_samples.frames():
+        data = protocol.encode_frame(frame)
+        if isinstance(frame, to_executor):
+            assert protocol.decode_from_agent(data) == frame
+        else:
+            assert protocol.decode_from_executor(data) == frame
+    done = protocol.Done("a", ok=True)
+    assert msgspec.msgpack.decode(protocol.encode_frame(done)) == {
+        "op": "done",
+        "id": "a",
+        "ok": True,
+    }
+
+
+def test_a_request_and_its_answer_share_an_op_in_opposite_directions() -> None:
+    quiet = protocol.encode_frame(protocol.Quiet())
+    assert protocol.decode_from_agent(quiet) == protocol.Quiet()
+    assert protocol.decode_from_executor(quiet) == protocol.Quieted()
+    stack = protocol.encode_frame(protocol.Stack("a", "tb"))
+    assert protocol.decode_from_executor(stack) == protocol.Stack("a", "tb")
+    with pytest.raises(protocol.ProtocolError, match="malformed frame from an executor"):
+        protocol.decode_from_executor(protocol.encode_frame(protocol.Run(b"", "r")))
+    with pytest.raises(protocol.ProtocolError, match="malformed frame from the agent"):
+        protocol.decode_from_agent(protocol.encode_frame(protocol.Ready(1)))
+
+
+def test_text_messages_keep_their_bytes() -> None:
+    assert protocol.OfferPull("b1", 0, 1048576).encode() == b"b1 0 1048576"
+    assert protocol.OfferRelease("b1").encode() == b"b1 release"
+    assert protocol.ForwardDone("n1", "c0ffee.1a").encode() == b"n1 c0ffee.1a"
+    assert protocol.decode_offer_request(b"b1 0 1048576") == protocol.OfferPull("b1", 0, 1048576)
+    assert protocol.decode_offer_request(b" b1\t0  10\n") == protocol.OfferPull("b1", 0, 10)
+    assert protocol.decode_offer_request(b"b1 release") == protocol.OfferRelease("b1")
+    assert protocol.ForwardDone.decode(b"n1 c0ffee.1a") == protocol.ForwardDone("n1", "c0ffee.1a")
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"b1", b"b1 1", b"b1 -1 10", b"b1 1.0 10", b"b1 \xc2\xb2 1", b"b1 1 2 3"]
+)
+def test_a_malformed_offer_request_is_refused(data: bytes) -> None:
+    with pytest.raises(protocol.ProtocolError, match="not a pull or release"):
+        protocol.decode_offer_request(data)
+
+
+def test_a_malformed_forward_done_notice_is_refused() -> None:
+    with pytest.raises(protocol.ProtocolError, match="not a forward-done notice"):
+        protocol.ForwardDone.decode(b"n1")
+    with pytest.raises(protocol.ProtocolError, match="not text"):
+        protocol.ForwardDone.decode(b"\xff \xfe")

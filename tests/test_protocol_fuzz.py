@@ -49,6 +49,22 @@ _INTERESTING_BYTES = (
 )
 
 
+_WORDS = (
+    b"",
+    b"release",
+    b"0",
+    b"-1",
+    b"+1",
+    b"1.5",
+    b"\xd9\xa3",  # an Arabic-Indic digit three: isdigit(), but int() refuses it
+    b"\xc2\xb2",  # a superscript two: the same
+    b"9" * 30,
+    b"9" * 5000,  # more digits than int() converts
+    b"\xff\xfe",
+    b"x y",
+)
+
+
 @dataclass(frozen=True)
 class Case:
     """One decoder and valid encodings of what it reads."""
@@ -61,6 +77,8 @@ class Case:
     tags: tuple[str, ...] = ()
     """Values the structure mutator puts in the tag field."""
     tag_field: str = "t"
+    text: bool = False
+    """A line of words, not msgpack: the structure mutator works on its words."""
 
 
 def _message_cases() -> list[Case]:
@@ -99,7 +117,21 @@ def _frame_cases() -> list[Case]:
     return cases
 
 
-CASES = _message_cases() + _frame_cases()
+def _text_cases() -> list[Case]:
+    def encode(value: Any) -> object:
+        return value.encode()
+
+    pulls = (protocol.OfferPull("3f2a" * 8, 0, 1 << 20).encode(), b"b 1048576 1024")
+    releases = (protocol.OfferRelease("3f2a" * 8).encode(),)
+    done = (protocol.ForwardDone("node-7f3e", "3f9a1c0e5b7d2468.1a").encode(),)
+    return [
+        Case("OfferPull", protocol.decode_offer_request, pulls, encode, text=True),
+        Case("OfferRelease", protocol.decode_offer_request, releases, encode, text=True),
+        Case("ForwardDone", protocol.ForwardDone.decode, done, encode, text=True),
+    ]
+
+
+CASES = _message_cases() + _frame_cases() + _text_cases()
 
 
 # --- the mutator ------------------------------------------------------------------
@@ -112,7 +144,10 @@ class Mutator:
         self.rng = rng
         self.random = rng.random
         self.case = case
-        self.trees = [msgspec.msgpack.decode(s) for s in case.samples]
+        if case.text:
+            self.trees: list[Any] = [s.split(b" ") for s in case.samples]
+        else:
+            self.trees = [msgspec.msgpack.decode(s) for s in case.samples]
         self.paths = [list(_paths(tree)) for tree in self.trees]
 
     def __call__(self) -> bytes:
@@ -120,7 +155,10 @@ class Mutator:
         index = self.below(len(self.case.samples))
         if rng.random() < 0.5:
             return self.bytes_level(self.case.samples[index])
-        data = self.structure_level(self.trees[index], self.paths[index])
+        if self.case.text:
+            data = self.words_level(self.trees[index])
+        else:
+            data = self.structure_level(self.trees[index], self.paths[index])
         if rng.random() < 0.2:  # now and then both: a damaged copy of a damaged message
             data = self.bytes_level(data)
         return data
@@ -183,6 +221,21 @@ class Mutator:
             for _ in range(self.between(2, 5)):
                 tree = _replace(tree, self.pick(paths), self.value())
         return msgspec.msgpack.encode(tree)
+
+    def words_level(self, words: list[bytes]) -> bytes:
+        """A line's words replaced, dropped, added or run together."""
+        words = list(words)
+        for _ in range(1 + self.below(3)):
+            op, at = self.below(4), self.below(len(words) + 1)
+            word = self.pick(_WORDS) if self.random() < 0.7 else self.string().encode()
+            if op == 0 and at < len(words):
+                words[at] = word
+            elif op == 1 and at < len(words):
+                del words[at]
+            elif op == 2:
+                words.insert(at, word)
+        separator = b" " if self.random() < 0.8 else self.pick((b"", b"  ", b"\t", b"\n"))
+        return separator.join(words)
 
     def add_key(self, tree: Any, paths: list[tuple[Any, ...]]) -> Any:
         maps = [p for p in paths if isinstance(_at(tree, p), dict)] or [()]

@@ -161,7 +161,8 @@ def call_subject_of_express(subject: str) -> str:
 
 FORWARDED_BY_HEADER = "Sp-Forwarded-By"
 """Set on a call one node hands to another (warm affinity): the receiver reports back
-when the call ends, so the sender knows how many it has outstanding there."""
+when the call ends (``ForwardDone``), so the sender knows how many it has outstanding
+there."""
 
 
 def forward_done_subject(node_id: str) -> str:
@@ -241,8 +242,13 @@ def client_log_subject(client_id: str) -> str:
 
 
 def offers_subject(client_id: str) -> str:
-    """Where a client (or an executor's client) answers pulls of the payloads it offers."""
+    """Where a client (or an executor's client) answers pulls of the payloads it offers
+    (``OfferPull``, ``OfferRelease``)."""
     return f"_SP.{client_id}.b"
+
+
+OFFER_GONE_HEADER = "Sp-Gone"
+"""Set on the empty answer to a pull of a payload that is no longer offered."""
 
 
 def progress_subject(client_id: str) -> str:
@@ -910,3 +916,64 @@ def decode_from_executor(data: Buffer) -> FromExecutor:
         return _FROM_EXECUTOR.decode(data)
     except (msgspec.DecodeError, RecursionError) as exc:
         raise ProtocolError(f"malformed frame from an executor: {exc}") from None
+
+
+# --- text messages -----------------------------------------------------------------
+#
+# Two small requests travel as a line of text, not msgpack: a pull is a chunk's
+# address and nothing else, and a node's notice that a handed-over call ended is two
+# names. Typed here all the same, and decoded with the same one error.
+
+_OFFER_RELEASE = "release"
+
+
+class OfferPull(msgspec.Struct, frozen=True):
+    """``<blob> <offset> <length>`` on an offer's ``source``: answered with those bytes
+    of the payload, or with the ``OFFER_GONE_HEADER`` if it is no longer offered."""
+
+    blob: str
+    offset: int
+    length: int
+
+    def encode(self) -> bytes:
+        return f"{self.blob} {self.offset} {self.length}".encode()
+
+
+class OfferRelease(msgspec.Struct, frozen=True):
+    """``<blob> release``: the reader has the payload; its owner may drop it now."""
+
+    blob: str
+
+    def encode(self) -> bytes:
+        return f"{self.blob} {_OFFER_RELEASE}".encode()
+
+
+def decode_offer_request(data: Buffer) -> OfferPull | OfferRelease:
+    """What a pull request asks (words split on any whitespace, as ever), or ProtocolError."""
+    words = bytes(data).decode(errors="replace").split()
+    if len(words) == 2 and words[1] == _OFFER_RELEASE:
+        return OfferRelease(words[0])
+    if len(words) == 3 and all(w.isascii() and w.isdigit() and len(w) < 20 for w in words[1:]):
+        return OfferPull(words[0], int(words[1]), int(words[2]))
+    raise ProtocolError(f"not a pull or release of an offer: {bytes(data[:80])!r}")
+
+
+class ForwardDone(msgspec.Struct, frozen=True):
+    """``<node> <id>`` on ``forward_done_subject`` of the node that handed call ``id``
+    over (``FORWARDED_BY_HEADER``): ``node`` ran it, and it has ended."""
+
+    node: str
+    id: str
+
+    def encode(self) -> bytes:
+        return f"{self.node} {self.id}".encode()
+
+    @classmethod
+    def decode(cls, data: Buffer) -> ForwardDone:
+        try:
+            node, space, invocation_id = bytes(data).decode().partition(" ")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"a forward-done notice is not text: {exc}") from None
+        if not space:
+            raise ProtocolError(f"not a forward-done notice: {bytes(data[:80])!r}")
+        return cls(node, invocation_id)

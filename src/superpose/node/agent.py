@@ -573,14 +573,17 @@ class NodeAgent:
         return True
 
     async def _on_forward_done(self, msg: Msg) -> None:
-        node, _, inv_id = msg.data.decode().partition(" ")
-        self._forwards.get(node, {}).pop(inv_id, None)
+        try:
+            done = protocol.ForwardDone.decode(msg.data)
+        except protocol.ProtocolError:
+            return  # not from a node: nothing to count
+        self._forwards.get(done.node, {}).pop(done.id, None)
 
     def _forward_ended(self, inv_id: str) -> None:
         """Tell the node that handed us this call that it ended (see _forward_to_warm)."""
         sender = self._forwarded_from.pop(inv_id, None)
         if sender is not None:
-            done = f"{self.config.node_id} {inv_id}".encode()
+            done = protocol.ForwardDone(self.config.node_id, inv_id).encode()
             self._spawn(self.nc.publish(protocol.forward_done_subject(sender), done))
 
     def _on_registry_change(self, key: str) -> None:
