@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 import durable_fns as dfns
@@ -52,7 +53,7 @@ def test_spawn_is_persisted_and_its_result_can_be_fetched_by_id(
 def test_a_garbled_notification_is_dropped_and_results_keep_arriving(client: sp.Client) -> None:
     subject = protocol.durable_notify_subject(client.id)
     client.run(client.nc.publish(subject, b"\xc1 not msgpack"))
-    client.run(client.nc.publish(subject, protocol.pack({"t": "not a batch"})))
+    client.run(client.nc.publish(subject, msgspec.msgpack.encode({"t": "not a batch"})))
     assert sp.gather(*(dfns.noop.spawn(i) for i in range(50))) == list(range(50))
 
 

@@ -222,11 +222,11 @@ def test_a_failure_to_account_for_an_express_call_does_not_stop_the_reader(
     would hang."""
     from superpose.node.executor_process import ExecutorProcess
 
-    def broken(message: dict[str, object]) -> None:
+    def broken(took: protocol.Took) -> None:
         raise KeyError("reply")
 
     executor = ExecutorProcess(None, None, print, print)  # type: ignore[arg-type]
     executor.on_took = broken
     with caplog.at_level("ERROR", logger="superpose.node"):
-        executor._took({"op": "took"})
+        executor._took(protocol.Took(b"", ""))
     assert "could not account for an express call" in caplog.text

@@ -2,7 +2,9 @@
 
 No other module formats a subject string or builds a wire message by hand, so
 this file is the whole contract between clients, nodes and the gateway. Every
-message carries a versioned type tag (``t``) so mixed versions fail loudly.
+message is a typed msgspec Struct carrying a versioned type tag (``t``), so mixed
+versions fail loudly, and every decoder refuses bad bytes with one error,
+``ProtocolError``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self, TypeAlias, get_args
 
-import msgpack
+import msgspec
 
 # --- names -------------------------------------------------------------------
 
@@ -160,7 +161,8 @@ def call_subject_of_express(subject: str) -> str:
 
 FORWARDED_BY_HEADER = "Sp-Forwarded-By"
 """Set on a call one node hands to another (warm affinity): the receiver reports back
-when the call ends, so the sender knows how many it has outstanding there."""
+when the call ends (``ForwardDone``), so the sender knows how many it has outstanding
+there."""
 
 
 def forward_done_subject(node_id: str) -> str:
@@ -185,7 +187,7 @@ def result_key(invocation_id: str) -> str:
 
 def results_subject(key: str) -> str:
     """The JetStream subject of a key in the results bucket (what a watch filters on)."""
-    return f"$KV.{RESULTS_BUCKET}.{key}"
+    return kv_subject(RESULTS_BUCKET, key)
 
 
 def durable_id(client_id: str, seq: int) -> str:
@@ -228,30 +230,6 @@ NOTIFY_MAX_BYTES = 512 * 1024
 """Encoded results per notification message, under NATS's default 1 MiB max_payload."""
 
 
-def pack_results(encoded: list[bytes]) -> list[bytes]:
-    """Notification messages carrying ``encoded`` results, each under NOTIFY_MAX_BYTES
-    (a result is inline only up to the 256 KiB spill threshold, so any one fits)."""
-    messages: list[bytes] = []
-    group: list[bytes] = []
-    size = 0
-    for data in encoded:
-        if group and size + len(data) > NOTIFY_MAX_BYTES:
-            messages.append(msgpack.packb(group, use_bin_type=True))
-            group, size = [], 0
-        group.append(data)
-        size += len(data) + 8
-    if group:
-        messages.append(msgpack.packb(group, use_bin_type=True))
-    return messages
-
-
-def unpack_results(data: bytes) -> list[bytes]:
-    encoded = msgpack.unpackb(data, raw=False)
-    if not isinstance(encoded, list) or not all(isinstance(e, bytes) for e in encoded):
-        raise ValueError("a durable notification is not an array of results")
-    return encoded
-
-
 CLIENT_LOG_TOKEN = "log"
 """The last token of a client's log subject: never an invocation id, which is hex."""
 
@@ -264,8 +242,13 @@ def client_log_subject(client_id: str) -> str:
 
 
 def offers_subject(client_id: str) -> str:
-    """Where a client (or an executor's client) answers pulls of the payloads it offers."""
+    """Where a client (or an executor's client) answers pulls of the payloads it offers
+    (``OfferPull``, ``OfferRelease``)."""
     return f"_SP.{client_id}.b"
+
+
+OFFER_GONE_HEADER = "Sp-Gone"
+"""Set on the empty answer to a pull of a payload that is no longer offered."""
 
 
 def progress_subject(client_id: str) -> str:
@@ -304,6 +287,10 @@ def version_key(app: str, version: str) -> str:
 
 def alias_key(app: str, alias: str) -> str:
     return f"alias.{app}.{alias}"
+
+
+ALIAS_WILDCARD = "alias.>"
+"""Every alias of every app (what a watch for alias moves filters on)."""
 
 
 def app_key(app: str) -> str:
@@ -352,6 +339,61 @@ def object_chunk_subject(bucket: str, nuid: str) -> str:
     return f"$O.{bucket}.C.{nuid}"
 
 
+# JetStream key-value layout (the same as nats-py and the nats CLI use): for the
+# streams made by hand with settings nats-py lacks, and for reading many keys at once
+def kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    return f"$KV.{bucket}.{key}"
+
+
+def kv_wildcard(bucket: str) -> str:
+    return f"$KV.{bucket}.>"
+
+
+def kv_key(bucket: str, subject: str) -> str:
+    """The key in a subject made by ``kv_subject``."""
+    return subject.removeprefix(kv_subject(bucket, ""))
+
+
+RESULTS_STREAM = kv_stream(RESULTS_BUCKET)
+"""Made by hand, laid out as a key-value bucket, for atomic batch writes."""
+
+
+# JetStream API requests made by hand: for settings and batch operations nats-py lacks
+def stream_info_subject(stream: str) -> str:
+    return f"$JS.API.STREAM.INFO.{stream}"
+
+
+def stream_create_subject(stream: str) -> str:
+    return f"$JS.API.STREAM.CREATE.{stream}"
+
+
+def consumer_create_subject(stream: str, consumer: str) -> str:
+    """Create (or, with the same configuration, open) a durable consumer."""
+    return f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}"
+
+
+def consumer_info_subject(stream: str, consumer: str) -> str:
+    return f"$JS.API.CONSUMER.INFO.{stream}.{consumer}"
+
+
+def consumer_delete_subject(stream: str, consumer: str) -> str:
+    return f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}"
+
+
+def consumer_next_subject(stream: str, consumer: str) -> str:
+    """Pull requests for a pull consumer's next messages."""
+    return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+
+def direct_get_subject(stream: str) -> str:
+    """Direct gets from a stream (``allow_direct``): the last message of many subjects."""
+    return f"$JS.API.DIRECT.GET.{stream}"
+
+
 # --- payload codecs -------------------------------------------------------------
 
 CODEC_PICKLE = "pickle"
@@ -384,34 +426,58 @@ INFRASTRUCTURE_ERRORS = frozenset({ERR_CRASHED, ERR_INTERNAL, ERR_TIMEOUT, ERR_M
 
 
 # --- messages --------------------------------------------------------------------
+#
+# Every message is a msgspec Struct, encoded as a msgpack map whose first key, ``t``,
+# is its type tag with a version: a message of another kind or version fails loudly.
+# The maps are the ones the dataclass codec before msgspec wrote (same keys, same
+# tags), so stored envelopes, results and dead letters survive an upgrade.
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+"""What a decoder reads: NATS hands over bytes, a pulled offer is a bytearray."""
 
 
-def pack(obj: dict[str, Any]) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+class ProtocolError(ValueError):
+    """Bytes that are not the message they should be: not msgpack, another type or
+    version, a field missing or of the wrong type.
+
+    The one error every decoder here raises, so a reader of untrusted bytes (any
+    subscriber: anyone may publish anything) needs one except clause. A ValueError,
+    like what the decoders raised before, so an ``except ValueError`` keeps working.
+    """
 
 
-def unpack(data: bytes | bytearray) -> dict[str, Any]:
-    obj = msgpack.unpackb(data, raw=False)
-    if not isinstance(obj, dict):
-        raise ValueError("superpose message is not a map")
-    return obj
+class Message(msgspec.Struct, tag_field="t", omit_defaults=True):
+    """A message on the wire: a msgpack map tagged with its type and version (``t``).
+
+    Fields at their defaults are left out: the decoder fills them in, as the dataclass
+    decoders did, and most fields of most messages are at their defaults. Keys a
+    decoder does not know are ignored, so a field added later with a default is not
+    a new version (the dataclass decoders refused them: add none while those run).
+    """
+
+    TYPE: ClassVar[str]
+    """The tag, e.g. ``sp.invocation.v1`` (set from the class's ``tag`` below)."""
+
+    def encode(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def decode(cls, data: Buffer) -> Self:
+        """The message in ``data``, or ProtocolError saying why it is not one of ``cls``."""
+        try:
+            message = _MESSAGES.decode(data)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise _refusal(cls.TYPE, data, exc) from None
+        if not isinstance(message, cls):  # a valid message, of another type
+            raise ProtocolError(f"expected a {cls.TYPE} message, got {message.TYPE}")
+        return message
 
 
-def _untag(raw: dict[str, Any], expected: str) -> dict[str, Any]:
-    """Check and drop the type tag: a message of another kind or version fails loudly."""
-    tag = raw.pop("t", None)
-    if tag != expected:
-        raise ValueError(f"expected a {expected} message, got {tag or 'an untagged one'}")
-    return raw
-
-
-@dataclass(slots=True)
-class Payload:
+class Payload(msgspec.Struct, omit_defaults=True):
     """Arguments or a result: inline bytes, or a reference to a spilled blob."""
 
     codec: str
-    data: bytes | bytearray | None = None
-    """A bytearray only on the receiving side of a pulled offer (saves a copy)."""
+    data: bytes | None = None
     blob: str | None = None
     size: int = 0
     source: str | None = None
@@ -419,20 +485,7 @@ class Payload:
     ``lattice/offers.py``); None: the blob is in the object store."""
 
 
-def _payload_map(payload: Payload) -> dict[str, Any]:
-    mapped = {
-        "codec": payload.codec,
-        "data": payload.data,
-        "blob": payload.blob,
-        "size": payload.size,
-    }
-    if payload.source is not None:
-        mapped["source"] = payload.source
-    return mapped
-
-
-@dataclass(slots=True)
-class CallContext:
+class CallContext(msgspec.Struct, omit_defaults=True):
     """What follows a call down the call graph: who to tell about prints, tracing, and
     the version context (session key and pins) every nested call resolves versions with."""
 
@@ -448,11 +501,8 @@ class CallContext:
     """Record a span per call of this graph (which version answered, where, how long)."""
 
 
-@dataclass(slots=True)
-class Invocation:
+class Invocation(Message, tag="sp.invocation.v1"):
     """One request to run a function: addresses only, so any node can serve it."""
-
-    TYPE = "sp.invocation.v1"
 
     id: str
     app: str
@@ -467,7 +517,7 @@ class Invocation:
     """Caller's override of the function's own timeout."""
     memory_mb: int | None = None
     """Caller's override of the function's own memory limit."""
-    ctx: CallContext = field(default_factory=CallContext)
+    ctx: CallContext = msgspec.field(default_factory=CallContext)
     attempt: int = 1
     retries: int = 0
     """Durable invocations: attempts after the first the node may make."""
@@ -480,66 +530,21 @@ class Invocation:
     needs: dict[str, str] | None = None
     """Node labels the invocation must run on (a pin is ``{"node": id}``)."""
 
-    def encode(self) -> bytes:
-        # Built by hand: dataclasses.asdict was half of a client's time per spawn.
-        ctx = self.ctx
-        return pack(
-            {
-                "t": self.TYPE,
-                "id": self.id,
-                "app": self.app,
-                "fn": self.fn,
-                "digest": self.digest,
-                "module": self.module,
-                "qualname": self.qualname,
-                "args": _payload_map(self.args),
-                "deadline": self.deadline,
-                "timeout_s": self.timeout_s,
-                "memory_mb": self.memory_mb,
-                "ctx": {
-                    "log_to": ctx.log_to,
-                    "trace_id": ctx.trace_id,
-                    "parent_id": ctx.parent_id,
-                    "depth": ctx.depth,
-                    "session": ctx.session,
-                    "pins": ctx.pins,
-                    "trace": ctx.trace,
-                },
-                "attempt": self.attempt,
-                "retries": self.retries,
-                "retry_on": self.retry_on,
-                "not_before": self.not_before,
-                "notify": self.notify,
-                "needs": self.needs,
-            }
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> Invocation:
-        raw = _untag(unpack(data), cls.TYPE)
-        raw["args"] = Payload(**raw["args"])
-        raw["ctx"] = CallContext(**raw["ctx"])
-        return cls(**raw)
-
     def remaining_s(self) -> float:
         return self.deadline - time.time()
 
 
-@dataclass(slots=True)
-class ErrorInfo:
+class ErrorInfo(msgspec.Struct, omit_defaults=True):
     kind: str
     type: str
     message: str
     traceback: str = ""
-    types: list[str] = field(default_factory=list)
+    types: list[str] = []
     """The exception's class and its bases, so ``retry_on`` can match a base class."""
 
 
-@dataclass(slots=True)
-class Result:
+class Result(Message, tag="sp.result.v1"):
     """The answer to one invocation: a value or an error, and who served it."""
-
-    TYPE = "sp.result.v1"
 
     id: str
     node: str
@@ -550,43 +555,8 @@ class Result:
     finished: float = 0.0
     """Epoch seconds when a durable result was stored."""
 
-    def encode(self) -> bytes:
-        error = self.error
-        return pack(
-            {
-                "t": self.TYPE,
-                "id": self.id,
-                "node": self.node,
-                "value": None if self.value is None else _payload_map(self.value),
-                "error": None
-                if error is None
-                else {
-                    "kind": error.kind,
-                    "type": error.type,
-                    "message": error.message,
-                    "traceback": error.traceback,
-                    "types": error.types,
-                },
-                "duration_s": self.duration_s,
-                "attempts": self.attempts,
-                "finished": self.finished,
-            }
-        )
 
-    @classmethod
-    def decode(cls, data: bytes) -> Result:
-        raw = _untag(unpack(data), cls.TYPE)
-        if raw.get("value") is not None:
-            raw["value"] = Payload(**raw["value"])
-        if raw.get("error") is not None:
-            raw["error"] = ErrorInfo(**raw["error"])
-        return cls(**raw)
-
-
-@dataclass(slots=True)
-class LogRecord:
-    TYPE = "sp.log.v1"
-
+class LogRecord(Message, tag="sp.log.v1"):
     app: str
     fn: str
     node: str
@@ -596,36 +566,16 @@ class LogRecord:
     line: str
     ts: float
 
-    def encode(self) -> bytes:
-        return pack({"t": self.TYPE, **asdict(self)})
 
-    @classmethod
-    def decode(cls, data: bytes) -> LogRecord:
-        return cls(**_untag(unpack(data), cls.TYPE))
-
-
-@dataclass(slots=True)
-class Progress:
+class Progress(Message, tag="sp.progress.v1"):
     """A node still holds these calls of one client (queued or running)."""
-
-    TYPE = "sp.progress.v1"
 
     node: str
     ids: list[str]
 
-    def encode(self) -> bytes:
-        return pack({"t": self.TYPE, "node": self.node, "ids": self.ids})
 
-    @classmethod
-    def decode(cls, data: bytes) -> Progress:
-        return cls(**_untag(unpack(data), cls.TYPE))
-
-
-@dataclass(slots=True)
-class NodeInfo:
+class NodeInfo(Message, tag="sp.node.v1"):
     """What a node advertises in the nodes bucket, refreshed every heartbeat."""
-
-    TYPE = "sp.node.v1"
 
     id: str
     host: str
@@ -634,7 +584,7 @@ class NodeInfo:
     slots: int
     busy: int = 0
     queued: int = 0
-    warm: list[str] = field(default_factory=list)
+    warm: list[str] = []
     started: float = 0.0
     seen: float = 0.0
     served: int = 0
@@ -642,44 +592,24 @@ class NodeInfo:
     """Bundles this node has loaded into a new executor since it started."""
     express: int = 0
     """Of ``served``, calls a client sent straight to one of this node's warm executors."""
-    traffic: dict[str, int] = field(default_factory=dict)
+    traffic: dict[str, int] = {}
     """Calls served per ``app@digest`` since the node started (canary splits)."""
 
-    def encode(self) -> bytes:
-        return pack({"t": self.TYPE, **asdict(self)})
 
-    @classmethod
-    def decode(cls, data: bytes) -> NodeInfo:
-        return cls(**_untag(unpack(data), cls.TYPE))
-
-
-@dataclass(slots=True)
-class Envelope:
+class Envelope(Message, tag="sp.work.v1"):
     """Durable invocations travelling together: one stream write, one ack, one node.
 
     Clients pack a burst of submissions into envelopes so the fsync per write is
     paid per envelope, not per invocation; a lone spawn is an envelope of one.
     """
 
-    TYPE = "sp.work.v1"
-
     id: str
     items: list[bytes]
     """Encoded ``Invocation``s."""
 
-    def encode(self) -> bytes:
-        return pack({"t": self.TYPE, "id": self.id, "items": self.items})
 
-    @classmethod
-    def decode(cls, data: bytes) -> Envelope:
-        return cls(**_untag(unpack(data), cls.TYPE))
-
-
-@dataclass(slots=True)
-class DeadLetter:
+class DeadLetter(Message, tag="sp.dead.v1"):
     """A durable invocation that failed its last attempt, kept for inspection and replay."""
-
-    TYPE = "sp.dead.v1"
 
     id: str
     app: str
@@ -689,37 +619,15 @@ class DeadLetter:
     attempts: int
     failed: float
 
-    def encode(self) -> bytes:
-        return pack({"t": self.TYPE, **asdict(self)})
 
-    @classmethod
-    def decode(cls, data: bytes) -> DeadLetter:
-        raw = _untag(unpack(data), cls.TYPE)
-        raw["error"] = ErrorInfo(**raw["error"])
-        return cls(**raw)
-
-
-@dataclass(slots=True)
-class Cancel:
+class Cancel(Message, tag="sp.cancel.v1"):
     """Stop these invocations: queued ones are dropped, running ones killed."""
-
-    TYPE = "sp.cancel.v1"
 
     ids: list[str]
 
-    def encode(self) -> bytes:
-        return pack({"t": self.TYPE, "ids": self.ids})
 
-    @classmethod
-    def decode(cls, data: bytes) -> Cancel:
-        return cls(**_untag(unpack(data), cls.TYPE))
-
-
-@dataclass(slots=True)
-class Span:
+class Span(Message, tag="sp.span.v1"):
     """One call of a traced request: which version of which function answered, and where."""
-
-    TYPE = "sp.span.v1"
 
     trace_id: str
     id: str
@@ -733,24 +641,14 @@ class Span:
     ok: bool
     session: str | None = None
 
-    def encode(self) -> bytes:
-        return pack({"t": self.TYPE, **asdict(self)})
 
-    @classmethod
-    def decode(cls, data: bytes) -> Span:
-        return cls(**_untag(unpack(data), cls.TYPE))
-
-
-@dataclass(slots=True)
-class HttpRequest:
+class HttpRequest(Message, tag="sp.http.request.v1"):
     """One HTTP request for an ASGI app: the arguments of a ``CODEC_HTTP`` invocation.
 
     ``path`` and ``raw_path`` are the whole path the gateway received, ``root_path``
     its ``/<app>`` prefix: ASGI servers do the same, and Starlette strips the
     prefix for routing while building URLs (redirects, ``url_for``) from the whole.
     """
-
-    TYPE = "sp.http.request.v1"
 
     method: str
     path: str
@@ -766,55 +664,316 @@ class HttpRequest:
     """``[host, port]`` of the HTTP client, as the gateway saw it."""
     server: list[Any] | None = None
 
-    def encode(self) -> bytes:
-        return pack({"t": self.TYPE, **asdict(self)})
 
-    @classmethod
-    def decode(cls, data: bytes | bytearray) -> HttpRequest:
-        return cls(**_untag(unpack(data), cls.TYPE))
-
-
-@dataclass(slots=True)
-class HttpResponse:
+class HttpResponse(Message, tag="sp.http.response.v1"):
     """The answer of an ASGI app: the result of a ``CODEC_HTTP`` invocation.
 
     A streamed response sent its body as ``parts`` ``HttpPart``s before this
     message, and ``body`` is empty; otherwise the whole body is here.
     """
 
-    TYPE = "sp.http.response.v1"
-
     status: int
     headers: list[list[bytes]]
     body: bytes = b""
     parts: int = 0
 
-    def encode(self) -> bytes:
-        return pack({"t": self.TYPE, **asdict(self)})
 
-    @classmethod
-    def decode(cls, data: bytes) -> HttpResponse:
-        return cls(**_untag(unpack(data), cls.TYPE))
-
-
-@dataclass(slots=True)
-class HttpPart:
+class HttpPart(Message, tag="sp.http.part.v1"):
     """One chunk of a streamed HTTP response body, on ``http_stream_subject``.
 
     Part 0 also carries the status and headers, so the gateway can start its
     answer before the app has finished.
     """
 
-    TYPE = "sp.http.part.v1"
-
     seq: int
     body: bytes
     status: int = 0
-    headers: list[list[bytes]] = field(default_factory=list)
+    headers: list[list[bytes]] = []
+
+
+AnyMessage: TypeAlias = (
+    Invocation
+    | Result
+    | LogRecord
+    | Progress
+    | NodeInfo
+    | Envelope
+    | DeadLetter
+    | Cancel
+    | Span
+    | HttpRequest
+    | HttpResponse
+    | HttpPart
+)
+"""Every tagged message: one decoder reads them all, and says which one it got."""
+MESSAGE_TYPES: tuple[type[Message], ...] = get_args(AnyMessage)
+
+for _type in MESSAGE_TYPES:
+    _type.TYPE = str(_type.__struct_config__.tag)
+
+_ENCODER = msgspec.msgpack.Encoder()
+_MESSAGES = msgspec.msgpack.Decoder(AnyMessage)
+
+
+def _refusal(expected: str, data: Buffer, reason: Exception) -> ProtocolError:
+    """Why ``data`` is not a message of type ``expected``: the tag it has instead, or
+    what msgspec found wrong (with the path of the bad field). Reads ``data`` a second
+    time, untyped: only a refused message pays for the better error."""
+    try:
+        raw = msgspec.msgpack.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return ProtocolError(f"malformed {expected} message: {reason}")
+    if not isinstance(raw, dict):
+        return ProtocolError(f"expected a {expected} message, got a {type(raw).__name__}")
+    tag = raw.get("t")
+    if tag is None:
+        return ProtocolError(f"expected a {expected} message, got an untagged one")
+    if tag != expected:
+        return ProtocolError(f"expected a {expected} message, got {tag!r}")
+    return ProtocolError(f"malformed {expected} message: {reason}")
+
+
+# --- durable notifications ------------------------------------------------------
+
+_NOTIFICATION = msgspec.msgpack.Decoder(list[bytes])
+
+
+def pack_results(encoded: list[bytes]) -> list[bytes]:
+    """Notification messages carrying ``encoded`` results, each under NOTIFY_MAX_BYTES
+    (a result is inline only up to the 256 KiB spill threshold, so any one fits).
+
+    A notification is a plain msgpack array of encoded ``Result``s, untagged: the
+    results inside carry their tags, and the array is what clients already read."""
+    messages: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for data in encoded:
+        if group and size + len(data) > NOTIFY_MAX_BYTES:
+            messages.append(_ENCODER.encode(group))
+            group, size = [], 0
+        group.append(data)
+        size += len(data) + 8
+    if group:
+        messages.append(_ENCODER.encode(group))
+    return messages
+
+
+def unpack_results(data: Buffer) -> list[bytes]:
+    """The encoded results in a notification (each still to be decoded)."""
+    try:
+        return _NOTIFICATION.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ProtocolError(f"a durable notification is not an array of results: {exc}") from None
+
+
+# --- agent ↔ executor frames -----------------------------------------------------
+#
+# What a node agent and its executor subprocesses say over their socket pair
+# (``node/channel.py`` adds a length prefix to each). Two sets, one per direction,
+# each a tagged union decoded in one call: a request and its answer may share an
+# ``op`` (``quiet``, ``stack``) because they travel in opposite directions.
+
+
+class Frame(msgspec.Struct, tag_field="op", omit_defaults=True):
+    """One frame: a msgpack map tagged with its ``op``.
+
+    No version in the tag: an executor is started by its agent, from the same
+    installation, so both ends always speak the same frames.
+    """
+
+
+# from the agent to an executor
+
+
+class Load(Frame, tag="load"):
+    """Collapse into this bundle (at ``path``); answered by ``Loaded``."""
+
+    digest: str
+    path: str
+    app: str
+    express: bool = True
+    """Also take warm calls that clients send straight to executors of this bundle."""
+
+
+class Describe(Frame, tag="describe"):
+    """Import and inspect one function; answered by a ``Described`` with the same key."""
+
+    key: str
+    module: str
+    qualname: str
+
+
+class Run(Frame, tag="run"):
+    """Queue one invocation (encoded, as it came); its result goes to ``reply``."""
+
+    inv: bytes
+    reply: str
+
+
+class StackQuery(Frame, tag="stack"):
+    """Where is this call now? (It timed out.) Answered by ``Stack``."""
+
+    id: str
+
+
+class Quiet(Frame, tag="quiet"):
+    """Take no more express calls; answered by ``Quieted`` once the ones already
+    delivered have been passed on."""
+
+
+# from an executor to its agent
+
+
+class Ready(Frame, tag="ready"):
+    """Started: imports done, connected to NATS."""
+
+    pid: int
+
+
+class Loaded(Frame, tag="loaded"):
+    pass
+
+
+class Described(Frame, tag="described"):
+    """What ``Describe`` found: the function's ``meta`` (``is_async`` and its node
+    options), or the ``error`` that importing or finding it raised."""
+
+    key: str
+    meta: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+
+
+class Start(Frame, tag="start"):
+    """A queued call began (sync calls may wait in the lane first)."""
+
+    id: str
+
+
+class Done(Frame, tag="done"):
+    """A call finished. A durable item's encoded ``Result`` rides along: the agent
+    stores it, no trip through NATS."""
+
+    id: str
+    ok: bool
+    result: bytes | None = None
+
+
+class Block(Frame, tag="block"):
+    """This call waits on calls of its own: its slot is free meanwhile."""
+
+    id: str
+
+
+class Unblock(Frame, tag="unblock"):
+    """This call resumed: it takes a slot again."""
+
+    id: str
+
+
+class Took(Frame, tag="took"):
+    """This executor took a call a client sent it directly (express), and started it:
+    the agent accounts for it as if it had sent it (a ``Done`` follows)."""
+
+    inv: bytes
+    reply: str
+
+
+class Quieted(Frame, tag="quiet"):
+    pass
+
+
+class Stack(Frame, tag="stack"):
+    """Where a call is now: a traceback of its frames, "" if it is not running here."""
+
+    id: str
+    stack: str
+
+
+FromAgent: TypeAlias = Load | Describe | Run | StackQuery | Quiet
+FromExecutor: TypeAlias = (
+    Ready | Loaded | Described | Start | Done | Block | Unblock | Took | Quieted | Stack
+)
+
+_FROM_AGENT = msgspec.msgpack.Decoder(FromAgent)
+_FROM_EXECUTOR = msgspec.msgpack.Decoder(FromExecutor)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    return _ENCODER.encode(frame)
+
+
+def decode_from_agent(data: Buffer) -> FromAgent:
+    """A frame an executor received, or ProtocolError."""
+    try:
+        return _FROM_AGENT.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ProtocolError(f"malformed frame from the agent: {exc}") from None
+
+
+def decode_from_executor(data: Buffer) -> FromExecutor:
+    """A frame an agent received, or ProtocolError."""
+    try:
+        return _FROM_EXECUTOR.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ProtocolError(f"malformed frame from an executor: {exc}") from None
+
+
+# --- text messages -----------------------------------------------------------------
+#
+# Two small requests travel as a line of text, not msgpack: a pull is a chunk's
+# address and nothing else, and a node's notice that a handed-over call ended is two
+# names. Typed here all the same, and decoded with the same one error.
+
+_OFFER_RELEASE = "release"
+
+
+class OfferPull(msgspec.Struct, frozen=True):
+    """``<blob> <offset> <length>`` on an offer's ``source``: answered with those bytes
+    of the payload, or with the ``OFFER_GONE_HEADER`` if it is no longer offered."""
+
+    blob: str
+    offset: int
+    length: int
 
     def encode(self) -> bytes:
-        return pack({"t": self.TYPE, **asdict(self)})
+        return f"{self.blob} {self.offset} {self.length}".encode()
+
+
+class OfferRelease(msgspec.Struct, frozen=True):
+    """``<blob> release``: the reader has the payload; its owner may drop it now."""
+
+    blob: str
+
+    def encode(self) -> bytes:
+        return f"{self.blob} {_OFFER_RELEASE}".encode()
+
+
+def decode_offer_request(data: Buffer) -> OfferPull | OfferRelease:
+    """What a pull request asks (words split on any whitespace, as ever), or ProtocolError."""
+    words = bytes(data).decode(errors="replace").split()
+    if len(words) == 2 and words[1] == _OFFER_RELEASE:
+        return OfferRelease(words[0])
+    if len(words) == 3 and all(w.isascii() and w.isdigit() and len(w) < 20 for w in words[1:]):
+        return OfferPull(words[0], int(words[1]), int(words[2]))
+    raise ProtocolError(f"not a pull or release of an offer: {bytes(data[:80])!r}")
+
+
+class ForwardDone(msgspec.Struct, frozen=True):
+    """``<node> <id>`` on ``forward_done_subject`` of the node that handed call ``id``
+    over (``FORWARDED_BY_HEADER``): ``node`` ran it, and it has ended."""
+
+    node: str
+    id: str
+
+    def encode(self) -> bytes:
+        return f"{self.node} {self.id}".encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> HttpPart:
-        return cls(**_untag(unpack(data), cls.TYPE))
+    def decode(cls, data: Buffer) -> ForwardDone:
+        try:
+            node, space, invocation_id = bytes(data).decode().partition(" ")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"a forward-done notice is not text: {exc}") from None
+        if not space:
+            raise ProtocolError(f"not a forward-done notice: {bytes(data[:80])!r}")
+        return cls(node, invocation_id)

@@ -11,6 +11,8 @@ import asyncio
 import json
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from superpose.cli import common
 from superpose.errors import BadRequestError
 
@@ -109,7 +111,7 @@ def cmd_trace(ns: argparse.Namespace) -> int:
         if not spans:
             raise BadRequestError(f"no spans recorded for trace {ns.id} (kept for an hour)")
         if ns.json:
-            print(json.dumps([span.__dict__ for span in spans], indent=2))
+            print(json.dumps([msgspec.structs.asdict(span) for span in spans], indent=2))
             return 0
         depth = {spans[0].id: 0}
         for span in spans:

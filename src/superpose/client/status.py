@@ -17,14 +17,14 @@ async def nodes(client: Client) -> list[protocol.NodeInfo]:
     Not ``kv.keys()``: nats-py's watch can send its end marker before entries the
     server already sent, and then a freshly started lattice shows no nodes.
     """
-    stream = f"KV_{protocol.NODES_BUCKET}"
+    bucket = protocol.NODES_BUCKET
     info = await js_api(
         client.nc,
-        f"$JS.API.STREAM.INFO.{stream}",
-        {"subjects_filter": f"$KV.{protocol.NODES_BUCKET}.>"},
+        protocol.stream_info_subject(protocol.kv_stream(bucket)),
+        {"subjects_filter": protocol.kv_wildcard(bucket)},
     )
-    prefix = f"$KV.{protocol.NODES_BUCKET}."
-    keys = [s.removeprefix(prefix) for s in ((info.get("state") or {}).get("subjects") or {})]
+    subjects = (info.get("state") or {}).get("subjects") or {}
+    keys = [protocol.kv_key(bucket, subject) for subject in subjects]
     found = []
     for key in keys:
         try:

@@ -7,8 +7,7 @@ or what JetStream stores, so they answer even when no node is serving.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -54,4 +53,4 @@ async def trace(request: Request) -> Response:
         return error_response(exc)
     if not spans:
         return error(404, "NotFound", f"no spans recorded for trace {trace_id}")
-    return JSONResponse({"trace": trace_id, "spans": [asdict(s) for s in spans]})
+    return JSONResponse({"trace": trace_id, "spans": [msgspec.structs.asdict(s) for s in spans]})

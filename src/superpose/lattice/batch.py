@@ -138,7 +138,8 @@ async def _get_chunk(
     sub = await nc.subscribe(inbox, cb=on_message, pending_msgs_limit=-1, pending_bytes_limit=-1)
     try:
         body = {"multi_last": list(subjects), "batch": len(subjects) + 1}
-        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=inbox)
+        subject = protocol.direct_get_subject(stream)
+        await nc.publish(subject, json.dumps(body).encode(), reply=inbox)
         await asyncio.wait_for(done, timeout)
     except TimeoutError as exc:
         raise LatticeError(f"batch get on {stream} got no answer in {timeout:g} s") from exc

@@ -138,8 +138,8 @@ async def _ensure_raw_stream(nc: NATS, config: dict[str, Any]) -> None:
     name = config["name"]
     await _open_or_create(
         name,
-        lambda: js_api(nc, f"$JS.API.STREAM.INFO.{name}", {}),
-        lambda: js_api(nc, f"$JS.API.STREAM.CREATE.{name}", config),
+        lambda: js_api(nc, protocol.stream_info_subject(name), {}),
+        lambda: js_api(nc, protocol.stream_create_subject(name), config),
     )
 
 
@@ -171,8 +171,8 @@ async def _ensure_durable_path(nc: NATS, replicas: int) -> None:
     await _ensure_raw_stream(
         nc,
         {
-            "name": f"KV_{bucket}",
-            "subjects": [f"$KV.{bucket}.>"],
+            "name": protocol.RESULTS_STREAM,
+            "subjects": [protocol.kv_wildcard(bucket)],
             "storage": "file",
             "num_replicas": replicas,
             "max_msgs_per_subject": 1,
@@ -206,7 +206,7 @@ async def ensure_work_consumer(
             await before_create(nc)
         return await js_api(
             nc,
-            f"$JS.API.CONSUMER.DURABLE.CREATE.{protocol.WORK_STREAM}.{name}",
+            protocol.consumer_create_subject(protocol.WORK_STREAM, name),
             {
                 "stream_name": protocol.WORK_STREAM,
                 "config": {
@@ -228,7 +228,7 @@ async def ensure_work_consumer(
 
     await _open_or_create(
         f"consumer {name}",
-        lambda: js_api(nc, f"$JS.API.CONSUMER.INFO.{protocol.WORK_STREAM}.{name}", {}),
+        lambda: js_api(nc, protocol.consumer_info_subject(protocol.WORK_STREAM, name), {}),
         create,
     )
 
@@ -236,7 +236,7 @@ async def ensure_work_consumer(
 async def _drop_legacy_consumer(nc: NATS) -> None:
     """A state folder from before placement has an unfiltered consumer that would
     overlap the filtered ones (a work-queue stream refuses that): remove it."""
-    subject = f"$JS.API.CONSUMER.DELETE.{protocol.WORK_STREAM}.{protocol.LEGACY_WORK_CONSUMER}"
+    subject = protocol.consumer_delete_subject(protocol.WORK_STREAM, protocol.LEGACY_WORK_CONSUMER)
     with contextlib.suppress(nats.errors.Error, LatticeError):
         await js_api(nc, subject, {})
 

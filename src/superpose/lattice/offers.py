@@ -36,8 +36,6 @@ CHUNK_TIMEOUT_S = 10.0
 CHUNK_ATTEMPTS = 3
 RESULT_HOLD_S = 120.0
 """How long a result waits for its reader before it is dropped."""
-GONE_HEADER = "Sp-Gone"
-RELEASE = "release"
 
 
 class OfferGoneError(SuperposeError):
@@ -80,21 +78,24 @@ class Offers:
         return len(self._offers)
 
     async def serve(self, msg: Msg) -> None:
-        """``<blob> <offset> <length>`` answers those bytes; ``<blob> release`` drops it."""
-        words = msg.data.decode(errors="replace").split()
-        if len(words) == 2 and words[1] == RELEASE:
-            with self._lock:
-                self._offers.pop(words[0], None)
-            return
-        if len(words) != 3 or not msg.reply or not (words[1] + words[2]).isdigit():
+        """A pull is answered with those bytes; a release drops the offer."""
+        try:
+            request = protocol.decode_offer_request(msg.data)
+        except protocol.ProtocolError:
             return  # not a request of ours: nothing to answer
-        blob, start, length = words[0], int(words[1]), int(words[2])
-        offer = self._offers.get(blob)
+        if isinstance(request, protocol.OfferRelease):
+            with self._lock:
+                self._offers.pop(request.blob, None)
+            return
+        if not msg.reply:
+            return
+        offer = self._offers.get(request.blob)
         if offer is None:
-            await self._nc.publish(msg.reply, b"", headers={GONE_HEADER: "1"})
+            await self._nc.publish(msg.reply, b"", headers={protocol.OFFER_GONE_HEADER: "1"})
             return
         # A view: nats-py copies it into the outgoing command anyway.
-        chunk = memoryview(offer.data)[start : start + length]
+        start = request.offset
+        chunk = memoryview(offer.data)[start : start + request.length]
         await self._nc.publish(msg.reply, chunk)  # type: ignore[arg-type]
 
 
@@ -131,8 +132,8 @@ async def pull(nc: NATS, payload: protocol.Payload) -> bytes | bytearray:
 
 
 async def _request_chunk(nc: NATS, payload: protocol.Payload, offset: int, length: int) -> bytes:
-    assert payload.source is not None
-    request = f"{payload.blob} {offset} {length}".encode()
+    assert payload.source is not None and payload.blob is not None
+    request = protocol.OfferPull(payload.blob, offset, length).encode()
     for attempt in range(1, CHUNK_ATTEMPTS + 1):
         try:
             msg = await nc.request(payload.source, request, timeout=CHUNK_TIMEOUT_S)
@@ -147,7 +148,7 @@ async def _request_chunk(nc: NATS, payload: protocol.Payload, offset: int, lengt
                     f"after {CHUNK_ATTEMPTS} tries of {CHUNK_TIMEOUT_S:.0f} s"
                 ) from exc
             continue
-        if msg.headers and msg.headers.get(GONE_HEADER):
+        if msg.headers and msg.headers.get(protocol.OFFER_GONE_HEADER):
             raise OfferGoneError(
                 f"payload {payload.blob} ({payload.size} bytes) is no longer offered by its "
                 "owner (released, expired, or its call already ended)"
@@ -160,6 +161,6 @@ async def release(nc: NATS, payload: protocol.Payload) -> None:
     """Tell the owner its offer was read (best effort: it also expires)."""
     if payload.source is not None and payload.blob is not None:
         try:
-            await nc.publish(payload.source, f"{payload.blob} {RELEASE}".encode())
+            await nc.publish(payload.source, protocol.OfferRelease(payload.blob).encode())
         except Exception:  # the owner expires it anyway
             return

@@ -16,7 +16,6 @@ from superpose.lattice.batch import Message, get_last_many, publish_atomic
 from superpose.lattice.connection import Assets
 from superpose.support.retry import Backoff
 
-RESULTS_STREAM = f"KV_{protocol.RESULTS_BUCKET}"
 WAIT_POLLS = Backoff(0.02, factor=2, max_s=0.5)
 """Pauses between looks for a result: soon at first, every half second at most."""
 
@@ -32,7 +31,7 @@ async def get(assets: Assets, invocation_id: str) -> protocol.Result | None:
 async def get_many(nc: NATS, ids: Sequence[str]) -> dict[str, protocol.Result]:
     """Stored results of those ids that have one, in one round trip per 1,000."""
     subjects = [protocol.results_subject(protocol.result_key(i)) for i in ids]
-    found = await get_last_many(nc, RESULTS_STREAM, subjects)
+    found = await get_last_many(nc, protocol.RESULTS_STREAM, subjects)
     results: dict[str, protocol.Result] = {}
     for data in found.values():
         if data:

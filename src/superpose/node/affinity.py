@@ -96,12 +96,15 @@ class Affinity:
             log.debug("could not warm %s up", inv.digest[:12], exc_info=True)
 
     async def on_forward_done(self, msg: Msg) -> None:
-        node, _, inv_id = msg.data.decode().partition(" ")
-        self._forwards.get(node, {}).pop(inv_id, None)
+        try:
+            done = protocol.ForwardDone.decode(msg.data)
+        except protocol.ProtocolError:
+            return  # not from a node: nothing to count
+        self._forwards.get(done.node, {}).pop(done.id, None)
 
     def forward_ended(self, inv_id: str) -> None:
         """Tell the node that handed us this call that it ended."""
         sender = self._forwarded_from.pop(inv_id, None)
         if sender is not None:
-            done = f"{self.link.node_id} {inv_id}".encode()
+            done = protocol.ForwardDone(self.link.node_id, inv_id).encode()
             self._spawn(self.link.nc.publish(protocol.forward_done_subject(sender), done))

@@ -214,8 +214,8 @@ class NodeAgent:
     def on_unblock(self, call: Call) -> None:
         self.admission.on_unblock(call)
 
-    def on_took(self, host: BundleHost, executor: ExecutorProcess, frame: dict[str, Any]) -> None:
-        self.intake.adopt(host, executor, frame)
+    def on_took(self, host: BundleHost, executor: ExecutorProcess, took: protocol.Took) -> None:
+        self.intake.adopt(host, executor, took)
 
     def on_result(self, data: bytes) -> None:
         self.durable.result_arrived(data)

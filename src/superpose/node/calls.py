@@ -227,7 +227,7 @@ def _error_info(exc: Exception) -> protocol.ErrorInfo:
     """How a failure to serve a call is reported to its caller."""
     if isinstance(exc, LoadFailed):
         e = exc.error
-        return protocol.ErrorInfo(e["kind"], e["type"], e["message"], e.get("traceback", ""))
+        return protocol.ErrorInfo(e.kind, e.type, e.message, e.traceback)
     if isinstance(exc, ExecutorDied):
         kind_name = "MemoryLimitExceeded" if exc.kind == protocol.ERR_MEMORY else "ExecutorCrashed"
         return protocol.ErrorInfo(exc.kind, kind_name, exc.reason, exc.output)

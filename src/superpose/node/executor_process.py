@@ -13,8 +13,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
+from superpose import protocol
 from superpose.errors import how_it_ended
 from superpose.node.channel import Channel
 from superpose.node.output import OutputTail
@@ -55,9 +56,12 @@ class ExecutorDied(Exception):
 class LoadFailed(Exception):
     """Describing a function failed in the executor (import error, missing name)."""
 
-    def __init__(self, error: dict[str, str]) -> None:
-        super().__init__(error.get("message", ""))
+    def __init__(self, error: protocol.ErrorInfo) -> None:
+        super().__init__(error.message)
         self.error = error
+
+
+Answer = TypeVar("Answer", bound=protocol.Frame)
 
 
 @dataclass
@@ -151,7 +155,7 @@ class ExecutorProcess:
     """One executor subprocess; neutral until ``load`` makes it host a bundle."""
 
     process: asyncio.subprocess.Process | ForkedChild
-    channel: Channel
+    channel: Channel[protocol.FromExecutor]
     on_block: Callable[[Call], None]
     on_unblock: Callable[[Call], None]
     digest: str | None = None
@@ -160,14 +164,14 @@ class ExecutorProcess:
     kill_reason: tuple[str, str] | None = None
     quieted: bool = False
     """Asked to take no more express calls (once is enough: shutdown, then close)."""
-    on_took: Callable[[dict[str, Any]], None] | None = None
+    on_took: Callable[[protocol.Took], None] | None = None
     """Told of each call a client sent straight here (express); the agent adopts it."""
     on_result: Callable[[bytes], None] | None = None
     """Given the encoded result of each durable call of this node's (it comes with its
     ``done`` frame, not over NATS)."""
     output: OutputTail = field(default_factory=lambda: OutputTail(None))
     """Its fds 1 and 2: logged, and the last lines kept for crash reports."""
-    _waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    _waiters: dict[str, asyncio.Future[protocol.FromExecutor]] = field(default_factory=dict)
     _reader: asyncio.Task[None] | None = None
     _pump: asyncio.Task[None] | None = None
     _output_closer: asyncio.StreamWriter | None = None
@@ -228,7 +232,8 @@ class ExecutorProcess:
         """Take charge of a started executor process once it says it is ready. Its
         ``output`` (fds 1 and 2) is read from the pipe given, or a forked child's socket."""
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        executor = cls(process, Channel(reader, writer), on_block, on_unblock)
+        channel = Channel(reader, writer, protocol.decode_from_executor)
+        executor = cls(process, channel, on_block, on_unblock)
         executor.output = OutputTail(log_file)
         if output is None and isinstance(process, ForkedChild) and process.output is not None:
             output, closer = await asyncio.open_unix_connection(sock=process.output)
@@ -242,7 +247,7 @@ class ExecutorProcess:
             executor.kill()
             executor._release()
             raise
-        if ready is None or ready.get("op") != "ready":
+        if not isinstance(ready, protocol.Ready):
             with contextlib.suppress(TimeoutError):  # exiting: let it finish saying why
                 await asyncio.wait_for(executor.process.wait(), OUTPUT_SETTLE_S)
             executor.kill()
@@ -252,30 +257,30 @@ class ExecutorProcess:
         executor._reader = asyncio.create_task(executor._read())
         return executor
 
-    async def _request(self, key: str, message: dict[str, Any]) -> dict[str, Any]:
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    async def _request(self, key: str, frame: protocol.Frame, answer: type[Answer]) -> Answer:
+        """Send ``frame`` and wait for the ``answer`` frame the reader files under ``key``."""
+        waiter: asyncio.Future[protocol.FromExecutor] = asyncio.get_running_loop().create_future()
         self._waiters[key] = waiter
-        self.channel.send(message)
-        return await waiter
+        self.channel.send(frame)
+        reply = await waiter
+        assert isinstance(reply, answer)  # the key says what answers it
+        return reply
 
     async def load(self, digest: str, path: str, app: str, *, express: bool = True) -> None:
         self.digest = digest
-        message = {"op": "load", "digest": digest, "path": path, "app": app, "express": express}
-        await self._request("load", message)
+        await self._request("load", protocol.Load(digest, path, app, express), protocol.Loaded)
 
     async def describe(self, module: str, qualname: str) -> dict[str, Any]:
         key = f"describe:{module}:{qualname}"
-        reply = await self._request(
-            key, {"op": "describe", "key": key, "module": module, "qualname": qualname}
-        )
-        if "error" in reply:
-            raise LoadFailed(reply["error"])
-        meta: dict[str, Any] = reply["meta"]
-        return meta
+        ask = protocol.Describe(key, module, qualname)
+        reply = await self._request(key, ask, protocol.Described)
+        if reply.error is not None:
+            raise LoadFailed(reply.error)
+        return reply.meta or {}
 
     def run(self, inv: bytes, reply: str, call: Call) -> None:
         self.adopt(call)
-        self.channel.send({"op": "run", "inv": inv, "reply": reply})
+        self.channel.send(protocol.Run(inv, reply))
 
     def adopt(self, call: Call, *, started: bool = False) -> None:
         """Watch a call this executor runs: one sent now, or one it took by express
@@ -289,13 +294,13 @@ class ExecutorProcess:
         if started:
             self._started(call)
 
-    def _took(self, message: dict[str, Any]) -> None:
+    def _took(self, took: protocol.Took) -> None:
         """Report an express call to the agent. Whatever goes wrong there must not stop
         this reader: every later frame of this executor would go unread."""
         if self.on_took is None:
             return
         try:
-            self.on_took(message)
+            self.on_took(took)
         except Exception:  # the call still runs and answers its caller, unaccounted
             log.exception("could not account for an express call")
 
@@ -307,13 +312,13 @@ class ExecutorProcess:
     async def stack_of(self, invocation_id: str, within_s: float = STACK_WAIT_S) -> str | None:
         """Where a call running here is now: a traceback ("" if it is not running here),
         or None if the executor does not answer (gone, or its event loop is stuck)."""
-        asked = self._request(f"stack:{invocation_id}", {"op": "stack", "id": invocation_id})
+        ask = protocol.StackQuery(invocation_id)
+        asked = self._request(f"stack:{invocation_id}", ask, protocol.Stack)
         try:
             reply = await asyncio.wait_for(asked, within_s)
         except (TimeoutError, ExecutorDied):
             return None
-        stack: str = reply.get("stack", "")
-        return stack
+        return reply.stack
 
     async def quiet(self, within_s: float = QUIET_TIMEOUT_S) -> None:
         """Stop express calls; returns once the ones already delivered have been passed
@@ -321,49 +326,52 @@ class ExecutorProcess:
         if self.digest is not None and self.process.returncode is None and not self.quieted:
             self.quieted = True  # a stuck loop must not cost the wait twice
             with contextlib.suppress(TimeoutError, ExecutorDied):
-                await asyncio.wait_for(self._request("quiet", {"op": "quiet"}), within_s)
+                asked = self._request("quiet", protocol.Quiet(), protocol.Quieted)
+                await asyncio.wait_for(asked, within_s)
 
     async def _read(self) -> None:
-        while (message := await self.channel.receive()) is not None:
-            op = message["op"]
-            if op == "loaded":
-                self._resolve("load", message)
-            elif op == "described":
-                self._resolve(message["key"], message)
-            elif op == "took":
-                self._took(message)
-            elif op == "quiet":
-                self._resolve("quiet", message)
-            elif op == "stack":
-                self._resolve(f"stack:{message['id']}", message)
-            else:
-                call = self.calls.get(message["id"])
-                if call is not None:
-                    self._on_call_frame(op, call, message)
+        while (frame := await self.channel.receive()) is not None:
+            match frame:
+                case protocol.Loaded():
+                    self._resolve("load", frame)
+                case protocol.Described(key=key):
+                    self._resolve(key, frame)
+                case protocol.Took():
+                    self._took(frame)
+                case protocol.Quieted():
+                    self._resolve("quiet", frame)
+                case protocol.Stack(id=invocation_id):
+                    self._resolve(f"stack:{invocation_id}", frame)
+                case protocol.Start() | protocol.Done() | protocol.Block() | protocol.Unblock():
+                    call = self.calls.get(frame.id)
+                    if call is not None:
+                        self._on_call_frame(call, frame)
         await self._died()
 
-    def _on_call_frame(self, op: str, call: Call, message: dict[str, Any]) -> None:
-        if op == "done":
-            result = message.get("result")
-            if result is not None and self.on_result is not None:
-                self.on_result(result)
-            del self.calls[call.id]
-            self.running_sync -= call.is_sync and call.holds_slot
-            if not call.done.done():
-                call.done.set_result(bool(message.get("ok")))
-        elif op == "start":
-            self._started(call)
-        elif op == "block" and call.holds_slot:
-            self.running_sync -= call.is_sync
-            self.on_block(call)
-        elif op == "unblock" and not call.holds_slot:
-            self.running_sync += call.is_sync
-            self.on_unblock(call)
+    def _on_call_frame(
+        self, call: Call, frame: protocol.Start | protocol.Done | protocol.Block | protocol.Unblock
+    ) -> None:
+        match frame:
+            case protocol.Done(result=result, ok=ok):
+                if result is not None and self.on_result is not None:
+                    self.on_result(result)
+                del self.calls[call.id]
+                self.running_sync -= call.is_sync and call.holds_slot
+                if not call.done.done():
+                    call.done.set_result(ok)
+            case protocol.Start():
+                self._started(call)
+            case protocol.Block() if call.holds_slot:
+                self.running_sync -= call.is_sync
+                self.on_block(call)
+            case protocol.Unblock() if not call.holds_slot:
+                self.running_sync += call.is_sync
+                self.on_unblock(call)
 
-    def _resolve(self, key: str, message: dict[str, Any]) -> None:
+    def _resolve(self, key: str, frame: protocol.FromExecutor) -> None:
         waiter = self._waiters.pop(key, None)
         if waiter is not None and not waiter.done():
-            waiter.set_result(message)
+            waiter.set_result(frame)
 
     async def _died(self) -> None:
         code = await self.process.wait()

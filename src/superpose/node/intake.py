@@ -75,12 +75,12 @@ class Intake:
         self.held.hold(inv, reply)
         self.admission.accept(inv, msg)
 
-    def adopt(self, host: BundleHost, executor: ExecutorProcess, frame: dict[str, object]) -> None:
+    def adopt(self, host: BundleHost, executor: ExecutorProcess, took: protocol.Took) -> None:
         """An executor took a call a client sent it directly: account for it as if this
         node had sent it (slot, timeout, memory, progress, span). The slot is taken
         even if none is free; the executor only takes a call when it is idle."""
-        reply = str(frame["reply"] or "")
-        inv = protocol.Invocation.decode(frame["inv"])  # type: ignore[arg-type]
+        reply = took.reply or ""
+        inv = protocol.Invocation.decode(took.inv)
         meta = host.known.get((inv.module, inv.qualname), {})
         pool = self.admission.pool_for(host, inv, meta)
         pool.take()

@@ -38,7 +38,7 @@ class PoolListener(Protocol):
     def on_unblock(self, call: Call) -> None:
         """It resumed: it takes a slot again."""
 
-    def on_took(self, host: BundleHost, executor: ExecutorProcess, frame: dict[str, Any]) -> None:
+    def on_took(self, host: BundleHost, executor: ExecutorProcess, took: protocol.Took) -> None:
         """An executor took an express call straight from a client."""
 
     def on_result(self, data: bytes) -> None:
@@ -238,7 +238,7 @@ class ExecutorPool:
     async def _add_executor(self, host: BundleHost, app: str) -> ExecutorProcess:
         self._evict_if_full(room_for=1)
         executor = await self._fresh_executor()
-        executor.on_took = lambda frame: self.listener.on_took(host, executor, frame)
+        executor.on_took = lambda took: self.listener.on_took(host, executor, took)
         executor.on_result = self.listener.on_result
         await executor.load(host.digest, str(host.path), app, express=self.config.express)
         host.executors.append(executor)

@@ -20,7 +20,6 @@ from superpose import protocol
 from superpose.lattice.mirror import follow
 
 log = logging.getLogger("superpose.node.prefetch")
-ALIAS_KEYS = "alias.>"
 
 Fetch = Callable[[str], Awaitable[object]]
 
@@ -59,7 +58,7 @@ class AliasPrefetcher:
             if entry is not None:
                 self._seen(entry.key, entry.value, entry.operation, entry.revision or 0)
 
-        await follow(lambda: kv.watch(ALIAS_KEYS), on_entry, "alias")
+        await follow(lambda: kv.watch(protocol.ALIAS_WILDCARD), on_entry, "alias")
 
     def _seen(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
         if operation in ("DEL", "PURGE") or not value:

@@ -58,7 +58,7 @@ class _Source:
 
     @property
     def next_subject(self) -> str:
-        return f"$JS.API.CONSUMER.MSG.NEXT.{protocol.WORK_STREAM}.{self.consumer}"
+        return protocol.consumer_next_subject(protocol.WORK_STREAM, self.consumer)
 
 
 class WorkPuller:

@@ -151,7 +151,7 @@ async def read_trace(nc: NATS, trace_id: str) -> list[protocol.Span]:
         raise BadRequestError(f"{trace_id!r} is not a trace id")
     subject = protocol.trace_subject(trace_id)
     info = await js_api(
-        nc, f"$JS.API.STREAM.INFO.{protocol.TRACES_STREAM}", {"subjects_filter": subject}
+        nc, protocol.stream_info_subject(protocol.TRACES_STREAM), {"subjects_filter": subject}
     )
     count = int(((info.get("state") or {}).get("subjects") or {}).get(subject, 0))
     if count == 0:

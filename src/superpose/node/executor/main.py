@@ -113,7 +113,9 @@ class _LogHandler(logging.Handler):
 
 
 class Executor:
-    def __init__(self, nc: NATS, channel: Channel, node_id: str, offered: Offers) -> None:
+    def __init__(
+        self, nc: NATS, channel: Channel[protocol.FromAgent], node_id: str, offered: Offers
+    ) -> None:
         self.nc = nc
         self.offers = offered
         """Big results of direct calls, until their callers have pulled them."""
@@ -128,8 +130,9 @@ class Executor:
         self.outputs: list[_Output] = []
         self.lane = SyncLane(self._run_sync)
         self.http = AsgiRunner(nc)
-        self._events: deque[tuple[Any, ...]] = deque()
-        """What lane threads tell the loop (start, result, block, unblock), in order."""
+        self._events: deque[protocol.Frame | tuple[str, protocol.Result]] = deque()
+        """What lane threads tell the loop, in order: frames for the agent (start,
+        block, unblock), and (reply, result) pairs to answer."""
         self._wake_scheduled = False
         self.in_flight = 0
         """Calls accepted and not yet answered, from either source."""
@@ -146,32 +149,31 @@ class Executor:
     # --- lifecycle -------------------------------------------------------------
 
     async def serve(self) -> None:
-        self.channel.send({"op": "ready", "pid": os.getpid()})
-        while (message := await self.channel.receive()) is not None:
-            op = message["op"]
-            if op == "run":
-                inv = protocol.Invocation.decode(message["inv"])
-                self.express_ok.add((inv.module, inv.qualname))
-                self._accept(inv, message["reply"])
-            elif op == "describe":
-                self._describe(message)
-            elif op == "stack":
-                stack = self._stack_of(message["id"])
-                self.channel.send({"op": "stack", "id": message["id"], "stack": stack})
-            elif op == "load":
-                await self._load(message)
-            elif op == "quiet":
-                await self._quiet()
-                self.channel.send({"op": "quiet"})
+        self.channel.send(protocol.Ready(os.getpid()))
+        while (frame := await self.channel.receive()) is not None:
+            match frame:
+                case protocol.Run(inv=data, reply=reply):
+                    inv = protocol.Invocation.decode(data)
+                    self.express_ok.add((inv.module, inv.qualname))
+                    self._accept(inv, reply)
+                case protocol.Describe():
+                    self._describe(frame)
+                case protocol.StackQuery(id=invocation_id):
+                    self.channel.send(protocol.Stack(invocation_id, self._stack_of(invocation_id)))
+                case protocol.Load():
+                    await self._load(frame)
+                case protocol.Quiet():
+                    await self._quiet()
+                    self.channel.send(protocol.Quieted())
         await self._quiet()
         await self.http.shutdown()
         deadline = time.monotonic() + OFFERS_DRAIN_S
         while len(self.offers) and time.monotonic() < deadline:  # results not yet pulled
             await asyncio.sleep(0.01)
 
-    async def _load(self, message: dict[str, Any]) -> None:
-        path = Path(message["path"])
-        self.app, self.digest = message["app"], message["digest"]
+    async def _load(self, load: protocol.Load) -> None:
+        path = Path(load.path)
+        self.app, self.digest = load.app, load.digest
         sys.path.insert(0, str(path))
         os.chdir(path)
         payload.BY_VALUE_MODULES.update(_top_level_modules(path))
@@ -185,7 +187,7 @@ class Executor:
             )
         )
         self._capture_output()
-        if message.get("express", True):
+        if load.express:
             self.express = await self.nc.subscribe(
                 protocol.express_wildcard(self.digest),
                 queue=protocol.EXPRESS_QUEUE_GROUP,
@@ -193,7 +195,7 @@ class Executor:
                 pending_msgs_limit=-1,
                 pending_bytes_limit=-1,
             )
-        self.channel.send({"op": "loaded"})
+        self.channel.send(protocol.Loaded())
 
     async def _on_express(self, msg: Msg) -> None:
         """A client sent this call here directly: run it now if idle, else pass it on."""
@@ -206,8 +208,7 @@ class Executor:
                 # Taken only when idle, so it starts now: "took" is also its "start".
                 # Written at once: if the call kills this process, the agent must know
                 # of it to tell its caller.
-                took = {"op": "took", "inv": msg.data, "reply": msg.reply}
-                self.channel.send(took, now=True)
+                self.channel.send(protocol.Took(msg.data, msg.reply), now=True)
                 self._accept(inv, msg.reply, announced=True)
                 return
         subject = protocol.call_subject_of_express(msg.subject)
@@ -244,7 +245,7 @@ class Executor:
             is_async = True  # run it on the loop: _run reports the lookup failure
         if is_async or inv.args.codec == protocol.CODEC_HTTP:
             if not announced:
-                self.channel.send({"op": "start", "id": inv.id})
+                self.channel.send(protocol.Start(inv.id))
             self.loop.create_task(self._run(inv, reply))
         else:
             self.lane.submit((inv, reply, announced))
@@ -258,10 +259,10 @@ class Executor:
                 "DeadlineExceeded",
                 f"{inv.app}.{inv.fn} waited past its caller's deadline",
             )
-            self._tell_loop("result", reply, protocol.Result(inv.id, self.node_id, error=error))
+            self._tell_loop((reply, protocol.Result(inv.id, self.node_id, error=error)))
             return
         if not announced:
-            self._tell_loop("start", inv.id)
+            self._tell_loop(protocol.Start(inv.id))
         started = time.perf_counter()
         token = runtime.current_invocation.set(
             runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx)
@@ -285,7 +286,7 @@ class Executor:
             for output in self.outputs:
                 output.flush_invocation(inv.id)
         result.duration_s = time.perf_counter() - started
-        self._tell_loop("result", reply, result)
+        self._tell_loop((reply, result))
 
     def _payload(self, data: bytes, inv: protocol.Invocation, reply: str) -> protocol.Payload:
         """In a lane thread: a durable result is spilled to the object store (on the
@@ -298,7 +299,7 @@ class Executor:
     def _on_loop(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
-    def _tell_loop(self, *event: Any) -> None:
+    def _tell_loop(self, event: protocol.Frame | tuple[str, protocol.Result]) -> None:
         self._events.append(event)
         if not self._wake_scheduled:
             self._wake_scheduled = True
@@ -308,24 +309,24 @@ class Executor:
         self._wake_scheduled = False
         results: list[tuple[str, protocol.Result]] = []
         while self._events:
-            kind, *rest = self._events.popleft()
-            if kind == "result":
-                results.append((rest[0], rest[1]))
+            event = self._events.popleft()
+            if isinstance(event, tuple):
+                results.append(event)
             else:
-                self.channel.send({"op": kind, "id": rest[0]})
+                self.channel.send(event)
         if results:
             self.loop.create_task(self._answer_all(results))
 
     async def _answer_all(self, results: list[tuple[str, protocol.Result]]) -> None:
         for reply, result in results:
             self.in_flight -= 1
-            done = {"op": "done", "id": result.id, "ok": result.error is None}
+            done = protocol.Done(result.id, ok=result.error is None)
             printed = result.id in self.printed
             self.printed.discard(result.id)
             if reply == self.results_here:  # for our own agent: no trip through NATS
                 if printed:  # its output reaches the caller before the agent's notice
                     await self._flush_output()
-                done["result"] = result.encode()
+                done.result = result.encode()
             elif reply:
                 await self.nc.publish(reply, result.encode())
             self.channel.send(done)
@@ -338,14 +339,14 @@ class Executor:
 
     def _on_block(self, invocation_id: str) -> None:
         """In the calling thread: a call waits on its children."""
-        self._tell_loop("block", invocation_id)
+        self._tell_loop(protocol.Block(invocation_id))
         if _in_lane_thread():
             self.lane.leave()
 
     def _on_unblock(self, invocation_id: str) -> None:
         if _in_lane_thread():
             self.lane.rejoin()
-        self._tell_loop("unblock", invocation_id)
+        self._tell_loop(protocol.Unblock(invocation_id))
 
     # --- logs ------------------------------------------------------------------
 
@@ -416,23 +417,17 @@ class Executor:
             self.functions[key] = found
         return found
 
-    def _describe(self, message: dict[str, Any]) -> None:
-        reply: dict[str, Any] = {"op": "described", "key": message["key"]}
+    def _describe(self, ask: protocol.Describe) -> None:
+        reply = protocol.Described(ask.key)
         try:
-            fn = self._function(message["module"], message["qualname"])
-            wrapper = _wrapper_of(message["module"], message["qualname"])
-            reply["meta"] = {
+            fn = self._function(ask.module, ask.qualname)
+            wrapper = _wrapper_of(ask.module, ask.qualname)
+            reply.meta = {
                 "is_async": _is_async(fn),
                 **(wrapper.node_options() if wrapper is not None else {}),
             }
         except BaseException as exc:
-            info = _error_info(exc, _load_error_kind(exc))
-            reply["error"] = {
-                "kind": info.kind,
-                "type": info.type,
-                "message": info.message,
-                "traceback": info.traceback,
-            }
+            reply.error = _error_info(exc, _load_error_kind(exc))
         self.channel.send(reply)
 
     async def _run(self, inv: protocol.Invocation, reply: str) -> None:
@@ -587,7 +582,8 @@ async def _main(fd: int, lattice: str, node_id: str, open_caller: runtime.Caller
     await nc.subscribe(
         offered.subject, cb=offered.serve, pending_msgs_limit=-1, pending_bytes_limit=-1
     )
-    executor = Executor(nc, Channel(reader, writer), node_id, offered)
+    channel = Channel(reader, writer, protocol.decode_from_agent)
+    executor = Executor(nc, channel, node_id, offered)
     try:
         await executor.serve()
     finally:
