@@ -111,6 +111,20 @@ def talk(word: str) -> str:
 
 
 @sp.function
+def chatty(tag: str, lines: int) -> str:
+    for i in range(lines):
+        print(f"{tag} {i}")
+    return tag
+
+
+@sp.function
+async def async_chatty(tag: str, lines: int) -> str:
+    for i in range(lines):
+        print(f"{tag} {i}")
+    return tag
+
+
+@sp.function
 async def async_nap(seconds: float) -> float:
     await asyncio.sleep(seconds)
     return seconds

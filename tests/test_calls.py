@@ -15,7 +15,8 @@ import pytest
 import fns
 import superpose as sp
 from conftest import Lattice, bare_executor, bare_invocation, raw_call
-from superpose import protocol
+from superpose import protocol, public
+from superpose.client import session
 from superpose.node.executor_process import Call, ExecutorDied, ExecutorProcess
 
 
@@ -232,6 +233,40 @@ def test_prints_reach_the_caller(client: sp.Client) -> None:
     assert ("stderr", "to stderr") in lines
     assert any(r.stream == "log" and "logged lattice" in r.line for r in seen)
     assert all(r.fn == "talk" and r.node for r in seen)
+
+
+@pytest.mark.parametrize("express", ["1", "0"])
+def test_a_calls_output_reaches_its_caller_before_its_result(
+    lattice: Lattice, express: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call's printed lines and its result leave the executor through one ordered path.
+    (They used to take two: a result overtook the line printed just before it when the
+    agent had sent the call, about 9 runs of 80 of the script-mode test.) Sync and async
+    functions, direct (straight to the executor, or through the agent) and durable."""
+    monkeypatch.setenv("SUPERPOSE_EXPRESS", express)  # "0": every call has a start frame
+    seen: list[str] = []
+    client = public.open_in_thread(lattice.url, 0, lambda record: seen.append(record.line))
+    calls = {
+        "sync": lambda tag: fns.chatty.remote(tag, 5),
+        "async": lambda tag: fns.async_chatty.remote(tag, 5),
+        "durable": lambda tag: fns.chatty.spawn(tag, 5).result(timeout=60),
+    }
+    previous = session.default_client()
+    session.set_default(client)
+    try:
+        for round_ in range(30):
+            for kind, call in calls.items():
+                tag = f"{kind}-{round_}"
+                assert call(tag) == tag
+                seen.append(f"result {tag}")  # the result is in: every line came before it
+    finally:
+        session.set_default(previous)
+        client.close()
+    for round_ in range(30):
+        for kind in calls:
+            tag = f"{kind}-{round_}"
+            lines_at = [seen.index(f"{tag} {i}") for i in range(5)]
+            assert lines_at == sorted(lines_at) and lines_at[-1] < seen.index(f"result {tag}")
 
 
 async def _wait_for(predicate, timeout_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]

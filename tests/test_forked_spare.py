@@ -14,7 +14,7 @@ import fns
 import superpose as sp
 from conftest import Lattice, client_on, start_lattice, stop_lattice
 from superpose import protocol
-from superpose.node.executor_process import ForkedChild
+from superpose.node.fork import ForkedChild
 
 
 @pytest.fixture(scope="module")

@@ -185,7 +185,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
 
     from superpose.node.agent import NodeAgent
     from superpose.node.config import NodeConfig
-    from superpose.node.executor_process import fork_executor
+    from superpose.node.fork import fork_executor
 
     labels = common.parse_labels(ns.labels)
     node_id = ns.node_id or f"n{uuid.uuid4().hex[:6]}"

@@ -32,7 +32,8 @@ from superpose.node.affinity import Affinity
 from superpose.node.calls import CallTracker
 from superpose.node.config import NodeConfig
 from superpose.node.durable import DurableWorker
-from superpose.node.executor_process import Call, ExecutorProcess, ForkedChild
+from superpose.node.executor_process import Call, ExecutorProcess
+from superpose.node.fork import ForkedChild
 from superpose.node.heartbeat import Heartbeat
 from superpose.node.hosts import BundleHost
 from superpose.node.intake import Intake

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
-import os
-import signal
 import socket
 import sys
 import time
@@ -18,28 +15,22 @@ from typing import IO, Any, TypeVar
 from superpose import protocol
 from superpose.errors import how_it_ended
 from superpose.node.channel import Channel
+from superpose.node.fork import EXECUTOR_ENTRY, ForkedChild
+from superpose.node.memory import watch_memory
 from superpose.node.output import OutputTail
 
 log = logging.getLogger("superpose.node")
 
 START_TIMEOUT_S = 30.0
-FORKED_POLL_S = 0.02
 QUIET_TIMEOUT_S = 2.0
 QUIET_BEFORE_KILL_S = 0.1
 """How long a condemned executor gets to pass on express calls NATS already delivered
 to it; a clean kill would lose them (their callers notice only after 10 s)."""
-MEMORY_POLL_S = 0.05
 STACK_WAIT_S = 0.2
 """How long a timed-out call's executor gets to say where the call is stuck."""
 OUTPUT_SETTLE_S = 0.5
 """After an executor exits, how long its last output may take to arrive (longer only
 when a process it started still holds the pipe open)."""
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-EXECUTOR_ENTRY = "superpose.cli.executor"
-"""The executor process's entry module. Named, not imported: an executor hosts user
-code, which calls other functions through the client, so the process is composed
-above both the node and the client (which may not import each other). The agent
-starts it by this name, spawned (``python -m``) or forked (run in the child)."""
 
 
 class ExecutorDied(Exception):
@@ -77,77 +68,6 @@ class Call:
     output_since: int = 0
     """The executor's output line count when the call came: later untagged lines
     belong in its crash report."""
-
-
-class ForkedChild:
-    """A child this process forked itself (see ``fork_executor``): the part of
-    ``asyncio.subprocess.Process`` an executor uses. Waited for by pid, so nothing
-    else in the process reaps it."""
-
-    def __init__(self, pid: int, output: socket.socket | None) -> None:
-        self.pid = pid
-        self.output = output
-        """Our end of the socket on the child's fds 1 and 2. A socket, not a pipe:
-        uvloop's ``connect_read_pipe`` closes a pipe's fd twice (MagicStack/uvloop#763),
-        and the second close can hit a descriptor the loop polls by then, which makes
-        libuv abort the whole node."""
-        self._code: int | None = None
-
-    @property
-    def returncode(self) -> int | None:
-        if self._code is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere: it is gone all the same
-                self._code = -signal.SIGKILL
-            else:
-                if pid == self.pid:
-                    self._code = os.waitstatus_to_exitcode(status)
-        return self._code
-
-    def kill(self) -> None:
-        if self.returncode is not None:  # reaped: its pid may belong to someone else now
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-
-    async def wait(self) -> int:
-        while (code := self.returncode) is None:
-            await asyncio.sleep(FORKED_POLL_S)
-        return code
-
-
-def fork_executor(lattice: str, node_id: str) -> tuple[ForkedChild, socket.socket]:
-    """Fork a neutral executor from a node process that has not started its event loop
-    or any thread yet: it inherits the imports already made (nats, superpose), which
-    a fresh interpreter pays about 0.15 s of CPU for, twice per node at start-up."""
-    ours, theirs = socket.socketpair()
-    output_read, output_write = socket.socketpair()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: it never returns from here
-        code = 1
-        try:
-            ours.close()
-            output_read.close()
-            null_fd = os.open(os.devnull, os.O_RDONLY)
-            for fd, target in (
-                (null_fd, 0),
-                (output_write.fileno(), 1),
-                (output_write.fileno(), 2),
-            ):
-                os.dup2(fd, target)
-            output_write.close()
-            os.close(null_fd)
-            entry = importlib.import_module(EXECUTOR_ENTRY)
-            entry.serve(theirs.detach(), lattice, node_id)
-            code = 0
-        finally:
-            os._exit(code)
-    theirs.close()
-    output_write.close()
-    return ForkedChild(pid, output_read), ours
 
 
 @dataclass
@@ -290,7 +210,7 @@ class ExecutorProcess:
         self.running_sync += call.is_sync
         self.last_used = time.monotonic()
         if call.memory_bytes and self._memory_watch is None:
-            self._memory_watch = asyncio.create_task(self._watch_memory())
+            self._memory_watch = asyncio.create_task(watch_memory(self))
         if started:
             self._started(call)
 
@@ -394,22 +314,6 @@ class ExecutorProcess:
             self._memory_watch.cancel()
         self._release()
 
-    async def _watch_memory(self) -> None:
-        while self.process.returncode is None:
-            limits = [c.memory_bytes for c in self.calls.values() if c.memory_bytes]
-            if limits:
-                rss = _rss_bytes(self.pid)
-                if rss > min(limits):
-                    self.condemn(
-                        (
-                            "memory",
-                            f"memory limit of {min(limits) // 2**20} MiB exceeded "
-                            f"({rss // 2**20} MiB in use); executor process killed",
-                        )
-                    )
-                    return
-            await asyncio.sleep(MEMORY_POLL_S)
-
     def condemn(self, reason: tuple[str, str]) -> asyncio.Task[None]:
         """Kill for a reason (a timeout, the memory limit, a cancel): at once for the
         agent, which sends it nothing more, and for the process after a quiet of at
@@ -464,11 +368,3 @@ class ExecutorProcess:
         last lines may still be on their way to us."""
         if self._pump is not None:  # not wait_for: the pump may be cancelled meanwhile
             await asyncio.wait({self._pump}, timeout=within_s)
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as statm:
-            return int(statm.read().split()[1]) * PAGE_BYTES
-    except (OSError, IndexError, ValueError):
-        return 0

@@ -20,7 +20,8 @@ from nats.aio.client import Client as NATS
 from superpose import protocol
 from superpose.code import store
 from superpose.node.config import NodeConfig
-from superpose.node.executor_process import Call, ExecutorProcess, ForkedChild
+from superpose.node.executor_process import Call, ExecutorProcess
+from superpose.node.fork import ForkedChild
 from superpose.node.hosts import BundleHost
 
 log = logging.getLogger("superpose.node")

@@ -1,0 +1,75 @@
+"""Express calls: once its bundle is warm, an executor takes calls straight from clients.
+
+Every executor hosting a bundle subscribes to the bundle's express subject in one
+queue group. An idle executor runs such a call at once and tells its agent it
+``took`` it (the agent then times, limits and reports it as if it had sent it);
+a busy one, or one whose agent has not yet sent it that function, passes the
+call on to the node queue group unchanged, so none is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from superpose import protocol
+from superpose.node.channel import Channel
+
+Accept = Callable[[protocol.Invocation, str], None]
+"""Run an express call that was announced to the agent (its ``took`` is its start)."""
+
+
+class ExpressCalls:
+    def __init__(
+        self,
+        nc: NATS,
+        channel: Channel[protocol.FromAgent],
+        idle: Callable[[], bool],
+        accept: Accept,
+    ) -> None:
+        self.nc = nc
+        self.channel = channel
+        self._idle = idle
+        self._accept = accept
+        self.known: set[tuple[str, str]] = set()
+        """Functions the agent has sent here: it knows their limits, so it can adopt
+        an express call of them after the fact."""
+        self._subscription: Subscription | None = None
+
+    async def open(self, digest: str) -> None:
+        self._subscription = await self.nc.subscribe(
+            protocol.express_wildcard(digest),
+            queue=protocol.EXPRESS_QUEUE_GROUP,
+            cb=self._on_call,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+
+    async def _on_call(self, msg: Msg) -> None:
+        """A client sent this call here directly: run it now if idle, else pass it on."""
+        if self._idle() and self._subscription is not None:
+            try:
+                inv = protocol.Invocation.decode(msg.data)
+            except protocol.ProtocolError:  # the agent that gets it answers with the error
+                inv = None
+            if inv is not None and (inv.module, inv.qualname) in self.known:
+                # Taken only when idle, so it starts now: "took" is also its "start".
+                # Written at once: if the call kills this process, the agent must know
+                # of it to tell its caller.
+                self.channel.send(protocol.Took(msg.data, msg.reply), now=True)
+                self._accept(inv, msg.reply)
+                return
+        subject = protocol.call_subject_of_express(msg.subject)
+        await self.nc.publish(subject, msg.data, reply=msg.reply)
+
+    async def quiet(self) -> None:
+        """Take no more express calls (eviction, shutdown); ones already delivered are
+        passed to the queue group, so none is lost."""
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            with contextlib.suppress(Exception):  # connection gone: nothing more can arrive
+                await subscription.drain()  # type: ignore[no-untyped-call]

@@ -1,0 +1,291 @@
+"""The executor: hosts one bundle and runs its functions.
+
+Started neutral by the node agent (imports done, lattice connected), it
+collapses into one bundle on ``load`` and stays that way until evicted. Sync
+functions run in lane threads (``lane.py``), async ones on the event loop.
+Results go straight to the caller's reply subject; the agent only hears
+``done``, so big results never pass through it. Everything a call sends back
+(its frames, its printed lines, its result) leaves in order through
+``replies.py``.
+
+Calls come from the agent over the channel, or, once the bundle is warm, straight
+from clients on the bundle's express subject (``express.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from superpose import protocol, runtime
+from superpose.config import SPILL_THRESHOLD_BYTES
+from superpose.lattice import offers, payload
+from superpose.lattice.offers import Offers
+from superpose.node.channel import Channel
+from superpose.node.executor.asgi import AsgiRunner
+from superpose.node.executor.capture import Output, capture
+from superpose.node.executor.express import ExpressCalls
+from superpose.node.executor.functions import Functions, is_async, top_level_modules
+from superpose.node.executor.lane import SyncLane
+from superpose.node.executor.replies import Replies
+from superpose.node.executor.reports import awaiting_frames, error_info, user_frames
+from superpose.node.output import copy_line
+
+OFFERS_DRAIN_S = 1.5
+"""On stopping, how long to keep serving results their callers have not pulled yet
+(the agent kills an executor that has not exited 2 s after its channel closed)."""
+SyncJob = tuple[protocol.Invocation, str, bool]
+"""(invocation, reply, announced): a sync call for the lane."""
+
+
+class Executor:
+    def __init__(
+        self, nc: NATS, channel: Channel[protocol.FromAgent], node_id: str, offered: Offers
+    ) -> None:
+        self.nc = nc
+        self.channel = channel
+        self.node_id = node_id
+        self.offers = offered
+        """Big results of direct calls, until their callers have pulled them."""
+        self.loop = asyncio.get_running_loop()
+        self.functions = Functions()
+        self.outputs: list[Output] = []
+        self.lane = SyncLane(self._run_sync)
+        self.http = AsgiRunner(nc)
+        self.in_flight = 0
+        """Calls accepted and not yet answered, from either source."""
+        self.replies = Replies(nc, channel, protocol.node_results_subject(node_id), self._answered)
+        self.express = ExpressCalls(
+            nc,
+            channel,
+            lambda: self.in_flight == 0,
+            lambda inv, reply: self._accept(inv, reply, True),
+        )
+        self.running: dict[str, int | asyncio.Task[Any]] = {}
+        """Where each call runs (its lane thread's id, or its task): to say where a
+        call that timed out was stuck."""
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def serve(self) -> None:
+        sender = self.loop.create_task(self.replies.send_forever())
+        self.channel.send(protocol.Ready(os.getpid()))
+        while (frame := await self.channel.receive()) is not None:
+            await self._on_frame(frame)
+        await self.express.quiet()
+        await self.http.shutdown()
+        await self.replies.settle(OFFERS_DRAIN_S)
+        deadline = time.monotonic() + OFFERS_DRAIN_S
+        while len(self.offers) and time.monotonic() < deadline:  # results not yet pulled
+            await asyncio.sleep(0.01)
+        sender.cancel()
+
+    async def _on_frame(self, frame: protocol.FromAgent) -> None:
+        match frame:
+            case protocol.Run(inv=data, reply=reply):
+                inv = protocol.Invocation.decode(data)
+                self.express.known.add((inv.module, inv.qualname))
+                self._accept(inv, reply)
+            case protocol.Describe():
+                self.channel.send(self.functions.describe(frame))
+            case protocol.StackQuery(id=invocation_id):
+                self.channel.send(protocol.Stack(invocation_id, self._stack_of(invocation_id)))
+            case protocol.Load():
+                await self._load(frame)
+            case protocol.Quiet():
+                await self.express.quiet()
+                self.channel.send(protocol.Quieted())
+
+    async def _load(self, load: protocol.Load) -> None:
+        path = Path(load.path)
+        sys.path.insert(0, str(path))
+        os.chdir(path)
+        payload.BY_VALUE_MODULES.update(top_level_modules(path))
+        runtime.install(
+            runtime.NodeRuntime(
+                node_id=self.node_id,
+                app=load.app,
+                digest=load.digest,
+                on_block=self._on_block,
+                on_unblock=self._on_unblock,
+            )
+        )
+        self.outputs = capture(self._emit)
+        if load.express:
+            await self.express.open(load.digest)
+        self.channel.send(protocol.Loaded())
+
+    # --- running calls ---------------------------------------------------------------
+    #
+    # The agent sends sync calls ahead (its pipeline depth); lane threads run them
+    # back to back, and what they send back leaves through the replies' one sender.
+
+    def _accept(self, inv: protocol.Invocation, reply: str, announced: bool = False) -> None:
+        self.in_flight += 1
+        try:
+            on_loop = is_async(self.functions.get(inv.module, inv.qualname))
+        except BaseException:
+            on_loop = True  # run it on the loop: _run reports the lookup failure
+        if on_loop or inv.args.codec == protocol.CODEC_HTTP:
+            if not announced:  # now, not through the replies: the call may block the loop
+                self.channel.send(protocol.Start(inv.id))  # and the agent must time it
+            self.loop.create_task(self._run(inv, reply))
+        else:
+            self.lane.submit((inv, reply, announced))
+
+    def _answered(self) -> None:
+        self.in_flight -= 1
+
+    def _run_sync(self, job: SyncJob) -> None:
+        """In a lane thread: run one sync call and hand its result to the loop."""
+        inv, reply, announced = job
+        if inv.remaining_s() <= 0:
+            error = protocol.ErrorInfo(
+                protocol.ERR_TIMEOUT,
+                "DeadlineExceeded",
+                f"{inv.app}.{inv.fn} waited past its caller's deadline",
+            )
+            self.replies.answer(reply, protocol.Result(inv.id, self.node_id, error=error))
+            return
+        if not announced:
+            self.replies.frame(protocol.Start(inv.id))
+        started = time.perf_counter()
+        with self._running(inv, threading.get_ident()):
+            try:
+                raw = (
+                    inv.args.data
+                    if inv.args.blob is None
+                    else self._on_loop(payload.unwrap(self.nc, inv.args))
+                )
+                args, kwargs = payload.decode_args(raw or b"", inv.args.codec)
+                value = self.functions.get(inv.module, inv.qualname)(*args, **kwargs)
+                data = payload.encode_value(value, inv.args.codec)
+                result = protocol.Result(
+                    inv.id, self.node_id, value=self._payload(data, inv, reply)
+                )
+            except BaseException as exc:  # report everything the user code raised
+                result = protocol.Result(inv.id, self.node_id, error=error_info(exc))
+        result.duration_s = time.perf_counter() - started
+        self.replies.answer(reply, result)
+
+    async def _run(self, inv: protocol.Invocation, reply: str) -> None:
+        """On the loop: async functions, HTTP requests for ASGI apps (and calls whose
+        function could not be found)."""
+        started = time.perf_counter()
+        with self._running(inv, asyncio.current_task()):
+            try:
+                data = payload.encode_value(await self._call(inv, reply), inv.args.codec)
+                if reply == self.replies.results_here:
+                    wrapped = await payload.wrap(self.nc, data, inv.args.codec)
+                else:
+                    wrapped = payload.offer(self.offers, data, inv.args.codec, offers.RESULT_HOLD_S)
+                result = protocol.Result(id=inv.id, node=self.node_id, value=wrapped)
+            except BaseException as exc:  # report everything the user code raised
+                result = protocol.Result(id=inv.id, node=self.node_id, error=error_info(exc))
+        result.duration_s = time.perf_counter() - started
+        self.replies.answer(reply, result)
+
+    async def _call(self, inv: protocol.Invocation, reply: str) -> Any:
+        raw_args = await payload.unwrap(self.nc, inv.args)
+        fn = self.functions.get(inv.module, inv.qualname)
+        if inv.args.codec == protocol.CODEC_HTTP:
+            return await self.http.serve(fn, inv, raw_args, reply)
+        args, kwargs = payload.decode_args(raw_args, inv.args.codec)
+        return await fn(*args, **kwargs)
+
+    def _running(self, inv: protocol.Invocation, where: int | asyncio.Task[Any] | None) -> _Running:
+        return _Running(self, inv, where)
+
+    def _payload(self, data: bytes, inv: protocol.Invocation, reply: str) -> protocol.Payload:
+        """In a lane thread: a durable result is spilled to the object store (on the
+        loop), a direct one offered to its caller."""
+        if len(data) > SPILL_THRESHOLD_BYTES and reply == self.replies.results_here:
+            spilled: protocol.Payload = self._on_loop(payload.wrap(self.nc, data, inv.args.codec))
+            return spilled
+        return payload.offer(self.offers, data, inv.args.codec, offers.RESULT_HOLD_S)
+
+    def _on_loop(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    # --- what calls say while they run -------------------------------------------------
+
+    def _on_block(self, invocation_id: str) -> None:
+        """In the calling thread: a call waits on its children."""
+        self.replies.frame(protocol.Block(invocation_id))
+        if _in_lane_thread():
+            self.lane.leave()
+
+    def _on_unblock(self, invocation_id: str) -> None:
+        if _in_lane_thread():
+            self.lane.rejoin()
+        self.replies.frame(protocol.Unblock(invocation_id))
+
+    def _emit(self, stream_name: str, line: str) -> None:
+        """A line the running call printed or logged: for the app's log stream, and for
+        its caller if the caller shows remote output."""
+        invocation = runtime.current_invocation.get()
+        if invocation is None:
+            return
+        record = protocol.LogRecord(
+            app=invocation.app,
+            fn=invocation.fn,
+            node=self.node_id,
+            invocation=invocation.id,
+            stream=stream_name,
+            line=line,
+            ts=time.time(),
+        ).encode()
+        self.replies.printed_line(
+            invocation.id, protocol.log_subject(invocation.app, invocation.fn), record
+        )
+        if invocation.ctx.log_to:
+            self.replies.printed_line(invocation.id, invocation.ctx.log_to, record)
+        copy_line(invocation.id, line)  # for a crash report, should we die before those go
+
+    def _stack_of(self, invocation_id: str) -> str:
+        """Where a running call is now, as a traceback from the user's function down
+        (frames of the executor itself left out); empty if it is not running here."""
+        where = self.running.get(invocation_id)
+        if isinstance(where, int):
+            frame = sys._current_frames().get(where)
+            frames = traceback.extract_stack(frame) if frame is not None else []
+            return user_frames(frames, __file__, "_run_sync")
+        if where is not None:
+            return user_frames(awaiting_frames(where.get_coro()), __file__, "_call")
+        return ""
+
+
+class _Running:
+    """Around one call: what it runs on behalf of (``runtime.current_invocation``), where
+    it runs, and its unfinished last line of output on the way out."""
+
+    def __init__(
+        self, executor: Executor, inv: protocol.Invocation, where: int | asyncio.Task[Any] | None
+    ) -> None:
+        self.executor, self.inv, self.where = executor, inv, where
+
+    def __enter__(self) -> None:
+        inv = self.inv
+        self.token = runtime.current_invocation.set(
+            runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx)
+        )
+        if self.where is not None:
+            self.executor.running[inv.id] = self.where
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.executor.running.pop(self.inv.id, None)
+        for output in self.executor.outputs:  # while the line still knows its call
+            output.flush_invocation(self.inv.id)
+        runtime.current_invocation.reset(self.token)
+
+
+def _in_lane_thread() -> bool:
+    return threading.current_thread().name.startswith("sp-lane")
