@@ -3,7 +3,8 @@
 Anyone on the lattice can publish anything on any subject, and a stored message
 can be damaged, so a decoder that let a TypeError, KeyError, msgspec or msgpack
 error escape would take down the reader that trusted its one ``except``. For
-every wire message type and every agent ↔ executor frame type, ``COUNT`` valid
+every wire message type, every agent ↔ executor frame type and every registry
+record, ``COUNT`` valid
 encodings are mutated, half at the byte
 level (bit flips, truncation, insertion, extension) and half at the structure
 level (decoded to builtins, a field replaced by a random value of a random type,
@@ -79,6 +80,8 @@ class Case:
     tag_field: str = "t"
     text: bool = False
     """A line of words, not msgpack: the structure mutator works on its words."""
+    json: bool = False
+    """JSON, not msgpack (the registry's records)."""
 
 
 def _message_cases() -> list[Case]:
@@ -131,7 +134,37 @@ def _text_cases() -> list[Case]:
     ]
 
 
-CASES = _message_cases() + _frame_cases() + _text_cases()
+def _record_cases() -> list[Case]:
+    """The registry bucket's JSON records."""
+    version = protocol.Version(
+        app="shop",
+        digest="ab" * 32,
+        created=1.5,
+        size=10,
+        files={"a.py": "cd" * 32},
+        functions={"quote": {"module": "a", "qualname": "quote", "options": {"timeout_s": 2}}},
+    )
+    canaries = (
+        protocol.Canary(version="ab" * 32, percent=10.0, key="arg:user").as_json(),
+        protocol.Canary(version="cd" * 32, percent=50.0).as_json(),
+    )
+    links = protocol.encode_string_map({"pricing": "ab" * 32, "tax": "cd" * 32})
+
+    def as_json(record: Any) -> object:
+        return record.as_json()
+
+    def string_map(data: bytes) -> dict[str, str]:
+        return protocol.decode_string_map(data, "lock")
+
+    return [
+        Case("AppRecord", protocol.AppRecord.from_json, (b'{"created": 1.5}',), as_json, json=True),
+        Case("Version", protocol.Version.from_json, (version.as_json(),), as_json, json=True),
+        Case("Canary", protocol.Canary.from_json, canaries, as_json, json=True),
+        Case("StringMap", string_map, (links,), protocol.encode_string_map, json=True),
+    ]
+
+
+CASES = _message_cases() + _frame_cases() + _text_cases() + _record_cases()
 
 
 # --- the mutator ------------------------------------------------------------------
@@ -146,6 +179,8 @@ class Mutator:
         self.case = case
         if case.text:
             self.trees: list[Any] = [s.split(b" ") for s in case.samples]
+        elif case.json:
+            self.trees = [msgspec.json.decode(s) for s in case.samples]
         else:
             self.trees = [msgspec.msgpack.decode(s) for s in case.samples]
         self.paths = [list(_paths(tree)) for tree in self.trees]
@@ -220,6 +255,8 @@ class Mutator:
         else:  # several fields at once
             for _ in range(self.between(2, 5)):
                 tree = _replace(tree, self.pick(paths), self.value())
+        if self.case.json:
+            return msgspec.json.encode(tree, enc_hook=repr)  # bytes and exts as strings
         return msgspec.msgpack.encode(tree)
 
     def words_level(self, words: list[bytes]) -> bytes:

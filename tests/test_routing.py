@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from conftest import ROOT, Lattice, client_on, poll, start_lattice, stop_lattice, superpose_cli
-from superpose.registry.mirror import Canary, session_from
+from superpose.protocol import Canary
+from superpose.registry.mirror import session_from
 from test_cli import deploy, unique, write_app
 
 CHAIN = """

@@ -918,6 +918,75 @@ def decode_from_executor(data: Buffer) -> FromExecutor:
         raise ProtocolError(f"malformed frame from an executor: {exc}") from None
 
 
+# --- registry records ----------------------------------------------------------------
+#
+# The values of the registry bucket are JSON, readable with ``nats kv get``: an app's
+# entry, each version deployed, an app's canary, its runtime locks, and the needs
+# classes durable work was placed by. Aliases and pins are a bare digest or node id.
+
+
+class Record(msgspec.Struct):
+    """A JSON value of the registry bucket."""
+
+    def as_json(self) -> bytes:
+        return _JSON_ENCODER.encode(self)
+
+    @classmethod
+    def from_json(cls, data: Buffer) -> Self:
+        """The record in ``data``, or ProtocolError saying why it is not one."""
+        try:
+            return msgspec.json.decode(data, type=cls)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise ProtocolError(f"malformed {cls.__name__} record: {exc}") from None
+
+
+class AppRecord(Record):
+    """``app.<app>``: the app exists (deploy writes it with each version)."""
+
+    created: float = 0.0
+
+
+class Version(Record):
+    """``ver.<app>.<digest>``: one deployed version, never replaced, only added."""
+
+    app: str
+    digest: str
+    created: float
+    size: int
+    files: dict[str, str]
+    """Path → sha256 of each file of the bundle."""
+    functions: dict[str, dict[str, Any]]
+    """Name → module, qualname, file, line, is_async, params, options."""
+    kind: str = "functions"
+    """``functions``, or ``asgi`` for a version deployed with an HTTP app."""
+
+
+class Canary(Record):
+    """``canary.<app>``: send ``percent`` of an app's sessions to ``version``; the rest
+    follow ``latest``."""
+
+    version: str
+    percent: float
+    key: str | None = None
+    """Where a request's session comes from: ``header:NAME`` or ``arg:NAME``."""
+
+
+_JSON_ENCODER = msgspec.json.Encoder(order="sorted")
+_STRING_MAP = msgspec.json.Decoder(dict[str, str])
+
+
+def encode_string_map(mapping: dict[str, str]) -> bytes:
+    """``lock.<app>`` (dependency app → digest) and ``place.<class>`` (label → value)."""
+    return _JSON_ENCODER.encode(mapping)
+
+
+def decode_string_map(data: Buffer, what: str) -> dict[str, str]:
+    try:
+        return _STRING_MAP.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ProtocolError(f"malformed {what}: {exc}") from None
+
+
 # --- text messages -----------------------------------------------------------------
 #
 # Two small requests travel as a line of text, not msgpack: a pull is a chunk's

@@ -13,7 +13,8 @@ from superpose.code import store
 from superpose.code.asgi_entry import entry_spec
 from superpose.code.discover import FunctionSpec, discover
 from superpose.errors import BadRequestError, DeployError
-from superpose.registry.mirror import LATEST, Version
+from superpose.protocol import Version
+from superpose.registry.mirror import LATEST
 
 RESERVED_HTTP_APPS = frozenset({"v1"})
 """Paths the gateway answers itself, so no HTTP app can be served there."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
+import logging
 import re
 import time
 import uuid
@@ -18,35 +18,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from superpose import protocol
 from superpose.errors import BadRequestError, LatticeError, NotFoundError, UserError
 from superpose.lattice.mirror import follow_bucket
+from superpose.protocol import Canary, Version
 
+log = logging.getLogger("superpose.registry")
 LATEST = "latest"
 MIN_VERSION_PREFIX = 6
 HISTORY_TIMEOUT_S = 5.0
 _DIGEST_LIKE = re.compile(rf"^[0-9a-f]{{{MIN_VERSION_PREFIX},}}$")
-
-
-@dataclass
-class Version:
-    app: str
-    digest: str
-    created: float
-    size: int
-    files: dict[str, str]
-    functions: dict[str, dict[str, Any]]
-    kind: str = "functions"
-
-    def as_json(self) -> bytes:
-        return json.dumps(self.__dict__, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Version:
-        return cls(**json.loads(data))
 
 
 @dataclass(frozen=True)
@@ -59,23 +44,6 @@ class Target:
     module: str
     qualname: str
     options: dict[str, Any] = field(default_factory=dict, hash=False)
-
-
-@dataclass(frozen=True)
-class Canary:
-    """Send ``percent`` of sessions of an app to ``version``; the rest follow ``latest``."""
-
-    version: str
-    percent: float
-    key: str | None = None
-    """Where a request's session comes from: ``header:NAME`` or ``arg:NAME``."""
-
-    def as_json(self) -> bytes:
-        return json.dumps(self.__dict__, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, text: str) -> Canary:
-        return cls(**json.loads(text))
 
 
 def session_from(
@@ -201,28 +169,35 @@ class Registry:
         await follow_bucket(self.kv, self._apply, self._synced, "registry")
 
     def _apply(self, key: str, value: bytes | None, deleted: bool) -> None:
-        kind, _, rest = key.partition(".")
-        app, _, name = rest.partition(".")
-        text = None if deleted or not value else value.decode()
-        if kind == "app":
-            if text is None:
-                self.apps.pop(rest, None)
-            else:
-                self.apps[rest] = json.loads(text or "{}").get("created", 0.0)
-        elif kind == "ver":
-            _put(self.versions.setdefault(app, {}), name, text and Version.from_json(value or b""))
-        elif kind == "alias":
-            _put(self.aliases.setdefault(app, {}), name, text)
-        elif kind == "canary":
-            _put(self.canaries, rest, text and Canary.from_json(text))
-        elif kind == "lock":
-            _put(self.locks, rest, text and json.loads(text))
-        elif kind == "pin":
-            _put(self.pins.setdefault(app, {}), name, text)
-        elif kind == "place":
-            _put(self.placements, rest, text and json.loads(text))
+        try:
+            self._mirror(key, None if deleted else value)
+        except protocol.ProtocolError as exc:  # one bad entry must not stop the mirror
+            log.warning("skipping registry entry %s: %s", key, exc)
+            return
         if self._on_change is not None:
             self._on_change(key)
+
+    def _mirror(self, key: str, value: bytes | None) -> None:
+        """One entry into its table; a missing or empty value is a deletion."""
+        kind, _, rest = key.partition(".")
+        app, _, name = rest.partition(".")
+        if kind == "app":
+            if value:  # an app created at 0.0 is still an app: not through _put
+                self.apps[rest] = protocol.AppRecord.from_json(value).created
+            else:
+                self.apps.pop(rest, None)
+        elif kind == "ver":
+            _put(self.versions.setdefault(app, {}), name, value and Version.from_json(value))
+        elif kind == "alias":
+            _put(self.aliases.setdefault(app, {}), name, value and value.decode())
+        elif kind == "canary":
+            _put(self.canaries, rest, value and Canary.from_json(value))
+        elif kind == "lock":
+            _put(self.locks, rest, value and protocol.decode_string_map(value, "lock"))
+        elif kind == "pin":
+            _put(self.pins.setdefault(app, {}), name, value and value.decode())
+        elif kind == "place":
+            _put(self.placements, rest, value and protocol.decode_string_map(value, "needs"))
 
     # --- writes --------------------------------------------------------------
 
@@ -236,7 +211,7 @@ class Registry:
         if known is not None:
             version.created = known.created
         await self.kv.put(
-            protocol.app_key(version.app), json.dumps({"created": time.time()}).encode()
+            protocol.app_key(version.app), protocol.AppRecord(created=time.time()).as_json()
         )
         await self.kv.put(protocol.version_key(version.app, version.digest), version.as_json())
         self._apply(protocol.version_key(version.app, version.digest), version.as_json(), False)
@@ -279,7 +254,7 @@ class Registry:
 
     async def set_lock(self, app: str, links: dict[str, str]) -> None:
         """``app``'s runtime lockfile: dependency app → version its calls resolve to."""
-        value = json.dumps(links, sort_keys=True).encode() if links else None
+        value = protocol.encode_string_map(links) if links else None
         await self._put_entry(protocol.lock_key(app), value)
 
     async def set_pin(self, app: str, fn: str, node: str | None) -> None:
@@ -288,9 +263,7 @@ class Registry:
     async def record_placement(self, cls: str, needs: dict[str, str]) -> None:
         """Tell the nodes a needs class is in use, so those satisfying it pull its work."""
         if self.placements.get(cls) != needs:
-            await self._put_entry(
-                protocol.placement_key(cls), json.dumps(needs, sort_keys=True).encode()
-            )
+            await self._put_entry(protocol.placement_key(cls), protocol.encode_string_map(needs))
 
     # --- alias history --------------------------------------------------------
 
@@ -429,7 +402,7 @@ class Registry:
                 {
                     "app": app,
                     "aliases": dict(sorted(self.aliases.get(app, {}).items())),
-                    "canary": (canary := self.canaries.get(app)) and canary.__dict__,
+                    "canary": (canary := self.canaries.get(app)) and msgspec.structs.asdict(canary),
                     "lock": self.locks.get(app, {}),
                     "pins": dict(sorted(self.pins.get(app, {}).items())),
                     "versions": [

@@ -14,13 +14,15 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from superpose import protocol
 from superpose.errors import BadRequestError, LatticeError, NotFoundError
 from superpose.lattice.batch import js_api
-from superpose.registry.mirror import LATEST, Canary, Registry, check_canary_key
+from superpose.protocol import Canary
+from superpose.registry.mirror import LATEST, Registry, check_canary_key
 
 TRACE_READ_S = 2.0
 
@@ -134,7 +136,7 @@ def split(registry: Registry, app: str, nodes: Iterable[protocol.NodeInfo]) -> d
     canary = registry.canaries.get(app)
     return {
         "latest": registry.aliases.get(app, {}).get(LATEST),
-        "canary": canary.__dict__ if canary else None,
+        "canary": msgspec.structs.asdict(canary) if canary else None,
         "pins": dict(sorted(registry.pins.get(app, {}).items())),
         "lock": dict(sorted(registry.locks.get(app, {}).items())),
         "traffic": dict(traffic.most_common()),

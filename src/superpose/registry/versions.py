@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from superpose.errors import UserError
-from superpose.registry.mirror import LATEST, AliasEntry, Registry, Version, check_alias_name
+from superpose.protocol import Version
+from superpose.registry.mirror import LATEST, AliasEntry, Registry, check_alias_name
 
 
 @dataclass(frozen=True)
