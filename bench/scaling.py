@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 import superpose as sp  # noqa: E402
 from bench import sp_tasks  # noqa: E402
 from bench.harness import percentile  # noqa: E402
-from superpose.local.supervisor import LocalLattice  # noqa: E402
+from superpose.local.lattice import LocalLattice  # noqa: E402
 
 NODE_COUNTS = (1, 2, 4)
 RESULTS_DIR = ROOT / "bench" / "results"

@@ -269,7 +269,7 @@ def _running_lattice(env: dict[str, str] | None = None) -> Iterator[tuple[Any, P
     """A ``superpose up --detach`` lattice (2 nodes × 1 slot) and a client on it;
     ``env`` is added to the lattice processes' environment."""
     import superpose as sp
-    from superpose.local.supervisor import find_running_lattice
+    from superpose.local.state import find_running_lattice
 
     home = Path(tempfile.mkdtemp(prefix="bench-sp-home-"))
     client = None

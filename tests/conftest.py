@@ -18,7 +18,7 @@ import pytest
 
 import superpose as sp
 from superpose.client import session
-from superpose.local.supervisor import LocalLattice
+from superpose.local.lattice import LocalLattice
 
 ROOT = Path(__file__).resolve().parents[1]
 

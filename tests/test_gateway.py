@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, Lattice, superpose_cli
 from superpose.config import MAX_HTTP_BODY_BYTES
-from superpose.local.supervisor import free_port
+from superpose.local.lattice import free_port
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$", re.MULTILINE)
 

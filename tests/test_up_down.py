@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from conftest import ROOT, superpose_cli
-from superpose.local.supervisor import free_port
+from superpose.local.lattice import free_port
 
 WAIT_S = 30.0
 

@@ -59,7 +59,8 @@ def connect(url: str | None = None, *, workers: int = 2, show_logs: bool = True)
 def open_in_thread(url: str | None, workers: int, log_sink: LogSink | None) -> Client:
     """A client on a loop of its own, in a daemon thread: the sync facade's home.
     With no lattice to find, an embedded one is started and stopped with the client."""
-    from superpose.local.supervisor import LocalLattice, find_running_lattice
+    from superpose.local.lattice import LocalLattice
+    from superpose.local.state import find_running_lattice
 
     loop = eventloop.new_loop()
     thread = threading.Thread(target=loop.run_forever, name="superpose-client", daemon=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from superpose import config, protocol
 from superpose.errors import BadRequestError, UserError
-from superpose.local import supervisor
+from superpose.local import state
 
 if TYPE_CHECKING:  # the client (and nats-py) is imported by the commands that use it
     from superpose.client.client import Client
@@ -35,7 +35,7 @@ def err(text: str) -> None:
 
 def lattice_url(explicit: str | None) -> str:
     found = config.settings()
-    url = explicit or found.lattice or supervisor.find_running_lattice(found.home)
+    url = explicit or found.lattice or state.find_running_lattice(found.home)
     if not url:
         raise UserError(
             f"no lattice is running in {found.home}: start one with `superpose up --detach`, "

@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 from superpose import config
 from superpose.cli import common
 from superpose.errors import LatticeError, UserError
-from superpose.local import supervisor
+from superpose.local import lattice as local
+from superpose.local import stopping
+from superpose.local.state import (
+    already_running,
+    exclusive_home,
+    lock_is_held,
+    read_state,
+    write_state,
+)
 from superpose.support import eventloop
 
 if TYPE_CHECKING:  # the client (and nats-py) is imported by the commands that use it
@@ -34,7 +42,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
     home = config.settings().home
     if ns.detach:
         return _up_detached(ns, home)
-    with supervisor.exclusive_home(home):
+    with exclusive_home(home):
         return eventloop.run(_up_foreground(ns, home))
 
 
@@ -60,8 +68,8 @@ def _up_argv(ns: argparse.Namespace) -> list[str]:
 def _up_detached(ns: argparse.Namespace, home: Path) -> int:
     """Run the foreground ``up`` in its own session and return once it is ready."""
     started = time.monotonic()
-    if supervisor.lock_is_held(home):
-        raise supervisor.already_running(home)
+    if lock_is_held(home):
+        raise already_running(home)
     log_path = home / "logs" / "up.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     config.state_file(home).unlink(missing_ok=True)
@@ -75,9 +83,9 @@ def _up_detached(ns: argparse.Namespace, home: Path) -> int:
             start_new_session=True,
             env={**os.environ, config.ENV_HOME: str(home)},
         )
-    deadline = time.monotonic() + supervisor.READY_TIMEOUT_S + 10
+    deadline = time.monotonic() + local.READY_TIMEOUT_S + 10
     while time.monotonic() < deadline:
-        state = supervisor.read_state(home)
+        state = read_state(home)
         if state and state.get("ready") and state.get("pid") == proc.pid:
             _print_ready(state, time.monotonic() - started, "stop with `superpose down`")
             return 0
@@ -104,22 +112,22 @@ def _print_ready(state: dict[str, Any], elapsed_s: float, how_to_stop: str) -> N
 
 async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
     started = time.monotonic()
-    lattice = supervisor.LocalLattice(
+    lattice = local.LocalLattice(
         state_dir=home,
         workers=ns.workers,
         slots=ns.slots,
         lattice_port=ns.lattice_port if ns.lattice_port is not None else -1,
         gateway_port=ns.gateway_port,
     )
-    lattice.on_restart = lambda: supervisor.write_state(home, lattice)
+    lattice.on_restart = lambda: write_state(home, lattice)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    supervisor.write_state(home, lattice, ready=False)
+    write_state(home, lattice, ready=False)
     try:
         await lattice.start()
-        supervisor.write_state(home, lattice)
+        write_state(home, lattice)
         if not ns.quiet:
             _print_ready(
                 {"lattice": lattice.url, "gateway": lattice.gateway_url},
@@ -135,7 +143,7 @@ async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
     return 0
 
 
-async def _live_status(lattice: supervisor.LocalLattice, stop: asyncio.Event) -> None:
+async def _live_status(lattice: local.LocalLattice, stop: asyncio.Event) -> None:
     if not sys.stdout.isatty():
         return
     from rich.live import Live
@@ -164,7 +172,7 @@ async def _live_status(lattice: supervisor.LocalLattice, stop: asyncio.Event) ->
 def cmd_down(ns: argparse.Namespace) -> int:
     home = config.settings().home
     started = time.monotonic()
-    outcome = supervisor.stop_running(home, DOWN_TIMEOUT_S)
+    outcome = stopping.stop_running(home, DOWN_TIMEOUT_S)
     if not outcome.running:
         print(f"no lattice is running in {home}")
         return 0
@@ -210,7 +218,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        watch = loop.create_task(supervisor.orphaned(ns.parent_pid))
+        watch = loop.create_task(local.orphaned(ns.parent_pid))
         watch.add_done_callback(lambda _: stop.set())
         try:
             await NodeAgent(node_config, forked).run(stop)
@@ -231,7 +239,7 @@ def cmd_gateway(ns: argparse.Namespace) -> int:
             ns.host,
             ns.port,
             max_body_bytes=ns.max_body_bytes,
-            until=supervisor.orphaned(ns.parent_pid),
+            until=local.orphaned(ns.parent_pid),
         )
     )
     return 0

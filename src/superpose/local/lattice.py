@@ -1,19 +1,14 @@
 """A local lattice: nats-server, node agents and the gateway as one supervised tree.
 
 ``superpose up`` runs a ``LocalLattice`` in the foreground (``--detach`` runs
-that same foreground process in the background). While it runs it holds an
-exclusive ``flock`` on ``up.lock`` in the home folder — the kernel drops the
-lock if the process dies, so a crash never leaves a stale lock behind — and
-``lattice.json`` tells every other command where the lattice is.
-``connect()`` uses the same class, without a gateway, in a temporary folder.
+that same foreground process in the background), holding its state folder
+(``state.py``). ``connect()`` uses the same class, without a gateway, in a
+temporary folder. A child that dies is started again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import json
 import os
 import shutil
 import signal
@@ -22,53 +17,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
 
-from superpose import config, protocol
+from superpose import protocol
 from superpose.errors import LatticeError, UserError, how_it_ended
 from superpose.local.embedded import EmbeddedServer
 
 READY_TIMEOUT_S = 30.0
 RESTART_BACKOFF_S = 1.0
-LOCK_NAME = "up.lock"
-
-
-def _lock_path(home: Path) -> Path:
-    return home / LOCK_NAME
-
-
-def lock_is_held(home: Path) -> bool:
-    """True while some ``superpose up`` owns this home."""
-    path = _lock_path(home)
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
-def read_state(home: Path) -> dict[str, Any] | None:
-    """The running lattice's state file, or None when no ``up`` is alive in ``home``."""
-    path = config.state_file(home)
-    if not path.exists() or not lock_is_held(home):
-        return None
-    try:
-        state: dict[str, Any] = json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError):
-        return None
-    return state
-
-
-def find_running_lattice(home: Path) -> str | None:
-    state = read_state(home)
-    return str(state["lattice"]) if state and state.get("ready") else None
 
 
 ORPHAN_POLL_S = 0.5
@@ -321,196 +279,3 @@ class LocalLattice:
         if self.server is not None and self.server.process is not None:
             found["nats-server"] = self.server.process.pid
         return found
-
-
-def already_running(home: Path) -> UserError:
-    state = read_state(home) or {}
-    return UserError(
-        f"a lattice is already running in {home} "
-        f"(lattice {state.get('lattice') or '?'}, gateway {state.get('gateway') or '-'}); "
-        "stop it with `superpose down`"
-    )
-
-
-@contextlib.contextmanager
-def exclusive_home(home: Path) -> Iterator[None]:
-    """Hold the home's lock for the life of ``up``; refuse if another ``up`` has it."""
-    home.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = open(_lock_path(home), "a+")  # noqa: SIM115 - held for the block
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        # The state file belongs to the ``up`` that holds the lock: leave it alone.
-        raise already_running(home) from None
-    try:
-        yield
-    finally:
-        config.state_file(home).unlink(missing_ok=True)
-        handle.close()
-
-
-def write_state(home: Path, lattice: LocalLattice, *, ready: bool = True) -> None:
-    """``lattice.json``: where the lattice is and which processes make it up.
-
-    Written once as soon as ``up`` holds the lock (``ready: false``, so ``down``
-    can stop a lattice that is still starting), again when everything answers,
-    and again whenever a child is restarted (its pid changed). Each process is
-    recorded with its start time so a recycled pid is never mistaken for it.
-    """
-    pids = lattice.pids()
-    state = {
-        "ready": ready,
-        "pid": os.getpid(),
-        "pgid": os.getpgid(0),
-        "lattice": lattice.url,
-        "gateway": lattice.gateway_url,
-        "pids": pids,
-        "starts": {str(pid): process_start(pid) for pid in [os.getpid(), *pids.values()]},
-        "started": time.time(),
-    }
-    tmp = config.state_file(home).with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(config.state_file(home))
-
-
-# --- stopping a lattice `up` started ----------------------------------------------
-
-
-@dataclass
-class Stopped:
-    """What ``stop_running`` did: nothing ran, a clean stop, or processes it had to kill."""
-
-    running: bool
-    killed: list[int] = field(default_factory=list)
-    leftovers: bool = False
-    """The ``up`` process was already gone (crashed) and its children were cleaned up."""
-
-
-def process_start(pid: int) -> int | None:
-    """When the process started (clock ticks after boot); None if it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] == "Z":  # exited, waiting to be reaped: it runs nothing any more
-        return None
-    return int(fields[19])  # field 22 of proc(5), counting from the state (field 3)
-
-
-@dataclass(frozen=True)
-class _Proc:
-    """A process as ``lattice.json`` recorded it."""
-
-    pid: int
-    start: int | None
-    """None in a state file without start times: fall back to the command line."""
-
-    def running(self) -> bool:
-        now = process_start(self.pid)
-        if now is None:
-            return False
-        if self.start is not None:
-            return now == self.start
-        try:
-            with open(f"/proc/{self.pid}/cmdline", "rb") as cmdline:
-                argv = cmdline.read()
-        except OSError:
-            return False
-        return b"superpose" in argv or b"nats-server" in argv
-
-    def signal(self, sig: signal.Signals) -> bool:
-        if not self.running():
-            return False
-        try:
-            os.kill(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-
-
-def _recorded(state: dict[str, Any]) -> tuple[_Proc, dict[str, _Proc]]:
-    """The ``up`` process and its children (by name) from a state file."""
-    starts = state.get("starts", {})
-
-    def proc(pid: Any) -> _Proc:
-        start = starts.get(str(pid))
-        return _Proc(int(pid), int(start) if start is not None else None)
-
-    return proc(state["pid"]), {str(n): proc(p) for n, p in state.get("pids", {}).items()}
-
-
-def _raw_state(home: Path) -> dict[str, Any] | None:
-    try:
-        state: dict[str, Any] = json.loads(config.state_file(home).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return state
-
-
-def _wait_gone(procs: list[_Proc], deadline: float) -> list[_Proc]:
-    while True:
-        running = [proc for proc in procs if proc.running()]
-        if not running or time.monotonic() >= deadline:
-            return running
-        time.sleep(0.05)
-
-
-def stop_running(home: Path, timeout_s: float) -> Stopped:
-    """Stop the lattice ``up`` runs in ``home``: SIGTERM, then SIGKILL past ``timeout_s``.
-
-    ``up`` drains its nodes and stops its children before it lets go of the lock,
-    so a clean stop leaves nothing behind. If ``up`` does not finish in time, its
-    whole process group (nodes, executors, gateway) and the nats-server are
-    killed. If ``up`` itself had died, its orphaned children are stopped.
-    """
-    state = read_state(home)
-    if state is None:
-        return _stop_leftovers(home, timeout_s)
-    up, children = _recorded(state)
-    up.signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while lock_is_held(home) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not lock_is_held(home):
-        return Stopped(running=True)
-    killed = []
-    if state.get("pgid") == up.pid and up.running():  # a detached `up` leads its group
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(up.pid, signal.SIGKILL)
-            killed.append(up)
-    killed += [proc for proc in [up, *children.values()] if proc.signal(signal.SIGKILL)]
-    _wait_gone(killed, time.monotonic() + 5)
-    config.state_file(home).unlink(missing_ok=True)
-    return Stopped(running=True, killed=sorted({proc.pid for proc in killed}))
-
-
-def _stop_leftovers(home: Path, timeout_s: float) -> Stopped:
-    """After an ``up`` that was killed: its children may still run. Stop them too."""
-    state = _raw_state(home)
-    if state is None or lock_is_held(home):
-        return Stopped(running=False)
-    try:
-        _, children = _recorded(state)
-    except (KeyError, TypeError, ValueError):  # not a state file we wrote
-        return Stopped(running=False)
-    # Nodes and the gateway first (nodes drain through the server), the server last.
-    waves = [
-        [proc for name, proc in children.items() if name != "nats-server"],
-        [proc for name, proc in children.items() if name == "nats-server"],
-    ]
-    stopped: list[_Proc] = []
-    stubborn: list[_Proc] = []
-    for wave in waves:
-        targets = [proc for proc in wave if proc.signal(signal.SIGTERM)]
-        left = _wait_gone(targets, time.monotonic() + timeout_s)
-        for proc in left:
-            proc.signal(signal.SIGKILL)
-        stopped += targets
-        stubborn += left
-    _wait_gone(stubborn, time.monotonic() + 5)
-    config.state_file(home).unlink(missing_ok=True)
-    return Stopped(
-        running=bool(stopped), killed=[proc.pid for proc in stubborn], leftovers=bool(stopped)
-    )
