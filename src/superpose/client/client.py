@@ -16,9 +16,9 @@ import heapq
 import sys
 import time
 import uuid
-from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -27,36 +27,35 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from superpose import config, protocol, runtime
-from superpose.client import session
+from superpose.client import session, threads
 from superpose.client.durable import Durable, Submitter, wait_accepted
+from superpose.client.express import ExpressRoutes
 from superpose.client.functions import RemoteFunction
-from superpose.client.futures import Future, fail, on_loop
+from superpose.client.futures import Future, fail, succeed
+from superpose.client.names import Names
 from superpose.client.options import Options
-from superpose.code import script, store
+from superpose.client.placement import Placement
+from superpose.client.progress import progress_bar
+from superpose.client.scripts import ScriptBundles
+from superpose.client.threads import on_loop
 from superpose.errors import (
     BadRequestError,
     CallTimeoutError,
     NoNodesError,
     RemoteError,
     SuperposeError,
-    UserError,
     as_superpose_error,
 )
 from superpose.lattice import payload, results
-from superpose.lattice.connection import Assets, ensure_assets, ensure_work_consumer
+from superpose.lattice.connection import Assets, ensure_assets
 from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
-from superpose.registry.mirror import Registry, Target, session_from, split_name
-from superpose.registry.placement import NodeDirectory, call_needs, choose
+from superpose.registry.mirror import Registry, Target, split_name
+from superpose.registry.placement import NodeDirectory
 
 T = TypeVar("T")
 RETRYABLE = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
 RETRY_BACKOFF_S = 0.2
-EXPRESS_MAX_OUT = 2
-"""Unanswered express calls per bundle; more go to the queue group, which spreads
-them over the nodes (an executor takes an express call only when idle)."""
-EXPRESS_RETRY_S = 1.0
-"""After no executor answered a bundle's express subject, how long to use the queue group."""
 REAP_INTERVAL_S = 0.25
 CLOSE_WAIT_S = 2.0
 OFFER_GRACE_S = 30.0
@@ -114,22 +113,15 @@ class Client:
         self._outbox: deque[_Pending] = deque()
         self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._registry: Registry | None = None
-        self._bundles: dict[str, tuple[str, str, str, int]] = {}
+        self._names = Names(assets.registry, loop)
+        self._scripts = ScriptBundles(nc, loop)
+        self._placement = Placement(nc, assets.nodes, self._names)
+        self._express = ExpressRoutes(config.express_from_env())
         self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._closed = False
         self._seq = 0
         self._wake_scheduled = False
         self._submitter: Submitter | None = None
-        self._nodes: NodeDirectory | None = None
-        self._sent_to: Counter[str] = Counter()
-        """Placed direct calls sent to each node and not yet answered."""
-        self._placed_classes: set[str] = set()
-        self._express = config.express_from_env()
-        self._express_out: Counter[str] = Counter()
-        """Express calls sent and not yet answered, by bundle digest."""
-        self._express_cold: dict[str, float] = {}
-        """Bundles no executor held warm at the last express try, until when to skip them."""
         self._keyed: dict[str, Future] = {}
         """Durable submissions with an idempotency key still waiting, by id."""
         self.after_close: Callable[[], None] | None = None
@@ -184,10 +176,8 @@ class Client:
         # Bounded: nats-py's flush can swallow a cancellation, leaving a loop alive.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=CLOSE_WAIT_S)
-        if self._registry is not None:
-            await self._registry.stop()
-        if self._nodes is not None:
-            await self._nodes.stop()
+        await self._names.stop()
+        await self._placement.stop()
         closed = SuperposeError("the client was closed before the call finished")
         for pending in self._pending.values():
             fail(pending.future, closed)
@@ -201,13 +191,7 @@ class Client:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the client's loop from another thread and wait for it."""
-        if on_loop(self.loop):
-            coro.close()
-            raise UserError(
-                "a blocking superpose call was made on the event loop that serves it; "
-                "in async code use `await f.remote.aio(...)` or `await f.spawn(...)`"
-            )
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        return threads.run(self.loop, coro)
 
     def close(self) -> None:
         session.forget(self)
@@ -234,27 +218,12 @@ class Client:
     # --- names -------------------------------------------------------------------
 
     async def registry(self) -> Registry:
-        if self._registry is None:
-            self._registry = Registry(self.assets.registry)
-            await self._registry.start()
-        return self._registry
+        return await self._names.registry()
 
     def resolve(
-        self,
-        app: str,
-        fn: str,
-        version: str | None = None,
-        ctx: protocol.CallContext | None = None,
+        self, app: str, fn: str, version: str | None = None, ctx: protocol.CallContext | None = None
     ) -> Target:
-        """The version a call runs (see ``Registry.pick`` for the rules), from the mirror."""
-        registry = self._registry
-        if registry is None:
-            registry = self.run(self.registry()) if not on_loop(self.loop) else None
-            if registry is None:
-                raise SuperposeError("call `await client.registry()` before resolving on the loop")
-        invocation = runtime.current_invocation.get()
-        caller = invocation.app if invocation is not None else None
-        return registry.resolve(app, fn, version, ctx, caller)
+        return self._names.resolve(app, fn, version, ctx)
 
     def call_context(
         self,
@@ -266,23 +235,7 @@ class Client:
         fn: str | None = None,
         args: Sequence[Any] = (),
     ) -> protocol.CallContext:
-        """The context a call carries: inherited from the call it is made in, with the
-        session, pins and tracing this call asks for. An inherited session wins, so a
-        whole call graph resolves versions for the session it began with."""
-        ctx = runtime.child_context()
-        if options.session is not None:
-            ctx.session = options.session
-        if options.pins:
-            ctx.pins = {**(ctx.pins or {}), **options.pins}
-        if options.trace:
-            ctx.trace = True
-        if ctx.session is None and app is not None and self._registry is not None:
-            canary = self._registry.canaries.get(app)
-            params = self._registry.params_of(app, fn) if args and canary is not None else []
-            ctx.session = session_from(canary, headers, kwargs, args, params)
-        if ctx.trace and ctx.trace_id is None:
-            ctx.trace_id = uuid.uuid4().hex[:16]
-        return ctx
+        return self._names.call_context(options, app, kwargs, headers, fn=fn, args=args)
 
     def function(self, name: str, version: str | None = None) -> RemoteFunction:
         """A deployed function by name: ``"app.fn"`` or ``"app.fn@version"``."""
@@ -294,24 +247,7 @@ class Client:
         return handle
 
     def script_bundle(self, module_name: str) -> tuple[str, str, str]:
-        """(digest, module name on nodes, app name) for a script's module.
-
-        Built and uploaded on first use, and again only when modules were imported
-        since (a local module imported later must reach the nodes too).
-        """
-        loaded = len(sys.modules)
-        found = self._bundles.get(module_name)
-        if found is None or found[3] != loaded:
-            bundle, root = script.bundle_for(module_name)
-            digest = bundle.digest
-            if found is None or found[0] != digest:
-                self.run(store.upload(self.nc, bundle))
-            in_bundle = script.module_name_in_bundle(sys.modules[module_name], root)
-            app = in_bundle.split(".")[0].replace("-", "_")
-            if not protocol.is_valid_name(app):
-                app = "script"
-            found = self._bundles[module_name] = (digest, in_bundle, app, loaded)
-        return found[0], found[1], found[2]
+        return self._scripts.bundle(module_name)
 
     # --- invocations ---------------------------------------------------------------
 
@@ -368,7 +304,7 @@ class Client:
             ctx=ctx or runtime.child_context(),
             retries=retries,
             retry_on=list(options.retry_on) or None,
-            needs=self._needs(target, options) or None,
+            needs=self._placement.needs(target, options),
         )
         if inv.ctx.log_to is None and self.log_sink is not None:
             inv.ctx.log_to = protocol.client_log_subject(self.id)
@@ -390,36 +326,15 @@ class Client:
             self._submitter.submit(durable)
         return future
 
-    def _needs(self, target: Target, options: Options) -> dict[str, str]:
-        pins = self._registry.pins.get(target.app, {}) if self._registry is not None else {}
-        return call_needs(target.options, options.needs, options.region, pins.get(target.fn))
-
     async def nodes(self) -> NodeDirectory:
-        """The live nodes, mirrored; started on first use (calls with needs or pins)."""
-        if self._nodes is None:
-            self._nodes = NodeDirectory(self.assets.nodes)
-            await self._nodes.start()
-        return self._nodes
-
-    async def _place(self, inv: protocol.Invocation, wait_s: float) -> list[protocol.NodeInfo]:
-        directory = await self.nodes()
-        assert inv.needs is not None
-        return await directory.wait_for(inv.needs, wait_s, f"{inv.app}.{inv.fn}")
+        return await self._placement.nodes()
 
     async def _submit_placed(self, durable: Durable, wait_s: float) -> None:
         """Durable work with needs goes to its needs class's subject, which only the
         nodes meeting the needs pull from; fail now if no such node is alive."""
-        inv = durable.inv
-        assert inv.needs is not None and self._submitter is not None
+        assert self._submitter is not None
         try:
-            await self._place(inv, wait_s)
-            cls = protocol.needs_class(inv.needs)
-            if cls not in self._placed_classes:
-                await ensure_work_consumer(
-                    self.nc, protocol.placed_consumer(cls), protocol.placed_filter(cls)
-                )
-                await (await self.registry()).record_placement(cls, inv.needs)
-                self._placed_classes.add(cls)
+            await self._placement.open_class(durable.inv, wait_s)
         except Exception as exc:
             fail(durable.future, as_superpose_error(exc))
             return
@@ -451,10 +366,7 @@ class Client:
 
     def _fire(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Start a coroutine on the client's loop from any thread, without waiting."""
-        if on_loop(self.loop):
-            self.loop.create_task(coro)
-        else:
-            asyncio.run_coroutine_threadsafe(coro, self.loop)
+        threads.fire(self.loop, coro)
 
     def cancel(self, invocation_id: str) -> bool:
         """Cancel a durable invocation: dropped if queued, killed if running."""
@@ -539,7 +451,7 @@ class Client:
             except Exception as exc:
                 fail(future, as_superpose_error(exc))
                 return
-        _resolve(future, value)
+        succeed(future, value)
 
     def submit_raw(
         self,
@@ -565,7 +477,7 @@ class Client:
             timeout_s=options.timeout,
             memory_mb=options.memory,
             ctx=ctx or runtime.child_context(),
-            needs=self._needs(target, options) or None,
+            needs=self._placement.needs(target, options),
         )
         if inv.ctx.log_to is None and self.log_sink is not None:
             inv.ctx.log_to = protocol.client_log_subject(self.id)
@@ -633,17 +545,13 @@ class Client:
         if inv.needs:
             pending.placing = True
             try:
-                candidates = await self._place(inv, pending.wait_for_node)
+                pending.node = await self._placement.node_for(inv, pending.wait_for_node)
             finally:
                 pending.placing = False
                 pending.heard = time.monotonic()
-            node = choose(candidates, inv.digest, self._sent_to)
-            self._sent_to[node.id] += 1
-            pending.node = node.id
-            subject = protocol.node_call_subject(node.id, inv.app, inv.fn)
-        elif self._may_express(inv.digest):
+            subject = protocol.node_call_subject(pending.node, inv.app, inv.fn)
+        elif self._express.take(inv.digest):
             pending.express = True
-            self._express_out[inv.digest] += 1
             subject = protocol.express_subject(inv.digest, inv.app, inv.fn)
         try:
             await self.nc.publish(
@@ -653,17 +561,10 @@ class Client:
             self._express_settled(pending)
             raise
 
-    def _may_express(self, digest: str) -> bool:
-        """Skip the node agent: send a warm call straight to the executors hosting it."""
-        if not self._express or self._express_out[digest] >= EXPRESS_MAX_OUT:
-            return False
-        cold_until = self._express_cold.get(digest)
-        return cold_until is None or time.monotonic() > cold_until
-
     def _express_settled(self, pending: _Pending) -> None:
         if pending.express:
             pending.express = False
-            self._express_out[pending.inv.digest] -= 1
+            self._express.release(pending.inv.digest)
 
     async def _on_reply(self, msg: Msg) -> None:
         inv_id = msg.subject.rsplit(".", 1)[-1]
@@ -681,13 +582,13 @@ class Client:
     async def _settle(self, pending: _Pending, msg: Msg) -> None:
         """A node's answer to one of our direct calls: its result, its error, or no one."""
         inv_id = pending.inv.id
-        if pending.inv.needs and self._sent_to[pending.node] > 0:
-            self._sent_to[pending.node] -= 1
+        if pending.inv.needs:
+            self._placement.answered(pending.node)
         no_responders = bool(msg.headers and msg.headers.get("Status") == "503")
         if pending.express:
             self._express_settled(pending)
             if no_responders:  # not warm anywhere: the queue group's nodes load it
-                self._express_cold[pending.inv.digest] = time.monotonic() + EXPRESS_RETRY_S
+                self._express.went_cold(pending.inv.digest)
                 await self._publish_or_fail(pending)
                 return
         if no_responders:
@@ -716,7 +617,7 @@ class Client:
         self._pending.pop(inv_id, None)
         assert result.value is not None
         if result.value.blob is None:
-            _resolve(pending.future, result.value)
+            succeed(pending.future, result.value)
         else:
             self.loop.create_task(self._fetch_result(pending.future, result.value))
 
@@ -727,7 +628,7 @@ class Client:
         except Exception as exc:
             fail(future, as_superpose_error(exc))
             return
-        _resolve(future, protocol.Payload(codec=value.codec, data=data))
+        succeed(future, protocol.Payload(codec=value.codec, data=data))
 
     async def _retry_or_fail(self, pending: _Pending, error: SuperposeError) -> None:
         inv_id = pending.inv.id
@@ -814,18 +715,8 @@ class Client:
 
     # --- conveniences for map and the CLI ---------------------------------------------
 
-    @contextmanager
-    def progress(self, total: int | None, label: str) -> Iterator[Callable[[], None]]:
-        """A rich progress bar on an interactive terminal; nothing otherwise."""
-        if runtime.current() is not None or not sys.stderr.isatty():
-            yield lambda: None
-            return
-        from rich.console import Console
-        from rich.progress import Progress
-
-        with Progress(console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(label, total=total)
-            yield lambda: bar.advance(task)
+    def progress(self, total: int | None, label: str) -> AbstractContextManager[Callable[[], None]]:
+        return progress_bar(total, label)
 
     async def call_json(
         self,
@@ -852,20 +743,6 @@ def _chain(source: Future, target: Future) -> None:
 
     source.add_done_callback(copy)
     target.accepted = source.accepted
-
-
-def _resolve(future: Future, value: protocol.Payload) -> None:
-    if future.done():
-        return
-    try:
-        data = value.data or b""
-        decoded: Any = (
-            data if value.codec == protocol.CODEC_JSON else payload.decode_value(data, value.codec)
-        )
-    except Exception as exc:
-        fail(future, SuperposeError(f"cannot decode the result: {exc}"))
-        return
-    future.set_result(decoded)
 
 
 async def open_node_client(nc: NATS) -> None:
