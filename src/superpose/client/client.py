@@ -10,9 +10,8 @@ batch, not 20,000 tasks. Results arrive on one wildcard reply subscription.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import hashlib
 import heapq
+import itertools
 import sys
 import time
 import uuid
@@ -28,7 +27,8 @@ from nats.aio.msg import Msg
 
 from superpose import config, protocol, runtime
 from superpose.client import session, threads
-from superpose.client.durable import Durable, Submitter, wait_accepted
+from superpose.client.durable import wait_accepted
+from superpose.client.durable_calls import DurableCalls
 from superpose.client.express import ExpressRoutes
 from superpose.client.functions import RemoteFunction
 from superpose.client.futures import Future, fail, succeed
@@ -39,14 +39,13 @@ from superpose.client.progress import progress_bar
 from superpose.client.scripts import ScriptBundles
 from superpose.client.threads import on_loop
 from superpose.errors import (
-    BadRequestError,
     CallTimeoutError,
     NoNodesError,
     RemoteError,
     SuperposeError,
     as_superpose_error,
 )
-from superpose.lattice import payload, results
+from superpose.lattice import payload
 from superpose.lattice.connection import Assets, ensure_assets
 from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
@@ -119,11 +118,12 @@ class Client:
         self._express = ExpressRoutes(config.express_from_env())
         self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._closed = False
-        self._seq = 0
+        self._seq = itertools.count(1)
+        """One count for all of this client's invocations, direct and durable."""
         self._wake_scheduled = False
-        self._submitter: Submitter | None = None
-        self._keyed: dict[str, Future] = {}
-        """Durable submissions with an idempotency key still waiting, by id."""
+        self._durable = DurableCalls(
+            nc, assets, client_id=self.id, loop=loop, seq=self._seq, placement=self._placement
+        )
         self.after_close: Callable[[], None] | None = None
         """Run once the client is closed (the sync facade stops its loop's thread)."""
 
@@ -164,8 +164,10 @@ class Client:
         )
         self._tasks.append(self.loop.create_task(self._send_loop()))
         self._tasks.append(self.loop.create_task(self._reap_loop()))
-        self._submitter = Submitter(self.nc, self.id, self._resolve_durable, self.assets.cancels)
-        self._submitter.start(lambda coro: self._tasks.append(self.loop.create_task(coro)))
+        self._durable.start(self._spawn)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(self.loop.create_task(coro))
 
     async def aclose(self) -> None:
         if self._closed:
@@ -182,8 +184,7 @@ class Client:
         for pending in self._pending.values():
             fail(pending.future, closed)
         self._pending.clear()
-        if self._submitter is not None:
-            self._submitter.fail_all(closed)
+        self._durable.fail_all(closed)
         for closer in reversed(self._closers):
             await closer()
 
@@ -280,119 +281,18 @@ class Client:
         options: Options,
         ctx: protocol.CallContext | None = None,
     ) -> Future:
-        if self._closed or self._submitter is None:
+        if self._closed or not self._durable.started:
             raise SuperposeError("this superpose client is closed")
-        self._seq += 1
-        key = options.idempotency_key
-        inv_id = (
-            protocol.idempotent_id(hashlib.sha256(key.encode()).hexdigest()[:40])
-            if key is not None
-            else protocol.durable_id(self.id, self._seq)
-        )
-        retries = options.retries or int(target.options.get("retries", 0) or 0)
-        inv = protocol.Invocation(
-            id=inv_id,
-            app=target.app,
-            fn=target.fn,
-            digest=target.digest,
-            module=target.module,
-            qualname=target.qualname,
-            args=protocol.Payload(codec=codec, size=len(raw_args)),
-            deadline=time.time() + protocol.RESULT_TTL_S,
-            timeout_s=options.timeout,
-            memory_mb=options.memory,
-            ctx=ctx or runtime.child_context(),
-            retries=retries,
-            retry_on=list(options.retry_on) or None,
-            needs=self._placement.needs(target, options),
-        )
-        if inv.ctx.log_to is None and self.log_sink is not None:
-            inv.ctx.log_to = protocol.client_log_subject(self.id)
-        future = Future()
-        future.invocation_id = inv.id
-        future.idempotency_key = key
-        if key is not None:
-            already = self._keyed.get(inv_id)
-            if already is not None and not already.done():  # one run for both futures
-                _chain(already, future)
-                return future
-            self._keyed[inv_id] = future
-            future.add_done_callback(lambda _: self._keyed.pop(inv_id, None))
-        future.on_cancel = self._cancel_from_future
-        durable = Durable(future, inv, raw_args)
-        if inv.needs:
-            self._fire(self._submit_placed(durable, options.wait_for_node))
-        else:
-            self._submitter.submit(durable)
-        return future
+        ctx = ctx or runtime.child_context()
+        if ctx.log_to is None and self.log_sink is not None:
+            ctx.log_to = protocol.client_log_subject(self.id)
+        return self._durable.submit(target, raw_args, codec, options, ctx)
 
-    async def nodes(self) -> NodeDirectory:
-        return await self._placement.nodes()
-
-    async def _submit_placed(self, durable: Durable, wait_s: float) -> None:
-        """Durable work with needs goes to its needs class's subject, which only the
-        nodes meeting the needs pull from; fail now if no such node is alive."""
-        assert self._submitter is not None
-        try:
-            await self._placement.open_class(durable.inv, wait_s)
-        except Exception as exc:
-            fail(durable.future, as_superpose_error(exc))
-            return
-        self._submitter.submit(durable)
-
-    def _cancel_from_future(self, future: Future) -> None:
-        self._fire(self.cancel_async([future.invocation_id]))
-
-    async def cancel_async(self, ids: list[str]) -> list[str]:
-        """Cancel durable invocations by id; returns those that had not finished."""
-        assert self._submitter is not None
-        return await self._submitter.cancel(ids)
-
-    def cancel_many(self, futures: list[Future]) -> None:
-        """Cancel many durable invocations at once (a map stopped early)."""
-        ids = [f.invocation_id for f in futures if f.invocation_id]
-        if ids and not self._closed:
-            self._fire(self.cancel_async(ids))
-
-    def speculate(self, invocation_id: str) -> None:
-        """Launch a second copy of a waiting durable invocation (a straggler)."""
-        assert self._submitter is not None
-        self._fire(self._submitter.speculate(invocation_id))
-
-    def stop_copies(self, invocation_id: str) -> None:
-        """Kill copies of a finished invocation still running somewhere."""
-        cancel = protocol.Cancel([invocation_id]).encode()
-        self._fire(self.nc.publish(protocol.CANCEL_SUBJECT, cancel))
-
-    def _fire(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Start a coroutine on the client's loop from any thread, without waiting."""
-        threads.fire(self.loop, coro)
-
-    def cancel(self, invocation_id: str) -> bool:
-        """Cancel a durable invocation: dropped if queued, killed if running."""
-        return bool(self.run(self.cancel_async([invocation_id])))
-
-    async def result_async(
-        self, invocation_id: str, *, wait: bool = True, timeout: float | None = None
-    ) -> protocol.Result | None:
-        """The stored result of a durable invocation (None if not finished in time)."""
-        if not protocol.is_valid_invocation_id(invocation_id):
-            raise BadRequestError(f"{invocation_id!r} is not an invocation id")
-        if not wait:
-            return await results.get(self.assets, invocation_id)
-        return await results.wait(self.assets, invocation_id, timeout)
-
-    def result(self, invocation_id: str, *, timeout: float | None = None) -> Any:
-        """Wait for a durable invocation's result by id, from any process.
-
-        Raises ``RemoteError`` if it failed, ``CallTimeoutError`` if ``timeout`` passes.
-        """
-        found = self.run(self.result_async(invocation_id, timeout=timeout))
-        if found is None:
-            raise CallTimeoutError(f"invocation {invocation_id} has no result after {timeout} s")
-        future = Future()
-        self.run(self._settle_durable(future, found))
-        return future.result()
+    def resubmit(self, inv: protocol.Invocation) -> Future:
+        """Submit an invocation again (already wrapped) under a new id, from attempt 1."""
+        if self._closed or not self._durable.started:
+            raise SuperposeError("this superpose client is closed")
+        return self._durable.resubmit(inv)
 
     async def invoke_json(
         self,
@@ -404,54 +304,47 @@ class Client:
         ctx: protocol.CallContext | None = None,
     ) -> str:
         """Persist a durable invocation with JSON arguments; returns its id once accepted."""
-        future = self.submit_durable(
-            target,
-            args_json,
-            protocol.CODEC_JSON,
-            Options(idempotency_key=idempotency_key, timeout=timeout_s),
-            ctx,
-        )
+        options = Options(idempotency_key=idempotency_key, timeout=timeout_s)
+        future = self.submit_durable(target, args_json, protocol.CODEC_JSON, options, ctx)
         return await wait_accepted(future)
 
-    def resubmit(self, inv: protocol.Invocation) -> Future:
-        """Submit an invocation again (already wrapped) under a new id, from attempt 1."""
-        if self._closed or self._submitter is None:
-            raise SuperposeError("this superpose client is closed")
-        self._seq += 1
-        inv.id = protocol.durable_id(self.id, self._seq)
-        inv.attempt = 1
-        inv.not_before = 0.0
-        inv.deadline = time.time() + protocol.RESULT_TTL_S
-        future = Future()
-        future.invocation_id = inv.id
-        future.on_cancel = self._cancel_from_future
-        self._submitter.submit(Durable(future, inv, raw_args=b""))
-        return future
+    async def nodes(self) -> NodeDirectory:
+        return await self._placement.nodes()
 
-    def _resolve_durable(self, future: Future, result: protocol.Result) -> None:
-        self.loop.create_task(self._settle_durable(future, result))
+    # --- durable invocations by id ---------------------------------------------------
 
-    async def _settle_durable(self, future: Future, result: protocol.Result) -> None:
-        if future.done():
-            return
-        if result.error is not None:
-            if result.error.kind == protocol.ERR_CANCELLED:
-                future.on_cancel = None
-                future.cancel()
-            else:
-                fail(future, RemoteError.from_info(result.error, result.node))
-            return
-        assert result.value is not None
-        value = result.value
-        if value.blob is not None:  # kept: others may fetch this result by id
-            try:
-                value = protocol.Payload(
-                    codec=value.codec, data=await payload.unwrap(self.nc, value)
-                )
-            except Exception as exc:
-                fail(future, as_superpose_error(exc))
-                return
-        succeed(future, value)
+    def cancel(self, invocation_id: str) -> bool:
+        """Cancel a durable invocation: dropped if queued, killed if running."""
+        return bool(self.run(self.cancel_async([invocation_id])))
+
+    async def cancel_async(self, ids: list[str]) -> list[str]:
+        """Cancel durable invocations by id; returns those that had not finished."""
+        return await self._durable.cancel(ids)
+
+    def cancel_many(self, futures: list[Future]) -> None:
+        """Cancel many durable invocations at once (a map stopped early)."""
+        if not self._closed:
+            self._durable.cancel_many(futures)
+
+    def speculate(self, invocation_id: str) -> None:
+        self._durable.speculate(invocation_id)
+
+    def stop_copies(self, invocation_id: str) -> None:
+        self._durable.stop_copies(invocation_id)
+
+    async def result_async(
+        self, invocation_id: str, *, wait: bool = True, timeout: float | None = None
+    ) -> protocol.Result | None:
+        return await self._durable.lookup(invocation_id, wait=wait, timeout=timeout)
+
+    def result(self, invocation_id: str, *, timeout: float | None = None) -> Any:
+        """Wait for a durable invocation's result by id, from any process.
+
+        Raises ``RemoteError`` if it failed, ``CallTimeoutError`` if ``timeout`` passes.
+        """
+        return self._durable.result(invocation_id, timeout=timeout)
+
+    # --- direct invocations ----------------------------------------------------------
 
     def submit_raw(
         self,
@@ -464,9 +357,8 @@ class Client:
         if self._closed:
             raise SuperposeError("this superpose client is closed")
         timeout_s = options.timeout or target.options.get("timeout") or config.DEFAULT_TIMEOUT_S
-        self._seq += 1
         inv = protocol.Invocation(
-            id=f"{self.id}{self._seq:x}",
+            id=f"{self.id}{next(self._seq):x}",
             app=target.app,
             fn=target.fn,
             digest=target.digest,
@@ -572,8 +464,7 @@ class Client:
             self._on_log(msg)
             return
         if inv_id == protocol.DURABLE_NOTIFY_TOKEN:
-            if self._submitter is not None:
-                self._submitter.on_notify(msg)
+            self._durable.on_notify(msg)
             return
         pending = self._pending.get(inv_id)
         if pending is not None:
@@ -730,19 +621,6 @@ class Client:
         future = self.submit_raw(target, args_json, protocol.CODEC_JSON, options, ctx)
         result: bytes = await asyncio.wrap_future(future)
         return result
-
-
-def _chain(source: Future, target: Future) -> None:
-    def copy(done: concurrent.futures.Future[Any]) -> None:
-        if done.cancelled():
-            target.cancel()
-        elif done.exception() is not None:
-            fail(target, done.exception())  # type: ignore[arg-type]
-        else:
-            target.set_result(done.result())
-
-    source.add_done_callback(copy)
-    target.accepted = source.accepted
 
 
 async def open_node_client(nc: NATS) -> None:
