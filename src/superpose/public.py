@@ -14,9 +14,10 @@ import threading
 
 from superpose import config
 from superpose.client import session
-from superpose.client.client import Client, LogSink, print_log_record
+from superpose.client.client import Client
 from superpose.client.functions import Function, LinkedApp, RemoteFunction, function, use
 from superpose.client.futures import Future, gather
+from superpose.client.replies import LogSink, print_log_record
 from superpose.errors import (
     CallTimeoutError,
     DeployError,
