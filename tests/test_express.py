@@ -60,7 +60,7 @@ def learn(client: sp.Client, call: Callable[[], object]) -> None:
     trying express again, which the test skips."""
     with contextlib.suppress(sp.RemoteError):
         call()
-    client._express_cold.clear()
+    client._express.forget_cold()
 
 
 def test_warm_calls_go_straight_to_the_executor(
@@ -203,7 +203,7 @@ def test_express_calls_to_an_evicted_bundle_fall_back_to_the_queue_group(
             for _ in range(6):
                 for call in calls:
                     assert call.remote()
-                    client._express_cold.clear()  # try express every time
+                    client._express.forget_cold()  # try express every time
     finally:
         stop_lattice(handle)
 

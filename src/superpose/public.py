@@ -15,7 +15,6 @@ import threading
 from superpose import config
 from superpose.client import session
 from superpose.client.client import Client as Client
-from superpose.client.client import LogSink, print_log_record
 from superpose.client.functions import Function as Function
 from superpose.client.functions import LinkedApp as LinkedApp
 from superpose.client.functions import RemoteFunction as RemoteFunction
@@ -23,6 +22,7 @@ from superpose.client.functions import function as function
 from superpose.client.functions import use as use
 from superpose.client.futures import Future as Future
 from superpose.client.futures import gather as gather
+from superpose.client.replies import LogSink, print_log_record
 from superpose.errors import CallTimeoutError as CallTimeoutError
 from superpose.errors import DeployError as DeployError
 from superpose.errors import LatticeError as LatticeError

@@ -2,96 +2,55 @@
 
 Its core is asyncio on one loop — a background thread in scripts, the
 executor's own loop on a node, the server's loop in the gateway — and the
-sync facade hands work to that loop. Submissions go through an outbox drained
-by one sender task, so 20,000 spawns cost 20,000 publishes and one flush per
-batch, not 20,000 tasks. Results arrive on one wildcard reply subscription.
+sync facade hands work to that loop. ``Client`` is that facade: each job is a
+collaborator of its own (names, scripts, placement, express routes, direct
+calls with their reaper, durable calls, replies), and it wires them together
+and keeps their lifecycle.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import hashlib
-import heapq
-import sys
-import time
+import itertools
 import uuid
-from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, TypeVar
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from superpose import config, protocol, runtime
-from superpose.client import session
-from superpose.client.durable import Durable, Submitter, wait_accepted
+from superpose.client import session, threads
+from superpose.client.direct import DirectCalls
+from superpose.client.durable import wait_accepted
+from superpose.client.durable_calls import DurableCalls
+from superpose.client.express import ExpressRoutes
 from superpose.client.functions import RemoteFunction
-from superpose.client.futures import Future, fail, on_loop
+from superpose.client.futures import Future
+from superpose.client.names import Names
 from superpose.client.options import Options
-from superpose.code import script, store
-from superpose.errors import (
-    BadRequestError,
-    CallTimeoutError,
-    NoNodesError,
-    RemoteError,
-    SuperposeError,
-    UserError,
-    as_superpose_error,
-)
-from superpose.lattice import payload, results
-from superpose.lattice.connection import Assets, ensure_assets, ensure_work_consumer
+from superpose.client.placement import Placement
+from superpose.client.progress import progress_bar
+from superpose.client.replies import LogSink, Replies
+from superpose.client.scripts import ScriptBundles
+from superpose.errors import SuperposeError
+from superpose.lattice import payload
+from superpose.lattice.connection import Assets, ensure_assets
 from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
-from superpose.registry.mirror import Registry, Target, session_from, split_name
-from superpose.registry.placement import NodeDirectory, call_needs, choose
+from superpose.registry.mirror import Registry, Target, split_name
+from superpose.registry.placement import NodeDirectory
 
 T = TypeVar("T")
-RETRYABLE = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
-RETRY_BACKOFF_S = 0.2
-EXPRESS_MAX_OUT = 2
-"""Unanswered express calls per bundle; more go to the queue group, which spreads
-them over the nodes (an executor takes an express call only when idle)."""
-EXPRESS_RETRY_S = 1.0
-"""After no executor answered a bundle's express subject, how long to use the queue group."""
-REAP_INTERVAL_S = 0.25
 CLOSE_WAIT_S = 2.0
-OFFER_GRACE_S = 30.0
-"""A big argument stays offered this long past its call's deadline, if never settled."""
-LOST_SCAN_EVERY = 4
-"""Reaper ticks between scans for calls whose node went silent (once a second)."""
-
-
-@dataclass
-class _Pending:
-    future: Future
-    inv: protocol.Invocation
-    raw_args: bytes
-    attempts_left: int
-    wait_for_node: float = 0.0
-    placing: bool = False
-    """Waiting for a node that meets its needs: no node holds it yet, none can be lost."""
-    heard: float = 0.0
-    """When a node last reported holding this call (or when it was sent)."""
-    node: str = ""
-    express: bool = False
-    """Sent to its bundle's warm executors directly, and not answered yet."""
-
-
-LogSink = Callable[[protocol.LogRecord], None]
-
-
-def print_log_record(record: protocol.LogRecord) -> None:
-    """Remote prints, prefixed with the function and the node that printed them."""
-    stream = sys.stderr if record.stream in ("stderr", "log") else sys.stdout
-    stream.write(f"[{record.fn}@{record.node}] {record.line}\n")
-    stream.flush()
+CLOSED = "this superpose client is closed"
 
 
 class Client:
+    """The public surface of a connection: each method hands its job to the collaborator
+    that does it, so callers need not know how the work is divided."""
+
     def __init__(
         self,
         nc: NATS,
@@ -108,32 +67,39 @@ class Client:
         self.id = uuid.uuid4().hex[:16]
         self.offers = Offers(nc, self.id)
         """Big arguments of this client's direct calls (and, in an executor, big results)."""
-        self.log_sink = log_sink
-        self._pending: dict[str, _Pending] = {}
-        self._deadlines: list[tuple[float, str]] = []
-        self._outbox: deque[_Pending] = deque()
-        self._outbox_ready = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._registry: Registry | None = None
-        self._bundles: dict[str, tuple[str, str, str, int]] = {}
-        self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
-        self._closed = False
-        self._seq = 0
-        self._wake_scheduled = False
-        self._submitter: Submitter | None = None
-        self._nodes: NodeDirectory | None = None
-        self._sent_to: Counter[str] = Counter()
-        """Placed direct calls sent to each node and not yet answered."""
-        self._placed_classes: set[str] = set()
-        self._express = config.settings().express
-        self._express_out: Counter[str] = Counter()
-        """Express calls sent and not yet answered, by bundle digest."""
-        self._express_cold: dict[str, float] = {}
-        """Bundles no executor held warm at the last express try, until when to skip them."""
-        self._keyed: dict[str, Future] = {}
-        """Durable submissions with an idempotency key still waiting, by id."""
         self.after_close: Callable[[], None] | None = None
         """Run once the client is closed (the sync facade stops its loop's thread)."""
+        self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        seq = itertools.count(1)
+        self._names = Names(assets.registry, loop)
+        self._scripts = ScriptBundles(nc, loop)
+        self._placement = Placement(nc, assets.nodes, self._names)
+        self._express = ExpressRoutes(config.settings().express)
+        self._direct = DirectCalls(
+            nc,
+            client_id=self.id,
+            url=url,
+            offers=self.offers,
+            loop=loop,
+            seq=seq,
+            placement=self._placement,
+            express=self._express,
+        )
+        self._durable = DurableCalls(
+            nc, assets, client_id=self.id, loop=loop, seq=seq, placement=self._placement
+        )
+        self._replies = Replies(self.id, self._direct, self._durable, log_sink)
+
+    @property
+    def log_sink(self) -> LogSink | None:
+        """Where remote prints of this client's calls go (None: they are not sent here)."""
+        return self._replies.log_sink
+
+    @log_sink.setter
+    def log_sink(self, sink: LogSink | None) -> None:
+        self._replies.log_sink = sink
 
     # --- opening and closing ---------------------------------------------------
 
@@ -152,66 +118,43 @@ class Client:
         return client
 
     async def _start(self) -> None:
-        await self.nc.subscribe(
-            protocol.reply_wildcard(self.id),
-            cb=self._on_reply,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
-        await self.nc.subscribe(
-            self.offers.subject,
-            cb=self.offers.serve,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
-        await self.nc.subscribe(
-            protocol.progress_subject(self.id),
-            cb=self._on_progress,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
-        self._tasks.append(self.loop.create_task(self._send_loop()))
-        self._tasks.append(self.loop.create_task(self._reap_loop()))
-        self._submitter = Submitter(self.nc, self.id, self._resolve_durable, self.assets.cancels)
-        self._submitter.start(lambda coro: self._tasks.append(self.loop.create_task(coro)))
+        for subject, cb in (
+            (self._replies.subject, self._replies.dispatch),
+            (self.offers.subject, self.offers.serve),
+            (protocol.progress_subject(self.id), self._direct.reaper.on_progress),
+        ):
+            await self.nc.subscribe(subject, cb=cb, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        self._direct.start(self._spawn)
+        self._durable.start(self._spawn)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(self.loop.create_task(coro))
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._direct.close()
         for task in self._tasks:
             task.cancel()
         # Bounded: nats-py's flush can swallow a cancellation, leaving a loop alive.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=CLOSE_WAIT_S)
-        if self._registry is not None:
-            await self._registry.stop()
-        if self._nodes is not None:
-            await self._nodes.stop()
+        await self._names.stop()
+        await self._placement.stop()
         closed = SuperposeError("the client was closed before the call finished")
-        for pending in self._pending.values():
-            fail(pending.future, closed)
-        self._pending.clear()
-        if self._submitter is not None:
-            self._submitter.fail_all(closed)
+        self._direct.fail_all(closed)
+        self._durable.fail_all(closed)
         for closer in reversed(self._closers):
             await closer()
 
-    # --- sync facade plumbing ----------------------------------------------------
-
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the client's loop from another thread and wait for it."""
-        if on_loop(self.loop):
-            coro.close()
-            raise UserError(
-                "a blocking superpose call was made on the event loop that serves it; "
-                "in async code use `await f.remote.aio(...)` or `await f.spawn(...)`"
-            )
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        return threads.run(self.loop, coro)
 
     def close(self) -> None:
         session.forget(self)
-        if on_loop(self.loop):
+        if threads.on_loop(self.loop):
             return
         if self.loop.is_running():
             self.run(self.aclose())
@@ -234,27 +177,12 @@ class Client:
     # --- names -------------------------------------------------------------------
 
     async def registry(self) -> Registry:
-        if self._registry is None:
-            self._registry = Registry(self.assets.registry)
-            await self._registry.start()
-        return self._registry
+        return await self._names.registry()
 
     def resolve(
-        self,
-        app: str,
-        fn: str,
-        version: str | None = None,
-        ctx: protocol.CallContext | None = None,
+        self, app: str, fn: str, version: str | None = None, ctx: protocol.CallContext | None = None
     ) -> Target:
-        """The version a call runs (see ``Registry.pick`` for the rules), from the mirror."""
-        registry = self._registry
-        if registry is None:
-            registry = self.run(self.registry()) if not on_loop(self.loop) else None
-            if registry is None:
-                raise SuperposeError("call `await client.registry()` before resolving on the loop")
-        invocation = runtime.current_invocation.get()
-        caller = invocation.app if invocation is not None else None
-        return registry.resolve(app, fn, version, ctx, caller)
+        return self._names.resolve(app, fn, version, ctx)
 
     def call_context(
         self,
@@ -266,52 +194,22 @@ class Client:
         fn: str | None = None,
         args: Sequence[Any] = (),
     ) -> protocol.CallContext:
-        """The context a call carries: inherited from the call it is made in, with the
-        session, pins and tracing this call asks for. An inherited session wins, so a
-        whole call graph resolves versions for the session it began with."""
-        ctx = runtime.child_context()
-        if options.session is not None:
-            ctx.session = options.session
-        if options.pins:
-            ctx.pins = {**(ctx.pins or {}), **options.pins}
-        if options.trace:
-            ctx.trace = True
-        if ctx.session is None and app is not None and self._registry is not None:
-            canary = self._registry.canaries.get(app)
-            params = self._registry.params_of(app, fn) if args and canary is not None else []
-            ctx.session = session_from(canary, headers, kwargs, args, params)
-        if ctx.trace and ctx.trace_id is None:
-            ctx.trace_id = uuid.uuid4().hex[:16]
-        return ctx
+        return self._names.call_context(options, app, kwargs, headers, fn=fn, args=args)
 
     def function(self, name: str, version: str | None = None) -> RemoteFunction:
         """A deployed function by name: ``"app.fn"`` or ``"app.fn@version"``."""
         app, fn, at = split_name(name)
         handle = RemoteFunction(app, fn, version or at, Options())
         handle._bound_client = self
-        if not on_loop(self.loop):
+        if not threads.on_loop(self.loop):
             self.resolve(app, fn, version or at)  # fail now on an unknown name
         return handle
 
     def script_bundle(self, module_name: str) -> tuple[str, str, str]:
-        """(digest, module name on nodes, app name) for a script's module.
+        return self._scripts.bundle(module_name)
 
-        Built and uploaded on first use, and again only when modules were imported
-        since (a local module imported later must reach the nodes too).
-        """
-        loaded = len(sys.modules)
-        found = self._bundles.get(module_name)
-        if found is None or found[3] != loaded:
-            bundle, root = script.bundle_for(module_name)
-            digest = bundle.digest
-            if found is None or found[0] != digest:
-                self.run(store.upload(self.nc, bundle))
-            in_bundle = script.module_name_in_bundle(sys.modules[module_name], root)
-            app = in_bundle.split(".")[0].replace("-", "_")
-            if not protocol.is_valid_name(app):
-                app = "script"
-            found = self._bundles[module_name] = (digest, in_bundle, app, loaded)
-        return found[0], found[1], found[2]
+    async def nodes(self) -> NodeDirectory:
+        return await self._placement.nodes()
 
     # --- invocations ---------------------------------------------------------------
 
@@ -336,6 +234,19 @@ class Client:
             return self.submit_durable(target, raw, codec, options, ctx)
         return self.submit_raw(target, raw, codec, options, ctx)
 
+    def submit_raw(
+        self,
+        target: Target,
+        raw_args: bytes,
+        codec: str,
+        options: Options,
+        ctx: protocol.CallContext | None = None,
+    ) -> Future:
+        if self._closed:
+            raise SuperposeError(CLOSED)
+        ctx = self._replies.with_output(ctx)
+        return self._direct.submit(target, raw_args, codec, options, ctx)
+
     def submit_durable(
         self,
         target: Target,
@@ -344,143 +255,16 @@ class Client:
         options: Options,
         ctx: protocol.CallContext | None = None,
     ) -> Future:
-        if self._closed or self._submitter is None:
-            raise SuperposeError("this superpose client is closed")
-        self._seq += 1
-        key = options.idempotency_key
-        inv_id = (
-            protocol.idempotent_id(hashlib.sha256(key.encode()).hexdigest()[:40])
-            if key is not None
-            else protocol.durable_id(self.id, self._seq)
-        )
-        retries = options.retries or int(target.options.get("retries", 0) or 0)
-        inv = protocol.Invocation(
-            id=inv_id,
-            app=target.app,
-            fn=target.fn,
-            digest=target.digest,
-            module=target.module,
-            qualname=target.qualname,
-            args=protocol.Payload(codec=codec, size=len(raw_args)),
-            deadline=time.time() + protocol.RESULT_TTL_S,
-            timeout_s=options.timeout,
-            memory_mb=options.memory,
-            ctx=ctx or runtime.child_context(),
-            retries=retries,
-            retry_on=list(options.retry_on) or None,
-            needs=self._needs(target, options) or None,
-        )
-        if inv.ctx.log_to is None and self.log_sink is not None:
-            inv.ctx.log_to = protocol.client_log_subject(self.id)
-        future = Future()
-        future.invocation_id = inv.id
-        future.idempotency_key = key
-        if key is not None:
-            already = self._keyed.get(inv_id)
-            if already is not None and not already.done():  # one run for both futures
-                _chain(already, future)
-                return future
-            self._keyed[inv_id] = future
-            future.add_done_callback(lambda _: self._keyed.pop(inv_id, None))
-        future.on_cancel = self._cancel_from_future
-        durable = Durable(future, inv, raw_args)
-        if inv.needs:
-            self._fire(self._submit_placed(durable, options.wait_for_node))
-        else:
-            self._submitter.submit(durable)
-        return future
+        if self._closed or not self._durable.started:
+            raise SuperposeError(CLOSED)
+        ctx = self._replies.with_output(ctx)
+        return self._durable.submit(target, raw_args, codec, options, ctx)
 
-    def _needs(self, target: Target, options: Options) -> dict[str, str]:
-        pins = self._registry.pins.get(target.app, {}) if self._registry is not None else {}
-        return call_needs(target.options, options.needs, options.region, pins.get(target.fn))
-
-    async def nodes(self) -> NodeDirectory:
-        """The live nodes, mirrored; started on first use (calls with needs or pins)."""
-        if self._nodes is None:
-            self._nodes = NodeDirectory(self.assets.nodes)
-            await self._nodes.start()
-        return self._nodes
-
-    async def _place(self, inv: protocol.Invocation, wait_s: float) -> list[protocol.NodeInfo]:
-        directory = await self.nodes()
-        assert inv.needs is not None
-        return await directory.wait_for(inv.needs, wait_s, f"{inv.app}.{inv.fn}")
-
-    async def _submit_placed(self, durable: Durable, wait_s: float) -> None:
-        """Durable work with needs goes to its needs class's subject, which only the
-        nodes meeting the needs pull from; fail now if no such node is alive."""
-        inv = durable.inv
-        assert inv.needs is not None and self._submitter is not None
-        try:
-            await self._place(inv, wait_s)
-            cls = protocol.needs_class(inv.needs)
-            if cls not in self._placed_classes:
-                await ensure_work_consumer(
-                    self.nc, protocol.placed_consumer(cls), protocol.placed_filter(cls)
-                )
-                await (await self.registry()).record_placement(cls, inv.needs)
-                self._placed_classes.add(cls)
-        except Exception as exc:
-            fail(durable.future, as_superpose_error(exc))
-            return
-        self._submitter.submit(durable)
-
-    def _cancel_from_future(self, future: Future) -> None:
-        self._fire(self.cancel_async([future.invocation_id]))
-
-    async def cancel_async(self, ids: list[str]) -> list[str]:
-        """Cancel durable invocations by id; returns those that had not finished."""
-        assert self._submitter is not None
-        return await self._submitter.cancel(ids)
-
-    def cancel_many(self, futures: list[Future]) -> None:
-        """Cancel many durable invocations at once (a map stopped early)."""
-        ids = [f.invocation_id for f in futures if f.invocation_id]
-        if ids and not self._closed:
-            self._fire(self.cancel_async(ids))
-
-    def speculate(self, invocation_id: str) -> None:
-        """Launch a second copy of a waiting durable invocation (a straggler)."""
-        assert self._submitter is not None
-        self._fire(self._submitter.speculate(invocation_id))
-
-    def stop_copies(self, invocation_id: str) -> None:
-        """Kill copies of a finished invocation still running somewhere."""
-        cancel = protocol.Cancel([invocation_id]).encode()
-        self._fire(self.nc.publish(protocol.CANCEL_SUBJECT, cancel))
-
-    def _fire(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Start a coroutine on the client's loop from any thread, without waiting."""
-        if on_loop(self.loop):
-            self.loop.create_task(coro)
-        else:
-            asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def cancel(self, invocation_id: str) -> bool:
-        """Cancel a durable invocation: dropped if queued, killed if running."""
-        return bool(self.run(self.cancel_async([invocation_id])))
-
-    async def result_async(
-        self, invocation_id: str, *, wait: bool = True, timeout: float | None = None
-    ) -> protocol.Result | None:
-        """The stored result of a durable invocation (None if not finished in time)."""
-        if not protocol.is_valid_invocation_id(invocation_id):
-            raise BadRequestError(f"{invocation_id!r} is not an invocation id")
-        if not wait:
-            return await results.get(self.assets, invocation_id)
-        return await results.wait(self.assets, invocation_id, timeout)
-
-    def result(self, invocation_id: str, *, timeout: float | None = None) -> Any:
-        """Wait for a durable invocation's result by id, from any process.
-
-        Raises ``RemoteError`` if it failed, ``CallTimeoutError`` if ``timeout`` passes.
-        """
-        found = self.run(self.result_async(invocation_id, timeout=timeout))
-        if found is None:
-            raise CallTimeoutError(f"invocation {invocation_id} has no result after {timeout} s")
-        future = Future()
-        self.run(self._settle_durable(future, found))
-        return future.result()
+    def resubmit(self, inv: protocol.Invocation) -> Future:
+        """Submit an invocation again (already wrapped) under a new id, from attempt 1."""
+        if self._closed or not self._durable.started:
+            raise SuperposeError(CLOSED)
+        return self._durable.resubmit(inv)
 
     async def invoke_json(
         self,
@@ -492,339 +276,9 @@ class Client:
         ctx: protocol.CallContext | None = None,
     ) -> str:
         """Persist a durable invocation with JSON arguments; returns its id once accepted."""
-        future = self.submit_durable(
-            target,
-            args_json,
-            protocol.CODEC_JSON,
-            Options(idempotency_key=idempotency_key, timeout=timeout_s),
-            ctx,
-        )
+        options = Options(idempotency_key=idempotency_key, timeout=timeout_s)
+        future = self.submit_durable(target, args_json, protocol.CODEC_JSON, options, ctx)
         return await wait_accepted(future)
-
-    def resubmit(self, inv: protocol.Invocation) -> Future:
-        """Submit an invocation again (already wrapped) under a new id, from attempt 1."""
-        if self._closed or self._submitter is None:
-            raise SuperposeError("this superpose client is closed")
-        self._seq += 1
-        inv.id = protocol.durable_id(self.id, self._seq)
-        inv.attempt = 1
-        inv.not_before = 0.0
-        inv.deadline = time.time() + protocol.RESULT_TTL_S
-        future = Future()
-        future.invocation_id = inv.id
-        future.on_cancel = self._cancel_from_future
-        self._submitter.submit(Durable(future, inv, raw_args=b""))
-        return future
-
-    def _resolve_durable(self, future: Future, result: protocol.Result) -> None:
-        self.loop.create_task(self._settle_durable(future, result))
-
-    async def _settle_durable(self, future: Future, result: protocol.Result) -> None:
-        if future.done():
-            return
-        if result.error is not None:
-            if result.error.kind == protocol.ERR_CANCELLED:
-                future.on_cancel = None
-                future.cancel()
-            else:
-                fail(future, RemoteError.from_info(result.error, result.node))
-            return
-        assert result.value is not None
-        value = result.value
-        data: bytes | bytearray | None = value.data
-        if value.blob is not None:  # kept: others may fetch this result by id
-            try:
-                data = await payload.unwrap(self.nc, value)
-            except Exception as exc:
-                fail(future, as_superpose_error(exc))
-                return
-        _resolve(future, value.codec, data)
-
-    def submit_raw(
-        self,
-        target: Target,
-        raw_args: bytes,
-        codec: str,
-        options: Options,
-        ctx: protocol.CallContext | None = None,
-    ) -> Future:
-        if self._closed:
-            raise SuperposeError("this superpose client is closed")
-        timeout_s = options.timeout or target.options.get("timeout") or config.DEFAULT_TIMEOUT_S
-        self._seq += 1
-        inv = protocol.Invocation(
-            id=f"{self.id}{self._seq:x}",
-            app=target.app,
-            fn=target.fn,
-            digest=target.digest,
-            module=target.module,
-            qualname=target.qualname,
-            args=protocol.Payload(codec=codec, size=len(raw_args)),
-            deadline=time.time() + float(timeout_s) + config.WAIT_MARGIN_S,
-            timeout_s=options.timeout,
-            memory_mb=options.memory,
-            ctx=ctx or runtime.child_context(),
-            needs=self._needs(target, options) or None,
-        )
-        if inv.ctx.log_to is None and self.log_sink is not None:
-            inv.ctx.log_to = protocol.client_log_subject(self.id)
-        future = Future()
-        future.invocation_id = inv.id
-        retries = options.retries or int(target.options.get("retries", 0) or 0)
-        if options.idempotent:  # safe to run again when its node dies
-            retries = max(retries, 1)
-        self._outbox.append(_Pending(future, inv, raw_args, retries, options.wait_for_node))
-        if not self._wake_scheduled:  # one wake-up per batch, not per submission
-            self._wake_scheduled = True
-            if on_loop(self.loop):
-                self._outbox_ready.set()
-            else:
-                self.loop.call_soon_threadsafe(self._outbox_ready.set)
-        return future
-
-    async def _send_loop(self) -> None:
-        while not self._closed:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            self._wake_scheduled = False
-            while self._outbox:
-                pending = self._outbox.popleft()
-                try:
-                    await self._send(pending)
-                except Exception as exc:  # spill or publish failed: fail this call only
-                    fail(pending.future, as_superpose_error(exc))
-            # No flush(): nats-py's flusher writes the batch in one syscall as it is, and a
-            # flush adds a PING write and a PONG to read to every call (measured: 10 % of
-            # the client's CPU on a sequential warm call).
-
-    async def _send(self, pending: _Pending) -> None:
-        inv = pending.inv
-        if pending.future.cancelled():
-            return
-        if inv.args.data is None and inv.args.blob is None:
-            hold_s = max(0.0, inv.remaining_s()) + OFFER_GRACE_S
-            inv.args = payload.offer(self.offers, pending.raw_args, inv.args.codec, hold_s)
-            if inv.args.source is not None:  # retries resend it: withdrawn when settled
-                args = inv.args
-                pending.future.add_done_callback(lambda _: self.offers.withdraw(args))
-        self._pending[inv.id] = pending
-        pending.heard = time.monotonic()
-        heapq.heappush(self._deadlines, (inv.deadline, inv.id))
-        if inv.needs:
-            pending.placing = True
-            self.loop.create_task(self._publish_or_fail(pending))  # may wait for a node
-        else:
-            await self._publish_call(pending)
-
-    async def _publish_or_fail(self, pending: _Pending) -> None:
-        """Publish from a task or callback of its own: a failure fails this call only."""
-        try:
-            await self._publish_call(pending)
-        except Exception as exc:
-            self._pending.pop(pending.inv.id, None)
-            fail(pending.future, as_superpose_error(exc))
-
-    async def _publish_call(self, pending: _Pending) -> None:
-        """To the queue group (NATS picks a node), or to the chosen node when the call
-        has needs or a pin; a retry chooses again."""
-        inv = pending.inv
-        subject = protocol.call_subject(inv.app, inv.fn)
-        if inv.needs:
-            pending.placing = True
-            try:
-                candidates = await self._place(inv, pending.wait_for_node)
-            finally:
-                pending.placing = False
-                pending.heard = time.monotonic()
-            node = choose(candidates, inv.digest, self._sent_to)
-            self._sent_to[node.id] += 1
-            pending.node = node.id
-            subject = protocol.node_call_subject(node.id, inv.app, inv.fn)
-        elif self._may_express(inv.digest):
-            pending.express = True
-            self._express_out[inv.digest] += 1
-            subject = protocol.express_subject(inv.digest, inv.app, inv.fn)
-        try:
-            await self.nc.publish(
-                subject, inv.encode(), reply=protocol.reply_subject(self.id, inv.id)
-            )
-        except BaseException:
-            self._express_settled(pending)
-            raise
-
-    def _may_express(self, digest: str) -> bool:
-        """Skip the node agent: send a warm call straight to the executors hosting it."""
-        if not self._express or self._express_out[digest] >= EXPRESS_MAX_OUT:
-            return False
-        cold_until = self._express_cold.get(digest)
-        return cold_until is None or time.monotonic() > cold_until
-
-    def _express_settled(self, pending: _Pending) -> None:
-        if pending.express:
-            pending.express = False
-            self._express_out[pending.inv.digest] -= 1
-
-    async def _on_reply(self, msg: Msg) -> None:
-        inv_id = msg.subject.rsplit(".", 1)[-1]
-        if inv_id == protocol.CLIENT_LOG_TOKEN:
-            self._on_log(msg)
-            return
-        if inv_id == protocol.DURABLE_NOTIFY_TOKEN:
-            if self._submitter is not None:
-                self._submitter.on_notify(msg)
-            return
-        pending = self._pending.get(inv_id)
-        if pending is not None:
-            await self._settle(pending, msg)
-
-    async def _settle(self, pending: _Pending, msg: Msg) -> None:
-        """A node's answer to one of our direct calls: its result, its error, or no one."""
-        inv_id = pending.inv.id
-        if pending.inv.needs and self._sent_to[pending.node] > 0:
-            self._sent_to[pending.node] -= 1
-        no_responders = bool(msg.headers and msg.headers.get("Status") == "503")
-        if pending.express:
-            self._express_settled(pending)
-            if no_responders:  # not warm anywhere: the queue group's nodes load it
-                self._express_cold[pending.inv.digest] = time.monotonic() + EXPRESS_RETRY_S
-                await self._publish_or_fail(pending)
-                return
-        if no_responders:
-            await self._retry_or_fail(
-                pending,
-                NoNodesError(
-                    "no node is serving the lattice: start one with `superpose up` or "
-                    f"`superpose worker --lattice {self.url}`"
-                ),
-            )
-            return
-        try:
-            result = protocol.Result.decode(msg.data)
-        except ValueError as exc:
-            self._pending.pop(inv_id, None)
-            fail(pending.future, SuperposeError(f"unreadable reply for {inv_id}: {exc}"))
-            return
-        if result.error is not None:
-            error = RemoteError.from_info(result.error, result.node)
-            if result.error.kind in RETRYABLE:
-                await self._retry_or_fail(pending, error)
-            else:
-                self._pending.pop(inv_id, None)
-                fail(pending.future, error)
-            return
-        self._pending.pop(inv_id, None)
-        assert result.value is not None
-        if result.value.blob is None:
-            _resolve(pending.future, result.value.codec, result.value.data)
-        else:
-            self.loop.create_task(self._fetch_result(pending.future, result.value))
-
-    async def _fetch_result(self, future: Future, value: protocol.Payload) -> None:
-        try:
-            data = await payload.unwrap(self.nc, value)
-            await payload.discard(self.nc, value)
-        except Exception as exc:
-            fail(future, as_superpose_error(exc))
-            return
-        _resolve(future, value.codec, data)
-
-    async def _retry_or_fail(self, pending: _Pending, error: SuperposeError) -> None:
-        inv_id = pending.inv.id
-        self._express_settled(pending)
-        if pending.attempts_left <= 0 or pending.future.cancelled():
-            self._pending.pop(inv_id, None)
-            fail(pending.future, error)
-            return
-        pending.attempts_left -= 1
-        await asyncio.sleep(RETRY_BACKOFF_S)
-        pending.heard = time.monotonic()
-        try:
-            await self._publish_call(pending)
-        except Exception as exc:  # no node meets its needs any more
-            self._pending.pop(inv_id, None)
-            fail(pending.future, as_superpose_error(exc))
-
-    async def _on_progress(self, msg: Msg) -> None:
-        try:
-            progress = protocol.Progress.decode(msg.data)
-        except ValueError:
-            return
-        now = time.monotonic()
-        for inv_id in progress.ids:
-            pending = self._pending.get(inv_id)
-            if pending is not None:
-                pending.heard, pending.node = now, progress.node
-
-    async def _find_lost(self) -> None:
-        """A call no node has reported for LOST_AFTER_S was held by a node that died."""
-        now = time.monotonic()
-        lost = [
-            p
-            for p in self._pending.values()
-            if now - p.heard > protocol.LOST_AFTER_S and not p.placing
-        ]
-        for pending in lost:
-            inv = pending.inv
-            where = f"node {pending.node}" if pending.node else "the node that took it"
-            error = RemoteError(
-                protocol.ERR_CRASHED,
-                "NodeLost",
-                f"{where} stopped reporting {inv.app}.{inv.fn} ({inv.id}) for "
-                f"{protocol.LOST_AFTER_S:g} s: the node died or lost the lattice",
-                node=pending.node,
-            )
-            pending.heard = now  # one verdict per silence, even while a retry is pending
-            self.loop.create_task(self._retry_or_fail(pending, error))
-
-    async def _reap_loop(self) -> None:
-        """Every wait has an end: calls past their deadline fail with a timeout,
-        and calls whose node went silent are retried or failed."""
-        ticks, last = 0, time.monotonic()
-        while True:
-            await asyncio.sleep(REAP_INTERVAL_S)
-            ticks += 1
-            lag = time.monotonic() - last - REAP_INTERVAL_S
-            last = time.monotonic()
-            if lag > REAP_INTERVAL_S:  # this loop stalled: nodes' reports may still be unread
-                for pending in self._pending.values():
-                    pending.heard += lag
-            elif ticks % LOST_SCAN_EVERY == 0:
-                await self._find_lost()
-            now = time.time()
-            while self._deadlines and self._deadlines[0][0] < now:
-                _, inv_id = heapq.heappop(self._deadlines)
-                expired = self._pending.pop(inv_id, None)
-                if expired is not None:
-                    self._express_settled(expired)
-                    fail(
-                        expired.future,
-                        CallTimeoutError(
-                            f"{expired.inv.app}.{expired.inv.fn} ({inv_id}) got no answer "
-                            "before its deadline; the node serving it may have died"
-                        ),
-                    )
-
-    def _on_log(self, msg: Msg) -> None:
-        if self.log_sink is not None:
-            try:
-                self.log_sink(protocol.LogRecord.decode(msg.data))
-            except Exception:  # a broken log line must never break calls
-                return
-
-    # --- conveniences for map and the CLI ---------------------------------------------
-
-    @contextmanager
-    def progress(self, total: int | None, label: str) -> Iterator[Callable[[], None]]:
-        """A rich progress bar on an interactive terminal; nothing otherwise."""
-        if runtime.current() is not None or not sys.stderr.isatty():
-            yield lambda: None
-            return
-        from rich.console import Console
-        from rich.progress import Progress
-
-        with Progress(console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(label, total=total)
-            yield lambda: bar.advance(task)
 
     async def call_json(
         self,
@@ -839,32 +293,41 @@ class Client:
         result: bytes = await asyncio.wrap_future(future)
         return result
 
+    # --- durable invocations by id ---------------------------------------------------
 
-def _chain(source: Future, target: Future) -> None:
-    def copy(done: concurrent.futures.Future[Any]) -> None:
-        if done.cancelled():
-            target.cancel()
-        elif done.exception() is not None:
-            fail(target, done.exception())  # type: ignore[arg-type]
-        else:
-            target.set_result(done.result())
+    def cancel(self, invocation_id: str) -> bool:
+        """Cancel a durable invocation: dropped if queued, killed if running."""
+        return bool(self.run(self.cancel_async([invocation_id])))
 
-    source.add_done_callback(copy)
-    target.accepted = source.accepted
+    async def cancel_async(self, ids: list[str]) -> list[str]:
+        """Cancel durable invocations by id; returns those that had not finished."""
+        return await self._durable.cancel(ids)
 
+    def cancel_many(self, futures: list[Future]) -> None:
+        """Cancel many durable invocations at once (a map stopped early)."""
+        if not self._closed:
+            self._durable.cancel_many(futures)
 
-def _resolve(future: Future, codec: str, data: bytes | bytearray | None) -> None:
-    """Settle ``future`` with a result's value. Given as its bytes, not a Payload: a
-    pulled one is a bytearray (copying 50 MB into bytes costs 25 ms)."""
-    if future.done():
-        return
-    try:
-        data = data or b""
-        decoded: Any = data if codec == protocol.CODEC_JSON else payload.decode_value(data, codec)
-    except Exception as exc:
-        fail(future, SuperposeError(f"cannot decode the result: {exc}"))
-        return
-    future.set_result(decoded)
+    def speculate(self, invocation_id: str) -> None:
+        self._durable.speculate(invocation_id)
+
+    def stop_copies(self, invocation_id: str) -> None:
+        self._durable.stop_copies(invocation_id)
+
+    async def result_async(
+        self, invocation_id: str, *, wait: bool = True, timeout: float | None = None
+    ) -> protocol.Result | None:
+        return await self._durable.lookup(invocation_id, wait=wait, timeout=timeout)
+
+    def result(self, invocation_id: str, *, timeout: float | None = None) -> Any:
+        """Wait for a durable invocation's result by id, from any process.
+
+        Raises ``RemoteError`` if it failed, ``CallTimeoutError`` if ``timeout`` passes.
+        """
+        return self._durable.result(invocation_id, timeout=timeout)
+
+    def progress(self, total: int | None, label: str) -> AbstractContextManager[Callable[[], None]]:
+        return progress_bar(total, label)
 
 
 async def open_node_client(nc: NATS) -> None:

@@ -24,7 +24,8 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from superpose import protocol
-from superpose.client.futures import Future, fail, on_loop
+from superpose.client.futures import Future, fail
+from superpose.client.threads import on_loop
 from superpose.errors import LatticeError, SuperposeError, as_superpose_error
 from superpose.lattice import payload, results
 from superpose.lattice.batch import Message, publish_atomic

@@ -8,8 +8,9 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
-from superpose import runtime
-from superpose.errors import UserError
+from superpose import protocol, runtime
+from superpose.errors import SuperposeError, UserError
+from superpose.lattice import payload
 
 
 class Future(concurrent.futures.Future[Any]):
@@ -75,9 +76,18 @@ def fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
         future.set_exception(error)
 
 
-def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    """True when called from the thread running ``loop``."""
+def succeed(
+    future: concurrent.futures.Future[Any], codec: str, data: bytes | bytearray | None
+) -> None:
+    """Resolve a future with a result's decoded value (JSON stays bytes, for the
+    gateway and the CLI), unless it already has its outcome. Given as its bytes, not a
+    Payload: a pulled one is a bytearray (copying 50 MB into bytes costs 25 ms)."""
+    if future.done():
+        return
     try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
+        data = data or b""
+        decoded: Any = data if codec == protocol.CODEC_JSON else payload.decode_value(data, codec)
+    except Exception as exc:
+        fail(future, SuperposeError(f"cannot decode the result: {exc}"))
+        return
+    future.set_result(decoded)
