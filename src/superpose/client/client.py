@@ -41,6 +41,7 @@ from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
 from superpose.registry.mirror import Registry, Target, split_name
 from superpose.registry.placement import NodeDirectory
+from superpose.support.eventloop import on_loop
 
 T = TypeVar("T")
 CLOSE_WAIT_S = 2.0
@@ -154,7 +155,7 @@ class Client:
 
     def close(self) -> None:
         session.forget(self)
-        if threads.on_loop(self.loop):
+        if on_loop(self.loop):
             return
         if self.loop.is_running():
             self.run(self.aclose())
@@ -201,7 +202,7 @@ class Client:
         app, fn, at = split_name(name)
         handle = RemoteFunction(app, fn, version or at, Options())
         handle._bound_client = self
-        if not threads.on_loop(self.loop):
+        if not on_loop(self.loop):
             self.resolve(app, fn, version or at)  # fail now on an unknown name
         return handle
 

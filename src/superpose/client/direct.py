@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,11 +22,11 @@ from superpose import config, protocol
 from superpose.client.futures import Future, fail, succeed
 from superpose.client.options import Options
 from superpose.client.reaper import Reaper
-from superpose.client.threads import on_loop
 from superpose.errors import NoNodesError, RemoteError, SuperposeError, as_superpose_error
 from superpose.lattice import payload
 from superpose.lattice.offers import Offers
 from superpose.registry.mirror import Target
+from superpose.support.outbox import Outbox
 
 RETRYABLE = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
 RETRY_BACKOFF_S = 0.2
@@ -98,9 +97,8 @@ class DirectCalls:
         self._calls: dict[str, Call] = {}
         self.calls: Mapping[str, Call] = self._calls
         """Calls sent and not settled, by invocation id (read by replies and the reaper)."""
-        self._outbox: deque[Call] = deque()
-        self._outbox_ready = asyncio.Event()
-        self._wake_scheduled = False
+        self._outbox: Outbox[Call] = Outbox(self._loop)
+        """Calls submitted from any thread, sent in order by one task."""
         self._closed = False
         self.reaper = Reaper(self)
 
@@ -147,24 +145,14 @@ class DirectCalls:
         retries = options.retries or int(target.options.get("retries", 0) or 0)
         if options.idempotent:  # safe to run again when its node dies
             retries = max(retries, 1)
-        self._outbox.append(Call(future, inv, raw_args, retries, options.wait_for_node))
-        if not self._wake_scheduled:
-            self._wake_scheduled = True
-            if on_loop(self._loop):
-                self._outbox_ready.set()
-            else:
-                self._loop.call_soon_threadsafe(self._outbox_ready.set)
+        self._outbox.put(Call(future, inv, raw_args, retries, options.wait_for_node))
         return future
 
     # --- sending -------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
         while not self._closed:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            self._wake_scheduled = False
-            while self._outbox:
-                call = self._outbox.popleft()
+            for call in await self._outbox.next_burst():
                 try:
                     await self._send(call)
                 except Exception as exc:  # spill or publish failed: fail this call only

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,11 +24,11 @@ from nats.js.kv import KeyValue
 
 from superpose import protocol
 from superpose.client.futures import Future, fail
-from superpose.client.threads import on_loop
 from superpose.errors import LatticeError, SuperposeError, as_superpose_error
 from superpose.lattice import payload, results
 from superpose.lattice.batch import Message, publish_atomic
 from superpose.lattice.work import work_message
+from superpose.support.outbox import Outbox
 
 log = logging.getLogger("superpose.client")
 
@@ -67,10 +66,8 @@ class Submitter:
         self.notify_subject = protocol.durable_notify_subject(client_id)
         self._resolve = resolve
         self.waiting: dict[str, Durable] = {}
-        self._outbox: deque[Durable] = deque()
-        self._wake = asyncio.Event()
-        self._wake_scheduled = False
-        self._loop = asyncio.get_running_loop()
+        self._outbox: Outbox[Durable] = Outbox(asyncio.get_running_loop())
+        """Submissions from any thread: a burst travels in few envelopes."""
         self._reconnects = 0
 
     def start(self, spawn: Callable[[Any], None]) -> None:
@@ -81,31 +78,18 @@ class Submitter:
     def submit(self, durable: Durable) -> None:
         """Queue one invocation from any thread; one wake-up per burst."""
         durable.inv.notify = self.notify_subject
-        self._outbox.append(durable)
-        if not self._wake_scheduled:
-            self._wake_scheduled = True
-            if on_loop(self._loop):
-                self._wake.set()
-            else:
-                self._loop.call_soon_threadsafe(self._wake.set)
+        self._outbox.put(durable)
 
     def fail_all(self, error: SuperposeError) -> None:
-        for durable in list(self.waiting.values()) + list(self._outbox):
+        for durable in list(self.waiting.values()) + self._outbox.take():
             fail(durable.future, error)
         self.waiting.clear()
-        self._outbox.clear()
 
     # --- sending -------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            self._wake_scheduled = False
-            burst: list[Durable] = []
-            while self._outbox:
-                burst.append(self._outbox.popleft())
-            burst = [d for d in burst if not d.future.cancelled()]
+            burst = [d for d in await self._outbox.next_burst() if not d.future.cancelled()]
             if burst:
                 await self._send(burst)
 

@@ -17,9 +17,10 @@ from nats.js.kv import KeyValue
 
 from superpose import protocol, runtime
 from superpose.client.options import Options
-from superpose.client.threads import on_loop, run
+from superpose.client.threads import run
 from superpose.errors import SuperposeError
 from superpose.registry.mirror import Registry, Target, session_from
+from superpose.support.eventloop import on_loop
 
 
 class Names:

@@ -12,16 +12,9 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from superpose.errors import UserError
+from superpose.support.eventloop import on_loop
 
 T = TypeVar("T")
-
-
-def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    """True when called from the thread running ``loop``."""
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 def run(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:

@@ -27,6 +27,14 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
 
 
+def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when called from the thread running ``loop``."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on the fastest loop available."""
     if uvloop is not None:

@@ -14,15 +14,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from superpose.support.eventloop import on_loop
+
 T = TypeVar("T")
-
-
-def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    """True when called from the thread running ``loop``."""
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 class Outbox(Generic[T]):
