@@ -27,9 +27,11 @@ from superpose.lattice import payload
 from superpose.lattice.offers import Offers
 from superpose.registry.mirror import Target
 from superpose.support.outbox import Outbox
+from superpose.support.retry import Backoff
 
 RETRYABLE = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
-RETRY_BACKOFF_S = 0.2
+CALL_RETRY = Backoff(0.2)
+"""Before a direct call is sent again (its node crashed, or no node answered)."""
 OFFER_GRACE_S = 30.0
 """A big argument stays offered this long past its call's deadline, if never settled."""
 
@@ -50,6 +52,7 @@ class Call:
     node: str = ""
     express: bool = False
     """Sent to its bundle's warm executors directly, and not answered yet."""
+    retried: int = 0
 
 
 class Placing(Protocol):
@@ -282,7 +285,8 @@ class DirectCalls:
             self.fail(call, error)
             return
         call.attempts_left -= 1
-        await asyncio.sleep(RETRY_BACKOFF_S)
+        call.retried += 1
+        await asyncio.sleep(CALL_RETRY.pause_s(call.retried))
         call.heard = time.monotonic()
         try:
             await self._publish(call)

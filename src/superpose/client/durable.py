@@ -29,12 +29,13 @@ from superpose.lattice import payload, results
 from superpose.lattice.batch import Message, publish_atomic
 from superpose.lattice.work import work_message
 from superpose.support.outbox import Outbox
+from superpose.support.retry import Backoff, retry
 
 log = logging.getLogger("superpose.client")
 
 ACCEPT_DEADLINE_S = 30.0
 """How long a submission keeps trying to reach JetStream before it fails."""
-ACCEPT_RETRY_S = 0.25
+ACCEPT_RETRY = Backoff(0.25)
 SWEEP_EVERY_S = 5.0
 SWEEP_AFTER_S = 5.0
 """Results not heard of this long after acceptance are looked up in the bucket."""
@@ -158,20 +159,25 @@ class Submitter:
         return None
 
     async def _publish_chunk(self, chunk: list[Message], deadline: float) -> SuperposeError | None:
-        while True:
+        async def once() -> None:
             try:
                 await publish_atomic(self.nc, chunk)
-                return None
             except Exception as exc:
-                if "duplicate message id" in str(exc):
-                    return None  # a retry of a chunk that had landed: all of it is there
-                if time.monotonic() > deadline:
-                    return LatticeError(
-                        f"could not persist {len(chunk)} envelope(s) of invocations in "
-                        f"{ACCEPT_DEADLINE_S:g} s: {exc}"
-                    )
-                log.debug("publishing envelopes failed; retrying", exc_info=True)
-                await asyncio.sleep(ACCEPT_RETRY_S)
+                if "duplicate message id" not in str(exc):
+                    raise  # a duplicate: a retry of a chunk that had landed, all of it there
+
+        def retrying(error: BaseException, failures: int) -> None:
+            log.debug("publishing envelopes failed; retrying", exc_info=error)
+
+        within_s = max(0.0, deadline - time.monotonic())
+        try:
+            await retry(once, backoff=ACCEPT_RETRY, within_s=within_s, on_failure=retrying)
+        except Exception as exc:
+            return LatticeError(
+                f"could not persist {len(chunk)} envelope(s) of invocations in "
+                f"{ACCEPT_DEADLINE_S:g} s: {exc}"
+            )
+        return None
 
     # --- results ---------------------------------------------------------------------
 

@@ -29,11 +29,14 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from superpose import protocol
 from superpose.errors import SuperposeError
 from superpose.lattice.objects import chunk_size_for
+from superpose.support.retry import Backoff, retry
 
 CHUNKS_IN_FLIGHT = 16
 """Requests outstanding per pull: 16-32 measured best for 1 MiB chunks (50 MB in 0.12 s)."""
 CHUNK_TIMEOUT_S = 10.0
 CHUNK_ATTEMPTS = 3
+CHUNK_RETRY = Backoff(0)
+"""A chunk that timed out is asked for again at once: the wait was the pause."""
 RESULT_HOLD_S = 120.0
 """How long a result waits for its reader before it is dropped."""
 
@@ -133,28 +136,31 @@ async def pull(nc: NATS, payload: protocol.Payload) -> bytes | bytearray:
 
 async def _request_chunk(nc: NATS, payload: protocol.Payload, offset: int, length: int) -> bytes:
     assert payload.source is not None and payload.blob is not None
-    request = protocol.OfferPull(payload.blob, offset, length).encode()
-    for attempt in range(1, CHUNK_ATTEMPTS + 1):
+    source, request = payload.source, protocol.OfferPull(payload.blob, offset, length).encode()
+
+    async def ask() -> Msg:
         try:
-            msg = await nc.request(payload.source, request, timeout=CHUNK_TIMEOUT_S)
+            return await nc.request(source, request, timeout=CHUNK_TIMEOUT_S)
         except NoRespondersError as exc:
             raise OfferGoneError(
                 f"the process that held payload {payload.blob} ({payload.size} bytes) is gone"
             ) from exc
-        except NatsTimeoutError as exc:
-            if attempt == CHUNK_ATTEMPTS:
-                raise OfferGoneError(
-                    f"payload {payload.blob}: no answer for the chunk at offset {offset} "
-                    f"after {CHUNK_ATTEMPTS} tries of {CHUNK_TIMEOUT_S:.0f} s"
-                ) from exc
-            continue
-        if msg.headers and msg.headers.get(protocol.OFFER_GONE_HEADER):
-            raise OfferGoneError(
-                f"payload {payload.blob} ({payload.size} bytes) is no longer offered by its "
-                "owner (released, expired, or its call already ended)"
-            )
-        return msg.data
-    raise AssertionError("unreachable")
+
+    try:
+        msg = await retry(
+            ask, backoff=CHUNK_RETRY, attempts=CHUNK_ATTEMPTS, retry_on=NatsTimeoutError
+        )
+    except NatsTimeoutError as exc:
+        raise OfferGoneError(
+            f"payload {payload.blob}: no answer for the chunk at offset {offset} "
+            f"after {CHUNK_ATTEMPTS} tries of {CHUNK_TIMEOUT_S:.0f} s"
+        ) from exc
+    if msg.headers and msg.headers.get(protocol.OFFER_GONE_HEADER):
+        raise OfferGoneError(
+            f"payload {payload.blob} ({payload.size} bytes) is no longer offered by its "
+            "owner (released, expired, or its call already ended)"
+        )
+    return msg.data
 
 
 async def release(nc: NATS, payload: protocol.Payload) -> None:

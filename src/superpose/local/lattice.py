@@ -24,9 +24,11 @@ from pathlib import Path
 from superpose import protocol
 from superpose.errors import LatticeError, UserError, how_it_ended
 from superpose.local.embedded import EmbeddedServer
+from superpose.support.retry import Backoff
 
 READY_TIMEOUT_S = 30.0
-RESTART_BACKOFF_S = 1.0
+RESTART = Backoff(1.0)
+"""Before a child that died is started again."""
 
 
 ORPHAN_POLL_S = 0.5
@@ -252,7 +254,7 @@ class LocalLattice:
                 if proc is not None and proc.returncode is not None and not self._stopping:
                     child.note_death(proc.returncode)
                     child.restarts += 1
-                    await asyncio.sleep(RESTART_BACKOFF_S)
+                    await asyncio.sleep(RESTART.pause_s(child.restarts))
                     if not self._stopping:
                         await child.start()
                         if self.on_restart is not None:
