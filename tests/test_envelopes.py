@@ -51,7 +51,7 @@ def test_a_keyed_submission_travels_alone() -> None:
 
 def test_a_bad_max_deliver_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(config.ENV_MAX_DELIVER, raising=False)
-    assert config.settings().max_deliver == protocol.MAX_DELIVER
+    assert config.settings().max_deliver == config.MAX_DELIVER
     monkeypatch.setenv(config.ENV_MAX_DELIVER, "3")
     assert config.settings().max_deliver == 3
     for bad in ("0", "-1", "three"):

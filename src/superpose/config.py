@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from superpose import protocol
 from superpose.errors import SettingError
 
 ENV_HOME = "SUPERPOSE_HOME"
@@ -28,6 +27,10 @@ SPILL_THRESHOLD_BYTES = 256 * 1024
 """Arguments and results above this size travel through the object store."""
 MAX_BUNDLE_BYTES = 200 * 1024 * 1024
 MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024
+MAX_DELIVER = 10
+"""Deliveries of one envelope before its unfinished items are dead-lettered (node-killing
+poison). The node enforces it; JetStream's max_deliver is unbounded so that a node dying
+on that last delivery cannot leave the items without a stored result."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,7 +71,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         lattice=env.get(ENV_LATTICE) or None,
         nats_server=env.get(ENV_NATS_SERVER) or None,
         replicas=_whole(env, ENV_REPLICAS, default=1, high=5),
-        max_deliver=_whole(env, ENV_MAX_DELIVER, default=protocol.MAX_DELIVER),
+        max_deliver=_whole(env, ENV_MAX_DELIVER, default=MAX_DELIVER),
         max_executors=_whole(env, ENV_MAX_EXECUTORS, default=8),
         affinity=env.get(ENV_AFFINITY, "1") != "0",
         express=env.get(ENV_EXPRESS, "1") != "0",

@@ -10,8 +10,10 @@ Everything else is a ``SuperposeError`` (internal, 5xx).
 from __future__ import annotations
 
 import signal
+from typing import TYPE_CHECKING
 
-from superpose import protocol
+if TYPE_CHECKING:
+    from superpose import protocol
 
 
 def how_it_ended(returncode: int) -> str:

@@ -53,10 +53,6 @@ ACK_WAIT_S = 10.0
 """A durable envelope whose node has not reported on it for this long is redelivered."""
 IN_PROGRESS_EVERY_S = 2.0
 """How often a node tells JetStream it is still working on an envelope it holds."""
-MAX_DELIVER = 10
-"""Deliveries of one envelope before its unfinished items are dead-lettered (node-killing
-poison). The node enforces it; JetStream's max_deliver is unbounded so that a node dying
-on that last delivery cannot leave the items without a stored result."""
 DUPLICATE_WINDOW_S = 600.0
 """JetStream drops a re-published envelope with the same id within this window."""
 MAX_ENVELOPE_ITEMS = 256
