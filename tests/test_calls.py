@@ -373,3 +373,34 @@ def test_a_crash_is_reported_while_a_child_it_started_holds_its_output_open(
     line = info.value.traceback
     assert line.startswith("child ")
     os.kill(int(line.split()[1]), signal.SIGKILL)
+
+
+def _executor_pids(node_id: str) -> list[int]:
+    """Processes (running or exited and not yet reaped) started as executors of ``node_id``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"superpose.cli.executor" in cmdline and node_id.encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+async def test_an_executor_cancelled_while_starting_leaves_no_process(lattice: Lattice) -> None:
+    """A spare still starting when its node stops is killed and reaped: left unreaped,
+    its process transport outlived the node's loop (a ResourceWarning at shutdown)."""
+    node_id = f"ncancel{os.getpid()}"
+    starting = asyncio.ensure_future(
+        ExecutorProcess.start(lattice.url, node_id, lambda c: None, lambda c: None, None)
+    )
+    deadline = time.monotonic() + 30
+    while not _executor_pids(node_id):  # it exists and has not said it is ready
+        assert time.monotonic() < deadline and not starting.done(), "no executor started"
+        await asyncio.sleep(0.01)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert _executor_pids(node_id) == []  # killed, and reaped: not even a zombie

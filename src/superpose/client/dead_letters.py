@@ -74,7 +74,7 @@ def _letter(key: str, value: bytes | None, operation: str | None) -> protocol.De
         return None
     try:
         return protocol.DeadLetter.decode(value)
-    except (ValueError, TypeError, KeyError):
+    except protocol.ProtocolError:
         log.warning("skipping an unreadable dead letter %s", key)
         return None
 

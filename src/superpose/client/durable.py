@@ -184,7 +184,7 @@ class Submitter:
     def on_notify(self, msg: Msg) -> None:
         try:
             batch = [protocol.Result.decode(data) for data in protocol.unpack_results(msg.data)]
-        except Exception:  # garbled: the sweep finds these results in the store
+        except protocol.ProtocolError:  # garbled: the sweep finds these results in the store
             log.warning("unreadable durable notification dropped")
             return
         for result in batch:

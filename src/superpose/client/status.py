@@ -35,7 +35,7 @@ async def nodes(client: Client) -> list[protocol.NodeInfo]:
             continue
         try:
             node = protocol.NodeInfo.decode(data)
-        except Exception:  # a node of another version: `status` must still answer
+        except protocol.ProtocolError:  # a node of another version: `status` must still answer
             continue
         if time.time() - node.seen < protocol.NODE_TTL_S:
             found.append(node)

@@ -86,7 +86,7 @@ class HttpApps:
             return
         try:
             queue.put_nowait(protocol.HttpPart.decode(msg.data))
-        except ValueError:  # unreadable: the gap it leaves ends that stream
+        except protocol.ProtocolError:  # unreadable: the gap it leaves ends that stream
             return
 
     async def resolve(

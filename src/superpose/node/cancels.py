@@ -52,7 +52,7 @@ class Cancellations:
     async def _heard(self, msg: Msg) -> None:
         try:
             cancel = protocol.Cancel.decode(msg.data)
-        except ValueError:
+        except protocol.ProtocolError:
             return
         self.add(cancel.ids)
 

@@ -142,7 +142,7 @@ class DurableWorker:
         try:
             envelope = protocol.Envelope.decode(msg.data)
             invocations = [protocol.Invocation.decode(raw) for raw in envelope.items]
-        except Exception as exc:
+        except protocol.ProtocolError as exc:
             log.error("dropping an unreadable envelope: %s", exc)
             await msg.term()
             return
@@ -269,7 +269,7 @@ class DurableWorker:
         only on the node that pulled them, so results never need NATS)."""
         try:
             result = protocol.Result.decode(data)
-        except ValueError:
+        except protocol.ProtocolError:
             log.error("unreadable durable result dropped")
             return
         item = self.items.get(result.id)

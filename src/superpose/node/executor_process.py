@@ -165,6 +165,8 @@ class ExecutorProcess:
             ready = await asyncio.wait_for(executor.channel.receive(), START_TIMEOUT_S)
         except BaseException:  # timed out or cancelled: no process may outlive its start
             executor.kill()
+            with contextlib.suppress(BaseException):  # reaped, so its transport is closed
+                await asyncio.wait_for(executor.process.wait(), QUIET_TIMEOUT_S)
             executor._release()
             raise
         if not isinstance(ready, protocol.Ready):

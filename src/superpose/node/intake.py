@@ -52,7 +52,7 @@ class Intake:
         reply = msg.reply or ""
         try:
             inv = protocol.Invocation.decode(msg.data)
-        except Exception as exc:
+        except protocol.ProtocolError as exc:
             await self.calls.reply_error(
                 reply, "?", protocol.ERR_BAD_REQUEST, "BadInvocation", str(exc)
             )

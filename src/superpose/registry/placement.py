@@ -140,7 +140,7 @@ class NodeDirectory:
             return
         try:
             self.nodes[key] = protocol.NodeInfo.decode(value)
-        except (ValueError, TypeError):
+        except protocol.ProtocolError:
             self.nodes.pop(key, None)
 
     def live(self) -> list[protocol.NodeInfo]:
