@@ -67,7 +67,7 @@ class Client:
         self.url = url
         self.id = uuid.uuid4().hex[:16]
         self.offers = Offers(nc, self.id)
-        """Big arguments of this client's direct calls (and, in an executor, big results)."""
+        """Big arguments of this client's direct calls, until their nodes have pulled them."""
         self.after_close: Callable[[], None] | None = None
         """Run once the client is closed (the sync facade stops its loop's thread)."""
         self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
