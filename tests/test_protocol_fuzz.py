@@ -149,6 +149,7 @@ def _record_cases() -> list[Case]:
         protocol.Canary(version="cd" * 32, percent=50.0).as_json(),
     )
     links = protocol.encode_string_map({"pricing": "ab" * 32, "tax": "cd" * 32})
+    manifest = protocol.BundleManifest(files={"a.py": "ab" * 32, "b/c.py": "cd" * 32}).as_json()
 
     def as_json(record: Any) -> object:
         return record.as_json()
@@ -161,6 +162,7 @@ def _record_cases() -> list[Case]:
         Case("Version", protocol.Version.from_json, (version.as_json(),), as_json, json=True),
         Case("Canary", protocol.Canary.from_json, canaries, as_json, json=True),
         Case("StringMap", string_map, (links,), protocol.encode_string_map, json=True),
+        Case("BundleManifest", protocol.BundleManifest.from_json, (manifest,), as_json, json=True),
     ]
 
 

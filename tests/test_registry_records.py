@@ -32,6 +32,8 @@ def test_records_written_by_the_older_json_code_read_back_the_same() -> None:
     canary = protocol.Canary.from_json(b'{"key": null, "percent": 10, "version": "v2"}')
     assert canary == protocol.Canary(version="v2", percent=10.0)
     assert protocol.decode_string_map(b'{"pricing": "3f2a91"}', "lock") == {"pricing": "3f2a91"}
+    manifest = json.dumps({"files": {"a.py": "ab" * 32}}, sort_keys=True).encode()
+    assert protocol.BundleManifest.from_json(manifest).files == {"a.py": "ab" * 32}
 
 
 @pytest.mark.parametrize(

@@ -967,6 +967,13 @@ class Canary(Record):
     """Where a request's session comes from: ``header:NAME`` or ``arg:NAME``."""
 
 
+class BundleManifest(Record):
+    """``bundle/<digest>`` in the bundles store: the path → sha256 listing of a bundle.
+    (The digest is computed from the listing, not from these bytes.)"""
+
+    files: dict[str, str]
+
+
 _JSON_ENCODER = msgspec.json.Encoder(order="sorted")
 _STRING_MAP = msgspec.json.Decoder(dict[str, str])
 

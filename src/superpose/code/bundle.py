@@ -10,11 +10,11 @@ which is why an unchanged file is never uploaded twice.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from superpose import protocol
 from superpose.config import MAX_BUNDLE_BYTES
 from superpose.errors import DeployError
 
@@ -61,7 +61,7 @@ class Bundle:
         return sum(len(data) for data in self.files.values())
 
     def manifest(self) -> bytes:
-        return json.dumps({"files": self.listing}, sort_keys=True).encode()
+        return protocol.BundleManifest(files=self.listing).as_json()
 
 
 def digest_of_listing(listing: dict[str, str]) -> str:
@@ -70,10 +70,8 @@ def digest_of_listing(listing: dict[str, str]) -> str:
 
 
 def parse_manifest(data: bytes) -> dict[str, str]:
-    files = json.loads(data)["files"]
-    if not isinstance(files, dict):
-        raise ValueError("bundle manifest has no file listing")
-    return {str(k): str(v) for k, v in files.items()}
+    """The listing in a stored manifest; ProtocolError if it is not one."""
+    return protocol.BundleManifest.from_json(data).files
 
 
 def _skipped(name: str) -> bool:
