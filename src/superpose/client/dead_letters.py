@@ -29,9 +29,6 @@ log = logging.getLogger("superpose.durable")
 
 LIST_TIMEOUT_S = 10.0
 """How long listing waits for the next dead letter before giving up."""
-ACCEPT_TIMEOUT_S = 40.0
-"""How long a replay waits for JetStream to persist the new invocation."""
-ACCEPT_POLL_S = 0.01
 
 
 async def list_failed(assets: Assets, app: str | None = None) -> list[protocol.DeadLetter]:

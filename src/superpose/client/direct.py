@@ -244,7 +244,7 @@ class DirectCalls:
             return
         try:
             result = protocol.Result.decode(msg.data)
-        except ValueError as exc:
+        except protocol.ProtocolError as exc:
             self.fail(call, SuperposeError(f"unreadable reply for {inv_id}: {exc}"))
             return
         if result.error is not None:

@@ -189,8 +189,7 @@ class DurableCalls:
 
     async def cancel(self, ids: list[str]) -> list[str]:
         """Cancel durable invocations by id; returns those that had not finished."""
-        assert self._submitter is not None
-        return await self._submitter.cancel(ids)
+        return await self._sender().cancel(ids)
 
     def cancel_many(self, futures: list[Future]) -> None:
         ids = [f.invocation_id for f in futures if f.invocation_id]
@@ -199,8 +198,7 @@ class DurableCalls:
 
     def speculate(self, invocation_id: str) -> None:
         """Launch a second copy of a waiting durable invocation (a straggler)."""
-        assert self._submitter is not None
-        fire(self._loop, self._submitter.speculate(invocation_id))
+        fire(self._loop, self._sender().speculate(invocation_id))
 
     def stop_copies(self, invocation_id: str) -> None:
         """Kill copies of a finished invocation still running somewhere."""

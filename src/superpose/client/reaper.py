@@ -52,7 +52,7 @@ class Reaper:
         """A node's report of the calls it holds: they are not lost."""
         try:
             progress = protocol.Progress.decode(msg.data)
-        except ValueError:
+        except protocol.ProtocolError:
             return
         now = time.monotonic()
         calls = self._watched.calls
