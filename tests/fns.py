@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import superpose as sp
 
@@ -198,3 +199,41 @@ def crash_leaving_a_child() -> None:
     child = subprocess.Popen(["sleep", "60"])
     print(f"child {child.pid}")
     os._exit(3)
+
+
+class PaymentDeclined(Exception):
+    """An exception whose ``__init__`` does not take its ``args``: rebuilt without it."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"payment declined with code {code}")
+        self.code = code
+
+
+@sp.function
+def pay(code: int) -> None:
+    raise PaymentDeclined(code)
+
+
+@sp.function
+def raise_builtin(kind: str) -> None:
+    if kind == "key":
+        raise KeyError("missing")
+    if kind == "file":
+        Path("/nonexistent/superpose-test").read_text()
+    if kind == "json":
+        import json
+
+        json.loads("{not json")
+    if kind == "local":
+
+        class Unimportable(Exception):
+            pass
+
+        raise Unimportable("defined inside the function")
+    raise ValueError(f"bad {kind}")
+
+
+@sp.function
+def pay_through(code: int) -> None:
+    """Calls ``pay`` and does not catch: the caller's caller sees PaymentDeclined."""
+    pay.remote(code)

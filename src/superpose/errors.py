@@ -10,7 +10,8 @@ Everything else is a ``SuperposeError`` (internal, 5xx).
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING
+import types
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from superpose import protocol
@@ -50,6 +51,11 @@ class DeployError(UserError):
 
 class SettingError(UserError, ValueError):
     """An environment variable superpose reads has a value it cannot take."""
+
+
+class SerializationError(UserError):
+    """A value that cannot travel: an argument, a result or a function that cannot be
+    pickled (a lock, an open file, a socket); the message names it and its type."""
 
 
 class NoNodesError(UserError):
@@ -98,8 +104,78 @@ class RemoteError(SuperposeError):
             text += f"\n--- {self.traceback_label} ---\n" + self.traceback.rstrip()
         return text
 
-    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str, str, str]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (RemoteError, (self.kind, self.type, self.remote_message, self.traceback, self.node))
+
+
+REMOTE_NOTE = "--- remote traceback"
+"""How the note that carries a rebuilt exception's remote traceback begins."""
+_AS_REMOTE: dict[type[Exception], type[RemoteError]] = {}
+
+
+def raised_remotely(
+    cls: type[Exception], args: tuple[Any, ...], state: dict[str, Any], error: RemoteError
+) -> RemoteError:
+    """The exception a function raised, rebuilt at the caller: an instance of its own class
+    (``except PaymentDeclined`` catches it, ``e.code`` is there) that is also a
+    ``RemoteError`` (``except sp.RemoteError`` keeps working), as Ray does. ``str()`` is the
+    original's; the remote traceback is a note, printed under the local one.
+
+    A Python ``__init__`` is not called: its parameters need not be the exception's
+    ``args``, and its ``super().__init__`` would reach RemoteError's; the attributes it
+    set come with the state. A built-in one is (UnicodeError's fields live only there).
+    """
+    remote_cls = _as_remote(cls)
+    rebuilt: RemoteError = remote_cls.__new__(remote_cls, *args)
+    if not isinstance(cls.__init__, types.FunctionType):
+        cls.__init__(rebuilt, *args)
+    rebuilt.__dict__.update(vars(error))
+    rebuilt.__dict__.update(state)
+    rebuilt._sp_state = dict(state)  # type: ignore[attr-defined]
+    if error.traceback:
+        where = f" (node {error.node})" if error.node else ""
+        rebuilt.add_note(f"{REMOTE_NOTE}{where} ---\n{error.traceback.rstrip()}")
+    return rebuilt
+
+
+def _as_remote(cls: type[Exception]) -> type[RemoteError]:
+    """``cls`` that is also a RemoteError, under the original's name; made once per class."""
+    found = _AS_REMOTE.get(cls)
+    if found is None:
+        namespace = {
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__str__": cls.__str__,
+            "__repr__": cls.__repr__,
+            "__reduce__": _reduce_as_original,
+            "_sp_origin": cls,
+        }
+        found = _AS_REMOTE[cls] = type(cls.__name__, (cls, RemoteError), namespace)
+    return found
+
+
+def _reduce_as_original(self: Exception) -> tuple[Any, ...]:
+    """Pickled again (returned, or sent on), it is the user's class alone: the dynamic
+    class cannot be pickled by reference."""
+    return (type(self)._sp_origin, self.args, self._sp_state)  # type: ignore[attr-defined]
+
+
+def exception_parts(
+    exc: BaseException,
+) -> tuple[type[BaseException], tuple[Any, ...], dict[str, Any]]:
+    """What rebuilds an exception elsewhere: its class, ``args`` and attributes (without a
+    rebuilt one's RemoteError attributes, or the note carrying an earlier remote traceback)."""
+    origin = getattr(type(exc), "_sp_origin", None)
+    if origin is not None:
+        return origin, exc.args, dict(exc._sp_state)  # type: ignore[attr-defined]
+    args, state = exc.args, dict(getattr(exc, "__dict__", {}))
+    reduced = exc.__reduce__()  # its own idea of its args: OSError adds the filename
+    if isinstance(reduced, tuple) and reduced[0] is type(exc) and isinstance(reduced[1], tuple):
+        args = reduced[1]
+    notes = [n for n in state.pop("__notes__", []) if not str(n).startswith(REMOTE_NOTE)]
+    if notes:
+        state["__notes__"] = notes
+    return type(exc), args, state
 
 
 def as_superpose_error(exc: Exception) -> SuperposeError:

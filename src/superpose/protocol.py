@@ -537,6 +537,9 @@ class ErrorInfo(msgspec.Struct, omit_defaults=True):
     traceback: str = ""
     types: list[str] = []
     """The exception's class and its bases, so ``retry_on`` can match a base class."""
+    exception: bytes = b""
+    """The raised exception's class name and state, pickled, for the caller to raise the
+    same class (``payload.encode_exception``); b"" when it cannot travel."""
 
 
 class Result(Message, tag="sp.result.v1"):

@@ -19,10 +19,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from superpose import config, protocol
-from superpose.client.futures import Future, fail, succeed
+from superpose.client.futures import Future, fail, remote_error, succeed
 from superpose.client.options import Options
 from superpose.client.reaper import Reaper
-from superpose.errors import NoNodesError, RemoteError, SuperposeError, as_superpose_error
+from superpose.errors import NoNodesError, SuperposeError, as_superpose_error
 from superpose.lattice import payload
 from superpose.lattice.offers import Offers
 from superpose.registry.mirror import Target
@@ -248,7 +248,7 @@ class DirectCalls:
             self.fail(call, SuperposeError(f"unreadable reply for {inv_id}: {exc}"))
             return
         if result.error is not None:
-            error = RemoteError.from_info(result.error, result.node)
+            error = remote_error(result.error, result.node)
             if result.error.kind in RETRYABLE:
                 await self.retry_or_fail(call, error)
             else:

@@ -20,13 +20,12 @@ from nats.aio.msg import Msg
 
 from superpose import protocol
 from superpose.client.durable import Durable, Submitter
-from superpose.client.futures import Future, fail, succeed
+from superpose.client.futures import Future, fail, remote_error, succeed
 from superpose.client.options import Options
 from superpose.client.threads import fire, run
 from superpose.errors import (
     BadRequestError,
     CallTimeoutError,
-    RemoteError,
     SuperposeError,
     as_superpose_error,
 )
@@ -238,7 +237,7 @@ class DurableCalls:
                 future.on_cancel = None
                 future.cancel()
             else:
-                fail(future, RemoteError.from_info(result.error, result.node))
+                fail(future, remote_error(result.error, result.node))
             return
         assert result.value is not None
         value = result.value

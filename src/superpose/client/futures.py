@@ -9,7 +9,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from superpose import protocol, runtime
-from superpose.errors import SuperposeError, UserError
+from superpose.errors import RemoteError, SuperposeError, UserError, raised_remotely
 from superpose.lattice import payload
 
 
@@ -74,6 +74,21 @@ def fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
     """Fail a future unless it already has its outcome (results can race a timeout)."""
     if not future.done():
         future.set_exception(error)
+
+
+def remote_error(info: protocol.ErrorInfo, node: str) -> RemoteError:
+    """A failed invocation's error as the caller raises it: the function's own exception
+    class when it can be rebuilt here (``payload.decode_exception``), else a RemoteError."""
+    error = RemoteError.from_info(info, node)
+    if not info.exception:
+        return error
+    parts = payload.decode_exception(info.exception)
+    if parts is None:
+        return error
+    try:
+        return raised_remotely(*parts, error)
+    except Exception:  # a class that cannot be combined or rebuilt: the plain report
+        return error
 
 
 def succeed(

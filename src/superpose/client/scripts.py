@@ -10,6 +10,7 @@ from nats.aio.client import Client as NATS
 from superpose import protocol
 from superpose.client.threads import run
 from superpose.code import script, store
+from superpose.lattice import payload
 
 
 class ScriptBundles:
@@ -33,6 +34,8 @@ class ScriptBundles:
             if found is None or found[0] != digest:
                 run(self._loop, store.upload(self._nc, bundle))
             in_bundle = script.module_name_in_bundle(sys.modules[module_name], root)
+            if in_bundle != module_name:  # so its exceptions are this module's classes
+                payload.LOCAL_NAMES[in_bundle] = module_name
             app = in_bundle.split(".")[0].replace("-", "_")
             if not protocol.is_valid_name(app):
                 app = "script"

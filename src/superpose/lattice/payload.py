@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import pickle
+import sys
 import uuid
 from typing import Any
 
@@ -12,6 +14,7 @@ from nats.aio.client import Client as NATS
 
 from superpose import protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
+from superpose.errors import exception_parts
 from superpose.lattice import objects, offers
 
 BY_VALUE_MODULES: set[bytes] = {b"__main__"}
@@ -20,6 +23,12 @@ BY_VALUE_MODULES: set[bytes] = {b"__main__"}
 A client's ``__main__`` script is imported under another name on nodes; an
 executor adds its bundle's modules (the caller of a deployed app lacks them).
 """
+
+LOCAL_NAMES: dict[str, str] = {}
+"""Module name on nodes → name here, for modules nodes import under another name (a
+caller's ``__main__`` script runs there as its file's stem)."""
+MAX_EXCEPTION_BYTES = 256 * 1024
+"""A raised exception bigger than this pickled reaches the caller as a ``RemoteError``."""
 
 
 def _pickle(value: Any) -> bytes:
@@ -49,6 +58,48 @@ def decode_args(data: bytes | bytearray, codec: str) -> tuple[tuple[Any, ...], d
         return tuple(body.get("args", ())), dict(body.get("kwargs", {}))
     args, kwargs = cloudpickle.loads(data)
     return tuple(args), dict(kwargs)
+
+
+def encode_exception(exc: BaseException) -> bytes:
+    """A raised exception as its class's name and its state, so the caller can raise the
+    same class (b"" when it cannot travel: the caller then gets a plain RemoteError).
+    The class goes by name, never by value: a class rebuilt from its code would be
+    another class, and ``except`` at the caller would not match it."""
+    cls, args, state = exception_parts(exc)
+    if not issubclass(cls, Exception):  # KeyboardInterrupt, SystemExit: not the caller's
+        return b""
+    try:
+        data = _pickle((cls.__module__, cls.__qualname__, args, state))
+    except Exception:
+        return b""
+    return data if len(data) <= MAX_EXCEPTION_BYTES else b""
+
+
+def decode_exception(
+    data: bytes,
+) -> tuple[type[Exception], tuple[Any, ...], dict[str, Any]] | None:
+    """The class, args and attributes of a raised exception, or None when its class is
+    not here. Only modules already imported here (or the standard library's) are looked
+    in: code that catches a class has imported it, and rebuilding an error must not run
+    the import of a module the caller never loaded."""
+    try:
+        module, qualname, args, state = cloudpickle.loads(data)
+        cls = _loaded_class(LOCAL_NAMES.get(module, module), qualname)
+    except Exception:
+        return None
+    if cls is None or not isinstance(args, tuple) or not isinstance(state, dict):
+        return None
+    return cls, args, state
+
+
+def _loaded_class(module_name: str, qualname: str) -> type[Exception] | None:
+    module = sys.modules.get(module_name)
+    if module is None and module_name.partition(".")[0] in sys.stdlib_module_names:
+        module = importlib.import_module(module_name)
+    found: Any = module
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found if isinstance(found, type) and issubclass(found, Exception) else None
 
 
 def _json_default(value: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 from superpose import protocol
 from superpose.errors import RemoteError
+from superpose.lattice import payload
 from superpose.lattice.offers import OfferGoneError
 
 INHERITED_KINDS = (protocol.ERR_CRASHED, protocol.ERR_INTERNAL)
@@ -33,6 +34,7 @@ def error_info(exc: BaseException, kind: str = protocol.ERR_RAISED) -> protocol.
         message=str(exc),
         traceback=_user_traceback(exc),
         types=[_type_name(c) for c in type(exc).__mro__ if c not in (object, BaseException)],
+        exception=payload.encode_exception(exc) if kind == protocol.ERR_RAISED else b"",
     )
 
 
