@@ -237,3 +237,21 @@ def raise_builtin(kind: str) -> None:
 def pay_through(code: int) -> None:
     """Calls ``pay`` and does not catch: the caller's caller sees PaymentDeclined."""
     pay.remote(code)
+
+
+@sp.function
+def fail_if_odd(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"{x} is odd")
+    return x
+
+
+@sp.function
+def after_file(path: str, value: int) -> int:
+    """Returns ``value`` once ``path`` exists: orders calls without timing."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+    return value

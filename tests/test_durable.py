@@ -180,6 +180,41 @@ def test_cancelling_a_running_invocation_kills_it(client: sp.Client, tmp_path: P
     assert dfns.runs(str(tmp_path), "r.finished") == 0
 
 
+CANCEL_AND_LEAVE = """\
+import sys, time
+import superpose as sp
+import durable_fns as dfns
+
+with sp.connect(sys.argv[1], show_logs=False):
+    future = dfns.sleep_noted.spawn(sys.argv[2], "c", 60)
+    while dfns.runs(sys.argv[2], "c") < 1:
+        time.sleep(0.01)
+    future.cancel()
+    print(future.invocation_id)
+"""
+
+
+def test_a_cancel_made_just_before_the_client_closes_still_reaches_the_lattice(
+    lattice: Lattice, client: sp.Client, tmp_path: Path
+) -> None:
+    """A cancel travels from the caller's thread to the client's loop: a script that
+    cancels and exits at once must not leave the invocation running."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CANCEL_AND_LEAVE, lattice.url, str(tmp_path)],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "was destroyed but it is pending" not in proc.stderr  # the cancel's task
+    with pytest.raises(concurrent.futures.CancelledError):
+        client.result(proc.stdout.strip(), timeout=10)
+    _idle(client)
+    _idle(client)
+    assert dfns.runs(str(tmp_path), "c.finished") == 0
+
+
 def test_cancelling_a_queued_invocation_means_it_never_runs(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:

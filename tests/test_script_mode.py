@@ -102,15 +102,52 @@ def test_a_script_runs_with_its_local_modules_and_shows_remote_prints(
     assert printed[4] < lines.index("spawned 100")
 
 
-def test_map_shows_a_progress_bar_on_a_terminal_only(lattice: Lattice, tmp_path: Path) -> None:
-    root = _project(tmp_path)
-    plain = _run_script(root, lattice, "50")
-    assert plain.returncode == 0, plain.stderr
-    assert "main.work" not in plain.stderr
+BAR_MAIN = """\
+import sys
+import time
+import superpose as sp
 
+
+@sp.function
+def slow(x: int) -> int:
+    time.sleep(0.05)
+    return x
+
+
+if __name__ == "__main__":
+    with sp.connect():
+        show = sys.argv[1] == "bar"
+        print(sum(slow.map(range(40), progress=show)))
+        print(sum(sp.gather(*(slow.spawn(x) for x in range(40)), progress=show)))
+"""
+
+
+def test_map_and_gather_show_a_progress_bar_on_a_terminal_only(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    (tmp_path / "bar.py").write_text(BAR_MAIN)
+    plain = subprocess.run(
+        [sys.executable, "bar.py", "bar"],
+        cwd=tmp_path,
+        env=_env(lattice),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.split() == ["780", "780"]
+    assert "bar.slow" not in plain.stderr and "gather" not in plain.stderr
+
+    on_terminal = _stderr_on_a_terminal(tmp_path, lattice, "bar.py", "bar")
+    assert "bar.slow" in on_terminal and "gather" in on_terminal
+    turned_off = _stderr_on_a_terminal(tmp_path, lattice, "bar.py", "off")
+    assert "bar.slow" not in turned_off and "gather" not in turned_off
+
+
+def _stderr_on_a_terminal(root: Path, lattice: Lattice, *args: str) -> str:
     leader, follower = os.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "main.py", "50"],
+        [sys.executable, *args],
         cwd=root,
         env={**_env(lattice), "COLUMNS": "120"},
         stdout=subprocess.DEVNULL,
@@ -118,8 +155,8 @@ def test_map_shows_a_progress_bar_on_a_terminal_only(lattice: Lattice, tmp_path:
     )
     os.close(follower)
     seen = _read_until_exit(leader, proc)
-    assert proc.returncode == 0
-    assert "main.work" in seen
+    assert proc.returncode == 0, seen
+    return seen
 
 
 def _read_until_exit(fd: int, proc: subprocess.Popen[bytes]) -> str:

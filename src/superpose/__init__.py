@@ -24,6 +24,9 @@ defer_unused_imports()  # before anything imports nats-py
 
 if TYPE_CHECKING:
     from superpose.public import (
+        ALL_COMPLETED,
+        FIRST_COMPLETED,
+        FIRST_EXCEPTION,
         CallTimeoutError,
         Client,
         DeployError,
@@ -35,15 +38,21 @@ if TYPE_CHECKING:
         NotFoundError,
         RemoteError,
         RemoteFunction,
+        SerializationError,
         SuperposeError,
         UserError,
+        as_completed,
         connect,
         function,
         gather,
         use,
+        wait,
     )
 
 __all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
     "CallTimeoutError",
     "Client",
     "DeployError",
@@ -55,12 +64,15 @@ __all__ = [
     "NotFoundError",
     "RemoteError",
     "RemoteFunction",
+    "SerializationError",
     "SuperposeError",
     "UserError",
+    "as_completed",
     "connect",
     "function",
     "gather",
     "use",
+    "wait",
 ]
 
 

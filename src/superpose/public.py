@@ -20,8 +20,13 @@ from superpose.client.functions import LinkedApp as LinkedApp
 from superpose.client.functions import RemoteFunction as RemoteFunction
 from superpose.client.functions import function as function
 from superpose.client.functions import use as use
+from superpose.client.futures import ALL_COMPLETED as ALL_COMPLETED
+from superpose.client.futures import FIRST_COMPLETED as FIRST_COMPLETED
+from superpose.client.futures import FIRST_EXCEPTION as FIRST_EXCEPTION
 from superpose.client.futures import Future as Future
+from superpose.client.futures import as_completed as as_completed
 from superpose.client.futures import gather as gather
+from superpose.client.futures import wait as wait
 from superpose.client.replies import LogSink, print_log_record
 from superpose.errors import CallTimeoutError as CallTimeoutError
 from superpose.errors import DeployError as DeployError
@@ -29,6 +34,7 @@ from superpose.errors import LatticeError as LatticeError
 from superpose.errors import NoNodesError as NoNodesError
 from superpose.errors import NotFoundError as NotFoundError
 from superpose.errors import RemoteError as RemoteError
+from superpose.errors import SerializationError as SerializationError
 from superpose.errors import SuperposeError as SuperposeError
 from superpose.errors import UserError as UserError
 from superpose.support import eventloop

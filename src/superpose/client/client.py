@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -31,7 +30,6 @@ from superpose.client.futures import Future
 from superpose.client.names import Names
 from superpose.client.options import Options
 from superpose.client.placement import Placement
-from superpose.client.progress import progress_bar
 from superpose.client.replies import LogSink, Replies
 from superpose.client.scripts import ScriptBundles
 from superpose.errors import SuperposeError
@@ -135,6 +133,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        await self._durable.finish_cancels(CLOSE_WAIT_S)
         self._direct.close()
         for task in self._tasks:
             task.cancel()
@@ -326,9 +325,6 @@ class Client:
         Raises ``RemoteError`` if it failed, ``CallTimeoutError`` if ``timeout`` passes.
         """
         return self._durable.result(invocation_id, timeout=timeout)
-
-    def progress(self, total: int | None, label: str) -> AbstractContextManager[Callable[[], None]]:
-        return progress_bar(total, label)
 
 
 async def open_node_client(nc: NATS) -> None:

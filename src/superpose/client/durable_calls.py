@@ -63,6 +63,8 @@ class DurableCalls:
         """Made by ``start``, on the loop it sends from."""
         self._keyed: dict[str, Future] = {}
         """Durable submissions with an idempotency key still waiting, by id."""
+        self._cancelling: set[asyncio.Task[list[str]]] = set()
+        """Cancels on their way to the lattice: closing waits for them."""
 
     @property
     def started(self) -> bool:
@@ -184,7 +186,20 @@ class DurableCalls:
     # --- cancelling and duplicating --------------------------------------------------
 
     def _cancel_from_future(self, future: Future) -> None:
-        fire(self._loop, self.cancel([future.invocation_id]))
+        fire(self._loop, self._cancel_soon([future.invocation_id]))
+
+    async def _cancel_soon(self, ids: list[str]) -> None:
+        """A cancel fired from any thread, tracked so that closing the client right
+        after it does not drop it (the invocation would run on)."""
+        task = asyncio.ensure_future(self.cancel(ids))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+        await task
+
+    async def finish_cancels(self, timeout: float) -> None:
+        """Before the connection closes: let cancels under way reach the lattice."""
+        if self._cancelling:
+            await asyncio.wait(self._cancelling, timeout=timeout)
 
     async def cancel(self, ids: list[str]) -> list[str]:
         """Cancel durable invocations by id; returns those that had not finished."""
@@ -193,7 +208,7 @@ class DurableCalls:
     def cancel_many(self, futures: list[Future]) -> None:
         ids = [f.invocation_id for f in futures if f.invocation_id]
         if ids:
-            fire(self._loop, self.cancel(ids))
+            fire(self._loop, self._cancel_soon(ids))
 
     def speculate(self, invocation_id: str) -> None:
         """Launch a second copy of a waiting durable invocation (a straggler)."""

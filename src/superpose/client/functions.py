@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, overload
@@ -13,7 +12,9 @@ from typing import TYPE_CHECKING, Any, overload
 from superpose import protocol, runtime
 from superpose.client import session
 from superpose.client.futures import Future
+from superpose.client.mapping import check_window, map_results
 from superpose.client.options import Options
+from superpose.client.progress import progress_bar
 from superpose.client.stragglers import Stragglers
 from superpose.errors import BadRequestError
 from superpose.registry.mirror import Target
@@ -71,34 +72,43 @@ class Invocable:
         target = self._target(client, ctx)
         return client.submit(target, args, kwargs, self.options_, durable=durable, ctx=ctx)
 
-    def map(self, *iterables: Iterable[Any], window: int = MAP_WINDOW) -> Iterator[Any]:
-        """Results of the function over the items, in order, as soon as each is ready."""
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        window: int = MAP_WINDOW,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        progress: bool = True,
+    ) -> Iterator[Any]:
+        """The function over the items (one argument from each iterable), durably.
+
+        Results come in the items' order (``order_outputs=False``: as each finishes).
+        A failed item raises its exception and cancels the rest, or, with
+        ``return_exceptions=True``, its exception is yielded in its place and the map
+        goes on. At most ``window`` items are on the lattice at once. A progress bar
+        shows while someone watches (a terminal or a notebook) unless ``progress=False``.
+        """
+        window = check_window(window)
         client = self._client()
         ctx = client.call_context(self.options_, self.app)
         target = self._target(client, ctx)
-        items = zip(*iterables, strict=False)
-        total = _length(iterables)
-        in_flight: deque[Future] = deque()
         stragglers = Stragglers(client, self.options_) if self.options_.idempotent else None
-        try:
-            with client.progress(total, f"{target.app}.{target.fn}") as advance:
-                for item in items:
-                    future = client.submit(target, item, {}, self.options_, durable=True, ctx=ctx)
-                    in_flight.append(future)
-                    if stragglers is not None:
-                        stragglers.track(future)
-                    if len(in_flight) >= window:
-                        # Refill in bursts, not one by one: a burst travels in few
-                        # envelopes (one fsync each), a trickle in one envelope per item.
-                        while len(in_flight) > window // 2:
-                            yield _next(in_flight, stragglers)
-                            advance()
-                while in_flight:
-                    yield _next(in_flight, stragglers)
-                    advance()
-        finally:  # stopped early (break, error, close): cancel what is still out there
-            if in_flight:
-                client.cancel_many([f for f in in_flight if not f.done()])
+
+        def submit(item: tuple[Any, ...]) -> Future:
+            return client.submit(target, item, {}, self.options_, durable=True, ctx=ctx)
+
+        label = f"{target.app}.{target.fn}"
+        with progress_bar(_length(iterables), label, enabled=progress) as advance:
+            yield from map_results(
+                submit,
+                zip(*iterables, strict=False),
+                window=window,
+                order_outputs=order_outputs,
+                return_exceptions=return_exceptions,
+                stragglers=stragglers,
+                advance=advance,
+                cancel=client.cancel_many,
+            )
 
     def with_options(self, **overrides: Any) -> Invocable:
         clone = _copy(self)
@@ -107,14 +117,6 @@ class Invocable:
         return clone
 
     options = with_options
-
-
-def _next(in_flight: deque[Future], stragglers: Stragglers | None) -> Any:
-    head = in_flight[0]
-    if stragglers is not None:
-        stragglers.wait(head)
-    in_flight.popleft()
-    return head.result()
 
 
 def _copy(obj: Invocable) -> Invocable:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from superpose import protocol, runtime
+from superpose.client.progress import progress_bar
 from superpose.errors import RemoteError, SuperposeError, UserError, raised_remotely
 from superpose.lattice import payload
 
@@ -60,14 +61,82 @@ def _refuse_on_event_loop() -> None:
     )
 
 
-def gather(*futures: concurrent.futures.Future[Any]) -> list[Any]:
-    """Results of all futures, in order; the first failure is raised."""
-    pending = [f for f in futures if not f.done()]
-    if pending:
+FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
+FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
+ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
+
+
+def gather(
+    *futures: concurrent.futures.Future[Any],
+    return_exceptions: bool = False,
+    progress: bool = True,
+) -> list[Any]:
+    """Results of all futures, in order. The first failure is raised, or, with
+    ``return_exceptions=True``, each failure is returned in its future's place (as
+    ``asyncio.gather`` does). A progress bar shows while someone watches (a terminal or
+    a notebook) unless ``progress=False``."""
+    pending = {f for f in futures if not f.done()}
+    if pending and (return_exceptions or not any(_failed(f) for f in futures if f.done())):
         _refuse_on_event_loop()
+        with progress_bar(len(futures), "gather", enabled=progress) as advance:
+            for _ in range(len(futures) - len(pending)):
+                advance()
+            with runtime.blocking():
+                while pending:
+                    done, pending = concurrent.futures.wait(
+                        pending, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    for future in done:
+                        advance()
+                        if not return_exceptions and _failed(future):
+                            outcome(future, return_exceptions=False)  # raises its error
+    if not return_exceptions:  # a failure raises even while futures before it still run
+        for future in futures:
+            if future.done() and _failed(future):
+                outcome(future, return_exceptions=False)
+    return [outcome(f, return_exceptions) for f in futures]
+
+
+def wait(
+    futures: Iterable[concurrent.futures.Future[Any]],
+    timeout: float | None = None,
+    return_when: str = ALL_COMPLETED,
+) -> concurrent.futures._base.DoneAndNotDoneFutures[Any]:
+    """``concurrent.futures.wait``: (done, not_done) once ``return_when`` holds or
+    ``timeout`` passes. On a node, the waiting function's slot is free meanwhile."""
+    _refuse_on_event_loop()
+    with runtime.blocking():
+        return concurrent.futures.wait(futures, timeout, return_when)
+
+
+def as_completed(
+    futures: Iterable[concurrent.futures.Future[Any]], timeout: float | None = None
+) -> Iterator[concurrent.futures.Future[Any]]:
+    """``concurrent.futures.as_completed``: each future as it finishes; ``TimeoutError``
+    if ``timeout`` passes first. On a node, the slot is free while it waits."""
+    _refuse_on_event_loop()
+    finished = concurrent.futures.as_completed(futures, timeout)
+    while True:
         with runtime.blocking():
-            concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_EXCEPTION)
-    return [concurrent.futures.Future.result(f) for f in futures]
+            future = next(finished, None)
+        if future is None:
+            return
+        yield future
+
+
+def outcome(future: concurrent.futures.Future[Any], return_exceptions: bool) -> Any:
+    """A finished future's result; its exception raised, or returned if asked."""
+    if return_exceptions:
+        if future.cancelled():
+            return concurrent.futures.CancelledError()
+        error = future.exception(0)
+        if error is not None:
+            return error
+    return concurrent.futures.Future.result(future, 0)
+
+
+def _failed(future: concurrent.futures.Future[Any]) -> bool:
+    return future.cancelled() or future.exception(0) is not None
 
 
 def fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:

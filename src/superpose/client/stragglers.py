@@ -62,9 +62,9 @@ class Stragglers:
         while not head.done():
             with runtime.blocking():
                 concurrent.futures.wait([head], timeout=CHECK_EVERY_S)
-            self._check()
+            self.check()
 
-    def _check(self) -> None:
+    def check(self) -> None:
         with self._lock:
             if not self.latencies or len(self.latencies) < MOST_DONE * self.total:
                 return
