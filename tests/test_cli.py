@@ -11,11 +11,13 @@ import sys
 import textwrap
 import time
 import uuid
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, Lattice, superpose_cli
+from superpose.cli.main import installed_version
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$", re.MULTILINE)
 
@@ -50,6 +52,23 @@ def app_names(lattice: Lattice) -> set[str]:
 @pytest.fixture(scope="module")
 def hello(lattice: Lattice) -> str:
     return deploy(lattice, ROOT / "examples" / "hello")
+
+
+# --- the command itself -------------------------------------------------------------------
+
+
+def test_version_prints_the_installed_version() -> None:
+    proc = superpose_cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"superpose {metadata.version('superpose')}\n"
+
+
+def test_version_of_a_source_tree_never_installed_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert "not installed" in installed_version()
 
 
 # --- deploy -------------------------------------------------------------------------------
