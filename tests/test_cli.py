@@ -351,14 +351,48 @@ def test_logs_show_what_a_function_printed(lattice: Lattice, tmp_path: Path) -> 
     assert "[say@" in proc.stdout
     only_fn = superpose_cli("logs", f"{name}.say", url=lattice.url, check=True)
     assert f"said {word}" in only_fn.stdout
-    other = superpose_cli("logs", f"{name}.other", url=lattice.url, check=True)
-    assert word not in other.stdout
+    other = superpose_cli("logs", f"{name}.other", url=lattice.url)
+    assert other.returncode == 1 and other.stdout == ""
+    assert f"no version of {name} has a function 'other'; it has: say" in other.stderr
 
 
 def test_logs_rejects_a_bad_target(lattice: Lattice) -> None:
     proc = superpose_cli("logs", "bad name!", url=lattice.url)
     assert proc.returncode == 1
     assert "APP or APP.FN" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("logs", "APP"),
+        ("logs", "APP.fn"),
+        ("logs", "APP", "--follow"),
+        ("failed", "--app", "APP"),
+        ("versions", "APP"),
+        ("alias", "APP"),
+        ("alias", "APP", "stable", "latest"),
+        ("promote", "APP", "latest"),
+        ("rollback", "APP"),
+        ("canary", "APP"),
+        ("canary", "APP", "latest", "--percent", "10"),
+        ("canary", "APP", "--off"),
+        ("lock", "APP", "--show"),
+        ("lock", "APP", "hello@latest"),
+        ("unlock", "APP", "hello"),
+        ("pin", "APP.fn", "n1"),
+        ("unpin", "APP.fn"),
+    ],
+    ids=" ".join,
+)
+def test_every_command_taking_an_app_says_when_there_is_no_such_app(
+    lattice: Lattice, hello: str, command: tuple[str, ...]
+) -> None:
+    app = unique("nosuchapp")
+    proc = superpose_cli(*(word.replace("APP", app) for word in command), url=lattice.url)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.stderr == f"error: no app named {app!r} is deployed (see `superpose ls`)\n"
+    assert proc.stdout == ""
 
 
 # --- versions ---------------------------------------------------------------------------
