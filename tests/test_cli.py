@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Lattice, superpose_cli
+from conftest import ROOT, Lattice, poll, superpose_cli
 from superpose.cli.main import installed_version
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$", re.MULTILINE)
@@ -354,6 +355,55 @@ def test_logs_show_what_a_function_printed(lattice: Lattice, tmp_path: Path) -> 
     other = superpose_cli("logs", f"{name}.other", url=lattice.url)
     assert other.returncode == 1 and other.stdout == ""
     assert f"no version of {name} has a function 'other'; it has: say" in other.stderr
+
+
+def test_logs_show_the_traceback_of_a_function_that_raised(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    name = unique("raises")
+    folder = write_app(
+        tmp_path / name,
+        {
+            "checkout.py": """
+        import superpose as sp
+
+
+        def charge(amount: int) -> None:
+            raise ValueError(f"declined: {amount}")
+
+
+        @sp.function
+        def pay(amount: int) -> None:
+            print(f"paying {amount}")
+            charge(amount)
+
+
+        @sp.function
+        async def refund(amount: int) -> None:
+            raise LookupError()
+        """
+        },
+    )
+    deploy(lattice, folder)
+    assert superpose_cli("call", f"{name}.pay", "[7]", url=lattice.url).returncode == 1
+    assert superpose_cli("call", f"{name}.refund", "[7]", url=lattice.url).returncode == 1
+
+    def shown() -> str | None:
+        out = superpose_cli("logs", name, url=lattice.url, check=True).stdout
+        return out if out.count("✗") == 2 else None
+
+    lines = poll(shown, "both errors in the app's log").splitlines()
+    (paid,) = [i for i, line in enumerate(lines) if "paying 7" in line]
+    (raised,) = [i for i, line in enumerate(lines) if "✗ ValueError: declined: 7" in line]
+    assert paid < raised and "[pay@n" in lines[raised] and "(invocation " in lines[raised]
+    trace = list(itertools.takewhile(lambda line: line.startswith("    "), lines[raised + 1 :]))
+    assert trace[0] == "    Traceback (most recent call last):"
+    assert trace[-1] == "    ValueError: declined: 7"
+    assert any('checkout.py", line 5, in charge' in line for line in trace)
+    (refused,) = [line for line in lines if "✗ LookupError  (invocation " in line]
+    assert "[refund@n" in refused
+    only_pay = superpose_cli("logs", f"{name}.pay", url=lattice.url, check=True).stdout
+    assert "✗ ValueError" in only_pay and "LookupError" not in only_pay
 
 
 def test_logs_rejects_a_bad_target(lattice: Lattice) -> None:

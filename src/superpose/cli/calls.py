@@ -173,14 +173,25 @@ def cmd_logs(ns: argparse.Namespace) -> int:
 
     async def body(client: Client) -> int:
         async for record in logs.read(client, app, fn or None, follow=ns.follow):
-            stamp = time.strftime("%H:%M:%S", time.localtime(record.ts))
-            print(f"{stamp} [{record.fn}@{record.node}] {record.line}", flush=True)
+            print(_log_line(record), flush=True)
         return 0
 
     try:
         return asyncio.run(common.with_client(ns.lattice, body))
     except KeyboardInterrupt:
         return 0
+
+
+def _log_line(record: protocol.LogRecord) -> str:
+    """A printed line as it was printed; a call's error as one ``✗`` line saying what
+    it raised, then its traceback indented under it."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(record.ts))
+    head = f"{stamp} [{record.fn}@{record.node}] "
+    if record.stream != protocol.LOG_ERROR:
+        return head + record.line
+    summary, _, trace = record.line.partition("\n")
+    indented = "".join(f"\n    {line}" for line in trace.rstrip().splitlines())
+    return f"{head}✗ {summary}  (invocation {record.invocation}){indented}"
 
 
 def add_commands(add: common.AddCommand) -> None:
