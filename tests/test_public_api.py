@@ -23,6 +23,16 @@ def test_public_names_survive_submodule_imports() -> None:
         assert getattr(sp, name) is not None
 
 
+def test_dir_lists_only_the_public_names() -> None:
+    """Submodules imported by now (the client, the protocol, ...) are bound on the
+    package by Python; a user looking with dir() or tab completion must not see them."""
+    for module in ("superpose.public", "superpose.protocol", "superpose.cli.main"):
+        importlib.import_module(module)
+    assert sp.connect and sp.RemoteError  # served, and cached on the module
+    assert dir(sp) == sorted(sp.__all__)
+    assert {"public", "client", "protocol", "cli", "importlib"} <= set(vars(sp))
+
+
 def test_the_command_line_does_not_import_the_client() -> None:
     """Commands that never talk to a lattice (down, up --detach, --help) must not pay for
     importing the client or nats-py: only the commands that use them import them."""
