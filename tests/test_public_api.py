@@ -121,3 +121,15 @@ def test_connect_to_a_lattice_it_was_given_says_nothing(lattice: Lattice, tmp_pa
     with state.exclusive_home(home):  # as `superpose up` run in this folder leaves it
         config.state_file(home).write_text(json.dumps({"ready": True, "lattice": lattice.url}))
         assert NOTICE not in run_python(found, tmp_path).stderr
+
+
+def test_options_is_with_options_under_its_older_name() -> None:
+    """The README documents ``with_options`` (Modal's name); ``options`` stays for code
+    written against it, as the very same method."""
+    quote = sp.use("pricing").quote
+    assert type(quote).options is type(quote).with_options
+    assert (
+        quote.options(timeout=5).options_.timeout
+        == quote.with_options(timeout=5).options_.timeout
+        == 5
+    )

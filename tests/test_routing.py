@@ -168,7 +168,7 @@ def test_a_session_sees_one_combination_of_versions_through_three_nested_calls(
             assert tuple(top.remote(user=user)) == combos[user]
             assert tuple(top.remote(user)) == combos[user]  # the key names it by position too
         # a pin for one request wins down the whole graph, without any deploy
-        pinned = top.options(pins={names[2]: digests[names[2]][1][:12]})
+        pinned = top.with_options(pins={names[2]: digests[names[2]][1][:12]})
         assert all(pinned.remote(user=u)[2].endswith(":v2") for u in list(combos)[:6])
     # positional over HTTP and from the CLI
     for user in list(combos)[6:10]:
