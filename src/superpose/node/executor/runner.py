@@ -200,7 +200,8 @@ class Executor:
         result.duration_s = time.perf_counter() - started
         if result.error is not None and inv.args.codec != protocol.CODEC_HTTP:
             error = result.error
-            summary = f"{error.type}: {error.message}".strip().splitlines()[0].rstrip(": ")
+            message = error.message.strip().splitlines()
+            summary = f"{error.type}: {message[0]}" if message else error.type
             self._log(inv.id, inv.app, inv.fn, protocol.LOG_ERROR, f"{summary}\n{error.traceback}")
         self.replies.answer(reply, result)
 
