@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -11,11 +12,13 @@ import sys
 import textwrap
 import time
 import uuid
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Lattice, superpose_cli
+from conftest import ROOT, Lattice, poll, superpose_cli
+from superpose.cli.main import installed_version
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$", re.MULTILINE)
 
@@ -50,6 +53,23 @@ def app_names(lattice: Lattice) -> set[str]:
 @pytest.fixture(scope="module")
 def hello(lattice: Lattice) -> str:
     return deploy(lattice, ROOT / "examples" / "hello")
+
+
+# --- the command itself -------------------------------------------------------------------
+
+
+def test_version_prints_the_installed_version() -> None:
+    proc = superpose_cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"superpose {metadata.version('superpose')}\n"
+
+
+def test_version_of_a_source_tree_never_installed_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert "not installed" in installed_version()
 
 
 # --- deploy -------------------------------------------------------------------------------
@@ -332,14 +352,97 @@ def test_logs_show_what_a_function_printed(lattice: Lattice, tmp_path: Path) -> 
     assert "[say@" in proc.stdout
     only_fn = superpose_cli("logs", f"{name}.say", url=lattice.url, check=True)
     assert f"said {word}" in only_fn.stdout
-    other = superpose_cli("logs", f"{name}.other", url=lattice.url, check=True)
-    assert word not in other.stdout
+    other = superpose_cli("logs", f"{name}.other", url=lattice.url)
+    assert other.returncode == 1 and other.stdout == ""
+    assert f"no version of {name} has a function 'other'; it has: say" in other.stderr
+
+
+def test_logs_show_the_traceback_of_a_function_that_raised(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    name = unique("raises")
+    folder = write_app(
+        tmp_path / name,
+        {
+            "checkout.py": """
+        import superpose as sp
+
+
+        def charge(amount: int) -> None:
+            raise ValueError(f"declined: {amount}")
+
+
+        @sp.function
+        def pay(amount: int) -> None:
+            print(f"paying {amount}")
+            charge(amount)
+
+
+        @sp.function
+        async def refund(amount: int) -> None:
+            raise LookupError()
+        """
+        },
+    )
+    deploy(lattice, folder)
+    assert superpose_cli("call", f"{name}.pay", "[7]", url=lattice.url).returncode == 1
+    assert superpose_cli("call", f"{name}.refund", "[7]", url=lattice.url).returncode == 1
+
+    def shown() -> str | None:
+        out = superpose_cli("logs", name, url=lattice.url, check=True).stdout
+        return out if out.count("✗") == 2 else None
+
+    lines = poll(shown, "both errors in the app's log").splitlines()
+    (paid,) = [i for i, line in enumerate(lines) if "paying 7" in line]
+    (raised,) = [i for i, line in enumerate(lines) if "✗ ValueError: declined: 7" in line]
+    assert paid < raised and "[pay@n" in lines[raised] and "(invocation " in lines[raised]
+    trace = list(itertools.takewhile(lambda line: line.startswith("    "), lines[raised + 1 :]))
+    assert trace[0] == "    Traceback (most recent call last):"
+    assert trace[-1] == "    ValueError: declined: 7"
+    assert any('checkout.py", line 5, in charge' in line for line in trace)
+    (refused,) = [line for line in lines if "✗ LookupError  (invocation " in line]
+    assert "[refund@n" in refused
+    only_pay = superpose_cli("logs", f"{name}.pay", url=lattice.url, check=True).stdout
+    assert "✗ ValueError" in only_pay and "LookupError" not in only_pay
 
 
 def test_logs_rejects_a_bad_target(lattice: Lattice) -> None:
     proc = superpose_cli("logs", "bad name!", url=lattice.url)
     assert proc.returncode == 1
     assert "APP or APP.FN" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("logs", "APP"),
+        ("logs", "APP.fn"),
+        ("logs", "APP", "--follow"),
+        ("failed", "--app", "APP"),
+        ("versions", "APP"),
+        ("alias", "APP"),
+        ("alias", "APP", "stable", "latest"),
+        ("promote", "APP", "latest"),
+        ("rollback", "APP"),
+        ("canary", "APP"),
+        ("canary", "APP", "latest", "--percent", "10"),
+        ("canary", "APP", "--off"),
+        ("lock", "APP", "--show"),
+        ("lock", "APP", "hello@latest"),
+        ("unlock", "APP", "hello"),
+        ("pin", "APP.fn", "n1"),
+        ("unpin", "APP.fn"),
+    ],
+    ids=" ".join,
+)
+def test_every_command_taking_an_app_says_when_there_is_no_such_app(
+    lattice: Lattice, hello: str, command: tuple[str, ...]
+) -> None:
+    app = unique("nosuchapp")
+    proc = superpose_cli(*(word.replace("APP", app) for word in command), url=lattice.url)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.stderr == f"error: no app named {app!r} is deployed (see `superpose ls`)\n"
+    assert proc.stdout == ""
 
 
 # --- versions ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,8 +112,15 @@ def test_canary_splits_sessions_and_each_session_sticks(lattice: Lattice, tmp_pa
         return rules if sum(rules["traffic"].values()) >= 1101 else None
 
     rules = poll(shown, "the traffic in the nodes' heartbeats")
-    printed = json.loads(superpose_cli("canary", app, url=lattice.url, check=True).stdout)
+    printed = json.loads(superpose_cli("canary", app, "--json", url=lattice.url).stdout)
     assert printed["canary"] == {"version": v1, "percent": 10.0, "key": "header:X-Session"}
+    assert 0 < printed["traffic_since"] <= time.time()  # the earliest live node's start
+    text = superpose_cli("canary", app, url=lattice.url, check=True).stdout
+    assert text.startswith(f"{app}: latest {v2[:12]}\n")
+    assert f"  canary: 10 % → {v1[:12]} by header:X-Session\n" in text
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(printed["traffic_since"]))
+    assert f"  calls served since {since} (the live nodes' counts, each from its own start)" in text
+    assert f"    {v1[:12]}: {printed['traffic'][v1]} (" in text
     assert rules["canary"] == {"version": v1, "percent": 10.0, "key": "header:X-Session"}
     # every call the test made is counted once, on the version that answered it
     assert rules["traffic"] == {v1: served["v1"], v2: served["v2"]}
@@ -123,6 +131,8 @@ def test_canary_splits_sessions_and_each_session_sticks(lattice: Lattice, tmp_pa
 
     superpose_cli("canary", app, "--off", url=lattice.url, check=True)
     assert {version_for_all(lattice, app, f"s{i}") for i in range(30)} == {"v2"}
+    off = superpose_cli("canary", app, url=lattice.url, check=True).stdout
+    assert "  no canary: every session goes to latest\n" in off
 
 
 def version_for_all(lattice: Lattice, app: str, session: str) -> str:
@@ -158,7 +168,7 @@ def test_a_session_sees_one_combination_of_versions_through_three_nested_calls(
             assert tuple(top.remote(user=user)) == combos[user]
             assert tuple(top.remote(user)) == combos[user]  # the key names it by position too
         # a pin for one request wins down the whole graph, without any deploy
-        pinned = top.options(pins={names[2]: digests[names[2]][1][:12]})
+        pinned = top.with_options(pins={names[2]: digests[names[2]][1][:12]})
         assert all(pinned.remote(user=u)[2].endswith(":v2") for u in list(combos)[:6])
     # positional over HTTP and from the CLI
     for user in list(combos)[6:10]:
@@ -216,6 +226,10 @@ def test_canary_and_pin_bad_input_is_refused(lattice: Lattice, tmp_path: Path) -
         (("canary", "no_app", "latest", "--percent", "10"), "no app named 'no_app'"),
         (("canary", app, "latest", "--percent", "10", "--key", "cookie:x"), "header:NAME"),
         (("canary", app, "latest"), "--percent"),
+        (("canary", app, "--percent", "150"), "--percent and --key need the version"),
+        (("canary", app, "--percent", "10"), "--percent and --key need the version"),
+        (("canary", app, "--key", "header:X-S"), "--percent and --key need the version"),
+        (("canary", app, "latest", "--percent", "nan"), "between 0 and 100"),
         (("canary", app, "latest", "--off"), "--off takes no version"),
     ]:
         proc = superpose_cli(*args, url=lattice.url)
@@ -294,3 +308,20 @@ def test_a_canary_argument_key_finds_its_argument_by_keyword_or_by_position() ->
     assert session_from(canary, args=["c", 7], params=params) == "7"
     header = Canary(version="v2", percent=50, key="header:X-Session")
     assert session_from(header, {"x-session": "s1"}, args=["c", "u2"], params=params) == "s1"
+
+
+def test_the_split_says_since_when_it_counts_and_when_it_cannot() -> None:
+    from superpose.cli.routing import rule_lines
+
+    rules = {"canary": None, "pins": {"pay": "n1"}, "lock": {"tax": "ab" * 32}, "traffic": {}}
+    assert rule_lines({**rules, "traffic_since": None}) == [
+        "pinned: pay → n1",
+        f"locked: tax → {'ab' * 6}",
+        "calls served: unknown (no live node)",
+    ]
+    started = time.mktime((2026, 12, 7, 9, 30, 0, 0, 0, -1))
+    idle = rule_lines({**rules, "traffic_since": started})
+    assert (
+        idle[-1]
+        == "calls served: none since 2026-12-07 09:30:00 (when the first live node started)"
+    )

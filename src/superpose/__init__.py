@@ -85,4 +85,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """Only the public names: ``dir(sp)`` and tab completion must not offer the
+    subpackages Python binds here as they are imported, nor this module's helpers."""
+    return sorted(__all__)

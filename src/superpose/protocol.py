@@ -561,9 +561,14 @@ class LogRecord(Message, tag="sp.log.v1"):
     node: str
     invocation: str
     stream: str
-    """"stdout", "stderr" or "log"."""
+    """"stdout", "stderr", "log", or ``LOG_ERROR``: the call raised, and ``line`` is
+    what it raised on its first line, then the traceback."""
     line: str
     ts: float
+
+
+LOG_ERROR = "error"
+"""``LogRecord.stream`` of a call's error: for the app's log stream, never its caller."""
 
 
 class Progress(Message, tag="sp.progress.v1"):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import sys
 import threading
+from pathlib import Path
 
 from superpose import config
 from superpose.client import session
@@ -79,6 +81,7 @@ def open_in_thread(url: str | None, workers: int, log_sink: LogSink | None) -> C
         if resolved is None:
             lattice = LocalLattice(state_dir=None, workers=workers)
             resolved = await lattice.start()
+            _tell_private_lattice(found.home)
         try:
             client = await Client.open(resolved, log_sink=log_sink)
         except BaseException:
@@ -102,6 +105,26 @@ def open_in_thread(url: str | None, workers: int, log_sink: LogSink | None) -> C
 
     client.after_close = stop_thread
     return client
+
+
+_told_private = False
+
+
+def _tell_private_lattice(home: Path) -> None:
+    """Say it once per process: a user whose ``superpose up`` ran in another folder
+    would otherwise get a private lattice without knowing, and wonder where their
+    deployed apps went."""
+    global _told_private
+    if _told_private:
+        return
+    _told_private = True
+    print(
+        f"superpose: no lattice found ({config.ENV_LATTICE} unset, no `superpose up` "
+        f"running in {home}); started a private one for this process. To use a running "
+        f"lattice, set {config.ENV_LATTICE} or run from the folder where `superpose up` ran",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 session.install_connector(connect)

@@ -99,16 +99,17 @@ def cmd_result(ns: argparse.Namespace) -> int:
 def cmd_failed(ns: argparse.Namespace) -> int:
     from superpose.client import dead_letters as dead
 
-    if ns.app is not None and not protocol.is_valid_name(ns.app):
-        raise BadRequestError(f"{ns.app!r} is not an app name (letters, digits, _ and -)")
+    app = None if ns.app is None else common.app_arg(ns.app)
 
     async def body(client: Client) -> int:
-        letters = await dead.list_failed(client.assets, ns.app)
+        letters = await dead.list_failed(client.assets, app)
+        if not letters and app is not None:  # a typo must not read as "all is well"
+            (await client.registry()).versions_of(app)
         if ns.json:
             print(json.dumps([_letter_json(letter) for letter in letters], indent=2))
             return 0
         if not letters:
-            print("no failed invocations" + (f" of {ns.app}" if ns.app else ""))
+            print("no failed invocations" + (f" of {app}" if app else ""))
         for letter in letters:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.failed))
             message = letter.error.message.strip().splitlines()
@@ -172,14 +173,25 @@ def cmd_logs(ns: argparse.Namespace) -> int:
 
     async def body(client: Client) -> int:
         async for record in logs.read(client, app, fn or None, follow=ns.follow):
-            stamp = time.strftime("%H:%M:%S", time.localtime(record.ts))
-            print(f"{stamp} [{record.fn}@{record.node}] {record.line}", flush=True)
+            print(_log_line(record), flush=True)
         return 0
 
     try:
         return asyncio.run(common.with_client(ns.lattice, body))
     except KeyboardInterrupt:
         return 0
+
+
+def _log_line(record: protocol.LogRecord) -> str:
+    """A printed line as it was printed; a call's error as one ``✗`` line saying what
+    it raised, then its traceback indented under it."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(record.ts))
+    head = f"{stamp} [{record.fn}@{record.node}] "
+    if record.stream != protocol.LOG_ERROR:
+        return head + record.line
+    summary, _, trace = record.line.partition("\n")
+    indented = "".join(f"\n    {line}" for line in trace.rstrip().splitlines())
+    return f"{head}✗ {summary}  (invocation {record.invocation}){indented}"
 
 
 def add_commands(add: common.AddCommand) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from superpose import config
-from superpose.cli import common
+from superpose.cli import common, routing
 from superpose.errors import LatticeError, UserError
 from superpose.local import lattice as local
 from superpose.local import stopping
@@ -266,25 +266,11 @@ def cmd_status(ns: argparse.Namespace) -> int:
         for app in state["apps"]:
             aliases = " ".join(f"{name}={digest[:12]}" for name, digest in app["aliases"].items())
             print(f"  {app['app']}  versions={len(app['versions'])} {aliases}".rstrip())
-            _print_routing(app["routing"])
+            for line in routing.rule_lines(app["routing"]):
+                print(f"    {line}")
         return 0
 
     return asyncio.run(common.with_client(ns.lattice, body))
-
-
-def _print_routing(rules: dict[str, Any]) -> None:
-    """The routing rules of one app, and the calls each version served."""
-    canary = rules["canary"]
-    if canary:
-        key = f" by {canary['key']}" if canary["key"] else ""
-        print(f"    canary: {canary['percent']:g} % → {canary['version'][:12]}{key}")
-    for fn, node in rules["pins"].items():
-        print(f"    pinned: {fn} → {node}")
-    for dep, digest in rules["lock"].items():
-        print(f"    locked: {dep} → {digest[:12]}")
-    total = sum(rules["traffic"].values())
-    for digest, count in rules["traffic"].items():
-        print(f"    served by {digest[:12]}: {count} ({100 * count / total:.1f} %)")
 
 
 def add_commands(add: common.AddCommand) -> None:

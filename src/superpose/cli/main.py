@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="superpose", description="Run plain Python functions on a lattice of generic nodes."
     )
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="print the installed version and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(
@@ -44,6 +47,25 @@ def _parser() -> argparse.ArgumentParser:
     routing.add_commands(add)
     _in_help_order(sub)
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``: the package metadata is read only when asked for, so every other
+    command starts without it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"superpose {installed_version()}")
+        parser.exit()
+
+
+def installed_version() -> str:
+    """The version pip installed; a source tree never installed has none to tell."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("superpose")
+    except metadata.PackageNotFoundError:
+        return "(version unknown: not installed as a package)"
 
 
 def _in_help_order(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

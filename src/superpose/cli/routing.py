@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -28,6 +28,12 @@ def cmd_canary(ns: argparse.Namespace) -> int:
         raise BadRequestError("--off takes no version or --percent")
     if not ns.off and ns.version and ns.percent is None:
         raise BadRequestError(f"say how many sessions go to {ns.version}: --percent P (0-100)")
+    if not ns.version and (ns.percent is not None or ns.key):
+        raise BadRequestError(
+            "--percent and --key need the version to send sessions to: "
+            f"`superpose canary {app} VERSION --percent P` (`superpose canary {app}` "
+            "shows the split)"
+        )
 
     async def body(client: Client) -> int:
         registry = await client.registry()
@@ -40,10 +46,40 @@ def cmd_canary(ns: argparse.Namespace) -> int:
             print(f"{app}: {canary.percent:g} % of sessions → {common.short(canary.version)}{key}")
         else:
             shown = routing.split(registry, app, (await client.nodes()).live())
-            print(json.dumps(shown, indent=2))
+            if ns.json:
+                print(json.dumps(shown, indent=2))
+                return 0
+            print(f"{app}: latest {common.short(shown['latest'])}")
+            if not shown["canary"]:
+                print("  no canary: every session goes to latest")
+            for line in rule_lines(shown):
+                print(f"  {line}")
         return 0
 
     return asyncio.run(common.with_client(ns.lattice, body))
+
+
+def rule_lines(rules: dict[str, Any]) -> list[str]:
+    """An app's routing rules and the calls each version served (``registry.routing.split``),
+    as ``canary APP`` and ``status`` print them."""
+    lines = []
+    if canary := rules["canary"]:
+        key = f" by {canary['key']}" if canary["key"] else ""
+        lines.append(f"canary: {canary['percent']:g} % → {common.short(canary['version'])}{key}")
+    lines += [f"pinned: {fn} → {node}" for fn, node in rules["pins"].items()]
+    lines += [f"locked: {dep} → {common.short(digest)}" for dep, digest in rules["lock"].items()]
+    traffic: dict[str, int] = rules["traffic"]
+    if rules["traffic_since"] is None:
+        return [*lines, "calls served: unknown (no live node)"]
+    since = common.when(rules["traffic_since"])
+    if not traffic:
+        return [*lines, f"calls served: none since {since} (when the first live node started)"]
+    lines.append(f"calls served since {since} (the live nodes' counts, each from its own start):")
+    total = sum(traffic.values())
+    return lines + [
+        f"  {common.short(digest)}: {count} ({100 * count / total:.1f} %)"
+        for digest, count in traffic.items()
+    ]
 
 
 def cmd_pin(ns: argparse.Namespace) -> int:
@@ -131,7 +167,8 @@ def add_commands(add: common.AddCommand) -> None:
     p = add(
         "canary",
         cmd_canary,
-        "send a share of an app's sessions to another version (or --off; no version: show)",
+        "send a share of an app's sessions to another version (or --off; no version: show "
+        "the split and the calls each version served)",
     )
     p.add_argument("app")
     p.add_argument("version", nargs="?", help="digest prefix (6+ characters) or an alias")
@@ -142,6 +179,7 @@ def add_commands(add: common.AddCommand) -> None:
         "(default: X-Superpose-Session, else each request is its own session)",
     )
     p.add_argument("--off", action="store_true", help="send every session to latest")
+    p.add_argument("--json", action="store_true", help="with no version: the split as JSON")
 
     p = add("pin", cmd_pin, "serve a function only on one node")
     p.add_argument("function", help="APP.FN")

@@ -9,6 +9,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from superpose import protocol
 from superpose.client.client import Client
+from superpose.errors import NotFoundError
+from superpose.registry.mirror import Registry
 
 FETCH_BATCH = 256
 FOLLOW_POLL_S = 1.0
@@ -17,7 +19,12 @@ FOLLOW_POLL_S = 1.0
 async def read(
     client: Client, app: str, fn: str | None = None, *, follow: bool = False
 ) -> AsyncIterator[protocol.LogRecord]:
-    """Every stored line of ``app`` (or ``app.fn``), then new ones while ``follow``."""
+    """Every stored line of ``app`` (or ``app.fn``), then new ones while ``follow``.
+
+    With no line stored, a name no deployed version has is refused (``NotFoundError``):
+    a typo would otherwise print nothing, or follow nothing forever. A script's app is
+    in no registry, so it is known only once it has logged.
+    """
     sub = await client.assets.js.pull_subscribe(
         protocol.log_filter(app, fn),
         durable=None,
@@ -28,6 +35,8 @@ async def read(
     )
     try:
         backlog = (await sub.consumer_info()).num_pending or 0
+        if backlog == 0:
+            check_deployed(await client.registry(), app, fn)
         while backlog > 0 or follow:
             try:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=FOLLOW_POLL_S)
@@ -40,3 +49,13 @@ async def read(
                 yield protocol.LogRecord.decode(msg.data)
     finally:
         await sub.unsubscribe()
+
+
+def check_deployed(registry: Registry, app: str, fn: str | None) -> None:
+    """Raise ``NotFoundError`` unless some version of ``app`` (with ``fn``, if named) is
+    deployed: older versions count, their lines are still kept."""
+    versions = registry.versions_of(app).values()
+    if fn is None or any(fn in version.functions for version in versions):
+        return
+    names = ", ".join(sorted({name for version in versions for name in version.functions}))
+    raise NotFoundError(f"no version of {app} has a function {fn!r}; it has: {names or 'none'}")

@@ -125,10 +125,16 @@ def lockfile(registry: Registry, app: str) -> dict[str, Any]:
 
 
 def split(registry: Registry, app: str, nodes: Iterable[protocol.NodeInfo]) -> dict[str, Any]:
-    """The app's canary rule, its pins, and the calls each version has served."""
+    """The app's canary rule, its pins, and the calls each version has served.
+
+    Each live node counts the calls it served since it started, and a node's counts
+    leave with it: ``traffic_since`` is when the first of them started (None with
+    no live node), so a reader knows the figures are not since the canary was set.
+    """
     registry.versions_of(app)
+    live = list(nodes)
     traffic: Counter[str] = Counter()
-    for node in nodes:
+    for node in live:
         for key, count in node.traffic.items():
             name, _, digest = key.partition("@")
             if name == app:
@@ -140,6 +146,7 @@ def split(registry: Registry, app: str, nodes: Iterable[protocol.NodeInfo]) -> d
         "pins": dict(sorted(registry.pins.get(app, {}).items())),
         "lock": dict(sorted(registry.locks.get(app, {}).items())),
         "traffic": dict(traffic.most_common()),
+        "traffic_since": min((node.started for node in live), default=None),
     }
 
 

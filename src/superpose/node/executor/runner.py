@@ -173,8 +173,7 @@ class Executor:
                 )
             except BaseException as exc:  # report everything the user code raised
                 result = protocol.Result(inv.id, self.node_id, error=error_info(exc))
-        result.duration_s = time.perf_counter() - started
-        self.replies.answer(reply, result)
+        self._answer(inv, reply, result, started)
 
     async def _run(self, inv: protocol.Invocation, reply: str) -> None:
         """On the loop: async functions, HTTP requests for ASGI apps (and calls whose
@@ -190,7 +189,20 @@ class Executor:
                 result = protocol.Result(id=inv.id, node=self.node_id, value=wrapped)
             except BaseException as exc:  # report everything the user code raised
                 result = protocol.Result(id=inv.id, node=self.node_id, error=error_info(exc))
+        self._answer(inv, reply, result, started)
+
+    def _answer(
+        self, inv: protocol.Invocation, reply: str, result: protocol.Result, started: float
+    ) -> None:
+        """A call ran: its result to ``reply``; if it raised, its traceback also goes to
+        the app's log stream, so ``superpose logs`` shows why beside what it printed
+        (an HTTP request's failure is logged by the ASGI runner, naming the request)."""
         result.duration_s = time.perf_counter() - started
+        if result.error is not None and inv.args.codec != protocol.CODEC_HTTP:
+            error = result.error
+            message = error.message.strip().splitlines()
+            summary = f"{error.type}: {message[0]}" if message else error.type
+            self._log(inv.id, inv.app, inv.fn, protocol.LOG_ERROR, f"{summary}\n{error.traceback}")
         self.replies.answer(reply, result)
 
     async def _call(self, inv: protocol.Invocation, reply: str) -> Any:
@@ -234,21 +246,24 @@ class Executor:
         invocation = runtime.current_invocation.get()
         if invocation is None:
             return
+        record = self._log(invocation.id, invocation.app, invocation.fn, stream_name, line)
+        if invocation.ctx.log_to:
+            self.replies.printed_line(invocation.id, invocation.ctx.log_to, record)
+        copy_line(invocation.id, line)  # for a crash report, should we die before those go
+
+    def _log(self, invocation_id: str, app: str, fn: str, stream_name: str, line: str) -> bytes:
+        """One record for the app's log stream; returned for the caller's subject too."""
         record = protocol.LogRecord(
-            app=invocation.app,
-            fn=invocation.fn,
+            app=app,
+            fn=fn,
             node=self.node_id,
-            invocation=invocation.id,
+            invocation=invocation_id,
             stream=stream_name,
             line=line,
             ts=time.time(),
         ).encode()
-        self.replies.printed_line(
-            invocation.id, protocol.log_subject(invocation.app, invocation.fn), record
-        )
-        if invocation.ctx.log_to:
-            self.replies.printed_line(invocation.id, invocation.ctx.log_to, record)
-        copy_line(invocation.id, line)  # for a crash report, should we die before those go
+        self.replies.printed_line(invocation_id, protocol.log_subject(app, fn), record)
+        return record
 
     def _stack_of(self, invocation_id: str) -> str:
         """Where a running call is now, as a traceback from the user's function down
