@@ -27,7 +27,7 @@ from superpose.client.durable import wait_accepted
 from superpose.client.durable_calls import DurableCalls
 from superpose.client.express import ExpressRoutes
 from superpose.client.functions import RemoteFunction
-from superpose.client.futures import Future
+from superpose.client.futures import SERVING_LOOPS, Future
 from superpose.client.names import Names
 from superpose.client.options import Options
 from superpose.client.placement import Placement
@@ -64,6 +64,7 @@ class Client:
         self.nc = nc
         self.assets = assets
         self.loop = loop
+        SERVING_LOOPS.add(loop)  # a blocking wait on it would never end
         self.url = url
         self.id = uuid.uuid4().hex[:16]
         self.offers = Offers(nc, self.id)
