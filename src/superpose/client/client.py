@@ -15,7 +15,7 @@ import itertools
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractContextManager
-from types import TracebackType
+from types import FunctionType, TracebackType
 from typing import Any, TypeVar
 
 from nats.aio.client import Client as NATS
@@ -209,6 +209,10 @@ class Client:
 
     def script_bundle(self, module_name: str) -> tuple[str, str, str]:
         return self._scripts.bundle(module_name)
+
+    def value_bundle(self, owner: Any, name: str, fn: FunctionType) -> str:
+        """The digest of the by-value bundle of a function with no file (``scripts.py``)."""
+        return self._scripts.by_value(owner, name, fn)
 
     async def nodes(self) -> NodeDirectory:
         return await self._placement.nodes()
