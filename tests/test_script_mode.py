@@ -281,3 +281,14 @@ def _import_module(root: Path, monkeypatch: pytest.MonkeyPatch, name: str, optio
     del sys.modules[name]
     importlib.import_module(name)
     return name
+
+
+def test_included_files_over_the_bundle_limit_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from superpose.code import include
+
+    monkeypatch.setattr(include, "MAX_BUNDLE_BYTES", 1024)
+    (tmp_path / "big.bin").write_bytes(b"x" * 2048)
+    with pytest.raises(sp.UserError, match="more than a bundle takes"):
+        included_files(tmp_path, ("big.bin",))
