@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from types import TracebackType
+from types import FunctionType, TracebackType
 from typing import Any, TypeVar
 
 from nats.aio.client import Client as NATS
@@ -26,7 +26,7 @@ from superpose.client.durable import wait_accepted
 from superpose.client.durable_calls import DurableCalls
 from superpose.client.express import ExpressRoutes
 from superpose.client.functions import RemoteFunction
-from superpose.client.futures import Future
+from superpose.client.futures import SERVING_LOOPS, Future
 from superpose.client.names import Names
 from superpose.client.options import Options
 from superpose.client.placement import Placement
@@ -62,6 +62,7 @@ class Client:
         self.nc = nc
         self.assets = assets
         self.loop = loop
+        SERVING_LOOPS.add(loop)  # a blocking wait on it would never end
         self.url = url
         self.id = uuid.uuid4().hex[:16]
         self.offers = Offers(nc, self.id)
@@ -207,6 +208,10 @@ class Client:
 
     def script_bundle(self, module_name: str) -> tuple[str, str, str]:
         return self._scripts.bundle(module_name)
+
+    def value_bundle(self, owner: Any, name: str, fn: FunctionType) -> str:
+        """The digest of the by-value bundle of a function with no file (``scripts.py``)."""
+        return self._scripts.by_value(owner, name, fn)
 
     async def nodes(self) -> NodeDirectory:
         return await self._placement.nodes()

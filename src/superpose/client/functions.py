@@ -16,6 +16,8 @@ from superpose.client.mapping import check_window, map_results
 from superpose.client.options import Options
 from superpose.client.progress import progress_bar
 from superpose.client.stragglers import Stragglers
+from superpose.code import by_value
+from superpose.code.include import DECLARED, check_patterns
 from superpose.errors import BadRequestError
 from superpose.registry.mirror import Target
 
@@ -139,8 +141,24 @@ class Function(Invocable):
         super().__init__(options)
         self.local = fn
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.by_value = by_value.defined_interactively(fn)
+        """No file to import on a node (a notebook, the REPL): it travels pickled."""
+        self.hosted_as: str | None = None
+        """On a node, its name in the by-value bundle the executor hosts."""
         self._targets: dict[str, Target] = {}
         functools.update_wrapper(self, fn)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Sent as an argument or inside a by-value bundle: without this process's
+        caches, and with its name in the bundle when one is being packed."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("remote", "_targets")}
+        state["hosted_as"] = by_value.name_in_bundle(self, self.local.__name__)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.remote = _Remote(self)
+        self._targets = {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calling the function directly runs it here, like the plain function."""
@@ -152,6 +170,8 @@ class Function(Invocable):
     def _target(self, client: Client, ctx: protocol.CallContext | None = None) -> Target:
         """On a node: the bundle the executor hosts. Elsewhere: the script's bundle,
         looked up per call (cheap) because it changes when local modules are imported."""
+        if self.by_value:
+            return self._value_target(client)
         module, name, qualname = self.local.__module__, self.local.__name__, self.local.__qualname__
         node = runtime.current()
         if node is not None and module in sys.modules and _in_bundle(module):
@@ -165,6 +185,25 @@ class Function(Invocable):
         if digest not in self._targets:
             self._targets[digest] = Target(app, name, digest, module_in_bundle, qualname)
         return self._targets[digest]
+
+    def _value_target(self, client: Client) -> Target:
+        """A function with no file: in the by-value bundle the executor hosts, when it
+        came in it; elsewhere in a by-value bundle of its own."""
+        name = self.local.__name__
+        node = runtime.current()
+        if node is not None and self.hosted_as is not None:
+            digest, hosted = node.digest, self.hosted_as
+        else:
+            fn: Any = self.local
+            digest, hosted = client.value_bundle(self, name, fn), name
+        found = self._targets.get(digest)
+        if found is None:
+            invocation = runtime.current_invocation.get() if node is not None else None
+            app = invocation.app if invocation is not None else by_value.APP
+            found = self._targets[digest] = Target(
+                app, name, digest, by_value.LOADER_MODULE, hosted
+            )
+        return found
 
 
 def _in_bundle(module: str) -> bool:
@@ -209,6 +248,7 @@ def function(
     needs: dict[str, str] | None = None,
     region: str | None = None,
     wait_for_node: float = 0.0,
+    include: Iterable[str] | str | None = None,
 ) -> Callable[[Callable[..., Any]], Function]: ...
 
 
@@ -225,8 +265,13 @@ def function(
     needs: dict[str, str] | None = None,
     region: str | None = None,
     wait_for_node: float = 0.0,
+    include: Iterable[str] | str | None = None,
 ) -> Function | Callable[[Callable[..., Any]], Function]:
-    """Mark a function as runnable on the lattice (``@sp.function`` or ``@sp.function(...)``)."""
+    """Mark a function as runnable on the lattice (``@sp.function`` or ``@sp.function(...)``).
+
+    ``include`` names data files (globs relative to the script's folder) that the
+    script's bundle carries, so they open on the node by the same relative path.
+    """
     options = Options(
         retries=retries,
         timeout=timeout,
@@ -238,12 +283,14 @@ def function(
         region=region,
         wait_for_node=wait_for_node,
     )
+    patterns = check_patterns(include)
 
     def wrap(f: Callable[..., Any]) -> Function:
         if not callable(f):
             raise BadRequestError(f"@superpose.function needs a function, got {f!r}")
         if not protocol.is_valid_name(f.__name__):
             raise BadRequestError(f"function name {f.__name__!r} cannot be used on the lattice")
+        DECLARED.add(f.__module__, patterns)
         return Function(f, options)
 
     return wrap(fn) if fn is not None else wrap

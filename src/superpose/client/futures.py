@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
@@ -49,11 +50,19 @@ class Future(concurrent.futures.Future[Any]):
         return asyncio.wrap_future(self).__await__()
 
 
+SERVING_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+"""The loops clients receive results on (each ``Client`` adds its own)."""
+
+
 def _refuse_on_event_loop() -> None:
-    """Blocking a thread that runs an event loop would freeze the loop the result needs."""
+    """Blocking the loop a result arrives on would freeze it: an async function on a
+    node, async code with a client of its own. Another loop may block, as in a Jupyter
+    notebook, whose kernel runs every cell inside its loop."""
     try:
-        asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
     except RuntimeError:
+        return
+    if running not in SERVING_LOOPS:
         return
     raise UserError(
         "a blocking superpose call was made inside async code; "

@@ -2,8 +2,9 @@
 
 The bundle is the module that defines the function plus every local module it
 imported from the same project folder (found by walking ``sys.modules``), so
-helpers next to the script travel with it. Installed packages, the standard
-library and superpose itself are never packed: nodes have them.
+helpers next to the script travel with it, and so do the data files its
+functions name with ``include=`` (``include.py``). Installed packages, the
+standard library and superpose itself are never packed: nodes have them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 from superpose.code.bundle import Bundle, from_files
+from superpose.code.include import DECLARED, included_files
 
 
 def _installed_roots() -> list[Path]:
@@ -40,10 +42,11 @@ def project_root(module: ModuleType) -> Path:
     return file.parents[depth]
 
 
-def local_modules(root: Path) -> list[Path]:
+def local_modules(root: Path) -> dict[str, Path]:
+    """Module name → file, for the modules loaded from under ``root`` that nodes lack."""
     installed = _installed_roots()
-    files = []
-    for module in list(sys.modules.values()):
+    files = {}
+    for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if not file or not file.endswith(".py"):
             continue
@@ -52,7 +55,7 @@ def local_modules(root: Path) -> list[Path]:
             continue
         if any(part in {".venv", "venv", "site-packages"} for part in path.parts):
             continue
-        files.append(path)
+        files[name] = path
     return files
 
 
@@ -71,11 +74,11 @@ def module_name_in_bundle(module: ModuleType, root: Path) -> str:
 
 
 def bundle_for(module_name: str) -> tuple[Bundle, Path]:
-    """The bundle for a module: it and the local modules loaded so far."""
+    """The bundle for a module: it, the local modules loaded so far and the data files
+    their functions declared with ``include=``."""
     module = sys.modules[module_name]
     root = project_root(module)
-    files = local_modules(root)
-    own = Path(module.__file__ or "").resolve()
-    if own not in files:
-        files.append(own)
+    modules = local_modules(root)
+    modules[module_name] = Path(module.__file__ or "").resolve()
+    files = [*modules.values(), *included_files(root, DECLARED.of(modules))]
     return from_files(root, files), root
