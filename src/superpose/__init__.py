@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from superpose.public import (
         CallTimeoutError,
         Client,
+        Cron,
         DeployError,
         Function,
         Future,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
         LinkedApp,
         NoNodesError,
         NotFoundError,
+        Period,
         RemoteError,
         RemoteFunction,
         SuperposeError,
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CallTimeoutError",
     "Client",
+    "Cron",
     "DeployError",
     "Function",
     "Future",
@@ -53,6 +56,7 @@ __all__ = [
     "LinkedApp",
     "NoNodesError",
     "NotFoundError",
+    "Period",
     "RemoteError",
     "RemoteFunction",
     "SuperposeError",

@@ -15,6 +15,7 @@ from superpose.client import session
 from superpose.client.futures import Future
 from superpose.client.options import Options
 from superpose.client.stragglers import Stragglers
+from superpose.code.schedules import Schedule, check_schedule, unscheduled_reason
 from superpose.errors import BadRequestError
 from superpose.registry.mirror import Target
 
@@ -133,8 +134,14 @@ def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
 class Function(Invocable):
     """A plain Python function that can also run on the lattice."""
 
-    def __init__(self, fn: Callable[..., Any], options: Options) -> None:
+    schedule: Schedule | None = None
+    """When a deployed app runs it by itself (script mode has no schedules)."""
+
+    def __init__(
+        self, fn: Callable[..., Any], options: Options, schedule: Schedule | None = None
+    ) -> None:
         super().__init__(options)
+        self.schedule = schedule
         self.local = fn
         self.is_async = inspect.iscoroutinefunction(fn)
         self._targets: dict[str, Target] = {}
@@ -207,6 +214,7 @@ def function(
     needs: dict[str, str] | None = None,
     region: str | None = None,
     wait_for_node: float = 0.0,
+    schedule: Schedule | None = None,
 ) -> Callable[[Callable[..., Any]], Function]: ...
 
 
@@ -223,8 +231,13 @@ def function(
     needs: dict[str, str] | None = None,
     region: str | None = None,
     wait_for_node: float = 0.0,
+    schedule: Schedule | None = None,
 ) -> Function | Callable[[Callable[..., Any]], Function]:
-    """Mark a function as runnable on the lattice (``@sp.function`` or ``@sp.function(...)``)."""
+    """Mark a function as runnable on the lattice (``@sp.function`` or ``@sp.function(...)``).
+
+    ``schedule=sp.Period(...)`` or ``sp.Cron("...")`` has a deployed app run it with no
+    caller; it is checked here, so the same file works in script mode, which ignores it.
+    """
     options = Options(
         retries=retries,
         timeout=timeout,
@@ -236,15 +249,30 @@ def function(
         region=region,
         wait_for_node=wait_for_node,
     )
+    checked = check_schedule(schedule)
 
     def wrap(f: Callable[..., Any]) -> Function:
         if not callable(f):
             raise BadRequestError(f"@superpose.function needs a function, got {f!r}")
         if not protocol.is_valid_name(f.__name__):
             raise BadRequestError(f"function name {f.__name__!r} cannot be used on the lattice")
-        return Function(f, options)
+        if checked is not None:
+            reason = unscheduled_reason(f.__name__, _required_params(f))
+            if reason is not None:
+                raise BadRequestError(reason)
+        return Function(f, options, checked)
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _required_params(f: Callable[..., Any]) -> list[str]:
+    """Parameters a call with no arguments would leave unfilled."""
+    loose = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [
+        p.name
+        for p in inspect.signature(f).parameters.values()
+        if p.default is inspect.Parameter.empty and p.kind not in loose
+    ]
 
 
 class LinkedApp:
