@@ -198,3 +198,9 @@ def crash_leaving_a_child() -> None:
     child = subprocess.Popen(["sleep", "60"])
     print(f"child {child.pid}")
     os._exit(3)
+
+
+@sp.function(schedule=sp.Period(seconds=1))
+def scheduled_in_script(x: int = 1) -> int:
+    """Script mode has no schedules: this only runs when called."""
+    return x + 1

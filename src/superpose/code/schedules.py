@@ -60,13 +60,13 @@ class Period(Schedule):
         given = {"days": days, "hours": hours, "minutes": minutes, "seconds": seconds}
         for name, value in given.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise BadRequestError(f"sp.Period({name}=...) takes a number, got {value!r}")
+                raise BadRequestError(f"{name}= of sp.Period takes a number, got {value!r}")
             if not math.isfinite(value) or value < 0:
-                raise BadRequestError(f"sp.Period({name}={value!r}): must be a number ≥ 0")
+                raise BadRequestError(f"{name}= of sp.Period must be a number ≥ 0, got {value!r}")
         total_s = sum(given[name] * unit for name, unit in _UNITS_S)
         if total_s < MIN_PERIOD_S:
             raise BadRequestError(
-                f"sp.Period of {total_s:g} s is too short: a period is at least "
+                f"a period of {total_s:g} s is too short for sp.Period: it is at least "
                 f"{MIN_PERIOD_S:g} second (e.g. sp.Period(seconds=30))"
             )
         self.period_ms = round(total_s * 1000)
