@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -241,6 +243,17 @@ def ticker(folder: Path, log: Path, tag: str, schedule: str | None) -> Path:
     return write_app(folder, {"ticker.py": text})
 
 
+@contextmanager
+def scheduled(lattice: Lattice, folder: Path, log: Path, schedule: str) -> Iterator[str]:
+    """The ticker deployed with ``schedule`` (its version); on the way out, a version
+    without the schedule stops it, for the tests after."""
+    version = deploy(lattice, ticker(folder, log, "v1", schedule))
+    try:
+        yield version
+    finally:
+        deploy(lattice, ticker(folder, log, "off", None))
+
+
 def runs(log: Path) -> list[tuple[str, str]]:
     """(invocation id, version tag) of every run so far, in the order they ran."""
     if not log.exists():
@@ -264,12 +277,8 @@ def test_a_one_second_period_runs_once_per_tick_on_two_nodes(
     """20 s of ticks on the two one-slot nodes: every tick ran, none ran twice."""
     app = unique("every")
     log = tmp_path / "runs.log"
-    folder = ticker(tmp_path / app, log, "v1", "sp.Period(seconds=1)")
-    deploy(lattice, folder)
-    try:
+    with scheduled(lattice, tmp_path / app, log, "sp.Period(seconds=1)"):
         poll(lambda: len({tick_of(i) for i, _ in runs(log)}) >= 21, "21 ticks", timeout=90)
-    finally:
-        deploy(lattice, ticker(folder, log, "off", None))  # stop it for the tests after
     ids = [invocation for invocation, _ in runs(log)]
     assert len(ids) == len(set(ids)), f"a tick ran twice: {sorted(ids)}"
     ticks = sorted(tick_of(i) for i in ids)
@@ -477,3 +486,16 @@ def test_script_mode_ignores_schedules_and_runs_the_function_when_called(
     record = protocol.schedule_key(app, "scheduled_in_script")
     with pytest.raises(KeyNotFoundError):
         client.run(client.assets.schedules.get(record))  # no node scheduled it
+
+
+def test_a_scheduled_function_with_needs_runs_on_a_node_meeting_them(
+    lattice: Lattice, client: sp.Client, tmp_path: Path
+) -> None:
+    """Its ticks go to its needs class's work subject, which only such nodes pull."""
+    app = unique("placed")
+    log = tmp_path / "runs.log"
+    with scheduled(lattice, tmp_path / app, log, "sp.Period(seconds=1), needs={'node': '*'}"):
+        poll(lambda: runs(log), "a tick of a function with needs")
+    invocation = runs(log)[0][0]
+    assert client.result(invocation, timeout=30) == "v1"
+    assert protocol.needs_class({"node": "*"}) in client.run(client.registry()).placements

@@ -8,9 +8,10 @@ JetStream keeps the first submission of a tick and drops the others (its duplica
 window is ten minutes), so N nodes make one run. The newest tick submitted is also
 recorded, by compare-and-set, in the schedules bucket; a node reads it before
 submitting, which covers what the window does not (a node that comes back an hour
-late, a server restart that forgot the window). From there a tick is an ordinary
-durable invocation: retried within the function's ``retries``, redelivered if its
-node dies, dead-lettered when it fails for good, its result stored under its id.
+late, a server restart after which the window may not know acked envelopes). From
+there a tick is an ordinary durable invocation: retried within the function's
+``retries``, redelivered if its node dies, dead-lettered when it fails for good, its
+result stored under its id.
 
 Ticks missed while no node could submit them (the lattice was down, or the node
 could not reach it until the next tick was due) are not replayed, except the most
