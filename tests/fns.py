@@ -255,3 +255,9 @@ def after_file(path: str, value: int) -> int:
             raise TimeoutError(f"{path} never appeared")
         time.sleep(0.01)
     return value
+
+
+@sp.function(schedule=sp.Period(seconds=1))
+def scheduled_in_script(x: int = 1) -> int:
+    """Script mode has no schedules: this only runs when called."""
+    return x + 1

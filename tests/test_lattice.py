@@ -46,6 +46,7 @@ EXPECTED_STREAMS = {
     f"KV_{protocol.RESULTS_BUCKET}",
     f"KV_{protocol.DEAD_BUCKET}",
     f"KV_{protocol.CANCELS_BUCKET}",
+    f"KV_{protocol.SCHEDULES_BUCKET}",
 }
 
 

@@ -38,6 +38,8 @@ RESULTS_BUCKET = "sp_results"
 DEAD_BUCKET = "sp_dead"
 CANCELS_BUCKET = "sp_cancels"
 """Cancelled invocation ids: every node watches it, so one that starts later knows too."""
+SCHEDULES_BUCKET = "sp_schedules"
+"""The last tick submitted of each schedule (``ScheduleRun``), by ``schedule_key``."""
 
 NODE_TTL_S = 10.0
 """A node that has not refreshed its entry for this long is considered gone."""
@@ -193,6 +195,17 @@ def durable_id(client_id: str, seq: int) -> str:
 def idempotent_id(key_digest: str) -> str:
     """A caller's idempotency key names the invocation, so a repeat finds the first."""
     return f"idem.{key_digest}"
+
+
+def schedule_key(app: str, fn: str) -> str:
+    return f"{app}.{fn}"
+
+
+def schedule_invocation_id(app: str, fn: str, tick_ms: int) -> str:
+    """One tick of a schedule names its invocation, whichever node submits it: the work
+    stream's de-duplication then keeps one of the nodes' submissions."""
+    function = hashlib.sha256(f"{app}\0{fn}".encode()).hexdigest()[:20]
+    return f"sched.{function}-{tick_ms}"
 
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64})?$")
@@ -973,6 +986,24 @@ class Canary(Record):
     percent: float
     key: str | None = None
     """Where a request's session comes from: ``header:NAME`` or ``arg:NAME``."""
+
+
+class ScheduleRun(Record):
+    """``<app>.<fn>`` in the schedules bucket: the newest tick of a schedule that a node
+    submitted, written by compare-and-set so it only moves forward."""
+
+    app: str
+    fn: str
+    schedule: dict[str, Any]
+    """The schedule as deploy recorded it (``{"period_s": 30}``, ``{"cron": "..."}``)."""
+    tick_ms: int
+    """When the tick was due (epoch milliseconds, UTC)."""
+    id: str
+    """Its invocation (``schedule_invocation_id``): its result is stored under this id."""
+    digest: str
+    """The version ``latest`` named when the tick was submitted."""
+    node: str
+    submitted: float
 
 
 class BundleManifest(Record):

@@ -1,7 +1,7 @@
 """The ``superpose`` command: one parser, and one place that turns errors into exit statuses.
 
-The commands live in one module per group (``lattice``, ``apps``, ``calls``, ``routing``);
-the cli package is the only one that prints or exits, library code raises.
+The commands live in one module per group (``lattice``, ``apps``, ``calls``, ``routing``,
+``schedules``); the cli package is the only one that prints or exits, library code raises.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import os
 import sys
 
 from superpose import config
-from superpose.cli import apps, calls, common, lattice, routing
+from superpose.cli import apps, calls, common, lattice, routing, schedules
 from superpose.errors import RemoteError, SuperposeError
 
 HELP_ORDER = (
     *("up", "down", "worker", "gateway", "deploy", "call", "result", "failed", "replay"),
-    *("cancel", "ls", "versions", "alias", "promote", "rollback", "status", "logs"),
+    *("cancel", "ls", "versions", "alias", "promote", "rollback", "schedules", "status"),
+    "logs",
 )
 """Commands in the order ``superpose --help`` lists them: the order users already know,
 from starting a lattice to reading logs, which is not the order of the modules.
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     apps.add_commands(add)
     calls.add_commands(add)
     routing.add_commands(add)
+    schedules.add_commands(add)
     _in_help_order(sub)
     return parser
 

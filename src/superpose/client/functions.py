@@ -18,6 +18,7 @@ from superpose.client.progress import progress_bar
 from superpose.client.stragglers import Stragglers
 from superpose.code import by_value
 from superpose.code.include import DECLARED, check_patterns
+from superpose.code.schedules import Schedule, check_schedule, unscheduled_reason
 from superpose.errors import BadRequestError
 from superpose.registry.mirror import Target
 
@@ -137,8 +138,14 @@ def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
 class Function(Invocable):
     """A plain Python function that can also run on the lattice."""
 
-    def __init__(self, fn: Callable[..., Any], options: Options) -> None:
+    schedule: Schedule | None = None
+    """When a deployed app runs it by itself (script mode has no schedules)."""
+
+    def __init__(
+        self, fn: Callable[..., Any], options: Options, schedule: Schedule | None = None
+    ) -> None:
         super().__init__(options)
+        self.schedule = schedule
         self.local = fn
         self.is_async = inspect.iscoroutinefunction(fn)
         self.by_value = by_value.defined_interactively(fn)
@@ -249,6 +256,7 @@ def function(
     region: str | None = None,
     wait_for_node: float = 0.0,
     include: Iterable[str] | str | None = None,
+    schedule: Schedule | None = None,
 ) -> Callable[[Callable[..., Any]], Function]: ...
 
 
@@ -266,11 +274,14 @@ def function(
     region: str | None = None,
     wait_for_node: float = 0.0,
     include: Iterable[str] | str | None = None,
+    schedule: Schedule | None = None,
 ) -> Function | Callable[[Callable[..., Any]], Function]:
     """Mark a function as runnable on the lattice (``@sp.function`` or ``@sp.function(...)``).
 
     ``include`` names data files (globs relative to the script's folder) that the
     script's bundle carries, so they open on the node by the same relative path.
+    ``schedule=sp.Period(...)`` or ``sp.Cron("...")`` has a deployed app run it with no
+    caller; it is checked here, so the same file works in script mode, which ignores it.
     """
     options = Options(
         retries=retries,
@@ -284,6 +295,7 @@ def function(
         wait_for_node=wait_for_node,
     )
     patterns = check_patterns(include)
+    checked = check_schedule(schedule)
 
     def wrap(f: Callable[..., Any]) -> Function:
         if not callable(f):
@@ -291,9 +303,23 @@ def function(
         if not protocol.is_valid_name(f.__name__):
             raise BadRequestError(f"function name {f.__name__!r} cannot be used on the lattice")
         DECLARED.add(f.__module__, patterns)
-        return Function(f, options)
+        if checked is not None:
+            reason = unscheduled_reason(f.__name__, _required_params(f))
+            if reason is not None:
+                raise BadRequestError(reason)
+        return Function(f, options, checked)
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _required_params(f: Callable[..., Any]) -> list[str]:
+    """Parameters a call with no arguments would leave unfilled."""
+    loose = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [
+        p.name
+        for p in inspect.signature(f).parameters.values()
+        if p.default is inspect.Parameter.empty and p.kind not in loose
+    ]
 
 
 class LinkedApp:

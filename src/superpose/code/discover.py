@@ -5,7 +5,9 @@ have side effects), so functions are found in the syntax tree: top-level
 ``def``/``async def`` decorated with ``function`` from superpose, in any of the
 spellings people use (``@sp.function``, ``@superpose.function``,
 ``@function(...)``). Literal decorator options are read too; the node applies
-the real ones when it loads the code.
+the real ones when it loads the code. A ``schedule=`` is the one option that is a
+call (``sp.Period(seconds=30)``, ``sp.Cron("0 * * * *")``): its literal arguments
+are read and checked here, since the nodes act on it without importing anything.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import ast
 from dataclasses import dataclass, field
 from typing import Any
 
+from superpose.code import schedules
 from superpose.code.bundle import Bundle, module_name
-from superpose.errors import DeployError
+from superpose.errors import BadRequestError, DeployError
 
 
 @dataclass
@@ -44,37 +47,63 @@ class FunctionSpec:
         }
 
 
-def _superpose_aliases(tree: ast.Module) -> tuple[set[str], set[str]]:
-    """Names bound to the superpose module, and names bound to its ``function``."""
-    modules, functions = {"superpose"}, set()
+@dataclass
+class Names:
+    """What superpose's names are bound to in one module."""
+
+    modules: set[str] = field(default_factory=lambda: {"superpose"})
+    """Names of the superpose module itself (``import superpose as sp``)."""
+    functions: set[str] = field(default_factory=set)
+    """Names of its ``function`` (``from superpose import function``)."""
+    schedules: dict[str, str] = field(default_factory=dict)
+    """Local name → ``Period`` or ``Cron`` (``from superpose import Period``)."""
+
+
+def _superpose_aliases(tree: ast.Module) -> Names:
+    names = Names()
     for node in tree.body:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name == "superpose":
-                    modules.add(alias.asname or alias.name)
+                    names.modules.add(alias.asname or alias.name)
         elif isinstance(node, ast.ImportFrom) and node.module == "superpose":
             for alias in node.names:
                 if alias.name == "function":
-                    functions.add(alias.asname or alias.name)
-    return modules, functions
+                    names.functions.add(alias.asname or alias.name)
+                elif alias.name in _SCHEDULE_KINDS:
+                    names.schedules[alias.asname or alias.name] = alias.name
+    return names
 
 
-def _decorator_options(
-    decorator: ast.expr, modules: set[str], functions: set[str]
-) -> dict[str, Any] | None:
+_SCHEDULE_KINDS = {"Period": schedules.Period, "Cron": schedules.Cron}
+
+
+def _is_ours(target: ast.expr, names: Names, attr: str) -> bool:
+    """``sp.<attr>`` for a name bound to the superpose module."""
+    return (
+        isinstance(target, ast.Attribute)
+        and target.attr == attr
+        and isinstance(target.value, ast.Name)
+        and target.value.id in names.modules
+    )
+
+
+def _decorator_options(decorator: ast.expr, names: Names, where: str) -> dict[str, Any] | None:
     """The decorator's literal keyword options if it is superpose's ``function``."""
     target = decorator.func if isinstance(decorator, ast.Call) else decorator
-    is_ours = (isinstance(target, ast.Name) and target.id in functions) or (
-        isinstance(target, ast.Attribute)
-        and target.attr == "function"
-        and isinstance(target.value, ast.Name)
-        and target.value.id in modules
+    is_ours = (isinstance(target, ast.Name) and target.id in names.functions) or _is_ours(
+        target, names, "function"
     )
     if not is_ours:
         return None
     options: dict[str, Any] = {}
     if isinstance(decorator, ast.Call):
         for keyword in decorator.keywords:
+            if keyword.arg == "schedule":
+                schedule = _schedule(keyword.value, names, where)
+                if schedule is not None:
+                    options["schedule"] = schedule.as_record()
+                continue
             if keyword.arg is None:
                 continue
             try:
@@ -82,6 +111,53 @@ def _decorator_options(
             except ValueError:
                 continue
     return options
+
+
+def _schedule(value: ast.expr, names: Names, where: str) -> schedules.Schedule | None:
+    """``schedule=sp.Period(...)`` / ``sp.Cron("...")`` read from the source, and checked."""
+    if isinstance(value, ast.Constant) and value.value is None:
+        return None
+    kind = _schedule_kind(value, names)
+    spread = isinstance(value, ast.Call) and any(k.arg is None for k in value.keywords)
+    if kind is None or not isinstance(value, ast.Call) or spread:
+        raise DeployError(
+            f"{where}: schedule= must be written out as sp.Period(...) or sp.Cron('...') "
+            "with literal arguments: deploy reads the source, it does not run it"
+        )
+    try:
+        args = [ast.literal_eval(a) for a in value.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in value.keywords if k.arg}
+    except ValueError:
+        raise DeployError(
+            f"{where}: the arguments of {kind}(...) in schedule= must be literals "
+            "(numbers, or a string for Cron): deploy reads the source, it does not run it"
+        ) from None
+    try:
+        return _SCHEDULE_KINDS[kind](*args, **kwargs)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise DeployError(f"{where}: {kind}(...) in schedule=: {exc}") from None
+    except BadRequestError as exc:
+        raise DeployError(f"{where}: {exc.message}") from None
+
+
+def _schedule_kind(value: ast.expr, names: Names) -> str | None:
+    target = value.func if isinstance(value, ast.Call) else value
+    if isinstance(target, ast.Name):
+        return names.schedules.get(target.id)
+    for kind in _SCHEDULE_KINDS:
+        if _is_ours(target, names, kind):
+            return kind
+    return None
+
+
+def _required_params(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    """Parameters a call with no arguments would leave unfilled."""
+    positional = node.args.posonlyargs + node.args.args
+    without_default = positional[: len(positional) - len(node.args.defaults)]
+    keyword_only = [
+        a for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True) if d is None
+    ]
+    return [a.arg for a in without_default + keyword_only]
 
 
 def parse_module(path: str, source: bytes) -> ast.Module:
@@ -96,28 +172,36 @@ def parse_module(path: str, source: bytes) -> ast.Module:
 
 def functions_in_module(path: str, source: bytes) -> list[FunctionSpec]:
     tree = parse_module(path, source)
-    modules, functions = _superpose_aliases(tree)
+    names = _superpose_aliases(tree)
     found = []
     for node in tree.body:
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
         for decorator in node.decorator_list:
-            options = _decorator_options(decorator, modules, functions)
+            options = _decorator_options(decorator, names, f"{path}:{decorator.lineno}")
             if options is not None:
-                found.append(
-                    FunctionSpec(
-                        name=node.name,
-                        module=module_name(path),
-                        qualname=node.name,
-                        file=path,
-                        line=node.lineno,
-                        is_async=isinstance(node, ast.AsyncFunctionDef),
-                        options=options,
-                        params=[a.arg for a in node.args.posonlyargs + node.args.args],
-                    )
-                )
+                found.append(_spec(path, node, options))
                 break
     return found
+
+
+def _spec(
+    path: str, node: ast.FunctionDef | ast.AsyncFunctionDef, options: dict[str, Any]
+) -> FunctionSpec:
+    if "schedule" in options:
+        reason = schedules.unscheduled_reason(node.name, _required_params(node))
+        if reason is not None:
+            raise DeployError(f"{path}:{node.lineno}: {reason}")
+    return FunctionSpec(
+        name=node.name,
+        module=module_name(path),
+        qualname=node.name,
+        file=path,
+        line=node.lineno,
+        is_async=isinstance(node, ast.AsyncFunctionDef),
+        options=options,
+        params=[a.arg for a in node.args.posonlyargs + node.args.args],
+    )
 
 
 def discover(bundle: Bundle) -> dict[str, FunctionSpec]:

@@ -9,7 +9,8 @@ The agent itself only composes and routes: ``Intake`` takes calls in,
 ``Admission`` decides when they run, ``ExecutorPool`` holds the executors,
 ``CallTracker`` follows each call to its end, ``Affinity`` hands cold calls to
 warm nodes, ``HeldCalls`` and ``Heartbeat`` tell callers and the lattice what
-the node is doing, and ``DurableWorker`` runs durable work from JetStream.
+the node is doing, ``DurableWorker`` runs durable work from JetStream, and
+``Scheduler`` submits the due ticks of scheduled functions.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from superpose.node.link import Link
 from superpose.node.pool import ExecutorPool
 from superpose.node.prefetch import AliasPrefetcher
 from superpose.node.progress import HeldCalls
+from superpose.node.scheduler import Scheduler
 from superpose.registry.mirror import Registry
 from superpose.registry.placement import NodeDirectory, satisfies
 
@@ -70,7 +72,8 @@ class NodeAgent:
             config, self.pool, self.admission, self.calls, self.held, self.affinity
         )
         self.heartbeat = Heartbeat(self.link, self.info, self.spawn)
-        self._watches: list[Registry | NodeDirectory | AliasPrefetcher] = []
+        self.scheduler = Scheduler(self.link)
+        self._watches: list[Scheduler | Registry | NodeDirectory | AliasPrefetcher] = []
         self._registry: Registry | None = None
 
     # --- lifecycle -------------------------------------------------------------
@@ -134,8 +137,8 @@ class NodeAgent:
         ]
 
     async def _watch_lattice(self) -> None:
-        """Mirrors of the nodes bucket (warm affinity) and the registry (needs classes),
-        and alias moves (bundles prefetched before their first call)."""
+        """Mirrors of the nodes bucket (warm affinity) and the registry (needs classes,
+        schedules), and alias moves (bundles prefetched before their first call)."""
         directory = NodeDirectory(self.link.assets.nodes)
         await directory.start()
         self.affinity.directory = directory
@@ -144,7 +147,8 @@ class NodeAgent:
         await self._registry.start()
         prefetcher = AliasPrefetcher(self.link.nc, self.pool.prefetch)
         await prefetcher.start()
-        self._watches = [prefetcher, directory, self._registry]
+        await self.scheduler.start(self._registry)
+        self._watches = [self.scheduler, prefetcher, directory, self._registry]
 
     async def shutdown(self) -> None:
         """Stop taking calls, drain, stop executors, leave. Never waits on a dead lattice."""
@@ -199,7 +203,9 @@ class NodeAgent:
         )
 
     def _on_registry_change(self, key: str) -> None:
-        """A needs class appeared: pull its durable work if this node meets the needs."""
+        """A needs class appeared: pull its durable work if this node meets the needs.
+        A version or alias changed: the schedules may have."""
+        self.scheduler.registry_changed(key)
         kind, _, cls = key.partition(".")
         if kind != "place" or self._registry is None:
             return
