@@ -62,6 +62,8 @@ def _up_argv(ns: argparse.Namespace) -> list[str]:
         argv += ["--slots", str(ns.slots)]
     if ns.lattice_port is not None:
         argv += ["--lattice-port", str(ns.lattice_port)]
+    if ns.servers != 1:
+        argv += ["--servers", str(ns.servers)]
     return argv
 
 
@@ -117,6 +119,7 @@ async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
         workers=ns.workers,
         slots=ns.slots,
         lattice_port=ns.lattice_port if ns.lattice_port is not None else -1,
+        servers=ns.servers,
         gateway_port=ns.gateway_port,
     )
     lattice.on_restart = lambda: write_state(home, lattice)
@@ -306,6 +309,12 @@ def _add_up(add: common.AddCommand) -> None:
     )
     p.add_argument("--detach", action="store_true", help="return once ready; stop with `down`")
     p.add_argument("--lattice-port", type=common.port, help="NATS port (default: a free one)")
+    p.add_argument(
+        "--servers",
+        type=common.count(1),
+        default=1,
+        help=f"nats-servers, clustered if more than 1 (with 3, set {config.ENV_REPLICAS}=3)",
+    )
     p.add_argument(
         "--gateway-port",
         type=common.port,
