@@ -9,7 +9,7 @@ from pathlib import Path
 import durable_fns as dfns
 import fns
 import superpose as sp
-from cluster import cluster_lattice, kill_server, leader_of, wait_whole
+from cluster import cluster_lattice, kill_server, leader_of, wait_whole, warm_every_node
 from conftest import client_on, superpose_cli
 from superpose import protocol
 
@@ -25,6 +25,7 @@ def test_calls_and_durable_work_survive_the_work_leaders_server(tmp_path: Path) 
         status = superpose_cli("status", url=handle.url, check=True)
         assert "3 node(s)" in status.stdout
         assert fns.square.remote(7) == 49
+        warm_every_node(handle, directory)
 
         futures = [dfns.counted.spawn(str(directory), f"k{i}", 0.05) for i in range(ITEMS)]
         kill_server(handle, leader_of(handle, protocol.WORK_STREAM))
