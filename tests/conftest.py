@@ -42,7 +42,7 @@ descriptor the event loop had given to another executor, and uvloop aborted the 
 
 
 def start_lattice(
-    state_dir: Path, *, workers: int = 2, slots: int = 1, gateway: bool = True
+    state_dir: Path, *, workers: int = 2, slots: int = 1, gateway: bool = True, servers: int = 1
 ) -> Lattice:
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -50,6 +50,7 @@ def start_lattice(
         state_dir=state_dir,
         workers=workers,
         slots=slots,
+        servers=servers,
         gateway_port=0 if gateway else None,
         drain_grace_s=2.0,
     )

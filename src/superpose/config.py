@@ -6,8 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from superpose.errors import SettingError
+from superpose.errors import BadRequestError, SettingError
 
 ENV_HOME = "SUPERPOSE_HOME"
 ENV_LATTICE = "SUPERPOSE_LATTICE"
@@ -44,7 +45,8 @@ class Settings:
     home: Path
     """``$SUPERPOSE_HOME``, else ``./.superpose``: the state folder of ``superpose up``."""
     lattice: str | None
-    """``$SUPERPOSE_LATTICE``: the lattice to use when no URL is given."""
+    """``$SUPERPOSE_LATTICE``: the lattice to use when no URL is given (one NATS URL, or
+    a cluster's, separated by commas; checked by ``lattice_servers``)."""
     nats_server: str | None
     """``$SUPERPOSE_NATS_SERVER``: the nats-server binary an embedded lattice runs."""
     replicas: int
@@ -68,7 +70,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     return Settings(
         home=Path(env.get(ENV_HOME) or ".superpose").resolve(),
-        lattice=env.get(ENV_LATTICE) or None,
+        lattice=_lattice(env),
         nats_server=env.get(ENV_NATS_SERVER) or None,
         replicas=_whole(env, ENV_REPLICAS, default=1, high=5),
         max_deliver=_whole(env, ENV_MAX_DELIVER, default=MAX_DELIVER),
@@ -76,6 +78,65 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         affinity=env.get(ENV_AFFINITY, "1") != "0",
         express=env.get(ENV_EXPRESS, "1") != "0",
     )
+
+
+LATTICE_SCHEMES = ("nats", "tls", "ws", "wss")
+"""The URL schemes nats-py connects with."""
+LATTICE_EXAMPLE = "e.g. nats://127.0.0.1:4222, or several separated by commas"
+
+
+def lattice_servers(url: str) -> list[str]:
+    """The servers of a lattice URL: one NATS URL, or several joined by commas (the
+    servers of a cluster, which nats-py is handed as a list).
+
+    The one parser of lattice URLs: flags, ``$SUPERPOSE_LATTICE`` and ``connect(url=)``
+    all come through here, so a typo is refused where it was typed, naming the bad
+    part, instead of surfacing as nats-py's "invalid connect url option".
+    """
+    why = _bad_lattice(url)
+    if why:
+        raise BadRequestError(f"lattice URL {url!r}: {why}")
+    return url.split(",")
+
+
+def _bad_lattice(url: str) -> str | None:
+    """What is wrong with a lattice URL, naming the bad server if there are several."""
+    servers = url.split(",")
+    for server in servers:
+        why = _bad_server(server)
+        if why:
+            where = f"{server!r}: " if server and len(servers) > 1 else ""
+            return f"{where}{why} (expected {LATTICE_EXAMPLE})"
+    return None
+
+
+def _bad_server(server: str) -> str | None:
+    """What is wrong with one server's URL, or None."""
+    if not server:
+        return "a server is empty (two commas in a row, or one at an end)"
+    if any(char.isspace() for char in server):
+        return "spaces are not allowed"
+    parts = urlsplit(server)
+    if parts.scheme not in LATTICE_SCHEMES or not server.startswith(f"{parts.scheme}://"):
+        *others, last = (f"{scheme}://" for scheme in LATTICE_SCHEMES)
+        return f"it must start with {', '.join(others)} or {last}"
+    try:
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError:
+        return "the port is not a whole number from 0 to 65535"
+    if not parts.hostname:
+        return "no host"
+    return None
+
+
+def _lattice(env: Mapping[str, str]) -> str | None:
+    text = env.get(ENV_LATTICE)
+    if not text:
+        return None
+    why = _bad_lattice(text)
+    if why:
+        raise SettingError(f"{ENV_LATTICE}={text!r}: {why}")
+    return text
 
 
 def _whole(env: Mapping[str, str], name: str, *, default: int, high: int | None = None) -> int:

@@ -51,8 +51,11 @@ def connect(url: str | None = None, *, workers: int = 2, show_logs: bool = True)
 
     Order: ``url``, ``$SUPERPOSE_LATTICE``, the lattice ``superpose up`` started
     in ``$SUPERPOSE_HOME``, else an embedded lattice with ``workers`` nodes that
-    is torn down when the client closes (or the process exits).
+    is torn down when the client closes (or the process exits). A URL may list a
+    cluster's servers separated by commas.
     """
+    if url is not None:
+        config.lattice_servers(url)
     node = session.node_client()
     if node is not None:
         return node

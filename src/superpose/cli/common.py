@@ -34,6 +34,8 @@ def err(text: str) -> None:
 
 
 def lattice_url(explicit: str | None) -> str:
+    """``--lattice``, else ``$SUPERPOSE_LATTICE``, else the lattice ``up`` started here;
+    checked, so a malformed URL is one ``error:`` line naming it."""
     found = config.settings()
     url = explicit or found.lattice or state.find_running_lattice(found.home)
     if not url:
@@ -41,6 +43,7 @@ def lattice_url(explicit: str | None) -> str:
             f"no lattice is running in {found.home}: start one with `superpose up --detach`, "
             f"or point at one with --lattice or {config.ENV_LATTICE}"
         )
+    config.lattice_servers(url)
     return url
 
 

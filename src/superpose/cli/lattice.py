@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,6 +61,8 @@ def _up_argv(ns: argparse.Namespace) -> list[str]:
         argv += ["--slots", str(ns.slots)]
     if ns.lattice_port is not None:
         argv += ["--lattice-port", str(ns.lattice_port)]
+    if ns.servers != 1:
+        argv += ["--servers", str(ns.servers)]
     return argv
 
 
@@ -75,30 +76,51 @@ def _up_detached(ns: argparse.Namespace, home: Path) -> int:
     config.state_file(home).unlink(missing_ok=True)
     with open(log_path, "ab") as log:
         offset = log.tell()
-        proc = subprocess.Popen(
-            _up_argv(ns),
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, config.ENV_HOME: str(home)},
+        pid = _spawn_detached(
+            _up_argv(ns), log.fileno(), {**os.environ, config.ENV_HOME: str(home)}
         )
     deadline = time.monotonic() + local.READY_TIMEOUT_S + 10
     while time.monotonic() < deadline:
         state = read_state(home)
-        if state and state.get("ready") and state.get("pid") == proc.pid:
+        if state and state.get("ready") and state.get("pid") == pid:
             _print_ready(state, time.monotonic() - started, "stop with `superpose down`")
             return 0
-        if proc.poll() is not None:
+        returncode = _exit_code(pid)
+        if returncode is not None:
             with open(log_path, "rb") as log:
                 log.seek(offset)
                 tail = log.read()[-2000:].decode(errors="replace").strip()
             # The child's own `error: ...` line says what went wrong (port in use, ...).
             message = tail.removeprefix("error: ") if tail.count("\n") == 0 else tail
-            raise LatticeError(f"`superpose up` failed: {message or f'exit {proc.returncode}'}")
+            raise LatticeError(f"`superpose up` failed: {message or f'exit {returncode}'}")
         time.sleep(0.02)
-    proc.terminate()
+    os.kill(pid, signal.SIGTERM)
     raise LatticeError(f"the lattice did not become ready; see {home / 'logs'}")
+
+
+def _spawn_detached(argv: list[str], log_fd: int, env: dict[str, str]) -> int:
+    """Start ``argv`` in a session of its own, output to ``log_fd``; its pid.
+
+    Not ``subprocess.Popen``: the child is meant to outlive this command, and a
+    Popen object dropped while its child runs is a ResourceWarning under ``-X dev``.
+    """
+    return os.posix_spawn(
+        argv[0],
+        argv,
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+        ],
+        setsid=True,
+    )
+
+
+def _exit_code(pid: int) -> int | None:
+    """The child's exit code once it has ended (reaping it), else None."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    return os.waitstatus_to_exitcode(status) if done else None
 
 
 def _print_ready(state: dict[str, Any], elapsed_s: float, how_to_stop: str) -> None:
@@ -117,6 +139,7 @@ async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
         workers=ns.workers,
         slots=ns.slots,
         lattice_port=ns.lattice_port if ns.lattice_port is not None else -1,
+        servers=ns.servers,
         gateway_port=ns.gateway_port,
     )
     lattice.on_restart = lambda: write_state(home, lattice)
@@ -292,6 +315,12 @@ def _add_up(add: common.AddCommand) -> None:
     )
     p.add_argument("--detach", action="store_true", help="return once ready; stop with `down`")
     p.add_argument("--lattice-port", type=common.port, help="NATS port (default: a free one)")
+    p.add_argument(
+        "--servers",
+        type=common.count(1),
+        default=1,
+        help=f"nats-servers, clustered if more than 1 (with 3, set {config.ENV_REPLICAS}=3)",
+    )
     p.add_argument(
         "--gateway-port",
         type=common.port,

@@ -22,7 +22,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from superpose import protocol
-from superpose.config import ENV_REPLICAS, settings
+from superpose.config import ENV_REPLICAS, lattice_servers, settings
 from superpose.errors import LatticeError
 from superpose.lattice.batch import js_api
 
@@ -36,7 +36,12 @@ are unlimited, which left a mistyped lattice URL hanging (and deaf to Ctrl-C).""
 
 async def connect(url: str, *, name: str) -> NATS:
     """A connection that reconnects forever once made, and notices a dead server in
-    seconds; the first connection fails after FIRST_CONNECT_S with LatticeError."""
+    seconds; the first connection fails after FIRST_CONNECT_S with LatticeError.
+
+    ``url`` may list a cluster's servers separated by commas: nats-py tries them in
+    a random order, and fails over to the others (and to servers it learns of).
+    """
+    servers = lattice_servers(url)
     last_error: list[Exception] = []
 
     async def _remember(exc: Exception) -> None:
@@ -45,7 +50,7 @@ async def connect(url: str, *, name: str) -> NATS:
     try:
         return await asyncio.wait_for(
             nats.connect(
-                servers=[url],
+                servers=servers,
                 name=name,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 allow_reconnect=True,

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -56,7 +57,38 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _config_text(store_dir: Path, port: int, host: str) -> str:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ClusterRole:
+    """One server's place in a cluster on this machine (``cluster.py``)."""
+
+    server_name: str
+    """Unique in the cluster: JetStream's Raft groups name their peers by it."""
+    route_port: int
+    """Where the other servers reach this one."""
+    peer_route_ports: tuple[int, ...]
+
+    def config_text(self, host: str) -> str:
+        routes = ", ".join(f"nats-route://{host}:{port}" for port in self.peer_route_ports)
+        return (
+            f"server_name: {self.server_name}\n"
+            "cluster {\n"
+            f"  name: {CLUSTER_NAME}\n"
+            f"  listen: {host}:{self.route_port}\n"
+            f"  routes: [{routes}]\n"
+            "}\n"
+        )
+
+
+CLUSTER_NAME = "superpose"
+
+
+def _config_text(store_dir: Path, port: int, host: str, role: ClusterRole | None) -> str:
     # sync_interval: always — JetStream otherwise acknowledges writes it has not
     # fsynced (it syncs every 2 minutes by default); see docs/architecture.md.
     return (
@@ -66,7 +98,7 @@ def _config_text(store_dir: Path, port: int, host: str) -> str:
         f'  store_dir: "{store_dir}"\n'
         "  sync_interval: always\n"
         "}\n"
-    )
+    ) + (role.config_text(host) if role is not None else "")
 
 
 @dataclass
@@ -76,6 +108,8 @@ class EmbeddedServer:
     state_dir: Path
     port: int = -1
     host: str = "127.0.0.1"
+    role: ClusterRole | None = None
+    """None: a server of its own; else one server of a cluster."""
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
 
@@ -86,7 +120,7 @@ class EmbeddedServer:
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
         conf = self.state_dir / "nats.conf"
-        conf.write_text(_config_text(self.state_dir / "jetstream", self.port, self.host))
+        conf.write_text(_config_text(self.state_dir / "jetstream", self.port, self.host, self.role))
         log = open(self.state_dir / "nats-server.log", "ab")  # noqa: SIM115 - child owns it
         try:
             self.process = subprocess.Popen(
@@ -133,13 +167,31 @@ class EmbeddedServer:
         raise LatticeError(f"nats-server did not open its port within {READY_TIMEOUT_S:.0f} s")
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """Idempotent: stop the server gracefully with SIGTERM, SIGKILL it after ``grace_s``."""
+        """Idempotent: stop the server gracefully with SIGTERM, SIGKILL it after ``grace_s``.
+
+        Graceful matters in a cluster: the server hands the leadership of its Raft
+        groups to another server before it goes, so nothing waits for an election.
+        """
+        finish_stopping(self.stop_soon(), time.monotonic() + grace_s)
+
+    def stop_soon(self) -> subprocess.Popen[bytes] | None:
+        """Send SIGTERM and return the process to wait for (None: not running)."""
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
-            return
+            return None
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        return proc
+
+    def pids(self) -> dict[str, int]:
+        return {"nats-server": self.process.pid} if self.process is not None else {}
+
+
+def finish_stopping(proc: subprocess.Popen[bytes] | None, deadline: float) -> None:
+    """Wait for a server sent SIGTERM until ``deadline`` (monotonic), then SIGKILL it."""
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

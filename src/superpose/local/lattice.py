@@ -20,10 +20,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from superpose import protocol
 from superpose.errors import LatticeError, UserError, how_it_ended
-from superpose.local.embedded import EmbeddedServer
+from superpose.local.cluster import EmbeddedCluster
+from superpose.local.embedded import EmbeddedServer, free_port
 from superpose.support.retry import Backoff
 
 READY_TIMEOUT_S = 30.0
@@ -45,12 +47,6 @@ async def orphaned(parent_pid: int | None) -> None:
         await asyncio.Event().wait()
     while os.getppid() == parent_pid:
         await asyncio.sleep(ORPHAN_POLL_S)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -93,6 +89,18 @@ class Child:
             await proc.wait()
 
 
+class NatsServers(Protocol):
+    """The lattice's nats-server: one ``EmbeddedServer``, or an ``EmbeddedCluster``."""
+
+    url: str
+
+    async def start(self) -> str: ...
+    def died(self) -> bool: ...
+    async def restart(self) -> str: ...
+    def stop(self) -> None: ...
+    def pids(self) -> dict[str, int]: ...
+
+
 @dataclass(kw_only=True)
 class LocalLattice:
     """Everything ``up`` starts. ``state_dir=None`` means a private temporary folder."""
@@ -101,12 +109,14 @@ class LocalLattice:
     workers: int = 2
     slots: int | None = None
     lattice_port: int = -1
+    servers: int = 1
+    """nats-servers: more than one makes a cluster (JetStream needs 3 to survive a loss)."""
     gateway_port: int | None = None
     """None: no gateway (connect()); 0: a free port."""
     drain_grace_s: float = 10.0
     on_restart: Callable[[], None] | None = None
     """Called after a dead child was started again (``up`` rewrites its state file)."""
-    server: EmbeddedServer | None = None
+    server: NatsServers | None = None
     children: list[Child] = field(default_factory=list)
     url: str = ""
     gateway_url: str = ""
@@ -119,12 +129,16 @@ class LocalLattice:
             raise UserError(f"--workers must be 0 or more, got {self.workers}")
         if self.slots is not None and self.slots < 1:
             raise UserError(f"--slots must be at least 1, got {self.slots}")
+        if self.servers < 1:
+            raise UserError(f"--servers must be at least 1, got {self.servers}")
+        if self.servers > 1 and self.lattice_port != -1:
+            raise UserError("--lattice-port is for one server; a cluster's ports are free ones")
 
     async def start(self) -> str:
         if self.state_dir is None:
             self.state_dir = Path(tempfile.mkdtemp(prefix="superpose-"))
             self._temp = True
-        self.server = EmbeddedServer(self.state_dir / "nats", port=self.lattice_port)
+        self.server = self._nats_servers(self.state_dir / "nats")
         try:
             self.url = await self.server.start()
             slots = self.slots or max(1, (os.cpu_count() or 1) // max(1, self.workers))
@@ -142,6 +156,11 @@ class LocalLattice:
             raise
         self._watch = asyncio.create_task(self._keep_alive())
         return self.url
+
+    def _nats_servers(self, state_dir: Path) -> NatsServers:
+        if self.servers > 1:
+            return EmbeddedCluster(state_dir, size=self.servers)
+        return EmbeddedServer(state_dir, port=self.lattice_port)
 
     def _node_child(self, node_id: str, slots: int) -> Child:
         assert self.state_dir is not None
@@ -278,6 +297,6 @@ class LocalLattice:
 
     def pids(self) -> dict[str, int]:
         found = {c.name: c.process.pid for c in self.children if c.process is not None}
-        if self.server is not None and self.server.process is not None:
-            found["nats-server"] = self.server.process.pid
+        if self.server is not None:
+            found.update(self.server.pids())
         return found

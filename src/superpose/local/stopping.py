@@ -130,8 +130,8 @@ def _stop_leftovers(home: Path, timeout_s: float) -> Stopped:
         return Stopped(running=False)
     # Nodes and the gateway first (nodes drain through the server), the server last.
     waves = [
-        [proc for name, proc in children.items() if name != "nats-server"],
-        [proc for name, proc in children.items() if name == "nats-server"],
+        [proc for name, proc in children.items() if not name.startswith("nats-server")],
+        [proc for name, proc in children.items() if name.startswith("nats-server")],
     ]
     stopped: list[_Proc] = []
     stubborn: list[_Proc] = []

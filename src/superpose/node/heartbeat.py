@@ -12,10 +12,19 @@ from nats.aio.msg import Msg
 
 from superpose import protocol
 from superpose.node.link import Link
+from superpose.support.retry import Backoff, retry
 
 log = logging.getLogger("superpose.node")
 WARM_ANNOUNCE_S = 0.02
 """A burst of loads and evictions is announced in one update."""
+BEAT_RETRY = Backoff(0.1, factor=2, max_s=0.5, jitter=0.5)
+"""After a failed beat. The nodes bucket's stream has no leader for the 4-9 s NATS's
+Raft takes to elect one after its server dies; the node's entry expires
+NODE_TTL_S after its last stored beat, so the first beat the new leader can take
+must not wait for the next heartbeat interval."""
+BEAT_TIMEOUT_S = 2.0
+"""One beat's wait for its acknowledgement: a beat sent to a server as it died is
+never answered, and nats-py's own 5 s would eat half the TTL."""
 
 
 class Heartbeat:
@@ -36,10 +45,10 @@ class Heartbeat:
     async def beat_forever(self) -> None:
         while True:
             await asyncio.sleep(protocol.NODE_HEARTBEAT_S)
-            try:
-                await self.beat()
-            except Exception:
-                log.warning("heartbeat failed; will retry", exc_info=True)
+            await retry(self._beat_in_time, backoff=BEAT_RETRY, on_failure=_beat_failed)
+
+    async def _beat_in_time(self) -> None:
+        await asyncio.wait_for(self.beat(), BEAT_TIMEOUT_S)
 
     def warm_changed(self) -> None:
         """Publish the new warm set now, not at the next heartbeat: warm affinity on
@@ -60,3 +69,8 @@ class Heartbeat:
         """Any request on the node's control subject gets its ``NodeInfo`` (readiness checks)."""
         if msg.reply:
             await self.link.nc.publish(msg.reply, self.info().encode())
+
+
+def _beat_failed(error: BaseException, failures: int) -> None:
+    if failures == 1:  # once per outage: a leader election fails ~20 tries
+        log.warning("heartbeat failed; retrying", exc_info=error)

@@ -22,7 +22,17 @@ from superpose.node.link import Connected
 from superpose.support.retry import Backoff, retry
 
 log = logging.getLogger("superpose.node.durable")
-STORE_RETRY = Backoff(0.5)
+STORE_RETRY = Backoff(0.1, factor=2, max_s=0.5, jitter=0.5)
+"""Between tries of a write that failed. A stream whose leader died has none for the
+4-9 s NATS's Raft takes to elect one (no responders: each try fails at once), so
+the pause stays short to land the first write the new leader takes; jittered, so
+the nodes that failed together do not come back in step."""
+WRITE_ATTEMPT_S = 3.0
+"""How long one try may wait for its acknowledgement. A write sent just before its
+server (or the stream's leader) died is never answered, and waiting out the
+request's own 10 s timeout was most of what a failover cost a durable caller.
+A write is safe to repeat (results by key, envelopes by message id), and a batch
+of results takes well under a second to commit even on a busy machine."""
 T = TypeVar("T")
 
 
@@ -109,6 +119,10 @@ async def until_done(attempt: Callable[[], Awaitable[object]], what: str) -> Non
     if the node dies first they are redelivered."""
 
     def retrying(error: BaseException, failures: int) -> None:
-        log.warning("could not %s; retrying", what, exc_info=error)
+        if failures == 1:  # once per outage: a leader election fails ~20 tries
+            log.warning("could not %s; retrying", what, exc_info=error)
 
-    await retry(attempt, backoff=STORE_RETRY, on_failure=retrying)
+    async def bounded() -> object:
+        return await asyncio.wait_for(attempt(), WRITE_ATTEMPT_S)
+
+    await retry(bounded, backoff=STORE_RETRY, on_failure=retrying)
