@@ -155,7 +155,9 @@ def test_an_executor_that_cannot_start_says_why_in_the_node_log(tmp_path: Path) 
 
     asyncio.run(body())
     last_line = log_path.read_text().rstrip().rpartition("\n")[2]
-    assert last_line == "nats.errors.Error: nats: invalid connect url option"
+    assert last_line.startswith(
+        "superpose.errors.BadRequestError: lattice URL 'nats://127.0.0.1:notaport'"
+    )
 
 
 def test_hard_exit_is_reported_as_a_crash(client: sp.Client) -> None:
