@@ -261,3 +261,10 @@ def after_file(path: str, value: int) -> int:
 def scheduled_in_script(x: int = 1) -> int:
     """Script mode has no schedules: this only runs when called."""
     return x + 1
+
+
+@sp.function
+def returns_a_lock() -> object:
+    import threading
+
+    return threading.Lock()

@@ -25,6 +25,7 @@ defer_unused_imports()  # before anything imports nats-py
 if TYPE_CHECKING:
     from superpose.public import (
         ALL_COMPLETED,
+        ArgumentError,
         FIRST_COMPLETED,
         FIRST_EXCEPTION,
         CallTimeoutError,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_COMPLETED",
+    "ArgumentError",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
     "CallTimeoutError",

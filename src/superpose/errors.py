@@ -53,6 +53,11 @@ class SettingError(UserError, ValueError):
     """An environment variable superpose reads has a value it cannot take."""
 
 
+class ArgumentError(BadRequestError, TypeError):
+    """A call's arguments do not fit the function's signature: raised where the call is
+    made, as Python raises ``TypeError``, naming the function and the parameter."""
+
+
 class SerializationError(UserError):
     """A value that cannot travel: an argument, a result or a function that cannot be
     pickled (a lock, an open file, a socket); the message names it and its type."""

@@ -963,6 +963,26 @@ class AppRecord(Record):
     created: float = 0.0
 
 
+class Signature(msgspec.Struct, omit_defaults=True, frozen=True):
+    """The arguments a function takes, recorded at deploy (read from its source) and
+    taken from the function itself in script mode: a call that does not fit fails
+    where it is made, naming the parameter, instead of on a node."""
+
+    positional: list[str] = []
+    """Parameters an argument can fill by position, in order (positional-only first)."""
+    positional_only: int = 0
+    """How many of ``positional`` cannot be given by keyword."""
+    required: int = 0
+    """How many of ``positional``, from the first, have no default."""
+    varargs: bool = False
+    """``*args``: more positional arguments are taken."""
+    keyword_only: list[str] = []
+    keyword_required: list[str] = []
+    """Keyword-only parameters with no default."""
+    varkw: bool = False
+    """``**kwargs``: any other keyword is taken."""
+
+
 class Version(Record):
     """``ver.<app>.<digest>``: one deployed version, never replaced, only added."""
 
@@ -973,7 +993,8 @@ class Version(Record):
     files: dict[str, str]
     """Path → sha256 of each file of the bundle."""
     functions: dict[str, dict[str, Any]]
-    """Name → module, qualname, file, line, is_async, params, options."""
+    """Name → module, qualname, file, line, is_async, params, options, signature (a
+    ``Signature`` as JSON; absent in versions deployed before it was recorded)."""
     kind: str = "functions"
     """``functions``, or ``asgi`` for a version deployed with an HTTP app."""
 

@@ -32,6 +32,7 @@ from superpose.client.futures import wait as wait
 from superpose.client.replies import LogSink, print_log_record
 from superpose.code.schedules import Cron as Cron
 from superpose.code.schedules import Period as Period
+from superpose.errors import ArgumentError as ArgumentError
 from superpose.errors import CallTimeoutError as CallTimeoutError
 from superpose.errors import DeployError as DeployError
 from superpose.errors import LatticeError as LatticeError

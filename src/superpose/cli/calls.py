@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the client (and nats-py) is imported by the commands that u
 
 
 def cmd_call(ns: argparse.Namespace) -> int:
+    from superpose.client.arguments import check_call
     from superpose.client.options import Options
     from superpose.registry import routing
     from superpose.registry.mirror import split_name
@@ -41,6 +42,7 @@ def cmd_call(ns: argparse.Namespace) -> int:
         call_args = json.loads(body_json)
         ctx = client.call_context(options, app, call_args["kwargs"], fn=fn, args=call_args["args"])
         target = registry.resolve(app, fn, version, ctx)
+        check_call(target, len(call_args["args"]), call_args["kwargs"])
         if ctx.trace_id and ns.trace:
             common.err(f"trace {ctx.trace_id}: `superpose trace {ctx.trace_id}`")
         if ns.is_async:

@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 
 from superpose import config, protocol, runtime
 from superpose.client import session, threads
+from superpose.client.arguments import encode_arguments
 from superpose.client.direct import DirectCalls
 from superpose.client.durable import wait_accepted
 from superpose.client.durable_calls import DurableCalls
@@ -33,7 +34,6 @@ from superpose.client.placement import Placement
 from superpose.client.replies import LogSink, Replies
 from superpose.client.scripts import ScriptBundles
 from superpose.errors import SuperposeError
-from superpose.lattice import payload
 from superpose.lattice.connection import Assets, ensure_assets
 from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
@@ -234,7 +234,7 @@ class Client:
         ``durable`` persists it in JetStream first (spawn, map): it survives node
         deaths and broker restarts. Otherwise it is a direct request (remote).
         """
-        raw = payload.encode_args(args, kwargs, codec)
+        raw = encode_arguments(target, args, kwargs, codec)
         if durable:
             return self.submit_durable(target, raw, codec, options, ctx)
         return self.submit_raw(target, raw, codec, options, ctx)

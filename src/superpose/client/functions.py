@@ -16,10 +16,10 @@ from superpose.client.mapping import check_window, map_results
 from superpose.client.options import Options
 from superpose.client.progress import progress_bar
 from superpose.client.stragglers import Stragglers
-from superpose.code import by_value
+from superpose.code import by_value, signatures
 from superpose.code.include import DECLARED, check_patterns
 from superpose.code.schedules import Schedule, check_schedule, unscheduled_reason
-from superpose.errors import BadRequestError
+from superpose.errors import ArgumentError, BadRequestError, SerializationError
 from superpose.registry.mirror import Target
 
 if TYPE_CHECKING:
@@ -98,7 +98,14 @@ class Invocable:
         stragglers = Stragglers(client, self.options_) if self.options_.idempotent else None
 
         def submit(item: tuple[Any, ...]) -> Future:
-            return client.submit(target, item, {}, self.options_, durable=True, ctx=ctx)
+            try:
+                return client.submit(target, item, {}, self.options_, durable=True, ctx=ctx)
+            except (ArgumentError, SerializationError) as exc:
+                if not return_exceptions:  # at once: the same mistake is likely in every item
+                    raise
+                failed = Future()  # this item's outcome, in its place
+                failed.set_exception(exc)
+                return failed
 
         label = f"{target.app}.{target.fn}"
         with progress_bar(_length(iterables), label, enabled=progress) as advance:
@@ -153,6 +160,8 @@ class Function(Invocable):
         self.hosted_as: str | None = None
         """On a node, its name in the by-value bundle the executor hosts."""
         self._targets: dict[str, Target] = {}
+        self._signature = signatures.from_function(fn)
+        """Checked against each call's arguments before it leaves."""
         functools.update_wrapper(self, fn)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -186,11 +195,15 @@ class Function(Invocable):
             if key not in self._targets:
                 invocation = runtime.current_invocation.get()
                 app = invocation.app if invocation is not None else node.app
-                self._targets[key] = Target(app, name, node.digest, module, qualname)
+                self._targets[key] = Target(
+                    app, name, node.digest, module, qualname, signature=self._signature
+                )
             return self._targets[key]
         digest, module_in_bundle, app = client.script_bundle(module)
         if digest not in self._targets:
-            self._targets[digest] = Target(app, name, digest, module_in_bundle, qualname)
+            self._targets[digest] = Target(
+                app, name, digest, module_in_bundle, qualname, signature=self._signature
+            )
         return self._targets[digest]
 
     def _value_target(self, client: Client) -> Target:
@@ -208,7 +221,7 @@ class Function(Invocable):
             invocation = runtime.current_invocation.get() if node is not None else None
             app = invocation.app if invocation is not None else by_value.APP
             found = self._targets[digest] = Target(
-                app, name, digest, by_value.LOADER_MODULE, hosted
+                app, name, digest, by_value.LOADER_MODULE, hosted, signature=self._signature
             )
         return found
 

@@ -16,9 +16,12 @@ import ast
 from dataclasses import dataclass, field
 from typing import Any
 
-from superpose.code import schedules
+import msgspec
+
+from superpose.code import schedules, signatures
 from superpose.code.bundle import Bundle, module_name
 from superpose.errors import BadRequestError, DeployError
+from superpose.protocol import Signature
 
 
 @dataclass
@@ -33,6 +36,8 @@ class FunctionSpec:
     params: list[str] = field(default_factory=list)
     """Names of the parameters an argument can fill by position, in order: a canary
     key ``arg:NAME`` finds a positional argument by them."""
+    signature: Signature = field(default_factory=Signature)
+    """What arguments it takes: callers check a call against it before it leaves."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +49,7 @@ class FunctionSpec:
             "is_async": self.is_async,
             "options": self.options,
             "params": self.params,
+            "signature": msgspec.to_builtins(self.signature),
         }
 
 
@@ -201,6 +207,7 @@ def _spec(
         is_async=isinstance(node, ast.AsyncFunctionDef),
         options=options,
         params=[a.arg for a in node.args.posonlyargs + node.args.args],
+        signature=signatures.from_source(node),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from starlette.requests import Request
 
 from superpose import protocol
+from superpose.client.arguments import check_call
 from superpose.client.client import Client
 from superpose.client.options import Options
 from superpose.errors import BadRequestError
@@ -57,13 +58,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_call_body(body: bytes) -> bytes:
-    """Validate ``{"args": [...], "kwargs": {...}}`` and return it re-encoded.
+def parse_call_body(body: bytes) -> tuple[bytes, list[Any], dict[str, Any]]:
+    """Validate ``{"args": [...], "kwargs": {...}}``: it re-encoded, and its arguments.
 
     Checked here so a malformed body is a 400 naming the problem, not a failure on a node.
     """
     if not body.strip():
-        return b'{"args": [], "kwargs": {}}'
+        return b'{"args": [], "kwargs": {}}', [], {}
     try:
         parsed = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -83,7 +84,7 @@ def parse_call_body(body: bytes) -> bytes:
         raise BadRequestError('"args" must be a JSON array')
     if not isinstance(kwargs, dict):
         raise BadRequestError('"kwargs" must be a JSON object')
-    return json.dumps({"args": args, "kwargs": kwargs}).encode()
+    return json.dumps({"args": args, "kwargs": kwargs}).encode(), args, kwargs
 
 
 async def read_call(client: Client, request: Request) -> tuple[Target, bytes, protocol.CallContext]:
@@ -94,9 +95,10 @@ async def read_call(client: Client, request: Request) -> tuple[Target, bytes, pr
     """
     app, fn, version = split_name(request.path_params["name"])
     version = request.headers.get(VERSION_HEADER) or version
-    body = parse_call_body(await read_body(request, body_limit(request)))
+    body, args, kwargs = parse_call_body(await read_body(request, body_limit(request)))
     ctx = await request_context(client, request, app, body, fn)
     target = (await client.registry()).resolve(app, fn, version, ctx)
+    check_call(target, len(args), kwargs)  # a 400 naming the parameter, not a node's error
     return target, body, ctx
 
 

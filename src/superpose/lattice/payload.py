@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import io
+import itertools
 import json
 import pickle
 import sys
@@ -14,7 +16,7 @@ from nats.aio.client import Client as NATS
 
 from superpose import protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
-from superpose.errors import exception_parts
+from superpose.errors import SerializationError, exception_parts
 from superpose.lattice import objects, offers
 
 BY_VALUE_MODULES: set[bytes] = {b"__main__"}
@@ -40,10 +42,89 @@ def _pickle(value: Any) -> bytes:
     try:
         data = pickle.dumps(value, protocol=5)
     except (pickle.PicklingError, AttributeError, TypeError):
-        return bytes(cloudpickle.dumps(value, protocol=5))
+        return _cloudpickle(value)
     if any(name in data for name in BY_VALUE_MODULES):
-        return bytes(cloudpickle.dumps(value, protocol=5))
+        return _cloudpickle(value)
     return data
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, refusing open files: it would send a text file's contents, and the
+    function would get something that is not a file, with no error to say so."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, io.IOBase) and not isinstance(obj, io.BytesIO | io.StringIO):
+            raise pickle.PicklingError(OPEN_FILE)
+        return super().reducer_override(obj)
+
+
+OPEN_FILE = "an open file cannot be sent; send its contents or its path"
+
+
+def _cloudpickle(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=5).dump(value)
+    return buffer.getvalue()
+
+
+def cannot_send(what: str, value: Any, codec: str, error: BaseException) -> SerializationError:
+    """The error for a value that could not be encoded: what it was (``argument 'lock'
+    of shop.pay``, ``the result of shop.pay``), and the part of it at fault, by type.
+    Only on failure: it encodes the value's parts again to find that part."""
+    part = unsendable_part(value, codec)
+    if part is None:  # each part alone can be sent: say what the encoder said
+        return SerializationError(f"{what}: cannot be sent ({_reason(error)})")
+    try:
+        _encode(part, codec)
+    except Exception as exc:
+        error = exc
+    where = "" if part is value else " in it"
+    return SerializationError(f"{what}: cannot send a {_type_name(part)}{where} ({_reason(error)})")
+
+
+def unsendable_part(value: Any, codec: str, depth: int = 0) -> Any:
+    """The innermost part of ``value`` that cannot be encoded, looking a few levels into
+    lists, tuples, sets and dicts; None if ``value`` can be."""
+    try:
+        _encode(value, codec)
+        return None
+    except Exception:
+        pass
+    if depth < MAX_SEARCH_DEPTH:
+        children: Any = ()
+        if isinstance(value, dict):
+            children = [*value.keys(), *value.values()]
+        elif isinstance(value, list | tuple | set | frozenset):
+            children = value
+        for child in itertools.islice(children, MAX_SEARCH_ITEMS):
+            found = unsendable_part(child, codec, depth + 1)
+            if found is not None:
+                return found
+    return value
+
+
+MAX_SEARCH_DEPTH = 3
+MAX_SEARCH_ITEMS = 1000
+"""How far ``cannot_send`` looks into containers for the part at fault."""
+
+
+def _encode(value: Any, codec: str) -> None:
+    if codec == protocol.CODEC_JSON:
+        json.dumps(value, default=_json_default)
+    else:
+        _pickle(value)
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error)
+    return text if text == OPEN_FILE else f"{type(error).__name__}: {text}"
+
+
+def _type_name(value: Any) -> str:
+    cls = type(value)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], codec: str) -> bytes:

@@ -25,7 +25,7 @@ from nats.js.kv import KeyValue
 from superpose import protocol
 from superpose.errors import BadRequestError, LatticeError, NotFoundError, UserError
 from superpose.lattice.mirror import follow_bucket
-from superpose.protocol import Canary, Version
+from superpose.protocol import Canary, Signature, Version
 
 log = logging.getLogger("superpose.registry")
 LATEST = "latest"
@@ -44,6 +44,8 @@ class Target:
     module: str
     qualname: str
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+    signature: Signature | None = field(default=None, hash=False, compare=False)
+    """What arguments the function takes, when known: a call is checked against it."""
 
 
 def session_from(
@@ -152,6 +154,8 @@ class Registry:
         """needs class → needs: the classes durable work has been placed by."""
         self._watch_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
+        self._signatures: dict[tuple[str, str], Signature | None] = {}
+        """(digest, function) → its recorded signature (versions never change)."""
 
     async def start(self) -> None:
         """Load the whole bucket, then follow changes in the background."""
@@ -391,7 +395,27 @@ class Registry:
             raise NotFoundError(
                 f"app {app} (version {found.digest[:12]}) has no function {fn!r}; it has: {names}"
             )
-        return Target(app, fn, found.digest, spec["module"], spec["qualname"], spec["options"])
+        return Target(
+            app,
+            fn,
+            found.digest,
+            spec["module"],
+            spec["qualname"],
+            spec["options"],
+            self._signature(found, fn, spec),
+        )
+
+    def _signature(self, version: Version, fn: str, spec: dict[str, Any]) -> Signature | None:
+        """The recorded signature, decoded once per version and function."""
+        key = (version.digest, fn)
+        if key not in self._signatures:
+            recorded = spec.get("signature")
+            try:
+                found = None if recorded is None else msgspec.convert(recorded, Signature)
+            except msgspec.ValidationError:  # a record we cannot read: nothing to check by
+                found = None
+            self._signatures[key] = found
+        return self._signatures[key]
 
     def describe(self) -> list[dict[str, Any]]:
         """Apps with their versions (newest first) and aliases, for ``ls`` and status."""

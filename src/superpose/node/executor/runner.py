@@ -167,7 +167,7 @@ class Executor:
                 )
                 args, kwargs = payload.decode_args(raw or b"", inv.args.codec)
                 value = self.functions.get(inv.module, inv.qualname)(*args, **kwargs)
-                data = payload.encode_value(value, inv.args.codec)
+                data = _encode_result(inv, value)
                 result = protocol.Result(
                     inv.id, self.node_id, value=self._payload(data, inv, reply)
                 )
@@ -181,7 +181,7 @@ class Executor:
         started = time.perf_counter()
         with self._running(inv, asyncio.current_task()):
             try:
-                data = payload.encode_value(await self._call(inv, reply), inv.args.codec)
+                data = _encode_result(inv, await self._call(inv, reply))
                 if reply == self.replies.results_here:
                     wrapped = await payload.wrap(self.nc, data, inv.args.codec)
                 else:
@@ -304,3 +304,13 @@ class _Running:
 
 def _in_lane_thread() -> bool:
     return threading.current_thread().name.startswith("sp-lane")
+
+
+def _encode_result(inv: protocol.Invocation, value: Any) -> bytes:
+    """A call's result for the wire; one that cannot be sent is the user's error, naming
+    the function and the part of the value at fault (``SerializationError``)."""
+    try:
+        return payload.encode_value(value, inv.args.codec)
+    except Exception as exc:
+        what = f"the result of {inv.app}.{inv.fn}"
+        raise payload.cannot_send(what, value, inv.args.codec, exc) from exc
