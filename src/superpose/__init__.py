@@ -25,9 +25,9 @@ defer_unused_imports()  # before anything imports nats-py
 if TYPE_CHECKING:
     from superpose.public import (
         ALL_COMPLETED,
-        ArgumentError,
         FIRST_COMPLETED,
         FIRST_EXCEPTION,
+        ArgumentError,
         CallTimeoutError,
         Client,
         Cron,
@@ -54,9 +54,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_COMPLETED",
-    "ArgumentError",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
+    "ArgumentError",
     "CallTimeoutError",
     "Client",
     "Cron",

@@ -12,10 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats.errors
-
 from superpose.errors import LatticeError
-from superpose.lattice.connection import connect
 from superpose.local.embedded import ClusterRole, EmbeddedServer, finish_stopping, free_port
 
 JETSTREAM_READY_S = 30.0
@@ -53,6 +50,12 @@ class EmbeddedCluster:
         return self.url
 
     async def _wait_for_jetstream(self) -> None:
+        # Imported here: `down` and `up --detach` import this module and must not pay
+        # for nats-py, which only a cluster being started needs.
+        import nats.errors
+
+        from superpose.lattice.connection import connect
+
         nc = await connect(self.url, name="superpose-cluster-check")
         deadline = time.monotonic() + JETSTREAM_READY_S
         try:
