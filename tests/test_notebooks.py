@@ -87,6 +87,17 @@ CELLS = [
     except sp.UserError as e:
         print("refused", e)
     """,
+    """
+    import time
+
+    @sp.function
+    def slow(x):
+        time.sleep(0.05)
+        return x
+
+    print("bar", sum(slow.map(range(40))), sum(sp.gather(*(slow.spawn(x) for x in range(40)))))
+    print("quiet", sum(slow.map(range(40), progress=False)))
+    """,
 ]
 
 
@@ -106,6 +117,11 @@ def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def _run_notebook(cells: list[str], kernel_name: str, cwd: Path) -> list[str]:
     """Each cell's printed output, after running them all in a fresh kernel."""
+    return [_printed(outputs) for outputs in _execute(cells, kernel_name, cwd)]
+
+
+def _execute(cells: list[str], kernel_name: str, cwd: Path) -> list[list[Any]]:
+    """Each cell's outputs (streams, displays), after running them all in a fresh kernel."""
     import nbclient
     import nbformat
 
@@ -114,9 +130,20 @@ def _run_notebook(cells: list[str], kernel_name: str, cwd: Path) -> list[str]:
     nbclient.NotebookClient(
         nb, kernel_name=kernel_name, timeout=60, resources={"metadata": {"path": str(cwd)}}
     ).execute()
+    return [list(cell.outputs) for cell in nb.cells]
+
+
+def _printed(outputs: list[Any]) -> str:
+    return "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+
+
+def _progress_bars(outputs: list[Any]) -> list[str]:
+    """The HTML of the progress displays a cell left (updated in place, so one each)."""
     return [
-        "".join(out.get("text", "") for out in cell.outputs if out.output_type == "stream")
-        for cell in nb.cells
+        out["data"]["text/html"]
+        for out in outputs
+        if out.output_type == "display_data"
+        and "<progress" in out.get("data", {}).get("text/html", "")
     ]
 
 
@@ -124,7 +151,8 @@ def test_a_notebook_runs_its_cells_functions_on_the_lattice(
     lattice: Lattice, kernel_name: str, tmp_path: Path
 ) -> None:
     cells = [CELLS[0].format(url=lattice.url), *CELLS[1:]]
-    printed = _run_notebook(cells, kernel_name, tmp_path)
+    outputs = _execute(cells, kernel_name, tmp_path)
+    printed = [_printed(cell) for cell in outputs]
     assert printed[2].splitlines() == [
         "remote 40",
         "spawn 50",
@@ -138,6 +166,13 @@ def test_a_notebook_runs_its_cells_functions_on_the_lattice(
     refused = printed[4]
     assert refused.startswith("refused cannot send guarded by value"), refused
     assert "the global 'lock', a _thread.lock" in refused
+    # map and gather show a progress bar under the cell, left at its final count;
+    # progress=False shows none.
+    assert printed[5].splitlines() == ["bar 780 780", "quiet 780"]
+    bars = _progress_bars(outputs[5])
+    assert len(bars) == 2, outputs[5]
+    assert 'value="40" max="40"' in bars[0] and "main.slow: 40/40" in bars[0]
+    assert "gather: 40/40" in bars[1]
 
 
 # --- python -c and python - -----------------------------------------------------------
