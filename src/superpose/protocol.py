@@ -23,6 +23,9 @@ REGISTRY_BUCKET = "sp_registry"
 NODES_BUCKET = "sp_nodes"
 BUNDLES_BUCKET = "sp_bundles"
 BLOBS_BUCKET = "sp_blobs"
+ENVS_BUCKET = "sp_envs"
+"""Object store of built environments: ``<env digest>.tar.gz``, one per environment
+(the digest already names the Python and platform it was built for)."""
 LOGS_STREAM = "SP_LOGS"
 TRACES_STREAM = "SP_TRACES"
 """Spans of traced calls (which version of what answered where), kept an hour."""
@@ -430,6 +433,9 @@ ERR_INTERNAL = "internal"
 ERR_CANCELLED = "cancelled"
 ERR_LOST = "lost"
 """A durable invocation whose node died on every one of its deliveries."""
+ERR_PREPARE = "prepare"
+"""The executor could not be made ready for the call: its environment failed to build,
+or the app's start-up hook (``@sp.on_start``) raised."""
 INFRASTRUCTURE_ERRORS = frozenset({ERR_CRASHED, ERR_INTERNAL, ERR_TIMEOUT, ERR_MEMORY})
 """Failures retried within a function's retry budget whatever the function says."""
 
@@ -538,6 +544,8 @@ class Invocation(Message, tag="sp.invocation.v1"):
     """Durable invocations: where the node tells the caller, once the result is stored."""
     needs: dict[str, str] | None = None
     """Node labels the invocation must run on (a pin is ``{"node": id}``)."""
+    env: str = ""
+    """The environment digest its executor runs with ("" = the node's own packages)."""
 
     def remaining_s(self) -> float:
         return self.deadline - time.time()
@@ -611,6 +619,13 @@ class NodeInfo(Message, tag="sp.node.v1"):
     """Of ``served``, calls a client sent straight to one of this node's warm executors."""
     traffic: dict[str, int] = {}
     """Calls served per ``app@digest`` since the node started (canary splits)."""
+    python: str = ""
+    """``3.11``: the Python its executors run; environments are resolved for it."""
+    platform: str = ""
+    """The platform environments are resolved and built for (uv's ``--python-platform``,
+    e.g. ``x86_64-manylinux_2_28``)."""
+    envs: list[str] = []
+    """Environment digests built and cached on this node."""
 
 
 class Envelope(Message, tag="sp.work.v1"):
@@ -810,6 +825,8 @@ class Load(Frame, tag="load"):
     app: str
     express: bool = True
     """Also take warm calls that clients send straight to executors of this bundle."""
+    site_packages: str = ""
+    """The built environment's site-packages to import user packages from ("" = none)."""
 
 
 class Describe(Frame, tag="describe"):
@@ -983,6 +1000,38 @@ class Signature(msgspec.Struct, omit_defaults=True, frozen=True):
     """``**kwargs``: any other keyword is taken."""
 
 
+class Environment(Record):
+    """``env.<digest>``: one resolved environment, never replaced, only added.
+
+    Resolved once (at deploy, or at a script's first call) into a lock of exact,
+    hashed pins; built once by the first node that needs it; pulled by the rest.
+    """
+
+    digest: str
+    """``env_digest(requirements, python, platform)``."""
+    python: str
+    """``3.11``."""
+    platform: str
+    requirements: str
+    """The resolved lock: every package pinned with its hashes (``uv pip compile
+    --generate-hashes`` output), what nodes install with ``--require-hashes``."""
+    packages: dict[str, str]
+    """Name → version of every resolved package, for people (``lock --show``, ``env ls``)."""
+    declared: list[str]
+    """What the app asked for, as written (``numpy>=2``)."""
+    created: float
+
+
+def env_digest(requirements: str, python: str, platform: str) -> str:
+    """An environment's content address: its lock, for which Python, on which platform."""
+    text = f"python {python}\nplatform {platform}\n{requirements}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def env_key(digest: str) -> str:
+    return f"env.{digest}"
+
+
 class Version(Record):
     """``ver.<app>.<digest>``: one deployed version, never replaced, only added."""
 
@@ -997,6 +1046,9 @@ class Version(Record):
     ``Signature`` as JSON; absent in versions deployed before it was recorded)."""
     kind: str = "functions"
     """``functions``, or ``asgi`` for a version deployed with an HTTP app."""
+    env: str = ""
+    """The environment digest its functions run with ("" = the node's own packages):
+    a version is its code digest plus this."""
 
 
 class Canary(Record):
