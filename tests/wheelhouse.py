@@ -1,0 +1,60 @@
+"""A local wheelhouse the tests build themselves: tiny pure-Python packages at versions
+1.0 and 2.0, so environment tests never depend on the registry.
+
+``tinyone`` at each version exposes ``VERSION``; ``tinytwo`` depends on ``tinyone``
+(2.0 needs ``tinyone>=2``), so resolving pins a transitive dependency too.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zipfile
+from pathlib import Path
+
+PACKAGES: dict[str, dict[str, list[str]]] = {
+    "tinyone": {"1.0": [], "2.0": []},
+    "tinytwo": {"1.0": ["tinyone"], "2.0": ["tinyone>=2"]},
+}
+
+
+def build(folder: Path) -> Path:
+    """Every package and version as a wheel in ``folder`` (a find-links directory)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, versions in PACKAGES.items():
+        for version, requires in versions.items():
+            _wheel(folder, name, version, requires)
+    return folder
+
+
+def _wheel(folder: Path, name: str, version: str, requires: list[str]) -> Path:
+    dist_info = f"{name}-{version}.dist-info"
+    metadata = "".join(
+        [
+            "Metadata-Version: 2.1\n",
+            f"Name: {name}\n",
+            f"Version: {version}\n",
+            *(f"Requires-Dist: {r}\n" for r in requires),
+        ]
+    )
+    files = {
+        f"{name}/__init__.py": f'VERSION = "{version}"\n',
+        f"{dist_info}/METADATA": metadata,
+        f"{dist_info}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: superpose-tests\nRoot-Is-Purelib: true\n"
+            "Tag: py3-none-any\n"
+        ),
+    }
+    record = [f"{path},{_hash(text.encode())},{len(text.encode())}" for path, text in files.items()]
+    files[f"{dist_info}/RECORD"] = "\n".join([*record, f"{dist_info}/RECORD,,"]) + "\n"
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for member, text in files.items():
+            info = zipfile.ZipInfo(member, date_time=(2026, 1, 1, 0, 0, 0))
+            wheel.writestr(info, text)
+    return path
+
+
+def _hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"sha256={digest}"
