@@ -79,6 +79,7 @@ class Assets:
         results: KeyValue,
         dead: KeyValue,
         cancels: KeyValue,
+        issued: KeyValue,
     ) -> None:
         self.js = js
         self.registry = registry
@@ -88,6 +89,7 @@ class Assets:
         self.results = results
         self.dead = dead
         self.cancels = cancels
+        self.issued = issued
 
 
 async def _open_or_create(
@@ -281,6 +283,7 @@ async def ensure_assets(nc: NATS) -> Assets:
         results = await js.key_value(protocol.RESULTS_BUCKET)
         dead = await kv(bucket=protocol.DEAD_BUCKET, ttl=protocol.DEAD_TTL_S)
         cancels = await kv(bucket=protocol.CANCELS_BUCKET, ttl=protocol.RESULT_TTL_S)
+        issued = await kv(bucket=protocol.ISSUED_BUCKET, ttl=protocol.RESULT_TTL_S)
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
-    return Assets(js, registry, nodes, bundles, blobs, results, dead, cancels)
+    return Assets(js, registry, nodes, bundles, blobs, results, dead, cancels, issued)
