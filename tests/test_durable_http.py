@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
+from nats.js.kv import KeyValue
 
 import fns
 import superpose as sp
 from conftest import Lattice, poll, superpose_cli
 from http_errors import error_of
 from superpose import protocol
+from superpose.client import durable
+from superpose.client.durable import Submitter
 from superpose.config import MAX_HTTP_BODY_BYTES
+from superpose.lattice import results
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$", re.MULTILINE)
 
@@ -329,6 +336,51 @@ def test_a_python_spawn_is_known_over_http(http: httpx.Client, client: sp.Client
     assert http.get(path).status_code == 202
     assert http.delete(path).status_code == 200
     assert finished(http, future.invocation_id)["status"] == "cancelled"
+
+
+def test_a_result_outliving_its_record_still_answers_409(
+    http: httpx.Client, client: sp.Client
+) -> None:
+    """Records expire with their client's last submission, results with their end: an
+    id with a stored result but no record had finished, it did not never exist."""
+    orphan = f"gone{uuid.uuid4().hex[:8]}.1"
+    failure = protocol.ErrorInfo(protocol.ERR_RAISED, "ValueError", "long ago")
+    stored = protocol.Result(id=orphan, node="test", error=failure, finished=time.time())
+    client.run(results.store_many(client.nc, [(orphan, stored.encode())]))
+    response = http.delete(f"/v1/invocations/{orphan}")
+    assert response.status_code == 409
+    assert f"{orphan} had already finished (failed)" in error_of(response)["message"]
+
+
+def test_an_unreadable_issued_record_counts_as_not_issued(
+    http: httpx.Client, client: sp.Client
+) -> None:
+    client_part = f"garbled{uuid.uuid4().hex[:8]}"
+    client.run(client.assets.issued.put(client_part, b"not hex"))
+    assert http.delete(f"/v1/invocations/{client_part}.1").status_code == 404
+
+
+async def test_ids_that_cannot_be_recorded_are_logged_not_failed(
+    lattice: Lattice, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording runs beside the envelopes' publish: if it fails for good, they may
+    have landed and will run, so the submission is not failed; the client warns."""
+    nc = await nats.connect(lattice.url)
+    try:
+        missing = KeyValue(
+            name="sp_missing",
+            stream=protocol.kv_stream("sp_missing"),
+            pre=protocol.kv_subject("sp_missing", ""),
+            js=nc.jetstream(),
+            direct=False,
+        )
+        submitter = Submitter(nc, "c0ffee", lambda *_: None, missing, missing)
+        monkeypatch.setattr(durable, "ACCEPT_DEADLINE_S", 0.5)
+        with caplog.at_level(logging.WARNING, "superpose.client"):
+            await submitter._record_issued(["c0ffee.1", "c0ffee.2"])
+        assert "could not record 2 invocation id(s) as issued" in caplog.text
+    finally:
+        await nc.close()
 
 
 @pytest.mark.parametrize(
