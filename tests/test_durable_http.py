@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
+from nats.js.kv import KeyValue
 
 import fns
 import superpose as sp
 from conftest import Lattice, poll, superpose_cli
+from http_errors import error_of
 from superpose import protocol
+from superpose.client import durable
+from superpose.client.durable import Submitter
 from superpose.config import MAX_HTTP_BODY_BYTES
+from superpose.lattice import results
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$", re.MULTILINE)
 
@@ -76,14 +85,6 @@ def name(app: tuple[str, str, str]) -> str:
 def http(lattice: Lattice) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=lattice.gateway, timeout=90) as c:
         yield c
-
-
-def error_of(response: httpx.Response) -> dict[str, str]:
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error: dict[str, str] = body["error"]
-    assert error["type"] and error["message"]
-    return error
 
 
 def invoke(http: httpx.Client, path: str, **kwargs: Any) -> str:
@@ -174,7 +175,7 @@ def test_the_same_idempotency_key_gives_the_same_id_and_result(
 def test_a_bad_idempotency_key_is_a_400(http: httpx.Client, name: str, key: str) -> None:
     response = http.post(f"/v1/invoke/{name}.echo", headers={"Idempotency-Key": key})
     assert response.status_code == 400
-    assert "idempotency_key" in error_of(response)["message"]
+    assert "Idempotency-Key" in error_of(response)["message"]
 
 
 def test_the_version_header_and_path_pick_the_version(
@@ -277,33 +278,156 @@ def test_cancelling_a_finished_invocation_is_a_409(http: httpx.Client, name: str
     assert finished(http, invocation_id)["result"] == {"args": [3], "kwargs": {}}  # untouched
 
 
-def test_an_unknown_id_is_pending(http: httpx.Client) -> None:
-    unknown = f"nobody.{uuid.uuid4().hex[:8]}"
-    for params in ({}, {"wait": "0.2"}):
-        response = http.get(f"/v1/invocations/{unknown}", params=params)
-        assert response.status_code == 202
-        assert response.json() == {"id": unknown, "status": "pending"}
+UNKNOWN_IDS = ["neverexisted42", "nobody.1", "nobody.0x1", "idem.0123456789abcdef"]
+"""Ids never issued: no dot, an unknown client, not how ids are numbered, an unused key."""
+
+
+@pytest.mark.parametrize("unknown", UNKNOWN_IDS)
+def test_an_id_never_issued_is_a_404_and_a_cancel_of_it_stores_nothing(
+    http: httpx.Client, unknown: str
+) -> None:
+    path = f"/v1/invocations/{unknown}"
+    for method, params in (("GET", {}), ("GET", {"wait": "0.2"}), ("DELETE", {}), ("GET", {})):
+        response = http.request(method, path, params=params)
+        assert response.status_code == 404, (method, response.text)
+        error = error_of(response)
+        assert error["type"] == "NotFound"
+        assert f"no invocation {unknown}: it was never issued" in error["message"]
+
+
+def test_an_id_past_what_its_client_issued_is_a_404(http: httpx.Client, name: str) -> None:
+    invocation_id = invoke(http, f"{name}.echo", json={"args": ["mine"]})
+    client_part, _, seq = invocation_id.partition(".")
+    later = f"{client_part}.{int(seq, 16) + 1000:x}"
+    assert http.delete(f"/v1/invocations/{later}").status_code == 404
+    assert http.get(f"/v1/invocations/{later}").status_code == 404
+    assert finished(http, invocation_id)["status"] == "done"  # the real one is untouched
+
+
+def test_an_idempotency_key_not_submitted_yet_is_unknown_then_runs(
+    http: httpx.Client, name: str
+) -> None:
+    """Cancelling a key's id before the key is used stores nothing: the later
+    submission runs as if the DELETE had never been sent."""
+    key = f"later-{uuid.uuid4().hex}"
+    key_id = protocol.idempotent_id(hashlib.sha256(key.encode()).hexdigest()[:40])
+    assert http.delete(f"/v1/invocations/{key_id}").status_code == 404
+    invocation_id = invoke(
+        http, f"{name}.echo", json={"args": ["keyed"]}, headers={"Idempotency-Key": key}
+    )
+    assert invocation_id == key_id
+    assert finished(http, invocation_id)["result"] == {"args": ["keyed"], "kwargs": {}}
+
+
+def test_an_invocation_cancelled_as_soon_as_it_is_accepted_is_found(
+    http: httpx.Client, name: str, tmp_path: Path
+) -> None:
+    """Its id is recorded as issued before the 202: a cancel right after never misses it."""
+    invocation_id = invoke(http, f"{name}.nap", json={"args": [str(tmp_path / "m"), 60]})
+    cancelled = http.delete(f"/v1/invocations/{invocation_id}")
+    assert cancelled.status_code == 200, cancelled.text
+    assert finished(http, invocation_id)["status"] == "cancelled"
+
+
+def test_a_python_spawn_is_known_over_http(http: httpx.Client, client: sp.Client) -> None:
+    future = fns.sleepy.spawn(60)
+    poll(future.accepted.is_set, "the spawn to be persisted")
+    path = f"/v1/invocations/{future.invocation_id}"
+    assert http.get(path).status_code == 202
+    assert http.delete(path).status_code == 200
+    assert finished(http, future.invocation_id)["status"] == "cancelled"
+
+
+def test_a_result_outliving_its_record_still_answers_409(
+    http: httpx.Client, client: sp.Client
+) -> None:
+    """Records expire with their client's last submission, results with their end: an
+    id with a stored result but no record had finished, it did not never exist."""
+    orphan = f"gone{uuid.uuid4().hex[:8]}.1"
+    failure = protocol.ErrorInfo(protocol.ERR_RAISED, "ValueError", "long ago")
+    stored = protocol.Result(id=orphan, node="test", error=failure, finished=time.time())
+    client.run(results.store_many(client.nc, [(orphan, stored.encode())]))
+    response = http.delete(f"/v1/invocations/{orphan}")
+    assert response.status_code == 409
+    assert f"{orphan} had already finished (failed)" in error_of(response)["message"]
+
+
+def test_an_unreadable_issued_record_counts_as_not_issued(
+    http: httpx.Client, client: sp.Client
+) -> None:
+    client_part = f"garbled{uuid.uuid4().hex[:8]}"
+    client.run(client.assets.issued.put(client_part, b"not hex"))
+    assert http.delete(f"/v1/invocations/{client_part}.1").status_code == 404
+
+
+async def test_ids_that_cannot_be_recorded_are_logged_not_failed(
+    lattice: Lattice, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording runs beside the envelopes' publish: if it fails for good, they may
+    have landed and will run, so the submission is not failed; the client warns."""
+    nc = await nats.connect(lattice.url)
+    try:
+        missing = KeyValue(
+            name="sp_missing",
+            stream=protocol.kv_stream("sp_missing"),
+            pre=protocol.kv_subject("sp_missing", ""),
+            js=nc.jetstream(),
+            direct=False,
+        )
+        submitter = Submitter(nc, "c0ffee", lambda *_: None, missing, missing)
+        monkeypatch.setattr(durable, "ACCEPT_DEADLINE_S", 0.5)
+        with caplog.at_level(logging.WARNING, "superpose.client"):
+            await submitter._record_issued(["c0ffee.1", "c0ffee.2"])
+        assert "could not record 2 invocation id(s) as issued" in caplog.text
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize(
+    ("invocation_id", "mark"),
+    [
+        ("0123abcd.1", ("0123abcd", 1)),
+        ("0123abcd.ff", ("0123abcd", 255)),
+        ("idem.abc", ("idem.abc", 0)),
+        ("sched.0a1b-1700000000000", ("sched.0a1b-1700000000000", 0)),  # a tick, by name
+        ("0123abcd.01", None),  # durable_id writes no leading zero
+        ("0123abcd.0x1", None),
+        ("0123abcd.1_0", None),
+        ("0123abcd.-1", None),
+        ("0123abcd", None),
+        ("idem", None),
+        ("not..valid", None),
+    ],
+)
+def test_the_issued_mark_of_an_id(invocation_id: str, mark: tuple[str, int] | None) -> None:
+    assert protocol.issued_mark(invocation_id) == mark
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
 def test_a_malformed_id_is_a_400(http: httpx.Client, method: str) -> None:
     response = http.request(method, "/v1/invocations/not..an..id")
     assert response.status_code == 400
-    assert "is not an invocation id" in error_of(response)["message"]
+    assert "'not..an..id' is not a valid invocation id" in error_of(response)["message"]
 
 
-@pytest.mark.parametrize("wait", ["soon", "-1", "nan", "inf"])
-def test_a_bad_wait_is_a_400(http: httpx.Client, wait: str) -> None:
+@pytest.mark.parametrize(
+    "wait", ["soon", "-1", "-0.001", "nan", "inf", "1e308", "60.5", "100000", "", "0x10", "1_0"]
+)
+def test_a_wait_outside_0_to_60_is_a_400(http: httpx.Client, wait: str) -> None:
     response = http.get("/v1/invocations/nobody.1", params={"wait": wait})
     assert response.status_code == 400
-    assert "wait" in error_of(response)["message"]
+    message = error_of(response)["message"]
+    assert f"wait={wait!r} is not allowed" in message
+    assert "from 0 to 60" in message
 
 
-def test_a_wait_over_the_cap_still_answers(http: httpx.Client, name: str) -> None:
-    invocation_id = invoke(http, f"{name}.echo", json={"args": ["capped"]})
-    response = http.get(f"/v1/invocations/{invocation_id}", params={"wait": "100000"})
+@pytest.mark.parametrize("wait", ["0", "60", "0.5", "1e1", "-0"])
+def test_a_wait_within_0_to_60_is_taken(http: httpx.Client, name: str, wait: str) -> None:
+    invocation_id = invoke(http, f"{name}.echo", json={"args": [wait]})
+    assert finished(http, invocation_id)["status"] == "done"
+    response = http.get(f"/v1/invocations/{invocation_id}", params={"wait": wait})
     assert response.status_code == 200
-    assert response.json()["result"] == {"args": ["capped"], "kwargs": {}}
+    assert response.json()["result"] == {"args": [wait], "kwargs": {}}
 
 
 def test_openapi_describes_the_durable_endpoints(http: httpx.Client) -> None:

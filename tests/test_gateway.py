@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from conftest import ROOT, Lattice, superpose_cli
+from http_errors import error_of
 from superpose.config import MAX_HTTP_BODY_BYTES
 from superpose.local.lattice import free_port
 
@@ -69,14 +70,6 @@ def app(lattice: Lattice, tmp_path_factory: pytest.TempPathFactory) -> str:
 def http(lattice: Lattice) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=lattice.gateway, timeout=60) as c:
         yield c
-
-
-def error_of(response: httpx.Response) -> dict[str, str]:
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error: dict[str, str] = body["error"]
-    assert error["type"] and error["message"]
-    return error
 
 
 def test_call_returns_the_result(http: httpx.Client, app: str) -> None:

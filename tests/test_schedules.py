@@ -18,6 +18,7 @@ from nats.js.errors import KeyNotFoundError
 import superpose as sp
 from conftest import Lattice, poll, superpose_cli
 from superpose import protocol
+from superpose.lattice import issued
 from superpose.code.bundle import Bundle
 from superpose.code.discover import discover, functions_in_module
 from superpose.code.schedules import from_record
@@ -285,6 +286,8 @@ def test_a_one_second_period_runs_once_per_tick_on_two_nodes(
     assert ticks == list(range(ticks[0], ticks[-1] + 1000, 1000)), f"a tick was skipped: {ticks}"
     assert all(i == protocol.schedule_invocation_id(app, "tick", tick_of(i)) for i in ids)
     assert client.result(ids[-1], timeout=30) == "v1"  # stored like any durable result
+    # and issued like any: the gateway finds it, and can cancel a tick still to run
+    assert client.run(issued.was_issued(client.assets.issued, ids[-1]))
 
 
 def test_latest_moves_the_schedule_and_a_version_without_it_stops_it(

@@ -43,6 +43,9 @@ CANCELS_BUCKET = "sp_cancels"
 """Cancelled invocation ids: every node watches it, so one that starts later knows too."""
 SCHEDULES_BUCKET = "sp_schedules"
 """The last tick submitted of each schedule (``ScheduleRun``), by ``schedule_key``."""
+ISSUED_BUCKET = "sp_issued"
+"""Which durable invocation ids exist (``issued_mark``), so a cancel can tell an id
+that was never issued from one still queued."""
 
 NODE_TTL_S = 10.0
 """A node that has not refreshed its entry for this long is considered gone."""
@@ -66,12 +69,16 @@ ATOMIC_BATCH_MAX = 1000
 LOG_RETENTION_S = 24 * 3600.0
 LOG_MAX_BYTES = 256 * 1024 * 1024
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+NAME_MAX_CHARS = 64
+NAME_PATTERN = rf"[A-Za-z_][A-Za-z0-9_-]{{0,{NAME_MAX_CHARS - 1}}}"
+"""An app, function, alias or node name, whole (``fullmatch``): the gateway's OpenAPI
+document states this same pattern."""
+_NAME_RE = re.compile(NAME_PATTERN)
 
 
 def is_valid_name(name: str) -> bool:
     """App and function names become subject tokens, so they are kept simple."""
-    return bool(_NAME_RE.match(name))
+    return _NAME_RE.fullmatch(name) is not None
 
 
 def call_subject(app: str, fn: str) -> str:
@@ -211,11 +218,34 @@ def schedule_invocation_id(app: str, fn: str, tick_ms: int) -> str:
     return f"sched.{function}-{tick_ms}"
 
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64})?$")
+_ID_PART = "[A-Za-z0-9_-]{1,64}"
+INVOCATION_ID_PATTERN = rf"{_ID_PART}(\.{_ID_PART})?"
+"""An invocation (or trace) id, whole: a client's ``durable_id``, an ``idempotent_id``,
+or a direct call's id."""
+INVOCATION_ID_MAX_CHARS = 2 * 64 + 1
+_ID_RE = re.compile(INVOCATION_ID_PATTERN)
+_SEQ_RE = re.compile("[1-9a-f][0-9a-f]*")
 
 
 def is_valid_invocation_id(text: str) -> bool:
-    return bool(_ID_RE.match(text))
+    return _ID_RE.fullmatch(text) is not None
+
+
+def issued_mark(invocation_id: str) -> tuple[str, int] | None:
+    """Where the issued bucket records a durable id, and the number it must reach.
+
+    A client's ids (``durable_id``) are numbered in order from 1, so one key per
+    client, holding the highest number it has persisted, records them all; an
+    idempotency key's id is recorded under itself (number 0). None: not a durable id.
+    """
+    if not is_valid_invocation_id(invocation_id):
+        return None
+    head, _, tail = invocation_id.partition(".")
+    if head in ("idem", "sched") and tail:  # a key's id, a schedule's tick: by name
+        return invocation_id, 0
+    if _SEQ_RE.fullmatch(tail) is None:  # as ``durable_id`` writes it: no 0x, no leading 0
+        return None
+    return head, int(tail, 16)
 
 
 def reply_subject(client_id: str, invocation_id: str) -> str:

@@ -87,8 +87,13 @@ class Client:
             placement=self._placement,
             express=self._express,
         )
-        self._durable = DurableCalls(
-            nc, assets, client_id=self.id, loop=loop, seq=seq, placement=self._placement
+        self._durable = DurableCalls(  # numbered apart: see lattice/issued.py
+            nc,
+            assets,
+            client_id=self.id,
+            loop=loop,
+            seq=itertools.count(1),
+            placement=self._placement,
         )
         self._replies = Replies(self.id, self._direct, self._durable, log_sink)
 

@@ -19,7 +19,7 @@ from nats.js.errors import KeyNotFoundError
 from superpose import protocol
 from superpose.client.durable import wait_accepted
 from superpose.errors import BadRequestError, NotFoundError, SuperposeError
-from superpose.lattice import objects, payload
+from superpose.lattice import issued, objects, payload
 from superpose.lattice.connection import Assets
 
 if TYPE_CHECKING:
@@ -125,16 +125,30 @@ async def cancel(client: Client, invocation_id: str) -> str | None:
     """Cancel one durable invocation: None if it was, else how it had already finished.
 
     The answer is ``done``, ``failed`` or ``cancelled`` (cancelled before).
-    An id that never existed cannot be told from one still queued: it is
-    "cancelled" too, and nothing will ever run under it.
+    An id that was never issued (mistyped, or an idempotency key's not submitted
+    yet) is a NotFoundError, and nothing is stored for it: every id is recorded
+    as issued before its submission counts as accepted (``lattice/issued.py``).
     """
     _check_id(invocation_id)
+    if not await issued.was_issued(client.assets.issued, invocation_id):
+        found = await client.result_async(invocation_id, wait=False)
+        if found is None:
+            raise NotFoundError(unknown_invocation(invocation_id))
+        return status_of(found)  # a result outlives the record of a client gone quiet
     if await client.cancel_async([invocation_id]):
         return None
     found = await client.result_async(invocation_id, wait=False)
     if found is None:  # the cancel write failed for another reason than a stored result
         raise SuperposeError(f"could not cancel {invocation_id}: the lattice refused; try again")
     return status_of(found)
+
+
+def unknown_invocation(invocation_id: str) -> str:
+    """Why an id has nothing behind it, for the CLI and the gateway alike."""
+    return (
+        f"no invocation {invocation_id}: it was never issued (an idempotency key's id "
+        "exists once its invocation is submitted), or it expired"
+    )
 
 
 def status_of(result: protocol.Result | None) -> str:

@@ -25,7 +25,7 @@ from nats.js.kv import KeyValue
 from superpose import protocol
 from superpose.client.futures import Future, fail
 from superpose.errors import LatticeError, SuperposeError, as_superpose_error
-from superpose.lattice import payload, results
+from superpose.lattice import issued, payload, results
 from superpose.lattice.batch import Message, publish_atomic
 from superpose.lattice.work import work_message
 from superpose.support.outbox import Outbox
@@ -60,9 +60,14 @@ class Durable:
 
 
 class Submitter:
-    def __init__(self, nc: NATS, client_id: str, resolve: Resolve, cancels: KeyValue) -> None:
+    def __init__(
+        self, nc: NATS, client_id: str, resolve: Resolve, cancels: KeyValue, issued: KeyValue
+    ) -> None:
         self.nc = nc
         self.cancels = cancels
+        self.issued = issued
+        self._recorded: dict[str, int] = {}
+        """The issued records this client has written: key → highest number."""
         self.client_id = client_id
         self.notify_subject = protocol.durable_notify_subject(client_id)
         self._resolve = resolve
@@ -111,7 +116,9 @@ class Submitter:
         groups = _envelopes(ready)
         keyed = [_envelope_message(g) for g in groups if g[0].future.idempotency_key is not None]
         plain = [_envelope_message(g) for g in groups if g[0].future.idempotency_key is None]
+        recording = asyncio.ensure_future(self._record_issued([d.inv.id for d in ready]))
         error = await self._publish(keyed, plain)
+        await recording  # before any future counts as accepted: a cancel by id finds it
         now = time.monotonic()
         for durable in ready:
             if error is not None:
@@ -140,6 +147,32 @@ class Submitter:
                     callback(None)
                 self._resolve(durable.future, result)
         return [d for d in burst if d.inv.id not in found]
+
+    async def _record_issued(self, ids: list[str]) -> None:
+        """Record these ids in the issued bucket, alongside their envelopes' publish.
+
+        A failure (after ACCEPT_DEADLINE_S of retries) does not fail the submission:
+        the envelopes may have landed, and then they run. It is logged, because a cancel
+        by id of these would answer that they were never issued.
+        """
+        due = {
+            key: seq
+            for key, seq in issued.marks(ids).items()
+            if seq == 0 or seq > self._recorded.get(key, 0)
+        }
+
+        async def once() -> None:
+            await asyncio.gather(*(issued.record(self.issued, k, s) for k, s in due.items()))
+
+        if not due:
+            return
+        try:
+            await retry(once, backoff=ACCEPT_RETRY, within_s=ACCEPT_DEADLINE_S)
+        except Exception:
+            log.warning("could not record %d invocation id(s) as issued", len(ids), exc_info=True)
+            return
+        for key, seq in due.items():
+            self._recorded[key] = max(seq, self._recorded.get(key, 0))
 
     async def _publish(self, keyed: list[Message], plain: list[Message]) -> SuperposeError | None:
         """Persist the envelopes, retrying through reconnects; None once acknowledged.

@@ -73,7 +73,11 @@ class DurableCalls:
 
     def start(self, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self._submitter = Submitter(
-            self._nc, self._client_id, self._settle_later, self._assets.cancels
+            self._nc,
+            self._client_id,
+            self._settle_later,
+            self._assets.cancels,
+            self._assets.issued,
         )
         self._submitter.start(spawn)
 
@@ -120,13 +124,14 @@ class DurableCalls:
         options: Options,
         ctx: protocol.CallContext,
     ) -> protocol.Invocation:
-        seq = next(self._seq)  # every submission takes a number, keyed or not
         key = options.idempotency_key
         return protocol.Invocation(
             id=(
                 protocol.idempotent_id(hashlib.sha256(key.encode()).hexdigest()[:40])
                 if key is not None
-                else protocol.durable_id(self._client_id, seq)
+                # numbered only here and in resubmit, in order: the issued record
+                # (lattice/issued.py) counts on durable numbers having no gaps
+                else protocol.durable_id(self._client_id, next(self._seq))
             ),
             app=target.app,
             fn=target.fn,

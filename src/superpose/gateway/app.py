@@ -15,14 +15,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from superpose.client.client import Client
 from superpose.config import MAX_HTTP_BODY_BYTES
 from superpose.gateway.calls import call
-from superpose.gateway.forward import http_app
+from superpose.gateway.errors import routing_error
+from superpose.gateway.forward import AppRoute, http_app
 from superpose.gateway.http_apps import METHODS, HttpApps
-from superpose.gateway.invocations import cancel, invocation, invoke
+from superpose.gateway.invocations import invocation_or_cancel, invoke
 from superpose.gateway.openapi import openapi
 from superpose.gateway.status import app_versions, health, status, trace
 
@@ -30,22 +32,23 @@ from superpose.gateway.status import app_versions, health, status, trace
 def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -> Starlette:
     """The gateway as an ASGI app; it connects to the lattice when its lifespan starts.
 
-    The catch-all ``/{app}`` routes come last: an app's path never shadows the API.
+    The ``/{app}`` routes come last and match only app names: an app's path never
+    shadows the API, and a method the API does not take answers 405, not "no such app".
     """
     return Starlette(
         routes=[
             Route("/v1/call/{name:str}", call, methods=["POST"]),
             Route("/v1/invoke/{name:str}", invoke, methods=["POST"]),
-            Route("/v1/invocations/{id:str}", invocation, methods=["GET"]),
-            Route("/v1/invocations/{id:str}", cancel, methods=["DELETE"]),
+            Route("/v1/invocations/{id:str}", invocation_or_cancel, methods=["GET", "DELETE"]),
             Route("/v1/status", status, methods=["GET"]),
             Route("/v1/apps/{app:str}", app_versions, methods=["GET"]),
             Route("/v1/traces/{id:str}", trace, methods=["GET"]),
             Route("/v1/health", health, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
-            Route("/{app:str}", http_app, methods=METHODS),
-            Route("/{app:str}/{path:path}", http_app, methods=METHODS),
+            AppRoute("/{app:str}", http_app, methods=METHODS),
+            AppRoute("/{app:str}/{path:path}", http_app, methods=METHODS),
         ],
+        exception_handlers={HTTPException: routing_error},
         lifespan=_lifespan(lattice_url, max_body_bytes),
     )
 

@@ -8,9 +8,12 @@ function 404, body too big 413), a function that raised or crashed a 500, a time
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from superpose import protocol
 from superpose.errors import (
@@ -48,12 +51,34 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
-def error(status: int, type_name: str, message: str, traceback: str = "") -> JSONResponse:
+def error(
+    status: int,
+    type_name: str,
+    message: str,
+    traceback: str = "",
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     """The one error body every endpoint answers with, so clients parse a single shape."""
     body: dict[str, Any] = {"type": type_name, "message": message}
     if traceback:
         body["traceback"] = traceback
-    return JSONResponse({"error": body}, status_code=status)
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+async def routing_error(request: Request, exc: Exception) -> Response:
+    """What the router answers itself (no route matched the path, or none takes the
+    method) in the same shape as every other error, its ``Allow`` header kept."""
+    if not isinstance(exc, HTTPException):  # the only kind it is registered for
+        raise exc
+    path = request.url.path
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {path}; it takes {allowed}"
+        return error(405, "MethodNotAllowed", message, headers=exc.headers)
+    if exc.status_code == 404:
+        message = f"no such endpoint or app: {path} (the API is described at /openapi.json)"
+        return error(404, "NotFound", message)
+    return error(exc.status_code, "HTTPError", exc.detail, headers=exc.headers)
 
 
 def error_response(exc: BodyTooLarge | SuperposeError) -> JSONResponse:

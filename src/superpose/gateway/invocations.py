@@ -1,6 +1,7 @@
 """Durable invocations over HTTP: ``POST /v1/invoke/{name}`` answers 202 with the id once
 JetStream has persisted it; ``GET /v1/invocations/{id}`` reads its stored result (202
-while there is none) and ``DELETE`` cancels it (409 if it had finished).
+while there is none) and ``DELETE`` cancels it (409 if it had finished). An id that
+was never issued is a 404 for both, and a DELETE of one stores nothing.
 
 An HTTP client cannot hold a call open across a node's death, so it gets an id to
 come back with instead of the result.
@@ -16,12 +17,11 @@ from starlette.responses import JSONResponse, Response
 from superpose import protocol
 from superpose.client import dead_letters as dead
 from superpose.client.client import Client
-from superpose.errors import BadRequestError, SuperposeError
+from superpose.errors import NotFoundError, SuperposeError
+from superpose.gateway import contract
 from superpose.gateway.errors import BodyTooLarge, error, error_response
 from superpose.gateway.requests import IDEMPOTENCY_HEADER, answer_headers, client_of, read_call
-
-MAX_WAIT_S = 60.0
-"""``GET /v1/invocations/{id}?wait=S`` waits at most this long, whatever S says."""
+from superpose.lattice import issued
 
 
 async def invoke(request: Request) -> Response:
@@ -29,6 +29,8 @@ async def invoke(request: Request) -> Response:
     client = client_of(request)
     try:
         key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None:
+            contract.IDEMPOTENCY_KEY.check(key)
         target, body, ctx = await read_call(client, request)
         invocation_id = await client.invoke_json(target, body, idempotency_key=key, ctx=ctx)
     except (BodyTooLarge, SuperposeError) as exc:
@@ -40,21 +42,35 @@ async def invoke(request: Request) -> Response:
     )
 
 
+async def invocation_or_cancel(request: Request) -> Response:
+    """``/v1/invocations/{id}`` is one route, so a method it does not take answers 405
+    naming both it does (two routes would each name only their own)."""
+    return await (cancel if request.method == "DELETE" else invocation)(request)
+
+
 async def invocation(request: Request) -> Response:
-    """``GET /v1/invocations/{id}[?wait=S]``: the stored result, or 202 pending."""
-    client, invocation_id = client_of(request), request.path_params["id"]
+    """``GET /v1/invocations/{id}[?wait=S]``: the stored result, or 202 pending; 404
+    for an id never issued (looked up before waiting, so it is answered at once)."""
+    client = client_of(request)
     try:
-        wait = _wait_param(request.query_params.get("wait"))
-        found = await client.result_async(invocation_id, wait=wait > 0, timeout=wait)
+        invocation_id = contract.INVOCATION_ID.check(request.path_params["id"])
+        wait = contract.wait_s(request.query_params.get("wait"))
+        found = await client.result_async(invocation_id, wait=False)
+        if found is None and not await issued.was_issued(client.assets.issued, invocation_id):
+            raise NotFoundError(dead.unknown_invocation(invocation_id))
+        if found is None and wait > 0:
+            found = await client.result_async(invocation_id, wait=True, timeout=wait)
         return await _invocation_response(client, invocation_id, found)
     except SuperposeError as exc:
         return error_response(exc)
 
 
 async def cancel(request: Request) -> Response:
-    """``DELETE /v1/invocations/{id}``: cancel it, or 409 if it had already finished."""
+    """``DELETE /v1/invocations/{id}``: cancel it; 409 if it had already finished, 404
+    (storing nothing) if it was never issued."""
     invocation_id = request.path_params["id"]
     try:
+        contract.INVOCATION_ID.check(invocation_id)
         finished = await dead.cancel(client_of(request), invocation_id)
     except SuperposeError as exc:
         return error_response(exc)
@@ -63,20 +79,6 @@ async def cancel(request: Request) -> Response:
             409, "AlreadyFinished", f"invocation {invocation_id} had already finished ({finished})"
         )
     return JSONResponse({"id": invocation_id, "status": "cancelled"})
-
-
-def _wait_param(text: str | None) -> float:
-    """Seconds ``?wait=`` asks for, capped at MAX_WAIT_S so no request holds a
-    connection for long; 0 when absent."""
-    if text is None or text == "":
-        return 0.0
-    try:
-        wait = float(text)
-    except ValueError:
-        raise BadRequestError(f"wait={text!r} is not a number of seconds") from None
-    if not 0 <= wait < float("inf"):
-        raise BadRequestError(f"wait must be a number of seconds ≥ 0, got {text!r}")
-    return min(wait, MAX_WAIT_S)
 
 
 async def _invocation_response(

@@ -1,7 +1,9 @@
 """The gateway's OpenAPI 3.1 document, served at ``/openapi.json``.
 
 Written by hand, not generated from the routes: the endpoints take raw JSON and pass
-results through as bytes, so there are no models to generate it from.
+results through as bytes, so there are no models to generate it from. What the
+gateway validates (names, ids, versions, headers, ``wait``) is not written here but
+taken from ``contract``, the definitions the handlers check requests with.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from superpose.gateway.invocations import MAX_WAIT_S
+from superpose.gateway import contract
+from superpose.gateway.http_apps import METHODS
 
 _ERROR = {
     "type": "object",
@@ -26,21 +29,36 @@ _ERROR = {
             "required": ["type", "message"],
         }
     },
+    "required": ["error"],
 }
 
-_NAME_PARAM = {
-    "name": "name",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "APP.FN or APP.FN@VERSION",
-}
-_VERSION_PARAM = {
-    "name": "X-Superpose-Version",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": "version digest or alias",
+
+def _param(name: str, where: str, text: contract.Text, why: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "schema": text.schema(),
+        "description": f"{why} ({text.hint})",
+    }
+
+
+_NAME_PARAM = _param("name", "path", contract.FUNCTION, "the function to call")
+_VERSION_PARAM = _param(
+    "X-Superpose-Version",
+    "header",
+    contract.VERSION,
+    "the version to call, before an @VERSION in the path; an empty header is refused",
+)
+_ID_PARAM = _param(
+    "id", "path", contract.INVOCATION_ID, "an invocation id from /v1/invoke (or a Python spawn)"
+)
+_VERSION_ANSWERED = {
+    "X-Superpose-Version": {
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "the digest of the version that answered",
+    }
 }
 _CALL_BODY = {
     "content": {
@@ -75,178 +93,236 @@ _INVOCATION = {
     },
     "required": ["id", "status"],
 }
+_UNKNOWN_ID = (
+    "no invocation was issued with this id (an idempotency key's id exists only once "
+    "/v1/invoke has answered 202 for it), or its record expired"
+)
+
+
+def _json(why: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"description": why, "content": {"application/json": {"schema": schema}}, **extra}
 
 
 def _errors(*answers: tuple[str, str]) -> dict[str, Any]:
     """Error answers, each with the one error body ``errors.error`` writes."""
+    return {code: _json(why, _ERROR) for code, why in answers}
+
+
+_CALL = {
+    "post": {
+        "summary": "Call a deployed function and wait for its result",
+        "parameters": [_NAME_PARAM, _VERSION_PARAM],
+        "requestBody": _CALL_BODY,
+        "responses": {
+            "200": _json(
+                "the result",
+                {"type": "object", "properties": {"result": {}}, "required": ["result"]},
+                headers=_VERSION_ANSWERED,
+            ),
+            **_errors(
+                ("400", "malformed body, name or version, or an ambiguous version prefix"),
+                ("404", "unknown app, function or version"),
+                ("413", "body over the limit"),
+                ("500", "the function raised or crashed"),
+                ("503", "no node is serving"),
+                ("504", "the function timed out"),
+            ),
+        },
+    }
+}
+
+_INVOKE = {
+    "post": {
+        "summary": "Persist a durable invocation; answers its id at once",
+        "parameters": [
+            _NAME_PARAM,
+            _VERSION_PARAM,
+            _param(
+                "Idempotency-Key",
+                "header",
+                contract.IDEMPOTENCY_KEY,
+                "a key used before returns that invocation's id, not a new run",
+            ),
+        ],
+        "requestBody": _CALL_BODY,
+        "responses": {
+            "202": _json(
+                "persisted: it will run even if a node dies",
+                {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]},
+                headers={
+                    "Location": {
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "/v1/invocations/{id}",
+                    },
+                    **_VERSION_ANSWERED,
+                },
+                links={
+                    "state": {
+                        "operationId": "invocation",
+                        "parameters": {"id": "$response.body#/id"},
+                    },
+                    "cancel": {
+                        "operationId": "cancel",
+                        "parameters": {"id": "$response.body#/id"},
+                    },
+                },
+            ),
+            **_errors(
+                ("400", "malformed body, name, version or idempotency key"),
+                ("404", "unknown app, function or version"),
+                ("413", "body over the limit"),
+                ("503", "no node meets the function's needs"),
+            ),
+        },
+    }
+}
+
+_INVOCATIONS = {
+    "parameters": [_ID_PARAM],
+    "get": {
+        "operationId": "invocation",
+        "summary": "The state and result of a durable invocation",
+        "parameters": [
+            {
+                "name": "wait",
+                "in": "query",
+                "required": False,
+                "schema": contract.wait_schema(),
+                "description": "seconds to wait for the result, from 0 (the default) to "
+                f"{contract.MAX_WAIT_S:g}; anything else is refused",
+            }
+        ],
+        "responses": {
+            "200": _json(
+                "finished: done (with result), failed (with error) or cancelled", _INVOCATION
+            ),
+            "202": _json("pending: no result stored yet", _INVOCATION),
+            **_errors(("400", "malformed id or wait"), ("404", _UNKNOWN_ID)),
+        },
+    },
+    "delete": {
+        "operationId": "cancel",
+        "summary": "Cancel a durable invocation: dropped if queued, killed if running",
+        "responses": {
+            "200": _json("cancelled", _INVOCATION),
+            **_errors(
+                ("400", "malformed id"),
+                ("404", f"{_UNKNOWN_ID}; nothing is stored"),
+                ("409", "it had already finished"),
+            ),
+        },
+    },
+}
+
+_READS = {
+    "/v1/status": {
+        "get": {
+            "summary": "Nodes, apps and versions",
+            "responses": {"200": _json("lattice state", {"type": "object"})},
+        }
+    },
+    "/v1/apps/{app}": {
+        "get": {
+            "summary": "An app's versions (newest first, with files changed from the one "
+            "before), its aliases and its routing",
+            "parameters": [_param("app", "path", contract.APP, "the app")],
+            "responses": {
+                "200": _json("versions, aliases and routing", {"type": "object"}),
+                **_errors(("400", "malformed app name"), ("404", "unknown app")),
+            },
+        }
+    },
+    "/v1/traces/{id}": {
+        "get": {
+            "summary": "Which version of each function answered a traced request",
+            "parameters": [
+                _param("id", "path", contract.TRACE_ID, "an X-Superpose-Trace-Id answered")
+            ],
+            "responses": {
+                "200": _json(
+                    "the spans recorded",
+                    {
+                        "type": "object",
+                        "properties": {"trace": {"type": "string"}, "spans": {"type": "array"}},
+                        "required": ["trace", "spans"],
+                    },
+                ),
+                **_errors(("400", "malformed trace id"), ("404", "no spans for that id")),
+            },
+        }
+    },
+    "/v1/health": {
+        "get": {
+            "summary": "Liveness",
+            "responses": {
+                "200": _json(
+                    "ok",
+                    {"type": "object", "properties": {"ok": {"const": True}}, "required": ["ok"]},
+                )
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})},
+        }
+    },
+}
+
+
+def _forwarded(*path: dict[str, Any]) -> dict[str, Any]:
+    """``/{app}`` and ``/{app}/{path}``: every method the route takes, answered by the
+    app. Only ``default``: the app may answer any status, with any body, so a status
+    the gateway also answers with (404, 500, ...) cannot promise the error body."""
+    operation = {
+        "summary": "Forwarded to the app's ASGI entry",
+        "responses": {
+            "default": {
+                "description": "whatever the app answers; the gateway itself answers 404 "
+                "(unknown app or version, or an app without an HTTP entry), 400 (malformed "
+                "X-Superpose-Version), 413 (body over the limit), 500 (the app failed "
+                "before answering), 503 (no node) or 504 (no answer in time), with the "
+                "JSON error body"
+            }
+        },
+    }
     return {
-        code: {"description": why, "content": {"application/json": {"schema": _ERROR}}}
-        for code, why in answers
+        "description": "The request, as the app's ASGI entry (`superpose deploy PATH --asgi "
+        "MODULE:ATTR`) answers it, streamed bodies included",
+        "parameters": [
+            _param("app", "path", contract.HTTP_APP, "the app"),
+            *path,
+            _VERSION_PARAM,
+        ],
+        **{method.lower(): operation for method in METHODS},
     }
 
 
+_APP_PATH = {
+    "name": "path",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "the path the app sees, under its root path /{app}",
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "superpose gateway", "version": "1"},
+    "info": {
+        "title": "superpose gateway",
+        "version": "1",
+        "description": 'Errors are `{"error": {"type", "message", "traceback"?}}`. '
+        "A method a path does not take answers 405 with an `Allow` header.",
+    },
     "paths": {
-        "/v1/call/{name}": {
-            "post": {
-                "summary": "Call a deployed function and wait for its result",
-                "parameters": [_NAME_PARAM, _VERSION_PARAM],
-                "requestBody": _CALL_BODY,
-                "responses": {
-                    "200": {
-                        "description": "the result",
-                        "content": {
-                            "application/json": {
-                                "schema": {"type": "object", "properties": {"result": {}}}
-                            }
-                        },
-                    },
-                    **_errors(
-                        ("400", "malformed body"),
-                        ("404", "unknown app, function or version"),
-                        ("413", "body over the limit"),
-                        ("500", "the function raised or crashed"),
-                        ("503", "no node is serving"),
-                        ("504", "the function timed out"),
-                    ),
-                },
-            }
-        },
-        "/v1/invoke/{name}": {
-            "post": {
-                "summary": "Persist a durable invocation; answers its id at once",
-                "parameters": [
-                    _NAME_PARAM,
-                    _VERSION_PARAM,
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
-                        "description": "a key used before returns that invocation's id, "
-                        "not a new run",
-                    },
-                ],
-                "requestBody": _CALL_BODY,
-                "responses": {
-                    "202": {
-                        "description": "persisted: it will run even if a node dies",
-                        "headers": {
-                            "Location": {
-                                "schema": {"type": "string"},
-                                "description": "/v1/invocations/{id}",
-                            }
-                        },
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {"id": {"type": "string"}},
-                                    "required": ["id"],
-                                }
-                            }
-                        },
-                    },
-                    **_errors(
-                        ("400", "malformed body, name or idempotency key"),
-                        ("404", "unknown app, function or version"),
-                        ("413", "body over the limit"),
-                    ),
-                },
-            }
-        },
-        "/v1/invocations/{id}": {
-            "parameters": [
-                {
-                    "name": "id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                    "description": "an invocation id from /v1/invoke (or a Python spawn)",
-                }
-            ],
-            "get": {
-                "summary": "The state and result of a durable invocation",
-                "parameters": [
-                    {
-                        "name": "wait",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "number", "minimum": 0},
-                        "description": f"seconds to wait for the result (at most {MAX_WAIT_S:g})",
-                    }
-                ],
-                "responses": {
-                    "200": {
-                        "description": "finished: done (with result), failed (with error) "
-                        "or cancelled",
-                        "content": {"application/json": {"schema": _INVOCATION}},
-                    },
-                    "202": {
-                        "description": "pending: no result stored yet (an unknown id too)",
-                        "content": {"application/json": {"schema": _INVOCATION}},
-                    },
-                    **_errors(("400", "malformed id or wait")),
-                },
-            },
-            "delete": {
-                "summary": "Cancel a durable invocation: dropped if queued, killed if running",
-                "responses": {
-                    "200": {
-                        "description": "cancelled",
-                        "content": {"application/json": {"schema": _INVOCATION}},
-                    },
-                    **_errors(
-                        ("400", "malformed id"),
-                        ("409", "it had already finished"),
-                    ),
-                },
-            },
-        },
-        "/v1/apps/{app}": {
-            "get": {
-                "summary": "An app's versions (newest first, with files changed from the one "
-                "before) and its aliases",
-                "parameters": [
-                    {"name": "app", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": {"description": "versions and aliases"},
-                    **_errors(("400", "malformed app name"), ("404", "unknown app")),
-                },
-            }
-        },
-        "/v1/status": {
-            "get": {
-                "summary": "Nodes, apps and versions",
-                "responses": {"200": {"description": "lattice state"}},
-            }
-        },
-        "/v1/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
-        "/{app}/{path}": {
-            "description": "Any method: the request, as the app's ASGI entry (`superpose deploy "
-            "PATH --asgi MODULE:ATTR`) answers it, streamed bodies included",
-            "parameters": [
-                {"name": "app", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
-                _VERSION_PARAM,
-            ],
-            "get": {
-                "summary": "Forwarded to the app (as are the other methods)",
-                "responses": {
-                    "default": {"description": "whatever the app answers"},
-                    **_errors(
-                        ("404", "unknown app or version, or an app without an HTTP entry"),
-                        ("413", "body over the limit"),
-                        ("500", "the app failed before answering"),
-                        ("503", "no node is serving"),
-                        ("504", "the app did not answer in time"),
-                    ),
-                },
-            },
-        },
+        "/v1/call/{name}": _CALL,
+        "/v1/invoke/{name}": _INVOKE,
+        "/v1/invocations/{id}": _INVOCATIONS,
+        **_READS,
+        "/{app}": _forwarded(),
+        "/{app}/{path}": _forwarded(_APP_PATH),
     },
 }
 

@@ -18,6 +18,7 @@ from superpose.client.arguments import check_call
 from superpose.client.client import Client
 from superpose.client.options import Options
 from superpose.errors import BadRequestError
+from superpose.gateway import contract
 from superpose.gateway.errors import BodyTooLarge
 from superpose.registry import routing
 from superpose.registry.mirror import Target, split_name
@@ -93,13 +94,20 @@ async def read_call(client: Client, request: Request) -> tuple[Target, bytes, pr
 
     One reading for both, so a durable invocation runs what the same call would have.
     """
-    app, fn, version = split_name(request.path_params["name"])
-    version = request.headers.get(VERSION_HEADER) or version
+    app, fn, version = split_name(contract.FUNCTION.check(request.path_params["name"]))
+    version = version_asked(request) or version
     body, args, kwargs = parse_call_body(await read_body(request, body_limit(request)))
     ctx = await request_context(client, request, app, body, fn)
     target = (await client.registry()).resolve(app, fn, version, ctx)
     check_call(target, len(args), kwargs)  # a 400 naming the parameter, not a node's error
     return target, body, ctx
+
+
+def version_asked(request: Request) -> str | None:
+    """The ``X-Superpose-Version`` header, if sent; an empty or malformed one is refused
+    rather than read as "no version", so a client's mistake is not silently ``latest``."""
+    version = request.headers.get(VERSION_HEADER)
+    return None if version is None else contract.VERSION.check(version)
 
 
 async def request_context(

@@ -11,9 +11,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from superpose import protocol
 from superpose.client.status import lattice_status
-from superpose.errors import BadRequestError, SuperposeError
+from superpose.errors import SuperposeError
+from superpose.gateway import contract
 from superpose.gateway.errors import error, error_response
 from superpose.gateway.requests import client_of
 from superpose.registry import routing, versions
@@ -33,8 +33,7 @@ async def app_versions(request: Request) -> Response:
     """``GET /v1/apps/{app}``: every version (newest first) and where the aliases point."""
     app, client = request.path_params["app"], client_of(request)
     try:
-        if not protocol.is_valid_name(app):
-            raise BadRequestError(f"{app!r} is not an app name (letters, digits, _ and -)")
+        contract.APP.check(app)
         registry = await client.registry()
         listing = versions.listing(registry, app)
         directory = await client.nodes()
@@ -48,6 +47,7 @@ async def trace(request: Request) -> Response:
     """``GET /v1/traces/{id}``: which version of each function answered a traced request."""
     trace_id = request.path_params["id"]
     try:
+        contract.TRACE_ID.check(trace_id)
         spans = await routing.read_trace(client_of(request).nc, trace_id)
     except SuperposeError as exc:
         return error_response(exc)

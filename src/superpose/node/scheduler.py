@@ -32,7 +32,7 @@ from nats.js.kv import KeyValue
 from superpose import protocol
 from superpose.code.schedules import Schedule, Scheduled, scheduled_in
 from superpose.errors import UserError
-from superpose.lattice import payload
+from superpose.lattice import issued, payload
 from superpose.lattice.batch import publish_atomic
 from superpose.lattice.connection import ensure_work_consumer
 from superpose.lattice.work import work_message
@@ -174,6 +174,8 @@ class Scheduler:
             return  # stopped meanwhile
         inv = self._invocation(scheduled, due)
         await self._open_class(inv)
+        # Recorded as issued first, as clients do, so the gateway can find and cancel it.
+        await issued.record(self.host.assets.issued, inv.id, 0)
         await publish_atomic(self.host.nc, [work_message(inv, inv.id, [inv.encode()])])
         run = protocol.ScheduleRun(
             app=inv.app,
