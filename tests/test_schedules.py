@@ -18,10 +18,10 @@ from nats.js.errors import KeyNotFoundError
 import superpose as sp
 from conftest import Lattice, poll, superpose_cli
 from superpose import protocol
-from superpose.lattice import issued
 from superpose.code.bundle import Bundle
 from superpose.code.discover import discover, functions_in_module
 from superpose.code.schedules import from_record
+from superpose.lattice import issued
 from superpose.lattice.work import work_message
 from superpose.node.scheduler import Scheduler
 from test_cli import deploy, unique, write_app
