@@ -464,6 +464,21 @@ def test_a_pyproject_that_cannot_be_read_is_refused(
     assert named in refused_deploy(lattice, client, folder)
 
 
+def test_a_bad_pip_in_a_deployed_file_is_refused_naming_the_file_and_line(
+    lattice: Lattice, client: sp.Client, tmp_path: Path
+) -> None:
+    source = """
+        import superpose as sp
+
+        @sp.function(pip=["../lib"])
+        def f() -> int:
+            return 1
+    """
+    folder = app_folder(tmp_path, {"extra.py": source})
+    error = refused_deploy(lattice, client, folder)
+    assert "extra.py:4: pip=" in error and "local path or URL" in error
+
+
 def test_a_uv_lock_that_uv_cannot_read_is_refused(
     lattice: Lattice, client: sp.Client, tmp_path: Path
 ) -> None:

@@ -126,7 +126,7 @@ def declaration_of(
     found = requirements.declared_in(path) if path.is_dir() else None
     pip: dict[str, None] = {}
     for spec in functions.values():
-        pip.update(dict.fromkeys(requirements.check_pip(spec.options.get("pip"))))
+        pip.update(dict.fromkeys(_pip_of(spec)))
     if not pip:
         return found
     if found is None:
@@ -134,6 +134,13 @@ def declaration_of(
     merged = tuple(dict.fromkeys([*found.requirements, *pip]))
     source = f"{found.source} and {requirements.PIP}"
     return requirements.Declaration(source, merged, found.requires_python, found.unused)
+
+
+def _pip_of(spec: FunctionSpec) -> tuple[str, ...]:
+    try:
+        return requirements.check_pip(spec.options.get("pip"))
+    except BadRequestError as exc:
+        raise BadRequestError(f"{spec.file}:{spec.line}: {exc.message}") from None
 
 
 async def _environment(
