@@ -278,7 +278,13 @@ def test_three_deep_runtime_linked_update_and_lock(lattice: Lattice, tmp_path: P
     shown = json.loads(
         superpose_cli("lock", "pricing", "--show", url=lattice.url, check=True).stdout
     )
-    assert shown == {"app": "pricing", "locked": {"tax": tax_v1}, "default": "latest"}
+    assert shown == {
+        "app": "pricing",
+        "locked": {"tax": tax_v1},
+        "default": "latest",
+        "env": None,  # pricing declares no packages
+        "packages": {},
+    }
     # a call made outside pricing is not bound by pricing's lock
     direct = superpose_cli("call", "tax.rate", '["eu"]', url=lattice.url, check=True)
     assert json.loads(direct.stdout) == 0.25

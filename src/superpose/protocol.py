@@ -327,6 +327,18 @@ def version_key(app: str, version: str) -> str:
     return f"ver.{app}.{version}"
 
 
+def version_id(code: str, env: str) -> str:
+    """A version's id: its code digest plus its environment digest.
+
+    Versions with no environment keep their code digest as their id (so those deployed
+    before environments existed keep theirs); the same code with another environment is
+    another version, live beside the first.
+    """
+    if not env:
+        return code
+    return hashlib.sha256(f"code {code}\nenv {env}".encode()).hexdigest()
+
+
 def alias_key(app: str, alias: str) -> str:
     return f"alias.{app}.{alias}"
 
@@ -1063,7 +1075,8 @@ def env_key(digest: str) -> str:
 
 
 class Version(Record):
-    """``ver.<app>.<digest>``: one deployed version, never replaced, only added."""
+    """``ver.<app>.<id>``: one deployed version, never replaced, only added. ``digest`` is
+    its code (the bundle nodes fetch), ``env`` its environment, ``id`` the two together."""
 
     app: str
     digest: str
@@ -1079,6 +1092,11 @@ class Version(Record):
     env: str = ""
     """The environment digest its functions run with ("" = the node's own packages):
     a version is its code digest plus this."""
+
+    @property
+    def id(self) -> str:
+        """What aliases, canaries, locks and ``ver.<app>.<id>`` name it by (``version_id``)."""
+        return version_id(self.digest, self.env)
 
 
 class Canary(Record):

@@ -33,6 +33,8 @@ class Invocation:
     app: str
     fn: str
     ctx: protocol.CallContext
+    env: str = ""
+    """The environment it runs with: nested calls of the same bundle run with it too."""
 
 
 @dataclass

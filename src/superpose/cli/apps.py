@@ -28,7 +28,9 @@ def cmd_deploy(ns: argparse.Namespace) -> int:
     from superpose.client.deploy import deploy
 
     async def body(client: Client) -> int:
-        done = await deploy(client, Path(ns.path), ns.name, asgi=ns.asgi)
+        done = await deploy(client, Path(ns.path), ns.name, asgi=ns.asgi, progress=_say)
+        if done.env is not None:
+            print(f"environment {done.env.digest[:12]}")
         print(
             f"deployed {done.app} version {done.version[:12]}  "
             f"({done.files} files, {done.uploaded} uploaded, {done.size} bytes)"
@@ -40,6 +42,10 @@ def cmd_deploy(ns: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(common.with_client(ns.lattice, body))
+
+
+def _say(step: str) -> None:
+    print(step, flush=True)
 
 
 def cmd_ls(ns: argparse.Namespace) -> int:
@@ -86,9 +92,12 @@ def cmd_versions(ns: argparse.Namespace) -> int:
             )
             marks = f"  [{', '.join(row['aliases'])}]" if row["aliases"] else ""
             print(
-                f"  {row['version'][:12]}  {common.when(row['created'])}  {row['size']:>8} B  "
-                f"{row['files']:>4} files  {diff:<14}{marks}".rstrip()
+                f"  {row['version'][:12]}  {common.when(row['created'])}  "
+                f"code {row['code'][:12]}  env {(row['env'] or '-')[:12]:<12}  "
+                f"{row['size']:>8} B  {row['files']:>4} files  {diff:<14}{marks}".rstrip()
             )
+            if row["packages"]:
+                print(f"      packages: {', '.join(row['packages'])}")
         return 0
 
     return asyncio.run(common.with_client(ns.lattice, body))
@@ -164,7 +173,11 @@ def add_commands(add: common.AddCommand) -> None:
     p = add("ls", cmd_ls, "list apps, functions and versions")
     p.add_argument("--json", action="store_true")
 
-    p = add("versions", cmd_versions, "list an app's versions: time, size, files changed, aliases")
+    p = add(
+        "versions",
+        cmd_versions,
+        "list an app's versions: time, code and environment, files and packages changed, aliases",
+    )
     p.add_argument("app")
     p.add_argument("--json", action="store_true")
 

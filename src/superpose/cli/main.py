@@ -1,7 +1,7 @@
 """The ``superpose`` command: one parser, and one place that turns errors into exit statuses.
 
 The commands live in one module per group (``lattice``, ``apps``, ``calls``, ``routing``,
-``schedules``); the cli package is the only one that prints or exits, library code raises.
+``schedules``, ``envs``); the cli package is the only one that prints or exits, library code raises.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import sys
 
 from superpose import config
-from superpose.cli import apps, calls, common, lattice, routing, schedules
+from superpose.cli import apps, calls, common, envs, lattice, routing, schedules
 from superpose.errors import RemoteError, SuperposeError
 
 HELP_ORDER = (
@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     calls.add_commands(add)
     routing.add_commands(add)
     schedules.add_commands(add)
+    envs.add_commands(add)
     _in_help_order(sub)
     return parser
 

@@ -32,6 +32,7 @@ from superpose.client.names import Names
 from superpose.client.options import Options
 from superpose.client.placement import Placement
 from superpose.client.replies import LogSink, Replies
+from superpose.client.resolving import lattice_platform, resolve_and_record
 from superpose.client.scripts import ScriptBundles
 from superpose.errors import SuperposeError
 from superpose.lattice.connection import Assets, ensure_assets
@@ -74,7 +75,7 @@ class Client:
         self._closed = False
         seq = itertools.count(1)
         self._names = Names(assets.registry, loop)
-        self._scripts = ScriptBundles(nc, loop)
+        self._scripts = ScriptBundles(nc, loop, self._script_env)
         self._placement = Placement(nc, assets.nodes, self._names)
         self._express = ExpressRoutes(config.settings().express)
         self._direct = DirectCalls(
@@ -214,9 +215,22 @@ class Client:
     def script_bundle(self, module_name: str) -> tuple[str, str, str]:
         return self._scripts.bundle(module_name)
 
+    def script_env(self, module_name: str) -> str:
+        """The env digest of the script bundle ``script_bundle`` built ("" for none)."""
+        return self._scripts.env(module_name)
+
     def value_bundle(self, owner: Any, name: str, fn: FunctionType) -> str:
         """The digest of the by-value bundle of a function with no file (``scripts.py``)."""
         return self._scripts.by_value(owner, name, fn)
+
+    def value_env(self, owner: Any) -> str:
+        return self._scripts.value_env(owner)
+
+    async def _script_env(self, declared: tuple[str, ...]) -> str:
+        """A script's ``pip=`` resolved for the live nodes and recorded: its env digest."""
+        target = lattice_platform((await self.nodes()).live())
+        env = await resolve_and_record(await self.registry(), target, declared)
+        return env.digest
 
     async def nodes(self) -> NodeDirectory:
         return await self._placement.nodes()

@@ -1,4 +1,10 @@
-"""``superpose deploy``: a folder or file becomes a registered, content-addressed version."""
+"""``superpose deploy``: a folder or file becomes a registered, content-addressed version.
+
+A version is its code and its environment: the packages the folder declares
+(``code/requirements.py``) are resolved for the lattice's Python and platform before
+anything is uploaded or registered, so a requirement that cannot be met leaves the
+registry as it was. The environment record is written before the version naming it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,9 @@ from pathlib import Path
 
 from superpose import protocol
 from superpose.client.client import Client
+from superpose.client.resolving import Progress, lattice_platform, resolve_and_record
 from superpose.code import bundle as bundles
-from superpose.code import store
+from superpose.code import requirements, store
 from superpose.code.asgi_entry import entry_spec
 from superpose.code.discover import FunctionSpec, discover
 from superpose.errors import BadRequestError, DeployError
@@ -30,6 +37,10 @@ class Deployed:
     size: int
     asgi: str | None = None
     """The ASGI entry (``main:app``) served at ``/<app>/`` by the gateway, if any."""
+    code: str = ""
+    """The code digest (``version`` is it with the environment, ``protocol.version_id``)."""
+    env: protocol.Environment | None = None
+    """The resolved environment, when the app declares packages."""
 
 
 def app_name_for(path: Path, name: str | None) -> str:
@@ -53,11 +64,19 @@ def build(path: Path) -> bundles.Bundle:
 
 
 async def deploy(
-    client: Client, path: Path, name: str | None = None, *, asgi: str | None = None
+    client: Client,
+    path: Path,
+    name: str | None = None,
+    *,
+    asgi: str | None = None,
+    progress: Progress | None = None,
 ) -> Deployed:
-    """Bundle, check, upload (only missing files), register, and move ``latest``.
+    """Bundle, check, resolve the packages, upload (only missing files), register, and
+    move ``latest``.
 
     ``asgi`` (``MODULE:ATTR``) also serves that ASGI app over HTTP; it must import.
+    ``progress`` is told each step of resolving (which file declared the packages, what
+    they resolved to).
     """
     path = path.resolve()
     app = app_name_for(path, name)
@@ -70,6 +89,8 @@ async def deploy(
             f"no @superpose.function found in {path}: decorate the top-level functions to expose "
             "(or serve an ASGI app with --asgi MODULE:ATTR)"
         )
+    declaration = declaration_of(path, functions)
+    env = await _environment(client, declaration, progress) if declaration else None
     digest, uploaded = await store.upload(client.nc, bundle)
     version = Version(
         app=app,
@@ -79,11 +100,65 @@ async def deploy(
         files=bundle.listing,
         functions={name: spec.as_dict() for name, spec in functions.items()},
         kind="functions" if asgi is None else "asgi",
+        env=env.digest if env else "",
     )
     registry = await client.registry()
     await registry.register(version)
-    await registry.set_alias(app, LATEST, digest)
-    return Deployed(app, digest, sorted(functions), len(bundle.files), uploaded, bundle.size, asgi)
+    await registry.set_alias(app, LATEST, version.id)
+    return Deployed(
+        app,
+        version.id,
+        sorted(functions),
+        len(bundle.files),
+        uploaded,
+        bundle.size,
+        asgi,
+        code=digest,
+        env=env,
+    )
+
+
+def declaration_of(
+    path: Path, functions: dict[str, FunctionSpec]
+) -> requirements.Declaration | None:
+    """What the app declares: its folder's file (a single deployed file has none), plus
+    the ``pip=`` its functions name, so a script's ``pip=`` holds when it is deployed."""
+    found = requirements.declared_in(path) if path.is_dir() else None
+    pip: dict[str, None] = {}
+    for spec in functions.values():
+        pip.update(dict.fromkeys(_pip_of(spec)))
+    if not pip:
+        return found
+    if found is None:
+        return requirements.Declaration(requirements.PIP, tuple(pip))
+    merged = tuple(dict.fromkeys([*found.requirements, *pip]))
+    source = f"{found.source} and {requirements.PIP}"
+    return requirements.Declaration(source, merged, found.requires_python, found.unused)
+
+
+def _pip_of(spec: FunctionSpec) -> tuple[str, ...]:
+    try:
+        return requirements.check_pip(spec.options.get("pip"))
+    except BadRequestError as exc:
+        raise BadRequestError(f"{spec.file}:{spec.line}: {exc.message}") from None
+
+
+async def _environment(
+    client: Client, declaration: requirements.Declaration, progress: Progress | None
+) -> protocol.Environment | None:
+    """Check the declaration against the lattice, then resolve and record it."""
+    say = progress or (lambda _: None)
+    target = lattice_platform((await client.nodes()).live())
+    requirements.check_python(declaration, target.python)
+    unused = (
+        f" ({', '.join(declaration.unused)} also there, not read)" if declaration.unused else ""
+    )
+    if not declaration.requirements:
+        say(f"packages: none declared in {declaration.source}{unused}")
+        return None
+    say(f"packages: from {declaration.source}{unused}")
+    registry = await client.registry()
+    return await resolve_and_record(registry, target, declaration.requirements, progress)
 
 
 async def _http_entry(

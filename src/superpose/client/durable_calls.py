@@ -136,6 +136,7 @@ class DurableCalls:
             app=target.app,
             fn=target.fn,
             digest=target.digest,
+            env=target.env,
             module=target.module,
             qualname=target.qualname,
             args=protocol.Payload(codec=codec, size=len(raw_args)),

@@ -18,6 +18,7 @@ from superpose.client.progress import progress_bar
 from superpose.client.stragglers import Stragglers
 from superpose.code import by_value, signatures
 from superpose.code.include import DECLARED, check_patterns
+from superpose.code.requirements import PIP_DECLARED, check_pip
 from superpose.code.schedules import Schedule, check_schedule, unscheduled_reason
 from superpose.errors import ArgumentError, BadRequestError, SerializationError
 from superpose.registry.mirror import Target
@@ -195,33 +196,45 @@ class Function(Invocable):
             if key not in self._targets:
                 invocation = runtime.current_invocation.get()
                 app = invocation.app if invocation is not None else node.app
+                env = invocation.env if invocation is not None else ""
                 self._targets[key] = Target(
-                    app, name, node.digest, module, qualname, signature=self._signature
+                    app, name, node.digest, module, qualname, signature=self._signature, env=env
                 )
             return self._targets[key]
         digest, module_in_bundle, app = client.script_bundle(module)
-        if digest not in self._targets:
-            self._targets[digest] = Target(
-                app, name, digest, module_in_bundle, qualname, signature=self._signature
+        env = client.script_env(module)
+        key = protocol.version_id(digest, env)
+        if key not in self._targets:
+            self._targets[key] = Target(
+                app, name, digest, module_in_bundle, qualname, signature=self._signature, env=env
             )
-        return self._targets[digest]
+        return self._targets[key]
 
     def _value_target(self, client: Client) -> Target:
         """A function with no file: in the by-value bundle the executor hosts, when it
         came in it; elsewhere in a by-value bundle of its own."""
         name = self.local.__name__
         node = runtime.current()
+        invocation = runtime.current_invocation.get() if node is not None else None
         if node is not None and self.hosted_as is not None:
             digest, hosted = node.digest, self.hosted_as
+            env = invocation.env if invocation is not None else ""
         else:
             fn: Any = self.local
             digest, hosted = client.value_bundle(self, name, fn), name
-        found = self._targets.get(digest)
+            env = client.value_env(self)
+        key = protocol.version_id(digest, env)
+        found = self._targets.get(key)
         if found is None:
-            invocation = runtime.current_invocation.get() if node is not None else None
             app = invocation.app if invocation is not None else by_value.APP
-            found = self._targets[digest] = Target(
-                app, name, digest, by_value.LOADER_MODULE, hosted, signature=self._signature
+            found = self._targets[key] = Target(
+                app,
+                name,
+                digest,
+                by_value.LOADER_MODULE,
+                hosted,
+                signature=self._signature,
+                env=env,
             )
         return found
 
@@ -270,6 +283,7 @@ def function(
     wait_for_node: float = 0.0,
     include: Iterable[str] | str | None = None,
     schedule: Schedule | None = None,
+    pip: Iterable[str] | str | None = None,
 ) -> Callable[[Callable[..., Any]], Function]: ...
 
 
@@ -288,6 +302,7 @@ def function(
     wait_for_node: float = 0.0,
     include: Iterable[str] | str | None = None,
     schedule: Schedule | None = None,
+    pip: Iterable[str] | str | None = None,
 ) -> Function | Callable[[Callable[..., Any]], Function]:
     """Mark a function as runnable on the lattice (``@sp.function`` or ``@sp.function(...)``).
 
@@ -295,6 +310,9 @@ def function(
     script's bundle carries, so they open on the node by the same relative path.
     ``schedule=sp.Period(...)`` or ``sp.Cron("...")`` has a deployed app run it with no
     caller; it is checked here, so the same file works in script mode, which ignores it.
+    ``pip`` names packages from the index (``["numpy>=2"]``): in script mode the union of
+    a script's functions' ``pip=`` is resolved at its first call into the environment
+    its calls run with; a deployed app's are added to what its folder declares.
     """
     options = Options(
         retries=retries,
@@ -309,6 +327,7 @@ def function(
     )
     patterns = check_patterns(include)
     checked = check_schedule(schedule)
+    packages = check_pip(pip)
 
     def wrap(f: Callable[..., Any]) -> Function:
         if not callable(f):
@@ -316,6 +335,7 @@ def function(
         if not protocol.is_valid_name(f.__name__):
             raise BadRequestError(f"function name {f.__name__!r} cannot be used on the lattice")
         DECLARED.add(f.__module__, patterns)
+        PIP_DECLARED.add(f.__module__, packages)
         if checked is not None:
             reason = unscheduled_reason(f.__name__, _required_params(f))
             if reason is not None:

@@ -67,7 +67,7 @@ def _row(
         "fn": scheduled.fn,
         "schedule": repr(scheduled.schedule),
         "spec": scheduled.schedule.as_record(),
-        "version": scheduled.version.digest,
+        "version": scheduled.version.id,
         "next_run": scheduled.schedule.next_after(now_ms) / 1000,
         "last_run": None if run is None else _last(run, stored.get(run.id)),
     }

@@ -105,7 +105,7 @@ class HttpApps:
         if target is None or not target.options.get("asgi"):
             found = registry.version(app, version)  # raises for an unknown app or version
             raise NotFoundError(
-                f"app {app} (version {found.digest[:12]}) has no HTTP app: deploy it with "
+                f"app {app} (version {found.id[:12]}) has no HTTP app: deploy it with "
                 "`superpose deploy PATH --asgi MODULE:ATTR`"
             )
         return target

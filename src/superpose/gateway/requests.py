@@ -134,7 +134,7 @@ async def request_context(
 
 def answer_headers(target: Target, ctx: protocol.CallContext) -> dict[str, str]:
     """Which version answered, and the trace to read the rest of the graph from."""
-    headers = {VERSION_HEADER: target.digest}
+    headers = {VERSION_HEADER: target.version}
     if ctx.trace and ctx.trace_id:
         headers[TRACE_ID_HEADER] = ctx.trace_id
     return headers

@@ -60,6 +60,15 @@ async def exists(js: JetStreamContext, bucket: str, name: str) -> bool:
     return not info.deleted
 
 
+async def size_of(js: JetStreamContext, bucket: str, name: str) -> int | None:
+    """The stored size of an object; None when it, or its bucket, is not there."""
+    try:
+        info = await _get_info(js, bucket, name)
+    except NotFoundError:
+        return None
+    return None if info.deleted else int(info.size or 0)
+
+
 async def _get_info(js: JetStreamContext, bucket: str, name: str) -> js_api.ObjectInfo:
     try:
         msg = await js.get_last_msg(_stream(bucket), _meta_subject(bucket, name))

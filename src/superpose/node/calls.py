@@ -136,7 +136,7 @@ class CallTracker:
 
     def _served(self, inv: protocol.Invocation, started: float, ok: bool) -> None:
         self.served += 1
-        self.traffic[f"{inv.app}@{inv.digest}"] += 1
+        self.traffic[f"{inv.app}@{protocol.version_id(inv.digest, inv.env)}"] += 1
         if inv.ctx.trace:
             self._spawn(self._publish_span(inv, started, ok))
         self.call_log.record("←" if ok else "✗", inv, (time.perf_counter() - started) * 1000)
@@ -149,7 +149,7 @@ class CallTracker:
             parent_id=inv.ctx.parent_id,
             app=inv.app,
             fn=inv.fn,
-            digest=inv.digest,
+            digest=protocol.version_id(inv.digest, inv.env),
             node=self.link.node_id,
             started=time.time() - (time.perf_counter() - started),
             duration_s=time.perf_counter() - started,

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from superpose import protocol
@@ -40,9 +41,10 @@ class AliasPrefetcher:
         """Bucket revision when we started: entries up to it are the past, not moves."""
         self._fetching: dict[str, asyncio.Task[None]] = {}
         self._follow: asyncio.Task[None] | None = None
+        self._kv: KeyValue | None = None
 
     async def start(self) -> None:
-        kv = await self._nc.jetstream().key_value(protocol.REGISTRY_BUCKET)
+        kv = self._kv = await self._nc.jetstream().key_value(protocol.REGISTRY_BUCKET)
         self._since = (await kv.status()).stream_info.state.last_seq
         self._follow = asyncio.create_task(self._watch(kv))
 
@@ -75,8 +77,20 @@ class AliasPrefetcher:
 
     async def _warm(self, key: str, digest: str) -> None:
         try:
-            await self._fetch(digest)
+            await self._fetch(await self._code_of(key, digest))
         except asyncio.CancelledError:
             raise
         except Exception:  # the first call fetches it again and reports the error
             log.warning("prefetch of %s (%s) failed", digest[:12], key, exc_info=True)
+
+    async def _code_of(self, key: str, version: str) -> str:
+        """The bundle digest of the version an alias names: aliases hold version ids, which
+        are code digests only for versions with no environment of their own."""
+        app = key.split(".")[1]
+        if self._kv is None:
+            return version
+        try:
+            entry = await self._kv.get(protocol.version_key(app, version))
+        except KeyNotFoundError:
+            return version
+        return protocol.Version.from_json(entry.value or b"{}").digest

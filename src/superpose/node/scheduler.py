@@ -207,6 +207,7 @@ class Scheduler:
             app=scheduled.app,
             fn=scheduled.fn,
             digest=version.digest,
+            env=version.env,
             module=spec["module"],
             qualname=spec["qualname"],
             args=protocol.Payload(

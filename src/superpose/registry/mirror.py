@@ -1,7 +1,9 @@
 """The registry of apps, versions and aliases, kept in the ``sp_registry`` KV bucket.
 
-Keys: ``app.<app>`` (the app exists), ``ver.<app>.<digest>`` (one deployed
-version and its functions), ``alias.<app>.<alias>`` (alias → digest). Readers
+Keys: ``app.<app>`` (the app exists), ``ver.<app>.<id>`` (one deployed version and
+its functions; its id is its code digest plus its environment digest),
+``alias.<app>.<alias>`` (alias → version id), ``env.<digest>`` (one resolved
+environment, written before the first version that runs with it). Readers
 keep a full in-memory mirror fed by a KV watch, so resolving a name costs no
 round trip and an alias move reaches every reader in milliseconds.
 """
@@ -25,7 +27,7 @@ from nats.js.kv import KeyValue
 from superpose import protocol
 from superpose.errors import BadRequestError, LatticeError, NotFoundError, UserError
 from superpose.lattice.mirror import follow_bucket
-from superpose.protocol import Canary, Signature, Version
+from superpose.protocol import Canary, Environment, Signature, Version
 
 log = logging.getLogger("superpose.registry")
 LATEST = "latest"
@@ -46,6 +48,13 @@ class Target:
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     signature: Signature | None = field(default=None, hash=False, compare=False)
     """What arguments the function takes, when known: a call is checked against it."""
+    env: str = ""
+    """The environment digest its executor runs with ("" = the node's own packages)."""
+
+    @property
+    def version(self) -> str:
+        """The version id: the code digest with the environment (``protocol.version_id``)."""
+        return protocol.version_id(self.digest, self.env)
 
 
 def session_from(
@@ -144,6 +153,9 @@ class Registry:
         self._on_change = on_change
         self.apps: dict[str, float] = {}
         self.versions: dict[str, dict[str, Version]] = {}
+        """app → {version id → version}."""
+        self.environments: dict[str, Environment] = {}
+        """env digest → the resolved environment."""
         self.aliases: dict[str, dict[str, str]] = {}
         self.canaries: dict[str, Canary] = {}
         self.locks: dict[str, dict[str, str]] = {}
@@ -202,6 +214,8 @@ class Registry:
             _put(self.pins.setdefault(app, {}), name, value and value.decode())
         elif kind == "place":
             _put(self.placements, rest, value and protocol.decode_string_map(value, "needs"))
+        elif kind == "env":
+            _put(self.environments, rest, value and Environment.from_json(value))
 
     # --- writes --------------------------------------------------------------
 
@@ -211,14 +225,25 @@ class Registry:
         ``versions`` orders and diffs versions by creation, so code deployed again
         must not jump ahead of the versions that came after it.
         """
-        known = self.versions.get(version.app, {}).get(version.digest)
+        known = self.versions.get(version.app, {}).get(version.id)
         if known is not None:
             version.created = known.created
         await self.kv.put(
             protocol.app_key(version.app), protocol.AppRecord(created=time.time()).as_json()
         )
-        await self.kv.put(protocol.version_key(version.app, version.digest), version.as_json())
-        self._apply(protocol.version_key(version.app, version.digest), version.as_json(), False)
+        key = protocol.version_key(version.app, version.id)
+        await self.kv.put(key, version.as_json())
+        self._apply(key, version.as_json(), False)
+
+    async def register_environment(self, env: Environment) -> None:
+        """Record a resolved environment, once: its digest names its content, so a record
+        already there is the same environment and stays as it was (create-only)."""
+        key = protocol.env_key(env.digest)
+        try:
+            await self.kv.create(key, env.as_json())
+        except KeyWrongLastSequenceError:
+            return  # resolved before, by this deploy's code or another's
+        self._apply(key, env.as_json(), False)
 
     async def set_alias(self, app: str, alias: str, digest: str) -> None:
         await self.kv.put(protocol.alias_key(app, alias), digest.encode())
@@ -393,7 +418,7 @@ class Registry:
         if spec is None:
             names = ", ".join(sorted(found.functions)) or "none"
             raise NotFoundError(
-                f"app {app} (version {found.digest[:12]}) has no function {fn!r}; it has: {names}"
+                f"app {app} (version {found.id[:12]}) has no function {fn!r}; it has: {names}"
             )
         return Target(
             app,
@@ -403,11 +428,12 @@ class Registry:
             spec["qualname"],
             spec["options"],
             self._signature(found, fn, spec),
+            found.env,
         )
 
     def _signature(self, version: Version, fn: str, spec: dict[str, Any]) -> Signature | None:
         """The recorded signature, decoded once per version and function."""
-        key = (version.digest, fn)
+        key = (version.id, fn)
         if key not in self._signatures:
             recorded = spec.get("signature")
             try:
@@ -431,7 +457,9 @@ class Registry:
                     "pins": dict(sorted(self.pins.get(app, {}).items())),
                     "versions": [
                         {
-                            "version": v.digest,
+                            "version": v.id,
+                            "code": v.digest,
+                            "env": v.env,
                             "created": v.created,
                             "size": v.size,
                             "functions": sorted(v.functions),

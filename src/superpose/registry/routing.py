@@ -38,7 +38,7 @@ async def set_canary(
         raise BadRequestError(f"canary percent must be between 0 and 100, got {percent!r}")
     check_canary_key(key)
     version = registry.version(app, ref)
-    canary = Canary(version=version.digest, percent=float(percent), key=key)
+    canary = Canary(version=version.id, percent=float(percent), key=key)
     await registry.set_canary(app, canary)
     return canary
 
@@ -94,7 +94,7 @@ async def lock(registry: Registry, app: str, link: str) -> tuple[str, str]:
     dep, at, ref = link.partition("@")
     if not at or not ref:
         raise BadRequestError(f"{link!r} is not DEP@VERSION (e.g. pricing@3f2a91)")
-    digest = registry.version(dep, ref).digest
+    digest = registry.version(dep, ref).id
     links = {**registry.locks.get(app, {}), dep: digest}
     await registry.set_lock(app, links)
     return dep, digest
@@ -112,12 +112,17 @@ async def unlock(registry: Registry, app: str, dep: str) -> str | None:
 
 
 def lockfile(registry: Registry, app: str) -> dict[str, Any]:
-    """What ``app``'s runtime-linked calls resolve to now: locked, or the alias they follow."""
+    """What ``app``'s runtime-linked calls resolve to now (locked, or the alias they follow),
+    and the packages its ``latest`` runs with: both halves of what a call of it runs."""
     registry.versions_of(app)
+    latest = registry.version(app, None)
+    env = registry.environments.get(latest.env) if latest.env else None
     return {
         "app": app,
         "locked": dict(sorted(registry.locks.get(app, {}).items())),
         "default": LATEST,
+        "env": latest.env or None,
+        "packages": dict(sorted(env.packages.items())) if env is not None else {},
     }
 
 

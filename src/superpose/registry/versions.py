@@ -46,35 +46,78 @@ class Move:
         return self.old != self.new
 
 
+@dataclass(frozen=True)
+class PackageChanges:
+    """Packages changed from one version's environment to the next: name → (old, new)
+    version, None where the package is absent on that side."""
+
+    changed: dict[str, tuple[str | None, str | None]]
+
+    @classmethod
+    def between(cls, old: dict[str, str], new: dict[str, str]) -> PackageChanges:
+        names = sorted(old.keys() | new.keys())
+        return cls({n: (old.get(n), new.get(n)) for n in names if old.get(n) != new.get(n)})
+
+    def lines(self) -> list[str]:
+        """``numpy 2.1.3 → 2.2.0``, ``+humanize 4.9``, ``-six 1.16``."""
+        return [
+            f"+{name} {new}"
+            if old is None
+            else f"-{name} {old}"
+            if new is None
+            else f"{name} {old} → {new}"
+            for name, (old, new) in self.changed.items()
+        ]
+
+
 def listing(registry: Registry, app: str) -> dict[str, Any]:
-    """The app's versions, newest first, each diffed against the one created before it."""
-    ordered = sorted(registry.versions_of(app).values(), key=lambda v: (v.created, v.digest))
+    """The app's versions, newest first, each diffed against the one created before it
+    (files by content hash, packages by the versions their environments resolved)."""
+    ordered = sorted(registry.versions_of(app).values(), key=lambda v: (v.created, v.id))
     aliases = dict(sorted(registry.aliases.get(app, {}).items()))
     rows = [
-        _row(version, ordered[i - 1] if i else None, aliases) for i, version in enumerate(ordered)
+        _row(registry, version, ordered[i - 1] if i else None, aliases)
+        for i, version in enumerate(ordered)
     ]
     return {"app": app, "aliases": aliases, "versions": rows[::-1]}
 
 
-def _row(version: Version, previous: Version | None, aliases: dict[str, str]) -> dict[str, Any]:
+def packages_of(registry: Registry, version: Version) -> dict[str, str]:
+    """Name → version of the packages the version's environment resolved ({} for none,
+    or for an environment record this reader has not seen)."""
+    env = registry.environments.get(version.env) if version.env else None
+    return dict(env.packages) if env is not None else {}
+
+
+def _row(
+    registry: Registry, version: Version, previous: Version | None, aliases: dict[str, str]
+) -> dict[str, Any]:
     changes = Changes.between(previous.files, version.files) if previous else None
+    packages = None
+    if previous is not None and previous.env != version.env:
+        packages = PackageChanges.between(
+            packages_of(registry, previous), packages_of(registry, version)
+        ).lines()
     return {
-        "version": version.digest,
+        "version": version.id,
+        "code": version.digest,
+        "env": version.env,
         "created": version.created,
         "size": version.size,
         "files": len(version.files),
         "functions": sorted(version.functions),
         "kind": version.kind,
-        "previous": previous.digest if previous else None,
+        "previous": previous.id if previous else None,
         "changes": changes.__dict__ if changes else None,
-        "aliases": [name for name, digest in aliases.items() if digest == version.digest],
+        "packages": packages,
+        "aliases": [name for name, digest in aliases.items() if digest == version.id],
     }
 
 
 async def move(registry: Registry, app: str, alias: str, ref: str) -> Move:
     """Point ``alias`` at the version ``ref`` names (a digest prefix or another alias)."""
     check_alias_name(alias)
-    target = registry.version(app, ref).digest
+    target = registry.version(app, ref).id
     current = await registry.alias_entry(app, alias)
     return await _move_to(registry, app, alias, current, target)
 

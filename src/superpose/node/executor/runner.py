@@ -290,7 +290,7 @@ class _Running:
     def __enter__(self) -> None:
         inv = self.inv
         self.token = runtime.current_invocation.set(
-            runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx)
+            runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx, env=inv.env)
         )
         if self.where is not None:
             self.executor.running[inv.id] = self.where
