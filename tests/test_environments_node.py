@@ -13,6 +13,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,57 @@ def test_user_pins_of_the_executors_own_packages_cannot_break_it(
     assert (
         "pins cloudpickle, msgspec, which this executor had imported" in executors_log.read_text()
     )
+
+
+def test_first_calls_on_both_nodes_at_once_build_it_once(
+    client: sp.Client, envs_lattice: Lattice, node_ids: list[str]
+) -> None:
+    env = registered(client, ["tinytwo==1.0", "tinyone==1.0"])
+    with ThreadPoolExecutor(2) as pool:
+        calls = [
+            pool.submit(call_with_env, client, env_fns.tiny_version, env.digest, node=node)
+            for node in node_ids
+        ]
+        assert [value_of(call.result()) for call in calls] == ["1.0", "1.0"]
+    logs = "".join(node_log(envs_lattice, node) for node in node_ids)
+    assert logs.count(f"environment {env.digest[:12]} built") == 1
+    assert logs.count(f"environment {env.digest[:12]} pulled") == 1
+
+
+def test_a_node_waits_for_the_builder_and_takes_over_when_its_lease_ends(
+    client: sp.Client, envs_lattice: Lattice, node_ids: list[str]
+) -> None:
+    """Another node holds the build lease: the caller hears whom it waits for. The lease
+    goes (its builder gave up): the waiting node builds it itself."""
+    env = registered(client, ["tinytwo==2.0", "tinyone==2.0", "cloudpickle==0.0.1"])
+    lease = protocol.EnvBuild(node="nbusy", started=time.time())
+    key = protocol.env_build_key(env.digest)
+    client.run(client.assets.registry.put(key, lease.as_json()))
+    heard = Heard()
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(
+            call_with_env, client, env_fns.tiny_version, env.digest, node=node_ids[0], heard=heard
+        )
+        poll(
+            lambda: any(line.startswith("waiting for node nbusy to build") for line in heard.lines),
+            "the caller to hear whom it waits for",
+        )
+        client.run(client.assets.registry.purge(key))
+        assert value_of(call.result()) == "2.0"
+    assert f"environment {env.digest[:12]} built" in node_log(envs_lattice, node_ids[0])
+
+
+def test_a_dead_builders_lease_is_taken_over(
+    client: sp.Client, envs_lattice: Lattice, node_ids: list[str]
+) -> None:
+    env = registered(client, ["tinyone==1.0", "cloudpickle==0.0.1"])
+    stale = protocol.EnvBuild(node="ngone", started=time.time() - protocol.ENV_BUILD_LEASE_S - 1)
+    client.run(client.assets.registry.put(protocol.env_build_key(env.digest), stale.as_json()))
+    assert (
+        value_of(call_with_env(client, env_fns.tiny_version, env.digest, node=node_ids[1])) == "1.0"
+    )
+    log = node_log(envs_lattice, node_ids[1])
+    assert f"took over the build of environment {env.digest[:12]} from node ngone" in log
 
 
 # --- bad input: builds that fail, environments nobody can host ------------------------------
