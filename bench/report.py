@@ -70,6 +70,18 @@ METRICS = (
     Metric("affinity", "cold_loads_on", "8 20 bundles, 2 nodes: cold loads, warm affinity", "n"),
     Metric("affinity", "cold_loads_off", "8 same, random placement", "n"),
     Metric("affinity", "ratio", "8 cold loads affinity / random", "x", target=("<=", 1.0)),
+    Metric("environments", "resolve_s", "9 resolve numpy with uv", "s"),
+    Metric("environments", "build_call_s", "9 first numpy call: build + upload", "s"),
+    Metric(
+        "environments",
+        "pull_call_s",
+        "9 first numpy call on the 2nd node: pull",
+        "s",
+        target=("<=", 3.0),
+    ),
+    Metric("environments", "warm_call_ms", "9 warm numpy call", "ms"),
+    Metric("environments", "archive_mb", "9 numpy environment archive", "MB"),
+    Metric("environments", "ray_first_s", "9 Ray's first runtime_env pip task", "s"),
 )
 
 

@@ -43,8 +43,9 @@ WORKLOADS = (
     "update",
     "alias",
     "affinity",
+    "environments",
 )
-SP_ONLY = ("up", "bundle", "update", "alias", "affinity")
+SP_ONLY = ("up", "bundle", "update", "alias", "affinity", "environments")
 TAG_ENV = "SUPERPOSE_BENCH_TAG"
 KILL_GRACE_S = 20.0
 
@@ -167,6 +168,7 @@ def time_limit(workload: str, sizes: Any) -> float:
         "update": 60 + s.sp_update_repeats * 60,
         "alias": 90.0,
         "affinity": 300.0,
+        "environments": 900.0,
     }
     return float(limits[workload])
 

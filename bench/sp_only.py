@@ -371,7 +371,20 @@ def affinity(sizes: Sizes) -> list[Figures]:
     return run(sizes)
 
 
-DRIVERS = {"up": up, "bundle": bundle, "update": update, "alias": alias, "affinity": affinity}
+def environments(sizes: Sizes) -> list[Figures]:
+    from bench.environments import environments as run
+
+    return run(sizes)
+
+
+DRIVERS = {
+    "up": up,
+    "bundle": bundle,
+    "update": update,
+    "alias": alias,
+    "affinity": affinity,
+    "environments": environments,
+}
 
 
 def main(argv: list[str]) -> int:

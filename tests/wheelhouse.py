@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import tarfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 PACKAGES: dict[str, dict[str, list[str]]] = {
@@ -28,6 +31,15 @@ def build(folder: Path) -> Path:
 
 
 def _wheel(folder: Path, name: str, version: str, requires: list[str]) -> Path:
+    return wheel(
+        folder, name, version, {f"{name}/__init__.py": f'VERSION = "{version}"\n'}, requires
+    )
+
+
+def wheel(
+    folder: Path, name: str, version: str, files: dict[str, str], requires: Sequence[str] = ()
+) -> Path:
+    """One pure-Python wheel of ``files`` (path in the wheel → text)."""
     dist_info = f"{name}-{version}.dist-info"
     metadata = "".join(
         [
@@ -38,7 +50,7 @@ def _wheel(folder: Path, name: str, version: str, requires: list[str]) -> Path:
         ]
     )
     files = {
-        f"{name}/__init__.py": f'VERSION = "{version}"\n',
+        **files,
         f"{dist_info}/METADATA": metadata,
         f"{dist_info}/WHEEL": (
             "Wheel-Version: 1.0\nGenerator: superpose-tests\nRoot-Is-Purelib: true\n"
@@ -48,13 +60,53 @@ def _wheel(folder: Path, name: str, version: str, requires: list[str]) -> Path:
     record = [f"{path},{_hash(text.encode())},{len(text.encode())}" for path, text in files.items()]
     files[f"{dist_info}/RECORD"] = "\n".join([*record, f"{dist_info}/RECORD,,"]) + "\n"
     path = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as wheel:
+    with zipfile.ZipFile(path, "w") as archive:
         for member, text in files.items():
             info = zipfile.ZipInfo(member, date_time=(2026, 1, 1, 0, 0, 0))
-            wheel.writestr(info, text)
+            archive.writestr(info, text)
     return path
 
 
 def _hash(data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
     return f"sha256={digest}"
+
+
+BACKEND = """\
+import os
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    name = "{name}-{version}.dist-info"
+    os.makedirs(os.path.join(metadata_directory, name))
+    with open(os.path.join(metadata_directory, name, "METADATA"), "w") as f:
+        f.write("Metadata-Version: 2.1\\nName: {name}\\nVersion: {version}\\n")
+    return name
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    raise SystemExit({error!r})
+"""
+
+
+def failing_sdist(folder: Path, name: str, version: str, error: str) -> Path:
+    """An sdist that resolves (its metadata builds) but whose wheel build fails saying
+    ``error``, as a C extension that does not compile would. Its in-tree build backend
+    needs nothing from an index."""
+    pyproject = (
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        f'[project]\nname = "{name}"\nversion = "{version}"\n'
+    )
+    backend = BACKEND.format(name=name, version=version, error=error)
+    path = folder / f"{name}-{version}.tar.gz"
+    with tarfile.open(path, "w:gz") as sdist:
+        for member, text in {"pyproject.toml": pyproject, "backend.py": backend}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{name}-{version}/{member}")
+            info.size, info.mtime = len(data), 1767225600
+            sdist.addfile(info, io.BytesIO(data))
+    return path

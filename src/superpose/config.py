@@ -18,6 +18,7 @@ ENV_MAX_DELIVER = "SUPERPOSE_MAX_DELIVER"
 ENV_AFFINITY = "SUPERPOSE_AFFINITY"
 ENV_MAX_EXECUTORS = "SUPERPOSE_MAX_EXECUTORS"
 ENV_EXPRESS = "SUPERPOSE_EXPRESS"
+ENV_ENV_CACHE_MB = "SUPERPOSE_ENV_CACHE_MB"
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -28,6 +29,8 @@ SPILL_THRESHOLD_BYTES = 256 * 1024
 """Arguments and results above this size travel through the object store."""
 MAX_BUNDLE_BYTES = 200 * 1024 * 1024
 MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_ENV_CACHE_MB = 10 * 1024
+"""Disk a node's built environments may take before the least recently used go."""
 MAX_DELIVER = 10
 """Deliveries of one envelope before its unfinished items are dead-lettered (node-killing
 poison). The node enforces it; JetStream's max_deliver is unbounded so that a node dying
@@ -63,6 +66,9 @@ class Settings:
     express: bool
     """``$SUPERPOSE_EXPRESS`` (on unless ``0``): clients send warm calls straight to
     executors (benchmarks compare both; every call then goes through a node agent)."""
+    env_cache_mb: int
+    """``$SUPERPOSE_ENV_CACHE_MB`` (≥ 1, default 10240): disk a node's built environments
+    may take; past it the least recently used one no executor runs with is removed."""
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +83,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_executors=_whole(env, ENV_MAX_EXECUTORS, default=8),
         affinity=env.get(ENV_AFFINITY, "1") != "0",
         express=env.get(ENV_EXPRESS, "1") != "0",
+        env_cache_mb=_whole(env, ENV_ENV_CACHE_MB, default=DEFAULT_ENV_CACHE_MB),
     )
 
 

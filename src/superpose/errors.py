@@ -100,8 +100,11 @@ class RemoteError(SuperposeError):
 
     @property
     def traceback_label(self) -> str:
-        """A dead process leaves no traceback: its report carries its last output."""
-        return "last output" if self.kind in ("crashed", "memory") else "remote traceback"
+        """A dead process leaves no traceback: its report carries its last output (so does
+        a failed environment build: the installer's)."""
+        return (
+            "last output" if self.kind in ("crashed", "memory", "prepare") else "remote traceback"
+        )
 
     def __str__(self) -> str:
         text = self.message

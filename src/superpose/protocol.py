@@ -652,6 +652,7 @@ class NodeInfo(Message, tag="sp.node.v1"):
     busy: int = 0
     queued: int = 0
     warm: list[str] = []
+    """What its executors host: ``warm_key(bundle digest, env digest)`` of each."""
     started: float = 0.0
     seen: float = 0.0
     served: int = 0
@@ -869,6 +870,8 @@ class Load(Frame, tag="load"):
     """Also take warm calls that clients send straight to executors of this bundle."""
     site_packages: str = ""
     """The built environment's site-packages to import user packages from ("" = none)."""
+    env: str = ""
+    """That environment's digest: express calls of another environment are passed on."""
 
 
 class Describe(Frame, tag="describe"):
@@ -1072,6 +1075,49 @@ def env_digest(requirements: str, python: str, platform: str) -> str:
 
 def env_key(digest: str) -> str:
     return f"env.{digest}"
+
+
+class EnvFailure(Record):
+    """``envfail.<digest>``: this environment failed to build on a node. Every later call
+    of it fails at once with ``reason``, instead of every node building it again."""
+
+    digest: str
+    reason: str
+    """What the build said last (a compile error, a broken wheel)."""
+    node: str
+    created: float
+
+
+def env_failure_key(digest: str) -> str:
+    return f"envfail.{digest}"
+
+
+class EnvBuild(Record):
+    """``envbuild.<digest>``: a node is building this environment (a lease taken with a
+    KV create, so only one node builds it; the others wait for its archive). Purged
+    when the build ends; a lease older than ``ENV_BUILD_LEASE_S`` is a dead builder's."""
+
+    node: str
+    started: float
+
+
+ENV_BUILD_LEASE_S = 900.0
+"""How long a node may hold a build lease before another node takes it over."""
+
+
+def env_build_key(digest: str) -> str:
+    return f"envbuild.{digest}"
+
+
+def env_archive(digest: str) -> str:
+    """A built environment's object in ``ENVS_BUCKET``: its site-packages, tar.gz."""
+    return f"{digest}.tar.gz"
+
+
+def warm_key(digest: str, env: str) -> str:
+    """What ``NodeInfo.warm`` lists for a bundle hosted with an environment: executors
+    with one environment never serve another, so warm means both."""
+    return f"{digest}+{env}" if env else digest
 
 
 class Version(Record):

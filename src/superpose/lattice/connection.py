@@ -86,6 +86,7 @@ class Assets:
         cancels: KeyValue,
         schedules: KeyValue,
         issued: KeyValue,
+        envs: ObjectStore,
     ) -> None:
         self.js = js
         self.registry = registry
@@ -97,6 +98,8 @@ class Assets:
         self.cancels = cancels
         self.schedules = schedules
         self.issued = issued
+        self.envs = envs
+        """Built environments, ``<env digest>.tar.gz``: built once, pulled by every node."""
 
 
 async def _open_or_create(
@@ -292,6 +295,9 @@ async def ensure_assets(nc: NATS) -> Assets:
         cancels = await kv(bucket=protocol.CANCELS_BUCKET, ttl=protocol.RESULT_TTL_S)
         schedules = await kv(bucket=protocol.SCHEDULES_BUCKET)
         issued = await kv(bucket=protocol.ISSUED_BUCKET, ttl=protocol.RESULT_TTL_S)
+        envs = await objects(bucket=protocol.ENVS_BUCKET)
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
-    return Assets(js, registry, nodes, bundles, blobs, results, dead, cancels, schedules, issued)
+    return Assets(
+        js, registry, nodes, bundles, blobs, results, dead, cancels, schedules, issued, envs
+    )

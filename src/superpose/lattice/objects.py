@@ -53,11 +53,16 @@ def chunk_size_for(nc: NATS) -> int:
 
 
 async def exists(js: JetStreamContext, bucket: str, name: str) -> bool:
+    return await size(js, bucket, name) is not None
+
+
+async def size(js: JetStreamContext, bucket: str, name: str) -> int | None:
+    """The object's size in bytes, or None if there is no such object."""
     try:
         info = await _get_info(js, bucket, name)
     except NotFoundError:
-        return False
-    return not info.deleted
+        return None
+    return None if info.deleted else int(info.size or 0)
 
 
 async def size_of(js: JetStreamContext, bucket: str, name: str) -> int | None:

@@ -33,7 +33,10 @@ from superpose.node.affinity import Affinity
 from superpose.node.calls import CallTracker
 from superpose.node.config import NodeConfig
 from superpose.node.durable import DurableWorker
+from superpose.node.env_cache import EnvCache
+from superpose.node.environments import Environments
 from superpose.node.executor_process import Call, ExecutorProcess
+from superpose.node.fitness import Fitness
 from superpose.node.fork import ForkedChild
 from superpose.node.heartbeat import Heartbeat
 from superpose.node.hosts import BundleHost
@@ -59,7 +62,10 @@ class NodeAgent:
         self.link = Link(config.node_id)
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Subscription] = []
-        self.pool = ExecutorPool(config, self, self.spawn, forked)
+        self.envs = Environments(
+            self.link, EnvCache(config.state_dir / "envs", config.env_cache_bytes), self.spawn
+        )
+        self.pool = ExecutorPool(config, self, self.spawn, self.envs, forked)
         self.admission = Admission(config, self.pool, self.spawn)
         self.held = HeldCalls(self.link)
         self.affinity = Affinity(self.link, self.pool, self.spawn)
@@ -68,8 +74,9 @@ class NodeAgent:
             self.link, self.held, self.admission, self.affinity, self.durable, self.spawn
         )
         self.admission.wire(self.calls, self.durable)
+        self.fitness = Fitness(self.link, self.pool, self.envs, self.calls)
         self.intake = Intake(
-            config, self.pool, self.admission, self.calls, self.held, self.affinity
+            config, self.pool, self.admission, self.calls, self.held, self.affinity, self.fitness
         )
         self.heartbeat = Heartbeat(self.link, self.info, self.spawn)
         self.scheduler = Scheduler(self.link)
@@ -88,6 +95,7 @@ class NodeAgent:
 
     async def start(self) -> None:
         self.pool.start_spare()  # first: its start overlaps our own set-up
+        self.envs.open()
         nc = await connect(self.config.lattice, name=f"superpose-node-{self.config.node_id}")
         self.link.connected(nc)
         self.link.assets_found(await ensure_assets(nc))
@@ -142,6 +150,7 @@ class NodeAgent:
         directory = NodeDirectory(self.link.assets.nodes)
         await directory.start()
         self.affinity.directory = directory
+        self.fitness.directory = directory
         # Set before it starts: its first entries already call _on_registry_change.
         self._registry = Registry(self.link.assets.registry, on_change=self._on_registry_change)
         await self._registry.start()
@@ -200,6 +209,9 @@ class NodeAgent:
             cold_loads=self.pool.cold_loads,
             express=self.intake.express_calls,
             traffic=dict(self.calls.traffic),
+            python=self.envs.python,
+            platform=self.envs.platform,
+            envs=self.envs.built(),
         )
 
     def _on_registry_change(self, key: str) -> None:

@@ -27,6 +27,8 @@ class NodeConfig:
     """Hand a call for a bundle this node lacks to a node holding it warm and idle."""
     express: bool = field(default_factory=lambda: settings().express)
     """Warm executors take calls straight from clients (see node/executor)."""
+    env_cache_bytes: int = field(default_factory=lambda: settings().env_cache_mb * 2**20)
+    """Disk the node's built environments may take (least recently used go first)."""
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -35,6 +37,8 @@ class NodeConfig:
             raise ValueError(f"pipeline_depth must be at least 1, got {self.pipeline_depth}")
         if self.max_executors < 1:
             raise ValueError(f"max_executors must be at least 1, got {self.max_executors}")
+        if self.env_cache_bytes < 1:
+            raise ValueError(f"env_cache_bytes must be at least 1, got {self.env_cache_bytes}")
         if not protocol.is_valid_name(self.node_id):
             raise ValueError(f"node id {self.node_id!r} must be letters, digits, _ and -")
 

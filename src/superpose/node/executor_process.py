@@ -45,7 +45,8 @@ class ExecutorDied(Exception):
 
 
 class LoadFailed(Exception):
-    """Describing a function failed in the executor (import error, missing name)."""
+    """A call's function could not be made ready: describing it failed in the executor
+    (import error, missing name), or its environment could not be had (kind ``prepare``)."""
 
     def __init__(self, error: protocol.ErrorInfo) -> None:
         super().__init__(error.message)
@@ -188,9 +189,19 @@ class ExecutorProcess:
         assert isinstance(reply, answer)  # the key says what answers it
         return reply
 
-    async def load(self, digest: str, path: str, app: str, *, express: bool = True) -> None:
+    async def load(
+        self,
+        digest: str,
+        path: str,
+        app: str,
+        *,
+        express: bool = True,
+        site_packages: str = "",
+        env: str = "",
+    ) -> None:
         self.digest = digest
-        await self._request("load", protocol.Load(digest, path, app, express), protocol.Loaded)
+        load = protocol.Load(digest, path, app, express, site_packages, env)
+        await self._request("load", load, protocol.Loaded)
 
     async def describe(self, module: str, qualname: str) -> dict[str, Any]:
         key = f"describe:{module}:{qualname}"

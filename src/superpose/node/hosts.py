@@ -1,5 +1,6 @@
 """The bundles a node hosts: their executors, what those said of each function,
-and how many calls are using them (a bundle in use is never evicted)."""
+and how many calls are using them (a bundle in use is never evicted). A bundle hosted
+with two environments is two hosts: an executor runs with one environment only."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from superpose import protocol
 from superpose.node.executor_process import ExecutorProcess
 from superpose.node.slots import SlotPool
 
@@ -23,6 +25,10 @@ class BundleHost:
 
     digest: str
     path: Path
+    env: str = ""
+    """The environment digest its executors run with ("" = the node's own packages)."""
+    site_packages: str = ""
+    """Where that environment's packages are on this node."""
     executors: list[ExecutorProcess] = field(default_factory=list)
     meta: dict[FunctionKey, asyncio.Task[dict[str, Any]]] = field(default_factory=dict)
     """One describe per function, shared by every call that arrives while it runs."""
@@ -39,6 +45,11 @@ class BundleHost:
             per_slot = int(meta.get("concurrency") or DEFAULT_ASYNC_CONCURRENCY)
             limit = self.async_limits[key] = SlotPool(per_slot * slots)
         return limit
+
+    @property
+    def key(self) -> str:
+        """Its key in the pool and in ``NodeInfo.warm``: bundle and environment."""
+        return protocol.warm_key(self.digest, self.env)
 
     def live_executors(self) -> list[ExecutorProcess]:
         return [e for e in self.executors if e.alive]

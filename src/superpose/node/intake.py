@@ -2,8 +2,8 @@
 express calls its warm executors took straight from clients.
 
 Each call is decoded, refused if its caller has given up, maybe handed to a node
-holding its bundle warm, held (reported to its caller until it ends), and given
-to admission.
+holding its bundle warm, sent on if this node cannot host its environment, held
+(reported to its caller until it ends), and given to admission.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from superpose.node.affinity import Affinity
 from superpose.node.calls import CallTracker
 from superpose.node.config import NodeConfig
 from superpose.node.executor_process import ExecutorProcess
+from superpose.node.fitness import Fitness
 from superpose.node.hosts import BundleHost
 from superpose.node.pool import ExecutorPool
 from superpose.node.progress import HeldCalls
@@ -30,6 +31,7 @@ class Intake:
         calls: CallTracker,
         held: HeldCalls,
         affinity: Affinity,
+        fitness: Fitness,
     ) -> None:
         self.config = config
         self.pool = pool
@@ -37,6 +39,7 @@ class Intake:
         self.calls = calls
         self.held = held
         self.affinity = affinity
+        self.fitness = fitness
         self.express_calls = 0
         """Calls a client sent straight to one of this node's warm executors."""
 
@@ -70,7 +73,10 @@ class Intake:
                 f"{inv.app}.{inv.fn} reached a node after its caller's deadline",
             )
             return
-        if may_forward and inv.digest not in self.pool.hosts and self.affinity.forward(inv, msg):
+        if may_forward and self.pool.hosted(inv) is None and self.affinity.forward(inv, msg):
+            return
+        if await self.fitness.refused(inv, msg, may_forward=may_forward):
+            self.affinity.forward_ended(inv.id)
             return
         self.held.hold(inv, reply)
         self.admission.accept(inv, msg)
@@ -85,6 +91,6 @@ class Intake:
         pool = self.admission.pool_for(host, inv, meta)
         pool.take()
         self.held.hold(inv, reply)
-        self.pool.touch(inv.digest)
+        self.pool.touch(inv)
         self.express_calls += 1
         executor.adopt(self.calls.track(host, executor, inv, reply, meta, pool), started=True)

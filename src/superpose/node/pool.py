@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from superpose import protocol
 from superpose.code import store
 from superpose.node.config import NodeConfig
+from superpose.node.environments import Environments
 from superpose.node.executor_process import Call, ExecutorProcess
 from superpose.node.fork import ForkedChild
 from superpose.node.hosts import BundleHost
@@ -55,14 +56,18 @@ class ExecutorPool:
         config: NodeConfig,
         listener: PoolListener,
         spawn: Spawn,
+        envs: Environments,
         forked: tuple[ForkedChild, socket.socket] | None = None,
     ) -> None:
         self.config = config
         self.listener = listener
         self._spawn = spawn
+        self.envs = envs
+        """Where executors' environments come from (held, pulled or built)."""
         self._forked = forked
         """A neutral executor forked before the event loop started: the first spare."""
         self.hosts: OrderedDict[str, BundleHost] = OrderedDict()
+        """By ``protocol.warm_key`` (bundle digest, environment digest)."""
         self._host_locks: dict[str, asyncio.Lock] = {}
         self._spare: asyncio.Task[ExecutorProcess] | None = None
         self._log: IO[bytes] | None = None
@@ -107,17 +112,22 @@ class ExecutorPool:
         return [e for h in self.hosts.values() for e in h.executors]
 
     def warm(self) -> list[str]:
-        """Digests of the bundles held warm, least recently used first."""
+        """Keys of the bundles held warm, least recently used first."""
         return list(self.hosts)
+
+    def hosted(self, inv: protocol.Invocation) -> BundleHost | None:
+        """The host of the call's bundle with the call's environment, if it is warm."""
+        return self.hosts.get(protocol.warm_key(inv.digest, inv.env))
 
     def full(self) -> bool:
         """Loading one more bundle would evict a warm one."""
         return len(self.executors()) >= self.config.max_executors
 
-    def touch(self, digest: str) -> None:
+    def touch(self, inv: protocol.Invocation) -> None:
         """A call used this bundle: it is the last to be evicted."""
-        if digest in self.hosts:
-            self.hosts.move_to_end(digest)
+        key = protocol.warm_key(inv.digest, inv.env)
+        if key in self.hosts:
+            self.hosts.move_to_end(key)
 
     def cancel(self, inv_id: str) -> list[str]:
         """Kill the executor running ``inv_id``; returns the other calls that died with it."""
@@ -133,26 +143,38 @@ class ExecutorPool:
     # --- bundles -------------------------------------------------------------------
 
     async def host(self, inv: protocol.Invocation) -> BundleHost:
-        """The bundle's host: fetched, verified and loaded into an executor on first sight."""
-        host = self.hosts.get(inv.digest)
+        """The bundle's host: fetched, verified and loaded into an executor on first sight
+        (with its environment, held, pulled or built first)."""
+        key = protocol.warm_key(inv.digest, inv.env)
+        host = self.hosts.get(key)
         if host is None:
-            async with self._host_locks.setdefault(inv.digest, asyncio.Lock()):
-                host = self.hosts.get(inv.digest)
+            async with self._host_locks.setdefault(key, asyncio.Lock()):
+                host = self.hosts.get(key)
                 if host is None:
                     host = await self._load(inv)
-        self.hosts.move_to_end(inv.digest)
+        self.hosts.move_to_end(key)
         return host
 
     async def _load(self, inv: protocol.Invocation) -> BundleHost:
         assert self.nc is not None, "bundles are fetched once the node is connected"
         path = await store.materialize(self.nc, inv.digest, self.config.state_dir / "bundles")
-        host = BundleHost(inv.digest, path)
-        await self._add_executor(host, inv.app)
+        site_packages = str(await self.envs.prepare(inv)) if inv.env else ""
+        host = BundleHost(inv.digest, path, inv.env, site_packages)
+        try:
+            await self._add_executor(host, inv.app)
+        except BaseException:
+            self._release_env(host)
+            raise
         self.cold_loads += 1
-        self.hosts[inv.digest] = host
+        self.hosts[host.key] = host
         self.listener.warm_changed()
-        log.info("⇣ bundle %s warm (%s)", inv.digest[:12], inv.app)
+        with_env = f" with environment {inv.env[:12]}" if inv.env else ""
+        log.info("⇣ bundle %s warm (%s)%s", inv.digest[:12], inv.app, with_env)
         return host
+
+    def _release_env(self, host: BundleHost) -> None:
+        if host.env:
+            self.envs.release(host.env)
 
     async def prefetch(self, digest: str) -> None:
         """Fetch a bundle an alias just moved to, so its first call here is not cold.
@@ -241,7 +263,14 @@ class ExecutorPool:
         executor = await self._fresh_executor()
         executor.on_took = lambda took: self.listener.on_took(host, executor, took)
         executor.on_result = self.listener.on_result
-        await executor.load(host.digest, str(host.path), app, express=self.config.express)
+        await executor.load(
+            host.digest,
+            str(host.path),
+            app,
+            express=self.config.express,
+            site_packages=host.site_packages,
+            env=host.env,
+        )
         host.executors.append(executor)
         # Loads overlap (a warm-up and a call, two cold bundles): each made room before
         # the other finished, so look again now that this one is in.
@@ -251,15 +280,16 @@ class ExecutorPool:
     def _evict_if_full(self, room_for: int, keep: BundleHost | None = None) -> None:
         """Close the least recently used idle bundles until ``room_for`` more executors fit."""
         total = len(self.executors())
-        if keep is not None and keep.digest not in self.hosts:
+        if keep is not None and keep.key not in self.hosts:
             total += len(keep.executors)  # being loaded: not in the table yet
-        for digest, host in list(self.hosts.items()):
+        for key, host in list(self.hosts.items()):
             if total + room_for <= self.config.max_executors:
                 return
             if host.users == 0 and host is not keep:
-                del self.hosts[digest]
+                del self.hosts[key]
                 total -= len(host.executors)
                 for executor in host.executors:
                     self._spawn(executor.close())
-                log.info("evicted bundle %s", digest[:12])
+                self._release_env(host)
+                log.info("evicted bundle %s", key[:12])
                 self.listener.warm_changed()

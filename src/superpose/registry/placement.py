@@ -61,8 +61,25 @@ def call_needs(
     return merged
 
 
+PYTHON_LABEL = "python"
+PLATFORM_LABEL = "platform"
+
+
 def labels_of(node: protocol.NodeInfo) -> dict[str, str]:
-    return {**node.labels, protocol.NODE_LABEL: node.id}
+    """Its own labels, plus ``node=<id>`` and, when it says, the Python and platform
+    environments are built for there (so an environment's fit is a need like any other)."""
+    implicit = {PYTHON_LABEL: node.python, PLATFORM_LABEL: node.platform}
+    return {**{k: v for k, v in implicit.items() if v}, **node.labels, protocol.NODE_LABEL: node.id}
+
+
+def env_needs(env: protocol.Environment) -> dict[str, str]:
+    """What a node must offer to host ``env``: the Python and platform it was resolved for.
+    Added to a call's needs, placement fails at once naming them when no node fits."""
+    return {PYTHON_LABEL: env.python, PLATFORM_LABEL: env.platform}
+
+
+def hosts_env(node: protocol.NodeInfo, env: protocol.Environment) -> bool:
+    return satisfies(node, env_needs(env))
 
 
 def satisfies(node: protocol.NodeInfo, needs: Mapping[str, str]) -> bool:
@@ -81,11 +98,13 @@ def describe_unmet(needs: Mapping[str, str], nodes: Iterable[protocol.NodeInfo])
     ]
     if not unmet:  # each need is met somewhere, but never all on one node
         unmet = [",".join(f"{k}={v}" for k, v in sorted(needs.items())) + " (together)"]
-    offered = "; ".join(
-        f"{n.id}: " + (",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "no labels")
-        for n in nodes
-    )
+    offered = "; ".join(f"{n.id}: " + _offered(n) for n in nodes)
     return f"no live node has {' and '.join(unmet)} (nodes: {offered or 'none'})"
+
+
+def _offered(node: protocol.NodeInfo) -> str:
+    labels = {k: v for k, v in labels_of(node).items() if k != protocol.NODE_LABEL}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "no labels"
 
 
 def fresh(nodes: Iterable[protocol.NodeInfo]) -> list[protocol.NodeInfo]:
@@ -100,13 +119,14 @@ def load(node: protocol.NodeInfo, extra: int = 0) -> float:
 
 
 def choose(
-    candidates: list[protocol.NodeInfo], digest: str, sent: Mapping[str, int]
+    candidates: list[protocol.NodeInfo], key: str, sent: Mapping[str, int]
 ) -> protocol.NodeInfo:
-    """The least loaded candidate, preferring those with the bundle warm while they
-    have room (so a hot bundle does not pile onto one node). ``sent`` counts calls
-    this client has sent each node since its last heartbeat could show them."""
+    """The least loaded candidate, preferring those with the bundle warm (``key``:
+    ``protocol.warm_key``) while they have room (so a hot bundle does not pile onto one
+    node). ``sent`` counts calls this client has sent each node since its last
+    heartbeat could show them."""
     candidates = fresh(candidates) or candidates
-    warm = [n for n in candidates if digest in n.warm and load(n, sent.get(n.id, 0)) < 1]
+    warm = [n for n in candidates if key in n.warm and load(n, sent.get(n.id, 0)) < 1]
     pool = warm or candidates
     best = min(load(n, sent.get(n.id, 0)) for n in pool)
     return random.choice([n for n in pool if load(n, sent.get(n.id, 0)) == best])

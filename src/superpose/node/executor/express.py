@@ -39,8 +39,12 @@ class ExpressCalls:
         """Functions the agent has sent here: it knows their limits, so it can adopt
         an express call of them after the fact."""
         self._subscription: Subscription | None = None
+        self._env = ""
 
-    async def open(self, digest: str) -> None:
+    async def open(self, digest: str, env: str = "") -> None:
+        """Take express calls of ``digest`` run with environment ``env`` (others sent to
+        the bundle's subject are passed on: this executor runs with one environment)."""
+        self._env = env
         self._subscription = await self.nc.subscribe(
             protocol.express_wildcard(digest),
             queue=protocol.EXPRESS_QUEUE_GROUP,
@@ -56,7 +60,11 @@ class ExpressCalls:
                 inv = protocol.Invocation.decode(msg.data)
             except protocol.ProtocolError:  # the agent that gets it answers with the error
                 inv = None
-            if inv is not None and (inv.module, inv.qualname) in self.known:
+            if (
+                inv is not None
+                and inv.env == self._env
+                and (inv.module, inv.qualname) in self.known
+            ):
                 # Taken only when idle, so it starts now: "took" is also its "start".
                 # Written at once: if the call kills this process, the agent must know
                 # of it to tell its caller.

@@ -32,6 +32,7 @@ from superpose.lattice.offers import Offers
 from superpose.node.channel import Channel
 from superpose.node.executor.asgi import AsgiRunner
 from superpose.node.executor.capture import Output, capture
+from superpose.node.executor.environment import use_environment
 from superpose.node.executor.express import ExpressCalls
 from superpose.node.executor.functions import Functions, is_async, top_level_modules
 from superpose.node.executor.lane import SyncLane
@@ -107,6 +108,8 @@ class Executor:
     async def _load(self, load: protocol.Load) -> None:
         path = Path(load.path)
         sys.path.insert(0, str(path))
+        if load.site_packages:
+            use_environment(Path(load.site_packages))
         os.chdir(path)
         payload.BY_VALUE_MODULES.update(top_level_modules(path))
         runtime.install(
@@ -120,7 +123,7 @@ class Executor:
         )
         self.outputs = capture(self._emit)
         if load.express:
-            await self.express.open(load.digest)
+            await self.express.open(load.digest, load.env)
         self.channel.send(protocol.Loaded())
 
     # --- running calls ---------------------------------------------------------------
