@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import superpose as sp
+import wheelhouse
 from superpose.client import session
 from superpose.local.lattice import LocalLattice
 
@@ -42,8 +43,15 @@ descriptor the event loop had given to another executor, and uvloop aborted the 
 
 
 def start_lattice(
-    state_dir: Path, *, workers: int = 2, slots: int = 1, gateway: bool = True, servers: int = 1
+    state_dir: Path,
+    *,
+    workers: int = 2,
+    slots: int = 1,
+    gateway: bool = True,
+    servers: int = 1,
+    env: dict[str, str] | None = None,
 ) -> Lattice:
+    """A lattice of its own; ``env`` is set for the processes it starts (and only those)."""
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     lattice = LocalLattice(
@@ -54,15 +62,17 @@ def start_lattice(
         gateway_port=0 if gateway else None,
         drain_grace_s=2.0,
     )
-    before = os.environ.get("PYTHONWARNINGS")
-    os.environ["PYTHONWARNINGS"] = CHILD_WARNINGS  # read by the children it starts now
+    children = {"PYTHONWARNINGS": CHILD_WARNINGS, **(env or {})}
+    before = {name: os.environ.get(name) for name in children}
+    os.environ.update(children)  # read by the children it starts now
     try:
         url = asyncio.run_coroutine_threadsafe(lattice.start(), loop).result()
     finally:
-        if before is None:
-            del os.environ["PYTHONWARNINGS"]
-        else:
-            os.environ["PYTHONWARNINGS"] = before
+        for name, value in before.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
     return Lattice(url, lattice.gateway_url, state_dir, lattice, loop)
 
 
@@ -98,8 +108,13 @@ def client_on(handle: Lattice) -> Iterator[sp.Client]:
 
 @pytest.fixture(scope="session")
 def lattice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lattice]:
-    """Two nodes with one slot each (the smallest lattice that can deadlock), plus a gateway."""
-    handle = start_lattice(tmp_path_factory.mktemp("lattice"))
+    """Two nodes with one slot each (the smallest lattice that can deadlock), plus a gateway.
+    Its nodes build environments from the tests' own wheelhouse, never the registry."""
+    wheels = wheelhouse.build(tmp_path_factory.mktemp("session-wheels"))
+    handle = start_lattice(
+        tmp_path_factory.mktemp("lattice"),
+        env={"UV_FIND_LINKS": str(wheels), "UV_NO_INDEX": "1"},
+    )
     yield handle
     stop_lattice(handle)
 
