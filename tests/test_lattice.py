@@ -47,6 +47,8 @@ EXPECTED_STREAMS = {
     f"KV_{protocol.DEAD_BUCKET}",
     f"KV_{protocol.CANCELS_BUCKET}",
     f"KV_{protocol.SCHEDULES_BUCKET}",
+    f"KV_{protocol.ISSUED_BUCKET}",
+    f"OBJ_{protocol.ENVS_BUCKET}",
 }
 
 
