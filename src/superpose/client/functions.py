@@ -270,6 +270,8 @@ def function(
     wait_for_node: float = 0.0,
     include: Iterable[str] | str | None = None,
     schedule: Schedule | None = None,
+    secrets: Iterable[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Function]: ...
 
 
@@ -288,6 +290,8 @@ def function(
     wait_for_node: float = 0.0,
     include: Iterable[str] | str | None = None,
     schedule: Schedule | None = None,
+    secrets: Iterable[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Function | Callable[[Callable[..., Any]], Function]:
     """Mark a function as runnable on the lattice (``@sp.function`` or ``@sp.function(...)``).
 
@@ -295,6 +299,8 @@ def function(
     script's bundle carries, so they open on the node by the same relative path.
     ``schedule=sp.Period(...)`` or ``sp.Cron("...")`` has a deployed app run it with no
     caller; it is checked here, so the same file works in script mode, which ignores it.
+    ``secrets=["STRIPE_KEY"]`` and ``env={"MODE": "prod"}`` become environment variables of
+    the executors that run this function, and of no other function's.
     """
     options = Options(
         retries=retries,
@@ -306,6 +312,8 @@ def function(
         needs=needs,
         region=region,
         wait_for_node=wait_for_node,
+        secrets=secrets,  # type: ignore[arg-type]  # checked and made a tuple there
+        env=env,
     )
     patterns = check_patterns(include)
     checked = check_schedule(schedule)

@@ -125,7 +125,7 @@ class Admission:
 
     def _dispatch_now(self, inv: protocol.Invocation, msg: Request) -> Outcome:
         """The fast path: warm bundle, known function, free capacity — no task, no await."""
-        host = self.pool.hosts.get(inv.digest)
+        host = self.pool.hosts.get(protocol.host_key(inv.digest, inv.settings))
         meta = host.known.get((inv.module, inv.qualname)) if host is not None else None
         if host is None or meta is None:
             return "cold"
@@ -135,7 +135,7 @@ class Admission:
             return "cold"
         if not pool.try_acquire():
             return "full"
-        self.pool.touch(inv.digest)
+        self.pool.touch(host.key)
         self._dispatch(host, executor, inv, msg, meta, pool)
         return "sent"
 

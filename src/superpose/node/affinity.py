@@ -53,7 +53,7 @@ class Affinity:
     def forward(self, inv: protocol.Invocation, msg: Msg) -> bool:
         """Hand the call to a warm node with room, if there is one; and while this node
         has room too, warm the bundle here, off the caller's path."""
-        node = self._warm_node_with_room(inv.digest)
+        node = self._warm_node_with_room(protocol.host_key(inv.digest, inv.settings))
         if node is None:
             return False
         self._forwards[node.id][inv.id] = time.monotonic()
@@ -65,13 +65,13 @@ class Affinity:
             self._spawn(self._warm_up(inv))
         return True
 
-    def _warm_node_with_room(self, digest: str) -> protocol.NodeInfo | None:
+    def _warm_node_with_room(self, key: str) -> protocol.NodeInfo | None:
         """The warm node with the fewest of our calls outstanding, under its share."""
         assert self.directory is not None, "affinity starts once the node is connected"
         now = time.monotonic()
         best: tuple[int, protocol.NodeInfo] | None = None
         for node in fresh(self.directory.live()):
-            if node.id == self.link.node_id or digest not in node.warm:
+            if node.id == self.link.node_id or key not in node.warm:
                 continue
             outstanding = self._forwards.setdefault(node.id, {})
             for inv_id, since in list(outstanding.items()):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from superpose import protocol
 from superpose.node.executor_process import ExecutorProcess
 from superpose.node.slots import SlotPool
 
@@ -19,10 +20,16 @@ FunctionKey = tuple[str, str]
 
 @dataclass
 class BundleHost:
-    """The executors hosting one bundle on this node, and what they told us of its functions."""
+    """The executors hosting one bundle (with one set of settings) on this node, and what
+    they told us of its functions."""
 
     digest: str
     path: Path
+    settings: protocol.ExecutorSettings | None = None
+    """Secrets and env its executors start with: a function with settings of its own
+    gets executors of its own, never sharing the process (``os.environ``) with another."""
+    key: str = ""
+    """``protocol.host_key``: what the pool keeps it by ("" = the digest)."""
     executors: list[ExecutorProcess] = field(default_factory=list)
     meta: dict[FunctionKey, asyncio.Task[dict[str, Any]]] = field(default_factory=dict)
     """One describe per function, shared by every call that arrives while it runs."""
@@ -39,6 +46,9 @@ class BundleHost:
             per_slot = int(meta.get("concurrency") or DEFAULT_ASYNC_CONCURRENCY)
             limit = self.async_limits[key] = SlotPool(per_slot * slots)
         return limit
+
+    def __post_init__(self) -> None:
+        self.key = self.key or protocol.host_key(self.digest, self.settings)
 
     def live_executors(self) -> list[ExecutorProcess]:
         return [e for e in self.executors if e.alive]

@@ -70,7 +70,8 @@ class Intake:
                 f"{inv.app}.{inv.fn} reached a node after its caller's deadline",
             )
             return
-        if may_forward and inv.digest not in self.pool.hosts and self.affinity.forward(inv, msg):
+        cold = protocol.host_key(inv.digest, inv.settings) not in self.pool.hosts
+        if may_forward and cold and self.affinity.forward(inv, msg):
             return
         self.held.hold(inv, reply)
         self.admission.accept(inv, msg)
@@ -85,6 +86,6 @@ class Intake:
         pool = self.admission.pool_for(host, inv, meta)
         pool.take()
         self.held.hold(inv, reply)
-        self.pool.touch(inv.digest)
+        self.pool.touch(host.key)
         self.express_calls += 1
         executor.adopt(self.calls.track(host, executor, inv, reply, meta, pool), started=True)

@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from superpose import protocol
 from superpose.code import store
 from superpose.node.config import NodeConfig
-from superpose.node.executor_process import Call, ExecutorProcess
+from superpose.node.executor_process import Call, ExecutorProcess, LoadFailed
 from superpose.node.fork import ForkedChild
 from superpose.node.hosts import BundleHost
 
@@ -64,6 +64,8 @@ class ExecutorPool:
         """A neutral executor forked before the event loop started: the first spare."""
         self.hosts: OrderedDict[str, BundleHost] = OrderedDict()
         self._host_locks: dict[str, asyncio.Lock] = {}
+        self._fetch_locks: dict[str, asyncio.Lock] = {}
+        """One fetch of a bundle at a time, whichever hosts (settings) it is for."""
         self._spare: asyncio.Task[ExecutorProcess] | None = None
         self._log: IO[bytes] | None = None
         self.nc: NATS | None = None
@@ -107,17 +109,18 @@ class ExecutorPool:
         return [e for h in self.hosts.values() for e in h.executors]
 
     def warm(self) -> list[str]:
-        """Digests of the bundles held warm, least recently used first."""
+        """Keys of the bundle hosts held warm (``protocol.host_key``: the digest, with a
+        suffix for settings), least recently used first."""
         return list(self.hosts)
 
     def full(self) -> bool:
         """Loading one more bundle would evict a warm one."""
         return len(self.executors()) >= self.config.max_executors
 
-    def touch(self, digest: str) -> None:
-        """A call used this bundle: it is the last to be evicted."""
-        if digest in self.hosts:
-            self.hosts.move_to_end(digest)
+    def touch(self, key: str) -> None:
+        """A call used this bundle host (``protocol.host_key``): it is the last to be evicted."""
+        if key in self.hosts:
+            self.hosts.move_to_end(key)
 
     def cancel(self, inv_id: str) -> list[str]:
         """Kill the executor running ``inv_id``; returns the other calls that died with it."""
@@ -133,23 +136,26 @@ class ExecutorPool:
     # --- bundles -------------------------------------------------------------------
 
     async def host(self, inv: protocol.Invocation) -> BundleHost:
-        """The bundle's host: fetched, verified and loaded into an executor on first sight."""
-        host = self.hosts.get(inv.digest)
+        """The bundle's host: fetched, verified and loaded into an executor on first sight.
+        (One per bundle and settings: ``protocol.host_key``.)"""
+        key = protocol.host_key(inv.digest, inv.settings)
+        host = self.hosts.get(key)
         if host is None:
-            async with self._host_locks.setdefault(inv.digest, asyncio.Lock()):
-                host = self.hosts.get(inv.digest)
+            async with self._host_locks.setdefault(key, asyncio.Lock()):
+                host = self.hosts.get(key)
                 if host is None:
-                    host = await self._load(inv)
-        self.hosts.move_to_end(inv.digest)
+                    host = await self._load(inv, key)
+        self.hosts.move_to_end(key)
         return host
 
-    async def _load(self, inv: protocol.Invocation) -> BundleHost:
+    async def _load(self, inv: protocol.Invocation, key: str) -> BundleHost:
         assert self.nc is not None, "bundles are fetched once the node is connected"
-        path = await store.materialize(self.nc, inv.digest, self.config.state_dir / "bundles")
-        host = BundleHost(inv.digest, path)
+        async with self._fetch_locks.setdefault(inv.digest, asyncio.Lock()):
+            path = await store.materialize(self.nc, inv.digest, self.config.state_dir / "bundles")
+        host = BundleHost(inv.digest, path, inv.settings, key)
         await self._add_executor(host, inv.app)
         self.cold_loads += 1
-        self.hosts[inv.digest] = host
+        self.hosts[key] = host
         self.listener.warm_changed()
         log.info("⇣ bundle %s warm (%s)", inv.digest[:12], inv.app)
         return host
@@ -158,12 +164,12 @@ class ExecutorPool:
         """Fetch a bundle an alias just moved to, so its first call here is not cold.
 
         Files only: an executor would hold memory for a version this node may
-        never serve. The lock is ``host``'s, so a call arriving mid-fetch waits
+        never serve. The lock is ``_load``'s, so a call arriving mid-fetch waits
         for this fetch instead of starting a second one.
         """
         if digest in self.hosts or self.nc is None:
             return
-        async with self._host_locks.setdefault(digest, asyncio.Lock()):
+        async with self._fetch_locks.setdefault(digest, asyncio.Lock()):
             if digest not in self.hosts:
                 await store.materialize(self.nc, digest, self.config.state_dir / "bundles")
                 log.info("⇣ bundle %s prefetched", digest[:12])
@@ -241,7 +247,18 @@ class ExecutorPool:
         executor = await self._fresh_executor()
         executor.on_took = lambda took: self.listener.on_took(host, executor, took)
         executor.on_result = self.listener.on_result
-        await executor.load(host.digest, str(host.path), app, express=self.config.express)
+        try:
+            await executor.load(
+                host.digest,
+                str(host.path),
+                app,
+                express=self.config.express,
+                key=host.key,
+                settings=host.settings,
+            )
+        except LoadFailed:  # e.g. a secret is not set: it may be set before the next call
+            self._spawn(executor.close())
+            raise
         host.executors.append(executor)
         # Loads overlap (a warm-up and a call, two cold bundles): each made room before
         # the other finished, so look again now that this one is in.
@@ -251,15 +268,15 @@ class ExecutorPool:
     def _evict_if_full(self, room_for: int, keep: BundleHost | None = None) -> None:
         """Close the least recently used idle bundles until ``room_for`` more executors fit."""
         total = len(self.executors())
-        if keep is not None and keep.digest not in self.hosts:
+        if keep is not None and keep.key not in self.hosts:
             total += len(keep.executors)  # being loaded: not in the table yet
-        for digest, host in list(self.hosts.items()):
+        for key, host in list(self.hosts.items()):
             if total + room_for <= self.config.max_executors:
                 return
             if host.users == 0 and host is not keep:
-                del self.hosts[digest]
+                del self.hosts[key]
                 total -= len(host.executors)
                 for executor in host.executors:
                     self._spawn(executor.close())
-                log.info("evicted bundle %s", digest[:12])
+                log.info("evicted bundle %s", key[:12])
                 self.listener.warm_changed()
