@@ -33,6 +33,7 @@ from superpose.client.options import Options
 from superpose.client.placement import Placement
 from superpose.client.replies import LogSink, Replies
 from superpose.client.scripts import ScriptBundles
+from superpose.client.secrets import Secrets
 from superpose.errors import SuperposeError
 from superpose.lattice.connection import Assets, ensure_assets
 from superpose.lattice.connection import connect as connect_nats
@@ -212,6 +213,11 @@ class Client:
     def value_bundle(self, owner: Any, name: str, fn: FunctionType) -> str:
         """The digest of the by-value bundle of a function with no file (``scripts.py``)."""
         return self._scripts.by_value(owner, name, fn)
+
+    @property
+    def secrets(self) -> Secrets:
+        """The lattice's secrets: ``set``, ``ls``, ``rm`` (``superpose secret`` does the same)."""
+        return Secrets(self.assets.secrets, self.run)
 
     async def nodes(self) -> NodeDirectory:
         return await self._placement.nodes()

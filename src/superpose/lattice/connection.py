@@ -85,6 +85,7 @@ class Assets:
         dead: KeyValue,
         cancels: KeyValue,
         schedules: KeyValue,
+        secrets: KeyValue,
     ) -> None:
         self.js = js
         self.registry = registry
@@ -95,6 +96,7 @@ class Assets:
         self.dead = dead
         self.cancels = cancels
         self.schedules = schedules
+        self.secrets = secrets
 
 
 async def _open_or_create(
@@ -289,6 +291,7 @@ async def ensure_assets(nc: NATS) -> Assets:
         dead = await kv(bucket=protocol.DEAD_BUCKET, ttl=protocol.DEAD_TTL_S)
         cancels = await kv(bucket=protocol.CANCELS_BUCKET, ttl=protocol.RESULT_TTL_S)
         schedules = await kv(bucket=protocol.SCHEDULES_BUCKET)
+        secrets = await kv(bucket=protocol.SECRETS_BUCKET, history=1)
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
-    return Assets(js, registry, nodes, bundles, blobs, results, dead, cancels, schedules)
+    return Assets(js, registry, nodes, bundles, blobs, results, dead, cancels, schedules, secrets)
