@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -164,6 +165,28 @@ def poll(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
             return found
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def read_until_exit(fd: int, proc: subprocess.Popen[bytes]) -> str:
+    """What ``proc`` writes to the terminal ``fd`` (a pty's leader) until it exits;
+    closes ``fd``."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # the terminal closed with the process
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=10)
+    os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
 
 
 async def bare_executor(url: str, node_id: str) -> Any:

@@ -207,7 +207,7 @@ def test_first_call_builds_the_other_node_pulls_and_warm_calls_reuse(
         )
         assert (info.python, info.platform) == (env.python, env.platform)
         assert (
-            protocol.warm_key(env_fns.tiny_version._target(client).digest, env.digest) in info.warm
+            protocol.host_key(env_fns.tiny_version._target(client).digest, env.digest) in info.warm
         )
 
 
@@ -222,7 +222,7 @@ def test_two_environments_run_side_by_side_on_one_node(
             value_of(call_with_env(client, env_fns.tiny_version, env.digest, node=node)) == version
         )
     digest = env_fns.tiny_version._target(client).digest
-    both = {protocol.warm_key(digest, old.digest), protocol.warm_key(digest, new.digest)}
+    both = {protocol.host_key(digest, old.digest), protocol.host_key(digest, new.digest)}
     poll(lambda: both <= set(node_info(client, node).warm), "both hosts in the warm set")
 
 

@@ -49,6 +49,7 @@ EXPECTED_STREAMS = {
     f"KV_{protocol.SCHEDULES_BUCKET}",
     f"KV_{protocol.ISSUED_BUCKET}",
     f"OBJ_{protocol.ENVS_BUCKET}",
+    f"KV_{protocol.SECRETS_BUCKET}",
 }
 
 
@@ -71,6 +72,7 @@ def test_assets_are_created_on_a_fresh_server(tmp_path: Path) -> None:
     assert streams[f"KV_{protocol.NODES_BUCKET}"].max_age == protocol.NODE_TTL_S
     assert streams[f"KV_{protocol.RESULTS_BUCKET}"].max_age == protocol.RESULT_TTL_S
     assert streams[f"OBJ_{protocol.BLOBS_BUCKET}"].max_age == protocol.BLOB_TTL_S
+    assert streams[f"KV_{protocol.SECRETS_BUCKET}"].max_msgs_per_subject == 1
     consumer = found["consumer"].config
     assert consumer.filter_subject == protocol.WORK_ANY_FILTER
     assert consumer.ack_wait == protocol.ACK_WAIT_S

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import select
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 import pytest
 
 import superpose as sp
-from conftest import Lattice
+from conftest import Lattice, read_until_exit
 from superpose.code import script
 from superpose.code.include import check_patterns, included_files
 
@@ -163,29 +161,9 @@ def _stderr_on_a_terminal(root: Path, lattice: Lattice, *args: str) -> str:
         stderr=follower,
     )
     os.close(follower)
-    seen = _read_until_exit(leader, proc)
+    seen = read_until_exit(leader, proc)
     assert proc.returncode == 0, seen
     return seen
-
-
-def _read_until_exit(fd: int, proc: subprocess.Popen[bytes]) -> str:
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:  # the terminal closed with the process
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=10)
-    os.close(fd)
-    return b"".join(chunks).decode(errors="replace")
 
 
 def test_a_local_module_imported_after_the_first_call_reaches_the_nodes(

@@ -196,12 +196,22 @@ def frames() -> list[Any]:
     return [
         protocol.Load(DIGEST, "/state/bundles/" + DIGEST, "shop"),
         protocol.Load(DIGEST, "/state/bundles/" + DIGEST, "shop", express=False),
+        protocol.Load(
+            DIGEST,
+            "/state/bundles/" + DIGEST,
+            "shop",
+            key=DIGEST + "-0123456789abcdef",
+            settings=protocol.ExecutorSettings(secrets=["STRIPE_KEY"], env={"MODE": "prod"}),
+        ),
         protocol.Describe("describe:shop.checkout:checkout", "shop.checkout", "checkout"),
         protocol.Run(inv, "_SP.3f9a1c0e5b7d2468.r.3f9a1c0e5b7d2468.1a"),
         protocol.StackQuery("3f9a1c0e5b7d2468.1a"),
         protocol.Quiet(),
         protocol.Ready(4242),
         protocol.Loaded(),
+        protocol.Loaded(
+            error=protocol.ErrorInfo(protocol.ERR_PREPARE, "SecretNotSet", "secret X is not set")
+        ),
         protocol.Described("describe:shop.checkout:checkout", meta={"is_async": False}),
         protocol.Described(
             "describe:shop.x:x", meta={"is_async": True, "timeout_s": 5.0, "concurrency": 8}
@@ -216,4 +226,7 @@ def frames() -> list[Any]:
         protocol.Quieted(),
         protocol.Stack("3f9a1c0e5b7d2468.1a", '  File "shop.py", line 3, in checkout\n'),
         protocol.Stack("3f9a1c0e5b7d2468.1b", ""),
+        protocol.Retire(
+            protocol.ErrorInfo(protocol.ERR_PREPARE, "StartHookFailed", "start-up hook", "tb")
+        ),
     ]

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         connect,
         function,
         gather,
+        on_start,
         use,
         wait,
     )
@@ -77,6 +78,7 @@ __all__ = [
     "connect",
     "function",
     "gather",
+    "on_start",
     "use",
     "wait",
 ]

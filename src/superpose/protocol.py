@@ -46,6 +46,9 @@ SCHEDULES_BUCKET = "sp_schedules"
 ISSUED_BUCKET = "sp_issued"
 """Which durable invocation ids exist (``issued_mark``), so a cancel can tell an id
 that was never issued from one still queued."""
+SECRETS_BUCKET = "sp_secrets"
+"""``superpose secret set``: name → value (UTF-8), history 1. Read only by executors whose
+function names the secret; stored encrypted at rest by the embedded server."""
 
 NODE_TTL_S = 10.0
 """A node that has not refreshed its entry for this long is considered gone."""
@@ -356,6 +359,27 @@ def placement_key(cls: str) -> str:
     return f"place.{cls}"
 
 
+SECRET_NAME_RULE = "capital letters, digits and _, not starting with a digit, at most 128"
+_SECRET_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+ENV_NAME_RULE = "letters, digits and _, not starting with a digit, at most 128"
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+RESERVED_ENV_PREFIX = "SUPERPOSE_"
+"""The executor's own settings: a function's secrets and env may not set them."""
+
+
+def is_valid_secret_name(name: object) -> bool:
+    """Secret names become environment variables and key-value keys alike."""
+    return isinstance(name, str) and bool(_SECRET_RE.match(name))
+
+
+def is_valid_env_name(name: object) -> bool:
+    return isinstance(name, str) and bool(_ENV_NAME_RE.match(name))
+
+
+def secret_key(name: str) -> str:
+    return name
+
+
 def pin_key(app: str, fn: str) -> str:
     return f"pin.{app}.{fn}"
 
@@ -558,6 +582,30 @@ class CallContext(msgspec.Struct, omit_defaults=True):
     """Record a span per call of this graph (which version answered, where, how long)."""
 
 
+class ExecutorSettings(msgspec.Struct, omit_defaults=True, frozen=True):
+    """What a function's executor starts with besides its bundle: the names of the
+    secrets it reads (their values never travel in a call) and the environment
+    variables it sets (``@sp.function(secrets=[...], env={...})``). Executors are
+    kept per bundle and settings, so one function's values reach no other's."""
+
+    secrets: list[str] = []
+    env: dict[str, str] = {}
+
+    def digest(self) -> str:
+        """A short name for these settings (of names and env values, never secrets')."""
+        text = _JSON_ENCODER.encode([sorted(self.secrets), sorted(self.env.items())])
+        return hashlib.sha256(text).hexdigest()[:16]
+
+
+def host_key(digest: str, env: str = "", settings: ExecutorSettings | None = None) -> str:
+    """What a node keeps executors by, lists as warm, and names their express subject
+    after: the bundle digest, then ``+`` its environment digest when it has one (an
+    executor with one environment never serves another), then ``-`` its settings'
+    digest when it has settings (one function's secrets reach no other's)."""
+    key = f"{digest}+{env}" if env else digest
+    return key if settings is None else f"{key}-{settings.digest()}"
+
+
 class Invocation(Message, tag="sp.invocation.v1"):
     """One request to run a function: addresses only, so any node can serve it."""
 
@@ -588,6 +636,13 @@ class Invocation(Message, tag="sp.invocation.v1"):
     """Node labels the invocation must run on (a pin is ``{"node": id}``)."""
     env: str = ""
     """The environment digest its executor runs with ("" = the node's own packages)."""
+    settings: ExecutorSettings | None = None
+    """Its function's secrets (names) and env: it runs in an executor of its own."""
+
+    @property
+    def host(self) -> str:
+        """The executors that may run it (``host_key``): its bundle, environment, settings."""
+        return host_key(self.digest, self.env, self.settings)
 
     def remaining_s(self) -> float:
         return self.deadline - time.time()
@@ -652,7 +707,7 @@ class NodeInfo(Message, tag="sp.node.v1"):
     busy: int = 0
     queued: int = 0
     warm: list[str] = []
-    """What its executors host: ``warm_key(bundle digest, env digest)`` of each."""
+    """What its executors host: ``host_key`` (bundle, environment, settings) of each."""
     started: float = 0.0
     seen: float = 0.0
     served: int = 0
@@ -872,6 +927,10 @@ class Load(Frame, tag="load"):
     """The built environment's site-packages to import user packages from ("" = none)."""
     env: str = ""
     """That environment's digest: express calls of another environment are passed on."""
+    key: str = ""
+    """``host_key``: the express subject it takes calls on ("" = ``digest``)."""
+    settings: ExecutorSettings | None = None
+    """Secrets to read (by name, from the lattice) and env to set before any import."""
 
 
 class Describe(Frame, tag="describe"):
@@ -910,7 +969,9 @@ class Ready(Frame, tag="ready"):
 
 
 class Loaded(Frame, tag="loaded"):
-    pass
+    """Loaded, or not: ``error`` (kind ``prepare``) says why, e.g. a secret not set."""
+
+    error: ErrorInfo | None = None
 
 
 class Described(Frame, tag="described"):
@@ -961,6 +1022,13 @@ class Quieted(Frame, tag="quiet"):
     pass
 
 
+class Retire(Frame, tag="retire"):
+    """A start-up hook failed here: send nothing more, and close this executor (the
+    calls it still holds are answered with ``error``)."""
+
+    error: ErrorInfo
+
+
 class Stack(Frame, tag="stack"):
     """Where a call is now: a traceback of its frames, "" if it is not running here."""
 
@@ -970,7 +1038,7 @@ class Stack(Frame, tag="stack"):
 
 FromAgent: TypeAlias = Load | Describe | Run | StackQuery | Quiet
 FromExecutor: TypeAlias = (
-    Ready | Loaded | Described | Start | Done | Block | Unblock | Took | Quieted | Stack
+    Ready | Loaded | Described | Start | Done | Block | Unblock | Took | Quieted | Stack | Retire
 )
 
 _FROM_AGENT = msgspec.msgpack.Decoder(FromAgent)
@@ -1112,12 +1180,6 @@ def env_build_key(digest: str) -> str:
 def env_archive(digest: str) -> str:
     """A built environment's object in ``ENVS_BUCKET``: its site-packages, tar.gz."""
     return f"{digest}.tar.gz"
-
-
-def warm_key(digest: str, env: str) -> str:
-    """What ``NodeInfo.warm`` lists for a bundle hosted with an environment: executors
-    with one environment never serve another, so warm means both."""
-    return f"{digest}+{env}" if env else digest
 
 
 class Version(Record):

@@ -9,12 +9,14 @@ small lattice), and takes it back when it resumes.
 from __future__ import annotations
 
 import contextvars
+import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
 from superpose import protocol
+from superpose.errors import BadRequestError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -47,6 +49,10 @@ class NodeRuntime:
     on_block: Callable[[str], None] = field(repr=False)
     on_unblock: Callable[[str], None] = field(repr=False)
 
+
+StartHook: TypeAlias = Callable[[], object]
+"""``@sp.on_start``: a function of no arguments, sync or async."""
+_start_hooks: list[StartHook] = []
 
 _runtime: NodeRuntime | None = None
 current_invocation: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar(
@@ -91,3 +97,39 @@ def blocking() -> Iterator[None]:
         yield
     finally:
         _runtime.on_unblock(invocation.id)
+
+
+def on_start(fn: StartHook | None = None, /) -> StartHook:
+    """Run ``fn`` once in each executor of this app, before its first call there: load a
+    model, open a connection pool. (Registered when its module is imported; a module
+    imported only on the caller's side registers it there too, where it never runs.)
+
+    If it raises, that call fails with kind ``prepare`` naming the hook, and the
+    executor is replaced: the next call gets a fresh one, which runs it again.
+    """
+    if fn is None:
+        raise BadRequestError("@sp.on_start takes no options: write it without parentheses")
+    if not callable(fn):
+        raise BadRequestError(f"@sp.on_start needs a function, got {fn!r}")
+    required = [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if required:
+        raise BadRequestError(
+            f"@sp.on_start hook {hook_name(fn)} must take no arguments (it has "
+            f"{', '.join(required)}): nothing calls it but the executor"
+        )
+    _start_hooks.append(fn)
+    return fn
+
+
+def start_hooks() -> list[StartHook]:
+    """Every hook registered in this process so far, in the order their modules ran."""
+    return _start_hooks
+
+
+def hook_name(fn: StartHook) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"

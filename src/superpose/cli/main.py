@@ -1,7 +1,8 @@
 """The ``superpose`` command: one parser, and one place that turns errors into exit statuses.
 
 The commands live in one module per group (``lattice``, ``apps``, ``calls``, ``routing``,
-``schedules``, ``envs``); the cli package is the only one that prints or exits, library code raises.
+``schedules``, ``envs``, ``secrets``); the cli package is the only one that prints or
+exits, library code raises.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import os
 import sys
 
 from superpose import config
-from superpose.cli import apps, calls, common, envs, lattice, routing, schedules
+from superpose.cli import apps, calls, common, envs, lattice, routing, schedules, secrets
 from superpose.errors import RemoteError, SuperposeError
 
 HELP_ORDER = (
     *("up", "down", "worker", "gateway", "deploy", "call", "result", "failed", "replay"),
     *("cancel", "ls", "versions", "alias", "promote", "rollback", "schedules", "status"),
-    "logs",
+    *("logs", "secret"),
 )
 """Commands in the order ``superpose --help`` lists them: the order users already know,
 from starting a lattice to reading logs, which is not the order of the modules.
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     routing.add_commands(add)
     schedules.add_commands(add)
     envs.add_commands(add)
+    secrets.add_commands(add)
     _in_help_order(sub)
     return parser
 

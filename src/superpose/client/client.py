@@ -34,6 +34,7 @@ from superpose.client.placement import Placement
 from superpose.client.replies import LogSink, Replies
 from superpose.client.resolving import lattice_platform, resolve_and_record
 from superpose.client.scripts import ScriptBundles
+from superpose.client.secrets import Secrets
 from superpose.errors import SuperposeError
 from superpose.lattice.connection import Assets, ensure_assets
 from superpose.lattice.connection import connect as connect_nats
@@ -231,6 +232,11 @@ class Client:
         target = lattice_platform((await self.nodes()).live())
         env = await resolve_and_record(await self.registry(), target, declared)
         return env.digest
+
+    @property
+    def secrets(self) -> Secrets:
+        """The lattice's secrets: ``set``, ``ls``, ``rm`` (``superpose secret`` does the same)."""
+        return Secrets(self.assets.secrets, self.run)
 
     async def nodes(self) -> NodeDirectory:
         return await self._placement.nodes()

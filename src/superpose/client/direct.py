@@ -143,6 +143,7 @@ class DirectCalls:
             memory_mb=options.memory,
             ctx=ctx,
             needs=self._placement.needs(target, options),
+            settings=options.settings(target.options),
         )
         future = Future()
         future.invocation_id = inv.id
@@ -198,9 +199,9 @@ class DirectCalls:
         subject = protocol.call_subject(inv.app, inv.fn)
         if inv.needs:
             subject = await self._place(call)
-        elif self._express.take(inv.digest):
+        elif self._express.take(host := inv.host):
             call.express = True
-            subject = protocol.express_subject(inv.digest, inv.app, inv.fn)
+            subject = protocol.express_subject(host, inv.app, inv.fn)
         try:
             await self._nc.publish(
                 subject, inv.encode(), reply=protocol.reply_subject(self._client_id, inv.id)
@@ -224,7 +225,7 @@ class DirectCalls:
     def _express_settled(self, call: Call) -> None:
         if call.express:
             call.express = False
-            self._express.release(call.inv.digest)
+            self._express.release(call.inv.host)
 
     # --- settling ------------------------------------------------------------------
 
@@ -237,7 +238,7 @@ class DirectCalls:
         if call.express:
             self._express_settled(call)
             if no_responders:  # not warm anywhere: the queue group's nodes load it
-                self._express.went_cold(call.inv.digest)
+                self._express.went_cold(call.inv.host)
                 await self._publish_or_fail(call)
                 return
         if no_responders:

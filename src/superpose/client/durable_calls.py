@@ -147,6 +147,7 @@ class DurableCalls:
             retries=options.retries or int(target.options.get("retries", 0) or 0),
             retry_on=list(options.retry_on) or None,
             needs=self._placement.needs(target, options),
+            settings=options.settings(target.options),
         )
 
     def _join_keyed(self, future: Future) -> bool:

@@ -284,6 +284,8 @@ def function(
     include: Iterable[str] | str | None = None,
     schedule: Schedule | None = None,
     pip: Iterable[str] | str | None = None,
+    secrets: Iterable[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Function]: ...
 
 
@@ -303,6 +305,8 @@ def function(
     include: Iterable[str] | str | None = None,
     schedule: Schedule | None = None,
     pip: Iterable[str] | str | None = None,
+    secrets: Iterable[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Function | Callable[[Callable[..., Any]], Function]:
     """Mark a function as runnable on the lattice (``@sp.function`` or ``@sp.function(...)``).
 
@@ -313,6 +317,8 @@ def function(
     ``pip`` names packages from the index (``["numpy>=2"]``): in script mode the union of
     a script's functions' ``pip=`` is resolved at its first call into the environment
     its calls run with; a deployed app's are added to what its folder declares.
+    ``secrets=["STRIPE_KEY"]`` and ``env={"MODE": "prod"}`` become environment variables of
+    the executors that run this function, and of no other function's.
     """
     options = Options(
         retries=retries,
@@ -324,6 +330,8 @@ def function(
         needs=needs,
         region=region,
         wait_for_node=wait_for_node,
+        secrets=secrets,  # type: ignore[arg-type]  # checked and made a tuple there
+        env=env,
     )
     patterns = check_patterns(include)
     checked = check_schedule(schedule)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from superpose import protocol
+from superpose.code.settings import recorded_settings, settings_of
 from superpose.errors import BadRequestError
 from superpose.registry.placement import check_needs
 
@@ -44,10 +45,16 @@ class Options:
     """App → version for this call and every call nested under it."""
     trace: bool = False
     """Record which version of each function answered, down the call graph."""
+    secrets: tuple[str, ...] | None = None
+    """Names of secrets (``superpose secret set``) its executor gets as environment
+    variables; None: those the deployed version recorded."""
+    env: dict[str, str] | None = None
+    """Environment variables its executor sets; None: those the deployed version recorded."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retry_on", _exception_names(self.retry_on))
         object.__setattr__(self, "needs", check_needs(self.needs) or None)
+        self._check_settings()
         if self.region is not None and not protocol.is_valid_name(str(self.region)):
             raise BadRequestError(f"region must be a label value like 'eu', got {self.region!r}")
         if not (isinstance(self.wait_for_node, int | float) and self.wait_for_node >= 0):
@@ -77,6 +84,26 @@ class Options:
             isinstance(self.concurrency, int) and self.concurrency >= 1
         ):
             raise BadRequestError(f"concurrency must be ≥ 1, got {self.concurrency!r}")
+
+    def _check_settings(self) -> None:
+        """``secrets`` and ``env`` by the rules deploy applies to the recorded ones."""
+        if self.secrets is None and self.env is None:
+            return
+        own = settings_of(self.secrets, self.env) or protocol.ExecutorSettings()
+        if self.secrets is not None:
+            object.__setattr__(self, "secrets", tuple(own.secrets))
+        if self.env is not None:
+            object.__setattr__(self, "env", dict(own.env))
+
+    def settings(self, recorded: dict[str, Any]) -> protocol.ExecutorSettings | None:
+        """The executor settings of a call: these options', else what deploy recorded."""
+        if self.secrets is None and self.env is None:
+            if "secrets" not in recorded and "env" not in recorded:
+                return None  # the common case, per call: nothing to check
+            return recorded_settings(recorded)
+        secrets = self.secrets if self.secrets is not None else recorded.get("secrets")
+        env = self.env if self.env is not None else recorded.get("env")
+        return settings_of(secrets, env)
 
     def node_options(self) -> dict[str, Any]:
         return {

@@ -59,7 +59,7 @@ class Placement:
 
     async def node_for(self, inv: protocol.Invocation, wait_s: float) -> str:
         """The node a direct call goes to; counted as busier until ``answered``."""
-        warm = protocol.warm_key(inv.digest, inv.env)
+        warm = inv.host  # what nodes list as warm
         node = choose(await self._candidates(inv, wait_s), warm, self._sent_to)
         self._sent_to[node.id] += 1
         return node.id

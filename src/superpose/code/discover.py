@@ -5,7 +5,8 @@ have side effects), so functions are found in the syntax tree: top-level
 ``def``/``async def`` decorated with ``function`` from superpose, in any of the
 spellings people use (``@sp.function``, ``@superpose.function``,
 ``@function(...)``). Literal decorator options are read too; the node applies
-the real ones when it loads the code. A ``schedule=`` is the one option that is a
+the real ones when it loads the code. ``secrets=`` and ``env=`` must be literals: the
+node sets them up before it imports anything. A ``schedule=`` is the one option that is a
 call (``sp.Period(seconds=30)``, ``sp.Cron("0 * * * *")``): its literal arguments
 are read and checked here, since the nodes act on it without importing anything.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from superpose.code import schedules, signatures
+from superpose.code import schedules, settings, signatures
 from superpose.code.bundle import Bundle, module_name
 from superpose.errors import BadRequestError, DeployError
 from superpose.protocol import Signature
@@ -115,8 +116,31 @@ def _decorator_options(decorator: ast.expr, names: Names, where: str) -> dict[st
             try:
                 options[keyword.arg] = ast.literal_eval(keyword.value)
             except ValueError:
+                if keyword.arg in _SETTINGS:
+                    raise DeployError(
+                        f"{where}: {keyword.arg}= must be written out as a literal: deploy reads "
+                        "the source, it does not run it"
+                    ) from None
                 continue
+        _check_settings(options, where)
     return options
+
+
+_SETTINGS = ("secrets", "env")
+"""Options a node acts on before importing anything: they must be literal, and valid."""
+
+
+def _check_settings(options: dict[str, Any], where: str) -> None:
+    try:
+        checked = settings.settings_of(options.get("secrets"), options.get("env"))
+    except BadRequestError as exc:
+        raise DeployError(f"{where}: {exc.message}") from None
+    for name in _SETTINGS:
+        options.pop(name, None)
+    if checked is not None and checked.secrets:
+        options["secrets"] = checked.secrets
+    if checked is not None and checked.env:
+        options["env"] = checked.env
 
 
 def _schedule(value: ast.expr, names: Names, where: str) -> schedules.Schedule | None:

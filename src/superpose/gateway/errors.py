@@ -2,8 +2,8 @@
 
 Every endpoint answers through ``error_response``, so an exception gets the same
 status and body wherever it is raised: a user error is a 4xx (bad body 400, unknown
-function 404, body too big 413), a function that raised or crashed a 500, a timeout
-504, no node 503.
+function 404, body too big 413, an executor that could not be prepared 424), a function
+that raised or crashed a 500, a timeout 504, no node 503.
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ _REMOTE_STATUS = {
     protocol.ERR_TIMEOUT: 504,
     protocol.ERR_NOT_FOUND: 404,
     protocol.ERR_BAD_REQUEST: 400,
+    protocol.ERR_PREPARE: 424,
 }
-"""A node's failure by kind; any other kind (the function raised or crashed) is a 500."""
+"""A node's failure by kind; any other kind (the function raised or crashed) is a 500.
+``prepare`` (a secret not set, a start-up hook that raised) is 424 Failed Dependency:
+the call never ran, for a reason its app's owner can fix."""
 
 _USER_STATUS: list[tuple[type[SuperposeError], int]] = [
     (NotFoundError, 404),

@@ -87,6 +87,7 @@ class Assets:
         schedules: KeyValue,
         issued: KeyValue,
         envs: ObjectStore,
+        secrets: KeyValue,
     ) -> None:
         self.js = js
         self.registry = registry
@@ -100,6 +101,7 @@ class Assets:
         self.issued = issued
         self.envs = envs
         """Built environments, ``<env digest>.tar.gz``: built once, pulled by every node."""
+        self.secrets = secrets
 
 
 async def _open_or_create(
@@ -296,8 +298,20 @@ async def ensure_assets(nc: NATS) -> Assets:
         schedules = await kv(bucket=protocol.SCHEDULES_BUCKET)
         issued = await kv(bucket=protocol.ISSUED_BUCKET, ttl=protocol.RESULT_TTL_S)
         envs = await objects(bucket=protocol.ENVS_BUCKET)
+        secrets = await kv(bucket=protocol.SECRETS_BUCKET, history=1)
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
     return Assets(
-        js, registry, nodes, bundles, blobs, results, dead, cancels, schedules, issued, envs
+        js,
+        registry,
+        nodes,
+        bundles,
+        blobs,
+        results,
+        dead,
+        cancels,
+        schedules,
+        issued,
+        envs,
+        secrets,
     )

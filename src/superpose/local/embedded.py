@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,6 +21,10 @@ from superpose.config import ENV_NATS_SERVER, settings
 from superpose.errors import LatticeError
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+STORE_KEY_FILE = "store.key"
+"""The key the server encrypts its JetStream store with, in its state folder (mode 0600)."""
+KEY_VARIABLE = "SP_JETSTREAM_KEY"
+"""How the key reaches the server: its environment, so ``nats.conf`` does not hold it."""
 PR_SET_PDEATHSIG = 1
 READY_TIMEOUT_S = 10.0
 
@@ -91,14 +96,39 @@ CLUSTER_NAME = "superpose"
 def _config_text(store_dir: Path, port: int, host: str, role: ClusterRole | None) -> str:
     # sync_interval: always — JetStream otherwise acknowledges writes it has not
     # fsynced (it syncs every 2 minutes by default); see docs/architecture.md.
+    # cipher — the whole store (secrets among the rest) is encrypted at rest.
     return (
         f"listen: {host}:{port}\n"
         f"max_payload: {MAX_PAYLOAD_BYTES}\n"
         "jetstream {\n"
         f'  store_dir: "{store_dir}"\n'
         "  sync_interval: always\n"
+        "  cipher: chachapoly\n"
+        f"  key: ${KEY_VARIABLE}\n"
         "}\n"
     ) + (role.config_text(host) if role is not None else "")
+
+
+def store_key(state_dir: Path, store_dir: Path) -> str:
+    """The key of the server's store: made at its first start (or the first since
+    encryption came: the server encrypts a plain store it finds), kept for every restart.
+
+    A store encrypted with a key that is gone cannot be read, and a server started
+    without it would create its streams afresh over the old ones: refused instead.
+    """
+    path = state_dir / STORE_KEY_FILE
+    if path.exists():
+        return path.read_text().strip()
+    if next(store_dir.rglob("meta.key"), None) is not None:
+        raise LatticeError(
+            f"the lattice's store in {store_dir} is encrypted, and its key ({path}) is gone: "
+            "put the key file back, or remove the store to start with an empty lattice"
+        )
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
 
 
 @dataclass
@@ -120,7 +150,9 @@ class EmbeddedServer:
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
         conf = self.state_dir / "nats.conf"
-        conf.write_text(_config_text(self.state_dir / "jetstream", self.port, self.host, self.role))
+        store_dir = self.state_dir / "jetstream"
+        key = store_key(self.state_dir, store_dir)
+        conf.write_text(_config_text(store_dir, self.port, self.host, self.role))
         log = open(self.state_dir / "nats-server.log", "ab")  # noqa: SIM115 - child owns it
         try:
             self.process = subprocess.Popen(
@@ -128,6 +160,7 @@ class EmbeddedServer:
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, KEY_VARIABLE: key},
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )

@@ -135,7 +135,7 @@ class Admission:
             return "cold"
         if not pool.try_acquire():
             return "full"
-        self.pool.touch(inv)
+        self.pool.touch(host.key)
         self._dispatch(host, executor, inv, msg, meta, pool)
         return "sent"
 

@@ -53,7 +53,7 @@ class Affinity:
     def forward(self, inv: protocol.Invocation, msg: Msg) -> bool:
         """Hand the call to a warm node with room, if there is one; and while this node
         has room too, warm the bundle here, off the caller's path."""
-        node = self._warm_node_with_room(protocol.warm_key(inv.digest, inv.env))
+        node = self._warm_node_with_room(inv.host)
         if node is None:
             return False
         self._forwards[node.id][inv.id] = time.monotonic()

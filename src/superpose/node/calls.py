@@ -223,13 +223,17 @@ class CallTracker:
             await self.link.nc.publish(reply, result.encode())
 
 
+_DIED_AS = {protocol.ERR_MEMORY: "MemoryLimitExceeded", protocol.ERR_PREPARE: "StartHookFailed"}
+"""The error type of calls an executor took with it, by how it ended."""
+
+
 def _error_info(exc: Exception) -> protocol.ErrorInfo:
     """How a failure to serve a call is reported to its caller."""
     if isinstance(exc, LoadFailed):
         e = exc.error
         return protocol.ErrorInfo(e.kind, e.type, e.message, e.traceback)
     if isinstance(exc, ExecutorDied):
-        kind_name = "MemoryLimitExceeded" if exc.kind == protocol.ERR_MEMORY else "ExecutorCrashed"
+        kind_name = _DIED_AS.get(exc.kind, "ExecutorCrashed")
         return protocol.ErrorInfo(exc.kind, kind_name, exc.reason, exc.output)
     if isinstance(exc, CallTimeoutError):
         return protocol.ErrorInfo(protocol.ERR_TIMEOUT, "DeadlineExceeded", exc.message)

@@ -45,8 +45,9 @@ class ExecutorDied(Exception):
 
 
 class LoadFailed(Exception):
-    """A call's function could not be made ready: describing it failed in the executor
-    (import error, missing name), or its environment could not be had (kind ``prepare``)."""
+    """A call's function could not be made ready: loading its bundle failed (a secret not
+    set), describing it failed in the executor (an import error, a missing name), or its
+    environment could not be had (kind ``prepare``)."""
 
     def __init__(self, error: protocol.ErrorInfo) -> None:
         super().__init__(error.message)
@@ -85,6 +86,8 @@ class ExecutorProcess:
     kill_reason: tuple[str, str] | None = None
     quieted: bool = False
     """Asked to take no more express calls (once is enough: shutdown, then close)."""
+    retired: protocol.ErrorInfo | None = None
+    """Its start-up hook failed: it takes no new calls, and is closing."""
     on_took: Callable[[protocol.Took], None] | None = None
     """Told of each call a client sent straight here (express); the agent adopts it."""
     on_result: Callable[[bytes], None] | None = None
@@ -98,6 +101,7 @@ class ExecutorProcess:
     _output_closer: asyncio.StreamWriter | None = None
     """Closes a forked child's output socket if it is not read to its end."""
     _memory_watch: asyncio.Task[None] | None = None
+    _closing: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
@@ -105,8 +109,8 @@ class ExecutorProcess:
 
     @property
     def alive(self) -> bool:
-        """Running and not condemned: a killed executor takes no new calls."""
-        return self.process.returncode is None and self.kill_reason is None
+        """Running, and neither condemned nor retired: such an executor takes no new calls."""
+        return self.process.returncode is None and self.kill_reason is None and not self.retired
 
     running_sync: int = 0
     """Sync calls sent here and not blocked on children (kept as a count: it is read per call)."""
@@ -198,10 +202,17 @@ class ExecutorProcess:
         express: bool = True,
         site_packages: str = "",
         env: str = "",
+        key: str = "",
+        settings: protocol.ExecutorSettings | None = None,
     ) -> None:
+        """Collapse into the bundle; LoadFailed if it could not (a secret is not set)."""
         self.digest = digest
-        load = protocol.Load(digest, path, app, express, site_packages, env)
-        await self._request("load", load, protocol.Loaded)
+        load = protocol.Load(
+            digest, path, app, express, site_packages, env, key=key, settings=settings
+        )
+        loaded = await self._request("load", load, protocol.Loaded)
+        if loaded.error is not None:
+            raise LoadFailed(loaded.error)
 
     async def describe(self, module: str, qualname: str) -> dict[str, Any]:
         key = f"describe:{module}:{qualname}"
@@ -275,6 +286,8 @@ class ExecutorProcess:
                     self._resolve("quiet", frame)
                 case protocol.Stack(id=invocation_id):
                     self._resolve(f"stack:{invocation_id}", frame)
+                case protocol.Retire(error=error):
+                    self._retire(error)
                 case protocol.Start() | protocol.Done() | protocol.Block() | protocol.Unblock():
                     call = self.calls.get(frame.id)
                     if call is not None:
@@ -301,6 +314,14 @@ class ExecutorProcess:
                 self.running_sync += call.is_sync
                 self.on_unblock(call)
 
+    def _retire(self, error: protocol.ErrorInfo) -> None:
+        """Its start-up hook failed: no call may run here any more. It answers those it
+        holds with the hook's error; the next call gets a fresh executor."""
+        if self.retired is None:
+            self.retired = error
+            log.info("executor %d retired: %s", self.pid, error.message.splitlines()[0])
+            self._closing = asyncio.get_running_loop().create_task(self.close())
+
     def _resolve(self, key: str, frame: protocol.FromExecutor) -> None:
         waiter = self._waiters.pop(key, None)
         if waiter is not None and not waiter.done():
@@ -311,6 +332,8 @@ class ExecutorProcess:
         await self._output_read(OUTPUT_SETTLE_S)
         if self.kill_reason is not None:
             kind, reason = self.kill_reason
+        elif self.retired is not None:
+            kind, reason = self.retired.kind, self.retired.message
         else:
             kind, reason = "crashed", f"executor process {how_it_ended(code)}"
         error = ExecutorDied(kind, reason)
@@ -352,7 +375,7 @@ class ExecutorProcess:
         """Quiet, let calls taken meanwhile finish (up to ``grace_s``), then stop."""
         await self.quiet()
         deadline = time.monotonic() + grace_s
-        while self.calls and self.alive and time.monotonic() < deadline:
+        while self.calls and self._running() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self.channel.close()
         try:
@@ -364,6 +387,9 @@ class ExecutorProcess:
             await asyncio.gather(self._reader, return_exceptions=True)
         await self._output_read(OUTPUT_SETTLE_S)
         self._release()
+
+    def _running(self) -> bool:
+        return self.process.returncode is None and self.kill_reason is None
 
     def _release(self) -> None:
         """Close our ends of its channel and output, through their transports. Left to

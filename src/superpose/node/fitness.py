@@ -74,7 +74,7 @@ class Fitness:
     ) -> protocol.NodeInfo | None:
         live = fresh(self.directory.live()) if self.directory is not None else []
         fits = [n for n in live if n.id != self.link.node_id and hosts_env(n, env)]
-        return choose(fits, protocol.warm_key(inv.digest, inv.env), {}) if fits else None
+        return choose(fits, inv.host, {}) if fits else None
 
     def _offered(self) -> str:
         live = fresh(self.directory.live()) if self.directory is not None else []

@@ -21,7 +21,8 @@ FunctionKey = tuple[str, str]
 
 @dataclass
 class BundleHost:
-    """The executors hosting one bundle on this node, and what they told us of its functions."""
+    """The executors hosting one bundle (with one set of settings) on this node, and what
+    they told us of its functions."""
 
     digest: str
     path: Path
@@ -29,6 +30,9 @@ class BundleHost:
     """The environment digest its executors run with ("" = the node's own packages)."""
     site_packages: str = ""
     """Where that environment's packages are on this node."""
+    settings: protocol.ExecutorSettings | None = None
+    """Secrets and env its executors start with: a function with settings of its own
+    gets executors of its own, never sharing the process (``os.environ``) with another."""
     executors: list[ExecutorProcess] = field(default_factory=list)
     meta: dict[FunctionKey, asyncio.Task[dict[str, Any]]] = field(default_factory=dict)
     """One describe per function, shared by every call that arrives while it runs."""
@@ -48,8 +52,9 @@ class BundleHost:
 
     @property
     def key(self) -> str:
-        """Its key in the pool and in ``NodeInfo.warm``: bundle and environment."""
-        return protocol.warm_key(self.digest, self.env)
+        """Its key in the pool, in ``NodeInfo.warm`` and in its express subject
+        (``protocol.host_key``): bundle, environment and settings."""
+        return protocol.host_key(self.digest, self.env, self.settings)
 
     def live_executors(self) -> list[ExecutorProcess]:
         return [e for e in self.executors if e.alive]

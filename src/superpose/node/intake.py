@@ -91,6 +91,6 @@ class Intake:
         pool = self.admission.pool_for(host, inv, meta)
         pool.take()
         self.held.hold(inv, reply)
-        self.pool.touch(inv)
+        self.pool.touch(host.key)
         self.express_calls += 1
         executor.adopt(self.calls.track(host, executor, inv, reply, meta, pool), started=True)

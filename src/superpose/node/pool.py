@@ -21,7 +21,7 @@ from superpose import protocol
 from superpose.code import store
 from superpose.node.config import NodeConfig
 from superpose.node.environments import Environments
-from superpose.node.executor_process import Call, ExecutorProcess
+from superpose.node.executor_process import Call, ExecutorProcess, LoadFailed
 from superpose.node.fork import ForkedChild
 from superpose.node.hosts import BundleHost
 
@@ -67,8 +67,10 @@ class ExecutorPool:
         self._forked = forked
         """A neutral executor forked before the event loop started: the first spare."""
         self.hosts: OrderedDict[str, BundleHost] = OrderedDict()
-        """By ``protocol.warm_key`` (bundle digest, environment digest)."""
+        """By ``protocol.host_key`` (bundle digest, environment digest, settings)."""
         self._host_locks: dict[str, asyncio.Lock] = {}
+        self._fetch_locks: dict[str, asyncio.Lock] = {}
+        """One fetch of a bundle at a time, whichever hosts (settings) it is for."""
         self._spare: asyncio.Task[ExecutorProcess] | None = None
         self._log: IO[bytes] | None = None
         self.nc: NATS | None = None
@@ -112,20 +114,20 @@ class ExecutorPool:
         return [e for h in self.hosts.values() for e in h.executors]
 
     def warm(self) -> list[str]:
-        """Keys of the bundles held warm, least recently used first."""
+        """Keys of the bundle hosts held warm (``protocol.host_key``: the digest, with its
+        environment and settings), least recently used first."""
         return list(self.hosts)
 
     def hosted(self, inv: protocol.Invocation) -> BundleHost | None:
         """The host of the call's bundle with the call's environment, if it is warm."""
-        return self.hosts.get(protocol.warm_key(inv.digest, inv.env))
+        return self.hosts.get(inv.host)
 
     def full(self) -> bool:
         """Loading one more bundle would evict a warm one."""
         return len(self.executors()) >= self.config.max_executors
 
-    def touch(self, inv: protocol.Invocation) -> None:
-        """A call used this bundle: it is the last to be evicted."""
-        key = protocol.warm_key(inv.digest, inv.env)
+    def touch(self, key: str) -> None:
+        """A call used this bundle host (``protocol.host_key``): it is the last to be evicted."""
         if key in self.hosts:
             self.hosts.move_to_end(key)
 
@@ -144,29 +146,31 @@ class ExecutorPool:
 
     async def host(self, inv: protocol.Invocation) -> BundleHost:
         """The bundle's host: fetched, verified and loaded into an executor on first sight
-        (with its environment, held, pulled or built first)."""
-        key = protocol.warm_key(inv.digest, inv.env)
+        (with its environment, held, pulled or built first). One per bundle, environment
+        and settings: ``protocol.host_key``."""
+        key = inv.host
         host = self.hosts.get(key)
         if host is None:
             async with self._host_locks.setdefault(key, asyncio.Lock()):
                 host = self.hosts.get(key)
                 if host is None:
-                    host = await self._load(inv)
+                    host = await self._load(inv, key)
         self.hosts.move_to_end(key)
         return host
 
-    async def _load(self, inv: protocol.Invocation) -> BundleHost:
+    async def _load(self, inv: protocol.Invocation, key: str) -> BundleHost:
         assert self.nc is not None, "bundles are fetched once the node is connected"
-        path = await store.materialize(self.nc, inv.digest, self.config.state_dir / "bundles")
+        async with self._fetch_locks.setdefault(inv.digest, asyncio.Lock()):
+            path = await store.materialize(self.nc, inv.digest, self.config.state_dir / "bundles")
         site_packages = str(await self.envs.prepare(inv)) if inv.env else ""
-        host = BundleHost(inv.digest, path, inv.env, site_packages)
+        host = BundleHost(inv.digest, path, inv.env, site_packages, inv.settings)
         try:
             await self._add_executor(host, inv.app)
         except BaseException:
             self._release_env(host)
             raise
         self.cold_loads += 1
-        self.hosts[host.key] = host
+        self.hosts[key] = host
         self.listener.warm_changed()
         with_env = f" with environment {inv.env[:12]}" if inv.env else ""
         log.info("⇣ bundle %s warm (%s)%s", inv.digest[:12], inv.app, with_env)
@@ -180,12 +184,12 @@ class ExecutorPool:
         """Fetch a bundle an alias just moved to, so its first call here is not cold.
 
         Files only: an executor would hold memory for a version this node may
-        never serve. The lock is ``host``'s, so a call arriving mid-fetch waits
+        never serve. The lock is ``_load``'s, so a call arriving mid-fetch waits
         for this fetch instead of starting a second one.
         """
         if digest in self.hosts or self.nc is None:
             return
-        async with self._host_locks.setdefault(digest, asyncio.Lock()):
+        async with self._fetch_locks.setdefault(digest, asyncio.Lock()):
             if digest not in self.hosts:
                 await store.materialize(self.nc, digest, self.config.state_dir / "bundles")
                 log.info("⇣ bundle %s prefetched", digest[:12])
@@ -263,14 +267,20 @@ class ExecutorPool:
         executor = await self._fresh_executor()
         executor.on_took = lambda took: self.listener.on_took(host, executor, took)
         executor.on_result = self.listener.on_result
-        await executor.load(
-            host.digest,
-            str(host.path),
-            app,
-            express=self.config.express,
-            site_packages=host.site_packages,
-            env=host.env,
-        )
+        try:
+            await executor.load(
+                host.digest,
+                str(host.path),
+                app,
+                express=self.config.express,
+                site_packages=host.site_packages,
+                env=host.env,
+                key=host.key,
+                settings=host.settings,
+            )
+        except LoadFailed:  # e.g. a secret is not set: it may be set before the next call
+            self._spawn(executor.close())
+            raise
         host.executors.append(executor)
         # Loads overlap (a warm-up and a call, two cold bundles): each made room before
         # the other finished, so look again now that this one is in.

@@ -31,6 +31,7 @@ from nats.js.kv import KeyValue
 
 from superpose import protocol
 from superpose.code.schedules import Schedule, Scheduled, scheduled_in
+from superpose.code.settings import recorded_settings
 from superpose.errors import UserError
 from superpose.lattice import issued, payload
 from superpose.lattice.batch import publish_atomic
@@ -217,6 +218,7 @@ class Scheduler:
             retries=int(options.get("retries", 0) or 0),
             retry_on=[str(n) for n in retry_on] if isinstance(retry_on, list | tuple) else None,
             needs=call_needs(options, None, None, pins.get(scheduled.fn)) or None,
+            settings=recorded_settings(options),
         )
 
     async def _open_class(self, inv: protocol.Invocation) -> None:

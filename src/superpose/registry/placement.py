@@ -122,7 +122,7 @@ def choose(
     candidates: list[protocol.NodeInfo], key: str, sent: Mapping[str, int]
 ) -> protocol.NodeInfo:
     """The least loaded candidate, preferring those with the bundle warm (``key``:
-    ``protocol.warm_key``) while they have room (so a hot bundle does not pile onto one
+    ``protocol.host_key``) while they have room (so a hot bundle does not pile onto one
     node). ``sent`` counts calls this client has sent each node since its last
     heartbeat could show them."""
     candidates = fresh(candidates) or candidates

@@ -32,9 +32,11 @@ from superpose.lattice.offers import Offers
 from superpose.node.channel import Channel
 from superpose.node.executor.asgi import AsgiRunner
 from superpose.node.executor.capture import Output, capture
+from superpose.node.executor.environ import apply_settings, not_prepared
 from superpose.node.executor.environment import use_environment
 from superpose.node.executor.express import ExpressCalls
 from superpose.node.executor.functions import Functions, is_async, top_level_modules
+from superpose.node.executor.hooks import StartHooks
 from superpose.node.executor.lane import SyncLane
 from superpose.node.executor.replies import Replies
 from superpose.node.executor.reports import awaiting_frames, error_info, user_frames
@@ -63,11 +65,12 @@ class Executor:
         self.http = AsgiRunner(nc)
         self.in_flight = 0
         """Calls accepted and not yet answered, from either source."""
+        self.hooks = StartHooks(self.loop)
         self.replies = Replies(nc, channel, protocol.node_results_subject(node_id), self._answered)
         self.express = ExpressCalls(
             nc,
             channel,
-            lambda: self.in_flight == 0,
+            lambda: self.in_flight == 0 and self.hooks.failure is None,
             lambda inv, reply: self._accept(inv, reply, True),
         )
         self.running: dict[str, int | asyncio.Task[Any]] = {}
@@ -106,6 +109,11 @@ class Executor:
                 self.channel.send(protocol.Quieted())
 
     async def _load(self, load: protocol.Load) -> None:
+        try:  # first: user code imported from here on may read its environment
+            await apply_settings(self.nc, load.settings)
+        except Exception as exc:  # a secret is not set: the agent closes this executor
+            self.channel.send(protocol.Loaded(error=not_prepared(exc)))
+            return
         path = Path(load.path)
         sys.path.insert(0, str(path))
         if load.site_packages:
@@ -123,7 +131,7 @@ class Executor:
         )
         self.outputs = capture(self._emit)
         if load.express:
-            await self.express.open(load.digest, load.env)
+            await self.express.open(load.key or load.digest, load.env)
         self.channel.send(protocol.Loaded())
 
     # --- running calls ---------------------------------------------------------------
@@ -162,37 +170,59 @@ class Executor:
             self.replies.frame(protocol.Start(inv.id))
         started = time.perf_counter()
         with self._running(inv, threading.get_ident()):
-            try:
-                raw = (
-                    inv.args.data
-                    if inv.args.blob is None
-                    else self._on_loop(payload.unwrap(self.nc, inv.args))
-                )
-                args, kwargs = payload.decode_args(raw or b"", inv.args.codec)
-                value = self.functions.get(inv.module, inv.qualname)(*args, **kwargs)
-                data = _encode_result(inv, value)
-                result = protocol.Result(
-                    inv.id, self.node_id, value=self._payload(data, inv, reply)
-                )
-            except BaseException as exc:  # report everything the user code raised
-                result = protocol.Result(inv.id, self.node_id, error=error_info(exc))
+            failure = self._prepared()
+            if failure is not None:
+                result = protocol.Result(inv.id, self.node_id, error=failure)
+            else:
+                result = self._call_sync(inv, reply)
         self._answer(inv, reply, result, started)
+
+    def _call_sync(self, inv: protocol.Invocation, reply: str) -> protocol.Result:
+        try:
+            raw = (
+                inv.args.data
+                if inv.args.blob is None
+                else self._on_loop(payload.unwrap(self.nc, inv.args))
+            )
+            args, kwargs = payload.decode_args(raw or b"", inv.args.codec)
+            value = self.functions.get(inv.module, inv.qualname)(*args, **kwargs)
+            data = _encode_result(inv, value)
+            return protocol.Result(inv.id, self.node_id, value=self._payload(data, inv, reply))
+        except BaseException as exc:  # report everything the user code raised
+            return protocol.Result(inv.id, self.node_id, error=error_info(exc))
+
+    def _prepared(self) -> protocol.ErrorInfo | None:
+        """Off the loop, before a call: the start-up hooks not yet run here. A failure
+        is every later call's too, and the agent is told to close this executor."""
+        if not self.hooks.pending():
+            return None
+        failure = self.hooks.run()
+        if failure is not None:
+            self.replies.frame(protocol.Retire(failure))  # before the caller hears of it
+        return failure
 
     async def _run(self, inv: protocol.Invocation, reply: str) -> None:
         """On the loop: async functions, HTTP requests for ASGI apps (and calls whose
         function could not be found)."""
         started = time.perf_counter()
         with self._running(inv, asyncio.current_task()):
-            try:
-                data = _encode_result(inv, await self._call(inv, reply))
-                if reply == self.replies.results_here:
-                    wrapped = await payload.wrap(self.nc, data, inv.args.codec)
-                else:
-                    wrapped = payload.offer(self.offers, data, inv.args.codec, offers.RESULT_HOLD_S)
-                result = protocol.Result(id=inv.id, node=self.node_id, value=wrapped)
-            except BaseException as exc:  # report everything the user code raised
-                result = protocol.Result(id=inv.id, node=self.node_id, error=error_info(exc))
+            failure = await asyncio.to_thread(self._prepared) if self.hooks.pending() else None
+            if failure is not None:
+                result = protocol.Result(id=inv.id, node=self.node_id, error=failure)
+            else:
+                result = await self._call_async(inv, reply)
         self._answer(inv, reply, result, started)
+
+    async def _call_async(self, inv: protocol.Invocation, reply: str) -> protocol.Result:
+        try:
+            data = _encode_result(inv, await self._call(inv, reply))
+            if reply == self.replies.results_here:
+                wrapped = await payload.wrap(self.nc, data, inv.args.codec)
+            else:
+                wrapped = payload.offer(self.offers, data, inv.args.codec, offers.RESULT_HOLD_S)
+            return protocol.Result(id=inv.id, node=self.node_id, value=wrapped)
+        except BaseException as exc:  # report everything the user code raised
+            return protocol.Result(id=inv.id, node=self.node_id, error=error_info(exc))
 
     def _answer(
         self, inv: protocol.Invocation, reply: str, result: protocol.Result, started: float
@@ -275,7 +305,7 @@ class Executor:
         if isinstance(where, int):
             frame = sys._current_frames().get(where)
             frames = traceback.extract_stack(frame) if frame is not None else []
-            return user_frames(frames, __file__, "_run_sync")
+            return user_frames(frames, __file__, "_call_sync")
         if where is not None:
             return user_frames(awaiting_frames(where.get_coro()), __file__, "_call")
         return ""
