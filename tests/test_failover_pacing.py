@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import pytest
+from nats.aio.client import Client as NATS
 
 from conftest import Lattice
 from superpose import protocol
+from superpose.errors import LatticeError
 from superpose.lattice.connection import Assets, connect
 from superpose.node import heartbeat, result_store
+from superpose.node.executor import main as executor_main
 from superpose.node.heartbeat import Heartbeat
 from superpose.node.link import Link
 
@@ -80,3 +85,50 @@ def test_a_heartbeat_refused_until_its_bucket_exists_lands_at_once(
 
     assert protocol.NodeInfo.decode(asyncio.run(scenario())).id == "n-beats"
     assert heartbeat.BEAT_TIMEOUT_S < protocol.NODE_TTL_S / 2
+
+
+def _executor_start(url: str, open_caller: Callable[[NATS], Awaitable[None]]) -> BaseException:
+    """Run an executor process's start-up in this process on one end of a socket pair;
+    the error it ended with."""
+
+    async def start() -> BaseException:
+        ours, theirs = socket.socketpair()
+        try:
+            await executor_main._main(theirs.detach(), url, "n-start", open_caller)
+        except BaseException as exc:
+            return exc
+        finally:
+            ours.close()
+        raise AssertionError("the executor started")
+
+    return asyncio.run(start())
+
+
+def test_an_executor_that_cannot_start_closes_its_connection(lattice: Lattice) -> None:
+    given: list[NATS] = []
+
+    async def broken_opener(nc: NATS) -> None:
+        given.append(nc)
+        raise RuntimeError("the caller side cannot open")
+
+    error = _executor_start(lattice.url, broken_opener)
+    assert isinstance(error, RuntimeError)
+    assert len(given) == 1, "a failure other than the lattice's is not tried again"
+    assert given[0].is_closed
+
+
+def test_an_executor_started_during_an_election_tries_again(lattice: Lattice) -> None:
+    """Opening the caller side looks up every asset: while a stream has no leader that
+    fails with LatticeError, and the executor tries again instead of exiting."""
+    given: list[NATS] = []
+
+    async def opener(nc: NATS) -> None:
+        given.append(nc)
+        if len(given) <= 2:
+            raise LatticeError("JetStream is not available on the lattice: nats: timeout")
+        raise RuntimeError("third try: stop the test here")
+
+    error = _executor_start(lattice.url, opener)
+    assert isinstance(error, RuntimeError), error
+    assert len(given) == 3
+    assert given[0].is_closed
