@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -16,8 +18,10 @@ from nats.aio.client import Client as NATS
 
 from conftest import Lattice
 from superpose import protocol
-from superpose.errors import LatticeError
+from superpose.code import store
+from superpose.errors import LatticeError, NotFoundError
 from superpose.lattice.connection import Assets, connect
+from superpose.local.embedded import find_nats_server, free_port
 from superpose.node import heartbeat, result_store
 from superpose.node.executor import main as executor_main
 from superpose.node.heartbeat import Heartbeat
@@ -132,3 +136,49 @@ def test_an_executor_started_during_an_election_tries_again(lattice: Lattice) ->
     assert isinstance(error, RuntimeError), error
     assert len(given) == 3
     assert given[0].is_closed
+
+
+def test_a_bundle_fetch_from_a_store_that_never_answers_gives_up_after_its_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server without JetStream stands in for a bundles stream with no leader: every
+    request goes unanswered. The fetch tries again until ``within_s`` has passed, then
+    raises the store's own error."""
+    port = free_port()
+    server = subprocess.Popen(
+        [find_nats_server(), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def fetch() -> None:
+        nc = await connect(f"nats://127.0.0.1:{port}", name="test-fetch")
+        try:
+            await store.materialize(nc, "ab" * 32, tmp_path, within_s=0.3)
+        finally:
+            await nc.close()
+
+    try:
+        with caplog.at_level(logging.WARNING, "superpose.code"), pytest.raises(store.UNAVAILABLE):
+            asyncio.run(fetch())
+    finally:
+        server.terminate()
+        server.wait()
+    warnings = [r for r in caplog.records if "the store is unavailable" in r.getMessage()]
+    assert len(warnings) == 1, "tried again, with one warning per outage"
+    assert not (tmp_path / ("ab" * 32)).exists()
+
+
+def test_a_bundle_the_store_does_not_have_is_not_fetched_again(
+    lattice: Lattice, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def fetch() -> None:
+        nc = await connect(lattice.url, name="test-fetch")
+        try:
+            await store.materialize(nc, "cd" * 32, tmp_path, within_s=60)
+        finally:
+            await nc.close()
+
+    with caplog.at_level(logging.WARNING, "superpose.code"), pytest.raises(NotFoundError):
+        asyncio.run(fetch())
+    assert not [r for r in caplog.records if "the store is unavailable" in r.getMessage()]
