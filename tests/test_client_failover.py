@@ -104,8 +104,8 @@ def test_a_submission_lost_with_its_server_is_sent_again(
     lattice: Lattice, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its first publish never reaches JetStream, so it is never answered. The next try
-    must come before the request's own 10 s timeout: the whole submission gets 6 s."""
-    monkeypatch.setattr(client_durable, "ACCEPT_DEADLINE_S", 6.0)
+    must come before the request's own 10 s timeout: the whole submission gets 9 s."""
+    monkeypatch.setattr(client_durable, "ACCEPT_DEADLINE_S", 9.0)
     with relayed_client(lattice) as (relay, _client):
         relay.marker = f"PUB {protocol.WORK_ANY_FILTER[:-1]}".encode()
         future = dfns.counted.spawn(str(tmp_path), "lost-publish")
