@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-import durable_fns as dfns
 from conftest import Lattice, poll, start_lattice, stop_lattice
 from superpose import protocol
 from superpose.config import ENV_REPLICAS
@@ -29,6 +28,9 @@ DURABLE_STREAMS = (
     protocol.kv_stream(protocol.NODES_BUCKET),
 )
 """The streams a durable call and the nodes' heartbeats write to."""
+BUNDLES_STREAM = protocol.object_stream(protocol.BUNDLES_BUCKET)
+"""What a cold node reads its bundle from."""
+WHOLE_STREAMS = (*DURABLE_STREAMS, BUNDLES_STREAM)
 
 
 @contextmanager
@@ -41,19 +43,6 @@ def cluster_lattice(state_dir: Path, *, workers: int = 3) -> Iterator[Lattice]:
             yield handle
         finally:
             stop_lattice(handle)
-
-
-def warm_every_node(handle: Lattice, directory: Path) -> None:
-    """Load ``durable_fns`` on every node (a direct call pinned to each) before a kill.
-
-    A node fetching a bundle while the bundles store has no leader fails the item
-    (a known gap, see docs/scaling.md): these tests check what a failover does to
-    durable work, so they start it warm.
-    """
-    for child in handle.lattice.children:
-        if child.name != "gateway":
-            pinned = dfns.counted.with_options(needs={"node": child.name})
-            assert pinned.remote(str(directory), f"warm-{child.name}") == f"warm-{child.name}"
 
 
 def servers(handle: Lattice) -> EmbeddedCluster:
@@ -93,13 +82,14 @@ def kill_server(handle: Lattice, name: str, sig: signal.Signals = signal.SIGKILL
 
 
 def wait_whole(handle: Lattice, timeout: float = 60) -> None:
-    """Every server running and every durable stream led, with both followers current."""
+    """Every server running, and every durable stream and the bundles store led, with
+    both followers current."""
 
     def whole() -> bool:
         if servers(handle).died() or any(s.process is None for s in servers(handle).servers):
             return False
         try:
-            states = [handle.run(_stream_cluster(handle.url, s)) for s in DURABLE_STREAMS]
+            states = [handle.run(_stream_cluster(handle.url, s)) for s in WHOLE_STREAMS]
         except Exception:
             return False
         return all(

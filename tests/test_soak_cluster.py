@@ -17,14 +17,7 @@ import pytest
 import durable_fns as dfns
 import fns
 import superpose as sp
-from cluster import (
-    DURABLE_STREAMS,
-    cluster_lattice,
-    kill_server,
-    leader_of,
-    wait_whole,
-    warm_every_node,
-)
+from cluster import DURABLE_STREAMS, cluster_lattice, kill_server, leader_of, wait_whole
 from conftest import client_on, superpose_cli
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(900)]
@@ -52,7 +45,6 @@ def test_soak_cluster_leaders_killed_in_turn(tmp_path: Path) -> None:
 
     with cluster_lattice(tmp_path / "lattice") as handle, client_on(handle):
         wait_whole(handle)
-        warm_every_node(handle, directory)
         loader = threading.Thread(target=direct_load, daemon=True)
         loader.start()
         futures: list[sp.Future] = []

@@ -50,8 +50,12 @@ SECRETS_BUCKET = "sp_secrets"
 """``superpose secret set``: name → value (UTF-8), history 1. Read only by executors whose
 function names the secret; stored encrypted at rest by the embedded server."""
 
-NODE_TTL_S = 10.0
-"""A node that has not refreshed its entry for this long is considered gone."""
+NODE_TTL_S = 15.0
+"""A node that has not refreshed its entry for this long is considered gone. The worst
+gap between two stored beats is a beat (2 s) plus the longest election of the nodes
+bucket's leader (9 s) plus a retry's pause (0.5 s), about 11.5 s: 15 s keeps a live
+node listed through any failover, where beating every second would double the writes
+(docs/scaling.md, 2b and 3c)."""
 NODE_HEARTBEAT_S = 2.0
 RESULT_TTL_S = 24 * 3600.0
 """Durable results are kept this long, fetched by invocation id."""

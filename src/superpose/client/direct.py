@@ -22,6 +22,7 @@ from superpose import config, protocol
 from superpose.client.futures import Future, fail, remote_error, succeed
 from superpose.client.options import Options
 from superpose.client.reaper import Reaper
+from superpose.client.reconnects import Reconnects
 from superpose.errors import NoNodesError, SuperposeError, as_superpose_error
 from superpose.lattice import payload
 from superpose.lattice.offers import Offers
@@ -103,7 +104,7 @@ class DirectCalls:
         self._outbox: Outbox[Call] = Outbox(self._loop)
         """Calls submitted from any thread, sent in order by one task."""
         self._closed = False
-        self.reaper = Reaper(self)
+        self.reaper = Reaper(self, Reconnects(nc))
 
     def start(self, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         spawn(self._send_loop())

@@ -24,9 +24,10 @@ from nats.js.kv import KeyValue
 
 from superpose import protocol
 from superpose.client.futures import Future, fail
+from superpose.client.reconnects import Reconnects
 from superpose.errors import LatticeError, SuperposeError, as_superpose_error
 from superpose.lattice import issued, payload, results
-from superpose.lattice.batch import Message, publish_atomic
+from superpose.lattice.batch import BATCH_TIMEOUT_S, Message, publish_atomic
 from superpose.lattice.work import work_message
 from superpose.support.outbox import Outbox
 from superpose.support.retry import Backoff, retry
@@ -35,10 +36,26 @@ log = logging.getLogger("superpose.client")
 
 ACCEPT_DEADLINE_S = 30.0
 """How long a submission keeps trying to reach JetStream before it fails."""
-ACCEPT_RETRY = Backoff(0.25)
+ACCEPT_RETRY = Backoff(0.1, factor=2, max_s=0.5, jitter=0.5)
+"""Between tries of a submission. While the work stream elects a leader (4-9 s after
+its server dies) every try is refused at once; a short pause lands the first try the
+new leader takes, and the jitter keeps clients that failed together out of step."""
+ACCEPT_ATTEMPT_S = 3.0
+"""How long one try waits for JetStream's acknowledgement, plus ACCEPT_S_PER_MIB for
+each MiB it carries (never past the request's own ``BATCH_TIMEOUT_S``). A publish sent
+to a server as it died is never answered, and waiting out the request's whole timeout
+was what a failover cost a caller; a repeat is safe, each envelope's message id is the
+stream's de-duplication key."""
+ACCEPT_S_PER_MIB = 1.0
 SWEEP_EVERY_S = 5.0
 SWEEP_AFTER_S = 5.0
 """Results not heard of this long after acceptance are looked up in the bucket."""
+RECONNECT_POLL_S = 0.25
+"""How often the sweep looks whether the connection reconnected."""
+SWEEP_AGAIN_S = 1.0
+"""After a reconnect the sweep runs at once and again this much later: a node may
+store a result and notify this client on a server this client's subscription has
+not reached yet."""
 SWEEP_MAX_IDS = 4096
 ENVELOPE_MAX_BYTES = 768 * 1024
 """Under NATS's default max_payload (1 MiB) with room for headers; arguments above
@@ -74,7 +91,7 @@ class Submitter:
         self.waiting: dict[str, Durable] = {}
         self._outbox: Outbox[Durable] = Outbox(asyncio.get_running_loop())
         """Submissions from any thread: a burst travels in few envelopes."""
-        self._reconnects = 0
+        self._reconnects = Reconnects(nc)
 
     def start(self, spawn: Callable[[Any], None]) -> None:
         """Its notifications arrive through its client's reply subscription (``on_notify``)."""
@@ -192,9 +209,11 @@ class Submitter:
         return None
 
     async def _publish_chunk(self, chunk: list[Message], deadline: float) -> SuperposeError | None:
+        attempt_s = _attempt_s(chunk)
+
         async def once() -> None:
             try:
-                await publish_atomic(self.nc, chunk)
+                await asyncio.wait_for(publish_atomic(self.nc, chunk), attempt_s)
             except Exception as exc:
                 if "duplicate message id" not in str(exc):
                     raise  # a duplicate: a retry of a chunk that had landed, all of it there
@@ -231,25 +250,40 @@ class Submitter:
     async def _sweep_loop(self) -> None:
         """Find stored results whose notification never came (a reconnect, a lost message)."""
         while True:
-            await asyncio.sleep(SWEEP_EVERY_S)
-            reconnects = int(self.nc.stats.get("reconnects", 0))
-            after = 0.0 if reconnects != self._reconnects else SWEEP_AFTER_S
-            self._reconnects = reconnects
-            now = time.monotonic()
-            stale = [
-                inv_id
-                for inv_id, d in self.waiting.items()
-                if d.accepted_at and now - d.accepted_at > after
-            ][:SWEEP_MAX_IDS]
-            if not stale:
-                continue
-            try:
-                found = await results.get_many(self.nc, stale)
-            except Exception:
-                log.debug("result sweep failed; next time", exc_info=True)
-                continue
-            for result in found.values():
-                self.deliver(result)
+            if await self._until_sweep():
+                await self._sweep(after=0.0)  # notifications may have been lost meanwhile
+                await asyncio.sleep(SWEEP_AGAIN_S)
+                await self._sweep(after=0.0)
+            else:
+                await self._sweep(after=SWEEP_AFTER_S)
+
+    async def _until_sweep(self) -> bool:
+        """Wait SWEEP_EVERY_S, or less if the connection reconnects meanwhile (then True)."""
+        waited = 0.0
+        while waited < SWEEP_EVERY_S:
+            await asyncio.sleep(RECONNECT_POLL_S)
+            waited += RECONNECT_POLL_S
+            if self._reconnects.happened():
+                return True
+        return False
+
+    async def _sweep(self, after: float) -> None:
+        """Look up the results of invocations accepted over ``after`` seconds ago."""
+        now = time.monotonic()
+        stale = [
+            inv_id
+            for inv_id, d in self.waiting.items()
+            if d.accepted_at and now - d.accepted_at > after
+        ][:SWEEP_MAX_IDS]
+        if not stale:
+            return
+        try:
+            found = await results.get_many(self.nc, stale)
+        except Exception:
+            log.debug("result sweep failed; next time", exc_info=True)
+            return
+        for result in found.values():
+            self.deliver(result)
 
     # --- cancellation ----------------------------------------------------------------
 
@@ -307,6 +341,11 @@ def _envelopes(ready: list[Durable]) -> list[list[Durable]]:
         else:
             last.append(durable)
     return groups
+
+
+def _attempt_s(chunk: list[Message]) -> float:
+    mib = sum(len(m.data) for m in chunk) / 2**20
+    return min(BATCH_TIMEOUT_S, ACCEPT_ATTEMPT_S + ACCEPT_S_PER_MIB * mib)
 
 
 def _subject_of(durable: Durable) -> str:

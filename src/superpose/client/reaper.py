@@ -5,12 +5,17 @@ A call past its deadline fails with a timeout. A call no node has reported for
 is retried or failed. Nodes report the calls they hold once a second; when this
 client's own loop stalls, their reports may sit unread, so a stall is never
 taken for the nodes' silence.
+
+When this client's connection reconnects (its server died), an answer published
+meanwhile is gone for good (core NATS is at most once): a call no node has reported
+since is taken for lost after ``LOST_AFTER_RECONNECT_S``, not the full period.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from nats.aio.msg import Msg
 
 from superpose import protocol
+from superpose.client.reconnects import Reconnects
 from superpose.errors import CallTimeoutError, RemoteError, SuperposeError
 
 if TYPE_CHECKING:
@@ -26,6 +32,10 @@ if TYPE_CHECKING:
 REAP_INTERVAL_S = 0.25
 LOST_SCAN_EVERY = 4
 """Reaper ticks between scans for calls whose node went silent (once a second)."""
+LOST_AFTER_RECONNECT_S = 3.0
+"""After a reconnect, how long a call may go unreported before it is taken for lost: a
+node holding it reports it within two of its one-second rounds (a call is reported
+once held a second), and one round more is the margin."""
 
 
 class Watched(Protocol):
@@ -40,8 +50,11 @@ class Watched(Protocol):
 
 
 class Reaper:
-    def __init__(self, watched: Watched) -> None:
+    def __init__(self, watched: Watched, reconnects: Reconnects) -> None:
         self._watched = watched
+        self._reconnects = reconnects
+        self._reconnected = -math.inf
+        """When this client's connection last reconnected (monotonic)."""
         self._deadlines: list[tuple[float, str]] = []
 
     def watch(self, inv: protocol.Invocation) -> None:
@@ -68,6 +81,8 @@ class Reaper:
             ticks += 1
             lag = time.monotonic() - last - REAP_INTERVAL_S
             last = time.monotonic()
+            if self._reconnects.happened():
+                self._reconnected = last
             if lag > REAP_INTERVAL_S:  # this loop stalled: nodes' reports may still be unread
                 for call in self._watched.calls.values():
                     call.heard += lag
@@ -77,23 +92,31 @@ class Reaper:
 
     def _find_lost(self) -> None:
         now = time.monotonic()
-        lost = [
-            c
-            for c in self._watched.calls.values()
-            if now - c.heard > protocol.LOST_AFTER_S and not c.placing
-        ]
-        for call in lost:
-            inv = call.inv
-            where = f"node {call.node}" if call.node else "the node that took it"
-            error = RemoteError(
-                protocol.ERR_CRASHED,
-                "NodeLost",
-                f"{where} stopped reporting {inv.app}.{inv.fn} ({inv.id}) for "
-                f"{protocol.LOST_AFTER_S:g} s: the node died or lost the lattice",
-                node=call.node,
-            )
-            call.heard = now  # one verdict per silence, even while a retry is pending
-            asyncio.get_running_loop().create_task(self._watched.retry_or_fail(call, error))
+        for call in list(self._watched.calls.values()):
+            silence = None if call.placing else self._silence(call, now)
+            if silence is not None:
+                call.heard = now  # one verdict per silence, even while a retry is pending
+                self._lost(call, silence)
+
+    def _silence(self, call: Call, now: float) -> str | None:
+        """Why the call counts as lost, if it does."""
+        if now - call.heard > protocol.LOST_AFTER_S:
+            return f"for {protocol.LOST_AFTER_S:g} s: the node died or lost the lattice"
+        since = self._reconnected
+        if call.heard < since and now - since > LOST_AFTER_RECONNECT_S:
+            return "since this client reconnected: its answer may have been lost with the server"
+        return None
+
+    def _lost(self, call: Call, silence: str) -> None:
+        inv = call.inv
+        where = f"node {call.node}" if call.node else "the node that took it"
+        error = RemoteError(
+            protocol.ERR_CRASHED,
+            "NodeLost",
+            f"{where} stopped reporting {inv.app}.{inv.fn} ({inv.id}) {silence}",
+            node=call.node,
+        )
+        asyncio.get_running_loop().create_task(self._watched.retry_or_fail(call, error))
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] < now:

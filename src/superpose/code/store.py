@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from superpose import protocol
 from superpose.code.bundle import Bundle, digest_of_listing, parse_manifest, sha256_hex
 from superpose.errors import NotFoundError, SuperposeError
 from superpose.lattice import objects
+from superpose.support.retry import Backoff, retry
+
+log = logging.getLogger("superpose.code")
 
 COMPLETE_MARKER = ".superpose-complete"
+UNAVAILABLE = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
+"""How a fetch fails while the bundles stream has no leader (the 4-9 s NATS's Raft
+takes to elect one after its server dies) or this connection has no server: the
+store's requests go unanswered. A missing object or a failed check is not one of these."""
+FETCH_RETRY = Backoff(0.1, factor=2, max_s=0.5, jitter=0.5)
+"""Between tries of a fetch that found the store unavailable: soon, so the first try the
+new leader can answer lands; jittered, so nodes that failed together do not return in step."""
 
 
 async def upload(nc: NATS, bundle: Bundle) -> tuple[str, int]:
@@ -56,13 +75,33 @@ async def _fetch_file(nc: NATS, file_digest: str) -> bytes:
     return data
 
 
-async def materialize(nc: NATS, digest: str, cache_dir: Path) -> Path:
-    """The bundle unpacked under ``cache_dir/<digest>``, fetched and verified if absent."""
+async def _fetch_all(nc: NATS, digest: str) -> tuple[dict[str, str], list[bytes]]:
+    listing = await fetch_listing(nc, digest)
+    return listing, await asyncio.gather(*(_fetch_file(nc, d) for d in listing.values()))
+
+
+async def materialize(nc: NATS, digest: str, cache_dir: Path, *, within_s: float = 0.0) -> Path:
+    """The bundle unpacked under ``cache_dir/<digest>``, fetched and verified if absent.
+
+    A fetch that finds the store unavailable (a failover) is tried again for up to
+    ``within_s`` seconds: the call waiting for this bundle must not fail for an
+    election it would not notice a few seconds later.
+    """
     target = cache_dir / digest
     if (target / COMPLETE_MARKER).exists():
         return target
-    listing = await fetch_listing(nc, digest)
-    contents = await asyncio.gather(*(_fetch_file(nc, d) for d in listing.values()))
+
+    def unavailable(error: BaseException, failures: int) -> None:
+        if failures == 1:  # once per outage: an election fails a try every half second
+            log.warning("bundle %s: the store is unavailable (%r); retrying", digest[:12], error)
+
+    listing, contents = await retry(
+        lambda: _fetch_all(nc, digest),
+        backoff=FETCH_RETRY,
+        within_s=within_s,
+        retry_on=UNAVAILABLE,
+        on_failure=unavailable,
+    )
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=cache_dir))
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import IO, Any, Protocol
@@ -27,6 +28,10 @@ from superpose.node.hosts import BundleHost
 
 log = logging.getLogger("superpose.node")
 SPARE_READY_S = 10.0
+FETCH_WITHIN_S = 60.0
+"""How long a bundle fetch keeps trying while the bundles store is unavailable (within
+the call's own deadline): several elections of its stream's leader, so a failover never
+fails the call that needs the bundle, yet a store gone for good is reported."""
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -160,8 +165,11 @@ class ExecutorPool:
 
     async def _load(self, inv: protocol.Invocation, key: str) -> BundleHost:
         assert self.nc is not None, "bundles are fetched once the node is connected"
+        within_s = min(FETCH_WITHIN_S, inv.deadline - time.time())
         async with self._fetch_locks.setdefault(inv.digest, asyncio.Lock()):
-            path = await store.materialize(self.nc, inv.digest, self.config.state_dir / "bundles")
+            path = await store.materialize(
+                self.nc, inv.digest, self.config.state_dir / "bundles", within_s=within_s
+            )
         site_packages = str(await self.envs.prepare(inv)) if inv.env else ""
         host = BundleHost(inv.digest, path, inv.env, site_packages, inv.settings)
         try:
@@ -191,7 +199,9 @@ class ExecutorPool:
             return
         async with self._fetch_locks.setdefault(digest, asyncio.Lock()):
             if digest not in self.hosts:
-                await store.materialize(self.nc, digest, self.config.state_dir / "bundles")
+                await store.materialize(
+                    self.nc, digest, self.config.state_dir / "bundles", within_s=FETCH_WITHIN_S
+                )
                 log.info("⇣ bundle %s prefetched", digest[:12])
 
     async def describe(self, host: BundleHost, inv: protocol.Invocation) -> dict[str, Any]:

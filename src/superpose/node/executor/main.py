@@ -8,37 +8,73 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import logging
 import os
 import signal
 import socket
 import uuid
 
+from nats.aio.client import Client as NATS
+
 from superpose import protocol, runtime
+from superpose.errors import LatticeError
 from superpose.lattice.connection import connect
 from superpose.lattice.offers import Offers
 from superpose.node.channel import Channel
 from superpose.node.executor.runner import Executor
 from superpose.support import eventloop
+from superpose.support.retry import Backoff, retry
+
+log = logging.getLogger("superpose.executor")
+
+OPEN_RETRY = Backoff(0.1, factor=2, max_s=0.5, jitter=0.5)
+"""Between tries to open the caller side. Opening it looks up every JetStream asset,
+and a stream whose server just died has no leader for the 4-9 s NATS's Raft takes to
+elect one: an executor started meanwhile tries again soon after, rather than exiting
+and leaving the call that wanted it to fail."""
+OPEN_WITHIN_S = 20.0
+"""How long it keeps trying: several elections, and under the agent's 30 s wait for
+an executor to start (``executor_process.START_TIMEOUT_S``)."""
+
+AgentChannel = Channel[protocol.FromAgent]
 
 
 async def _main(fd: int, lattice: str, node_id: str, open_caller: runtime.CallerOpener) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
-    nc = await connect(lattice, name=f"superpose-executor-{node_id}-{os.getpid()}")
+    channel = Channel(reader, writer, protocol.decode_from_agent)
+    try:
+        nc = await connect(lattice, name=f"superpose-executor-{node_id}-{os.getpid()}")
+        try:
+            await _serve(nc, channel, node_id, open_caller)
+        finally:  # on every path: a connection left to the collector warns, or worse
+            await nc.close()
+    finally:
+        channel.close()
+
+
+async def _serve(
+    nc: NATS, channel: AgentChannel, node_id: str, open_caller: runtime.CallerOpener
+) -> None:
     # While still neutral: opening the client user code calls through (asset lookups,
     # its subscriptions) cost 35-55 ms, which a bundle's first call would otherwise wait for.
-    await open_caller(nc)
+    await retry(
+        lambda: open_caller(nc),
+        backoff=OPEN_RETRY,
+        within_s=OPEN_WITHIN_S,
+        retry_on=LatticeError,
+        on_failure=_open_failed,
+    )
     offered = Offers(nc, uuid.uuid4().hex[:16])
     await nc.subscribe(
         offered.subject, cb=offered.serve, pending_msgs_limit=-1, pending_bytes_limit=-1
     )
-    channel = Channel(reader, writer, protocol.decode_from_agent)
-    executor = Executor(nc, channel, node_id, offered)
-    try:
-        await executor.serve()
-    finally:
-        await nc.close()
-        executor.channel.close()
+    await Executor(nc, channel, node_id, offered).serve()
+
+
+def _open_failed(error: BaseException, failures: int) -> None:
+    if failures == 1:  # once per start: an election fails a try every half second
+        log.warning("cannot open the lattice's assets yet (%s); retrying", error)
 
 
 def serve_forever(fd: int, lattice: str, node_id: str, open_caller: runtime.CallerOpener) -> None:
