@@ -30,13 +30,13 @@ from superpose.lattice import issued, payload, results
 from superpose.lattice.batch import BATCH_TIMEOUT_S, Message, publish_atomic
 from superpose.lattice.work import work_message
 from superpose.support.outbox import Outbox
-from superpose.support.retry import Backoff, retry
+from superpose.support.retry import THROUGH_ELECTION, retry
 
 log = logging.getLogger("superpose.client")
 
 ACCEPT_DEADLINE_S = 30.0
 """How long a submission keeps trying to reach JetStream before it fails."""
-ACCEPT_RETRY = Backoff(0.1, factor=2, max_s=0.5, jitter=0.5)
+ACCEPT_RETRY = THROUGH_ELECTION
 """Between tries of a submission. While the work stream elects a leader (4-9 s after
 its server dies) every try is refused at once; a short pause lands the first try the
 new leader takes, and the jitter keeps clients that failed together out of step."""

@@ -16,7 +16,7 @@ from superpose import protocol
 from superpose.code.bundle import Bundle, digest_of_listing, parse_manifest, sha256_hex
 from superpose.errors import NotFoundError, SuperposeError
 from superpose.lattice import objects
-from superpose.support.retry import Backoff, retry
+from superpose.support.retry import THROUGH_ELECTION, retry
 
 log = logging.getLogger("superpose.code")
 
@@ -31,7 +31,7 @@ UNAVAILABLE = (
 """How a fetch fails while the bundles stream has no leader (the 4-9 s NATS's Raft
 takes to elect one after its server dies) or this connection has no server: the
 store's requests go unanswered. A missing object or a failed check is not one of these."""
-FETCH_RETRY = Backoff(0.1, factor=2, max_s=0.5, jitter=0.5)
+FETCH_RETRY = THROUGH_ELECTION
 """Between tries of a fetch that found the store unavailable: soon, so the first try the
 new leader can answer lands; jittered, so nodes that failed together do not return in step."""
 

@@ -12,12 +12,12 @@ from nats.aio.msg import Msg
 
 from superpose import protocol
 from superpose.node.link import Link
-from superpose.support.retry import Backoff, retry
+from superpose.support.retry import THROUGH_ELECTION, retry
 
 log = logging.getLogger("superpose.node")
 WARM_ANNOUNCE_S = 0.02
 """A burst of loads and evictions is announced in one update."""
-BEAT_RETRY = Backoff(0.1, factor=2, max_s=0.5, jitter=0.5)
+BEAT_RETRY = THROUGH_ELECTION
 """After a failed beat. The nodes bucket's stream has no leader for the 4-9 s NATS's
 Raft takes to elect one after its server dies; the node's entry expires
 NODE_TTL_S after its last stored beat, so the first beat the new leader can take

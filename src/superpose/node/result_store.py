@@ -19,10 +19,10 @@ from typing import Generic, TypeVar
 from superpose import protocol
 from superpose.lattice import results
 from superpose.node.link import Connected
-from superpose.support.retry import Backoff, retry
+from superpose.support.retry import THROUGH_ELECTION, retry
 
 log = logging.getLogger("superpose.node.durable")
-STORE_RETRY = Backoff(0.1, factor=2, max_s=0.5, jitter=0.5)
+STORE_RETRY = THROUGH_ELECTION
 """Between tries of a write that failed. A stream whose leader died has none for the
 4-9 s NATS's Raft takes to elect one (no responders: each try fails at once), so
 the pause stays short to land the first write the new leader takes; jittered, so

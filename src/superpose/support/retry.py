@@ -42,6 +42,13 @@ class Backoff:
         return pause
 
 
+THROUGH_ELECTION = Backoff(0.1, factor=2, max_s=0.5, jitter=0.5)
+"""Between tries of what a NATS failover refuses: a stream whose server died has no
+leader for the 4-9 s NATS's Raft takes to elect one, and every try meanwhile fails at
+once. Short pauses land the first try the new leader can take; the jitter keeps the
+processes that failed together out of step when they come back."""
+
+
 async def retry(
     attempt: Callable[[], Awaitable[T]],
     *,

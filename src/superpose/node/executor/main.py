@@ -23,11 +23,11 @@ from superpose.lattice.offers import Offers
 from superpose.node.channel import Channel
 from superpose.node.executor.runner import Executor
 from superpose.support import eventloop
-from superpose.support.retry import Backoff, retry
+from superpose.support.retry import THROUGH_ELECTION, retry
 
 log = logging.getLogger("superpose.executor")
 
-OPEN_RETRY = Backoff(0.1, factor=2, max_s=0.5, jitter=0.5)
+OPEN_RETRY = THROUGH_ELECTION
 """Between tries to open the caller side. Opening it looks up every JetStream asset,
 and a stream whose server just died has no leader for the 4-9 s NATS's Raft takes to
 elect one: an executor started meanwhile tries again soon after, rather than exiting
