@@ -9,6 +9,7 @@ script mode set is tested where they set it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import secrets
 import time
@@ -24,6 +25,7 @@ import superpose as sp
 import wheelhouse
 from conftest import Lattice, client_on, poll, start_lattice, stop_lattice
 from superpose import protocol
+from superpose.client.options import Options
 from superpose.code import environments
 from superpose.lattice import payload
 
@@ -328,6 +330,25 @@ def test_an_environment_for_another_platform_fails_fast_naming_it(client: sp.Cli
     assert error.type == "EnvironmentUnfit"
     assert "aarch64-apple-darwin" in error.message and "tinyone 2.0" in error.message
     assert f"Python {env.python}" in error.message and "no live node can host it" in error.message
+
+
+def test_durable_work_with_an_environment_no_node_can_host_fails_fast_naming_it(
+    client: sp.Client,
+) -> None:
+    """Queued work is pulled by whichever node asks: it carries the environment's Python
+    and platform as needs, so only a node that can host it takes it, and with none
+    alive it fails before it leaves."""
+    env = registered(client, ["tinyone==2.0"], platform="aarch64-apple-darwin")
+    poll(lambda: client.run(client.registry()).environments.get(env.digest), "the record")
+    target = dataclasses.replace(env_fns.tiny_version._target(client), env=env.digest)
+    future = client.submit(target, (), {}, Options(), durable=True)
+    with pytest.raises(sp.NoNodesError) as caught:
+        future.result(timeout=30)
+    assert "aarch64-apple-darwin" in str(caught.value)
+    fits = registered(client, ["tinyone==2.0"])  # this machine's: queued work runs
+    poll(lambda: client.run(client.registry()).environments.get(fits.digest), "the record")
+    target = dataclasses.replace(target, env=fits.digest)
+    assert client.submit(target, (), {}, Options(), durable=True).result(timeout=120) == "2.0"
 
 
 def test_an_environment_nobody_recorded_is_named(client: sp.Client) -> None:

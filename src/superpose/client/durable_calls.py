@@ -37,7 +37,9 @@ from superpose.registry.mirror import Target
 class Placing(Protocol):
     """Placement as durable calls need it."""
 
-    def needs(self, target: Target, options: Options) -> dict[str, str] | None: ...
+    def needs(
+        self, target: Target, options: Options, *, durable: bool = False
+    ) -> dict[str, str] | None: ...
 
     async def open_class(self, inv: protocol.Invocation, wait_s: float) -> None: ...
 
@@ -146,7 +148,7 @@ class DurableCalls:
             ctx=ctx,
             retries=options.retries or int(target.options.get("retries", 0) or 0),
             retry_on=list(options.retry_on) or None,
-            needs=self._placement.needs(target, options),
+            needs=self._placement.needs(target, options, durable=True),
             settings=options.settings(target.options),
         )
 

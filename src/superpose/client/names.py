@@ -56,6 +56,10 @@ class Names:
         caller = invocation.app if invocation is not None else None
         return registry.resolve(app, fn, version, ctx, caller)
 
+    def environment(self, digest: str) -> protocol.Environment | None:
+        """A recorded environment, as far as the mirror knows (None before it starts)."""
+        return self._mirror.environments.get(digest) if self._mirror is not None else None
+
     def pin(self, app: str, fn: str) -> str | None:
         """The node ``app.fn`` is pinned to, as far as the mirror knows. It is not started
         for this: a script-mode call needs no registry, and the mirror costs a watch."""

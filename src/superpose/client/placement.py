@@ -19,13 +19,15 @@ from superpose import protocol
 from superpose.client.options import Options
 from superpose.lattice.connection import ensure_work_consumer
 from superpose.registry.mirror import Registry, Target
-from superpose.registry.placement import NodeDirectory, call_needs, choose
+from superpose.registry.placement import NodeDirectory, call_needs, choose, env_needs
 
 
 class Pins(Protocol):
     """The registry as placement needs it: pins, and where needs classes are recorded."""
 
     def pin(self, app: str, fn: str) -> str | None: ...
+
+    def environment(self, digest: str) -> protocol.Environment | None: ...
 
     async def registry(self) -> Registry: ...
 
@@ -52,10 +54,22 @@ class Placement:
         if self._directory is not None:
             await self._directory.stop()
 
-    def needs(self, target: Target, options: Options) -> dict[str, str] | None:
-        """What a node must offer to run this call (a pin is the need ``node=<id>``)."""
+    def needs(
+        self, target: Target, options: Options, *, durable: bool = False
+    ) -> dict[str, str] | None:
+        """What a node must offer to run this call (a pin is the need ``node=<id>``).
+
+        Durable work with an environment also needs a node that can host it (its Python
+        and platform): queued work is pulled by whichever node asks first, and a node
+        that cannot host it must not take it. (A direct call that reaches such a node is
+        sent on by the node itself, so direct calls keep their queue group and express
+        path.)"""
         pin = self._names.pin(target.app, target.fn)
-        return call_needs(target.options, options.needs, options.region, pin) or None
+        needs = call_needs(target.options, options.needs, options.region, pin)
+        env = self._names.environment(target.env) if durable and target.env else None
+        if env is not None:
+            needs.update(env_needs(env))
+        return needs or None
 
     async def node_for(self, inv: protocol.Invocation, wait_s: float) -> str:
         """The node a direct call goes to; counted as busier until ``answered``."""
