@@ -26,9 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
 from superpose.code.environments import RESOLVE_TIMEOUT_S, uv_binary
 from superpose.code.include import Declared
 from superpose.errors import BadRequestError, DeployError
@@ -74,6 +71,10 @@ def check_requirement(line: str, where: str) -> str:
         )
     if text.startswith("-"):
         raise BadRequestError(f"{where}: option {text.split()[0]!r} is not supported here")
+    # Imported here: every process that defines a function imports this module, and
+    # packaging costs ~15 ms to import; only checking a requirement needs it.
+    from packaging.requirements import InvalidRequirement, Requirement
+
     try:
         requirement = Requirement(text)
     except InvalidRequirement:
@@ -261,6 +262,8 @@ def check_python(declaration: Declaration, python: str) -> None:
     """Nodes run one Python: refuse an app whose ``requires-python`` excludes it."""
     if declaration.requires_python is None:
         return
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet  # (see check_requirement)
+
     try:
         allowed = SpecifierSet(declaration.requires_python)
     except InvalidSpecifier:

@@ -277,28 +277,38 @@ async def ensure_assets(nc: NATS) -> Assets:
         )
 
     try:
-        registry = await kv(bucket=protocol.REGISTRY_BUCKET, history=16)
-        nodes = await kv(bucket=protocol.NODES_BUCKET, ttl=protocol.NODE_TTL_S)
-        bundles = await objects(bucket=protocol.BUNDLES_BUCKET)
-        blobs = await objects(bucket=protocol.BLOBS_BUCKET, ttl=protocol.BLOB_TTL_S)
-        await _ensure_rolling_stream(
-            js, protocol.LOGS_STREAM, protocol.LOGS_WILDCARD, protocol.LOG_RETENTION_S, replicas
+        # Concurrently: each is a round trip (a create, on a fresh server, also a write),
+        # and every process starting (each executor too) opens all of them.
+        kvs, stores, *_ = await asyncio.gather(
+            asyncio.gather(
+                kv(bucket=protocol.REGISTRY_BUCKET, history=16),
+                kv(bucket=protocol.NODES_BUCKET, ttl=protocol.NODE_TTL_S),
+                kv(bucket=protocol.DEAD_BUCKET, ttl=protocol.DEAD_TTL_S),
+                kv(bucket=protocol.CANCELS_BUCKET, ttl=protocol.RESULT_TTL_S),
+                kv(bucket=protocol.SCHEDULES_BUCKET),
+                kv(bucket=protocol.ISSUED_BUCKET, ttl=protocol.RESULT_TTL_S),
+                kv(bucket=protocol.SECRETS_BUCKET, history=1),
+            ),
+            asyncio.gather(
+                objects(bucket=protocol.BUNDLES_BUCKET),
+                objects(bucket=protocol.BLOBS_BUCKET, ttl=protocol.BLOB_TTL_S),
+                objects(bucket=protocol.ENVS_BUCKET),
+            ),
+            _ensure_rolling_stream(
+                js, protocol.LOGS_STREAM, protocol.LOGS_WILDCARD, protocol.LOG_RETENTION_S, replicas
+            ),
+            _ensure_rolling_stream(
+                js,
+                protocol.TRACES_STREAM,
+                protocol.TRACES_WILDCARD,
+                protocol.TRACE_RETENTION_S,
+                replicas,
+            ),
+            _ensure_durable_path(nc, replicas),
         )
-        await _ensure_rolling_stream(
-            js,
-            protocol.TRACES_STREAM,
-            protocol.TRACES_WILDCARD,
-            protocol.TRACE_RETENTION_S,
-            replicas,
-        )
-        await _ensure_durable_path(nc, replicas)
+        registry, nodes, dead, cancels, schedules, issued, secrets = kvs
+        bundles, blobs, envs = stores
         results = await js.key_value(protocol.RESULTS_BUCKET)
-        dead = await kv(bucket=protocol.DEAD_BUCKET, ttl=protocol.DEAD_TTL_S)
-        cancels = await kv(bucket=protocol.CANCELS_BUCKET, ttl=protocol.RESULT_TTL_S)
-        schedules = await kv(bucket=protocol.SCHEDULES_BUCKET)
-        issued = await kv(bucket=protocol.ISSUED_BUCKET, ttl=protocol.RESULT_TTL_S)
-        envs = await objects(bucket=protocol.ENVS_BUCKET)
-        secrets = await kv(bucket=protocol.SECRETS_BUCKET, history=1)
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
     return Assets(
