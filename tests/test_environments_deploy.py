@@ -297,7 +297,7 @@ def test_env_ls_lists_each_environment_with_its_packages_and_users(
         assert done.env is not None
         assert f"{done.env.digest[:12]}  Python {done.env.python} on {done.env.platform}" in out
         assert f"{app}@{done.version[:12]}" in out
-    assert "1 packages: tinyone 1.0" in out and "1 packages: tinyone 2.0" in out
+    assert "1 package: tinyone 1.0" in out and "1 package: tinyone 2.0" in out
     listed = json.loads(superpose_cli("env", "ls", "--json", url=lattice.url, check=True).stdout)
     row = next(r for r in listed if r["digest"] == second.env.digest)  # type: ignore[union-attr]
     assert f"{app}@{second.version[:12]}" in row["used_by"]

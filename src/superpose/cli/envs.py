@@ -44,7 +44,8 @@ def env_lines(env: dict[str, Any]) -> list[str]:
     return [
         f"{env['digest'][:12]}  Python {env['python']} on {env['platform']}  "
         f"{common.when(env['created'])}  {size}",
-        f"  {len(packages)} packages: {', '.join(packages[:SHOWN_PACKAGES])}{more}",
+        f"  {len(packages)} {'package' if len(packages) == 1 else 'packages'}: "
+        f"{', '.join(packages[:SHOWN_PACKAGES])}{more}",
         f"  used by: {', '.join(env['used_by']) or 'no deployed version (script mode)'}",
         f"  built on: {built}",
     ]

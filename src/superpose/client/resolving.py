@@ -59,7 +59,8 @@ def packages_line(env: protocol.Environment) -> str:
     """``12 packages (numpy 2.1.3, …)``."""
     shown = [f"{name} {version}" for name, version in sorted(env.packages.items())]
     more = ", …" if len(shown) > SHOWN_PACKAGES else ""
-    return f"{len(shown)} packages ({', '.join(shown[:SHOWN_PACKAGES])}{more})"
+    noun = "package" if len(shown) == 1 else "packages"
+    return f"{len(shown)} {noun} ({', '.join(shown[:SHOWN_PACKAGES])}{more})"
 
 
 async def resolve_and_record(
