@@ -54,3 +54,18 @@ def test_an_unresolvable_requirement_names_the_package(
 def test_this_platform_is_one_uv_accepts() -> None:
     platform = environments.this_platform()
     assert platform.startswith(("x86_64-", "aarch64-"))
+
+
+def test_a_package_with_no_wheel_for_the_platform_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    wheelhouse.wheel(
+        folder, "maconly", "1.0", {"maconly/__init__.py": ""}, tag="py3-none-macosx_11_0_arm64"
+    )
+    monkeypatch.setenv("UV_FIND_LINKS", str(folder))
+    monkeypatch.setenv("UV_NO_INDEX", "1")
+    with pytest.raises(DeployError, match="cannot resolve maconly") as caught:
+        environments.resolve(["maconly"], environments.this_python(), "x86_64-manylinux_2_28")
+    assert "maconly" in str(caught.value).split(":", 1)[1]

@@ -37,9 +37,15 @@ def _wheel(folder: Path, name: str, version: str, requires: list[str]) -> Path:
 
 
 def wheel(
-    folder: Path, name: str, version: str, files: dict[str, str], requires: Sequence[str] = ()
+    folder: Path,
+    name: str,
+    version: str,
+    files: dict[str, str],
+    requires: Sequence[str] = (),
+    tag: str = "py3-none-any",
 ) -> Path:
-    """One pure-Python wheel of ``files`` (path in the wheel → text)."""
+    """One wheel of ``files`` (path in the wheel → text), pure Python unless ``tag`` says
+    otherwise (a wheel for one platform only, say)."""
     dist_info = f"{name}-{version}.dist-info"
     metadata = "".join(
         [
@@ -53,13 +59,12 @@ def wheel(
         **files,
         f"{dist_info}/METADATA": metadata,
         f"{dist_info}/WHEEL": (
-            "Wheel-Version: 1.0\nGenerator: superpose-tests\nRoot-Is-Purelib: true\n"
-            "Tag: py3-none-any\n"
+            f"Wheel-Version: 1.0\nGenerator: superpose-tests\nRoot-Is-Purelib: true\nTag: {tag}\n"
         ),
     }
     record = [f"{path},{_hash(text.encode())},{len(text.encode())}" for path, text in files.items()]
     files[f"{dist_info}/RECORD"] = "\n".join([*record, f"{dist_info}/RECORD,,"]) + "\n"
-    path = folder / f"{name}-{version}-py3-none-any.whl"
+    path = folder / f"{name}-{version}-{tag}.whl"
     with zipfile.ZipFile(path, "w") as archive:
         for member, text in files.items():
             info = zipfile.ZipInfo(member, date_time=(2026, 1, 1, 0, 0, 0))
