@@ -52,10 +52,11 @@ SWEEP_AFTER_S = 5.0
 """Results not heard of this long after acceptance are looked up in the bucket."""
 RECONNECT_POLL_S = 0.25
 """How often the sweep looks whether the connection reconnected."""
-SWEEP_AGAIN_S = 1.0
-"""After a reconnect the sweep runs at once and again this much later: a node may
-store a result and notify this client on a server this client's subscription has
-not reached yet."""
+SWEEPS_AFTER_RECONNECT_S = (0.0, 1.0, 2.0, 4.0, 8.0)
+"""After a reconnect the sweep runs at once, then after each of these pauses: a node
+may store a result and notify this client on a server its subscription has not
+reached yet, and a submission whose acknowledgement was lost with the old server is
+accepted only when its repeat lands (seconds later), after the first sweeps."""
 SWEEP_MAX_IDS = 4096
 ENVELOPE_MAX_BYTES = 768 * 1024
 """Under NATS's default max_payload (1 MiB) with room for headers; arguments above
@@ -250,10 +251,10 @@ class Submitter:
     async def _sweep_loop(self) -> None:
         """Find stored results whose notification never came (a reconnect, a lost message)."""
         while True:
-            if await self._until_sweep():
-                await self._sweep(after=0.0)  # notifications may have been lost meanwhile
-                await asyncio.sleep(SWEEP_AGAIN_S)
-                await self._sweep(after=0.0)
+            if await self._until_sweep():  # notifications may have been lost meanwhile
+                for pause_s in SWEEPS_AFTER_RECONNECT_S:
+                    await asyncio.sleep(pause_s)
+                    await self._sweep(after=0.0)
             else:
                 await self._sweep(after=SWEEP_AFTER_S)
 
