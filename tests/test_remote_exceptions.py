@@ -10,6 +10,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import pytest
@@ -167,8 +168,14 @@ def test_built_in_exceptions_with_fields_of_their_own_keep_them(exc: Exception) 
     assert str(rebuilt) == str(exc)
 
 
+class _ReduceRaises(Exception):
+    def __reduce__(self) -> Any:
+        raise RuntimeError("a broken __reduce__")
+
+
 def test_what_cannot_travel_arrives_as_a_plain_remote_error() -> None:
     assert encode_exception(_HoldsALock()) == b""  # an attribute that cannot be pickled
+    assert encode_exception(_ReduceRaises("x")) == b""  # the report still goes
     assert encode_exception(SystemExit(3)) == b""  # not an Exception: not the caller's
     assert encode_exception(ValueError("x" * (MAX_EXCEPTION_BYTES + 1))) == b""
     plain = _as_caller_sees(_HoldsALock())

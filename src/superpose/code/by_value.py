@@ -29,6 +29,7 @@ import cloudpickle
 
 from superpose.code.bundle import Bundle
 from superpose.errors import SerializationError
+from superpose.lattice import payload
 
 APP = "main"
 """The app by-value functions run as (in subjects and logs), as a ``main.py`` script's do."""
@@ -173,7 +174,7 @@ def _culprit(fn: types.FunctionType, seen: set[int]) -> str | None:
         try:
             cloudpickle.dumps(value)
         except Exception as exc:
-            return f"{fn.__qualname__} uses {where}, a {_type_name(value)} ({_error(exc)})"
+            return f"{fn.__qualname__} uses {where}, a {payload.type_name(value)} ({_error(exc)})"
     return None
 
 
@@ -194,10 +195,3 @@ def _captured(fn: types.FunctionType) -> Iterator[tuple[str, Any]]:
 
 def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def _type_name(value: Any) -> str:
-    cls = type(value)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"

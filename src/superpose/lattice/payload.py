@@ -79,7 +79,7 @@ def cannot_send(what: str, value: Any, codec: str, error: BaseException) -> Seri
     except Exception as exc:
         error = exc
     where = "" if part is value else " in it"
-    return SerializationError(f"{what}: cannot send a {_type_name(part)}{where} ({_reason(error)})")
+    return SerializationError(f"{what}: cannot send a {type_name(part)}{where} ({_reason(error)})")
 
 
 def unsendable_part(value: Any, codec: str, depth: int = 0) -> Any:
@@ -120,7 +120,8 @@ def _reason(error: BaseException) -> str:
     return text if text == OPEN_FILE else f"{type(error).__name__}: {text}"
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """A value's type as a message names it: ``_thread.lock``, ``list``."""
     cls = type(value)
     if cls.__module__ == "builtins":
         return cls.__qualname__
@@ -146,10 +147,10 @@ def encode_exception(exc: BaseException) -> bytes:
     same class (b"" when it cannot travel: the caller then gets a plain RemoteError).
     The class goes by name, never by value: a class rebuilt from its code would be
     another class, and ``except`` at the caller would not match it."""
-    cls, args, state = exception_parts(exc)
-    if not issubclass(cls, Exception):  # KeyboardInterrupt, SystemExit: not the caller's
-        return b""
-    try:
+    try:  # a user's ``__reduce__`` or attribute may raise: the report must still go
+        cls, args, state = exception_parts(exc)
+        if not issubclass(cls, Exception):  # KeyboardInterrupt, SystemExit: not the caller's
+            return b""
         data = _pickle((cls.__module__, cls.__qualname__, args, state))
     except Exception:
         return b""
