@@ -19,6 +19,7 @@ ENV_AFFINITY = "SUPERPOSE_AFFINITY"
 ENV_MAX_EXECUTORS = "SUPERPOSE_MAX_EXECUTORS"
 ENV_EXPRESS = "SUPERPOSE_EXPRESS"
 ENV_ENV_CACHE_MB = "SUPERPOSE_ENV_CACHE_MB"
+ENV_TLS_CA = "SUPERPOSE_TLS_CA"
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -69,6 +70,9 @@ class Settings:
     env_cache_mb: int
     """``$SUPERPOSE_ENV_CACHE_MB`` (≥ 1, default 10240): disk a node's built environments
     may take; past it the least recently used one no executor runs with is removed."""
+    tls_ca: Path | None = None
+    """``$SUPERPOSE_TLS_CA``: the CA certificate (PEM) a ``tls://`` lattice's certificate
+    is checked against, instead of the system's trust store; must be a file."""
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +88,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         affinity=env.get(ENV_AFFINITY, "1") != "0",
         express=env.get(ENV_EXPRESS, "1") != "0",
         env_cache_mb=_whole(env, ENV_ENV_CACHE_MB, default=DEFAULT_ENV_CACHE_MB),
+        tls_ca=_file(env, ENV_TLS_CA),
     )
 
 
@@ -155,6 +160,17 @@ def _whole(env: Mapping[str, str], name: str, *, default: int, high: int | None 
         wanted = "≥ 1" if high is None else f"from 1 to {high}"
         raise SettingError(f"{name}={text!r}: expected a whole number {wanted}")
     return int(text)
+
+
+def _file(env: Mapping[str, str], name: str) -> Path | None:
+    """A file that must exist, or None when the variable is unset."""
+    text = env.get(name)
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise SettingError(f"{name}={text!r}: no such file")
+    return path.resolve()
 
 
 def state_file(home_dir: Path) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from superpose import config
-from superpose.cli import common, routing
+from superpose.cli import common, listening, routing
 from superpose.errors import LatticeError, UserError
 from superpose.local import lattice as local
 from superpose.local import stopping
@@ -39,6 +39,8 @@ DOWN_TIMEOUT_S = 30.0
 
 def cmd_up(ns: argparse.Namespace) -> int:
     home = config.settings().home
+    listening.lattice_listen(ns)  # a malformed address is refused here, in both modes
+    listening.gateway_listen(ns)
     if ns.detach:
         return _up_detached(ns, home)
     with exclusive_home(home):
@@ -63,7 +65,7 @@ def _up_argv(ns: argparse.Namespace) -> list[str]:
         argv += ["--lattice-port", str(ns.lattice_port)]
     if ns.servers != 1:
         argv += ["--servers", str(ns.servers)]
-    return argv
+    return argv + listening.argv(ns)
 
 
 def _up_detached(ns: argparse.Namespace, home: Path) -> int:
@@ -134,13 +136,17 @@ def _print_ready(state: dict[str, Any], elapsed_s: float, how_to_stop: str) -> N
 
 async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
     started = time.monotonic()
+    listen, gateway = listening.lattice_listen(ns), listening.gateway_listen(ns)
     lattice = local.LocalLattice(
         state_dir=home,
         workers=ns.workers,
         slots=ns.slots,
-        lattice_port=ns.lattice_port if ns.lattice_port is not None else -1,
+        lattice_port=listen.port,
+        listen_host=listen.host,
+        tls=listening.server_tls(ns, home, listen),
         servers=ns.servers,
-        gateway_port=ns.gateway_port,
+        gateway_port=gateway.port,
+        gateway_host=gateway.host,
     )
     lattice.on_restart = lambda: write_state(home, lattice)
     stop = asyncio.Event()
@@ -174,7 +180,7 @@ async def _live_status(lattice: local.LocalLattice, stop: asyncio.Event) -> None
     from superpose.client.client import Client
     from superpose.client.status import nodes
 
-    client = await Client.open(lattice.url)
+    client = await Client.open(lattice.url, tls_ca=lattice.tls_ca)
     try:
         with Live(refresh_per_second=2, transient=True) as live:
             while not stop.is_set():
@@ -219,6 +225,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     from superpose.node.fork import fork_executor
 
     labels = common.parse_labels(ns.labels)
+    trust_ca(ns.tls_ca)
     node_id = ns.node_id or f"n{uuid.uuid4().hex[:6]}"
     state_dir = Path(ns.state_dir) if ns.state_dir else config.settings().home / "nodes" / node_id
     try:
@@ -252,9 +259,20 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     return 0
 
 
+def trust_ca(path: str | None) -> None:
+    """``--tls-ca``: trusted by this process and all it starts (a node's executors),
+    through ``$SUPERPOSE_TLS_CA``, which every connection reads."""
+    if path is None:
+        return
+    if not Path(path).is_file():
+        raise UserError(f"--tls-ca {path}: no such file")
+    os.environ[config.ENV_TLS_CA] = str(Path(path).resolve())
+
+
 def cmd_gateway(ns: argparse.Namespace) -> int:
     from superpose.gateway.app import serve
 
+    trust_ca(ns.tls_ca)
     url = common.lattice_url(ns.lattice)
     eventloop.run(
         serve(
@@ -327,11 +345,19 @@ def _add_up(add: common.AddCommand) -> None:
         default=config.DEFAULT_GATEWAY_PORT,
         help="HTTP gateway port on 127.0.0.1 (default 8700)",
     )
+    listening.add_arguments(p)
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+
+
+TLS_CA_HELP = (
+    f"the CA a tls:// lattice's certificate is checked against (else ${config.ENV_TLS_CA}, "
+    "else the system's trust store)"
+)
 
 
 def _add_worker(add: common.AddCommand) -> None:
     p = add("worker", cmd_worker, "join a lattice as a node")
+    p.add_argument("--tls-ca", metavar="FILE", help=TLS_CA_HELP)
     p.add_argument("--labels", help="KEY=VALUE,... advertised to the lattice")
     p.add_argument("--slots", type=common.count(1), help="invocations run at once (default: cores)")
     p.add_argument("--node-id", help=argparse.SUPPRESS)
@@ -347,6 +373,7 @@ def _add_worker(add: common.AddCommand) -> None:
 
 def _add_gateway(add: common.AddCommand) -> None:
     p = add("gateway", cmd_gateway, "serve the HTTP gateway")
+    p.add_argument("--tls-ca", metavar="FILE", help=TLS_CA_HELP)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=common.port, default=config.DEFAULT_GATEWAY_PORT)
     p.add_argument(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
@@ -24,6 +25,7 @@ from nats.js.object_store import ObjectStore
 from superpose import protocol
 from superpose.config import ENV_REPLICAS, lattice_servers, settings
 from superpose.errors import LatticeError
+from superpose.lattice import tls
 from superpose.lattice.batch import js_api
 
 T = TypeVar("T")
@@ -34,21 +36,27 @@ FIRST_CONNECT_S = 10.0
 are unlimited, which left a mistyped lattice URL hanging (and deaf to Ctrl-C)."""
 
 
-async def connect(url: str, *, name: str) -> NATS:
+async def connect(url: str, *, name: str, tls_ca: str | Path | None = None) -> NATS:
     """A connection that reconnects forever once made, and notices a dead server in
-    seconds; the first connection fails after FIRST_CONNECT_S with LatticeError.
+    seconds; the first connection fails after FIRST_CONNECT_S with LatticeError, or
+    at once when TLS refuses it (``lattice/tls.py`` says which CA is trusted).
 
     ``url`` may list a cluster's servers separated by commas: nats-py tries them in
     a random order, and fails over to the others (and to servers it learns of).
     """
     servers = lattice_servers(url)
+    trust = tls.trust_for(url, tls_ca)
     last_error: list[Exception] = []
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def _remember(exc: Exception) -> None:
         last_error[:] = [exc]
+        why = tls.refusal(trust, exc)
+        if why and not refused.done():
+            refused.set_result(why)
 
     try:
-        return await asyncio.wait_for(
+        nc = await _unless_refused(
             nats.connect(
                 servers=servers,
                 name=name,
@@ -59,8 +67,9 @@ async def connect(url: str, *, name: str) -> NATS:
                 ping_interval=5,
                 max_outstanding_pings=3,
                 error_cb=_remember,
+                **trust.options(),
             ),
-            FIRST_CONNECT_S,
+            refused,
         )
     except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
         why = last_error[0] if last_error else exc
@@ -69,6 +78,26 @@ async def connect(url: str, *, name: str) -> NATS:
             f"{why or type(why).__name__}); is it running? `superpose status` shows "
             "the one `superpose up` started"
         ) from exc
+    try:
+        tls.check_encrypted(trust, getattr(nc, "_server_info", {}))  # nats-py has no accessor
+    except LatticeError:
+        await nc.close()
+        raise
+    return nc
+
+
+async def _unless_refused(connecting: Awaitable[NATS], refused: asyncio.Future[str]) -> NATS:
+    """The first connection, given up after FIRST_CONNECT_S, or as soon as ``refused``
+    says why no retry can succeed (a certificate not trusted)."""
+    attempt = asyncio.ensure_future(asyncio.wait_for(connecting, FIRST_CONNECT_S))
+    both: set[asyncio.Future[Any]] = {attempt, refused}
+    await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+    if not attempt.done():
+        attempt.cancel()
+        await asyncio.gather(attempt, return_exceptions=True)
+        raise LatticeError(refused.result())
+    refused.cancel()
+    return attempt.result()
 
 
 class Assets:

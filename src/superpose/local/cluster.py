@@ -14,6 +14,8 @@ from pathlib import Path
 
 from superpose.errors import LatticeError
 from superpose.local.embedded import ClusterRole, EmbeddedServer, finish_stopping, free_port
+from superpose.local.listen import LOOPBACK
+from superpose.local.tls import ServerTls
 
 JETSTREAM_READY_S = 30.0
 """A new cluster elects its JetStream meta leader before it takes any asset."""
@@ -26,6 +28,11 @@ class EmbeddedCluster:
 
     state_dir: Path
     size: int = 3
+    host: str = LOOPBACK
+    """Where every server listens for clients (routes stay on loopback)."""
+    first_port: int = -1
+    """-1: free ports; else the servers take this port and the next ``size - 1``."""
+    tls: ServerTls | None = None
     servers: list[EmbeddedServer] = field(default_factory=list)
     url: str = ""
 
@@ -37,7 +44,13 @@ class EmbeddedCluster:
         if not self.servers:
             route_ports = [free_port() for _ in range(self.size)]
             self.servers = [
-                EmbeddedServer(self.state_dir / f"s{i + 1}", role=_role(i, route_ports))
+                EmbeddedServer(
+                    self.state_dir / f"s{i + 1}",
+                    port=-1 if self.first_port < 0 else self.first_port + i,
+                    host=self.host,
+                    role=_role(i, route_ports),
+                    tls=self.tls,
+                )
                 for i in range(self.size)
             ]
         try:
@@ -56,7 +69,8 @@ class EmbeddedCluster:
 
         from superpose.lattice.connection import connect
 
-        nc = await connect(self.url, name="superpose-cluster-check")
+        ca = self.tls.ca_file if self.tls is not None else None
+        nc = await connect(self.url, name="superpose-cluster-check", tls_ca=ca)
         deadline = time.monotonic() + JETSTREAM_READY_S
         try:
             while True:

@@ -16,9 +16,14 @@ import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from superpose.config import ENV_NATS_SERVER, settings
 from superpose.errors import LatticeError
+from superpose.local.listen import bracketed, local_host
+
+if TYPE_CHECKING:
+    from superpose.local.tls import ServerTls
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 STORE_KEY_FILE = "store.key"
@@ -93,20 +98,31 @@ class ClusterRole:
 CLUSTER_NAME = "superpose"
 
 
-def _config_text(store_dir: Path, port: int, host: str, role: ClusterRole | None) -> str:
+def _config_text(
+    store_dir: Path, port: int, host: str, role: ClusterRole | None, tls: ServerTls | None = None
+) -> str:
     # sync_interval: always — JetStream otherwise acknowledges writes it has not
     # fsynced (it syncs every 2 minutes by default); see docs/architecture.md.
     # cipher — the whole store (secrets among the rest) is encrypted at rest.
     return (
-        f"listen: {host}:{port}\n"
-        f"max_payload: {MAX_PAYLOAD_BYTES}\n"
-        "jetstream {\n"
-        f'  store_dir: "{store_dir}"\n'
-        "  sync_interval: always\n"
-        "  cipher: chachapoly\n"
-        f"  key: ${KEY_VARIABLE}\n"
-        "}\n"
-    ) + (role.config_text(host) if role is not None else "")
+        (
+            f"listen: {host}:{port}\n"
+            f"max_payload: {MAX_PAYLOAD_BYTES}\n"
+            "jetstream {\n"
+            f'  store_dir: "{store_dir}"\n'
+            "  sync_interval: always\n"
+            "  cipher: chachapoly\n"
+            f"  key: ${KEY_VARIABLE}\n"
+            "}\n"
+        )
+        + (role.config_text(ROUTE_HOST) if role is not None else "")
+        + (tls.config_text() if tls is not None else "")
+    )
+
+
+ROUTE_HOST = "127.0.0.1"
+"""Where a cluster's servers reach each other: ``up --servers`` runs them all on this
+machine, so routes stay on loopback whatever ``--listen`` says."""
 
 
 def store_key(state_dir: Path, store_dir: Path) -> str:
@@ -140,6 +156,8 @@ class EmbeddedServer:
     host: str = "127.0.0.1"
     role: ClusterRole | None = None
     """None: a server of its own; else one server of a cluster."""
+    tls: ServerTls | None = None
+    """Set: the server requires TLS, and ``url`` is ``tls://``."""
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
 
@@ -152,7 +170,9 @@ class EmbeddedServer:
         conf = self.state_dir / "nats.conf"
         store_dir = self.state_dir / "jetstream"
         key = store_key(self.state_dir, store_dir)
-        conf.write_text(_config_text(store_dir, self.port, self.host, self.role))
+        conf.write_text(
+            _config_text(store_dir, self.port, bracketed(self.host), self.role, self.tls)
+        )
         log = open(self.state_dir / "nats-server.log", "ab")  # noqa: SIM115 - child owns it
         try:
             self.process = subprocess.Popen(
@@ -166,8 +186,10 @@ class EmbeddedServer:
             )
         finally:
             log.close()
-        self.url = await self._wait_for_port(ports_dir)
-        self.port = int(self.url.rsplit(":", 1)[1])  # a restart comes back on the same port
+        found = await self._wait_for_port(ports_dir)
+        self.port = int(found.rsplit(":", 1)[1])  # a restart comes back on the same port
+        scheme = "tls" if self.tls is not None else "nats"
+        self.url = f"{scheme}://{bracketed(local_host(self.host))}:{self.port}"
         return self.url
 
     def died(self) -> bool:

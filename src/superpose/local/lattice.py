@@ -12,7 +12,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -23,9 +22,12 @@ from pathlib import Path
 from typing import Protocol
 
 from superpose import protocol
+from superpose.config import ENV_TLS_CA
 from superpose.errors import LatticeError, UserError, how_it_ended
 from superpose.local.cluster import EmbeddedCluster
 from superpose.local.embedded import EmbeddedServer, free_port
+from superpose.local.listen import LOOPBACK, Listen, bracketed, check_free, local_host
+from superpose.local.tls import ServerTls
 from superpose.support.retry import Backoff
 
 READY_TIMEOUT_S = 30.0
@@ -56,6 +58,8 @@ class Child:
     name: str
     argv: list[str]
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    """Set for this child on top of the supervisor's environment."""
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
 
@@ -67,7 +71,7 @@ class Child:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
 
     def note_death(self, returncode: int) -> None:
@@ -109,10 +113,16 @@ class LocalLattice:
     workers: int = 2
     slots: int | None = None
     lattice_port: int = -1
+    """-1 or 0: a free one; with several servers, the first of consecutive ports."""
+    listen_host: str = LOOPBACK
+    """Where nats-server listens (``--listen``): 0.0.0.0 for every interface."""
+    tls: ServerTls | None = None
+    """Set: the servers require TLS, and every child trusts its CA."""
     servers: int = 1
     """nats-servers: more than one makes a cluster (JetStream needs 3 to survive a loss)."""
     gateway_port: int | None = None
     """None: no gateway (connect()); 0: a free port."""
+    gateway_host: str = LOOPBACK
     drain_grace_s: float = 10.0
     on_restart: Callable[[], None] | None = None
     """Called after a dead child was started again (``up`` rewrites its state file)."""
@@ -131,13 +141,16 @@ class LocalLattice:
             raise UserError(f"--slots must be at least 1, got {self.slots}")
         if self.servers < 1:
             raise UserError(f"--servers must be at least 1, got {self.servers}")
-        if self.servers > 1 and self.lattice_port != -1:
-            raise UserError("--lattice-port is for one server; a cluster's ports are free ones")
+        if self.lattice_port == 0:
+            self.lattice_port = -1  # nats-server's "a free port" (its 0 means 4222)
 
     async def start(self) -> str:
         if self.state_dir is None:
             self.state_dir = Path(tempfile.mkdtemp(prefix="superpose-"))
             self._temp = True
+        if self.lattice_port > 0:
+            for port in range(self.lattice_port, self.lattice_port + self.servers):
+                check_free(Listen(self.listen_host, port), "lattice (--listen)")
         self.server = self._nats_servers(self.state_dir / "nats")
         try:
             self.url = await self.server.start()
@@ -146,8 +159,8 @@ class LocalLattice:
             self.children = [self._node_child(node_id, slots) for node_id in node_ids]
             if self.gateway_port is not None:
                 port = self.gateway_port or free_port()
-                self._check_port_free(port)
-                self.gateway_url = f"http://127.0.0.1:{port}"
+                check_free(Listen(self.gateway_host, port), "gateway (--gateway-listen)")
+                self.gateway_url = f"http://{bracketed(local_host(self.gateway_host))}:{port}"
                 self.children.append(self._gateway_child(port))
             await asyncio.gather(*(child.start() for child in self.children))
             await self._wait_ready(node_ids)
@@ -159,8 +172,28 @@ class LocalLattice:
 
     def _nats_servers(self, state_dir: Path) -> NatsServers:
         if self.servers > 1:
-            return EmbeddedCluster(state_dir, size=self.servers)
-        return EmbeddedServer(state_dir, port=self.lattice_port)
+            return EmbeddedCluster(
+                state_dir,
+                size=self.servers,
+                host=self.listen_host,
+                first_port=self.lattice_port,
+                tls=self.tls,
+            )
+        return EmbeddedServer(
+            state_dir, port=self.lattice_port, host=self.listen_host, tls=self.tls
+        )
+
+    @property
+    def child_env(self) -> dict[str, str]:
+        """What every child is told: the CA of a TLS lattice (``lattice/tls.py``)."""
+        if self.tls is None or self.tls.ca_file is None:
+            return {}
+        return {ENV_TLS_CA: str(self.tls.ca_file)}
+
+    @property
+    def tls_ca(self) -> Path | None:
+        """The CA this process trusts the lattice with (None: the system's store)."""
+        return self.tls.ca_file if self.tls is not None else None
 
     def _node_child(self, node_id: str, slots: int) -> Child:
         assert self.state_dir is not None
@@ -182,7 +215,7 @@ class LocalLattice:
             "--parent-pid",
             str(os.getpid()),
         ]
-        return Child(node_id, argv, self.state_dir / "logs" / f"node-{node_id}.log")
+        return Child(node_id, argv, self.state_dir / "logs" / f"node-{node_id}.log", self.child_env)
 
     def _gateway_child(self, port: int) -> Child:
         assert self.state_dir is not None
@@ -193,28 +226,19 @@ class LocalLattice:
             "gateway",
             "--lattice",
             self.url,
+            "--host",
+            self.gateway_host,
             "--port",
             str(port),
             "--parent-pid",
             str(os.getpid()),
         ]
-        return Child("gateway", argv, self.state_dir / "logs" / "gateway.log")
-
-    @staticmethod
-    def _check_port_free(port: int) -> None:
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError as exc:
-                raise UserError(
-                    f"gateway port {port} is in use; pick another with --gateway-port"
-                ) from exc
+        return Child("gateway", argv, self.state_dir / "logs" / "gateway.log", self.child_env)
 
     async def _wait_ready(self, node_ids: list[str]) -> None:
         from superpose.lattice.connection import connect
 
-        nc = await connect(self.url, name="superpose-supervisor")
+        nc = await connect(self.url, name="superpose-supervisor", tls_ca=self.tls_ca)
         deadline = time.monotonic() + READY_TIMEOUT_S
         try:
             waiting = set(node_ids)
@@ -247,7 +271,7 @@ class LocalLattice:
             return True
         port = int(self.gateway_url.rsplit(":", 1)[1])
         try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            _, writer = await asyncio.open_connection(local_host(self.gateway_host), port)
         except OSError:
             return False
         writer.close()

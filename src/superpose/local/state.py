@@ -103,6 +103,7 @@ def write_state(home: Path, lattice: LocalLattice, *, ready: bool = True) -> Non
         "pgid": os.getpgid(0),
         "lattice": lattice.url,
         "gateway": lattice.gateway_url,
+        "tls_ca": str(lattice.tls_ca) if lattice.tls_ca else None,
         "pids": pids,
         "starts": {str(pid): process_start(pid) for pid in [os.getpid(), *pids.values()]},
         "started": time.time(),
