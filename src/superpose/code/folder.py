@@ -173,7 +173,9 @@ def _link_target(root: Path, path: str, link: Path) -> tuple[Path, os.stat_resul
     try:
         info = target.lstat()
     except OSError:
-        raise DeployError(f"{shown}, which does not exist (or loops)") from None
+        raise DeployError(f"{shown}, which does not exist") from None
+    if stat.S_ISLNK(info.st_mode):  # realpath stops where links go round in a circle
+        raise DeployError(f"{shown}, which leads round in a loop of links")
     if not stat.S_ISREG(info.st_mode):
         raise DeployError(
             f"{shown}, which is not a regular file: only links to files are stored "
