@@ -51,6 +51,12 @@ class Bundle:
             return self.files.size
         return sum(len(data) for data in self.files.values())
 
+    def size_of(self, path: str) -> int:
+        """One file's size, without reading it if it is still on disk."""
+        if isinstance(self.files, folder.DiskFiles):
+            return self.files.entries[path].size
+        return len(self.files[path])
+
     def manifest(self) -> bytes:
         return manifest.encode(self.listing)
 

@@ -10,6 +10,7 @@ loop, and with it its heartbeat, keeps running through a long fetch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -90,14 +91,18 @@ async def upload(nc: NATS, bundle: Bundle) -> tuple[str, int]:
     for path, file_digest in bundle.listing.items():
         holder.setdefault(file_digest, path)
     uploaded = 0
+    one_large = asyncio.Lock()  # small files 16 at a time, large ones in turn: memory stays low
 
     async def one(file_digest: str) -> None:
         nonlocal uploaded
         name = protocol.file_object_name(file_digest)
         if await objects.exists(js, bucket, name):
             return
-        data = await asyncio.to_thread(bundle.files.__getitem__, holder[file_digest])
-        await objects.put(nc, bucket, name, data)
+        path = holder[file_digest]
+        large = bundle.size_of(path) >= THREAD_BYTES
+        async with one_large if large else contextlib.nullcontext():
+            data = await asyncio.to_thread(bundle.files.__getitem__, path)
+            await objects.put(nc, bucket, name, data)
         uploaded += 1
 
     await bounded(holder, one)
