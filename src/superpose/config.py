@@ -29,6 +29,14 @@ WAIT_MARGIN_S = 10.0
 SPILL_THRESHOLD_BYTES = 256 * 1024
 """Arguments and results above this size travel through the object store."""
 MAX_BUNDLE_BYTES = 200 * 1024 * 1024
+"""Total size of a bundle's files, checked from ``lstat`` sizes before any file is read."""
+MAX_BUNDLE_FILES = 10_000
+"""Files in one bundle: each is an object a node fetches, and the listing travels in the
+version's registry record."""
+MAX_BUNDLE_DEPTH = 32
+"""Folders a bundle path may nest (``a/b/c.py`` is 3 deep)."""
+MAX_BUNDLE_PATH_BYTES = 1024
+"""Length of a bundle path in UTF-8 bytes (one name is at most 255, as on Linux)."""
 MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_ENV_CACHE_MB = 10 * 1024
 """Disk a node's built environments may take before the least recently used go."""

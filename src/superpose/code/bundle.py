@@ -5,38 +5,24 @@ SHA-256 of a canonical listing — one ``<file sha256>  <path>`` line per file,
 sorted by path — so the same tree always has the same id wherever it was
 built. Each file is stored once in the object store under its own digest,
 which is why an unchanged file is never uploaded twice.
+
+A bundle built from disk (``from_folder``, ``from_files``) keeps its files there:
+``folder.py`` checks them before anything is read and hashes them as streams, and
+``files[path]`` reads one when it is needed (to discover functions in it, or to
+upload it if the store lacks it).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from superpose import protocol
-from superpose.config import MAX_BUNDLE_BYTES
-from superpose.errors import DeployError
+from superpose.code import folder, manifest
+from superpose.code.folder import SKIP_DIRS, SKIP_SUFFIXES
 
-SKIP_DIRS = frozenset(
-    {
-        ".git",
-        ".hg",
-        ".svn",
-        "__pycache__",
-        ".venv",
-        "venv",
-        ".superpose",
-        "node_modules",
-        ".mypy_cache",
-        ".ruff_cache",
-        ".pytest_cache",
-        ".tox",
-        "build",
-        "dist",
-    }
-)
-SKIP_SUFFIXES = (".pyc", ".pyo", ".so.tmp")
+__all__ = ["SKIP_DIRS", "SKIP_SUFFIXES", "Bundle", "from_files", "from_folder"]
 
 
 def sha256_hex(data: bytes) -> str:
@@ -45,11 +31,14 @@ def sha256_hex(data: bytes) -> str:
 
 @dataclass
 class Bundle:
-    files: dict[str, bytes] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    """Path → bytes: a dict, or ``folder.DiskFiles`` reading each file on access."""
 
     @property
     def listing(self) -> dict[str, str]:
         """Path → file digest, the part of a bundle that names its content."""
+        if isinstance(self.files, folder.DiskFiles):
+            return dict(sorted(self.files.digests.items()))
         return {path: sha256_hex(data) for path, data in sorted(self.files.items())}
 
     @property
@@ -58,10 +47,18 @@ class Bundle:
 
     @property
     def size(self) -> int:
+        if isinstance(self.files, folder.DiskFiles):
+            return self.files.size
         return sum(len(data) for data in self.files.values())
 
+    def size_of(self, path: str) -> int:
+        """One file's size, without reading it if it is still on disk."""
+        if isinstance(self.files, folder.DiskFiles):
+            return self.files.entries[path].size
+        return len(self.files[path])
+
     def manifest(self) -> bytes:
-        return protocol.BundleManifest(files=self.listing).as_json()
+        return manifest.encode(self.listing)
 
 
 def digest_of_listing(listing: dict[str, str]) -> str:
@@ -70,43 +67,18 @@ def digest_of_listing(listing: dict[str, str]) -> str:
 
 
 def parse_manifest(data: bytes) -> dict[str, str]:
-    """The listing in a stored manifest; ProtocolError if it is not one."""
-    return protocol.BundleManifest.from_json(data).files
-
-
-def _skipped(name: str) -> bool:
-    return name in SKIP_DIRS or name.startswith(".") or name.endswith(".egg-info")
+    """The listing in a stored manifest, every entry checked (``manifest.decode``)."""
+    return manifest.decode(data)
 
 
 def from_folder(root: Path) -> Bundle:
     """Every regular file under ``root``, minus caches, VCS and virtualenv folders."""
-    bundle = Bundle()
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not _skipped(d))
-        for name in sorted(filenames):
-            if name.endswith(SKIP_SUFFIXES) or name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            if not path.is_file():
-                continue
-            data = path.read_bytes()
-            total += len(data)
-            if total > MAX_BUNDLE_BYTES:
-                raise DeployError(
-                    f"{root} holds more than {MAX_BUNDLE_BYTES // 2**20} MB of files; "
-                    "keep data out of the code folder (use the object store for large inputs)"
-                )
-            bundle.files[path.relative_to(root).as_posix()] = data
-    return bundle
+    return Bundle(folder.DiskFiles(folder.scan(root)))
 
 
 def from_files(root: Path, paths: list[Path]) -> Bundle:
     """The given files, named relative to ``root``."""
-    bundle = Bundle()
-    for path in sorted(set(paths)):
-        bundle.files[path.relative_to(root).as_posix()] = path.read_bytes()
-    return bundle
+    return Bundle(folder.DiskFiles(folder.of_files(root, paths)))
 
 
 def module_name(relpath: str) -> str:

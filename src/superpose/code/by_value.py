@@ -27,7 +27,7 @@ from typing import Any
 
 import cloudpickle
 
-from superpose.code.bundle import Bundle
+from superpose.code.bundle import Bundle, from_files
 from superpose.errors import SerializationError
 from superpose.lattice import payload
 
@@ -141,12 +141,10 @@ def _register_module(fn: types.FunctionType) -> None:
 
 def bundle(pickled: bytes, root: Path, files: list[Path]) -> Bundle:
     """The loader, the pickle and ``files`` (local modules, included data) under ``root``."""
-    found = Bundle()
-    for path in sorted(set(files)):
-        found.files[path.relative_to(root).as_posix()] = path.read_bytes()
-    found.files[f"{LOADER_MODULE}.py"] = LOADER.encode()
-    found.files[PICKLE_FILE] = pickled
-    return found
+    found = dict(from_files(root, files).files.items())
+    found[f"{LOADER_MODULE}.py"] = LOADER.encode()
+    found[PICKLE_FILE] = pickled
+    return Bundle(found)
 
 
 # --- saying what could not be sent ---------------------------------------------------
