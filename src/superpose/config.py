@@ -19,6 +19,10 @@ ENV_AFFINITY = "SUPERPOSE_AFFINITY"
 ENV_MAX_EXECUTORS = "SUPERPOSE_MAX_EXECUTORS"
 ENV_EXPRESS = "SUPERPOSE_EXPRESS"
 ENV_ENV_CACHE_MB = "SUPERPOSE_ENV_CACHE_MB"
+ENV_SANDBOX = "SUPERPOSE_SANDBOX"
+SANDBOX_MODES = ("none", "user", "bwrap")
+"""How a node confines its executors (``superpose worker --sandbox``; docs/architecture.md,
+Sandbox)."""
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -69,6 +73,9 @@ class Settings:
     env_cache_mb: int
     """``$SUPERPOSE_ENV_CACHE_MB`` (≥ 1, default 10240): disk a node's built environments
     may take; past it the least recently used one no executor runs with is removed."""
+    sandbox: str | None = None
+    """``$SUPERPOSE_SANDBOX`` (``none``, ``user`` or ``bwrap``): a node's default for
+    ``--sandbox``; unset, ``user`` when the node runs as root, else ``none``."""
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +91,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         affinity=env.get(ENV_AFFINITY, "1") != "0",
         express=env.get(ENV_EXPRESS, "1") != "0",
         env_cache_mb=_whole(env, ENV_ENV_CACHE_MB, default=DEFAULT_ENV_CACHE_MB),
+        sandbox=_sandbox(env),
     )
 
 
@@ -143,6 +151,15 @@ def _lattice(env: Mapping[str, str]) -> str | None:
     why = _bad_lattice(text)
     if why:
         raise SettingError(f"{ENV_LATTICE}={text!r}: {why}")
+    return text
+
+
+def _sandbox(env: Mapping[str, str]) -> str | None:
+    text = env.get(ENV_SANDBOX)
+    if not text:
+        return None
+    if text not in SANDBOX_MODES:
+        raise SettingError(f"{ENV_SANDBOX}={text!r}: expected one of {', '.join(SANDBOX_MODES)}")
     return text
 
 

@@ -63,6 +63,8 @@ def _up_argv(ns: argparse.Namespace) -> list[str]:
         argv += ["--lattice-port", str(ns.lattice_port)]
     if ns.servers != 1:
         argv += ["--servers", str(ns.servers)]
+    if ns.sandbox:
+        argv += ["--sandbox", ns.sandbox]
     return argv
 
 
@@ -141,6 +143,7 @@ async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
         lattice_port=ns.lattice_port if ns.lattice_port is not None else -1,
         servers=ns.servers,
         gateway_port=ns.gateway_port,
+        sandbox=ns.sandbox,
     )
     lattice.on_restart = lambda: write_state(home, lattice)
     stop = asyncio.Event()
@@ -214,10 +217,12 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     import logging
     import uuid
 
+    from superpose.node import sandbox
     from superpose.node.agent import NodeAgent
     from superpose.node.config import NodeConfig
     from superpose.node.fork import fork_executor
 
+    mode, why_not = sandbox.effective_mode(ns.sandbox or sandbox.default_mode())
     labels = common.parse_labels(ns.labels)
     node_id = ns.node_id or f"n{uuid.uuid4().hex[:6]}"
     state_dir = Path(ns.state_dir) if ns.state_dir else config.settings().home / "nodes" / node_id
@@ -229,12 +234,16 @@ def cmd_worker(ns: argparse.Namespace) -> int:
             slots=ns.slots or (os.cpu_count() or 1),
             labels=labels,
             drain_grace_s=ns.drain_grace,
+            sandbox=mode,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    # Before the event loop, threads or logging exist: the child shares our imports.
-    forked = fork_executor(node_config.lattice, node_id)
+    # Before the event loop, threads or logging exist: the child shares our imports. Not
+    # when sandboxed: a fork shares the node's memory too, and runs as the node's user.
+    forked = fork_executor(node_config.lattice, node_id) if mode == sandbox.NONE else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if why_not:
+        logging.getLogger("superpose.node").warning("%s", why_not)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -327,7 +336,18 @@ def _add_up(add: common.AddCommand) -> None:
         default=config.DEFAULT_GATEWAY_PORT,
         help="HTTP gateway port on 127.0.0.1 (default 8700)",
     )
+    _add_sandbox(p)
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_sandbox(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sandbox",
+        choices=config.SANDBOX_MODES,
+        help="how nodes confine user code: none, user (a user of its own per executor) or "
+        "bwrap (that, inside bubblewrap); default user when root, else none "
+        f"(or ${config.ENV_SANDBOX})",
+    )
 
 
 def _add_worker(add: common.AddCommand) -> None:
@@ -343,6 +363,7 @@ def _add_worker(add: common.AddCommand) -> None:
         default=10.0,
         help="seconds to finish in-flight calls on shutdown (default 10)",
     )
+    _add_sandbox(p)
 
 
 def _add_gateway(add: common.AddCommand) -> None:

@@ -16,6 +16,7 @@ from superpose import protocol
 from superpose.code.bundle import Bundle, digest_of_listing, parse_manifest, sha256_hex
 from superpose.errors import NotFoundError, SuperposeError
 from superpose.lattice import objects
+from superpose.support.readonly import seal
 from superpose.support.retry import THROUGH_ELECTION, retry
 
 log = logging.getLogger("superpose.code")
@@ -112,6 +113,7 @@ async def materialize(nc: NATS, digest: str, cache_dir: Path, *, within_s: float
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         (staging / COMPLETE_MARKER).write_text(digest)
+        seal(staging)  # executors run as other users: they read it, none may change it
         try:
             staging.rename(target)
         except OSError:  # another fetch of the same digest won the race

@@ -114,6 +114,9 @@ class LocalLattice:
     gateway_port: int | None = None
     """None: no gateway (connect()); 0: a free port."""
     drain_grace_s: float = 10.0
+    sandbox: str | None = None
+    """Each node's ``--sandbox``; None: the node's default (``$SUPERPOSE_SANDBOX``, else
+    ``user`` as root, ``none`` otherwise)."""
     on_restart: Callable[[], None] | None = None
     """Called after a dead child was started again (``up`` rewrites its state file)."""
     server: NatsServers | None = None
@@ -182,6 +185,8 @@ class LocalLattice:
             "--parent-pid",
             str(os.getpid()),
         ]
+        if self.sandbox:
+            argv += ["--sandbox", self.sandbox]
         return Child(node_id, argv, self.state_dir / "logs" / f"node-{node_id}.log")
 
     def _gateway_child(self, port: int) -> Child:
