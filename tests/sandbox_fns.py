@@ -48,9 +48,7 @@ def write_tmp(text: str) -> str:
 
 def _children(n: int, tag: str) -> list[int]:
     """``n`` sleeps, every third in a session of its own (as a daemon would)."""
-    return [
-        subprocess.Popen(["sleep", tag], start_new_session=i % 3 == 0).pid for i in range(n)
-    ]
+    return [subprocess.Popen(["sleep", tag], start_new_session=i % 3 == 0).pid for i in range(n)]
 
 
 @sp.function

@@ -4,6 +4,7 @@ change what other apps' executors load, and leaves no process behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,8 +122,50 @@ def test_no_child_survives_a_timeout(user_node: Lattice) -> None:
 
 def test_no_child_survives_a_memory_kill(user_node: Lattice) -> None:
     tag = _tag()
-    with client_on(user_node):
-        with pytest.raises(sp.RemoteError) as info:
-            sandbox_fns.children_then_hog.remote(50, tag)
+    with client_on(user_node), pytest.raises(sp.RemoteError) as info:
+        sandbox_fns.children_then_hog.remote(50, tag)
     assert info.value.kind == protocol.ERR_MEMORY
+    poll(lambda: not _sleeps(tag), "the 50 children of a memory-killed call to be gone")
+
+
+@pytest.fixture(scope="module")
+def bwrap_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lattice]:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    handle = start_lattice(
+        tmp_path_factory.mktemp("bwrapped"),
+        workers=1,
+        gateway=False,
+        env={"SUPERPOSE_SANDBOX": "bwrap", "NODE_SECRET": "do-not-leak"},
+    )
+    yield handle
+    stop_lattice(handle)
+
+
+def test_under_bwrap_it_sees_only_what_it_needs(bwrap_node: Lattice) -> None:
+    tag = _tag()
+    with client_on(bwrap_node):
+        me = sandbox_fns.identity.remote()
+        assert sandbox.UID_BASE <= me["uid"] < sandbox.UID_BASE + sandbox.UID_COUNT
+        assert me["tmp"] == "/tmp" and sandbox_fns.write_tmp.remote("hi") == "hi"
+        assert me["tmp_mode"] == 0o700 and me["tmp_owner"] == me["uid"]
+        assert "NODE_SECRET" not in me["env"]
+        assert me["pid"] < 10  # a pid namespace of its own: no other process to see
+        for hidden in ("/etc/passwd", str(bwrap_node.state_dir / "nats")):
+            with pytest.raises(sp.RemoteError) as info:
+                sandbox_fns.read_file.remote(hidden)
+            assert info.value.type in ("FileNotFoundError", "IsADirectoryError"), hidden
+        assert sandbox_victim.answer.remote() == 42
+        outcomes = sandbox_fns.overwrite_cached.remote("sandbox_victim.py", "def answer(): 1")
+        assert outcomes and all(o.endswith(("PermissionError", "OSError")) for o in outcomes)
+        assert sandbox_victim.answer.remote() == 42
+        assert len(sandbox_fns.leave_children.remote(50, tag)) == 50
+    poll(lambda: not _sleeps(tag), "the 50 children of a returned call to be gone")
+
+
+def test_under_bwrap_a_memory_kill_leaves_nothing(bwrap_node: Lattice) -> None:
+    tag = _tag()
+    with client_on(bwrap_node), pytest.raises(sp.RemoteError) as info:
+        sandbox_fns.children_then_hog.remote(50, tag)
+    assert info.value.kind == protocol.ERR_MEMORY  # the executor's memory, not bwrap's
     poll(lambda: not _sleeps(tag), "the 50 children of a memory-killed call to be gone")

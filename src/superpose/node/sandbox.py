@@ -237,16 +237,20 @@ def bwrap_argv(identity: Identity, executor_root: Path) -> list[str]:
     argv += ["--dev", "/dev", "--proc", "/proc"]
     for folder in SYSTEM_DIRS:
         argv += ["--ro-bind-try", folder, folder]
+    argv += ["--perms", "0755", "--dir", "/etc"]
     for name in ETC_FILES:
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    for folder in python_paths():
-        argv += ["--ro-bind", folder, folder]
+    shared = python_paths()
     for cache in ("bundles", "envs"):
-        shared = executor_root / cache
-        shared.mkdir(parents=True, exist_ok=True)
-        argv += ["--ro-bind", str(shared), str(shared)]
-    argv += ["--bind", str(identity.tmp), "/tmp", "--chdir", "/tmp", "--"]
-    return argv
+        (executor_root / cache).mkdir(parents=True, exist_ok=True)
+        shared.append(str(executor_root / cache))
+    # /tmp first: the caches may lie under the host's /tmp, and must not be hidden by it
+    argv += ["--bind", str(identity.tmp), "/tmp"]
+    for parent in sorted({str(p) for f in shared for p in Path(f).parents if str(p) != "/"}):
+        argv += ["--perms", "0755", "--dir", parent]  # bwrap would make them 0700
+    for folder in shared:
+        argv += ["--ro-bind", folder, folder]
+    return [*argv, "--chdir", "/tmp", "--"]
 
 
 def descendant(pid: int) -> int:
@@ -287,9 +291,9 @@ class Confinement:
         """The executor's command line and the process options that confine it: its
         user (``as_user``), a session of its own, and the environment it may see."""
         tmp_inside = "/tmp" if self.mode == BWRAP else str(identity.tmp)
-        if self.mode == BWRAP:
-            argv = bwrap_argv(identity, self.root) + argv
         argv = as_user(identity.uid) + argv
+        if self.mode == BWRAP:  # bwrap as root: it may mount what the executor may not read
+            argv = bwrap_argv(identity, self.root) + argv
         options: dict[str, object] = {
             "start_new_session": True,
             "env": executor_env(identity, tmp_inside),
