@@ -14,7 +14,7 @@ import pytest
 import sandbox_fns
 import sandbox_victim
 import superpose as sp
-from conftest import Lattice, client_on, poll, start_lattice, stop_lattice
+from conftest import Lattice, client_on, poll, start_lattice, stop_lattice, superpose_cli
 from superpose import protocol
 from superpose.node import sandbox
 
@@ -169,3 +169,8 @@ def test_under_bwrap_a_memory_kill_leaves_nothing(bwrap_node: Lattice) -> None:
         sandbox_fns.children_then_hog.remote(50, tag)
     assert info.value.kind == protocol.ERR_MEMORY  # the executor's memory, not bwrap's
     poll(lambda: not _sleeps(tag), "the 50 children of a memory-killed call to be gone")
+
+
+def test_status_says_how_a_node_confines_user_code(user_node: Lattice) -> None:
+    shown = superpose_cli("status", url=user_node.url, check=True).stdout
+    assert "sandbox=user" in shown

@@ -293,6 +293,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
             print(
                 f"  {n['id']}  host={n['host']} labels={labels} slots={n['slots']} "
                 f"busy={n['busy']} served={n['served']} (express {n['express']}) warm={warm}"
+                f" sandbox={n['sandbox'] or '?'}"
             )
         print(f"{len(state['apps'])} app(s)")
         for app in state["apps"]:

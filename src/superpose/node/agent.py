@@ -215,6 +215,7 @@ class NodeAgent:
             python=self.envs.python,
             platform=self.envs.platform,
             envs=self.envs.built(),
+            sandbox=self.config.sandbox,
         )
 
     def _on_registry_change(self, key: str) -> None:
