@@ -54,7 +54,7 @@ def measure(mode: str) -> dict[str, Any]:
     from bench import sandbox_fns
     from superpose.local.state import find_running_lattice
 
-    with _running_lattice(env={"SUPERPOSE_SANDBOX": mode}) as (client, home):
+    with _running_lattice(env={"SUPERPOSE_SANDBOX": mode}) as (_client, home):
         started = time.perf_counter()
         sandbox_fns.noop.remote(0)
         first = time.perf_counter() - started

@@ -101,3 +101,11 @@ def test_sealed_folders_are_read_only_for_others(tmp_path: Path) -> None:
     seal(folder)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
     assert modes == {"bundle": 0o755, "pkg": 0o755, "m.py": 0o644, "run.sh": 0o755}
+
+
+def test_up_passes_the_mode_to_its_nodes(tmp_path: Path) -> None:
+    from superpose.local.lattice import LocalLattice
+
+    argv = LocalLattice(state_dir=tmp_path, sandbox="bwrap")._node_child("n1", 1).argv
+    assert argv[argv.index("--sandbox") + 1] == "bwrap"
+    assert "--sandbox" not in LocalLattice(state_dir=tmp_path)._node_child("n1", 1).argv
