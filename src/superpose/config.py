@@ -20,6 +20,10 @@ ENV_MAX_EXECUTORS = "SUPERPOSE_MAX_EXECUTORS"
 ENV_EXPRESS = "SUPERPOSE_EXPRESS"
 ENV_ENV_CACHE_MB = "SUPERPOSE_ENV_CACHE_MB"
 ENV_TLS_CA = "SUPERPOSE_TLS_CA"
+ENV_SANDBOX = "SUPERPOSE_SANDBOX"
+SANDBOX_MODES = ("none", "user", "bwrap")
+"""How a node confines its executors (``superpose worker --sandbox``; docs/architecture.md,
+Sandbox)."""
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -81,6 +85,9 @@ class Settings:
     tls_ca: Path | None = None
     """``$SUPERPOSE_TLS_CA``: the CA certificate (PEM) a ``tls://`` lattice's certificate
     is checked against, instead of the system's trust store; must be a file."""
+    sandbox: str | None = None
+    """``$SUPERPOSE_SANDBOX`` (``none``, ``user`` or ``bwrap``): a node's default for
+    ``--sandbox``; unset, ``user`` when the node runs as root, else ``none``."""
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -97,6 +104,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         express=env.get(ENV_EXPRESS, "1") != "0",
         env_cache_mb=_whole(env, ENV_ENV_CACHE_MB, default=DEFAULT_ENV_CACHE_MB),
         tls_ca=_file(env, ENV_TLS_CA),
+        sandbox=_sandbox(env),
     )
 
 
@@ -156,6 +164,15 @@ def _lattice(env: Mapping[str, str]) -> str | None:
     why = _bad_lattice(text)
     if why:
         raise SettingError(f"{ENV_LATTICE}={text!r}: {why}")
+    return text
+
+
+def _sandbox(env: Mapping[str, str]) -> str | None:
+    text = env.get(ENV_SANDBOX)
+    if not text:
+        return None
+    if text not in SANDBOX_MODES:
+        raise SettingError(f"{ENV_SANDBOX}={text!r}: expected one of {', '.join(SANDBOX_MODES)}")
     return text
 
 

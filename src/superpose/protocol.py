@@ -728,6 +728,8 @@ class NodeInfo(Message, tag="sp.node.v1"):
     e.g. ``x86_64-manylinux_2_28``)."""
     envs: list[str] = []
     """Environment digests built and cached on this node."""
+    sandbox: str = ""
+    """How it confines user code: ``none``, ``user`` or ``bwrap`` ("" from older nodes)."""
 
 
 class Envelope(Message, tag="sp.work.v1"):

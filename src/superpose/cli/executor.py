@@ -1,4 +1,5 @@
-"""The executor process: ``python -m superpose.cli.executor --fd N --lattice URL --node ID``.
+"""The executor process: ``python -m superpose.cli.executor --fd N --lattice URL --node ID``
+(and ``--sandboxed`` when the agent started it as a user of its own).
 
 An executor is node-side machinery (``node/executor``) that hosts user code, and
 user code calls other functions through the caller's side (``client``). Those two
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from superpose.client.client import open_node_client
+from superpose.node.executor.confine import confine
 from superpose.node.executor.main import serve_forever
 
 
@@ -26,7 +28,10 @@ def main() -> None:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--lattice", required=True)
     parser.add_argument("--node", required=True)
+    parser.add_argument("--sandboxed", action="store_true")
     ns = parser.parse_args()
+    if ns.sandboxed:  # before any user code: limits it cannot raise again
+        confine()
     serve(ns.fd, ns.lattice, ns.node)
 
 

@@ -65,6 +65,8 @@ def _up_argv(ns: argparse.Namespace) -> list[str]:
         argv += ["--lattice-port", str(ns.lattice_port)]
     if ns.servers != 1:
         argv += ["--servers", str(ns.servers)]
+    if ns.sandbox:
+        argv += ["--sandbox", ns.sandbox]
     return argv + listening.argv(ns)
 
 
@@ -147,6 +149,7 @@ async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
         servers=ns.servers,
         gateway_port=gateway.port,
         gateway_host=gateway.host,
+        sandbox=ns.sandbox,
     )
     lattice.on_restart = lambda: write_state(home, lattice)
     stop = asyncio.Event()
@@ -220,10 +223,12 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     import logging
     import uuid
 
+    from superpose.node import sandbox
     from superpose.node.agent import NodeAgent
     from superpose.node.config import NodeConfig
     from superpose.node.fork import fork_executor
 
+    mode, why_not = sandbox.effective_mode(ns.sandbox or sandbox.default_mode())
     labels = common.parse_labels(ns.labels)
     trust_ca(ns.tls_ca)
     node_id = ns.node_id or f"n{uuid.uuid4().hex[:6]}"
@@ -236,12 +241,16 @@ def cmd_worker(ns: argparse.Namespace) -> int:
             slots=ns.slots or (os.cpu_count() or 1),
             labels=labels,
             drain_grace_s=ns.drain_grace,
+            sandbox=mode,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    # Before the event loop, threads or logging exist: the child shares our imports.
-    forked = fork_executor(node_config.lattice, node_id)
+    # Before the event loop, threads or logging exist: the child shares our imports. Not
+    # when sandboxed: a fork shares the node's memory too, and runs as the node's user.
+    forked = fork_executor(node_config.lattice, node_id) if mode == sandbox.NONE else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if why_not:
+        logging.getLogger("superpose.node").warning("%s", why_not)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -302,6 +311,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
             print(
                 f"  {n['id']}  host={n['host']} labels={labels} slots={n['slots']} "
                 f"busy={n['busy']} served={n['served']} (express {n['express']}) warm={warm}"
+                f" sandbox={n['sandbox'] or '?'}"
             )
         print(f"{len(state['apps'])} app(s)")
         for app in state["apps"]:
@@ -346,6 +356,7 @@ def _add_up(add: common.AddCommand) -> None:
         help="HTTP gateway port on 127.0.0.1 (default 8700)",
     )
     listening.add_arguments(p)
+    _add_sandbox(p)
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -353,6 +364,16 @@ TLS_CA_HELP = (
     f"the CA a tls:// lattice's certificate is checked against (else ${config.ENV_TLS_CA}, "
     "else the system's trust store)"
 )
+
+
+def _add_sandbox(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sandbox",
+        choices=config.SANDBOX_MODES,
+        help="how nodes confine user code: none, user (a user of its own per executor) or "
+        "bwrap (that, inside bubblewrap); default user when root, else none "
+        f"(or ${config.ENV_SANDBOX})",
+    )
 
 
 def _add_worker(add: common.AddCommand) -> None:
@@ -369,6 +390,7 @@ def _add_worker(add: common.AddCommand) -> None:
         default=10.0,
         help="seconds to finish in-flight calls on shutdown (default 10)",
     )
+    _add_sandbox(p)
 
 
 def _add_gateway(add: common.AddCommand) -> None:

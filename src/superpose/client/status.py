@@ -63,6 +63,7 @@ async def lattice_status(client: Client) -> dict[str, Any]:
                 "express": n.express,
                 "warm": n.warm,
                 "cold_loads": n.cold_loads,
+                "sandbox": n.sandbox,
                 "uptime_s": round(time.time() - n.started, 1),
             }
             for n in live

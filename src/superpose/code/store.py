@@ -29,6 +29,7 @@ from superpose.code.bundle import Bundle, digest_of_listing, sha256_hex
 from superpose.code.paths import COMPLETE_MARKER
 from superpose.errors import NotFoundError, SuperposeError
 from superpose.lattice import objects
+from superpose.support.readonly import seal
 from superpose.support.retry import THROUGH_ELECTION, retry
 
 log = logging.getLogger("superpose.code")
@@ -166,6 +167,7 @@ async def _download(nc: NATS, digest: str, cache_dir: Path) -> Path:
     try:
         await _unpack_into(nc, staging, listing)
         (staging / COMPLETE_MARKER).write_text(digest)
+        seal(staging)  # executors run as other users: they read it, none may change it
         try:
             staging.rename(target)
         except OSError:  # another fetch of the same digest won the race

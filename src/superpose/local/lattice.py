@@ -124,6 +124,9 @@ class LocalLattice:
     """None: no gateway (connect()); 0: a free port."""
     gateway_host: str = LOOPBACK
     drain_grace_s: float = 10.0
+    sandbox: str | None = None
+    """Each node's ``--sandbox``; None: the node's default (``$SUPERPOSE_SANDBOX``, else
+    ``user`` as root, ``none`` otherwise)."""
     on_restart: Callable[[], None] | None = None
     """Called after a dead child was started again (``up`` rewrites its state file)."""
     server: NatsServers | None = None
@@ -215,6 +218,8 @@ class LocalLattice:
             "--parent-pid",
             str(os.getpid()),
         ]
+        if self.sandbox:
+            argv += ["--sandbox", self.sandbox]
         return Child(node_id, argv, self.state_dir / "logs" / f"node-{node_id}.log", self.child_env)
 
     def _gateway_child(self, port: int) -> Child:

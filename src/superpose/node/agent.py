@@ -45,6 +45,7 @@ from superpose.node.link import Link
 from superpose.node.pool import ExecutorPool
 from superpose.node.prefetch import AliasPrefetcher
 from superpose.node.progress import HeldCalls
+from superpose.node.sandbox import Confinement
 from superpose.node.scheduler import Scheduler
 from superpose.registry.mirror import Registry
 from superpose.registry.placement import NodeDirectory, satisfies
@@ -62,10 +63,12 @@ class NodeAgent:
         self.link = Link(config.node_id)
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Subscription] = []
+        confinement = Confinement.for_node(config.sandbox, config.state_dir, config.node_id)
+        cache_root = confinement.root if confinement else config.state_dir
         self.envs = Environments(
-            self.link, EnvCache(config.state_dir / "envs", config.env_cache_bytes), self.spawn
+            self.link, EnvCache(cache_root / "envs", config.env_cache_bytes), self.spawn
         )
-        self.pool = ExecutorPool(config, self, self.spawn, self.envs, forked)
+        self.pool = ExecutorPool(config, self, self.spawn, self.envs, forked, confinement)
         self.admission = Admission(config, self.pool, self.spawn)
         self.held = HeldCalls(self.link)
         self.affinity = Affinity(self.link, self.pool, self.spawn)
@@ -212,6 +215,7 @@ class NodeAgent:
             python=self.envs.python,
             platform=self.envs.platform,
             envs=self.envs.built(),
+            sandbox=self.config.sandbox,
         )
 
     def _on_registry_change(self, key: str) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from superpose import protocol
-from superpose.config import settings
+from superpose.config import SANDBOX_MODES, settings
 
 
 @dataclass(kw_only=True)
@@ -29,6 +29,9 @@ class NodeConfig:
     """Warm executors take calls straight from clients (see node/executor)."""
     env_cache_bytes: int = field(default_factory=lambda: settings().env_cache_mb * 2**20)
     """Disk the node's built environments may take (least recently used go first)."""
+    sandbox: str = "none"
+    """How executors are confined: ``none`` (as the node's user), ``user`` (a user of
+    their own each) or ``bwrap`` (that, inside bubblewrap); see node/sandbox.py."""
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -39,6 +42,9 @@ class NodeConfig:
             raise ValueError(f"max_executors must be at least 1, got {self.max_executors}")
         if self.env_cache_bytes < 1:
             raise ValueError(f"env_cache_bytes must be at least 1, got {self.env_cache_bytes}")
+        if self.sandbox not in SANDBOX_MODES:
+            modes = ", ".join(SANDBOX_MODES)
+            raise ValueError(f"sandbox must be one of {modes}, got {self.sandbox!r}")
         if not protocol.is_valid_name(self.node_id):
             raise ValueError(f"node id {self.node_id!r} must be letters, digits, _ and -")
 

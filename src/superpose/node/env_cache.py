@@ -19,6 +19,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from superpose.support.readonly import seal
+
 log = logging.getLogger("superpose.node")
 SITE_PACKAGES = "site-packages"
 _SIZE_FILE = "size"
@@ -66,6 +68,7 @@ class EnvCache:
         """Move a staged environment into place (one rename); returns its site-packages."""
         size = _disk_size(staged)
         (staged / _SIZE_FILE).write_text(str(size))
+        seal(staged)  # executors run as other users: they read it, none may change it
         os.rename(staged, self.root / digest)
         self._sizes[digest] = size
         self.evict(keep=digest)

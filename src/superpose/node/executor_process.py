@@ -18,6 +18,7 @@ from superpose.node.channel import Channel
 from superpose.node.fork import EXECUTOR_ENTRY, ForkedChild
 from superpose.node.memory import watch_memory
 from superpose.node.output import OutputTail
+from superpose.node.sandbox import Confinement, Identity, descendant
 
 log = logging.getLogger("superpose.node")
 
@@ -102,10 +103,19 @@ class ExecutorProcess:
     """Closes a forked child's output socket if it is not read to its end."""
     _memory_watch: asyncio.Task[None] | None = None
     _closing: asyncio.Task[None] | None = None
+    identity: Identity | None = None
+    """Its own user and private folder, when the node confines executors (sandbox.py)."""
+    inner_pid: int = 0
+    """The executor's own pid when ``process`` is a wrapper (bwrap); else 0."""
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def watched_pid(self) -> int:
+        """The process whose memory is the executor's."""
+        return self.inner_pid or self.process.pid
 
     @property
     def alive(self) -> bool:
@@ -123,26 +133,37 @@ class ExecutorProcess:
         on_block: Callable[[Call], None],
         on_unblock: Callable[[Call], None],
         log_file: IO[bytes] | None,
+        confinement: Confinement | None = None,
     ) -> ExecutorProcess:
+        """Start an executor; with a ``confinement``, as a user of its own (sandbox.py)."""
         ours, theirs = socket.socketpair()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            EXECUTOR_ENTRY,
-            "--fd",
-            str(theirs.fileno()),
-            "--lattice",
-            lattice,
-            "--node",
-            node_id,
-            pass_fds=(theirs.fileno(),),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        theirs.close()
+        argv = [sys.executable, "-m", EXECUTOR_ENTRY, "--fd", str(theirs.fileno())]
+        argv += ["--lattice", lattice, "--node", node_id]
+        identity: Identity | None = None
+        options: dict[str, Any] = {}
+        if confinement is not None:
+            identity = await confinement.claim()
+            argv, options = confinement.command(argv, identity)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                **options,
+            )
+        except BaseException:
+            ours.close()
+            if identity is not None:
+                await identity.release()
+            raise
+        finally:
+            theirs.close()
         assert process.stdout is not None
-        return await cls.take_over(process, ours, on_block, on_unblock, process.stdout, log_file)
+        return await cls.take_over(
+            process, ours, on_block, on_unblock, process.stdout, log_file, identity
+        )
 
     @classmethod
     async def take_over(
@@ -153,12 +174,14 @@ class ExecutorProcess:
         on_unblock: Callable[[Call], None],
         output: asyncio.StreamReader | None = None,
         log_file: IO[bytes] | None = None,
+        identity: Identity | None = None,
     ) -> ExecutorProcess:
         """Take charge of a started executor process once it says it is ready. Its
         ``output`` (fds 1 and 2) is read from the pipe given, or a forked child's socket."""
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         channel = Channel(reader, writer, protocol.decode_from_executor)
         executor = cls(process, channel, on_block, on_unblock)
+        executor.identity = identity
         executor.output = OutputTail(log_file)
         if output is None and isinstance(process, ForkedChild) and process.output is not None:
             output, closer = await asyncio.open_unix_connection(sock=process.output)
@@ -173,6 +196,7 @@ class ExecutorProcess:
             with contextlib.suppress(BaseException):  # reaped, so its transport is closed
                 await asyncio.wait_for(executor.process.wait(), QUIET_TIMEOUT_S)
             executor._release()
+            await executor._end_identity()
             raise
         if not isinstance(ready, protocol.Ready):
             with contextlib.suppress(TimeoutError):  # exiting: let it finish saying why
@@ -180,7 +204,10 @@ class ExecutorProcess:
             executor.kill()
             await executor._output_read(OUTPUT_SETTLE_S)
             executor._release()
+            await executor._end_identity()
             raise ExecutorDied("internal", "executor process failed to start (see node log)")
+        if identity is not None:  # under bwrap, the executor is bwrap's grandchild
+            executor.inner_pid = descendant(process.pid)
         executor._reader = asyncio.create_task(executor._read())
         return executor
 
@@ -329,6 +356,7 @@ class ExecutorProcess:
 
     async def _died(self) -> None:
         code = await self.process.wait()
+        await self._end_identity()  # the processes its calls left hold its output open
         await self._output_read(OUTPUT_SETTLE_S)
         if self.kill_reason is not None:
             kind, reason = self.kill_reason
@@ -387,6 +415,12 @@ class ExecutorProcess:
             await asyncio.gather(self._reader, return_exceptions=True)
         await self._output_read(OUTPUT_SETTLE_S)
         self._release()
+
+    async def _end_identity(self) -> None:
+        """The process is gone: end every process of its user, remove its folder."""
+        identity, self.identity = self.identity, None
+        if identity is not None:
+            await identity.release()
 
     def _running(self) -> bool:
         return self.process.returncode is None and self.kill_reason is None

@@ -18,7 +18,7 @@ async def watch_memory(executor: ExecutorProcess) -> None:
     while executor.process.returncode is None:
         limits = [c.memory_bytes for c in executor.calls.values() if c.memory_bytes]
         if limits:
-            rss = rss_bytes(executor.pid)
+            rss = rss_bytes(executor.watched_pid)
             if rss > min(limits):
                 executor.condemn(
                     (

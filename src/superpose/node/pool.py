@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import socket
 import time
 from collections import OrderedDict
@@ -25,6 +27,7 @@ from superpose.node.environments import Environments
 from superpose.node.executor_process import Call, ExecutorProcess, LoadFailed
 from superpose.node.fork import ForkedChild
 from superpose.node.hosts import BundleHost
+from superpose.node.sandbox import Confinement
 
 log = logging.getLogger("superpose.node")
 SPARE_READY_S = 10.0
@@ -63,8 +66,13 @@ class ExecutorPool:
         spawn: Spawn,
         envs: Environments,
         forked: tuple[ForkedChild, socket.socket] | None = None,
+        confinement: Confinement | None = None,
     ) -> None:
         self.config = config
+        self.confinement = confinement
+        """How executors are confined (None: they run as the node's user)."""
+        self.cache_root = confinement.root if confinement else config.state_dir
+        """Where bundles (and environments) are kept: where executors can read them."""
         self.listener = listener
         self._spawn = spawn
         self.envs = envs
@@ -89,7 +97,11 @@ class ExecutorPool:
         """First thing at start-up: its interpreter start and imports (~0.15 s) overlap
         the node's own set-up."""
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.config.state_dir / "executors.log", "ab")  # noqa: SIM115
+        # Its own only: it holds every executor's output, and the folder may be
+        # passable by executors (sandbox.executor_root).
+        path = self.config.state_dir / "executors.log"
+        self._log = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        path.chmod(0o600)
         self._spare = asyncio.create_task(self._first_spare())
 
     async def spare_ready(self) -> None:
@@ -112,6 +124,8 @@ class ExecutorPool:
         await asyncio.gather(*(e.close() for e in executors), return_exceptions=True)
         if self._log is not None:
             self._log.close()
+        if self.confinement is not None and self.confinement.temporary:
+            shutil.rmtree(self.confinement.root, ignore_errors=True)
 
     # --- reading -----------------------------------------------------------------
 
@@ -168,7 +182,7 @@ class ExecutorPool:
         within_s = min(FETCH_WITHIN_S, inv.deadline - time.time())
         async with self._fetch_locks.setdefault(inv.digest, asyncio.Lock()):
             path = await store.materialize(
-                self.nc, inv.digest, self.config.state_dir / "bundles", within_s=within_s
+                self.nc, inv.digest, self.cache_root / "bundles", within_s=within_s
             )
         site_packages = str(await self.envs.prepare(inv)) if inv.env else ""
         host = BundleHost(inv.digest, path, inv.env, site_packages, inv.settings)
@@ -200,7 +214,7 @@ class ExecutorPool:
         async with self._fetch_locks.setdefault(digest, asyncio.Lock()):
             if digest not in self.hosts:
                 await store.materialize(
-                    self.nc, digest, self.config.state_dir / "bundles", within_s=FETCH_WITHIN_S
+                    self.nc, digest, self.cache_root / "bundles", within_s=FETCH_WITHIN_S
                 )
                 log.info("⇣ bundle %s prefetched", digest[:12])
 
@@ -248,6 +262,7 @@ class ExecutorPool:
             on_block=self.listener.on_block,
             on_unblock=self.listener.on_unblock,
             log_file=self._log,
+            confinement=self.confinement,
         )
 
     async def _first_spare(self) -> ExecutorProcess:

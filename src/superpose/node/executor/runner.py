@@ -32,6 +32,7 @@ from superpose.lattice.offers import Offers
 from superpose.node.channel import Channel
 from superpose.node.executor.asgi import AsgiRunner
 from superpose.node.executor.capture import Output, capture
+from superpose.node.executor.confine import end_strays
 from superpose.node.executor.environ import apply_settings, not_prepared
 from superpose.node.executor.environment import use_environment
 from superpose.node.executor.express import ExpressCalls
@@ -154,6 +155,8 @@ class Executor:
 
     def _answered(self) -> None:
         self.in_flight -= 1
+        if self.in_flight == 0:
+            end_strays()
 
     def _run_sync(self, job: SyncJob) -> None:
         """In a lane thread: run one sync call and hand its result to the loop."""

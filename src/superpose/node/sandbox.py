@@ -1,0 +1,302 @@
+"""Executors confined: a user of their own, a private temporary folder, and with
+``bwrap`` a view of only the files they need (docs/architecture.md, Sandbox).
+
+Why one uid per executor, from a reserved range (as systemd's DynamicUser): every
+process of a call is that uid's, whatever it did to escape (``setsid``, a double
+fork), and ``kill(-1, SIGKILL)`` run *as that uid* signals all of them in one
+system call. The kernel walks its task list under a lock that ``fork`` needs too,
+so not even a fork bomb outruns it, and the signal cannot reach the node or another
+executor (a scan of ``/proc`` can be outrun, and would have to be repeated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import shutil
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from superpose import config
+from superpose.errors import UserError
+
+log = logging.getLogger("superpose.node")
+
+NONE, USER, BWRAP = config.SANDBOX_MODES
+UID_BASE = 61184
+"""systemd's DynamicUser range starts here (61184-65519); nothing else should own these."""
+UID_COUNT = 4336
+LOCK_PREFIX = "superpose-sandbox-uid-"
+"""An abstract unix socket bound under this name + uid claims that uid for one executor,
+machine-wide (per network namespace), and is released by the kernel if the node dies."""
+BWRAP_PROGRAM = "bwrap"
+SETPRIV = "setpriv"
+"""util-linux's (essential on Debian): switches user before it runs the executor."""
+
+PASSED_ENV = (
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    config.ENV_REPLICAS,
+    config.ENV_MAX_DELIVER,
+    config.ENV_EXPRESS,
+    config.ENV_AFFINITY,
+)
+"""What a sandboxed executor inherits from the node's environment (and ``LC_*`` and
+``PYTHON*``): nothing that could be a credential. The lattice URL comes as an argument."""
+
+
+def default_mode() -> str:
+    """``$SUPERPOSE_SANDBOX``, else ``user`` for a node running as root, else ``none``."""
+    return config.settings().sandbox or (USER if os.geteuid() == 0 else NONE)
+
+
+def effective_mode(requested: str) -> tuple[str, str]:
+    """The mode a node can have, and why it is not the one asked for ("" if it is)."""
+    if requested not in config.SANDBOX_MODES:
+        raise UserError(
+            f"--sandbox {requested!r}: expected one of {', '.join(config.SANDBOX_MODES)}"
+        )
+    if requested == NONE:
+        return NONE, ""
+    if os.geteuid() != 0:
+        return NONE, (
+            f"--sandbox {requested}: this node is not root, so it cannot give executors "
+            "users of their own; user code runs as the node's user"
+        )
+    if shutil.which(SETPRIV) is None:
+        raise UserError(
+            f"--sandbox {requested}: setpriv (util-linux) is not installed; it starts "
+            "executors as users of their own"
+        )
+    if requested == BWRAP and shutil.which(BWRAP_PROGRAM) is None:
+        raise UserError(
+            "--sandbox bwrap: bubblewrap is not installed (apt-get install bubblewrap), "
+            "or use --sandbox user"
+        )
+    return requested, ""
+
+
+def executor_root(state_dir: Path, node_id: str) -> tuple[Path, bool]:
+    """Where a sandboxed node keeps what its executors read (bundles, environments,
+    their temporary folders), and whether it is a temporary stand-in.
+
+    Executors run as other users: every folder above these must let others pass
+    (``o+x``). When the state folder's do not (pytest's ``/tmp/pytest-of-root`` is
+    0700), the node keeps them for this run in a folder of its own under the system's
+    temporary folder, and removes it when it stops."""
+    blocked = unreachable(state_dir)
+    if blocked is None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.chmod(0o711)  # others pass through, but cannot list
+        return state_dir, False
+    root = Path(tempfile.mkdtemp(prefix=f"superpose-{node_id}-"))
+    root.chmod(0o711)
+    log.info(
+        "sandbox: executors cannot reach %s (%s is mode %o); their bundles and "
+        "environments are kept in %s for this run (give the state folder's parents o+x "
+        "to keep them across restarts)",
+        state_dir,
+        blocked,
+        blocked.stat().st_mode & 0o777,
+        root,
+    )
+    return root, True
+
+
+def unreachable(folder: Path) -> Path | None:
+    """The first existing folder above ``folder`` that others may not pass, if any."""
+    for parent in reversed(folder.resolve().parents):
+        if parent.exists() and not parent.stat().st_mode & 0o001:
+            return parent
+    return None
+
+
+@dataclass
+class Identity:
+    """One executor's user (uid = gid, no supplementary groups) and private temporary
+    folder, held from before its start until its last process is gone."""
+
+    uid: int
+    tmp: Path
+    _claim: socket.socket
+
+    @property
+    def gid(self) -> int:
+        return self.uid
+
+    async def release(self) -> None:
+        """Kill whatever of this user still runs, remove its folder, free the uid."""
+        await kill_all_of(self.uid)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._claim.close()
+
+
+async def claim_identity(tmp_root: Path) -> Identity:
+    """A uid no other executor on this machine holds, and its empty private folder."""
+    start = random.randrange(UID_COUNT)
+    for step in range(UID_COUNT):
+        uid = UID_BASE + (start + step) % UID_COUNT
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            claim.bind(f"\0{LOCK_PREFIX}{uid}")
+        except OSError:
+            claim.close()
+            continue
+        await kill_all_of(uid)  # left by a node that died without cleaning up
+        tmp = tmp_root / str(uid)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp_root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        tmp.mkdir(mode=0o700)
+        os.chown(tmp, uid, uid)
+        return Identity(uid, tmp, claim)
+    raise UserError(f"all {UID_COUNT} sandbox uids from {UID_BASE} are in use on this machine")
+
+
+async def kill_all_of(uid: int) -> None:
+    """SIGKILL every process of ``uid`` at once: ``kill -KILL -1`` in a shell that runs
+    as that uid (it signals all it may, never itself). Only a reserved uid: as root the
+    same command would kill every process on the machine."""
+    if not UID_BASE <= uid < UID_BASE + UID_COUNT:
+        raise ValueError(f"uid {uid} is not a sandbox uid ({UID_BASE}-{UID_BASE + UID_COUNT - 1})")
+    shell = await asyncio.create_subprocess_exec(
+        *as_user(uid),
+        "/bin/sh",
+        "-c",
+        "kill -KILL -1 2>/dev/null; exit 0",
+        env={},
+        cwd="/",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await shell.wait()
+
+
+def as_user(uid: int) -> list[str]:
+    """The prefix that runs a command as ``uid`` (and gid), with no supplementary groups
+    and no way to gain privileges (set-user-id programs do not). A program, not
+    ``subprocess``'s ``user=``: uvloop does not take that, and a ``preexec_fn`` is unsafe
+    in a process with threads. setpriv fails rather than run the command unchanged."""
+    return [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--"]
+
+
+def executor_env(identity: Identity, tmp_inside: str) -> dict[str, str]:
+    """The environment of a sandboxed executor: what Python and locales need, and its
+    private folder as HOME and TMPDIR; not the node's (credentials, the state folder)."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name in PASSED_ENV or name.startswith(("LC_", "PYTHON"))
+    }
+    for name in ("HOME", "TMPDIR", "TEMP", "TMP"):
+        env[name] = tmp_inside
+    env["USER"] = env["LOGNAME"] = f"superpose-{identity.uid}"
+    return env
+
+
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
+ETC_FILES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "ssl",
+    "ca-certificates",
+    "resolv.conf",
+    "hosts",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "mime.types",
+)
+
+
+def python_paths() -> list[str]:
+    """Folders this interpreter and its packages (superpose among them) live in."""
+    found = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
+    found.add(os.path.dirname(os.path.realpath(sys.executable)))
+    found.update(p for p in sys.path if p and os.path.isdir(p))
+    return sorted(found)
+
+
+def bwrap_argv(identity: Identity, executor_root: Path) -> list[str]:
+    """bubblewrap's arguments: the system's libraries, Python and its packages, and the
+    node's bundles and environments, all read-only; a private /tmp (the executor's
+    folder); its own pid, IPC and UTS namespaces. Not the network: an executor needs
+    the lattice, and NATS may be anywhere."""
+    argv = [BWRAP_PROGRAM, "--die-with-parent", "--new-session", "--unshare-pid"]
+    argv += ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    argv += ["--dev", "/dev", "--proc", "/proc"]
+    for folder in SYSTEM_DIRS:
+        argv += ["--ro-bind-try", folder, folder]
+    argv += ["--perms", "0755", "--dir", "/etc"]
+    for name in ETC_FILES:
+        argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    shared = python_paths()
+    for cache in ("bundles", "envs"):
+        (executor_root / cache).mkdir(parents=True, exist_ok=True)
+        shared.append(str(executor_root / cache))
+    # /tmp first: the caches may lie under the host's /tmp, and must not be hidden by it
+    argv += ["--bind", str(identity.tmp), "/tmp"]
+    for parent in sorted({str(p) for f in shared for p in Path(f).parents if str(p) != "/"}):
+        argv += ["--perms", "0755", "--dir", parent]  # bwrap would make them 0700
+    for folder in shared:
+        argv += ["--ro-bind", folder, folder]
+    return [*argv, "--chdir", "/tmp", "--"]
+
+
+def descendant(pid: int) -> int:
+    """The innermost process of a chain of only children (bwrap → its init → the
+    executor): the one whose memory and stacks are the executor's."""
+    with contextlib.suppress(OSError, ValueError):
+        while True:
+            with open(f"/proc/{pid}/task/{pid}/children") as listing:
+                children = listing.read().split()
+            if len(children) != 1:
+                return pid
+            pid = int(children[0])
+    return pid
+
+
+@dataclass
+class Confinement:
+    """How a node starts its executors: ``mode`` (``user`` or ``bwrap``), with what they
+    read under ``root`` (``executor_root``)."""
+
+    mode: str
+    root: Path
+    temporary: bool = False
+    """``root`` is a stand-in for this run (``executor_root``): removed at stop."""
+
+    @classmethod
+    def for_node(cls, mode: str, state_dir: Path, node_id: str) -> Confinement | None:
+        """The node's confinement for an effective ``mode`` (None for ``none``)."""
+        if mode == NONE:
+            return None
+        root, temporary = executor_root(state_dir, node_id)
+        return cls(mode, root, temporary)
+
+    async def claim(self) -> Identity:
+        return await claim_identity(self.root / "tmp")
+
+    def command(self, argv: list[str], identity: Identity) -> tuple[list[str], dict[str, object]]:
+        """The executor's command line and the process options that confine it: its
+        user (``as_user``), a session of its own, and the environment it may see."""
+        tmp_inside = "/tmp" if self.mode == BWRAP else str(identity.tmp)
+        argv = as_user(identity.uid) + argv
+        if self.mode == BWRAP:  # bwrap as root: it may mount what the executor may not read
+            argv = bwrap_argv(identity, self.root) + argv
+        options: dict[str, object] = {
+            "start_new_session": True,
+            "env": executor_env(identity, tmp_inside),
+            "cwd": str(identity.tmp),
+        }
+        return [*argv, "--sandboxed"], options

@@ -1,0 +1,111 @@
+"""The sandbox's options and its refusals (node/sandbox.py), without a lattice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from superpose import config
+from superpose.errors import SettingError, UserError
+from superpose.node import sandbox
+from superpose.node.config import NodeConfig
+from superpose.support.readonly import seal
+
+
+def test_a_bad_mode_is_refused_naming_it() -> None:
+    with pytest.raises(UserError, match=r"'jail'.*none, user, bwrap"):
+        sandbox.effective_mode("jail")
+    with pytest.raises(SettingError, match="SUPERPOSE_SANDBOX='jail'"):
+        config.settings({"SUPERPOSE_SANDBOX": "jail"})
+    with pytest.raises(ValueError, match="sandbox must be one of"):
+        NodeConfig(lattice="nats://x:1", node_id="n1", state_dir=Path("/tmp"), sandbox="jail")
+
+
+def test_the_command_line_refuses_a_bad_mode(tmp_path: Path) -> None:
+    from conftest import superpose_cli
+
+    result = superpose_cli("worker", "--sandbox", "jail", home=tmp_path)
+    assert result.returncode != 0
+    assert "invalid choice: 'jail'" in result.stderr
+
+
+def test_the_default_is_user_for_root_and_none_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SUPERPOSE_SANDBOX", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert sandbox.default_mode() == "user"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert sandbox.default_mode() == "none"
+    monkeypatch.setenv("SUPERPOSE_SANDBOX", "bwrap")
+    assert sandbox.default_mode() == "bwrap"
+
+
+def test_a_node_that_is_not_root_says_why_it_cannot_sandbox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    mode, why = sandbox.effective_mode("user")
+    assert mode == "none"
+    assert "not root" in why and "runs as the node's user" in why
+    assert sandbox.effective_mode("none") == ("none", "")
+
+
+def test_bwrap_without_bubblewrap_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None if name == "bwrap" else name)
+    with pytest.raises(UserError, match="bubblewrap is not installed"):
+        sandbox.effective_mode("bwrap")
+
+
+def test_killing_all_processes_of_a_uid_is_only_for_sandbox_uids() -> None:
+    for uid in (0, os.getuid(), sandbox.UID_BASE - 1, sandbox.UID_BASE + sandbox.UID_COUNT):
+        with pytest.raises(ValueError, match="not a sandbox uid"):
+            asyncio.run(sandbox.kill_all_of(uid))
+
+
+def test_caches_out_of_reach_move_to_a_folder_of_their_own(tmp_path: Path) -> None:
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    state = closed / "node"
+    assert sandbox.unreachable(state) is not None
+    root, temporary = sandbox.executor_root(state, "n1")
+    try:
+        assert temporary and sandbox.unreachable(root / "bundles") is None
+        assert stat.S_IMODE(root.stat().st_mode) == 0o711
+    finally:
+        root.rmdir()
+
+
+def test_caches_within_reach_stay_in_the_state_folder() -> None:
+    opened = Path(tempfile.mkdtemp())  # not pytest's: its folders are 0700
+    opened.chmod(0o755)
+    try:
+        root, temporary = sandbox.executor_root(opened / "node", "n1")
+        assert (root, temporary) == (opened / "node", False)
+        assert stat.S_IMODE(root.stat().st_mode) == 0o711  # passable, not listable
+    finally:
+        shutil.rmtree(opened)
+
+
+def test_sealed_folders_are_read_only_for_others(tmp_path: Path) -> None:
+    folder = tmp_path / "bundle"
+    (folder / "pkg").mkdir(parents=True)
+    (folder / "pkg" / "m.py").write_text("x = 1")
+    (folder / "run.sh").write_text("#!/bin/sh")
+    (folder / "run.sh").chmod(0o777)
+    seal(folder)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
+    assert modes == {"bundle": 0o755, "pkg": 0o755, "m.py": 0o644, "run.sh": 0o755}
+
+
+def test_up_passes_the_mode_to_its_nodes(tmp_path: Path) -> None:
+    from superpose.local.lattice import LocalLattice
+
+    argv = LocalLattice(state_dir=tmp_path, sandbox="bwrap")._node_child("n1", 1).argv
+    assert argv[argv.index("--sandbox") + 1] == "bwrap"
+    assert "--sandbox" not in LocalLattice(state_dir=tmp_path)._node_child("n1", 1).argv
