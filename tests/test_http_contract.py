@@ -67,7 +67,7 @@ def app(lattice: Lattice, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def http(lattice: Lattice) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=lattice.gateway, timeout=90) as c:
+    with httpx.Client(base_url=lattice.gateway, headers=lattice.auth, timeout=90) as c:
         yield c
 
 

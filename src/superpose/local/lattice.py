@@ -120,6 +120,8 @@ class LocalLattice:
     children: list[Child] = field(default_factory=list)
     url: str = ""
     gateway_url: str = ""
+    gateway_token: Path | None = None
+    """The file holding the admin token made for the gateway (``gateway_token.py``)."""
     _temp: bool = False
     _watch: asyncio.Task[None] | None = None
     _stopping: bool = False
@@ -147,6 +149,9 @@ class LocalLattice:
             if self.gateway_port is not None:
                 port = self.gateway_port or free_port()
                 self._check_port_free(port)
+                from superpose.local.gateway_token import ensure_admin_token  # nats-py: lazily
+
+                self.gateway_token = await ensure_admin_token(self.url, self.state_dir)
                 self.gateway_url = f"http://127.0.0.1:{port}"
                 self.children.append(self._gateway_child(port))
             await asyncio.gather(*(child.start() for child in self.children))
