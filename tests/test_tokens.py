@@ -4,6 +4,7 @@ lattice, and its real gateway refusing (401, 403) or serving what each token may
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Lattice, poll, superpose_cli
+from conftest import ROOT, Lattice, poll, superpose_cli
 from http_errors import error_of
+from superpose import protocol
 from superpose.gateway import auth
 from superpose.gateway.openapi import OPENAPI
 
@@ -263,3 +265,28 @@ def test_the_document_says_what_the_rules_check() -> None:
             else:
                 assert {"401", "403"} <= set(operation["responses"]), (method, path)
                 assert rule is not None and rule.role != auth.OPEN
+
+
+def readme_roles() -> dict[str, set[tuple[str, str]]]:
+    """README's role table: each role and the (method, path) pairs its row names."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n### Tokens\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, set[tuple[str, str]]] = {}
+    for line in section.splitlines():
+        cells = line.split(" | ")
+        role = cells[0].removeprefix("| ").strip("`")
+        if role in protocol.TOKEN_ROLES:
+            rows[role] = {(m, p) for m, p in re.findall(r"`([A-Z]+) (/[^`]*)`", cells[1])}
+    return rows
+
+
+def test_the_readme_role_table_says_what_the_rules_check() -> None:
+    """Each route is in the row of the least role the gateway lets use it."""
+    rows = readme_roles()
+    assert set(rows) == set(protocol.TOKEN_ROLES)
+    for rule in auth.RULES:
+        if rule.role == auth.OPEN:
+            continue
+        method = next(m for m in ("GET", "POST", "DELETE") if m in rule.methods)
+        holders = {role for role, routes in rows.items() if (method, rule.template) in routes}
+        assert holders == {rule.role}, (method, rule.template, holders)
