@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from conftest import ROOT, Lattice, poll, superpose_cli
@@ -18,6 +19,8 @@ from http_errors import error_of
 from superpose import protocol
 from superpose.gateway import auth
 from superpose.gateway.openapi import OPENAPI
+from superpose.lattice import tokens
+from superpose.local.gateway_token import ensure_admin_token
 
 APP_SOURCE = '''
 import json
@@ -290,3 +293,38 @@ def test_the_readme_role_table_says_what_the_rules_check() -> None:
         method = next(m for m in ("GET", "POST", "DELETE") if m in rule.methods)
         holders = {role for role, routes in rows.items() if (method, rule.template) in routes}
         assert holders == {rule.role}, (method, rule.template, holders)
+
+
+def test_a_record_the_gateway_cannot_use_refuses_its_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A malformed record, or one of a role this gateway does not know, is skipped with
+    a warning: its token gets a 401, never a 500 or more than it should."""
+    good_text, good = tokens.mint("viewer")
+    odd_text, odd = tokens.mint("viewer")
+    book = auth.TokenBook()
+    book._apply(good.id, good.as_json(), False)
+    book._apply(odd.id, msgspec.structs.replace(odd, role="root").as_json(), False)
+    book._apply("0123456789ab", b"{not json", False)
+    assert book.holder(good_text) == good
+    assert book.holder(odd_text) is None
+    assert "unknown role 'root'" in caplog.text and "malformed TokenRecord" in caplog.text
+    book._apply(good.id, None, True)  # revoked
+    assert book.holder(good_text) is None
+
+
+def test_up_keeps_a_valid_admin_token_and_replaces_a_revoked_one(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    async def ensure() -> str:
+        path = await ensure_admin_token(lattice.url, tmp_path)
+        assert path.stat().st_mode & 0o777 == 0o600
+        return path.read_text().strip()
+
+    first = lattice.run(ensure())
+    assert lattice.run(ensure()) == first  # valid: kept
+    superpose_cli("token", "revoke", first.split("_")[1], url=lattice.url, check=True)
+    second = lattice.run(ensure())
+    assert second != first and second.startswith("sp_")
+    (tmp_path / "gateway.token").write_text("garbage\n")
+    assert lattice.run(ensure()) not in ("garbage", second)

@@ -134,9 +134,14 @@ class TokenBook:
         if deleted or not value:
             return
         try:
-            self._records[key] = protocol.TokenRecord.from_json(value)
+            record = protocol.TokenRecord.from_json(value)
         except protocol.ProtocolError as exc:  # unusable: the token is refused
             log.warning("skipping token %s: %s", key, exc)
+            return
+        if record.role not in protocol.TOKEN_ROLES:  # written by hand, or by a newer CLI
+            log.warning("skipping token %s: unknown role %r", key, record.role)
+            return
+        self._records[key] = record
 
     def holder(self, text: str) -> protocol.TokenRecord | None:
         """The record of a valid token, None for any other text."""

@@ -15,12 +15,13 @@ import hmac
 import re
 import secrets
 import time
-
-import nats.js.errors
-from nats.js.kv import KeyValue
+from typing import TYPE_CHECKING
 
 from superpose import protocol
 from superpose.errors import BadRequestError, NotFoundError
+
+if TYPE_CHECKING:  # nats-py is imported by what reads the bucket: the CLI checks without it
+    from nats.js.kv import KeyValue
 
 PREFIX = "sp"
 ID_CHARS = 12
@@ -110,6 +111,8 @@ async def create(
 
 
 async def find(kv: KeyValue, token_id: str) -> protocol.TokenRecord | None:
+    import nats.js.errors
+
     try:
         entry = await kv.get(token_id)
     except nats.js.errors.KeyNotFoundError:
