@@ -63,7 +63,11 @@ def http_call(gateway: str, name: str, body: dict[str, object]) -> str:
     request = urllib.request.Request(
         f"{gateway}/v1/call/{name}",
         data=json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
+        headers={
+            "content-type": "application/json",
+            # the admin token `superpose up` wrote to its state folder
+            "authorization": f"Bearer {(HOME / 'gateway.token').read_text().strip()}",
+        },
         method="POST",
     )
     try:

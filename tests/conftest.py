@@ -37,6 +37,13 @@ class Lattice:
     state_dir: Path
     lattice: LocalLattice
     loop: asyncio.AbstractEventLoop
+    token: str = ""
+    """The admin token the lattice's start wrote to ``gateway.token`` ("" without a gateway)."""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The header every request to the gateway sends (``/v1/health`` excepted)."""
+        return {"Authorization": f"Bearer {self.token}"}
 
     def run(self, coro):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
@@ -79,7 +86,8 @@ def start_lattice(
                 del os.environ[name]
             else:
                 os.environ[name] = value
-    return Lattice(url, lattice.gateway_url, state_dir, lattice, loop)
+    token = lattice.gateway_token.read_text().strip() if lattice.gateway_token else ""
+    return Lattice(url, lattice.gateway_url, state_dir, lattice, loop, token)
 
 
 def stop_lattice(handle: Lattice) -> None:

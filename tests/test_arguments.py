@@ -150,7 +150,7 @@ def shop(lattice: Lattice, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def http(lattice: Lattice) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=lattice.gateway, timeout=60) as c:
+    with httpx.Client(base_url=lattice.gateway, headers=lattice.auth, timeout=60) as c:
         yield c
 
 

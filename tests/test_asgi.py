@@ -150,7 +150,7 @@ app = Starlette(routes=[Route("/", hello)], lifespan=lifespan)
 
 @pytest.fixture(scope="module")
 def http(lattice: Lattice) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=lattice.gateway, timeout=60) as c:
+    with httpx.Client(base_url=lattice.gateway, headers=lattice.auth, timeout=60) as c:
         yield c
 
 
@@ -498,7 +498,7 @@ def test_one_node_serves_the_site_and_the_shop_in_turn(tmp_path: Path) -> None:
     try:
         site = deploy(handle, ROOT / "examples" / "site", "--asgi", "main:app")
         shop = deploy(handle, ROOT / "examples" / "shop")
-        with httpx.Client(base_url=handle.gateway, timeout=60) as http:
+        with httpx.Client(base_url=handle.gateway, headers=handle.auth, timeout=60) as http:
             for _ in range(2):
                 page = http.post("/site/greet", data={"name": "shopper"})
                 assert page.text == "<p>Hello, shopper!</p>"

@@ -83,7 +83,7 @@ def name(app: tuple[str, str, str]) -> str:
 
 @pytest.fixture(scope="module")
 def http(lattice: Lattice) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=lattice.gateway, timeout=90) as c:
+    with httpx.Client(base_url=lattice.gateway, headers=lattice.auth, timeout=90) as c:
         yield c
 
 

@@ -68,7 +68,7 @@ def app(lattice: Lattice, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def http(lattice: Lattice) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=lattice.gateway, timeout=60) as c:
+    with httpx.Client(base_url=lattice.gateway, headers=lattice.auth, timeout=60) as c:
         yield c
 
 
@@ -190,7 +190,9 @@ def small_gateway(lattice: Lattice) -> Iterator[str]:
             proc.stderr.close()
 
 
-def test_streamed_body_over_the_limit_is_a_413(small_gateway: str, app: str) -> None:
+def test_streamed_body_over_the_limit_is_a_413(
+    lattice: Lattice, small_gateway: str, app: str
+) -> None:
     """Without a Content-Length the gateway counts the bytes as they arrive."""
 
     def chunks() -> Iterator[bytes]:
@@ -199,7 +201,7 @@ def test_streamed_body_over_the_limit_is_a_413(small_gateway: str, app: str) -> 
             yield b"y" * 512
         yield b'"]}'
 
-    with httpx.Client(base_url=small_gateway, timeout=60) as local:
+    with httpx.Client(base_url=small_gateway, headers=lattice.auth, timeout=60) as local:
         small = local.post(f"/v1/call/{app}.echo", json={"args": ["ok"]})
         assert small.status_code == 200
         assert small.json()["result"]["args"] == ["ok"]

@@ -60,7 +60,7 @@ def call(
     response = httpx.post(
         f"{lattice.gateway}/v1/call/{name}",
         json={"args": [], "kwargs": kwargs},
-        headers=headers or {},
+        headers={**lattice.auth, **(headers or {})},
         timeout=60,
     )
     assert response.status_code == 200, response.text
@@ -75,7 +75,7 @@ def test_canary_splits_sessions_and_each_session_sticks(lattice: Lattice, tmp_pa
         "canary", app, v1[:12], "--percent", "10", "--key", "header:X-Session",
         url=lattice.url, check=True,
     )  # fmt: skip
-    with httpx.Client(timeout=60) as http:
+    with httpx.Client(headers=lattice.auth, timeout=60) as http:
 
         def version_for(session: str) -> str:
             response = http.post(
@@ -124,7 +124,7 @@ def test_canary_splits_sessions_and_each_session_sticks(lattice: Lattice, tmp_pa
     assert rules["canary"] == {"version": v1, "percent": 10.0, "key": "header:X-Session"}
     # every call the test made is counted once, on the version that answered it
     assert rules["traffic"] == {v1: served["v1"], v2: served["v2"]}
-    listing = httpx.get(f"{lattice.gateway}/v1/apps/{app}", timeout=30).json()
+    listing = httpx.get(f"{lattice.gateway}/v1/apps/{app}", headers=lattice.auth, timeout=30).json()
     assert listing["routing"]["canary"]["version"] == v1
     human = superpose_cli("status", url=lattice.url, check=True).stdout
     assert f"canary: 10 % → {v1[:12]} by header:X-Session" in human
@@ -173,7 +173,10 @@ def test_a_session_sees_one_combination_of_versions_through_three_nested_calls(
     # positional over HTTP and from the CLI
     for user in list(combos)[6:10]:
         response = httpx.post(
-            f"{lattice.gateway}/v1/call/{names[0]}.tag", json={"args": [user]}, timeout=60
+            f"{lattice.gateway}/v1/call/{names[0]}.tag",
+            json={"args": [user]},
+            headers=lattice.auth,
+            timeout=60,
         )
         assert tuple(response.json()["result"]) == combos[user]
         printed = superpose_cli(
@@ -199,7 +202,9 @@ def test_a_trace_shows_which_versions_answered(lattice: Lattice, tmp_path: Path)
     trace_id = response.headers["x-superpose-trace-id"]
 
     def spans() -> list | None:  # type: ignore[type-arg]
-        found = httpx.get(f"{lattice.gateway}/v1/traces/{trace_id}", timeout=30)
+        found = httpx.get(
+            f"{lattice.gateway}/v1/traces/{trace_id}", headers=lattice.auth, timeout=30
+        )
         body = found.json() if found.status_code == 200 else {"spans": []}
         return body["spans"] if len(body["spans"]) >= 3 else None
 
@@ -209,7 +214,10 @@ def test_a_trace_shows_which_versions_answered(lattice: Lattice, tmp_path: Path)
     assert found[1]["parent_id"] == found[0]["id"] and found[2]["parent_id"] == found[1]["id"]
     shown = superpose_cli("trace", trace_id, url=lattice.url, check=True).stdout
     assert f"    {names[2]}.tag@{digests[names[2]][0][:12]}" in shown
-    assert httpx.get(f"{lattice.gateway}/v1/traces/nope", timeout=30).status_code == 404
+    assert (
+        httpx.get(f"{lattice.gateway}/v1/traces/nope", headers=lattice.auth, timeout=30).status_code
+        == 404
+    )
     proc = superpose_cli("trace", "bad id!", url=lattice.url)
     assert proc.returncode == 1 and "not a trace id" in proc.stderr
     proc = superpose_cli("trace", "0123456789abcdef", url=lattice.url)
@@ -238,14 +246,14 @@ def test_canary_and_pin_bad_input_is_refused(lattice: Lattice, tmp_path: Path) -
     bad_pin = httpx.post(
         f"{lattice.gateway}/v1/call/{app}.tag",
         json={"args": [], "kwargs": {}},
-        headers={"X-Superpose-Pin": "nonsense"},
+        headers={**lattice.auth, "X-Superpose-Pin": "nonsense"},
         timeout=30,
     )
     assert bad_pin.status_code == 400 and "APP@VERSION" in bad_pin.text
     unknown = httpx.post(
         f"{lattice.gateway}/v1/call/{app}.tag",
         json={"args": [], "kwargs": {}},
-        headers={"X-Superpose-Pin": f"{app}@abcdef12"},
+        headers={**lattice.auth, "X-Superpose-Pin": f"{app}@abcdef12"},
         timeout=30,
     )
     assert unknown.status_code == 404 and "abcdef12" in unknown.text

@@ -364,10 +364,10 @@ def test_deployed_functions_get_what_deploy_recorded(
     assert "secret SP_TEST_NEVER_SET is not set (superpose secret set SP_TEST_NEVER_SET)" in (
         missing.stderr
     )
-    http = httpx.post(f"{lattice.gateway}/v1/call/{app}.refund", timeout=60)
+    http = httpx.post(f"{lattice.gateway}/v1/call/{app}.refund", headers=lattice.auth, timeout=60)
     assert http.status_code == 424
     assert "SP_TEST_NEVER_SET is not set" in http.json()["error"]["message"]
-    ok = httpx.post(f"{lattice.gateway}/v1/call/{app}.charge", timeout=60)
+    ok = httpx.post(f"{lattice.gateway}/v1/call/{app}.charge", headers=lattice.auth, timeout=60)
     assert ok.status_code == 200 and value not in ok.text
 
 

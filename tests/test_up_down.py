@@ -146,8 +146,13 @@ def test_the_lattice_serves_calls_and_http(up: Up) -> None:
     proc = superpose_cli("call", "hello.greet", '["up"]', home=up.home, check=True)
     assert json.loads(proc.stdout) == "Hello, up!"
     gateway = f"http://127.0.0.1:{up.gateway_port}"
-    response = httpx.post(f"{gateway}/v1/call/hello.shout", json={"args": ["up"]}, timeout=60)
+    token = (up.home / "gateway.token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    response = httpx.post(
+        f"{gateway}/v1/call/hello.shout", json={"args": ["up"]}, headers=auth, timeout=60
+    )
     assert response.json() == {"result": "UP!"}
+    assert (up.home / "gateway.token").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_second_up_is_refused(up: Up) -> None:

@@ -116,7 +116,7 @@ def test_versions_answer_side_by_side_by_prefix_and_by_alias(
     assert client.function(f"{app.name}.tag", version=v2[:6]).remote() == "v2"
     assert client.function(f"{app.name}.tag", version=v1[:10]).remote() == "v1"
 
-    with httpx.Client(base_url=lattice.gateway, timeout=60) as http:
+    with httpx.Client(base_url=lattice.gateway, headers=lattice.auth, timeout=60) as http:
         by_header = http.post(f"/v1/call/{app.name}.tag", headers={"X-Superpose-Version": "stable"})
         assert by_header.json() == {"result": "v1"}
         assert http.post(f"/v1/call/{app.name}.tag@stable").json() == {"result": "v1"}
@@ -159,7 +159,7 @@ def test_versions_lists_files_changed_from_the_previous_version(
     assert v2[:12] in text[2] and "+1 -0 ~1" in text[2]
     assert v1[:12] in text[3] and "first" in text[3] and "[stable]" in text[3]
 
-    with httpx.Client(base_url=lattice.gateway, timeout=60) as http:
+    with httpx.Client(base_url=lattice.gateway, headers=lattice.auth, timeout=60) as http:
         over_http = http.get(f"/v1/apps/{name}").json()
         assert over_http.pop("routing")["latest"] == v3  # plus the routing rules
         assert over_http == listed

@@ -49,6 +49,11 @@ that was never issued from one still queued."""
 SECRETS_BUCKET = "sp_secrets"
 """``superpose secret set``: name → value (UTF-8), history 1. Read only by executors whose
 function names the secret; stored encrypted at rest by the embedded server."""
+TOKENS_BUCKET = "sp_tokens"
+"""``superpose token create``: token id → ``TokenRecord`` (JSON; the secret's sha256, never
+the secret). The gateway mirrors it, so a created or revoked token counts at once."""
+TOKEN_ROLES = ("viewer", "caller", "deployer", "admin")
+"""A gateway token's roles, each allowed what the one before it is and more."""
 
 NODE_TTL_S = 15.0
 """A node that has not refreshed its entry for this long is considered gone. The worst
@@ -1239,6 +1244,20 @@ class ScheduleRun(Record):
     """The version ``latest`` named when the tick was submitted."""
     node: str
     submitted: float
+
+
+class TokenRecord(Record):
+    """``<id>`` in the tokens bucket: one gateway token, as ``token ls`` shows it, plus
+    the sha256 (hex) of its secret, which the gateway compares in constant time."""
+
+    id: str
+    role: str
+    sha256: str
+    created: float
+    app: str | None = None
+    """The one app the token may reach; None: every app."""
+    name: str | None = None
+    """Free text to tell tokens apart (who or what holds it)."""
 
 
 class BundleManifest(Record):

@@ -131,6 +131,10 @@ def _print_ready(state: dict[str, Any], elapsed_s: float, how_to_stop: str) -> N
     print(f"lattice  {state['lattice']}")
     if state.get("gateway"):
         print(f"gateway  {state['gateway']}")
+        from superpose.local.gateway_token import token_path
+
+        token = token_path(config.settings().home)
+        print(f"token    {token} (admin; send it as `Authorization: Bearer $(cat {token})`)")
     print(
         f"ready in {elapsed_s:.2f} s (state in {config.settings().home}); {how_to_stop}", flush=True
     )

@@ -1,7 +1,7 @@
 """The ``superpose`` command: one parser, and one place that turns errors into exit statuses.
 
 The commands live in one module per group (``lattice``, ``apps``, ``calls``, ``routing``,
-``schedules``, ``envs``, ``secrets``); the cli package is the only one that prints or
+``schedules``, ``envs``, ``secrets``, ``tokens``); the cli package is the only one that prints or
 exits, library code raises.
 """
 
@@ -12,13 +12,23 @@ import os
 import sys
 
 from superpose import config
-from superpose.cli import apps, calls, common, envs, lattice, routing, schedules, secrets
+from superpose.cli import (
+    apps,
+    calls,
+    common,
+    envs,
+    lattice,
+    routing,
+    schedules,
+    secrets,
+    tokens,
+)
 from superpose.errors import RemoteError, SuperposeError
 
 HELP_ORDER = (
     *("up", "down", "worker", "gateway", "deploy", "call", "result", "failed", "replay"),
     *("cancel", "ls", "versions", "alias", "promote", "rollback", "schedules", "status"),
-    *("logs", "secret"),
+    *("logs", "secret", "token"),
 )
 """Commands in the order ``superpose --help`` lists them: the order users already know,
 from starting a lattice to reading logs, which is not the order of the modules.
@@ -50,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     schedules.add_commands(add)
     envs.add_commands(add)
     secrets.add_commands(add)
+    tokens.add_commands(add)
     _in_help_order(sub)
     return parser
 

@@ -16,10 +16,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from superpose.client.client import Client
 from superpose.config import MAX_HTTP_BODY_BYTES
+from superpose.gateway.auth import TokenBook, TokenGate
 from superpose.gateway.calls import call
 from superpose.gateway.errors import routing_error
 from superpose.gateway.forward import AppRoute, http_app
@@ -49,6 +51,7 @@ def create_app(lattice_url: str, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES) -
             AppRoute("/{app:str}/{path:path}", http_app, methods=METHODS),
         ],
         exception_handlers={HTTPException: routing_error},
+        middleware=[Middleware(TokenGate)],  # who may use which route: auth.RULES
         lifespan=_lifespan(lattice_url, max_body_bytes),
     )
 
@@ -64,6 +67,9 @@ def _lifespan(
         client = await Client.open(lattice_url)
         await client.registry()
         http_apps = HttpApps()
+        token_book = TokenBook()
+        await token_book.start(client.assets.tokens)
+        app.state.tokens = token_book
         app.state.client = client
         app.state.http_apps = http_apps
         app.state.max_body_bytes = max_body_bytes
@@ -72,6 +78,7 @@ def _lifespan(
             yield
         finally:
             await http_apps.stop()
+            await token_book.stop()
             await client.aclose()
 
     return lifespan

@@ -13,7 +13,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from superpose.gateway import contract
+from superpose import protocol
+from superpose.gateway import auth, contract
 from superpose.gateway.http_apps import METHODS
 
 _ERROR = {
@@ -308,22 +309,82 @@ _APP_PATH = {
     "description": "the path the app sees, under its root path /{app}",
 }
 
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """``paths`` with each operation's security as ``auth.RULES`` has it: an open route
+    needs none, any other the bearer token, and may answer 401 and 403. Taken from the
+    table the gateway checks with, so the document cannot differ from it."""
+    return {path: _secured_path(path, item) for path, item in paths.items()}
+
+
+def _secured_path(path: str, item: dict[str, Any]) -> dict[str, Any]:
+    secured = dict(item)
+    for method, operation in item.items():
+        if method.upper() not in METHODS:
+            continue
+        rule = next(r for r in auth.RULES if r.template == path and method.upper() in r.methods)
+        secured[method] = _with_security(operation, rule)
+    return secured
+
+
+def _with_security(operation: dict[str, Any], rule: auth.Rule) -> dict[str, Any]:
+    if rule.role == auth.OPEN:
+        return {**operation, "security": []}
+    roles = protocol.TOKEN_ROLES
+    allowed = ", ".join(roles[roles.index(rule.role) :])
+    scope = f"; a token created with --app must name {{{rule.app_param}}}'s app"
+    return {
+        **operation,
+        "description": f"Needs a bearer token of role {allowed}"
+        + (scope if rule.app_param else "; not a token created with --app"),
+        "responses": {
+            **operation["responses"],
+            **_errors(
+                (
+                    "401",
+                    "no token, a malformed Authorization header, or a token that is "
+                    "revoked or was never issued (with `WWW-Authenticate: Bearer`)",
+                ),
+                (
+                    "403",
+                    f"the token's role is not one of {allowed}, or it is limited to another app",
+                ),
+            ),
+        },
+    }
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
         "title": "superpose gateway",
         "version": "1",
         "description": 'Errors are `{"error": {"type", "message", "traceback"?}}`. '
-        "A method a path does not take answers 405 with an `Allow` header.",
+        "A method a path does not take answers 405 with an `Allow` header. "
+        "Every path but /v1/health, /openapi.json and the HTTP apps needs "
+        "`Authorization: Bearer <token>` (`superpose token create`).",
     },
-    "paths": {
-        "/v1/call/{name}": _CALL,
-        "/v1/invoke/{name}": _INVOKE,
-        "/v1/invocations/{id}": _INVOCATIONS,
-        **_READS,
-        "/{app}": _forwarded(),
-        "/{app}/{path}": _forwarded(_APP_PATH),
+    "components": {
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "a token from `superpose token create --role ROLE [--app APP]`, "
+                "or the admin token `superpose up` writes to gateway.token in its state folder",
+            }
+        }
     },
+    "security": [{"bearer": []}],
+    "paths": _secured(
+        {
+            "/v1/call/{name}": _CALL,
+            "/v1/invoke/{name}": _INVOKE,
+            "/v1/invocations/{id}": _INVOCATIONS,
+            **_READS,
+            "/{app}": _forwarded(),
+            "/{app}/{path}": _forwarded(_APP_PATH),
+        }
+    ),
 }
 
 

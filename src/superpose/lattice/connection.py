@@ -117,6 +117,7 @@ class Assets:
         issued: KeyValue,
         envs: ObjectStore,
         secrets: KeyValue,
+        tokens: KeyValue,
     ) -> None:
         self.js = js
         self.registry = registry
@@ -131,6 +132,8 @@ class Assets:
         self.envs = envs
         """Built environments, ``<env digest>.tar.gz``: built once, pulled by every node."""
         self.secrets = secrets
+        self.tokens = tokens
+        """Gateway tokens (``lattice/tokens.py``): id → role, app and the secret's hash."""
 
 
 async def _open_or_create(
@@ -317,6 +320,7 @@ async def ensure_assets(nc: NATS) -> Assets:
                 kv(bucket=protocol.SCHEDULES_BUCKET),
                 kv(bucket=protocol.ISSUED_BUCKET, ttl=protocol.RESULT_TTL_S),
                 kv(bucket=protocol.SECRETS_BUCKET, history=1),
+                kv(bucket=protocol.TOKENS_BUCKET, history=1),
             ),
             asyncio.gather(
                 objects(bucket=protocol.BUNDLES_BUCKET),
@@ -335,7 +339,7 @@ async def ensure_assets(nc: NATS) -> Assets:
             ),
             _ensure_durable_path(nc, replicas),
         )
-        registry, nodes, dead, cancels, schedules, issued, secrets = kvs
+        registry, nodes, dead, cancels, schedules, issued, secrets, tokens = kvs
         bundles, blobs, envs = stores
         results = await js.key_value(protocol.RESULTS_BUCKET)
     except nats.errors.Error as exc:
@@ -353,4 +357,5 @@ async def ensure_assets(nc: NATS) -> Assets:
         issued,
         envs,
         secrets,
+        tokens,
     )

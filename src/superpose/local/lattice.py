@@ -133,6 +133,8 @@ class LocalLattice:
     children: list[Child] = field(default_factory=list)
     url: str = ""
     gateway_url: str = ""
+    gateway_token: Path | None = None
+    """The file holding the admin token made for the gateway (``gateway_token.py``)."""
     _temp: bool = False
     _watch: asyncio.Task[None] | None = None
     _stopping: bool = False
@@ -163,6 +165,9 @@ class LocalLattice:
             if self.gateway_port is not None:
                 port = self.gateway_port or free_port()
                 check_free(Listen(self.gateway_host, port), "gateway (--gateway-listen)")
+                from superpose.local.gateway_token import ensure_admin_token  # nats-py: lazily
+
+                self.gateway_token = await ensure_admin_token(self.url, self.state_dir)
                 self.gateway_url = f"http://{bracketed(local_host(self.gateway_host))}:{port}"
                 self.children.append(self._gateway_child(port))
             await asyncio.gather(*(child.start() for child in self.children))
