@@ -29,6 +29,13 @@ SPILL_THRESHOLD_BYTES = 256 * 1024
 """Arguments and results above this size travel through the object store."""
 MAX_BUNDLE_BYTES = 200 * 1024 * 1024
 MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024
+GATEWAY_MAX_CONNECTIONS = 1000
+"""Connections the gateway holds open at once; past it a new one takes the place of
+the one waiting longest for its request headers, or is refused with a 503."""
+GATEWAY_HEADER_TIMEOUT_S = 10.0
+"""How long a client may take to send a request's line and headers."""
+GATEWAY_BODY_TIMEOUT_S = 60.0
+"""How long a client may take to send a request's body, once its headers are in."""
 DEFAULT_ENV_CACHE_MB = 10 * 1024
 """Disk a node's built environments may take before the least recently used go."""
 MAX_DELIVER = 10

@@ -55,6 +55,8 @@ def _up_argv(ns: argparse.Namespace) -> list[str]:
         str(ns.workers),
         "--gateway-port",
         str(ns.gateway_port),
+        "--gateway-max-connections",
+        str(ns.max_connections),
         "--quiet",
     ]
     if ns.slots:
@@ -141,6 +143,7 @@ async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
         lattice_port=ns.lattice_port if ns.lattice_port is not None else -1,
         servers=ns.servers,
         gateway_port=ns.gateway_port,
+        gateway_max_connections=ns.max_connections,
     )
     lattice.on_restart = lambda: write_state(home, lattice)
     stop = asyncio.Event()
@@ -254,14 +257,21 @@ def cmd_worker(ns: argparse.Namespace) -> int:
 
 def cmd_gateway(ns: argparse.Namespace) -> int:
     from superpose.gateway.app import serve
+    from superpose.gateway.limits import Limits
 
     url = common.lattice_url(ns.lattice)
+    limits = Limits(
+        max_connections=ns.max_connections,
+        header_timeout_s=ns.header_timeout,
+        body_timeout_s=ns.body_timeout,
+    )
     eventloop.run(
         serve(
             url,
             ns.host,
             ns.port,
             max_body_bytes=ns.max_body_bytes,
+            limits=limits,
             until=local.orphaned(ns.parent_pid),
         )
     )
@@ -327,6 +337,7 @@ def _add_up(add: common.AddCommand) -> None:
         default=config.DEFAULT_GATEWAY_PORT,
         help="HTTP gateway port on 127.0.0.1 (default 8700)",
     )
+    _add_max_connections(p, "--gateway-max-connections")
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -355,4 +366,31 @@ def _add_gateway(add: common.AddCommand) -> None:
         default=config.MAX_HTTP_BODY_BYTES,
         help=f"largest request body accepted (default {config.MAX_HTTP_BODY_BYTES})",
     )
+    _add_max_connections(p, "--max-connections")
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=config.GATEWAY_HEADER_TIMEOUT_S,
+        help="seconds a client may take to send a request's headers "
+        f"(default {config.GATEWAY_HEADER_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=config.GATEWAY_BODY_TIMEOUT_S,
+        help="seconds a client may take to send a request's body, after its headers "
+        f"(default {config.GATEWAY_BODY_TIMEOUT_S:g})",
+    )
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+
+
+def _add_max_connections(p: argparse.ArgumentParser, flag: str) -> None:
+    """The gateway's connection cap, on ``gateway`` and (for its gateway) on ``up``."""
+    p.add_argument(
+        flag,
+        dest="max_connections",
+        type=int,
+        default=config.GATEWAY_MAX_CONNECTIONS,
+        help="gateway connections held open at once; past it the one slowest to send its "
+        f"headers is dropped, else the new one gets 503 (default {config.GATEWAY_MAX_CONNECTIONS})",
+    )

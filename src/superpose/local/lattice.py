@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from superpose import protocol
+from superpose import config, protocol
 from superpose.errors import LatticeError, UserError, how_it_ended
 from superpose.local.cluster import EmbeddedCluster
 from superpose.local.embedded import EmbeddedServer, free_port
@@ -113,6 +113,8 @@ class LocalLattice:
     """nats-servers: more than one makes a cluster (JetStream needs 3 to survive a loss)."""
     gateway_port: int | None = None
     """None: no gateway (connect()); 0: a free port."""
+    gateway_max_connections: int = config.GATEWAY_MAX_CONNECTIONS
+    """The gateway's connection cap (``up --gateway-max-connections``)."""
     drain_grace_s: float = 10.0
     on_restart: Callable[[], None] | None = None
     """Called after a dead child was started again (``up`` rewrites its state file)."""
@@ -131,6 +133,10 @@ class LocalLattice:
             raise UserError(f"--slots must be at least 1, got {self.slots}")
         if self.servers < 1:
             raise UserError(f"--servers must be at least 1, got {self.servers}")
+        if self.gateway_max_connections < 1:
+            raise UserError(
+                f"--gateway-max-connections must be at least 1, got {self.gateway_max_connections}"
+            )
         if self.servers > 1 and self.lattice_port != -1:
             raise UserError("--lattice-port is for one server; a cluster's ports are free ones")
 
@@ -195,6 +201,8 @@ class LocalLattice:
             self.url,
             "--port",
             str(port),
+            "--max-connections",
+            str(self.gateway_max_connections),
             "--parent-pid",
             str(os.getpid()),
         ]
