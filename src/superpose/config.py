@@ -42,6 +42,13 @@ MAX_BUNDLE_DEPTH = 32
 MAX_BUNDLE_PATH_BYTES = 1024
 """Length of a bundle path in UTF-8 bytes (one name is at most 255, as on Linux)."""
 MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024
+GATEWAY_MAX_CONNECTIONS = 1000
+"""Connections the gateway holds open at once; past it a new one takes the place of
+the one waiting longest for its request headers, or is refused with a 503."""
+GATEWAY_HEADER_TIMEOUT_S = 10.0
+"""How long a client may take to send a request's line and headers."""
+GATEWAY_BODY_TIMEOUT_S = 60.0
+"""How long a client may take to send a request's body, once its headers are in."""
 DEFAULT_ENV_CACHE_MB = 10 * 1024
 """Disk a node's built environments may take before the least recently used go."""
 MAX_DELIVER = 10

@@ -57,6 +57,8 @@ def _up_argv(ns: argparse.Namespace) -> list[str]:
         str(ns.workers),
         "--gateway-port",
         str(ns.gateway_port),
+        "--gateway-max-connections",
+        str(ns.max_connections),
         "--quiet",
     ]
     if ns.slots:
@@ -154,6 +156,7 @@ async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
         gateway_port=gateway.port,
         gateway_host=gateway.host,
         sandbox=ns.sandbox,
+        gateway_max_connections=ns.max_connections,
     )
     lattice.on_restart = lambda: write_state(home, lattice)
     stop = asyncio.Event()
@@ -284,15 +287,22 @@ def trust_ca(path: str | None) -> None:
 
 def cmd_gateway(ns: argparse.Namespace) -> int:
     from superpose.gateway.app import serve
+    from superpose.gateway.limits import Limits
 
     trust_ca(ns.tls_ca)
     url = common.lattice_url(ns.lattice)
+    limits = Limits(
+        max_connections=ns.max_connections,
+        header_timeout_s=ns.header_timeout,
+        body_timeout_s=ns.body_timeout,
+    )
     eventloop.run(
         serve(
             url,
             ns.host,
             ns.port,
             max_body_bytes=ns.max_body_bytes,
+            limits=limits,
             until=local.orphaned(ns.parent_pid),
         )
     )
@@ -361,6 +371,7 @@ def _add_up(add: common.AddCommand) -> None:
     )
     listening.add_arguments(p)
     _add_sandbox(p)
+    _add_max_connections(p, "--gateway-max-connections")
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -408,4 +419,31 @@ def _add_gateway(add: common.AddCommand) -> None:
         default=config.MAX_HTTP_BODY_BYTES,
         help=f"largest request body accepted (default {config.MAX_HTTP_BODY_BYTES})",
     )
+    _add_max_connections(p, "--max-connections")
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=config.GATEWAY_HEADER_TIMEOUT_S,
+        help="seconds a client may take to send a request's headers "
+        f"(default {config.GATEWAY_HEADER_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=config.GATEWAY_BODY_TIMEOUT_S,
+        help="seconds a client may take to send a request's body, after its headers "
+        f"(default {config.GATEWAY_BODY_TIMEOUT_S:g})",
+    )
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+
+
+def _add_max_connections(p: argparse.ArgumentParser, flag: str) -> None:
+    """The gateway's connection cap, on ``gateway`` and (for its gateway) on ``up``."""
+    p.add_argument(
+        flag,
+        dest="max_connections",
+        type=int,
+        default=config.GATEWAY_MAX_CONNECTIONS,
+        help="gateway connections held open at once; past it the one slowest to send its "
+        f"headers is dropped, else the new one gets 503 (default {config.GATEWAY_MAX_CONNECTIONS})",
+    )

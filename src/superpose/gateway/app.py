@@ -9,7 +9,6 @@ set by the lifespan, so each handler is a plain function of its request.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -27,6 +26,7 @@ from superpose.gateway.errors import routing_error
 from superpose.gateway.forward import AppRoute, http_app
 from superpose.gateway.http_apps import METHODS, HttpApps
 from superpose.gateway.invocations import invocation_or_cancel, invoke
+from superpose.gateway.limits import Limits
 from superpose.gateway.openapi import openapi
 from superpose.gateway.status import app_versions, health, status, trace
 
@@ -90,21 +90,12 @@ async def serve(
     port: int,
     *,
     max_body_bytes: int = MAX_HTTP_BODY_BYTES,
+    limits: Limits | None = None,
     until: Coroutine[Any, Any, None] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM or ``until`` returns; requests in flight are finished."""
-    import uvicorn
+    """Serve until SIGINT/SIGTERM or ``until`` returns; requests in flight are finished.
+    Slow clients and the connection cap are ``server``'s and ``guard``'s business."""
+    from superpose.gateway import server
 
     app = create_app(lattice_url, max_body_bytes=max_body_bytes)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    )
-    watch = None
-    if until is not None:
-        watch = asyncio.create_task(until)
-        watch.add_done_callback(lambda _: setattr(server, "should_exit", True))
-    try:
-        await server.serve()
-    finally:
-        if watch is not None:
-            watch.cancel()
+    await server.run(app, host, port, limits or Limits(), until)

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from superpose.errors import SuperposeError
 from superpose.gateway.errors import BodyTooLarge, error_response
 from superpose.gateway.requests import answer_headers, client_of, read_call
+from superpose.gateway.results import checked
 
 
 async def call(request: Request) -> Response:
@@ -19,7 +20,9 @@ async def call(request: Request) -> Response:
     client = client_of(request)
     try:
         target, body, ctx = await read_call(client, request)
-        result = await client.call_json(target, body, ctx=ctx)
+        result = checked(
+            await client.call_json(target, body, ctx=ctx), f"the result of {target.app}.{target.fn}"
+        )
     except (BodyTooLarge, SuperposeError) as exc:
         return error_response(exc)
     return Response(

@@ -21,6 +21,7 @@ from superpose.errors import NotFoundError, SuperposeError
 from superpose.gateway import contract
 from superpose.gateway.errors import BodyTooLarge, error, error_response
 from superpose.gateway.requests import IDEMPOTENCY_HEADER, answer_headers, client_of, read_call
+from superpose.gateway.results import checked
 from superpose.lattice import issued
 
 
@@ -90,7 +91,7 @@ async def _invocation_response(
     if found is None:
         return JSONResponse({"id": invocation_id, "status": status}, status_code=202)
     if found.error is None:
-        value = await dead.result_json(client.nc, found)
+        value = checked(await dead.result_json(client.nc, found), f"the result of {invocation_id}")
         head = json.dumps({"id": invocation_id, "status": status})[:-1].encode()
         return Response(head + b', "result": ' + value + b"}", media_type="application/json")
     if status == "cancelled":

@@ -121,10 +121,19 @@ _CALL = {
                 headers=_VERSION_ANSWERED,
             ),
             **_errors(
-                ("400", "malformed body, name or version, or an ambiguous version prefix"),
+                (
+                    "400",
+                    "malformed body, name or version, or an ambiguous version prefix; "
+                    "JSON the standard refuses (NaN, Infinity, a number too large for a "
+                    "float, an integer over 4300 digits, nesting over 64 levels)",
+                ),
                 ("404", "unknown app, function or version"),
                 ("413", "body over the limit"),
-                ("500", "the function raised or crashed"),
+                (
+                    "500",
+                    "the function raised or crashed, or its result holds NaN or "
+                    "Infinity, which JSON cannot carry (type SerializationError)",
+                ),
                 ("503", "no node is serving"),
                 ("504", "the function timed out"),
             ),
@@ -362,7 +371,11 @@ OPENAPI: dict[str, Any] = {
         "description": 'Errors are `{"error": {"type", "message", "traceback"?}}`. '
         "A method a path does not take answers 405 with an `Allow` header. "
         "Every path but /v1/health, /openapi.json and the HTTP apps needs "
-        "`Authorization: Bearer <token>` (`superpose token create`).",
+        "`Authorization: Bearer <token>` (`superpose token create`). "
+        "On any path, a client that does not send its request headers within 10 s, or "
+        "its body within 60 s of them, is answered 408 and disconnected; past the "
+        "connection cap a new connection is answered 503 (the gateway's flags "
+        "`--header-timeout`, `--body-timeout`, `--max-connections`).",
     },
     "components": {
         "securitySchemes": {

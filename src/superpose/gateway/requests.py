@@ -8,10 +8,9 @@ header or a body means the same on every endpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from superpose import protocol
 from superpose.client.arguments import check_call
@@ -20,6 +19,7 @@ from superpose.client.options import Options
 from superpose.errors import BadRequestError
 from superpose.gateway import contract
 from superpose.gateway.errors import BodyTooLarge
+from superpose.lattice import strict_json
 from superpose.registry import routing
 from superpose.registry.mirror import Target, split_name
 
@@ -51,11 +51,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or cut off by ``guard`` for sending too slowly
+        raise BadRequestError(
+            f"the client disconnected after sending {size} bytes of its body"
+        ) from None
     return b"".join(chunks)
 
 
@@ -66,10 +71,7 @@ def parse_call_body(body: bytes) -> tuple[bytes, list[Any], dict[str, Any]]:
     """
     if not body.strip():
         return b'{"args": [], "kwargs": {}}', [], {}
-    try:
-        parsed = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequestError(f"request body is not valid JSON: {exc}") from exc
+    parsed = parse_json(body)
     if not isinstance(parsed, dict):
         raise BadRequestError(
             'request body must be a JSON object: {"args": [...], "kwargs": {...}}'
@@ -85,7 +87,16 @@ def parse_call_body(body: bytes) -> tuple[bytes, list[Any], dict[str, Any]]:
         raise BadRequestError('"args" must be a JSON array')
     if not isinstance(kwargs, dict):
         raise BadRequestError('"kwargs" must be a JSON object')
-    return json.dumps({"args": args, "kwargs": kwargs}).encode(), args, kwargs
+    return strict_json.dumps({"args": args, "kwargs": kwargs}), args, kwargs
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body as JSON, by the rules of ``strict_json`` (no NaN, no 5,000-digit
+    integers, no nesting past 64): the one parser of every body the gateway reads."""
+    try:
+        return strict_json.loads(body)
+    except BadRequestError as exc:
+        raise BadRequestError(f"request body: {exc.message}") from None
 
 
 async def read_call(client: Client, request: Request) -> tuple[Target, bytes, protocol.CallContext]:
@@ -121,8 +132,8 @@ async def request_context(
     kwargs: dict[str, Any] | None = None
     args: list[Any] = []
     if body and canary is not None and (canary.key or "").startswith("arg:"):
-        with contextlib.suppress(ValueError, AttributeError):  # parsed again only for this
-            parsed = json.loads(body)
+        with contextlib.suppress(BadRequestError, AttributeError):  # parsed again only for this
+            parsed = parse_json(body)
             kwargs, args = parsed.get("kwargs"), parsed.get("args") or []
     options = Options(
         session=request.headers.get(SESSION_HEADER) or None,

@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from superpose import protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import SerializationError, exception_parts
-from superpose.lattice import objects, offers
+from superpose.lattice import objects, offers, strict_json
 
 BY_VALUE_MODULES: set[bytes] = {b"__main__"}
 """Modules the receiving side cannot import: values referring to them are sent by value.
@@ -110,7 +110,7 @@ MAX_SEARCH_ITEMS = 1000
 
 def _encode(value: Any, codec: str) -> None:
     if codec == protocol.CODEC_JSON:
-        json.dumps(value, default=_json_default)
+        strict_json.dumps(value, default=_json_default)
     else:
         _pickle(value)
 
@@ -195,8 +195,8 @@ def _json_default(value: Any) -> Any:
 def encode_value(value: Any, codec: str) -> bytes:
     if codec == protocol.CODEC_HTTP:  # already an encoded HttpResponse
         return bytes(value)
-    if codec == protocol.CODEC_JSON:
-        return json.dumps(value, default=_json_default).encode()
+    if codec == protocol.CODEC_JSON:  # strict: a NaN result is the function's error
+        return strict_json.dumps(value, default=_json_default)
     return _pickle(value)
 
 

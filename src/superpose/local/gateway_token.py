@@ -25,10 +25,10 @@ def token_path(state_dir: Path) -> Path:
     return state_dir / TOKEN_FILE
 
 
-async def ensure_admin_token(url: str, state_dir: Path) -> Path:
+async def ensure_admin_token(url: str, state_dir: Path, *, tls_ca: Path | None = None) -> Path:
     """``<state_dir>/gateway.token`` holding a valid admin token; its path."""
     path = token_path(state_dir)
-    nc = await connect(url, name="superpose-supervisor")
+    nc = await connect(url, name="superpose-supervisor", tls_ca=tls_ca)
     try:
         kv = (await ensure_assets(nc)).tokens
         if path.exists() and await tokens.is_valid(kv, path.read_text().strip()):

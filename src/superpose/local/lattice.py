@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from superpose import protocol
+from superpose import config, protocol
 from superpose.config import ENV_TLS_CA
 from superpose.errors import LatticeError, UserError, how_it_ended
 from superpose.local.cluster import EmbeddedCluster
@@ -123,6 +123,8 @@ class LocalLattice:
     gateway_port: int | None = None
     """None: no gateway (connect()); 0: a free port."""
     gateway_host: str = LOOPBACK
+    gateway_max_connections: int = config.GATEWAY_MAX_CONNECTIONS
+    """The gateway's connection cap (``up --gateway-max-connections``)."""
     drain_grace_s: float = 10.0
     sandbox: str | None = None
     """Each node's ``--sandbox``; None: the node's default (``$SUPERPOSE_SANDBOX``, else
@@ -148,6 +150,10 @@ class LocalLattice:
             raise UserError(f"--servers must be at least 1, got {self.servers}")
         if self.lattice_port == 0:
             self.lattice_port = -1  # nats-server's "a free port" (its 0 means 4222)
+        if self.gateway_max_connections < 1:
+            raise UserError(
+                f"--gateway-max-connections must be at least 1, got {self.gateway_max_connections}"
+            )
 
     async def start(self) -> str:
         if self.state_dir is None:
@@ -167,7 +173,9 @@ class LocalLattice:
                 check_free(Listen(self.gateway_host, port), "gateway (--gateway-listen)")
                 from superpose.local.gateway_token import ensure_admin_token  # nats-py: lazily
 
-                self.gateway_token = await ensure_admin_token(self.url, self.state_dir)
+                self.gateway_token = await ensure_admin_token(
+                    self.url, self.state_dir, tls_ca=self.tls_ca
+                )
                 self.gateway_url = f"http://{bracketed(local_host(self.gateway_host))}:{port}"
                 self.children.append(self._gateway_child(port))
             await asyncio.gather(*(child.start() for child in self.children))
@@ -240,6 +248,8 @@ class LocalLattice:
             self.gateway_host,
             "--port",
             str(port),
+            "--max-connections",
+            str(self.gateway_max_connections),
             "--parent-pid",
             str(os.getpid()),
         ]

@@ -199,7 +199,25 @@ def executor_env(identity: Identity, tmp_inside: str) -> dict[str, str]:
     for name in ("HOME", "TMPDIR", "TEMP", "TMP"):
         env[name] = tmp_inside
     env["USER"] = env["LOGNAME"] = f"superpose-{identity.uid}"
+    ca = config.settings().tls_ca
+    if ca is not None:  # the node's may sit in a folder only the node can read
+        env[config.ENV_TLS_CA] = f"{tmp_inside}/{hand_over(identity, ca, HANDED_CA)}"
     return env
+
+
+HANDED_CA = "lattice-ca.pem"
+"""The copy of the lattice's CA certificate in a sandboxed executor's private folder."""
+
+
+def hand_over(identity: Identity, source: Path, name: str) -> str:
+    """Copy ``source`` into the executor's private folder as ``name``, readable by its
+    user only; the name, relative to that folder (which bwrap mounts elsewhere)."""
+    target = identity.tmp / name
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+    with os.fdopen(fd, "wb") as out:
+        out.write(source.read_bytes())
+    os.chown(target, identity.uid, identity.gid)
+    return name
 
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
