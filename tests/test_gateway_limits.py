@@ -115,7 +115,9 @@ def hello(lattice: Lattice) -> str:
 def test_json_the_standard_refuses_is_a_400_naming_it(
     lattice: Lattice, endpoint: str, body: bytes, refused: str
 ) -> None:
-    response = httpx.post(f"{lattice.gateway}{endpoint}", content=body, timeout=60)
+    response = httpx.post(
+        f"{lattice.gateway}{endpoint}", content=body, timeout=60, headers=lattice.auth
+    )
     assert response.status_code == 400, response.text
     assert refused in error_of(response)["message"]
 
@@ -141,7 +143,9 @@ def test_strict_json_refuses_malformed_and_non_utf8() -> None:
 def test_a_nan_result_is_a_500_naming_it_in_valid_json(
     lattice: Lattice, nan_app: str, fn: str, value: str
 ) -> None:
-    response = httpx.post(f"{lattice.gateway}/v1/call/{nan_app}.{fn}", timeout=60)
+    response = httpx.post(
+        f"{lattice.gateway}/v1/call/{nan_app}.{fn}", timeout=60, headers=lattice.auth
+    )
     assert response.status_code == 500
     error = strict_loads(response.content)["error"]
     assert error["type"].endswith("SerializationError")
@@ -150,10 +154,15 @@ def test_a_nan_result_is_a_500_naming_it_in_valid_json(
 
 
 def test_a_durable_nan_result_fails_in_valid_json(lattice: Lattice, nan_app: str) -> None:
-    submitted = httpx.post(f"{lattice.gateway}/v1/invoke/{nan_app}.nan", timeout=60)
+    submitted = httpx.post(
+        f"{lattice.gateway}/v1/invoke/{nan_app}.nan", timeout=60, headers=lattice.auth
+    )
     assert submitted.status_code == 202
     url = f"{lattice.gateway}/v1/invocations/{submitted.json()['id']}?wait=30"
-    done = poll(lambda: (r := httpx.get(url, timeout=60)).status_code != 202 and r, "the result")
+    done = poll(
+        lambda: (r := httpx.get(url, timeout=60, headers=lattice.auth)).status_code != 202 and r,
+        "the result",
+    )
     body = strict_loads(done.content)
     assert body["status"] == "failed"
     assert body["error"]["type"].endswith("SerializationError")
@@ -248,14 +257,24 @@ def test_slow_headers_are_cut_off_while_calls_keep_working(lattice: Lattice, hel
         trickler = Trickler(url, SLOW_CONNECTIONS, head)
         try:
             trickler.step()
-            response = httpx.post(f"{url}/v1/call/hello.greet", json={"args": ["slow"]}, timeout=60)
+            response = httpx.post(
+                f"{url}/v1/call/hello.greet",
+                json={"args": ["slow"]},
+                timeout=60,
+                headers=lattice.auth,
+            )
             assert response.status_code == 200
             assert response.json() == {"result": "Hello, slow!"}
             trickle_until_closed(trickler, "every slow connection to be closed")
             timed_out = [a for a in trickler.answers.values() if a.startswith(b"HTTP/1.1 408")]
             assert timed_out, "no connection was told why it was closed"
             assert b"headers did not arrive within 3 s" in timed_out[0]
-            again = httpx.post(f"{url}/v1/call/hello.greet", json={"args": ["after"]}, timeout=60)
+            again = httpx.post(
+                f"{url}/v1/call/hello.greet",
+                json={"args": ["after"]},
+                timeout=60,
+                headers=lattice.auth,
+            )
             assert again.status_code == 200
         finally:
             trickler.close()
@@ -263,7 +282,8 @@ def test_slow_headers_are_cut_off_while_calls_keep_working(lattice: Lattice, hel
 
 def test_a_slow_body_is_cut_off_with_a_408(lattice: Lattice) -> None:
     with gateway(lattice, "--body-timeout", "2") as (url, _):
-        head = b"POST /v1/call/hello.greet HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n"
+        head = b"POST /v1/call/hello.greet HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n"
+        head += f"authorization: Bearer {lattice.token}\r\n\r\n".encode()
         trickler = Trickler(url, 3, b'{"args": ["' + b"z" * 980, at_once=head)
         try:
             trickle_until_closed(trickler, "the slow bodies to be cut off")
@@ -284,7 +304,8 @@ def test_past_the_cap_a_waiting_connection_gives_way_else_503(lattice: Lattice) 
         finally:
             for sock in idle:
                 sock.close()
-        head = b"POST /v1/call/hello.greet HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n["
+        head = b"POST /v1/call/hello.greet HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n"
+        head += f"authorization: Bearer {lattice.token}\r\n\r\n[".encode()
         busy = [socket.create_connection((host, int(port))) for _ in range(4)]
         try:
             for sock in busy:  # headers in, body pending: in the app's hands, not evictable
