@@ -19,6 +19,7 @@ ENV_AFFINITY = "SUPERPOSE_AFFINITY"
 ENV_MAX_EXECUTORS = "SUPERPOSE_MAX_EXECUTORS"
 ENV_EXPRESS = "SUPERPOSE_EXPRESS"
 ENV_ENV_CACHE_MB = "SUPERPOSE_ENV_CACHE_MB"
+ENV_CREDS = "SUPERPOSE_CREDS"
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -69,6 +70,9 @@ class Settings:
     env_cache_mb: int
     """``$SUPERPOSE_ENV_CACHE_MB`` (≥ 1, default 10240): disk a node's built environments
     may take; past it the least recently used one no executor runs with is removed."""
+    creds: Path | None = None
+    """``$SUPERPOSE_CREDS``: the NATS credentials file (``.creds``) to connect with when
+    none is given; checked to be a readable file."""
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +88,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         affinity=env.get(ENV_AFFINITY, "1") != "0",
         express=env.get(ENV_EXPRESS, "1") != "0",
         env_cache_mb=_whole(env, ENV_ENV_CACHE_MB, default=DEFAULT_ENV_CACHE_MB),
+        creds=_readable_file(env, ENV_CREDS),
     )
 
 
@@ -144,6 +149,20 @@ def _lattice(env: Mapping[str, str]) -> str | None:
     if why:
         raise SettingError(f"{ENV_LATTICE}={text!r}: {why}")
     return text
+
+
+def _readable_file(env: Mapping[str, str], name: str) -> Path | None:
+    """The file a variable names, or None when it is unset; one that cannot be read is
+    refused here rather than as a refused connection later."""
+    text = env.get(name)
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise SettingError(f"{name}={text!r}: no such file")
+    if not os.access(path, os.R_OK):
+        raise SettingError(f"{name}={text!r}: the file is not readable by this user")
+    return path.resolve()
 
 
 def _whole(env: Mapping[str, str], name: str, *, default: int, high: int | None = None) -> int:

@@ -48,13 +48,20 @@ from superpose.support import eventloop
 # The names re-exported with ``as`` are those of ``superpose.__all__`` (kept there).
 
 
-def connect(url: str | None = None, *, workers: int = 2, show_logs: bool = True) -> Client:
+def connect(
+    url: str | None = None,
+    *,
+    workers: int = 2,
+    show_logs: bool = True,
+    creds: str | Path | None = None,
+) -> Client:
     """Connect to a lattice, starting a private embedded one if none is running.
 
     Order: ``url``, ``$SUPERPOSE_LATTICE``, the lattice ``superpose up`` started
     in ``$SUPERPOSE_HOME``, else an embedded lattice with ``workers`` nodes that
     is torn down when the client closes (or the process exits). A URL may list a
-    cluster's servers separated by commas.
+    cluster's servers separated by commas. ``creds`` is the NATS credentials file
+    (else ``$SUPERPOSE_CREDS``, else the one of the lattice found or started).
     """
     if url is not None:
         config.lattice_servers(url)
@@ -65,13 +72,16 @@ def connect(url: str | None = None, *, workers: int = 2, show_logs: bool = True)
         default = session.default_client()
         if default is not None and url in (None, default.url):
             return default
-        client = open_in_thread(url, workers, print_log_record if show_logs else None)
+        sink = print_log_record if show_logs else None
+        client = open_in_thread(url, workers, sink, Path(creds) if creds else None)
         session.set_default(client)
         atexit.register(client.close)
         return client
 
 
-def open_in_thread(url: str | None, workers: int, log_sink: LogSink | None) -> Client:
+def open_in_thread(
+    url: str | None, workers: int, log_sink: LogSink | None, creds: Path | None = None
+) -> Client:
     """A client on a loop of its own, in a daemon thread: the sync facade's home.
     With no lattice to find, an embedded one is started and stopped with the client."""
     from superpose.local.lattice import LocalLattice
@@ -90,7 +100,7 @@ def open_in_thread(url: str | None, workers: int, log_sink: LogSink | None) -> C
             resolved = await lattice.start()
             _tell_private_lattice(found.home)
         try:
-            client = await Client.open(resolved, log_sink=log_sink)
+            client = await Client.open(resolved, log_sink=log_sink, creds=creds)
         except BaseException:
             if lattice is not None:
                 await lattice.stop()

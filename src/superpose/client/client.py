@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
 from types import FunctionType, TracebackType
 from typing import Any, TypeVar
 
@@ -112,11 +113,17 @@ class Client:
 
     @classmethod
     async def open(
-        cls, url: str, *, nc: NATS | None = None, log_sink: LogSink | None = None
+        cls,
+        url: str,
+        *,
+        nc: NATS | None = None,
+        log_sink: LogSink | None = None,
+        creds: Path | None = None,
     ) -> Client:
-        """A client on the running loop; reuses ``nc`` when given (executors, gateway)."""
+        """A client on the running loop; reuses ``nc`` when given (executors, gateway).
+        ``creds``: the credentials file, else the one ``security.lookup`` finds."""
         own = nc is None
-        nc = nc or await connect_nats(url, name="superpose-client")
+        nc = nc or await connect_nats(url, name="superpose-client", creds=creds)
         assets = await ensure_assets(nc)
         client = cls(nc, assets, asyncio.get_running_loop(), url=url, log_sink=log_sink)
         if own:

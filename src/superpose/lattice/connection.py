@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
@@ -22,9 +23,10 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from superpose import protocol
-from superpose.config import ENV_REPLICAS, lattice_servers, settings
+from superpose.config import ENV_CREDS, ENV_REPLICAS, lattice_servers, settings
 from superpose.errors import LatticeError
 from superpose.lattice.batch import js_api
+from superpose.security.lookup import find_creds
 
 T = TypeVar("T")
 
@@ -34,34 +36,51 @@ FIRST_CONNECT_S = 10.0
 are unlimited, which left a mistyped lattice URL hanging (and deaf to Ctrl-C)."""
 
 
-async def connect(url: str, *, name: str) -> NATS:
+async def connect(url: str, *, name: str, creds: Path | None = None) -> NATS:
     """A connection that reconnects forever once made, and notices a dead server in
-    seconds; the first connection fails after FIRST_CONNECT_S with LatticeError.
+    seconds; the first connection fails after FIRST_CONNECT_S with LatticeError, or at
+    once when the server refuses its credentials.
 
     ``url`` may list a cluster's servers separated by commas: nats-py tries them in
     a random order, and fails over to the others (and to servers it learns of).
+    ``creds`` is the credentials file; None looks one up (``security.lookup``).
     """
     servers = lattice_servers(url)
+    creds = find_creds(url, creds)
     last_error: list[Exception] = []
+    refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
     async def _remember(exc: Exception) -> None:
         last_error[:] = [exc]
+        # nats-py retries a refused connection forever (reconnects are unlimited):
+        # the first refusal is the answer.
+        if _is_auth_error(exc) and not refused.done():
+            refused.set_result(exc)
 
-    try:
-        return await asyncio.wait_for(
-            nats.connect(
-                servers=servers,
-                name=name,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                ping_interval=5,
-                max_outstanding_pings=3,
-                error_cb=_remember,
-            ),
-            FIRST_CONNECT_S,
+    connecting = asyncio.ensure_future(
+        nats.connect(
+            servers=servers,
+            name=name,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            ping_interval=5,
+            max_outstanding_pings=3,
+            error_cb=_remember,
+            user_credentials=str(creds) if creds is not None else None,
         )
+    )
+    try:
+        either: set[asyncio.Future[Any]] = {connecting, refused}
+        done, _ = await asyncio.wait(
+            either, timeout=FIRST_CONNECT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        if connecting in done:
+            return connecting.result()
+        if refused in done:
+            raise refused_error(url, creds, refused.result())
+        raise TimeoutError
     except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
         why = last_error[0] if last_error else exc
         raise LatticeError(
@@ -69,6 +88,36 @@ async def connect(url: str, *, name: str) -> NATS:
             f"{why or type(why).__name__}); is it running? `superpose status` shows "
             "the one `superpose up` started"
         ) from exc
+    except nats.errors.Error as exc:
+        if _is_auth_error(exc):
+            raise refused_error(url, creds, exc) from exc
+        raise
+    finally:
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+        refused.cancel()
+
+
+AUTH_ERRORS = ("authorization violation", "authentication", "user authentication")
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    """The server refused the credentials (none, forged, expired or revoked)."""
+    return isinstance(exc, nats.errors.Error) and any(
+        marker in str(exc).lower() for marker in AUTH_ERRORS
+    )
+
+
+def refused_error(url: str, creds: Path | None, exc: BaseException) -> LatticeError:
+    """What a refused connection tells the user: which credentials, and how to pass others."""
+    which = f"credentials {creds}" if creds is not None else "no credentials given"
+    return LatticeError(
+        f"the lattice at {url} refused the connection: no valid credentials ({which}; "
+        f"the server said {str(exc).removeprefix('nats: ')}); pass --creds FILE or set "
+        f"{ENV_CREDS} (`superpose up` writes them in its state folder, creds/admin.creds)"
+    )
 
 
 class Assets:

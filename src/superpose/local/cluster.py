@@ -14,6 +14,7 @@ from pathlib import Path
 
 from superpose.errors import LatticeError
 from superpose.local.embedded import ClusterRole, EmbeddedServer, finish_stopping, free_port
+from superpose.security.identities import ServerAuth
 
 JETSTREAM_READY_S = 30.0
 """A new cluster elects its JetStream meta leader before it takes any asset."""
@@ -26,6 +27,10 @@ class EmbeddedCluster:
 
     state_dir: Path
     size: int = 3
+    auth: ServerAuth | None = None
+    """What every server checks credentials against (None: no auth)."""
+    creds: Path | None = None
+    """What this process connects with to see JetStream ready."""
     servers: list[EmbeddedServer] = field(default_factory=list)
     url: str = ""
 
@@ -37,7 +42,9 @@ class EmbeddedCluster:
         if not self.servers:
             route_ports = [free_port() for _ in range(self.size)]
             self.servers = [
-                EmbeddedServer(self.state_dir / f"s{i + 1}", role=_role(i, route_ports))
+                EmbeddedServer(
+                    self.state_dir / f"s{i + 1}", role=_role(i, route_ports), auth=self.auth
+                )
                 for i in range(self.size)
             ]
         try:
@@ -56,7 +63,7 @@ class EmbeddedCluster:
 
         from superpose.lattice.connection import connect
 
-        nc = await connect(self.url, name="superpose-cluster-check")
+        nc = await connect(self.url, name="superpose-cluster-check", creds=self.creds)
         deadline = time.monotonic() + JETSTREAM_READY_S
         try:
             while True:

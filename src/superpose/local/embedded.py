@@ -19,6 +19,8 @@ from pathlib import Path
 
 from superpose.config import ENV_NATS_SERVER, settings
 from superpose.errors import LatticeError
+from superpose.security.files import private_dir, write_private
+from superpose.security.identities import ServerAuth
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 STORE_KEY_FILE = "store.key"
@@ -93,20 +95,32 @@ class ClusterRole:
 CLUSTER_NAME = "superpose"
 
 
-def _config_text(store_dir: Path, port: int, host: str, role: ClusterRole | None) -> str:
+def _config_text(
+    store_dir: Path,
+    port: int,
+    host: str,
+    role: ClusterRole | None,
+    auth: ServerAuth | None = None,
+) -> str:
     # sync_interval: always — JetStream otherwise acknowledges writes it has not
     # fsynced (it syncs every 2 minutes by default); see docs/architecture.md.
     # cipher — the whole store (secrets among the rest) is encrypted at rest.
     return (
-        f"listen: {host}:{port}\n"
-        f"max_payload: {MAX_PAYLOAD_BYTES}\n"
-        "jetstream {\n"
-        f'  store_dir: "{store_dir}"\n'
-        "  sync_interval: always\n"
-        "  cipher: chachapoly\n"
-        f"  key: ${KEY_VARIABLE}\n"
-        "}\n"
-    ) + (role.config_text(host) if role is not None else "")
+        (
+            f"listen: {host}:{port}\n"
+            f"max_payload: {MAX_PAYLOAD_BYTES}\n"
+            "jetstream {\n"
+            f'  store_dir: "{store_dir}"\n'
+            "  sync_interval: always\n"
+            "  cipher: chachapoly\n"
+            f"  key: ${KEY_VARIABLE}\n"
+            "}\n"
+        )
+        + (role.config_text(host) if role is not None else "")
+        + (
+            auth.config_text() if auth is not None else ""  # operator mode: creds required
+        )
+    )
 
 
 def store_key(state_dir: Path, store_dir: Path) -> str:
@@ -140,11 +154,14 @@ class EmbeddedServer:
     host: str = "127.0.0.1"
     role: ClusterRole | None = None
     """None: a server of its own; else one server of a cluster."""
+    auth: ServerAuth | None = None
+    """The operator and accounts it trusts (``security.identities``); None: no auth at
+    all, for tests and benchmarks that start a bare server."""
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
 
     async def start(self) -> str:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         ports_dir = self.state_dir / "ports"
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
@@ -152,7 +169,8 @@ class EmbeddedServer:
         conf = self.state_dir / "nats.conf"
         store_dir = self.state_dir / "jetstream"
         key = store_key(self.state_dir, store_dir)
-        conf.write_text(_config_text(store_dir, self.port, self.host, self.role))
+        text = _config_text(store_dir, self.port, self.host, self.role, self.auth)
+        write_private(conf, text)
         log = open(self.state_dir / "nats-server.log", "ab")  # noqa: SIM115 - child owns it
         try:
             self.process = subprocess.Popen(

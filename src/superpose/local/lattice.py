@@ -26,6 +26,8 @@ from superpose import protocol
 from superpose.errors import LatticeError, UserError, how_it_ended
 from superpose.local.cluster import EmbeddedCluster
 from superpose.local.embedded import EmbeddedServer, free_port
+from superpose.security import lookup
+from superpose.security.identities import Identities, load_or_create
 from superpose.support.retry import Backoff
 
 READY_TIMEOUT_S = 30.0
@@ -120,6 +122,9 @@ class LocalLattice:
     children: list[Child] = field(default_factory=list)
     url: str = ""
     gateway_url: str = ""
+    identities: Identities | None = None
+    """The lattice's operator, accounts and users, in ``state_dir`` (made at the first
+    start, reused on every later one)."""
     _temp: bool = False
     _watch: asyncio.Task[None] | None = None
     _stopping: bool = False
@@ -138,9 +143,11 @@ class LocalLattice:
         if self.state_dir is None:
             self.state_dir = Path(tempfile.mkdtemp(prefix="superpose-"))
             self._temp = True
+        self.identities = load_or_create(self.state_dir)
         self.server = self._nats_servers(self.state_dir / "nats")
         try:
             self.url = await self.server.start()
+            lookup.register(self.url, self.identities.creds("admin"))
             slots = self.slots or max(1, (os.cpu_count() or 1) // max(1, self.workers))
             node_ids = [f"n{uuid.uuid4().hex[:6]}" for _ in range(self.workers)]
             self.children = [self._node_child(node_id, slots) for node_id in node_ids]
@@ -158,9 +165,23 @@ class LocalLattice:
         return self.url
 
     def _nats_servers(self, state_dir: Path) -> NatsServers:
+        assert self.identities is not None
+        auth = self.identities.auth
         if self.servers > 1:
-            return EmbeddedCluster(state_dir, size=self.servers)
-        return EmbeddedServer(state_dir, port=self.lattice_port)
+            creds = self.identities.creds("admin")
+            return EmbeddedCluster(state_dir, size=self.servers, auth=auth, creds=creds)
+        return EmbeddedServer(state_dir, port=self.lattice_port, auth=auth)
+
+    @property
+    def admin_creds(self) -> Path:
+        """What the supervisor (and a client in this process) connects with."""
+        if self.identities is None:
+            raise LatticeError("the lattice has no credentials before it started")
+        return self.identities.creds("admin")
+
+    def _creds(self, role: str) -> list[str]:
+        assert self.identities is not None
+        return ["--creds", str(self.identities.creds(role))]
 
     def _node_child(self, node_id: str, slots: int) -> Child:
         assert self.state_dir is not None
@@ -181,6 +202,7 @@ class LocalLattice:
             str(self.drain_grace_s),
             "--parent-pid",
             str(os.getpid()),
+            *self._creds("node"),
         ]
         return Child(node_id, argv, self.state_dir / "logs" / f"node-{node_id}.log")
 
@@ -197,6 +219,7 @@ class LocalLattice:
             str(port),
             "--parent-pid",
             str(os.getpid()),
+            *self._creds("gateway"),
         ]
         return Child("gateway", argv, self.state_dir / "logs" / "gateway.log")
 
@@ -214,7 +237,7 @@ class LocalLattice:
     async def _wait_ready(self, node_ids: list[str]) -> None:
         from superpose.lattice.connection import connect
 
-        nc = await connect(self.url, name="superpose-supervisor")
+        nc = await connect(self.url, name="superpose-supervisor", creds=self.admin_creds)
         deadline = time.monotonic() + READY_TIMEOUT_S
         try:
             waiting = set(node_ids)
@@ -292,6 +315,8 @@ class LocalLattice:
         )
         if self.server is not None:
             self.server.stop()
+        if self.url:
+            lookup.forget(self.url)
         if self._temp and self.state_dir is not None:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
