@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import superpose as sp
-from conftest import Lattice
+from conftest import Lattice, lattice_env
 from superpose.code import by_value
 
 # --- a real notebook in a real kernel --------------------------------------------------
@@ -201,7 +201,7 @@ with sp.connect(show_logs=False):
 
 def _python(args: list[str], lattice: Lattice, cwd: Path, stdin: str | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
-    env["SUPERPOSE_LATTICE"] = lattice.url
+    env.update(lattice_env(lattice.url))
     proc = subprocess.run(
         [sys.executable, *args],
         input=stdin,

@@ -105,6 +105,8 @@ AUTH_ERRORS = ("authorization violation", "authentication", "user authentication
 
 def _is_auth_error(exc: BaseException) -> bool:
     """The server refused the credentials (none, forged, expired or revoked)."""
+    if isinstance(exc, nats.errors.AuthorizationError):
+        return True
     return isinstance(exc, nats.errors.Error) and any(
         marker in str(exc).lower() for marker in AUTH_ERRORS
     )

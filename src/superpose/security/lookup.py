@@ -56,3 +56,9 @@ def _home_creds(home: Path, url: str) -> Path | None:
     if running and set(running.split(",")) & set(url.split(",")) and creds.is_file():
         return creds
     return None
+
+
+def registered(url: str) -> Path | None:
+    """The creds a LocalLattice of this process made for ``url`` (tests hand them to the
+    processes they start)."""
+    return _registered_for(url)
