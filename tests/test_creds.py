@@ -4,7 +4,9 @@ without them (issue 15, item 1)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import nats.errors
 import pytest
 
 import superpose as sp
-from conftest import ROOT, Lattice, client_on, lattice_env, raw_nats
+from conftest import ROOT, Lattice, client_on, lattice_env, poll, raw_nats, superpose_cli
 from superpose.config import ENV_CREDS, settings
 from superpose.errors import LatticeError, SettingError
 from superpose.lattice.connection import connect
@@ -196,3 +198,40 @@ async def test_a_user_minted_with_permissions_is_held_to_them(lattice: Lattice) 
         await asyncio.wait_for(refused.wait(), 30)
     finally:
         await nc.close()
+
+
+def test_a_worker_without_credentials_exits_saying_so(lattice: Lattice, tmp_path: Path) -> None:
+    proc = cli("worker", "--lattice", lattice.url, "--state-dir", str(tmp_path / "node"))
+    assert proc.returncode == 1
+    assert f"the lattice at {lattice.url} refused the connection" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_worker_joins_with_node_creds_from_another_machine(
+    lattice: Lattice, tmp_path: Path
+) -> None:
+    """Only the URL and the node's creds file, copied elsewhere: it serves calls (its
+    executors connect with the same creds)."""
+    creds = tmp_path / "node.creds"
+    shutil.copy(lattice.lattice.identities.creds("node"), creds)
+    worker = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "superpose", "worker", "--lattice", lattice.url),
+            *("--creds", str(creds), "--labels", "joined=yes", "--slots", "1"),
+            *("--state-dir", str(tmp_path / "node")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")},
+        cwd=tmp_path,
+    )
+    try:
+
+        def joined() -> bool:
+            proc = superpose_cli("status", "--json", url=lattice.url, check=True)
+            return any(n["labels"] == {"joined": "yes"} for n in json.loads(proc.stdout)["nodes"])
+
+        poll(joined, "the worker started with --creds to join")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)

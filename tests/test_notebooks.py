@@ -29,7 +29,7 @@ CELLS = [
     import threading
     import superpose as sp
 
-    client = sp.connect({url!r}, show_logs=False)
+    client = sp.connect({url!r}, show_logs=False, creds={creds!r})
     """,
     """
     SCALE = 10
@@ -150,7 +150,8 @@ def _progress_bars(outputs: list[Any]) -> list[str]:
 def test_a_notebook_runs_its_cells_functions_on_the_lattice(
     lattice: Lattice, kernel_name: str, tmp_path: Path
 ) -> None:
-    cells = [CELLS[0].format(url=lattice.url), *CELLS[1:]]
+    creds = lattice_env(lattice.url)["SUPERPOSE_CREDS"]
+    cells = [CELLS[0].format(url=lattice.url, creds=creds), *CELLS[1:]]
     outputs = _execute(cells, kernel_name, tmp_path)
     printed = [_printed(cell) for cell in outputs]
     assert printed[2].splitlines() == [
