@@ -168,6 +168,13 @@ def test_a_key_of_the_wrong_kind_is_refused(tmp_path: Path) -> None:
         load_or_create(tmp_path)
 
 
+def test_a_damaged_key_file_is_named(tmp_path: Path) -> None:
+    load_or_create(tmp_path)
+    (tmp_path / "keys" / "operator.nk").write_text("SOgarbage\n")
+    with pytest.raises(LatticeError, match=r"operator\.nk: not a valid nkey seed"):
+        load_or_create(tmp_path)
+
+
 def test_the_lattice_state_is_owner_only(lattice: Lattice, tmp_path: Path) -> None:
     state = lattice.state_dir
     assert mode(state) == 0o700

@@ -57,27 +57,16 @@ async def connect(url: str, *, name: str, creds: Path | None = None) -> NATS:
         if _is_auth_error(exc) and not refused.done():
             refused.set_result(exc)
 
-    connecting = asyncio.ensure_future(
-        nats.connect(
-            servers=servers,
-            name=name,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            ping_interval=5,
-            max_outstanding_pings=3,
-            error_cb=_remember,
-            user_credentials=str(creds) if creds is not None else None,
-        )
-    )
+    nc = NATS()
+    connecting = asyncio.ensure_future(nc.connect(**_options(servers, name, creds, _remember)))
     try:
         either: set[asyncio.Future[Any]] = {connecting, refused}
         done, _ = await asyncio.wait(
             either, timeout=FIRST_CONNECT_S, return_when=asyncio.FIRST_COMPLETED
         )
         if connecting in done:
-            return connecting.result()
+            connecting.result()
+            return nc
         if refused in done:
             raise refused_error(url, creds, refused.result())
         raise TimeoutError
@@ -93,11 +82,38 @@ async def connect(url: str, *, name: str, creds: Path | None = None) -> NATS:
             raise refused_error(url, creds, exc) from exc
         raise
     finally:
-        if not connecting.done():
-            connecting.cancel()
-            with contextlib.suppress(BaseException):
-                await connecting
         refused.cancel()
+        if not connecting.done() or connecting.exception() is not None:
+            await _abandon(nc, connecting)
+
+
+def _options(
+    servers: list[str],
+    name: str,
+    creds: Path | None,
+    error_cb: Callable[[Exception], Awaitable[None]],
+) -> dict[str, Any]:
+    return {
+        "servers": servers,
+        "name": name,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "ping_interval": 5,
+        "max_outstanding_pings": 3,
+        "error_cb": error_cb,
+        "user_credentials": str(creds) if creds is not None else None,
+    }
+
+
+async def _abandon(nc: NATS, connecting: asyncio.Future[None]) -> None:
+    """Stop a first connection that failed or was refused, closing what it opened."""
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    with contextlib.suppress(Exception):
+        await nc.close()
 
 
 AUTH_ERRORS = ("authorization violation", "authentication", "user authentication")

@@ -117,7 +117,11 @@ def _seed(state_dir: Path, name: str, kind: KeyKind) -> str:
     path = private_dir(state_dir / KEYS_DIR) / f"{name}.nk"
     if path.exists():
         seed = path.read_text().strip()
-        if nkeys.public_key(seed)[0] != kind.name[0]:
+        try:
+            public = nkeys.public_key(seed)
+        except LatticeError as exc:
+            raise LatticeError(f"{path}: {exc.message}; restore it from a backup") from exc
+        if public[0] != kind.name[0]:
             raise LatticeError(f"{path} holds a key of the wrong kind (not an {kind.name} seed)")
         return seed
     seed = nkeys.new_seed(kind)
