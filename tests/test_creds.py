@@ -242,3 +242,21 @@ def test_a_worker_joins_with_node_creds_from_another_machine(
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_a_private_lattice_uses_its_own_creds_whatever_the_variable_says(
+    tmp_path: Path,
+) -> None:
+    code = "import superpose as sp\nc = sp.connect(show_logs=False)\nprint(c.url)\nc.close()\n"
+    forged = forged_creds(tmp_path)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=tmp_path,
+        env={**clean, ENV_CREDS: str(forged)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("nats://127.0.0.1:")

@@ -100,7 +100,9 @@ def open_in_thread(
             resolved = await lattice.start()
             _tell_private_lattice(found.home)
         try:
-            client = await Client.open(resolved, log_sink=log_sink, creds=creds)
+            # A lattice of our own: its creds, whatever $SUPERPOSE_CREDS names.
+            own = lattice.admin_creds if lattice is not None else creds
+            client = await Client.open(resolved, log_sink=log_sink, creds=own)
         except BaseException:
             if lattice is not None:
                 await lattice.stop()
