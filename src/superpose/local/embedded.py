@@ -95,32 +95,20 @@ class ClusterRole:
 CLUSTER_NAME = "superpose"
 
 
-def _config_text(
-    store_dir: Path,
-    port: int,
-    host: str,
-    role: ClusterRole | None,
-    auth: ServerAuth | None = None,
-) -> str:
+def _config_text(store_dir: Path, port: int, host: str, role: ClusterRole | None) -> str:
     # sync_interval: always — JetStream otherwise acknowledges writes it has not
     # fsynced (it syncs every 2 minutes by default); see docs/architecture.md.
     # cipher — the whole store (secrets among the rest) is encrypted at rest.
     return (
-        (
-            f"listen: {host}:{port}\n"
-            f"max_payload: {MAX_PAYLOAD_BYTES}\n"
-            "jetstream {\n"
-            f'  store_dir: "{store_dir}"\n'
-            "  sync_interval: always\n"
-            "  cipher: chachapoly\n"
-            f"  key: ${KEY_VARIABLE}\n"
-            "}\n"
-        )
-        + (role.config_text(host) if role is not None else "")
-        + (
-            auth.config_text() if auth is not None else ""  # operator mode: creds required
-        )
-    )
+        f"listen: {host}:{port}\n"
+        f"max_payload: {MAX_PAYLOAD_BYTES}\n"
+        "jetstream {\n"
+        f'  store_dir: "{store_dir}"\n'
+        "  sync_interval: always\n"
+        "  cipher: chachapoly\n"
+        f"  key: ${KEY_VARIABLE}\n"
+        "}\n"
+    ) + (role.config_text(host) if role is not None else "")
 
 
 def store_key(state_dir: Path, store_dir: Path) -> str:
@@ -169,8 +157,10 @@ class EmbeddedServer:
         conf = self.state_dir / "nats.conf"
         store_dir = self.state_dir / "jetstream"
         key = store_key(self.state_dir, store_dir)
-        text = _config_text(store_dir, self.port, self.host, self.role, self.auth)
-        write_private(conf, text)
+        text = _config_text(store_dir, self.port, self.host, self.role)
+        if self.auth is not None:  # operator mode: no connection without credentials
+            text += self.auth.config_text()
+        write_private(conf, text)  # it holds the accounts' JWTs
         log = open(self.state_dir / "nats-server.log", "ab")  # noqa: SIM115 - child owns it
         try:
             self.process = subprocess.Popen(
