@@ -21,6 +21,7 @@ from conftest import ROOT, Lattice, client_on, lattice_env, poll, raw_nats, supe
 from superpose.config import ENV_CREDS, settings
 from superpose.errors import LatticeError, SettingError
 from superpose.lattice.connection import connect
+from superpose.local.embedded import EmbeddedServer
 from superpose.local.state import write_state
 from superpose.security import jwt
 from superpose.security.creds import read_creds
@@ -260,3 +261,14 @@ def test_a_private_lattice_uses_its_own_creds_whatever_the_variable_says(
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("nats://127.0.0.1:")
+
+
+async def test_a_store_from_before_credentials_is_refused_not_hidden(tmp_path: Path) -> None:
+    """Its streams are the account $G's, encrypted with keys derived from it: a server
+    in operator mode would start empty beside them."""
+    old = tmp_path / "nats" / "jetstream" / "jetstream" / "$G"
+    old.mkdir(parents=True)
+    server = EmbeddedServer(tmp_path / "nats", auth=load_or_create(tmp_path).auth)
+    with pytest.raises(LatticeError, match="was made before the lattice had credentials"):
+        await server.start()
+    assert server.process is None

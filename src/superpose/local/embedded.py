@@ -133,6 +133,25 @@ def store_key(state_dir: Path, store_dir: Path) -> str:
     return key
 
 
+UNAUTHENTICATED_ACCOUNT = "$G"
+"""Where a server without accounts keeps its streams (in ``<store>/jetstream/``)."""
+
+
+def refuse_store_without_accounts(store_dir: Path) -> None:
+    """A store made before the lattice had credentials cannot be carried over: its
+    streams belong to the account ``$G``, and the server encrypts each stream with a
+    key derived from its account, so a server that knows only the lattice's account
+    would start empty beside them. Refused, naming the way out, rather than silent."""
+    old = store_dir / "jetstream" / UNAUTHENTICATED_ACCOUNT
+    if old.is_dir():
+        raise LatticeError(
+            f"the lattice's store in {store_dir} was made before the lattice had "
+            f"credentials, and a lattice with credentials cannot read it ({old}): let the "
+            f"superpose version that made it finish its durable work, then remove {store_dir} "
+            "to start with an empty lattice"
+        )
+
+
 @dataclass
 class EmbeddedServer:
     """A nats-server child process; ``url`` is known once ``start()`` returns."""
@@ -157,6 +176,8 @@ class EmbeddedServer:
         conf = self.state_dir / "nats.conf"
         store_dir = self.state_dir / "jetstream"
         key = store_key(self.state_dir, store_dir)
+        if self.auth is not None:
+            refuse_store_without_accounts(store_dir)
         text = _config_text(store_dir, self.port, self.host, self.role)
         if self.auth is not None:  # operator mode: no connection without credentials
             text += self.auth.config_text()
