@@ -21,6 +21,7 @@ import superpose as sp
 import wheelhouse
 from superpose.client import session
 from superpose.local.lattice import LocalLattice
+from superpose.security import lookup
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,6 +141,21 @@ def client(lattice: Lattice) -> Iterator[sp.Client]:
     c.close()
 
 
+def lattice_env(url: str) -> dict[str, str]:
+    """What a process this test starts needs to use the lattice at ``url``: the URL and
+    the admin credentials of the LocalLattice (in this process) that serves it."""
+    creds = lookup.registered(url)
+    return {"SUPERPOSE_LATTICE": url, **({"SUPERPOSE_CREDS": str(creds)} if creds else {})}
+
+
+async def raw_nats(url: str, **options: Any) -> Any:
+    """A bare nats-py connection to a LocalLattice of this process, with its creds."""
+    import nats
+
+    creds = lookup.registered(url)
+    return await nats.connect(url, user_credentials=str(creds) if creds else None, **options)
+
+
 def superpose_cli(
     *args: str,
     url: str | None = None,
@@ -150,7 +166,7 @@ def superpose_cli(
     """Run the real `superpose` command, as a user would."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
     if url:
-        env["SUPERPOSE_LATTICE"] = url
+        env.update(lattice_env(url))
     if home:
         env["SUPERPOSE_HOME"] = str(home)
     proc = subprocess.run(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Lattice, poll, superpose_cli
+from conftest import ROOT, Lattice, lattice_env, poll, superpose_cli
 from superpose.cli.main import installed_version
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$", re.MULTILINE)
@@ -569,7 +569,7 @@ def test_logs_follow_prints_new_lines_as_they_come(lattice: Lattice, tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
     follower = subprocess.Popen(
         [sys.executable, "-m", "superpose", "logs", name, "--follow"],
-        env={**env, "SUPERPOSE_LATTICE": lattice.url},
+        env={**env, **lattice_env(lattice.url)},
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -603,7 +603,7 @@ def test_a_bad_setting_is_one_error_line(
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
     proc = subprocess.run(
         [sys.executable, "-m", "superpose", *command],
-        env={**env, "SUPERPOSE_LATTICE": lattice.url, variable: value},
+        env={**env, **lattice_env(lattice.url), variable: value},
         capture_output=True,
         text=True,
         timeout=60,

@@ -25,6 +25,7 @@ from conftest import Lattice, poll
 from superpose import protocol
 from superpose.client import durable as client_durable
 from superpose.client import session
+from superpose.security import lookup
 
 READ_BYTES = 64 * 1024
 
@@ -91,7 +92,7 @@ def relayed_client(lattice: Lattice) -> Iterator[tuple[Relay, sp.Client]]:
     relay = Relay(lattice.url)
     url = lattice.run(relay.start())
     previous = session.default_client()
-    client = sp.connect(url, show_logs=False)
+    client = sp.connect(url, show_logs=False, creds=lookup.registered(lattice.url))
     try:
         yield relay, client
     finally:

@@ -18,7 +18,7 @@ import pytest
 
 import durable_fns as dfns
 import superpose as sp
-from conftest import Lattice, client_on, poll, start_lattice, stop_lattice
+from conftest import Lattice, client_on, lattice_env, poll, start_lattice, stop_lattice
 from superpose import protocol, public
 from superpose.client import dead_letters as dead
 
@@ -202,6 +202,7 @@ def test_a_cancel_made_just_before_the_client_closes_still_reaches_the_lattice(
     proc = subprocess.run(
         [sys.executable, "-c", CANCEL_AND_LEAVE, lattice.url, str(tmp_path)],
         cwd=Path(__file__).parent,
+        env={**os.environ, **lattice_env(lattice.url)},
         capture_output=True,
         text=True,
         timeout=60,
@@ -267,6 +268,7 @@ def test_a_map_over_a_million_items_streams_within_its_window(lattice: Lattice) 
             "5000",
             str(window),
         ],
+        env={**os.environ, **lattice_env(lattice.url)},
         capture_output=True,
         text=True,
         timeout=300,
@@ -315,8 +317,12 @@ def test_a_node_that_starts_after_a_cancellation_does_not_run_it(
             queued = dfns.counted.spawn(str(tmp_path), "late")
             assert queued.accepted.wait(30)
             assert client.cancel(queued.invocation_id)
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "superpose", "worker", "--lattice", handle.url],
+            creds = str(handle.lattice.admin_creds.with_name("node.creds"))
+            worker = subprocess.Popen(  # as on another machine: only the URL and creds
+                [
+                    *(sys.executable, "-m", "superpose", "worker", "--lattice", handle.url),
+                    *("--creds", creds),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 env={**os.environ, "SUPERPOSE_HOME": str(tmp_path / "worker")},

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import pytest
 from nats.js.kv import KeyValue
 
 import fns
 import superpose as sp
-from conftest import Lattice, poll, superpose_cli
+from conftest import Lattice, poll, raw_nats, superpose_cli
 from http_errors import error_of
 from superpose import protocol
 from superpose.client import durable
@@ -365,7 +364,7 @@ async def test_ids_that_cannot_be_recorded_are_logged_not_failed(
 ) -> None:
     """Recording runs beside the envelopes' publish: if it fails for good, they may
     have landed and will run, so the submission is not failed; the client warns."""
-    nc = await nats.connect(lattice.url)
+    nc = await raw_nats(lattice.url)
     try:
         missing = KeyValue(
             name="sp_missing",

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, Lattice, superpose_cli
+from conftest import ROOT, Lattice, lattice_env, superpose_cli
 from http_errors import error_of
 from superpose.config import MAX_HTTP_BODY_BYTES
 from superpose.local.lattice import free_port
@@ -167,6 +167,8 @@ def small_gateway(lattice: Lattice) -> Iterator[str]:
             str(port),
             "--max-body-bytes",
             "1024",
+            "--creds",
+            lattice_env(lattice.url)["SUPERPOSE_CREDS"],
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

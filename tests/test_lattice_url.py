@@ -8,7 +8,7 @@ import re
 import pytest
 
 import superpose as sp
-from conftest import Lattice, superpose_cli
+from conftest import Lattice, lattice_env, superpose_cli
 from superpose.config import ENV_LATTICE, lattice_servers, settings
 from superpose.errors import BadRequestError, SettingError
 from superpose.local.embedded import free_port
@@ -92,7 +92,8 @@ def test_status_takes_several_servers_and_reaches_the_live_one(lattice: Lattice)
     """A server that is down is skipped: nats-py tries the others."""
     dead = f"nats://127.0.0.1:{free_port()}"
     for url in (f"{dead},{lattice.url}", f"{lattice.url},{dead}"):
-        proc = superpose_cli("status", "--lattice", url, check=True)
+        creds = lattice_env(lattice.url)["SUPERPOSE_CREDS"]
+        proc = superpose_cli("status", "--lattice", url, "--creds", creds, check=True)
         assert "node(s)" in proc.stdout
         proc = superpose_cli("status", url=url, check=True)
         assert "node(s)" in proc.stdout

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import superpose as sp
-from conftest import Lattice
+from conftest import Lattice, lattice_env
 from superpose.code import by_value
 
 # --- a real notebook in a real kernel --------------------------------------------------
@@ -29,7 +29,7 @@ CELLS = [
     import threading
     import superpose as sp
 
-    client = sp.connect({url!r}, show_logs=False)
+    client = sp.connect({url!r}, show_logs=False, creds={creds!r})
     """,
     """
     SCALE = 10
@@ -150,7 +150,8 @@ def _progress_bars(outputs: list[Any]) -> list[str]:
 def test_a_notebook_runs_its_cells_functions_on_the_lattice(
     lattice: Lattice, kernel_name: str, tmp_path: Path
 ) -> None:
-    cells = [CELLS[0].format(url=lattice.url), *CELLS[1:]]
+    creds = lattice_env(lattice.url)["SUPERPOSE_CREDS"]
+    cells = [CELLS[0].format(url=lattice.url, creds=creds), *CELLS[1:]]
     outputs = _execute(cells, kernel_name, tmp_path)
     printed = [_printed(cell) for cell in outputs]
     assert printed[2].splitlines() == [
@@ -201,7 +202,7 @@ with sp.connect(show_logs=False):
 
 def _python(args: list[str], lattice: Lattice, cwd: Path, stdin: str | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
-    env["SUPERPOSE_LATTICE"] = lattice.url
+    env.update(lattice_env(lattice.url))
     proc = subprocess.run(
         [sys.executable, *args],
         input=stdin,

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 import superpose as sp
-from conftest import Lattice, client_on, poll, start_lattice, stop_lattice, superpose_cli
+from conftest import (
+    Lattice,
+    client_on,
+    lattice_env,
+    poll,
+    start_lattice,
+    stop_lattice,
+    superpose_cli,
+)
 from superpose import protocol
 from test_cli import deploy, unique, write_app
 
@@ -42,6 +50,7 @@ def on_mars() -> str:
 
 def start_worker(url: str, labels: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
+    env.update(lattice_env(url))
     return subprocess.Popen(
         [sys.executable, "-m", "superpose", "worker", "--lattice", url, "--labels", labels,
          "--slots", "1", "--drain-grace", "1"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import superpose as sp
-from conftest import Lattice
+from conftest import Lattice, lattice_env
 from superpose import config
 from superpose.local import state
 
@@ -113,13 +114,16 @@ def test_connect_says_once_that_it_started_a_private_lattice(tmp_path: Path) -> 
 
 
 def test_connect_to_a_lattice_it_was_given_says_nothing(lattice: Lattice, tmp_path: Path) -> None:
-    given = f"import superpose as sp\nsp.connect({lattice.url!r}).close()\n"
+    creds = lattice_env(lattice.url)["SUPERPOSE_CREDS"]
+    given = f"import superpose as sp\nsp.connect({lattice.url!r}, creds={creds!r}).close()\n"
     assert NOTICE not in run_python(given, tmp_path).stderr
     found = "import superpose as sp\nsp.connect().close()\n"
-    assert NOTICE not in run_python(found, tmp_path, SUPERPOSE_LATTICE=lattice.url).stderr
+    assert NOTICE not in run_python(found, tmp_path, **lattice_env(lattice.url)).stderr
     home = tmp_path / ".superpose"
     with state.exclusive_home(home):  # as `superpose up` run in this folder leaves it
         config.state_file(home).write_text(json.dumps({"ready": True, "lattice": lattice.url}))
+        (home / "creds").mkdir()  # the CLI and sp.connect() beside `up` use its admin creds
+        shutil.copy(creds, home / "creds" / "admin.creds")
         assert NOTICE not in run_python(found, tmp_path).stderr
 
 

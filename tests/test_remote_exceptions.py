@@ -17,7 +17,7 @@ import pytest
 
 import fns
 import superpose as sp
-from conftest import Lattice
+from conftest import Lattice, lattice_env
 from superpose import protocol
 from superpose.client.futures import remote_error
 from superpose.lattice.payload import MAX_EXCEPTION_BYTES, decode_exception, encode_exception
@@ -130,7 +130,7 @@ def test_a_script_catches_the_exception_class_it_defines(lattice: Lattice, tmp_p
     proc = subprocess.run(
         [sys.executable, "shop.py"],
         cwd=tmp_path,
-        env={**env, "SUPERPOSE_LATTICE": lattice.url},
+        env={**env, **lattice_env(lattice.url)},
         capture_output=True,
         text=True,
         timeout=60,

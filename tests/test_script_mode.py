@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import superpose as sp
-from conftest import Lattice, read_until_exit
+from conftest import Lattice, lattice_env, read_until_exit
 from superpose.code import script
 from superpose.code.include import check_patterns, included_files
 
@@ -85,7 +85,7 @@ def _run_script(root: Path, lattice: Lattice, *args: str) -> subprocess.Complete
 
 def _env(lattice: Lattice) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
-    env["SUPERPOSE_LATTICE"] = lattice.url
+    env.update(lattice_env(lattice.url))
     return env
 
 

@@ -18,7 +18,7 @@ import pytest
 
 import secret_fns as sfns
 import superpose as sp
-from conftest import ROOT, Lattice, read_until_exit, superpose_cli
+from conftest import ROOT, Lattice, lattice_env, read_until_exit, superpose_cli
 from superpose import protocol
 from superpose.client.options import Options
 from superpose.client.secrets import set_secret
@@ -35,7 +35,7 @@ def secret_cli(
 ) -> subprocess.CompletedProcess[str]:
     """``superpose secret ...`` with ``stdin`` piped in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")}
-    env["SUPERPOSE_LATTICE"] = url
+    env.update(lattice_env(url))
     return subprocess.run(
         [sys.executable, "-m", "superpose", "secret", *args],
         input=stdin,
@@ -219,7 +219,7 @@ def test_the_prompt_does_not_echo_the_value(lattice: Lattice, client: sp.Client)
         stdin=terminal,
         stdout=terminal,
         stderr=terminal,
-        env={**env, "SUPERPOSE_LATTICE": lattice.url},
+        env={**env, **lattice_env(lattice.url)},
         start_new_session=True,  # no controlling terminal: getpass reads the one given
         cwd=ROOT,
     )

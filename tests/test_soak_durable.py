@@ -23,7 +23,7 @@ import pytest
 
 import durable_fns as dfns
 import superpose as sp
-from conftest import client_on, start_lattice, stop_lattice
+from conftest import client_on, lattice_env, start_lattice, stop_lattice
 from superpose.lattice import results
 from test_chaos import _kill_node
 
@@ -97,6 +97,7 @@ def test_soak_a_million_item_map_stays_small(tmp_path: Path) -> None:
             text=True,
             timeout=3000,
             cwd=Path(__file__).parent,
+            env={**os.environ, **lattice_env(handle.url)},
         )
     finally:
         stop_lattice(handle)

@@ -24,6 +24,7 @@ ENV_SANDBOX = "SUPERPOSE_SANDBOX"
 SANDBOX_MODES = ("none", "user", "bwrap")
 """How a node confines its executors (``superpose worker --sandbox``; docs/architecture.md,
 Sandbox)."""
+ENV_CREDS = "SUPERPOSE_CREDS"
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -95,6 +96,9 @@ class Settings:
     sandbox: str | None = None
     """``$SUPERPOSE_SANDBOX`` (``none``, ``user`` or ``bwrap``): a node's default for
     ``--sandbox``; unset, ``user`` when the node runs as root, else ``none``."""
+    creds: Path | None = None
+    """``$SUPERPOSE_CREDS``: the NATS credentials file (``.creds``) to connect with when
+    none is given; checked to be a readable file."""
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +116,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         env_cache_mb=_whole(env, ENV_ENV_CACHE_MB, default=DEFAULT_ENV_CACHE_MB),
         tls_ca=_file(env, ENV_TLS_CA),
         sandbox=_sandbox(env),
+        creds=_readable_file(env, ENV_CREDS),
     )
 
 
@@ -181,6 +186,20 @@ def _sandbox(env: Mapping[str, str]) -> str | None:
     if text not in SANDBOX_MODES:
         raise SettingError(f"{ENV_SANDBOX}={text!r}: expected one of {', '.join(SANDBOX_MODES)}")
     return text
+
+
+def _readable_file(env: Mapping[str, str], name: str) -> Path | None:
+    """The file a variable names, or None when it is unset; one that cannot be read is
+    refused here rather than as a refused connection later."""
+    text = env.get(name)
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise SettingError(f"{name}={text!r}: no such file")
+    if not os.access(path, os.R_OK):
+        raise SettingError(f"{name}={text!r}: the file is not readable by this user")
+    return path.resolve()
 
 
 def _whole(env: Mapping[str, str], name: str, *, default: int, high: int | None = None) -> int:

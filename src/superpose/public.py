@@ -54,6 +54,7 @@ def connect(
     workers: int = 2,
     show_logs: bool = True,
     tls_ca: str | Path | None = None,
+    creds: str | Path | None = None,
 ) -> Client:
     """Connect to a lattice, starting a private embedded one if none is running.
 
@@ -63,6 +64,8 @@ def connect(
     cluster's servers separated by commas. ``tls_ca``: the CA certificate a
     ``tls://`` lattice is checked against (else ``$SUPERPOSE_TLS_CA``, the CA of
     the ``superpose up`` that serves that URL, or the system's trust store).
+    ``creds``: the NATS credentials file (else ``$SUPERPOSE_CREDS``, else the one of
+    the lattice found or started).
     """
     if url is not None:
         config.lattice_servers(url)
@@ -73,14 +76,19 @@ def connect(
         default = session.default_client()
         if default is not None and url in (None, default.url):
             return default
-        client = open_in_thread(url, workers, print_log_record if show_logs else None, tls_ca)
+        sink = print_log_record if show_logs else None
+        client = open_in_thread(url, workers, sink, tls_ca, Path(creds) if creds else None)
         session.set_default(client)
         atexit.register(client.close)
         return client
 
 
 def open_in_thread(
-    url: str | None, workers: int, log_sink: LogSink | None, tls_ca: str | Path | None = None
+    url: str | None,
+    workers: int,
+    log_sink: LogSink | None,
+    tls_ca: str | Path | None = None,
+    creds: Path | None = None,
 ) -> Client:
     """A client on a loop of its own, in a daemon thread: the sync facade's home.
     With no lattice to find, an embedded one is started and stopped with the client."""
@@ -100,7 +108,9 @@ def open_in_thread(
             resolved = await lattice.start()
             _tell_private_lattice(found.home)
         try:
-            client = await Client.open(resolved, log_sink=log_sink, tls_ca=tls_ca)
+            # A lattice of our own: its creds, whatever $SUPERPOSE_CREDS names.
+            own = lattice.admin_creds if lattice is not None else creds
+            client = await Client.open(resolved, log_sink=log_sink, tls_ca=tls_ca, creds=own)
         except BaseException:
             if lattice is not None:
                 await lattice.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,16 @@ def lattice_url(explicit: str | None) -> str:
         )
     config.lattice_servers(url)
     return url
+
+
+def use_creds(path: str | None) -> None:
+    """``--creds FILE``: this command and the processes it starts connect with it (it
+    becomes ``$SUPERPOSE_CREDS``, which a node's executors inherit)."""
+    if path is None:
+        return
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise UserError(f"--creds {path}: no such readable file")
+    os.environ[config.ENV_CREDS] = os.path.abspath(path)
 
 
 async def with_client(url: str | None, body: Callable[[Client], Awaitable[int]]) -> int:

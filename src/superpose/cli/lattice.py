@@ -29,6 +29,7 @@ from superpose.local.state import (
     read_state,
     write_state,
 )
+from superpose.security.lookup import find_creds
 from superpose.support import eventloop
 
 if TYPE_CHECKING:  # the client (and nats-py) is imported by the commands that use it
@@ -190,7 +191,7 @@ async def _live_status(lattice: local.LocalLattice, stop: asyncio.Event) -> None
     from superpose.client.client import Client
     from superpose.client.status import nodes
 
-    client = await Client.open(lattice.url, tls_ca=lattice.tls_ca)
+    client = await Client.open(lattice.url, tls_ca=lattice.tls_ca, creds=lattice.admin_creds)
     try:
         with Live(refresh_per_second=2, transient=True) as live:
             while not stop.is_set():
@@ -252,6 +253,11 @@ def cmd_worker(ns: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    # Its executors connect as the node does, for now (issue 15 item 2 narrows them):
+    # they inherit this environment, the forked one included.
+    node_creds = find_creds(node_config.lattice)
+    if node_creds is not None:
+        os.environ[config.ENV_CREDS] = str(node_creds)
     # Before the event loop, threads or logging exist: the child shares our imports. Not
     # when sandboxed: a fork shares the node's memory too, and runs as the node's user.
     forked = fork_executor(node_config.lattice, node_id) if mode == sandbox.NONE else None

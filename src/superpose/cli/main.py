@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         if lattice:
             p.add_argument("--lattice", help=f"NATS URL of the lattice (or {config.ENV_LATTICE})")
+            p.add_argument(
+                "--creds",
+                metavar="FILE",
+                help=f"NATS credentials file to connect with (or {config.ENV_CREDS})",
+            )
         return p
 
     lattice.add_commands(add)
@@ -99,6 +104,7 @@ def _in_help_order(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     try:
+        common.use_creds(getattr(ns, "creds", None))
         code: int = ns.func(ns)
     except RemoteError as exc:
         if exc.traceback:

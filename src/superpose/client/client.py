@@ -119,11 +119,13 @@ class Client:
         nc: NATS | None = None,
         log_sink: LogSink | None = None,
         tls_ca: str | Path | None = None,
+        creds: Path | None = None,
     ) -> Client:
         """A client on the running loop; reuses ``nc`` when given (executors, gateway).
-        ``tls_ca``: the CA a ``tls://`` lattice is trusted with (``lattice/tls.py``)."""
+        ``tls_ca``: the CA a ``tls://`` lattice is trusted with (``lattice/tls.py``);
+        ``creds``: the credentials file, else the one ``security.lookup`` finds."""
         own = nc is None
-        nc = nc or await connect_nats(url, name="superpose-client", tls_ca=tls_ca)
+        nc = nc or await connect_nats(url, name="superpose-client", tls_ca=tls_ca, creds=creds)
         assets = await ensure_assets(nc)
         client = cls(nc, assets, asyncio.get_running_loop(), url=url, log_sink=log_sink)
         if own:

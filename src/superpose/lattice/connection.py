@@ -23,10 +23,11 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from superpose import protocol
-from superpose.config import ENV_REPLICAS, lattice_servers, settings
+from superpose.config import ENV_CREDS, ENV_REPLICAS, lattice_servers, settings
 from superpose.errors import LatticeError
 from superpose.lattice import tls
 from superpose.lattice.batch import js_api
+from superpose.security.lookup import find_creds
 
 T = TypeVar("T")
 
@@ -36,41 +37,44 @@ FIRST_CONNECT_S = 10.0
 are unlimited, which left a mistyped lattice URL hanging (and deaf to Ctrl-C)."""
 
 
-async def connect(url: str, *, name: str, tls_ca: str | Path | None = None) -> NATS:
+async def connect(
+    url: str,
+    *,
+    name: str,
+    creds: Path | None = None,
+    tls_ca: str | Path | None = None,
+) -> NATS:
     """A connection that reconnects forever once made, and notices a dead server in
-    seconds; the first connection fails after FIRST_CONNECT_S with LatticeError, or
-    at once when TLS refuses it (``lattice/tls.py`` says which CA is trusted).
+    seconds; the first connection fails after FIRST_CONNECT_S with LatticeError, or at
+    once when no retry can succeed: the server refuses its credentials, or TLS refuses
+    the server (``lattice/tls.py`` says which CA is trusted).
 
     ``url`` may list a cluster's servers separated by commas: nats-py tries them in
     a random order, and fails over to the others (and to servers it learns of).
+    ``creds`` is the credentials file; None looks one up (``security.lookup``).
     """
     servers = lattice_servers(url)
+    creds = find_creds(url, creds)
     trust = tls.trust_for(url, tls_ca)
     last_error: list[Exception] = []
-    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    refused: asyncio.Future[LatticeError] = asyncio.get_running_loop().create_future()
 
     async def _remember(exc: Exception) -> None:
         last_error[:] = [exc]
-        why = tls.refusal(trust, exc)
-        if why and not refused.done():
-            refused.set_result(why)
+        # nats-py retries a refused connection forever (reconnects are unlimited):
+        # the first refusal is the answer.
+        if refused.done():
+            return
+        if _is_auth_error(exc):
+            refused.set_result(refused_error(url, creds, exc))
+        elif why := tls.refusal(trust, exc):
+            refused.set_result(LatticeError(why))
 
+    nc = NATS()
+    options = _options(servers, name, creds, _remember) | trust.options()
+    connecting = asyncio.ensure_future(nc.connect(**options))
     try:
-        nc = await _unless_refused(
-            nats.connect(
-                servers=servers,
-                name=name,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                ping_interval=5,
-                max_outstanding_pings=3,
-                error_cb=_remember,
-                **trust.options(),
-            ),
-            refused,
-        )
+        await _first_connection(connecting, refused)
     except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
         why = last_error[0] if last_error else exc
         raise LatticeError(
@@ -78,6 +82,14 @@ async def connect(url: str, *, name: str, tls_ca: str | Path | None = None) -> N
             f"{why or type(why).__name__}); is it running? `superpose status` shows "
             "the one `superpose up` started"
         ) from exc
+    except nats.errors.Error as exc:
+        if _is_auth_error(exc):
+            raise refused_error(url, creds, exc) from exc
+        raise
+    finally:
+        refused.cancel()
+        if not connecting.done() or connecting.exception() is not None:
+            await _abandon(nc, connecting)
     try:
         tls.check_encrypted(trust, getattr(nc, "_server_info", {}))  # nats-py has no accessor
     except LatticeError:
@@ -86,18 +98,71 @@ async def connect(url: str, *, name: str, tls_ca: str | Path | None = None) -> N
     return nc
 
 
-async def _unless_refused(connecting: Awaitable[NATS], refused: asyncio.Future[str]) -> NATS:
-    """The first connection, given up after FIRST_CONNECT_S, or as soon as ``refused``
-    says why no retry can succeed (a certificate not trusted)."""
-    attempt = asyncio.ensure_future(asyncio.wait_for(connecting, FIRST_CONNECT_S))
-    both: set[asyncio.Future[Any]] = {attempt, refused}
-    await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-    if not attempt.done():
-        attempt.cancel()
-        await asyncio.gather(attempt, return_exceptions=True)
-        raise LatticeError(refused.result())
-    refused.cancel()
-    return attempt.result()
+async def _first_connection(
+    connecting: asyncio.Future[None], refused: asyncio.Future[LatticeError]
+) -> None:
+    """Made, or refused for a reason no retry changes, or TimeoutError."""
+    either: set[asyncio.Future[Any]] = {connecting, refused}
+    done, _ = await asyncio.wait(
+        either, timeout=FIRST_CONNECT_S, return_when=asyncio.FIRST_COMPLETED
+    )
+    if connecting in done:
+        connecting.result()
+    elif refused in done:
+        raise refused.result()
+    else:
+        raise TimeoutError
+
+
+def _options(
+    servers: list[str],
+    name: str,
+    creds: Path | None,
+    error_cb: Callable[[Exception], Awaitable[None]],
+) -> dict[str, Any]:
+    return {
+        "servers": servers,
+        "name": name,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "ping_interval": 5,
+        "max_outstanding_pings": 3,
+        "error_cb": error_cb,
+        "user_credentials": str(creds) if creds is not None else None,
+    }
+
+
+async def _abandon(nc: NATS, connecting: asyncio.Future[None]) -> None:
+    """Stop a first connection that failed or was refused, closing what it opened."""
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    with contextlib.suppress(Exception):
+        await nc.close()
+
+
+AUTH_ERRORS = ("authorization violation", "authentication", "user authentication")
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    """The server refused the credentials (none, forged, expired or revoked)."""
+    if isinstance(exc, nats.errors.AuthorizationError):
+        return True
+    return isinstance(exc, nats.errors.Error) and any(
+        marker in str(exc).lower() for marker in AUTH_ERRORS
+    )
+
+
+def refused_error(url: str, creds: Path | None, exc: BaseException) -> LatticeError:
+    """What a refused connection tells the user: which credentials, and how to pass others."""
+    which = f"credentials {creds}" if creds is not None else "no credentials given"
+    return LatticeError(
+        f"the lattice at {url} refused the connection: no valid credentials ({which}; "
+        f"the server said {str(exc).removeprefix('nats: ')}); pass --creds FILE or set "
+        f"{ENV_CREDS} (`superpose up` writes them in its state folder, creds/admin.creds)"
+    )
 
 
 class Assets:

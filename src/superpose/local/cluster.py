@@ -16,6 +16,7 @@ from superpose.errors import LatticeError
 from superpose.local.embedded import ClusterRole, EmbeddedServer, finish_stopping, free_port
 from superpose.local.listen import LOOPBACK
 from superpose.local.tls import ServerTls
+from superpose.security.identities import ServerAuth
 
 JETSTREAM_READY_S = 30.0
 """A new cluster elects its JetStream meta leader before it takes any asset."""
@@ -33,6 +34,10 @@ class EmbeddedCluster:
     first_port: int = -1
     """-1: free ports; else the servers take this port and the next ``size - 1``."""
     tls: ServerTls | None = None
+    auth: ServerAuth | None = None
+    """What every server checks credentials against (None: no auth)."""
+    creds: Path | None = None
+    """What this process connects with to see JetStream ready."""
     servers: list[EmbeddedServer] = field(default_factory=list)
     url: str = ""
 
@@ -50,6 +55,7 @@ class EmbeddedCluster:
                     host=self.host,
                     role=_role(i, route_ports),
                     tls=self.tls,
+                    auth=self.auth,
                 )
                 for i in range(self.size)
             ]
@@ -70,7 +76,7 @@ class EmbeddedCluster:
         from superpose.lattice.connection import connect
 
         ca = self.tls.ca_file if self.tls is not None else None
-        nc = await connect(self.url, name="superpose-cluster-check", tls_ca=ca)
+        nc = await connect(self.url, name="superpose-cluster-check", tls_ca=ca, creds=self.creds)
         deadline = time.monotonic() + JETSTREAM_READY_S
         try:
             while True:

@@ -24,6 +24,8 @@ from superpose.local.listen import bracketed, local_host
 
 if TYPE_CHECKING:
     from superpose.local.tls import ServerTls
+from superpose.security.files import private_dir, write_private
+from superpose.security.identities import ServerAuth
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 STORE_KEY_FILE = "store.key"
@@ -147,6 +149,25 @@ def store_key(state_dir: Path, store_dir: Path) -> str:
     return key
 
 
+UNAUTHENTICATED_ACCOUNT = "$G"
+"""Where a server without accounts keeps its streams (in ``<store>/jetstream/``)."""
+
+
+def refuse_store_without_accounts(store_dir: Path) -> None:
+    """A store made before the lattice had credentials cannot be carried over: its
+    streams belong to the account ``$G``, and the server encrypts each stream with a
+    key derived from its account, so a server that knows only the lattice's account
+    would start empty beside them. Refused, naming the way out, rather than silent."""
+    old = store_dir / "jetstream" / UNAUTHENTICATED_ACCOUNT
+    if old.is_dir():
+        raise LatticeError(
+            f"the lattice's store in {store_dir} was made before the lattice had "
+            f"credentials, and a lattice with credentials cannot read it ({old}): let the "
+            f"superpose version that made it finish its durable work, then remove {store_dir} "
+            "to start with an empty lattice"
+        )
+
+
 @dataclass
 class EmbeddedServer:
     """A nats-server child process; ``url`` is known once ``start()`` returns."""
@@ -158,11 +179,14 @@ class EmbeddedServer:
     """None: a server of its own; else one server of a cluster."""
     tls: ServerTls | None = None
     """Set: the server requires TLS, and ``url`` is ``tls://``."""
+    auth: ServerAuth | None = None
+    """The operator and accounts it trusts (``security.identities``); None: no auth at
+    all, for tests and benchmarks that start a bare server."""
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
 
     async def start(self) -> str:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         ports_dir = self.state_dir / "ports"
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
@@ -170,9 +194,12 @@ class EmbeddedServer:
         conf = self.state_dir / "nats.conf"
         store_dir = self.state_dir / "jetstream"
         key = store_key(self.state_dir, store_dir)
-        conf.write_text(
-            _config_text(store_dir, self.port, bracketed(self.host), self.role, self.tls)
-        )
+        if self.auth is not None:
+            refuse_store_without_accounts(store_dir)
+        text = _config_text(store_dir, self.port, bracketed(self.host), self.role, self.tls)
+        if self.auth is not None:  # operator mode: no connection without credentials
+            text += self.auth.config_text()
+        write_private(conf, text)  # it holds the accounts' JWTs
         log = open(self.state_dir / "nats-server.log", "ab")  # noqa: SIM115 - child owns it
         try:
             self.process = subprocess.Popen(

@@ -28,6 +28,8 @@ from superpose.local.cluster import EmbeddedCluster
 from superpose.local.embedded import EmbeddedServer, free_port
 from superpose.local.listen import LOOPBACK, Listen, bracketed, check_free, local_host
 from superpose.local.tls import ServerTls
+from superpose.security import lookup
+from superpose.security.identities import Identities, load_or_create
 from superpose.support.retry import Backoff
 
 READY_TIMEOUT_S = 30.0
@@ -137,6 +139,9 @@ class LocalLattice:
     gateway_url: str = ""
     gateway_token: Path | None = None
     """The file holding the admin token made for the gateway (``gateway_token.py``)."""
+    identities: Identities | None = None
+    """The lattice's operator, accounts and users, in ``state_dir`` (made at the first
+    start, reused on every later one)."""
     _temp: bool = False
     _watch: asyncio.Task[None] | None = None
     _stopping: bool = False
@@ -159,12 +164,14 @@ class LocalLattice:
         if self.state_dir is None:
             self.state_dir = Path(tempfile.mkdtemp(prefix="superpose-"))
             self._temp = True
+        self.identities = load_or_create(self.state_dir)
         if self.lattice_port > 0:
             for port in range(self.lattice_port, self.lattice_port + self.servers):
                 check_free(Listen(self.listen_host, port), "lattice (--listen)")
         self.server = self._nats_servers(self.state_dir / "nats")
         try:
             self.url = await self.server.start()
+            lookup.register(self.url, self.identities.creds("admin"))
             slots = self.slots or max(1, (os.cpu_count() or 1) // max(1, self.workers))
             node_ids = [f"n{uuid.uuid4().hex[:6]}" for _ in range(self.workers)]
             self.children = [self._node_child(node_id, slots) for node_id in node_ids]
@@ -187,6 +194,8 @@ class LocalLattice:
         return self.url
 
     def _nats_servers(self, state_dir: Path) -> NatsServers:
+        assert self.identities is not None
+        auth = self.identities.auth
         if self.servers > 1:
             return EmbeddedCluster(
                 state_dir,
@@ -194,9 +203,11 @@ class LocalLattice:
                 host=self.listen_host,
                 first_port=self.lattice_port,
                 tls=self.tls,
+                auth=auth,
+                creds=self.identities.creds("admin"),
             )
         return EmbeddedServer(
-            state_dir, port=self.lattice_port, host=self.listen_host, tls=self.tls
+            state_dir, port=self.lattice_port, host=self.listen_host, tls=self.tls, auth=auth
         )
 
     @property
@@ -210,6 +221,17 @@ class LocalLattice:
     def tls_ca(self) -> Path | None:
         """The CA this process trusts the lattice with (None: the system's store)."""
         return self.tls.ca_file if self.tls is not None else None
+
+    @property
+    def admin_creds(self) -> Path:
+        """What the supervisor (and a client in this process) connects with."""
+        if self.identities is None:
+            raise LatticeError("the lattice has no credentials before it started")
+        return self.identities.creds("admin")
+
+    def _creds(self, role: str) -> list[str]:
+        assert self.identities is not None
+        return ["--creds", str(self.identities.creds(role))]
 
     def _node_child(self, node_id: str, slots: int) -> Child:
         assert self.state_dir is not None
@@ -230,6 +252,7 @@ class LocalLattice:
             str(self.drain_grace_s),
             "--parent-pid",
             str(os.getpid()),
+            *self._creds("node"),
         ]
         if self.sandbox:
             argv += ["--sandbox", self.sandbox]
@@ -252,13 +275,16 @@ class LocalLattice:
             str(self.gateway_max_connections),
             "--parent-pid",
             str(os.getpid()),
+            *self._creds("gateway"),
         ]
         return Child("gateway", argv, self.state_dir / "logs" / "gateway.log", self.child_env)
 
     async def _wait_ready(self, node_ids: list[str]) -> None:
         from superpose.lattice.connection import connect
 
-        nc = await connect(self.url, name="superpose-supervisor", tls_ca=self.tls_ca)
+        nc = await connect(
+            self.url, name="superpose-supervisor", tls_ca=self.tls_ca, creds=self.admin_creds
+        )
         deadline = time.monotonic() + READY_TIMEOUT_S
         try:
             waiting = set(node_ids)
@@ -336,6 +362,8 @@ class LocalLattice:
         )
         if self.server is not None:
             self.server.stop()
+        if self.url:
+            lookup.forget(self.url)
         if self._temp and self.state_dir is not None:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 

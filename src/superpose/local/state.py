@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from superpose import config
 from superpose.errors import UserError
+from superpose.security.files import private_dir, write_private
 
 if TYPE_CHECKING:
     from superpose.local.lattice import LocalLattice
@@ -73,7 +74,7 @@ def already_running(home: Path) -> UserError:
 @contextlib.contextmanager
 def exclusive_home(home: Path) -> Iterator[None]:
     """Hold the home's lock for the life of ``up``; refuse if another ``up`` has it."""
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     handle: IO[str] = open(_lock_path(home), "a+")  # noqa: SIM115 - held for the block
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,9 +109,8 @@ def write_state(home: Path, lattice: LocalLattice, *, ready: bool = True) -> Non
         "starts": {str(pid): process_start(pid) for pid in [os.getpid(), *pids.values()]},
         "started": time.time(),
     }
-    tmp = config.state_file(home).with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(config.state_file(home))
+    # Owner only: it names the lattice and its processes, next to the credentials.
+    write_private(config.state_file(home), json.dumps(state, indent=2))
 
 
 def process_start(pid: int) -> int | None:

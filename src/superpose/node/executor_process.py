@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import sys
 import time
@@ -13,12 +14,14 @@ from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
 from superpose import protocol
+from superpose.config import ENV_CREDS
 from superpose.errors import how_it_ended
 from superpose.node.channel import Channel
 from superpose.node.fork import EXECUTOR_ENTRY, ForkedChild
 from superpose.node.memory import watch_memory
 from superpose.node.output import OutputTail
 from superpose.node.sandbox import Confinement, Identity, descendant
+from superpose.security.lookup import find_creds
 
 log = logging.getLogger("superpose.node")
 
@@ -151,7 +154,7 @@ class ExecutorProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                **options,
+                **({"env": _executor_env(lattice)} | options),
             )
         except BaseException:
             ours.close()
@@ -441,3 +444,10 @@ class ExecutorProcess:
         last lines may still be on their way to us."""
         if self._pump is not None:  # not wait_for: the pump may be cancelled meanwhile
             await asyncio.wait({self._pump}, timeout=within_s)
+
+
+def _executor_env(lattice: str) -> dict[str, str]:
+    """The node's environment, with the credentials the node connects with: an executor
+    connects as its node for now (issue 15 item 2 gives it narrower ones)."""
+    creds = find_creds(lattice)
+    return {**os.environ, **({ENV_CREDS: str(creds)} if creds is not None else {})}

@@ -199,14 +199,20 @@ def executor_env(identity: Identity, tmp_inside: str) -> dict[str, str]:
     for name in ("HOME", "TMPDIR", "TEMP", "TMP"):
         env[name] = tmp_inside
     env["USER"] = env["LOGNAME"] = f"superpose-{identity.uid}"
-    ca = config.settings().tls_ca
-    if ca is not None:  # the node's may sit in a folder only the node can read
-        env[config.ENV_TLS_CA] = f"{tmp_inside}/{hand_over(identity, ca, HANDED_CA)}"
+    # The node's files sit in folders only the node can read: the executor gets copies.
+    # Its credentials are the node's for now (issue 15 item 2 narrows them).
+    found = config.settings()
+    if found.tls_ca is not None:
+        env[config.ENV_TLS_CA] = f"{tmp_inside}/{hand_over(identity, found.tls_ca, HANDED_CA)}"
+    if found.creds is not None:
+        env[config.ENV_CREDS] = f"{tmp_inside}/{hand_over(identity, found.creds, HANDED_CREDS)}"
     return env
 
 
 HANDED_CA = "lattice-ca.pem"
 """The copy of the lattice's CA certificate in a sandboxed executor's private folder."""
+HANDED_CREDS = "lattice.creds"
+"""The copy of the credentials a sandboxed executor connects with, in the same place."""
 
 
 def hand_over(identity: Identity, source: Path, name: str) -> str:

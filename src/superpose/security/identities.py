@@ -1,0 +1,129 @@
+"""The identities of one lattice, made once in its state folder and reused on restarts.
+
+Layout (folders 0700, files 0600)::
+
+    keys/operator.nk      the operator's seed: signs the accounts
+    keys/SYS.nk           the system account's seed (the server's own traffic)
+    keys/SP.nk            the lattice account's seed: signs its users, so more can be
+                          minted later (per-role permissions, executors)
+    creds/<role>.creds    one user per role (admin, node, gateway)
+
+The servers are told the operator and the accounts (``ServerAuth.config_text``);
+users are not listed anywhere: the server trusts any user JWT its account signed.
+A tenant is one more account, and a narrower user is ``mint_user`` with permissions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from superpose.errors import LatticeError
+from superpose.security import jwt, nkeys
+from superpose.security.creds import write_creds
+from superpose.security.files import private_dir, write_private
+from superpose.security.nkeys import KeyKind
+
+OPERATOR = "operator"
+SYSTEM_ACCOUNT = "SYS"
+LATTICE_ACCOUNT = "SP"
+"""The account every superpose subject, stream and bucket lives in."""
+ROLES = ("admin", "node", "gateway")
+"""admin: the CLI, ``sp.connect()`` and the supervisor; node: node agents (and, for
+now, their executors); gateway: the HTTP gateway."""
+KEYS_DIR = "keys"
+CREDS_DIR = "creds"
+
+
+@dataclass(frozen=True)
+class ServerAuth:
+    """What a nats-server needs to know to check credentials (operator mode)."""
+
+    operator_jwt: str
+    system_account: str
+    account_jwts: dict[str, str] = field(default_factory=dict)
+    """Public key → JWT of every account the server accepts (the system one too)."""
+
+    def config_text(self) -> str:
+        preload = "".join(f"  {key}: {token}\n" for key, token in self.account_jwts.items())
+        return (
+            f"operator: {self.operator_jwt}\n"
+            f"system_account: {self.system_account}\n"
+            "resolver: MEMORY\n"
+            f"resolver_preload: {{\n{preload}}}\n"
+        )
+
+
+@dataclass(frozen=True)
+class Identities:
+    """A lattice's keys on disk; ``creds(role)`` is the file a process connects with."""
+
+    state_dir: Path
+    auth: ServerAuth
+
+    def creds(self, role: str = "admin") -> Path:
+        path = self.state_dir / CREDS_DIR / f"{role}.creds"
+        if not path.exists():
+            raise LatticeError(f"no credentials for the role {role!r} in {path.parent}")
+        return path
+
+    def mint_user(
+        self,
+        name: str,
+        *,
+        account: str = LATTICE_ACCOUNT,
+        permissions: dict[str, Any] | None = None,
+    ) -> Path:
+        """A new user of ``account`` with ``permissions`` (everything if None), written to
+        ``creds/<name>.creds``; each call makes a new key."""
+        user_seed = nkeys.new_seed(KeyKind.USER)
+        token = jwt.user(
+            _seed(self.state_dir, account, KeyKind.ACCOUNT),
+            nkeys.public_key(user_seed),
+            name=name,
+            permissions=permissions,
+        )
+        creds_dir = private_dir(self.state_dir / CREDS_DIR)
+        return write_creds(creds_dir / f"{name}.creds", token, user_seed)
+
+
+def load_or_create(state_dir: Path) -> Identities:
+    """The lattice's identities in ``state_dir``: the keys are made at the first start
+    and read on every later one (clients' creds stay valid across restarts)."""
+    private_dir(state_dir)
+    operator_seed = _seed(state_dir, OPERATOR, KeyKind.OPERATOR)
+    system_seed = _seed(state_dir, SYSTEM_ACCOUNT, KeyKind.ACCOUNT)
+    lattice_seed = _seed(state_dir, LATTICE_ACCOUNT, KeyKind.ACCOUNT)
+    system = nkeys.public_key(system_seed)
+    lattice = nkeys.public_key(lattice_seed)
+    auth = ServerAuth(
+        operator_jwt=jwt.operator(operator_seed, name="superpose", system_account=system),
+        system_account=system,
+        account_jwts={
+            system: jwt.account(operator_seed, system, name=SYSTEM_ACCOUNT, jetstream=False),
+            lattice: jwt.account(operator_seed, lattice, name=LATTICE_ACCOUNT, jetstream=True),
+        },
+    )
+    identities = Identities(state_dir, auth)
+    for role in ROLES:
+        if not (state_dir / CREDS_DIR / f"{role}.creds").exists():
+            identities.mint_user(role)
+    return identities
+
+
+def _seed(state_dir: Path, name: str, kind: KeyKind) -> str:
+    """The seed kept in ``keys/<name>.nk``, made there if it is not yet."""
+    path = private_dir(state_dir / KEYS_DIR) / f"{name}.nk"
+    if path.exists():
+        seed = path.read_text().strip()
+        try:
+            public = nkeys.public_key(seed)
+        except LatticeError as exc:
+            raise LatticeError(f"{path}: {exc.message}; restore it from a backup") from exc
+        if public[0] != kind.name[0]:
+            raise LatticeError(f"{path} holds a key of the wrong kind (not an {kind.name} seed)")
+        return seed
+    seed = nkeys.new_seed(kind)
+    write_private(path, seed + "\n")
+    return seed

@@ -1,0 +1,105 @@
+"""NATS JWTs (v2): claims signed with an nkey, as ``nats-io/jwt`` writes them.
+
+A JWT is ``header.claims.signature``, each part base64url without padding; the
+signature is Ed25519 over ``header.claims`` by the issuer's seed (``alg:
+ed25519-nkey``). The server checks that chain (operator → account → user) on
+every connection, so only these functions ever sign anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from typing import Any
+
+from superpose.errors import LatticeError
+from superpose.security import nkeys
+
+HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
+NO_LIMIT = -1
+"""What ``nats-io/jwt`` writes for "unlimited"."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def encode(*, subject: str, name: str, nats: dict[str, Any], issuer_seed: str) -> str:
+    """A signed JWT about ``subject`` (a public key) issued by ``issuer_seed``'s key."""
+    claims: dict[str, Any] = {
+        "iat": int(time.time()),
+        "iss": nkeys.public_key(issuer_seed),
+        "name": name,
+        "sub": subject,
+        "nats": {**nats, "version": 2},
+    }
+    # As nats-io/jwt: the id is a hash of the claims without it.
+    claims["jti"] = base64.b32encode(hashlib.sha256(_compact(claims)).digest()).decode().rstrip("=")
+    signed = f"{_b64(_compact(HEADER))}.{_b64(_compact(claims))}"
+    return f"{signed}.{_b64(nkeys.sign(issuer_seed, signed.encode()))}"
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    """The claims of a JWT, unverified (the server verifies; we only read our own)."""
+    try:
+        _, body, _ = token.split(".")
+        claims: dict[str, Any] = json.loads(_unb64(body))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise LatticeError(f"not a NATS JWT: {token[:20]}…") from exc
+    return claims
+
+
+def operator(seed: str, *, name: str, system_account: str) -> str:
+    """The operator's self-signed JWT: the root every server of the lattice trusts."""
+    nats = {"type": "operator", "system_account": system_account}
+    return encode(subject=nkeys.public_key(seed), name=name, nats=nats, issuer_seed=seed)
+
+
+def account(operator_seed: str, account_public: str, *, name: str, jetstream: bool) -> str:
+    """An account JWT: no limits on connections or data, and JetStream unbounded when
+    ``jetstream`` (an account without JetStream limits has no JetStream at all)."""
+    js_limit = NO_LIMIT if jetstream else 0
+    limits = {
+        "subs": NO_LIMIT,
+        "data": NO_LIMIT,
+        "payload": NO_LIMIT,
+        "imports": NO_LIMIT,
+        "exports": NO_LIMIT,
+        "wildcards": True,
+        "conn": NO_LIMIT,
+        "leaf": NO_LIMIT,
+        "mem_storage": js_limit,
+        "disk_storage": js_limit,
+        "streams": js_limit,
+        "consumer": js_limit,
+    }
+    nats = {"type": "account", "limits": limits, "default_permissions": {"pub": {}, "sub": {}}}
+    return encode(subject=account_public, name=name, nats=nats, issuer_seed=operator_seed)
+
+
+def user(
+    account_seed: str, user_public: str, *, name: str, permissions: dict[str, Any] | None = None
+) -> str:
+    """A user JWT signed by its account. ``permissions`` holds ``pub``/``sub`` (each
+    ``{"allow": [...], "deny": [...]}``) and maybe ``resp``; none means everything in
+    the account."""
+    nats = {
+        "type": "user",
+        "pub": {},
+        "sub": {},
+        **(permissions or {}),
+        "subs": NO_LIMIT,
+        "data": NO_LIMIT,
+        "payload": NO_LIMIT,
+    }
+    return encode(subject=user_public, name=name, nats=nats, issuer_seed=account_seed)

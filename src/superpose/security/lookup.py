@@ -1,0 +1,64 @@
+"""Which credentials a process connects to a lattice with: one answer, one place.
+
+In order: the ``creds`` given, ``$SUPERPOSE_CREDS``, the creds a ``LocalLattice`` in
+this process registered for that URL (so ``sp.connect()`` of an embedded lattice and
+the tests need no step), the home folder's ``creds/admin.creds`` when its
+``lattice.json`` names that URL (the CLI beside ``superpose up``), else none.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from superpose import config
+
+ADMIN_CREDS = Path("creds") / "admin.creds"
+_registered: dict[str, Path] = {}
+"""Lattice URL (and each of its servers) → the creds its LocalLattice made."""
+
+
+def register(url: str, creds: Path) -> None:
+    """Make ``creds`` what this process connects to ``url`` with (a LocalLattice's own)."""
+    for key in {url, *url.split(",")}:
+        _registered[key] = creds
+
+
+def forget(url: str) -> None:
+    for key in {url, *url.split(",")}:
+        _registered.pop(key, None)
+
+
+def find_creds(url: str, creds: Path | None = None) -> Path | None:
+    """The credentials file to connect to ``url`` with, or None for none."""
+    if creds is not None:
+        return creds
+    settings = config.settings()
+    if settings.creds is not None:
+        return settings.creds
+    return _registered_for(url) or _home_creds(settings.home, url)
+
+
+def _registered_for(url: str) -> Path | None:
+    if url in _registered:
+        return _registered[url]
+    return next((_registered[s] for s in url.split(",") if s in _registered), None)
+
+
+def _home_creds(home: Path, url: str) -> Path | None:
+    """``<home>/creds/admin.creds`` if the lattice ``up`` runs from ``home`` is ``url``."""
+    try:
+        state = json.loads(config.state_file(home).read_text())
+    except (OSError, ValueError):
+        return None
+    running = str(state.get("lattice") or "")
+    creds = home / ADMIN_CREDS
+    if running and set(running.split(",")) & set(url.split(",")) and creds.is_file():
+        return creds
+    return None
+
+
+def registered(url: str) -> Path | None:
+    """The creds a LocalLattice of this process made for ``url`` (tests hand them to the
+    processes they start)."""
+    return _registered_for(url)
