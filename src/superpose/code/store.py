@@ -15,7 +15,9 @@ from nats.aio.client import Client as NATS
 from superpose import protocol
 from superpose.code.bundle import Bundle, digest_of_listing, parse_manifest, sha256_hex
 from superpose.errors import NotFoundError, SuperposeError
+from superpose.code import signing_manifest
 from superpose.lattice import objects
+from superpose.lattice.signing import Signer
 from superpose.support.retry import THROUGH_ELECTION, retry
 
 log = logging.getLogger("superpose.code")
@@ -36,12 +38,18 @@ FETCH_RETRY = THROUGH_ELECTION
 new leader can answer lands; jittered, so nodes that failed together do not return in step."""
 
 
-async def upload(nc: NATS, bundle: Bundle) -> tuple[str, int]:
-    """Store the bundle; returns its digest and how many files had to be uploaded."""
+async def upload(nc: NATS, bundle: Bundle, *, signer: Signer | None = None) -> tuple[str, int]:
+    """Store the bundle; returns its digest and how many files had to be uploaded.
+
+    With ``signer``, its signature goes into the manifest (added to those already there
+    when the bundle was stored before): nodes run code a trusted key signed.
+    """
     digest = bundle.digest
     bucket = protocol.BUNDLES_BUCKET
     manifest_name = protocol.bundle_manifest_name(digest)
     if await objects.exists(nc.jetstream(), bucket, manifest_name):
+        if signer is not None:
+            await signing_manifest.add_signature(nc, digest, signer)
         return digest, 0
     listing = bundle.listing
     by_digest = {listing[path]: bundle.files[path] for path in listing}
@@ -53,7 +61,10 @@ async def upload(nc: NATS, bundle: Bundle) -> tuple[str, int]:
         await objects.put(
             nc, bucket, protocol.file_object_name(file_digest), by_digest[file_digest]
         )
-    await objects.put(nc, bucket, manifest_name, bundle.manifest())
+    manifest = bundle.manifest()
+    if signer is not None:
+        manifest = signing_manifest.signed(protocol.BundleManifest.from_json(manifest), digest, signer)
+    await objects.put(nc, bucket, manifest_name, manifest)
     return digest, len(missing)
 
 

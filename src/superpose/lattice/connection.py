@@ -88,6 +88,7 @@ class Assets:
         issued: KeyValue,
         envs: ObjectStore,
         secrets: KeyValue,
+        trust: KeyValue,
     ) -> None:
         self.js = js
         self.registry = registry
@@ -102,6 +103,8 @@ class Assets:
         self.envs = envs
         """Built environments, ``<env digest>.tar.gz``: built once, pulled by every node."""
         self.secrets = secrets
+        self.trust = trust
+        """Trusted deployer keys (``registry/trust.py``)."""
 
 
 async def _open_or_create(
@@ -288,6 +291,7 @@ async def ensure_assets(nc: NATS) -> Assets:
                 kv(bucket=protocol.SCHEDULES_BUCKET),
                 kv(bucket=protocol.ISSUED_BUCKET, ttl=protocol.RESULT_TTL_S),
                 kv(bucket=protocol.SECRETS_BUCKET, history=1),
+                kv(bucket=protocol.TRUST_BUCKET, history=1),
             ),
             asyncio.gather(
                 objects(bucket=protocol.BUNDLES_BUCKET),
@@ -306,7 +310,7 @@ async def ensure_assets(nc: NATS) -> Assets:
             ),
             _ensure_durable_path(nc, replicas),
         )
-        registry, nodes, dead, cancels, schedules, issued, secrets = kvs
+        registry, nodes, dead, cancels, schedules, issued, secrets, trust = kvs
         bundles, blobs, envs = stores
         results = await js.key_value(protocol.RESULTS_BUCKET)
     except nats.errors.Error as exc:
@@ -324,4 +328,5 @@ async def ensure_assets(nc: NATS) -> Assets:
         issued,
         envs,
         secrets,
+        trust,
     )

@@ -9,6 +9,8 @@ temporary folder. A child that dies is started again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import getpass
 import os
 import shutil
 import signal
@@ -22,8 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from superpose import protocol
+from nats.js.errors import KeyWrongLastSequenceError
+
+from superpose import config, protocol
 from superpose.errors import LatticeError, UserError, how_it_ended
+from superpose.lattice import signing
+from superpose.lattice.connection import connect, ensure_assets
 from superpose.local.cluster import EmbeddedCluster
 from superpose.local.embedded import EmbeddedServer, free_port
 from superpose.support.retry import Backoff
@@ -101,6 +107,21 @@ class NatsServers(Protocol):
     def pids(self) -> dict[str, int]: ...
 
 
+async def trust_home_key(url: str) -> None:
+    """The home folder's deployer key (made on first start, 0600) is trusted by the lattice
+    this machine starts, so deploys and scripts from this home sign with no step."""
+    signer = signing.load_or_create(signing.key_file(config.settings().home))
+    record = protocol.TrustedKey(name=f"{getpass.getuser()}@{socket.gethostname()}")
+    record.added = time.time()
+    nc = await connect(url, name="superpose-up")
+    try:
+        assets = await ensure_assets(nc)
+        with contextlib.suppress(KeyWrongLastSequenceError):  # trusted already: keep its name
+            await assets.trust.create(signer.public_key, record.as_json())
+    finally:
+        await nc.close()
+
+
 @dataclass(kw_only=True)
 class LocalLattice:
     """Everything ``up`` starts. ``state_dir=None`` means a private temporary folder."""
@@ -150,6 +171,7 @@ class LocalLattice:
                 self.gateway_url = f"http://127.0.0.1:{port}"
                 self.children.append(self._gateway_child(port))
             await asyncio.gather(*(child.start() for child in self.children))
+            await trust_home_key(self.url)
             await self._wait_ready(node_ids)
         except BaseException:
             await self.stop()

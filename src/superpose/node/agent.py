@@ -46,7 +46,9 @@ from superpose.node.pool import ExecutorPool
 from superpose.node.prefetch import AliasPrefetcher
 from superpose.node.progress import HeldCalls
 from superpose.node.scheduler import Scheduler
+from superpose.node.code_trust import CodeTrust
 from superpose.registry.mirror import Registry
+from superpose.registry.trust import TrustedKeys
 from superpose.registry.placement import NodeDirectory, satisfies
 
 log = logging.getLogger("superpose.node")
@@ -100,6 +102,8 @@ class NodeAgent:
         self.link.connected(nc)
         self.link.assets_found(await ensure_assets(nc))
         self.pool.nc = nc
+        self.trust = TrustedKeys(self.link.assets.trust)
+        self.pool.code_trust = CodeTrust(self.trust)
         await self._subscribe_calls()
         await self._watch_lattice()
         await self.durable.start()
@@ -152,7 +156,9 @@ class NodeAgent:
         self.affinity.directory = directory
         self.fitness.directory = directory
         # Set before it starts: its first entries already call _on_registry_change.
-        self._registry = Registry(self.link.assets.registry, on_change=self._on_registry_change)
+        self._registry = Registry(
+            self.link.assets.registry, on_change=self._on_registry_change, trust=self.trust
+        )
         await self._registry.start()
         prefetcher = AliasPrefetcher(self.link.nc, self.pool.prefetch)
         await prefetcher.start()

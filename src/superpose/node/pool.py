@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 
 from superpose import protocol
 from superpose.code import store
+from superpose.node.code_trust import CodeTrust
 from superpose.node.config import NodeConfig
 from superpose.node.environments import Environments
 from superpose.node.executor_process import Call, ExecutorProcess, LoadFailed
@@ -79,6 +80,8 @@ class ExecutorPool:
         self._spare: asyncio.Task[ExecutorProcess] | None = None
         self._log: IO[bytes] | None = None
         self.nc: NATS | None = None
+        self.code_trust: CodeTrust | None = None
+        """Set once connected: no bundle is fetched or loaded unless a trusted key signed it."""
         """Set once the node is connected: bundles are fetched through it."""
         self.cold_loads = 0
         """Bundles loaded into a new executor since the node started."""
@@ -165,7 +168,9 @@ class ExecutorPool:
 
     async def _load(self, inv: protocol.Invocation, key: str) -> BundleHost:
         assert self.nc is not None, "bundles are fetched once the node is connected"
+        assert self.code_trust is not None, "the trusted keys are known once connected"
         within_s = min(FETCH_WITHIN_S, inv.deadline - time.time())
+        await self.code_trust.check(self.nc, inv, within_s)  # before anything is fetched
         async with self._fetch_locks.setdefault(inv.digest, asyncio.Lock()):
             path = await store.materialize(
                 self.nc, inv.digest, self.config.state_dir / "bundles", within_s=within_s

@@ -79,7 +79,12 @@ def listing(registry: Registry, app: str) -> dict[str, Any]:
         _row(registry, version, ordered[i - 1] if i else None, aliases)
         for i, version in enumerate(ordered)
     ]
-    return {"app": app, "aliases": aliases, "versions": rows[::-1]}
+    return {
+        "app": app,
+        "aliases": aliases,
+        "versions": rows[::-1],
+        "untrusted": registry.untrusted(app),
+    }
 
 
 def packages_of(registry: Registry, version: Version) -> dict[str, str]:
@@ -111,6 +116,8 @@ def _row(
         "changes": changes.__dict__ if changes else None,
         "packages": packages,
         "aliases": [name for name, digest in aliases.items() if digest == version.id],
+        "signer": registry.version_verdict(version).signed_by,
+        "trusted": registry.version_verdict(version).ok,
     }
 
 
@@ -141,7 +148,10 @@ async def rollback(registry: Registry, app: str) -> Move:
     earlier = (
         entry.digest
         for entry in reversed(history[:-1])
-        if entry.digest is not None and entry.digest != current.digest and entry.digest in versions
+        if entry.digest is not None
+        and entry.trusted  # a value no trusted key signed is never gone back to
+        and entry.digest != current.digest
+        and entry.digest in versions
     )
     target = next(earlier, None)
     if target is None:
