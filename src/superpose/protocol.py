@@ -1251,6 +1251,10 @@ class Canary(Record):
     sig: str = ""
     """``signer``'s signature over ``statement(app)``; "" when unsigned (not followed)."""
 
+    def rule(self) -> dict[str, Any]:
+        """The rule alone, as ``status`` and ``canary --json`` show it (no signature)."""
+        return {"version": self.version, "percent": self.percent, "key": self.key}
+
     def statement(self, app: str) -> bytes:
         """Bound to its app: a signed canary copied to another app does not verify."""
         return signed_statement(

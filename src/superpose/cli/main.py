@@ -12,13 +12,13 @@ import os
 import sys
 
 from superpose import config
-from superpose.cli import apps, calls, common, envs, lattice, routing, schedules, secrets
+from superpose.cli import apps, calls, common, envs, keys, lattice, routing, schedules, secrets
 from superpose.errors import RemoteError, SuperposeError
 
 HELP_ORDER = (
     *("up", "down", "worker", "gateway", "deploy", "call", "result", "failed", "replay"),
     *("cancel", "ls", "versions", "alias", "promote", "rollback", "schedules", "status"),
-    *("logs", "secret"),
+    *("logs", "secret", "key"),
 )
 """Commands in the order ``superpose --help`` lists them: the order users already know,
 from starting a lattice to reading logs, which is not the order of the modules.
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     schedules.add_commands(add)
     envs.add_commands(add)
     secrets.add_commands(add)
+    keys.add_commands(add)
     _in_help_order(sub)
     return parser
 

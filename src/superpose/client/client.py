@@ -80,7 +80,8 @@ class Client:
         seq = itertools.count(1)
         self.key_file: Path | None = None
         """The deployer key writes and script bundles are signed with (``open(key=)``);
-        None: the home folder's, ``<home>/keys/deployer.seed``, made on first use."""
+        None: the home folder's (``<home>/keys/deployer.seed``) if it has one, else the
+        user's (``~/.superpose/keys/deployer.seed``, made on first use)."""
         self._signer: signing.Signer | None = None
         self._names = Names(assets.registry, loop, assets.trust, self.signer, url)
         self._scripts = ScriptBundles(nc, loop, self._script_env, self.trusted_signer)
@@ -155,7 +156,8 @@ class Client:
             if self.key_file is not None:
                 self._signer = signing.load(self.key_file)
             else:
-                self._signer = signing.load_or_create(signing.key_file(config.settings().home))
+                path = signing.default_key_file(config.settings().home)
+                self._signer = signing.load_or_create(path)
         return self._signer
 
     async def trusted_signer(self) -> signing.Signer:

@@ -13,9 +13,9 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from superpose import protocol
+from superpose.code import signing_manifest
 from superpose.code.bundle import Bundle, digest_of_listing, parse_manifest, sha256_hex
 from superpose.errors import NotFoundError, SuperposeError
-from superpose.code import signing_manifest
 from superpose.lattice import objects
 from superpose.lattice.signing import Signer
 from superpose.support.retry import THROUGH_ELECTION, retry
@@ -63,7 +63,9 @@ async def upload(nc: NATS, bundle: Bundle, *, signer: Signer | None = None) -> t
         )
     manifest = bundle.manifest()
     if signer is not None:
-        manifest = signing_manifest.signed(protocol.BundleManifest.from_json(manifest), digest, signer)
+        manifest = signing_manifest.signed(
+            protocol.BundleManifest.from_json(manifest), digest, signer
+        )
     await objects.put(nc, bucket, manifest_name, manifest)
     return digest, len(missing)
 

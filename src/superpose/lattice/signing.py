@@ -92,6 +92,19 @@ def key_file(home: Path) -> Path:
     return home / KEYS_FOLDER / SEED_FILE
 
 
+def user_key_file() -> Path:
+    """The user's own deployer key, ``~/.superpose/keys/deployer.seed``: what a script run
+    from a folder with no home key of its own signs with (the home key of ``~``)."""
+    return key_file(Path.home() / ".superpose")
+
+
+def default_key_file(home: Path) -> Path:
+    """The key a client signs with unless told: its home folder's if there is one (``up``
+    makes it), else the user's."""
+    own = key_file(home)
+    return own if own.exists() else user_key_file()
+
+
 def create(path: Path) -> Signer:
     """A new key written to ``path`` (0600, its folder 0700); refuses to overwrite one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -108,16 +108,22 @@ class NatsServers(Protocol):
 
 
 async def trust_home_key(url: str) -> None:
-    """The home folder's deployer key (made on first start, 0600) is trusted by the lattice
-    this machine starts, so deploys and scripts from this home sign with no step."""
-    signer = signing.load_or_create(signing.key_file(config.settings().home))
-    record = protocol.TrustedKey(name=f"{getpass.getuser()}@{socket.gethostname()}")
-    record.added = time.time()
+    """The lattice this machine starts trusts its home folder's deployer key and the
+    user's (each made on first start, 0600), so deploys and scripts of whoever started
+    it sign with no step."""
+    home_key = signing.key_file(config.settings().home)
+    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    keys = {
+        signing.load_or_create(home_key).public_key: f"{who} (home {home_key.parent.parent})",
+        signing.load_or_create(signing.user_key_file()).public_key: who,
+    }
     nc = await connect(url, name="superpose-up")
     try:
         assets = await ensure_assets(nc)
-        with contextlib.suppress(KeyWrongLastSequenceError):  # trusted already: keep its name
-            await assets.trust.create(signer.public_key, record.as_json())
+        for public_key, name in keys.items():
+            record = protocol.TrustedKey(name=name, added=time.time())
+            with contextlib.suppress(KeyWrongLastSequenceError):  # trusted already
+                await assets.trust.create(public_key, record.as_json())
     finally:
         await nc.close()
 

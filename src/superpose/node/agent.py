@@ -31,6 +31,7 @@ from superpose.lattice.connection import Assets, connect, ensure_assets
 from superpose.node.admission import Admission, Request
 from superpose.node.affinity import Affinity
 from superpose.node.calls import CallTracker
+from superpose.node.code_trust import CodeTrust
 from superpose.node.config import NodeConfig
 from superpose.node.durable import DurableWorker
 from superpose.node.env_cache import EnvCache
@@ -46,10 +47,9 @@ from superpose.node.pool import ExecutorPool
 from superpose.node.prefetch import AliasPrefetcher
 from superpose.node.progress import HeldCalls
 from superpose.node.scheduler import Scheduler
-from superpose.node.code_trust import CodeTrust
 from superpose.registry.mirror import Registry
-from superpose.registry.trust import TrustedKeys
 from superpose.registry.placement import NodeDirectory, satisfies
+from superpose.registry.trust import TrustedKeys
 
 log = logging.getLogger("superpose.node")
 SHUTDOWN_STEP_S = 2.0

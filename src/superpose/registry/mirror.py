@@ -207,6 +207,19 @@ class Registry:
         if self._watch_task is None:
             self._watch_task = asyncio.create_task(self._follow())
         await self._synced.wait()
+        await self._recover_aliases()
+
+    async def _recover_aliases(self) -> None:
+        """A reader that starts after an untrusted move has no earlier value to keep: it
+        looks in the alias's history (the bucket keeps 16) for the newest trusted one."""
+        for app, records in list(self.alias_records.items()):
+            for alias in list(records):
+                if alias in self.aliases.get(app, {}):
+                    continue
+                history = await self.alias_history(app, alias)
+                trusted = [e.digest for e in history if e.trusted and e.digest]
+                if trusted and alias not in self.aliases.get(app, {}):
+                    self.aliases.setdefault(app, {})[alias] = trusted[-1]
 
     async def stop(self) -> None:
         task, self._watch_task = self._watch_task, None
@@ -269,7 +282,7 @@ class Registry:
         followed = self.aliases.setdefault(app, {})
         if verdict.ok:
             followed[alias] = record.version
-        elif followed.get(alias) != record.version:
+        elif followed.get(alias) != record.version and self._synced.is_set():
             log.warning(
                 "alias %s of %s was moved to %s, %s: not followed (still %s)",
                 alias,
@@ -632,7 +645,7 @@ class Registry:
                 {
                     "app": app,
                     "aliases": dict(sorted(self.aliases.get(app, {}).items())),
-                    "canary": (canary := self.canaries.get(app)) and msgspec.structs.asdict(canary),
+                    "canary": (canary := self.canaries.get(app)) and canary.rule(),
                     "lock": self.locks.get(app, {}),
                     "pins": dict(sorted(self.pins.get(app, {}).items())),
                     "untrusted": self.untrusted(app),
