@@ -223,6 +223,37 @@ def test_an_app_whose_alias_no_trusted_key_ever_signed_is_refused(
     assert "it is not followed" in message and f"superpose promote {app} VERSION" in message
 
 
+def test_an_unsigned_canary_is_not_followed_and_rollback_skips_untrusted_values(
+    lattice: Lattice, client: sp.Client, tmp_path: Path
+) -> None:
+    app = unique("canaried")
+    folder = tmp_path / app
+    v1 = deploy(lattice, write_app(folder, {"mod.py": REAL.format(value="v1")}))
+    v2 = deploy(lattice, write_app(folder, {"mod.py": REAL.format(value="v2")}))
+    evil_folder = write_app(tmp_path / "evil", {"mod.py": REAL.format(value=f"evil {app}")})
+    evil = asyncio.run(_attack(lattice.url, app, evil_folder, None))  # latest → evil, unsigned
+
+    async def plant_canary() -> None:
+        nc = await connect(lattice.url, name="attacker")
+        try:
+            kv = await nc.jetstream().key_value(protocol.REGISTRY_BUCKET)
+            canary = protocol.Canary(version=evil, percent=100.0)
+            await kv.put(protocol.canary_key(app), canary.as_json())
+        finally:
+            await nc.close()
+
+    asyncio.run(plant_canary())
+    answer = json.loads(superpose_cli("call", f"{app}.answer", url=lattice.url, check=True).stdout)
+    assert answer == "v2"
+    records = {r["record"] for r in _untrusted(lattice, app)}
+    assert {"alias latest", "canary", "version"} <= records
+    # History v1, v2, evil: callers follow v2, so rollback goes from v2 to v1, never to evil.
+    moved = superpose_cli("rollback", app, url=lattice.url, check=True).stdout
+    assert f"{v2[:12]} → {v1[:12]}" in moved
+    answer = json.loads(superpose_cli("call", f"{app}.answer", url=lattice.url, check=True).stdout)
+    assert answer == "v1"
+
+
 def _bare_call(client: sp.Client, app: str, digest: str) -> protocol.Result:
     inv = protocol.Invocation(
         id=f"{uuid.uuid4().hex[:16]}1",
