@@ -254,7 +254,7 @@ def test_an_unsigned_canary_is_not_followed_and_rollback_skips_untrusted_values(
     assert answer == "v1"
 
 
-def _bare_call(client: sp.Client, app: str, digest: str) -> protocol.Result:
+def _bare_call(client: sp.Client, app: str, digest: str, env: str = "") -> protocol.Result:
     inv = protocol.Invocation(
         id=f"{uuid.uuid4().hex[:16]}1",
         app=app,
@@ -266,6 +266,7 @@ def _bare_call(client: sp.Client, app: str, digest: str) -> protocol.Result:
             protocol.CODEC_PICKLE, payload.encode_args((), {}, protocol.CODEC_PICKLE)
         ),
         deadline=time.time() + 60,
+        env=env,
     )
 
     async def request() -> protocol.Result:
@@ -302,6 +303,39 @@ def test_a_node_refuses_code_no_trusted_key_signed(
     assert "the node did not load it" in result.error.message
     fetched = list(lattice.state_dir.glob(f"nodes/*/bundles/{digest}"))
     assert fetched == []  # refused before a single file was fetched
+
+
+def test_a_node_refuses_an_environment_record_that_does_not_hash_to_its_digest(
+    lattice: Lattice, client: sp.Client, tmp_path: Path
+) -> None:
+    """Environment records are create-only: whoever writes a digest first would choose
+    what every node installs for it, unless the node checks the content."""
+    app = unique("envplant")
+    deploy(lattice, write_app(tmp_path / app, {"mod.py": REAL.format(value="real")}))
+    digest = client.resolve(app, "answer").digest
+    fake = uuid.uuid4().hex * 2
+    record = protocol.Environment(
+        digest=fake,
+        python="3.11",
+        platform="x86_64-manylinux_2_36",
+        requirements="evil==1.0",
+        packages={"evil": "1.0"},
+        declared=["evil"],
+        created=time.time(),
+    )
+
+    async def plant() -> None:
+        nc = await connect(lattice.url, name="attacker")
+        try:
+            kv = await nc.jetstream().key_value(protocol.REGISTRY_BUCKET)
+            await kv.put(protocol.env_key(fake), record.as_json())
+        finally:
+            await nc.close()
+
+    asyncio.run(plant())
+    result = _bare_call(client, app, digest, env=fake)
+    assert result.error is not None and result.error.type == "EnvironmentTampered"
+    assert f"environment {fake[:12]} does not hash to that digest" in result.error.message
 
 
 # --- keys on the command line ------------------------------------------------------------

@@ -107,16 +107,15 @@ class NatsServers(Protocol):
     def pids(self) -> dict[str, int]: ...
 
 
-async def trust_home_key(url: str) -> None:
-    """The lattice this machine starts trusts its home folder's deployer key and the
-    user's (each made on first start, 0600), so deploys and scripts of whoever started
-    it sign with no step."""
-    home_key = signing.key_file(config.settings().home)
+async def trust_home_key(url: str, *, home: bool = True) -> None:
+    """The lattice this machine starts trusts the user's deployer key and (``home``) its
+    home folder's (each made on first start, 0600), so deploys and scripts of whoever
+    started it sign with no step. A private embedded lattice makes no home key."""
     who = f"{getpass.getuser()}@{socket.gethostname()}"
-    keys = {
-        signing.load_or_create(home_key).public_key: f"{who} (home {home_key.parent.parent})",
-        signing.load_or_create(signing.user_key_file()).public_key: who,
-    }
+    keys = {signing.load_or_create(signing.user_key_file()).public_key: who}
+    home_key = signing.key_file(config.settings().home)
+    if home or home_key.exists():  # a script run where `up` ran before signs with it
+        keys[signing.load_or_create(home_key).public_key] = f"{who} (home {home_key.parents[1]})"
     nc = await connect(url, name="superpose-up")
     try:
         assets = await ensure_assets(nc)
@@ -177,7 +176,7 @@ class LocalLattice:
                 self.gateway_url = f"http://127.0.0.1:{port}"
                 self.children.append(self._gateway_child(port))
             await asyncio.gather(*(child.start() for child in self.children))
-            await trust_home_key(self.url)
+            await trust_home_key(self.url, home=not self._temp)
             await self._wait_ready(node_ids)
         except BaseException:
             await self.stop()
