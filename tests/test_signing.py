@@ -20,6 +20,7 @@ from superpose.code import store
 from superpose.errors import UntrustedError, UserError
 from superpose.lattice import payload, signing
 from superpose.lattice.connection import connect
+from superpose.local.embedded import free_port
 from test_cli import deploy, unique, write_app
 from test_versions import refused
 
@@ -383,3 +384,22 @@ def test_key_commands_refuse_bad_input_naming_it(lattice: Lattice, tmp_path: Pat
     )
     proc = superpose_cli("key", "create", str(key))
     assert proc.returncode == 1 and "a key is never overwritten" in proc.stderr
+
+
+def test_up_makes_the_home_key_private_and_trusts_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    up = superpose_cli(
+        "up", "--detach", "--workers", "0", "--gateway-port", str(free_port()), home=home
+    )
+    try:
+        assert up.returncode == 0, up.stderr
+        key = home / "keys" / "deployer.seed"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+        public = signing.load(key).public_key
+        listed = superpose_cli("key", "ls", home=home, check=True).stdout
+        assert public in listed and str(home) in listed  # named after the home it is from
+        assert signing.load(signing.user_key_file()).public_key in listed
+    finally:
+        superpose_cli("down", home=home)
