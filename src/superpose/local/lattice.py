@@ -9,8 +9,6 @@ temporary folder. A child that dies is started again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import getpass
 import os
 import shutil
 import signal
@@ -24,12 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from nats.js.errors import KeyWrongLastSequenceError
-
-from superpose import config, protocol
+from superpose import protocol
 from superpose.errors import LatticeError, UserError, how_it_ended
-from superpose.lattice import signing
-from superpose.lattice.connection import connect, ensure_assets
 from superpose.local.cluster import EmbeddedCluster
 from superpose.local.embedded import EmbeddedServer, free_port
 from superpose.support.retry import Backoff
@@ -107,26 +101,6 @@ class NatsServers(Protocol):
     def pids(self) -> dict[str, int]: ...
 
 
-async def trust_home_key(url: str, *, home: bool = True) -> None:
-    """The lattice this machine starts trusts the user's deployer key and (``home``) its
-    home folder's (each made on first start, 0600), so deploys and scripts of whoever
-    started it sign with no step. A private embedded lattice makes no home key."""
-    who = f"{getpass.getuser()}@{socket.gethostname()}"
-    keys = {signing.load_or_create(signing.user_key_file()).public_key: who}
-    home_key = signing.key_file(config.settings().home)
-    if home or home_key.exists():  # a script run where `up` ran before signs with it
-        keys[signing.load_or_create(home_key).public_key] = f"{who} (home {home_key.parents[1]})"
-    nc = await connect(url, name="superpose-up")
-    try:
-        assets = await ensure_assets(nc)
-        for public_key, name in keys.items():
-            record = protocol.TrustedKey(name=name, added=time.time())
-            with contextlib.suppress(KeyWrongLastSequenceError):  # trusted already
-                await assets.trust.create(public_key, record.as_json())
-    finally:
-        await nc.close()
-
-
 @dataclass(kw_only=True)
 class LocalLattice:
     """Everything ``up`` starts. ``state_dir=None`` means a private temporary folder."""
@@ -176,6 +150,8 @@ class LocalLattice:
                 self.gateway_url = f"http://127.0.0.1:{port}"
                 self.children.append(self._gateway_child(port))
             await asyncio.gather(*(child.start() for child in self.children))
+            from superpose.local.keys import trust_home_key  # nats-py: not for every CLI start
+
             await trust_home_key(self.url, home=not self._temp)
             await self._wait_ready(node_ids)
         except BaseException:
