@@ -191,6 +191,13 @@ def test_an_alias_moved_without_a_trusted_key_is_not_followed(
     poll(lambda: _sees_move(client, app, evil), "the client's mirror to see the move")
 
     assert answer.remote() == "real"  # still the last validly signed target
+
+    def refused_prefetch() -> bool:
+        logs = lattice.state_dir.glob("logs/node-*.log")
+        return any(f"bundle {evil[:12]} not prefetched" in p.read_text() for p in logs)
+
+    poll(refused_prefetch, "a node to refuse to prefetch the untrusted alias target")
+    assert list(lattice.state_dir.glob(f"nodes/*/bundles/{evil}")) == []
     assert [answer.remote() for _ in range(5)] == ["real"] * 5
     signer = attacker.public_key if attacker else "unsigned"
     reports = {r["record"]: r for r in _untrusted(lattice, app)}

@@ -18,10 +18,11 @@ from superpose import protocol
 from superpose.code import signing_manifest, store
 from superpose.errors import NotFoundError
 from superpose.node.executor_process import LoadFailed
-from superpose.registry.trust import TrustedKeys
+from superpose.registry.trust import TrustedKeys, Verdict
 from superpose.support.retry import retry
 
 log = logging.getLogger("superpose.node")
+TRUSTED = Verdict(True, "", "trusted")
 
 
 class CodeTrust:
@@ -33,21 +34,12 @@ class CodeTrust:
     async def check(self, nc: NATS, inv: protocol.Invocation, within_s: float) -> None:
         """Return if a trusted key signed ``inv.digest``; else LoadFailed (kind
         ``prepare``, type ``UntrustedCode``) naming the code and who signed it."""
-        await self.trust.start()  # synced once; calls may arrive before the agent's watches
-        if self._verified.get(inv.digest) == self.trust.generation:
-            return
         try:
-            manifest = await retry(
-                lambda: signing_manifest.fetch(nc, inv.digest),
-                backoff=store.FETCH_RETRY,
-                within_s=within_s,
-                retry_on=store.UNAVAILABLE,
-            )
+            verdict = await self.verdict(nc, inv.digest, within_s)
         except NotFoundError as exc:
             raise LoadFailed(
                 protocol.ErrorInfo(protocol.ERR_NOT_FOUND, "NotFound", exc.message)
             ) from None
-        verdict = self.trust.bundle_verdict(inv.digest, manifest)
         if not verdict.ok:
             log.warning("✗ refused bundle %s (%s): %s", inv.digest[:12], inv.app, verdict.reason)
             raise LoadFailed(
@@ -59,4 +51,20 @@ class CodeTrust:
                     "load it (`superpose key ls` lists the trusted keys)",
                 )
             )
-        self._verified[inv.digest] = self.trust.generation
+
+    async def verdict(self, nc: NATS, digest: str, within_s: float) -> Verdict:
+        """Whether a trusted key signed ``digest``: the manifest read (through a failover,
+        for up to ``within_s``) unless the verdict is known for these keys already."""
+        await self.trust.start()  # synced once; calls may arrive before the agent's watches
+        if self._verified.get(digest) == self.trust.generation:
+            return TRUSTED
+        manifest = await retry(
+            lambda: signing_manifest.fetch(nc, digest),
+            backoff=store.FETCH_RETRY,
+            within_s=within_s,
+            retry_on=store.UNAVAILABLE,
+        )
+        verdict = self.trust.bundle_verdict(digest, manifest)
+        if verdict.ok:
+            self._verified[digest] = self.trust.generation
+        return verdict

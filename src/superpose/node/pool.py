@@ -200,7 +200,11 @@ class ExecutorPool:
         never serve. The lock is ``_load``'s, so a call arriving mid-fetch waits
         for this fetch instead of starting a second one.
         """
-        if digest in self.hosts or self.nc is None:
+        if digest in self.hosts or self.nc is None or self.code_trust is None:
+            return
+        verdict = await self.code_trust.verdict(self.nc, digest, FETCH_WITHIN_S)
+        if not verdict.ok:  # never fetched, let alone loaded
+            log.warning("⇣ bundle %s not prefetched: %s", digest[:12], verdict.reason)
             return
         async with self._fetch_locks.setdefault(digest, asyncio.Lock()):
             if digest not in self.hosts:
