@@ -216,7 +216,11 @@ class Registry:
             for alias in list(records):
                 if alias in self.aliases.get(app, {}):
                     continue
-                history = await self.alias_history(app, alias)
+                try:
+                    history = await self.alias_history(app, alias)
+                except LatticeError as exc:  # then a call of it is refused, naming why
+                    log.warning("could not read the history of alias %s of %s: %s", alias, app, exc)
+                    continue
                 trusted = [e.digest for e in history if e.trusted and e.digest]
                 if trusted and alias not in self.aliases.get(app, {}):
                     self.aliases.setdefault(app, {})[alias] = trusted[-1]
