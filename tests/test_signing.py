@@ -410,3 +410,26 @@ def test_up_makes_the_home_key_private_and_trusts_it(tmp_path: Path) -> None:
         assert signing.load(signing.user_key_file()).public_key in listed
     finally:
         superpose_cli("down", home=home)
+
+
+def test_a_bundle_verdict_names_why_and_any_valid_trusted_signature_wins() -> None:
+    from superpose.registry.trust import TrustedKeys
+
+    alice, mallory = signing.Signer(signing.new_seed()), signing.Signer(signing.new_seed())
+    keys = TrustedKeys(None)  # type: ignore[arg-type]  # verdicts read the mirror only
+    keys.keys[alice.public_key] = protocol.TrustedKey(name="alice")
+    digest = "ab" * 32
+
+    def manifest(**signatures: str) -> protocol.BundleManifest:
+        return protocol.BundleManifest(files={}, signatures=signatures)
+
+    good = alice.sign(protocol.bundle_statement(digest, alice.public_key))
+    evil = mallory.sign(protocol.bundle_statement(digest, mallory.public_key))
+    assert keys.bundle_verdict(digest, manifest()).reason == "unsigned"
+    forged = keys.bundle_verdict(digest, manifest(**{alice.public_key: evil}))
+    assert forged.reason == f"bad signature by {alice.public_key}"
+    untrusted = keys.bundle_verdict(digest, manifest(**{mallory.public_key: evil}))
+    assert untrusted.reason == f"signed by an untrusted key {mallory.public_key}"
+    both = manifest(**{mallory.public_key: evil, alice.public_key: good})
+    assert keys.bundle_verdict(digest, both).ok
+    assert not keys.bundle_verdict("cd" * 32, both).ok  # bound to its digest

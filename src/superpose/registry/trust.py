@@ -99,10 +99,9 @@ class TrustedKeys:
     def bundle_verdict(self, digest: str, manifest: protocol.BundleManifest) -> Verdict:
         """Trusted if any trusted key signed the bundle's digest; else why not."""
         signers = sorted(manifest.signatures.items(), key=lambda kv: kv[0] not in self.keys)
-        if not signers:
-            return Verdict(False, "", UNSIGNED)
-        signer, sig = signers[0]
-        return self.verdict(signer, protocol.bundle_statement(digest, signer), sig)
+        verdicts = [self.verdict(k, protocol.bundle_statement(digest, k), s) for k, s in signers]
+        trusted = [v for v in verdicts if v.ok]
+        return (trusted or verdicts or [Verdict(False, "", UNSIGNED)])[0]
 
     # --- writes ------------------------------------------------------------------
 
