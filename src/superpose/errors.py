@@ -67,6 +67,11 @@ class NoNodesError(UserError):
     """No node is serving the lattice."""
 
 
+class UntrustedError(UserError):
+    """A version, alias, canary or bundle no trusted deployer key signed: not routed to,
+    not run. The message names it and who signed it (or that nobody did)."""
+
+
 class LatticeError(SuperposeError):
     """The lattice (nats-server) cannot be started or reached."""
 

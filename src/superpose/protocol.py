@@ -47,6 +47,9 @@ ISSUED_BUCKET = "sp_issued"
 """Which durable invocation ids exist (``issued_mark``), so a cancel can tell an id
 that was never issued from one still queued."""
 SECRETS_BUCKET = "sp_secrets"
+TRUST_BUCKET = "sp_trust"
+"""The lattice's trusted deployer keys: public key (``U…``) → ``TrustedKey``. Versions,
+aliases, canaries and bundles signed by one of them are routed to and run; others not."""
 """``superpose secret set``: name → value (UTF-8), history 1. Read only by executors whose
 function names the secret; stored encrypted at rest by the embedded server."""
 TOKENS_BUCKET = "sp_tokens"
@@ -1080,7 +1083,8 @@ def decode_from_executor(data: Buffer) -> FromExecutor:
 #
 # The values of the registry bucket are JSON, readable with ``nats kv get``: an app's
 # entry, each version deployed, an app's canary, its runtime locks, and the needs
-# classes durable work was placed by. Aliases and pins are a bare digest or node id.
+# classes durable work was placed by. An alias is an ``AliasRecord`` (before signing:
+# a bare version id, still read); a pin is a bare node id.
 
 
 class Record(msgspec.Struct):
@@ -1211,11 +1215,33 @@ class Version(Record):
     env: str = ""
     """The environment digest its functions run with ("" = the node's own packages):
     a version is its code digest plus this."""
+    signer: str = ""
+    """The deployer public key (``U…``) that signed it; "" for a version deployed before
+    signing (unsigned, so not routed to)."""
+    sig: str = ""
+    """``signer``'s Ed25519 signature over ``statement()``."""
 
     @property
     def id(self) -> str:
         """What aliases, canaries, locks and ``ver.<app>.<id>`` name it by (``version_id``)."""
         return version_id(self.digest, self.env)
+
+    def statement(self) -> bytes:
+        """What its signature covers: every field but ``sig`` (files and functions by the
+        digest of their sorted JSON), so no part of the record can be changed unseen."""
+        return signed_statement(
+            "version",
+            self.app,
+            self.id,
+            self.digest,
+            self.env,
+            self.created,
+            self.size,
+            _json_digest(self.files),
+            _json_digest(self.functions),
+            self.kind,
+            self.signer,
+        )
 
 
 class Canary(Record):
@@ -1226,6 +1252,49 @@ class Canary(Record):
     percent: float
     key: str | None = None
     """Where a request's session comes from: ``header:NAME`` or ``arg:NAME``."""
+    time: float = 0.0
+    """When it was set (signed with it)."""
+    signer: str = ""
+    sig: str = ""
+    """``signer``'s signature over ``statement(app)``; "" when unsigned (not followed)."""
+
+    def rule(self) -> dict[str, Any]:
+        """The rule alone, as ``status`` and ``canary --json`` show it (no signature)."""
+        return {"version": self.version, "percent": self.percent, "key": self.key}
+
+    def statement(self, app: str) -> bytes:
+        """Bound to its app: a signed canary copied to another app does not verify."""
+        return signed_statement(
+            "canary", app, self.version, self.percent, self.key, self.time, self.signer
+        )
+
+
+class AliasRecord(Record):
+    """``alias.<app>.<alias>``: the version id it names, signed by the deployer who moved
+    it. Written before signing as the bare version id, which still decodes (unsigned)."""
+
+    version: str
+    time: float = 0.0
+    signer: str = ""
+    sig: str = ""
+
+    def statement(self, app: str, alias: str) -> bytes:
+        """Bound to its key: a signed move of ``stable`` copied to ``latest`` does not verify."""
+        return signed_statement("alias", app, alias, self.version, self.time, self.signer)
+
+    def encode(self) -> bytes:
+        return self.as_json()
+
+    @classmethod
+    def decode(cls, data: Buffer) -> AliasRecord:
+        """A signed record (JSON), or the bare version id older writers stored (unsigned)."""
+        text = bytes(data)
+        if text.startswith(b"{"):
+            return cls.from_json(text)
+        try:
+            return cls(version=text.decode())
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"malformed alias: {exc}") from None
 
 
 class ScheduleRun(Record):
@@ -1265,6 +1334,32 @@ class BundleManifest(Record):
     (The digest is computed from the listing, not from these bytes.)"""
 
     files: dict[str, str]
+    signatures: dict[str, str] = {}
+    """Deployer public key → its signature over ``bundle_statement(digest)``: nodes load
+    the code only when a trusted key signed it. Not part of the digest."""
+
+
+def bundle_statement(digest: str, signer: str) -> bytes:
+    """What a deployer signs to let a bundle's code run on the lattice."""
+    return signed_statement("bundle", digest, signer)
+
+
+class TrustedKey(Record):
+    """A value of ``TRUST_BUCKET`` (the key is the public key): a deployer the lattice
+    trusts, with a name for people."""
+
+    name: str = ""
+    added: float = 0.0
+
+
+def signed_statement(kind: str, *fields: str | float | int | None) -> bytes:
+    """The bytes a signature covers: a tagged JSON array, so no field can run into the
+    next and a signature for one kind of record never verifies as another."""
+    return _JSON_ENCODER.encode([f"sp.signed.{kind}.v1", *fields])
+
+
+def _json_digest(value: Any) -> str:
+    return hashlib.sha256(_JSON_ENCODER.encode(value)).hexdigest()
 
 
 _JSON_ENCODER = msgspec.json.Encoder(order="sorted")

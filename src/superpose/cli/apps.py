@@ -41,7 +41,7 @@ def cmd_deploy(ns: argparse.Namespace) -> int:
         print(done.version)
         return 0
 
-    return asyncio.run(common.with_client(ns.lattice, body))
+    return asyncio.run(common.with_client(ns.lattice, body, key=ns.key))
 
 
 def _say(step: str) -> None:
@@ -98,9 +98,16 @@ def cmd_versions(ns: argparse.Namespace) -> int:
             )
             if row["packages"]:
                 print(f"      packages: {', '.join(row['packages'])}")
+            if not row["trusted"]:
+                print(f"      not routed to: {_signed(row['signer'])}")
+        common.print_untrusted(app, [r for r in found["untrusted"] if r["record"] != "version"])
         return 0
 
     return asyncio.run(common.with_client(ns.lattice, body))
+
+
+def _signed(signer: str) -> str:
+    return "unsigned" if signer == "unsigned" else f"signed by untrusted key {signer}"
 
 
 def cmd_alias(ns: argparse.Namespace) -> int:
@@ -168,6 +175,11 @@ def add_commands(add: common.AddCommand) -> None:
         "--asgi",
         metavar="MODULE:ATTR",
         help="also serve this ASGI app (FastAPI, Starlette) at /APP/ on the gateway, e.g. main:app",
+    )
+    p.add_argument(
+        "--key",
+        metavar="FILE",
+        help="deployer key to sign with (default: $SUPERPOSE_HOME/keys/deployer.seed)",
     )
 
     p = add("ls", cmd_ls, "list apps, functions and versions")

@@ -8,7 +8,8 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from superpose import config, protocol
 from superpose.errors import BadRequestError, UserError
@@ -58,10 +59,13 @@ def use_creds(path: str | None) -> None:
     os.environ[config.ENV_CREDS] = os.path.abspath(path)
 
 
-async def with_client(url: str | None, body: Callable[[Client], Awaitable[int]]) -> int:
+async def with_client(
+    url: str | None, body: Callable[[Client], Awaitable[int]], key: str | None = None
+) -> int:
+    """``body`` with a client; ``key``: the deployer key file its writes sign with."""
     from superpose.client.client import Client
 
-    client = await Client.open(lattice_url(url))
+    client = await Client.open(lattice_url(url), key=Path(key) if key else None)
     try:
         return await body(client)
     finally:
@@ -132,3 +136,15 @@ def parse_json_args(args_text: str | None, kwargs_text: str | None) -> bytes:
     if not isinstance(kwargs, dict):
         raise BadRequestError("keyword arguments must be a JSON object, e.g. '{\"x\": 1}'")
     return json.dumps({"args": args, "kwargs": kwargs}).encode()
+
+
+def print_untrusted(app: str, records: list[dict[str, Any]]) -> None:
+    """Records of ``app`` no trusted key signed: each is named with who signed it."""
+    for record in records:
+        kept = short(record["following"]) if record["following"] else "nothing"
+        print(
+            f"  UNTRUSTED {app} {record['record']} → {short(record['names'])}: "
+            f"{record['reason']}; not followed (still {kept})"
+            if record["record"] != "version"
+            else f"  UNTRUSTED {app} version {short(record['names'])}: {record['reason']}"
+        )

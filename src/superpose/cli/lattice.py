@@ -339,6 +339,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
             print(f"  {app['app']}  versions={len(app['versions'])} {aliases}".rstrip())
             for line in routing.rule_lines(app["routing"]):
                 print(f"    {line}")
+            common.print_untrusted(app["app"], app["untrusted"])
         return 0
 
     return asyncio.run(common.with_client(ns.lattice, body))

@@ -37,11 +37,13 @@ from superpose.client.resolving import lattice_platform, resolve_and_record
 from superpose.client.scripts import ScriptBundles
 from superpose.client.secrets import Secrets
 from superpose.errors import SuperposeError
+from superpose.lattice import signing
 from superpose.lattice.connection import Assets, ensure_assets
 from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
 from superpose.registry.mirror import Registry, Target, split_name
 from superpose.registry.placement import NodeDirectory
+from superpose.registry.trust import ensure_trusted
 from superpose.support.eventloop import on_loop
 
 T = TypeVar("T")
@@ -76,8 +78,14 @@ class Client:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         seq = itertools.count(1)
-        self._names = Names(assets.registry, loop)
-        self._scripts = ScriptBundles(nc, loop, self._script_env)
+        self.key_file: Path | None = None
+        """The deployer key writes and script bundles are signed with (``open(key=)``);
+        None: the home folder's (``<home>/keys/deployer.seed``) if it has one, else the
+        user's (``~/.superpose/keys/deployer.seed``, made on first use)."""
+        self._signer: signing.Signer | None = None
+        self._names = Names(assets.registry, loop, assets.trust, self.signer, url)
+        self._scripts = ScriptBundles(nc, loop, self._script_env, self.trusted_signer)
+        self._trusted = False
         self._placement = Placement(nc, assets.nodes, self._names)
         self._express = ExpressRoutes(config.settings().express)
         self._direct = DirectCalls(
@@ -120,14 +128,17 @@ class Client:
         log_sink: LogSink | None = None,
         tls_ca: str | Path | None = None,
         creds: Path | None = None,
+        key: Path | None = None,
     ) -> Client:
         """A client on the running loop; reuses ``nc`` when given (executors, gateway).
         ``tls_ca``: the CA a ``tls://`` lattice is trusted with (``lattice/tls.py``);
-        ``creds``: the credentials file, else the one ``security.lookup`` finds."""
+        ``creds``: the credentials file, else the one ``security.lookup`` finds;
+        ``key``: the deployer key file to sign with instead of the home folder's."""
         own = nc is None
         nc = nc or await connect_nats(url, name="superpose-client", tls_ca=tls_ca, creds=creds)
         assets = await ensure_assets(nc)
         client = cls(nc, assets, asyncio.get_running_loop(), url=url, log_sink=log_sink)
+        client.key_file = key
         if own:
             client._closers.append(nc.close)
         await client._start()
@@ -142,6 +153,24 @@ class Client:
             await self.nc.subscribe(subject, cb=cb, pending_msgs_limit=-1, pending_bytes_limit=-1)
         self._direct.start(self._spawn)
         self._durable.start(self._spawn)
+
+    def signer(self) -> signing.Signer:
+        """The deployer key, read (or, the home folder's, made) when first needed."""
+        if self._signer is None:
+            if self.key_file is not None:
+                self._signer = signing.load(self.key_file)
+            else:
+                path = signing.default_key_file(config.settings().home)
+                self._signer = signing.load_or_create(path)
+        return self._signer
+
+    async def trusted_signer(self) -> signing.Signer:
+        """The deployer key, checked once to be one the lattice trusts (or made its first)."""
+        signer = self.signer()
+        if not self._trusted:
+            await ensure_trusted(self.assets.trust, signer, self.url)
+            self._trusted = True
+        return signer
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(self.loop.create_task(coro))

@@ -72,7 +72,8 @@ async def deploy(
     progress: Progress | None = None,
 ) -> Deployed:
     """Bundle, check, resolve the packages, upload (only missing files), register, and
-    move ``latest``.
+    move ``latest``: the manifest, the version and the move signed with the client's
+    deployer key, which the lattice must trust.
 
     ``asgi`` (``MODULE:ATTR``) also serves that ASGI app over HTTP; it must import.
     ``progress`` is told each step of resolving (which file declared the packages, what
@@ -89,9 +90,10 @@ async def deploy(
             f"no @superpose.function found in {path}: decorate the top-level functions to expose "
             "(or serve an ASGI app with --asgi MODULE:ATTR)"
         )
+    signer = await client.trusted_signer()  # an untrusted key is refused before any upload
     declaration = declaration_of(path, functions)
     env = await _environment(client, declaration, progress) if declaration else None
-    digest, uploaded = await store.upload(client.nc, bundle)
+    digest, uploaded = await store.upload(client.nc, bundle, signer=signer)
     version = Version(
         app=app,
         digest=digest,

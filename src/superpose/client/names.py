@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from nats.js.kv import KeyValue
@@ -19,20 +19,35 @@ from superpose import protocol, runtime
 from superpose.client.options import Options
 from superpose.client.threads import run
 from superpose.errors import SuperposeError
+from superpose.lattice import signing
 from superpose.registry.mirror import Registry, Target, session_from
+from superpose.registry.trust import TrustedKeys
 from superpose.support.eventloop import on_loop
 
 
 class Names:
-    def __init__(self, kv: KeyValue, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        loop: asyncio.AbstractEventLoop,
+        trust: KeyValue,
+        signer: Callable[[], signing.Signer],
+        url: str,
+    ) -> None:
         self._kv = kv
+        self._trust = trust
+        self._signer = signer
+        self._url = url
         self._loop = loop
         self._mirror: Registry | None = None
 
     async def registry(self) -> Registry:
+        """The mirror, with the trusted keys that judge it and the key writes sign with."""
         if self._mirror is None:
-            self._mirror = Registry(self._kv)
-            await self._mirror.start()
+            mirror = Registry(self._kv, trust=TrustedKeys(self._trust))
+            mirror.signer, mirror.lattice = self._signer, self._url
+            await mirror.start()
+            self._mirror = mirror
         return self._mirror
 
     async def stop(self) -> None:

@@ -22,9 +22,10 @@ from nats.aio.client import Client as NATS
 from superpose import protocol
 from superpose.client.threads import run
 from superpose.code import by_value, script, store
+from superpose.code.bundle import Bundle
 from superpose.code.include import DECLARED, included_files
 from superpose.code.requirements import PIP_DECLARED
-from superpose.lattice import payload
+from superpose.lattice import payload, signing
 
 
 @dataclass
@@ -50,8 +51,17 @@ def _loaded() -> tuple[int, int, int]:
 
 
 class ScriptBundles:
-    def __init__(self, nc: NATS, loop: asyncio.AbstractEventLoop, resolve_env: ResolveEnv) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        loop: asyncio.AbstractEventLoop,
+        resolve_env: ResolveEnv,
+        signer: Callable[[], Coroutine[Any, Any, signing.Signer]],
+    ) -> None:
         self._nc = nc
+        self._signer = signer
+        """The deployer key a bundle is signed with, once the lattice trusts it: nodes
+        run no code a trusted key did not sign."""
         self._loop = loop
         self._resolve_env = resolve_env
         self._bundles: dict[str, tuple[str, str, str, tuple[int, int, int]]] = {}
@@ -75,7 +85,7 @@ class ScriptBundles:
             bundle, root = script.bundle_for(module_name)
             digest = bundle.digest
             if found is None or found[0] != digest:
-                run(self._loop, store.upload(self._nc, bundle))
+                run(self._loop, self._upload(bundle))
             in_bundle = script.module_name_in_bundle(sys.modules[module_name], root)
             if in_bundle != module_name:  # so its exceptions are this module's classes
                 payload.LOCAL_NAMES[in_bundle] = module_name
@@ -136,5 +146,8 @@ class ScriptBundles:
         env = self._environment([fn.__module__, *modules])
         bundle = by_value.bundle(by_value.pack(owner, name, fn), root, files)
         if bundle.digest != had:
-            run(self._loop, store.upload(self._nc, bundle))
+            run(self._loop, self._upload(bundle))
         return bundle.digest, env
+
+    async def _upload(self, bundle: Bundle) -> None:
+        await store.upload(self._nc, bundle, signer=await self._signer())

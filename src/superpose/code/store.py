@@ -24,11 +24,12 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from superpose import protocol
-from superpose.code import manifest
+from superpose.code import manifest, signing_manifest
 from superpose.code.bundle import Bundle, digest_of_listing, sha256_hex
 from superpose.code.paths import COMPLETE_MARKER
 from superpose.errors import NotFoundError, SuperposeError
 from superpose.lattice import objects
+from superpose.lattice.signing import Signer
 from superpose.support.readonly import seal
 from superpose.support.retry import THROUGH_ELECTION, retry
 
@@ -75,18 +76,23 @@ async def bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]]) -> N
         raise failed.exceptions[0] from None
 
 
-async def upload(nc: NATS, bundle: Bundle) -> tuple[str, int]:
+async def upload(nc: NATS, bundle: Bundle, *, signer: Signer | None = None) -> tuple[str, int]:
     """Store the bundle; returns its digest and how many files had to be uploaded.
 
     Files are read only if the store lacks them, and the manifest is written last: a
     deploy that fails midway leaves at most some content-addressed files, never a
     bundle that names a missing one.
+
+    With ``signer``, its signature goes into the manifest (added to those already there
+    when the bundle was stored before): nodes run code a trusted key signed.
     """
     digest = bundle.digest
     bucket = protocol.BUNDLES_BUCKET
     manifest_name = protocol.bundle_manifest_name(digest)
     js = nc.jetstream()
     if await objects.exists(js, bucket, manifest_name):
+        if signer is not None:
+            await signing_manifest.add_signature(nc, digest, signer)
         return digest, 0
     holder: dict[str, str] = {}  # file digest → one path holding it
     for path, file_digest in bundle.listing.items():
@@ -107,7 +113,10 @@ async def upload(nc: NATS, bundle: Bundle) -> tuple[str, int]:
         uploaded += 1
 
     await bounded(holder, one)
-    await objects.put(nc, bucket, manifest_name, bundle.manifest())
+    data = bundle.manifest()
+    if signer is not None:
+        data = signing_manifest.signed(protocol.BundleManifest.from_json(data), digest, signer)
+    await objects.put(nc, bucket, manifest_name, data)
     return digest, uploaded
 
 

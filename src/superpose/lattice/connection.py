@@ -183,6 +183,7 @@ class Assets:
         envs: ObjectStore,
         secrets: KeyValue,
         tokens: KeyValue,
+        trust: KeyValue,
     ) -> None:
         self.js = js
         self.registry = registry
@@ -199,6 +200,8 @@ class Assets:
         self.secrets = secrets
         self.tokens = tokens
         """Gateway tokens (``lattice/tokens.py``): id → role, app and the secret's hash."""
+        self.trust = trust
+        """Trusted deployer keys (``registry/trust.py``)."""
 
 
 async def _open_or_create(
@@ -386,6 +389,7 @@ async def ensure_assets(nc: NATS) -> Assets:
                 kv(bucket=protocol.ISSUED_BUCKET, ttl=protocol.RESULT_TTL_S),
                 kv(bucket=protocol.SECRETS_BUCKET, history=1),
                 kv(bucket=protocol.TOKENS_BUCKET, history=1),
+                kv(bucket=protocol.TRUST_BUCKET, history=1),
             ),
             asyncio.gather(
                 objects(bucket=protocol.BUNDLES_BUCKET),
@@ -404,7 +408,7 @@ async def ensure_assets(nc: NATS) -> Assets:
             ),
             _ensure_durable_path(nc, replicas),
         )
-        registry, nodes, dead, cancels, schedules, issued, secrets, tokens = kvs
+        registry, nodes, dead, cancels, schedules, issued, secrets, tokens, trust = kvs
         bundles, blobs, envs = stores
         results = await js.key_value(protocol.RESULTS_BUCKET)
     except nats.errors.Error as exc:
@@ -423,4 +427,5 @@ async def ensure_assets(nc: NATS) -> Assets:
         envs,
         secrets,
         tokens,
+        trust,
     )

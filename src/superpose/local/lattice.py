@@ -186,6 +186,9 @@ class LocalLattice:
                 self.gateway_url = f"http://{bracketed(local_host(self.gateway_host))}:{port}"
                 self.children.append(self._gateway_child(port))
             await asyncio.gather(*(child.start() for child in self.children))
+            from superpose.local.keys import trust_home_key  # nats-py: not for every CLI start
+
+            await trust_home_key(self.url, home=not self._temp)
             await self._wait_ready(node_ids)
         except BaseException:
             await self.stop()

@@ -31,6 +31,7 @@ from superpose.lattice.connection import Assets, connect, ensure_assets
 from superpose.node.admission import Admission, Request
 from superpose.node.affinity import Affinity
 from superpose.node.calls import CallTracker
+from superpose.node.code_trust import CodeTrust
 from superpose.node.config import NodeConfig
 from superpose.node.durable import DurableWorker
 from superpose.node.env_cache import EnvCache
@@ -49,6 +50,7 @@ from superpose.node.sandbox import Confinement
 from superpose.node.scheduler import Scheduler
 from superpose.registry.mirror import Registry
 from superpose.registry.placement import NodeDirectory, satisfies
+from superpose.registry.trust import TrustedKeys
 
 log = logging.getLogger("superpose.node")
 SHUTDOWN_STEP_S = 2.0
@@ -103,6 +105,8 @@ class NodeAgent:
         self.link.connected(nc)
         self.link.assets_found(await ensure_assets(nc))
         self.pool.nc = nc
+        self.trust = TrustedKeys(self.link.assets.trust)
+        self.pool.code_trust = CodeTrust(self.trust)
         await self._subscribe_calls()
         await self._watch_lattice()
         await self.durable.start()
@@ -155,7 +159,9 @@ class NodeAgent:
         self.affinity.directory = directory
         self.fitness.directory = directory
         # Set before it starts: its first entries already call _on_registry_change.
-        self._registry = Registry(self.link.assets.registry, on_change=self._on_registry_change)
+        self._registry = Registry(
+            self.link.assets.registry, on_change=self._on_registry_change, trust=self.trust
+        )
         await self._registry.start()
         prefetcher = AliasPrefetcher(self.link.nc, self.pool.prefetch)
         await prefetcher.start()

@@ -125,7 +125,18 @@ class Environments:
                         "not registered (deploy the app again to resolve it)",
                     )
                 ) from None
-            env = self._records[digest] = protocol.Environment.from_json(entry.value or b"")
+            env = protocol.Environment.from_json(entry.value or b"")
+            if protocol.env_digest(env.requirements, env.python, env.platform) != digest:
+                raise LoadFailed(  # a record written first by someone else, for this digest
+                    protocol.ErrorInfo(
+                        protocol.ERR_PREPARE,
+                        "EnvironmentTampered",
+                        f"{inv.app}.{inv.fn} was not run: the record of its environment "
+                        f"{digest[:12]} does not hash to that digest, so the node did not "
+                        "install it",
+                    )
+                )
+            self._records[digest] = env
         return env
 
     async def failure(self, digest: str) -> protocol.EnvFailure | None:

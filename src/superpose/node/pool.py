@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 
 from superpose import protocol
 from superpose.code import store
+from superpose.node.code_trust import CodeTrust
 from superpose.node.config import NodeConfig
 from superpose.node.environments import Environments
 from superpose.node.executor_process import Call, ExecutorProcess, LoadFailed
@@ -87,6 +88,8 @@ class ExecutorPool:
         self._spare: asyncio.Task[ExecutorProcess] | None = None
         self._log: IO[bytes] | None = None
         self.nc: NATS | None = None
+        self.code_trust: CodeTrust | None = None
+        """Set once connected: no bundle is fetched or loaded unless a trusted key signed it."""
         """Set once the node is connected: bundles are fetched through it."""
         self.cold_loads = 0
         """Bundles loaded into a new executor since the node started."""
@@ -179,7 +182,9 @@ class ExecutorPool:
 
     async def _load(self, inv: protocol.Invocation, key: str) -> BundleHost:
         assert self.nc is not None, "bundles are fetched once the node is connected"
+        assert self.code_trust is not None, "the trusted keys are known once connected"
         within_s = min(FETCH_WITHIN_S, inv.deadline - time.time())
+        await self.code_trust.check(self.nc, inv, within_s)  # before anything is fetched
         async with self._fetch_locks.setdefault(inv.digest, asyncio.Lock()):
             path = await store.materialize(
                 self.nc, inv.digest, self.cache_root / "bundles", within_s=within_s
@@ -209,7 +214,11 @@ class ExecutorPool:
         never serve. The lock is ``_load``'s, so a call arriving mid-fetch waits
         for this fetch instead of starting a second one.
         """
-        if digest in self.hosts or self.nc is None:
+        if digest in self.hosts or self.nc is None or self.code_trust is None:
+            return
+        verdict = await self.code_trust.verdict(self.nc, digest, FETCH_WITHIN_S)
+        if not verdict.ok:  # never fetched, let alone loaded
+            log.warning("⇣ bundle %s not prefetched: %s", digest[:12], verdict.reason)
             return
         async with self._fetch_locks.setdefault(digest, asyncio.Lock()):
             if digest not in self.hosts:

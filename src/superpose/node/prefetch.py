@@ -66,7 +66,10 @@ class AliasPrefetcher:
         if operation in ("DEL", "PURGE") or not value:
             self._targets.pop(key, None)
             return
-        digest = value.decode()
+        try:
+            digest = protocol.AliasRecord.decode(value).version
+        except protocol.ProtocolError:
+            return  # not an alias anyone could follow: nothing to warm
         if self._targets.get(key) == digest:
             return
         self._targets[key] = digest

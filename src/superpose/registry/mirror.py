@@ -25,9 +25,17 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from superpose import protocol
-from superpose.errors import BadRequestError, LatticeError, NotFoundError, UserError
+from superpose.errors import (
+    BadRequestError,
+    LatticeError,
+    NotFoundError,
+    UntrustedError,
+    UserError,
+)
+from superpose.lattice import signing
 from superpose.lattice.mirror import follow_bucket
-from superpose.protocol import Canary, Environment, Signature, Version
+from superpose.protocol import AliasRecord, Canary, Environment, Signature, Version
+from superpose.registry.trust import TrustedKeys, Verdict
 
 log = logging.getLogger("superpose.registry")
 LATEST = "latest"
@@ -113,6 +121,8 @@ class AliasEntry:
     revision: int
     digest: str | None
     """None when the alias was deleted at this revision."""
+    trusted: bool = True
+    """Whether a trusted deployer signed this value (rollback goes back to those only)."""
 
 
 def check_alias_name(name: str) -> None:
@@ -148,9 +158,30 @@ def split_name(name: str) -> tuple[str, str, str | None]:
 class Registry:
     """Mirror of the registry bucket plus the writes deploy and aliasing need."""
 
-    def __init__(self, kv: KeyValue, on_change: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        on_change: Callable[[str], None] | None = None,
+        *,
+        trust: TrustedKeys | None = None,
+    ) -> None:
         self.kv = kv
         self._on_change = on_change
+        self.trust = trust
+        """The trusted deployer keys: without them nothing verifies, so nothing routes."""
+        self.signer: Callable[[], signing.Signer] | None = None
+        """The key this reader's writes (deploy, alias moves, canaries) are signed with,
+        read when the first write needs it."""
+        self.lattice = ""
+        """The lattice's URL, for messages."""
+        self.alias_records: dict[str, dict[str, AliasRecord]] = {}
+        """app → {alias → the record the bucket holds}; ``aliases`` holds what is followed:
+        the newest value a trusted key signed."""
+        self.canary_records: dict[str, Canary] = {}
+        self._verdicts: dict[str, tuple[int, str, Verdict]] = {}
+        """key → (trust generation, signature, verdict): records verify once."""
+        if trust is not None:
+            trust.on_change(self._retrust)
         self.apps: dict[str, float] = {}
         self.versions: dict[str, dict[str, Version]] = {}
         """app → {version id → version}."""
@@ -171,15 +202,36 @@ class Registry:
 
     async def start(self) -> None:
         """Load the whole bucket, then follow changes in the background."""
+        if self.trust is not None:
+            await self.trust.start()  # first: the registry's records are judged by it
         if self._watch_task is None:
             self._watch_task = asyncio.create_task(self._follow())
         await self._synced.wait()
+        await self._recover_aliases()
+
+    async def _recover_aliases(self) -> None:
+        """A reader that starts after an untrusted move has no earlier value to keep: it
+        looks in the alias's history (the bucket keeps 16) for the newest trusted one."""
+        for app, records in list(self.alias_records.items()):
+            for alias in list(records):
+                if alias in self.aliases.get(app, {}):
+                    continue
+                try:
+                    history = await self.alias_history(app, alias)
+                except LatticeError as exc:  # then a call of it is refused, naming why
+                    log.warning("could not read the history of alias %s of %s: %s", alias, app, exc)
+                    continue
+                trusted = [e.digest for e in history if e.trusted and e.digest]
+                if trusted and alias not in self.aliases.get(app, {}):
+                    self.aliases.setdefault(app, {})[alias] = trusted[-1]
 
     async def stop(self) -> None:
         task, self._watch_task = self._watch_task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self.trust is not None:
+            await self.trust.stop()
 
     async def _follow(self) -> None:
         await follow_bucket(self.kv, self._apply, self._synced, "registry")
@@ -205,9 +257,9 @@ class Registry:
         elif kind == "ver":
             _put(self.versions.setdefault(app, {}), name, value and Version.from_json(value))
         elif kind == "alias":
-            _put(self.aliases.setdefault(app, {}), name, value and value.decode())
+            self._mirror_alias(app, name, AliasRecord.decode(value) if value else None)
         elif kind == "canary":
-            _put(self.canaries, rest, value and Canary.from_json(value))
+            self._mirror_canary(rest, Canary.from_json(value) if value else None)
         elif kind == "lock":
             _put(self.locks, rest, value and protocol.decode_string_map(value, "lock"))
         elif kind == "pin":
@@ -217,10 +269,124 @@ class Registry:
         elif kind == "env":
             _put(self.environments, rest, value and Environment.from_json(value))
 
+    # --- trust ---------------------------------------------------------------
+
+    def _mirror_alias(self, app: str, alias: str, record: AliasRecord | None) -> None:
+        records = self.alias_records.setdefault(app, {})
+        if record is None:
+            records.pop(alias, None)
+            self.aliases.get(app, {}).pop(alias, None)
+            return
+        records[alias] = record
+        self._follow_alias(app, alias, record)
+
+    def _follow_alias(self, app: str, alias: str, record: AliasRecord) -> None:
+        """Follow a trusted move; keep the last trusted target past an untrusted one."""
+        verdict = self.alias_verdict(app, alias, record)
+        followed = self.aliases.setdefault(app, {})
+        if verdict.ok:
+            followed[alias] = record.version
+        elif followed.get(alias) != record.version and self._synced.is_set():
+            log.warning(
+                "alias %s of %s was moved to %s, %s: not followed (still %s)",
+                alias,
+                app,
+                record.version[:12],
+                verdict.reason,
+                (followed.get(alias) or "nothing")[:12],
+            )
+
+    def _mirror_canary(self, app: str, canary: Canary | None) -> None:
+        if canary is None:
+            self.canary_records.pop(app, None)
+            self.canaries.pop(app, None)
+            return
+        self.canary_records[app] = canary
+        if self.canary_verdict(app, canary).ok:
+            self.canaries[app] = canary
+
+    def _retrust(self) -> None:
+        """The trusted keys changed: records signed by a newly trusted key are followed."""
+        for app, records in self.alias_records.items():
+            for alias, record in records.items():
+                self._follow_alias(app, alias, record)
+        for app, canary in self.canary_records.items():
+            self._mirror_canary(app, canary)
+
+    def _verdict(self, key: str, signer: str, statement: Callable[[], bytes], sig: str) -> Verdict:
+        """A record's verdict, verified once per signature and generation of the key set."""
+        if self.trust is None:
+            return Verdict(False, signer, "not checked: this reader knows no trusted keys")
+        cached = self._verdicts.get(key)
+        if cached is not None and cached[0] == self.trust.generation and cached[1] == sig:
+            return cached[2]
+        verdict = self.trust.verdict(signer, statement(), sig)
+        self._verdicts[key] = (self.trust.generation, sig, verdict)
+        return verdict
+
+    def version_verdict(self, version: Version) -> Verdict:
+        key = protocol.version_key(version.app, version.id)
+        return self._verdict(key, version.signer, version.statement, version.sig)
+
+    def alias_verdict(self, app: str, alias: str, record: AliasRecord) -> Verdict:
+        key = protocol.alias_key(app, alias)
+        return self._verdict(key, record.signer, lambda: record.statement(app, alias), record.sig)
+
+    def canary_verdict(self, app: str, canary: Canary) -> Verdict:
+        key = protocol.canary_key(app)
+        return self._verdict(key, canary.signer, lambda: canary.statement(app), canary.sig)
+
+    def untrusted(self, app: str) -> list[dict[str, Any]]:
+        """The app's records no trusted key signed, for ``status`` and ``versions``: what
+        each names, who signed it (or ``unsigned``), and what is followed instead."""
+        found = []
+        for alias, record in sorted(self.alias_records.get(app, {}).items()):
+            verdict = self.alias_verdict(app, alias, record)
+            if not verdict.ok:
+                followed = self.aliases.get(app, {}).get(alias)
+                found.append(_report(f"alias {alias}", record.version, verdict, followed))
+        canary = self.canary_records.get(app)
+        if canary is not None and not (verdict := self.canary_verdict(app, canary)).ok:
+            kept = self.canaries.get(app)
+            found.append(_report("canary", canary.version, verdict, kept.version if kept else None))
+        for version in sorted(self.versions.get(app, {}).values(), key=lambda v: -v.created):
+            if not (verdict := self.version_verdict(version)).ok:
+                found.append(_report("version", version.id, verdict, None))
+        return found
+
+    def _trusted(self, version: Version) -> Version:
+        """The version, if a trusted key signed it; else UntrustedError naming who did."""
+        verdict = self.version_verdict(version)
+        if not verdict.ok:
+            raise UntrustedError(
+                f"version {version.id[:12]} of {version.app} is {verdict.reason}, not by a "
+                "trusted deployer key: superpose does not route to it (see `superpose "
+                f"versions {version.app}`; `superpose key ls` lists the trusted keys)"
+            )
+        return version
+
+    async def _signing_key(self) -> signing.Signer:
+        """The key to sign a write with, once the lattice is known to trust it."""
+        if self.signer is None:
+            raise UserError(
+                "no deployer key to sign with: this client was opened without one "
+                "(superpose signs with <home>/keys/deployer.seed, or --key FILE)"
+            )
+        signer = self.signer()
+        if self.trust is not None:
+            await self.trust.ensure_trusted(signer, self.lattice)
+        return signer
+
+    async def _alias_record(self, app: str, alias: str, version: str) -> bytes:
+        signer = await self._signing_key()
+        record = AliasRecord(version=version, time=time.time(), signer=signer.public_key)
+        record.sig = signer.sign(record.statement(app, alias))
+        return record.encode()
+
     # --- writes --------------------------------------------------------------
 
     async def register(self, version: Version) -> None:
-        """Record a version; redeploying known code keeps its first creation time.
+        """Record a version, signed; redeploying known code keeps its first creation time.
 
         ``versions`` orders and diffs versions by creation, so code deployed again
         must not jump ahead of the versions that came after it.
@@ -228,6 +394,9 @@ class Registry:
         known = self.versions.get(version.app, {}).get(version.id)
         if known is not None:
             version.created = known.created
+        signer = await self._signing_key()
+        version.signer = signer.public_key
+        version.sig = signer.sign(version.statement())
         await self.kv.put(
             protocol.app_key(version.app), protocol.AppRecord(created=time.time()).as_json()
         )
@@ -246,8 +415,9 @@ class Registry:
         self._apply(key, env.as_json(), False)
 
     async def set_alias(self, app: str, alias: str, digest: str) -> None:
-        await self.kv.put(protocol.alias_key(app, alias), digest.encode())
-        self._apply(protocol.alias_key(app, alias), digest.encode(), False)
+        value = await self._alias_record(app, alias, digest)
+        await self.kv.put(protocol.alias_key(app, alias), value)
+        self._apply(protocol.alias_key(app, alias), value, False)
 
     async def move_alias(
         self, app: str, alias: str, digest: str, expected: AliasEntry | None
@@ -258,17 +428,18 @@ class Registry:
         the loser gets an error and the printed old → new stays true.
         """
         key = protocol.alias_key(app, alias)
+        value = await self._alias_record(app, alias, digest)
         try:
             if expected is None or expected.digest is None:
-                await self.kv.create(key, digest.encode())
+                await self.kv.create(key, value)
             else:
-                await self.kv.update(key, digest.encode(), last=expected.revision)
+                await self.kv.update(key, value, last=expected.revision)
         except KeyWrongLastSequenceError:
             raise UserError(
                 f"alias {alias!r} of {app} was moved by someone else meanwhile; "
                 "check `superpose versions` and run the command again"
             ) from None
-        self._apply(key, digest.encode(), False)
+        self._apply(key, value, False)
 
     async def _put_entry(self, key: str, value: bytes | None) -> None:
         """Write (or with None delete) one entry, and mirror it at once for this reader."""
@@ -279,6 +450,11 @@ class Registry:
         self._apply(key, value, value is None)
 
     async def set_canary(self, app: str, canary: Canary | None) -> None:
+        """Set (signed) or clear an app's canary."""
+        if canary is not None:
+            signer = await self._signing_key()
+            canary.time, canary.signer = time.time(), signer.public_key
+            canary.sig = signer.sign(canary.statement(app))
         await self._put_entry(protocol.canary_key(app), canary.as_json() if canary else None)
 
     async def set_lock(self, app: str, links: dict[str, str]) -> None:
@@ -302,7 +478,20 @@ class Registry:
             entry = await self.kv.get(protocol.alias_key(app, alias))
         except KeyNotFoundError:
             return None
-        return AliasEntry(entry.revision or 0, (entry.value or b"").decode() or None)
+        return self._alias_entry(app, alias, entry.revision or 0, entry.value)
+
+    def _alias_entry(self, app: str, alias: str, revision: int, value: bytes | None) -> AliasEntry:
+        """One stored value of an alias; a malformed one counts as untrusted."""
+        if not value:
+            return AliasEntry(revision, None)
+        try:
+            record = AliasRecord.decode(value)
+        except protocol.ProtocolError:
+            return AliasEntry(revision, value.decode(errors="replace"), trusted=False)
+        trusted = self.trust is not None and (
+            self.trust.verdict(record.signer, record.statement(app, alias), record.sig).ok
+        )
+        return AliasEntry(revision, record.version, trusted)
 
     async def alias_history(self, app: str, alias: str) -> list[AliasEntry]:
         """Every value the bucket kept for the alias (up to its history), oldest first.
@@ -322,8 +511,8 @@ class Registry:
                             break
                         continue
                     deleted = entry.operation in ("DEL", "PURGE") or not entry.value
-                    digest = None if deleted else (entry.value or b"").decode()
-                    entries.append(AliasEntry(entry.revision or 0, digest))
+                    value = None if deleted else entry.value
+                    entries.append(self._alias_entry(app, alias, entry.revision or 0, value))
                     if entry.delta == 0:
                         break
         except TimeoutError:
@@ -349,11 +538,19 @@ class Registry:
         ref = ref or LATEST
         digest = self.aliases.get(app, {}).get(ref)
         if digest is not None and digest in versions:
-            return versions[digest]
+            return self._trusted(versions[digest])
+        record = self.alias_records.get(app, {}).get(ref)
+        if digest is None and record is not None:
+            raise UntrustedError(
+                f"alias {ref!r} of {app} names {record.version[:12]}, "
+                f"{self.alias_verdict(app, ref, record).reason}, not by a trusted deployer "
+                "key: it is not followed, and this reader knows no earlier trusted value. "
+                f"A trusted deployer can move it back (`superpose promote {app} VERSION`)"
+            )
         if len(ref) >= MIN_VERSION_PREFIX:
             matches = sorted(d for d in versions if d.startswith(ref))
             if len(matches) == 1:
-                return versions[matches[0]]
+                return self._trusted(versions[matches[0]])
             if len(matches) > 1:
                 starts = ", ".join(d[:12] for d in matches)
                 raise BadRequestError(
@@ -393,7 +590,7 @@ class Registry:
             if ctx.session is None:
                 ctx.session = uuid.uuid4().hex
             if in_canary(app, ctx.session, canary.percent):
-                return self.versions[app][canary.version]
+                return self._trusted(self.versions[app][canary.version])
         return self.version(app, None)
 
     def params_of(self, app: str, fn: str | None) -> list[str]:
@@ -452,9 +649,10 @@ class Registry:
                 {
                     "app": app,
                     "aliases": dict(sorted(self.aliases.get(app, {}).items())),
-                    "canary": (canary := self.canaries.get(app)) and msgspec.structs.asdict(canary),
+                    "canary": (canary := self.canaries.get(app)) and canary.rule(),
                     "lock": self.locks.get(app, {}),
                     "pins": dict(sorted(self.pins.get(app, {}).items())),
+                    "untrusted": self.untrusted(app),
                     "versions": [
                         {
                             "version": v.id,
@@ -464,9 +662,21 @@ class Registry:
                             "size": v.size,
                             "functions": sorted(v.functions),
                             "kind": v.kind,
+                            "signer": self.version_verdict(v).signed_by,
+                            "trusted": self.version_verdict(v).ok,
                         }
                         for v in versions
                     ],
                 }
             )
         return out
+
+
+def _report(record: str, names: str, verdict: Verdict, followed: str | None) -> dict[str, Any]:
+    return {
+        "record": record,
+        "names": names,
+        "signer": verdict.signed_by,
+        "reason": verdict.reason,
+        "following": followed,
+    }

@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -147,7 +146,7 @@ def split(registry: Registry, app: str, nodes: Iterable[protocol.NodeInfo]) -> d
     canary = registry.canaries.get(app)
     return {
         "latest": registry.aliases.get(app, {}).get(LATEST),
-        "canary": msgspec.structs.asdict(canary) if canary else None,
+        "canary": canary.rule() if canary else None,
         "pins": dict(sorted(registry.pins.get(app, {}).items())),
         "lock": dict(sorted(registry.locks.get(app, {}).items())),
         "traffic": dict(traffic.most_common()),

@@ -79,7 +79,12 @@ def listing(registry: Registry, app: str) -> dict[str, Any]:
         _row(registry, version, ordered[i - 1] if i else None, aliases)
         for i, version in enumerate(ordered)
     ]
-    return {"app": app, "aliases": aliases, "versions": rows[::-1]}
+    return {
+        "app": app,
+        "aliases": aliases,
+        "versions": rows[::-1],
+        "untrusted": registry.untrusted(app),
+    }
 
 
 def packages_of(registry: Registry, version: Version) -> dict[str, str]:
@@ -111,6 +116,8 @@ def _row(
         "changes": changes.__dict__ if changes else None,
         "packages": packages,
         "aliases": [name for name, digest in aliases.items() if digest == version.id],
+        "signer": registry.version_verdict(version).signed_by,
+        "trusted": registry.version_verdict(version).ok,
     }
 
 
@@ -137,19 +144,20 @@ async def rollback(registry: Registry, app: str) -> Move:
     history = await registry.alias_history(app, LATEST)
     if not history or history[-1].digest is None:
         raise UserError(f"{app} has no `{LATEST}` alias to roll back")
-    current = history[-1]
-    earlier = (
-        entry.digest
-        for entry in reversed(history[:-1])
-        if entry.digest is not None and entry.digest != current.digest and entry.digest in versions
-    )
+    current = history[-1]  # what the compare-and-set must find
+    # Values no trusted key signed were never followed: the history callers lived is
+    # the trusted one, and rollback never goes back to anything else.
+    trusted = [e.digest for e in history if e.trusted and e.digest is not None]
+    live = trusted[-1] if trusted else current.digest
+    earlier = (d for d in reversed(trusted) if d != live and d in versions)
     target = next(earlier, None)
     if target is None:
         raise UserError(
             f"nothing to roll back to: `{LATEST}` of {app} has pointed only at "
-            f"{(current.digest or '')[:12]} in its last {len(history)} move(s)"
+            f"{(live or '')[:12]} in its last {len(trusted)} trusted move(s)"
         )
-    return await _move_to(registry, app, LATEST, current, target)
+    move = await _move_to(registry, app, LATEST, current, target)
+    return Move(app, LATEST, live, move.new)
 
 
 async def _move_to(
