@@ -26,6 +26,7 @@ from superpose import protocol
 from superpose.errors import UserError
 from superpose.lattice.connection import connect
 from superpose.security import tenants
+from superpose.security.identities import load_or_create
 
 SHOP = """
 import superpose as sp
@@ -128,6 +129,9 @@ def test_tenant_names_are_checked(tmp_path: Path) -> None:
     for reserved in ("sp", "sys", "operator", "default"):
         with pytest.raises(UserError, match=f"'{reserved}' is reserved"):
             tenants.check_name(reserved)
+    with pytest.raises(UserError, match=f"{tmp_path} holds no lattice"):
+        tenants.create(tmp_path, "t1")
+    load_or_create(tmp_path)
     tenants.create(tmp_path, "t1")
     with pytest.raises(UserError, match=f"a tenant named 't1' already exists in {tmp_path}"):
         tenants.create(tmp_path, "t1")

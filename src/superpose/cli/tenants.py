@@ -37,9 +37,7 @@ def use_tenant(ns: argparse.Namespace) -> None:
     if flag and creds:
         raise UserError(f"give --tenant or --creds, not both (--tenant {flag}, --creds {creds})")
     name = flag or (None if creds else config.settings().tenant)
-    if name is None:
-        return
-    if not hasattr(ns, "creds"):  # a command that does not connect
+    if name is None or not hasattr(ns, "lattice"):  # none, or a command that does not connect
         return
     role = ROLE_OF_COMMAND.get(ns.command, "admin")
     path = tenants.role_creds(tenants.load(config.settings().home, name), role)

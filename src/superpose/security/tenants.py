@@ -100,6 +100,11 @@ def create(state_dir: Path, name: str) -> Tenant:
     """A new tenant: its account key and one user per role. A name already taken is a
     UserError, and nothing is changed then."""
     check_name(name)
+    if not (state_dir / KEYS_DIR / f"{OPERATOR}.nk").is_file():
+        raise UserError(
+            f"{state_dir} holds no lattice (no {KEYS_DIR}/{OPERATOR}.nk): run `superpose tenant "
+            "create` where `superpose up` runs, with its SUPERPOSE_HOME"
+        )
     path = _seed_path(state_dir, name)
     if path.exists():
         raise UserError(f"a tenant named {name!r} already exists in {state_dir}")
