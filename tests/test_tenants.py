@@ -25,7 +25,7 @@ from conftest import Lattice, poll, start_lattice, stop_lattice, superpose_cli
 from superpose import protocol
 from superpose.errors import UserError
 from superpose.lattice.connection import connect
-from superpose.security import tenants
+from superpose.security import lookup, tenants
 from superpose.security.identities import load_or_create
 
 SHOP = """
@@ -262,3 +262,15 @@ def test_sp_connect_as_a_tenant(tenanted: Tenanted) -> None:
         assert quote.remote("tea", "ounces") == "tea: 3 ounces"
     finally:
         client.close()
+
+
+def test_creds_are_found_by_tenant_name_and_role(
+    tenanted: Tenanted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tenanted.state_dir / "creds"
+    assert lookup.find_creds(tenanted.url, tenant="t1", role="node") == creds / "t1/node.creds"
+    monkeypatch.setenv("SUPERPOSE_TENANT", "t2")  # wins over SUPERPOSE_CREDS
+    monkeypatch.setenv("SUPERPOSE_CREDS", str(creds / "admin.creds"))
+    assert lookup.find_creds(tenanted.url) == creds / "t2/admin.creds"
+    with pytest.raises(UserError, match="tenant 't2' has no credentials for the role 'nope'"):
+        lookup.find_creds(tenanted.url, role="nope")
