@@ -25,6 +25,7 @@ SANDBOX_MODES = ("none", "user", "bwrap")
 """How a node confines its executors (``superpose worker --sandbox``; docs/architecture.md,
 Sandbox)."""
 ENV_CREDS = "SUPERPOSE_CREDS"
+ENV_TENANT = "SUPERPOSE_TENANT"
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -99,6 +100,9 @@ class Settings:
     creds: Path | None = None
     """``$SUPERPOSE_CREDS``: the NATS credentials file (``.creds``) to connect with when
     none is given; checked to be a readable file."""
+    tenant: str | None = None
+    """``$SUPERPOSE_TENANT``: the tenant whose credentials (in the home folder) to connect
+    with; overrides ``$SUPERPOSE_CREDS`` (docs: README, Tenants)."""
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -117,6 +121,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         tls_ca=_file(env, ENV_TLS_CA),
         sandbox=_sandbox(env),
         creds=_readable_file(env, ENV_CREDS),
+        tenant=env.get(ENV_TENANT) or None,
     )
 
 

@@ -56,6 +56,7 @@ def connect(
     show_logs: bool = True,
     tls_ca: str | Path | None = None,
     creds: str | Path | None = None,
+    tenant: str | None = None,
 ) -> Client:
     """Connect to a lattice, starting a private embedded one if none is running.
 
@@ -66,7 +67,9 @@ def connect(
     ``tls://`` lattice is checked against (else ``$SUPERPOSE_TLS_CA``, the CA of
     the ``superpose up`` that serves that URL, or the system's trust store).
     ``creds``: the NATS credentials file (else ``$SUPERPOSE_CREDS``, else the one of
-    the lattice found or started).
+    the lattice found or started). ``tenant``: connect as that tenant (its admin creds
+    in the lattice's state folder; else ``$SUPERPOSE_TENANT``): it sees only its own
+    apps, calls and results.
     """
     if url is not None:
         config.lattice_servers(url)
@@ -75,10 +78,12 @@ def connect(
         return node
     with session.lock:
         default = session.default_client()
-        if default is not None and url in (None, default.url):
+        if default is not None and url in (None, default.url) and default.tenant == tenant:
             return default
         sink = print_log_record if show_logs else None
-        client = open_in_thread(url, workers, sink, tls_ca, Path(creds) if creds else None)
+        client = open_in_thread(
+            url, workers, sink, tls_ca, Path(creds) if creds else None, tenant=tenant
+        )
         session.set_default(client)
         atexit.register(client.close)
         return client
@@ -90,6 +95,8 @@ def open_in_thread(
     log_sink: LogSink | None,
     tls_ca: str | Path | None = None,
     creds: Path | None = None,
+    *,
+    tenant: str | None = None,
 ) -> Client:
     """A client on a loop of its own, in a daemon thread: the sync facade's home.
     With no lattice to find, an embedded one is started and stopped with the client."""
@@ -105,13 +112,23 @@ def open_in_thread(
         resolved = url or found.lattice or find_running_lattice(found.home)
         lattice = None
         if resolved is None:
+            if tenant is not None:
+                raise UserError(
+                    f"tenant {tenant!r}: no lattice is running to find it on (a private "
+                    "lattice has no tenants); start one with `superpose up`"
+                )
             lattice = LocalLattice(state_dir=None, workers=workers)
             resolved = await lattice.start()
             _tell_private_lattice(found.home)
         try:
             # A lattice of our own: its creds, whatever $SUPERPOSE_CREDS names.
             own = lattice.admin_creds if lattice is not None else creds
+            if own is None and tenant is not None:
+                from superpose.security.lookup import tenant_creds
+
+                own = tenant_creds(resolved, tenant)
             client = await Client.open(resolved, log_sink=log_sink, tls_ca=tls_ca, creds=own)
+            client.tenant = tenant
         except BaseException:
             if lattice is not None:
                 await lattice.stop()

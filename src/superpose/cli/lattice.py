@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from superpose import config
 from superpose.cli import common, listening, routing
+from superpose.cli.tenants import ACCOUNTS_SIGNAL
 from superpose.errors import LatticeError, UserError
 from superpose.local import lattice as local
 from superpose.local import stopping
@@ -164,6 +165,8 @@ async def _up_foreground(ns: argparse.Namespace, home: Path) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # `superpose tenant create` made an account: the servers reload theirs.
+    loop.add_signal_handler(ACCOUNTS_SIGNAL, lattice.reload_accounts)
     write_state(home, lattice, ready=False)
     try:
         await lattice.start()

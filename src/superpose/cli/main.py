@@ -22,6 +22,7 @@ from superpose.cli import (
     routing,
     schedules,
     secrets,
+    tenants,
     tokens,
 )
 from superpose.errors import RemoteError, SuperposeError
@@ -29,7 +30,7 @@ from superpose.errors import RemoteError, SuperposeError
 HELP_ORDER = (
     *("up", "down", "worker", "gateway", "deploy", "call", "result", "failed", "replay"),
     *("cancel", "ls", "versions", "alias", "promote", "rollback", "schedules", "status"),
-    *("logs", "secret", "token", "key"),
+    *("logs", "secret", "token", "key", "tenant"),
 )
 """Commands in the order ``superpose --help`` lists them: the order users already know,
 from starting a lattice to reading logs, which is not the order of the modules.
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="FILE",
                 help=f"NATS credentials file to connect with (or {config.ENV_CREDS})",
             )
+            tenants.add_tenant_option(p)
         return p
 
     lattice.add_commands(add)
@@ -68,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     secrets.add_commands(add)
     tokens.add_commands(add)
     keys.add_commands(add)
+    tenants.add_commands(add)
     _in_help_order(sub)
     return parser
 
@@ -106,6 +109,7 @@ def _in_help_order(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     try:
+        tenants.use_tenant(ns)
         common.use_creds(getattr(ns, "creds", None))
         code: int = ns.func(ns)
     except RemoteError as exc:

@@ -12,7 +12,7 @@ import json
 from typing import TYPE_CHECKING
 
 from superpose import config, protocol
-from superpose.cli import common
+from superpose.cli import common, tenants
 from superpose.lattice import tokens
 
 if TYPE_CHECKING:  # the client (and nats-py) is imported by the commands that use it
@@ -85,6 +85,7 @@ def add_commands(add: common.AddCommand) -> None:
         p = actions.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=fn)
         p.add_argument("--lattice", help=f"NATS URL of the lattice (or {config.ENV_LATTICE})")
+        tenants.add_tenant_option(p)  # a tenant's gateway reads its tenant's tokens
         return p
 
     roles = "|".join(protocol.TOKEN_ROLES)

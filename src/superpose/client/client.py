@@ -69,6 +69,8 @@ class Client:
         self.loop = loop
         SERVING_LOOPS.add(loop)  # a blocking wait on it would never end
         self.url = url
+        self.tenant: str | None = None
+        """The tenant ``sp.connect(tenant=)`` connected as (None: the lattice's account)."""
         self.id = uuid.uuid4().hex[:16]
         self.offers = Offers(nc, self.id)
         """Big arguments of this client's direct calls, until their nodes have pulled them."""

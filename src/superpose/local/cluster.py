@@ -101,6 +101,12 @@ class EmbeddedCluster:
                 return server
         raise LatticeError(f"no server named {server_name!r} in this cluster")
 
+    def reload(self, auth: ServerAuth) -> None:
+        """Every server trusts ``auth`` from now on (``EmbeddedServer.reload``)."""
+        self.auth = auth
+        for server in self.servers:
+            server.reload(auth)
+
     def died(self) -> bool:
         return any(server.died() for server in self.servers)
 

@@ -191,15 +191,11 @@ class EmbeddedServer:
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
-        conf = self.state_dir / "nats.conf"
         store_dir = self.state_dir / "jetstream"
         key = store_key(self.state_dir, store_dir)
         if self.auth is not None:
             refuse_store_without_accounts(store_dir)
-        text = _config_text(store_dir, self.port, bracketed(self.host), self.role, self.tls)
-        if self.auth is not None:  # operator mode: no connection without credentials
-            text += self.auth.config_text()
-        write_private(conf, text)  # it holds the accounts' JWTs
+        conf = self._write_config()
         log = open(self.state_dir / "nats-server.log", "ab")  # noqa: SIM115 - child owns it
         try:
             self.process = subprocess.Popen(
@@ -218,6 +214,23 @@ class EmbeddedServer:
         scheme = "tls" if self.tls is not None else "nats"
         self.url = f"{scheme}://{bracketed(local_host(self.host))}:{self.port}"
         return self.url
+
+    def _write_config(self) -> Path:
+        conf = self.state_dir / "nats.conf"
+        store_dir = self.state_dir / "jetstream"
+        text = _config_text(store_dir, self.port, bracketed(self.host), self.role, self.tls)
+        if self.auth is not None:  # operator mode: no connection without credentials
+            text += self.auth.config_text()
+        return write_private(conf, text)  # it holds the accounts' JWTs
+
+    def reload(self, auth: ServerAuth) -> None:
+        """Trust ``auth`` from now on (a tenant's account was added): the config is
+        rewritten and a running server reloads it on SIGHUP, its clients connected all
+        along; a stopped one reads it when started again."""
+        self.auth = auth
+        self._write_config()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
 
     def died(self) -> bool:
         return self.process is not None and self.process.poll() is not None

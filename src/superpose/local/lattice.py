@@ -28,8 +28,8 @@ from superpose.local.cluster import EmbeddedCluster
 from superpose.local.embedded import EmbeddedServer, free_port
 from superpose.local.listen import LOOPBACK, Listen, bracketed, check_free, local_host
 from superpose.local.tls import ServerTls
-from superpose.security import lookup
-from superpose.security.identities import Identities, load_or_create
+from superpose.security import lookup, tenants
+from superpose.security.identities import Identities, ServerAuth, load_or_create
 from superpose.support.retry import Backoff
 
 READY_TIMEOUT_S = 30.0
@@ -105,6 +105,7 @@ class NatsServers(Protocol):
     async def restart(self) -> str: ...
     def stop(self) -> None: ...
     def pids(self) -> dict[str, int]: ...
+    def reload(self, auth: ServerAuth) -> None: ...
 
 
 @dataclass(kw_only=True)
@@ -164,7 +165,7 @@ class LocalLattice:
         if self.state_dir is None:
             self.state_dir = Path(tempfile.mkdtemp(prefix="superpose-"))
             self._temp = True
-        self.identities = load_or_create(self.state_dir)
+        self.identities = tenants.with_tenants(load_or_create(self.state_dir))
         if self.lattice_port > 0:
             for port in range(self.lattice_port, self.lattice_port + self.servers):
                 check_free(Listen(self.listen_host, port), "lattice (--listen)")
@@ -195,6 +196,15 @@ class LocalLattice:
             raise
         self._watch = asyncio.create_task(self._keep_alive())
         return self.url
+
+    def reload_accounts(self) -> None:
+        """Have the running servers accept every tenant now in the state folder
+        (``superpose tenant create`` made one): their configs are rewritten and
+        reloaded, and the lattice stays up, its connections open."""
+        if self.identities is None or self.server is None:
+            return
+        self.identities = tenants.with_tenants(self.identities)
+        self.server.reload(self.identities.auth)
 
     def _nats_servers(self, state_dir: Path) -> NatsServers:
         assert self.identities is not None
