@@ -1,11 +1,14 @@
-"""A lattice on a 3-server NATS cluster (issue 18): nodes and clients reach it by a
-comma-separated URL, and durable work and calls survive the loss of a server: the one
-leading the bundles store while every node is cold, then the one leading the work
-stream. The long version is ``test_soak_cluster.py``."""
+"""A lattice on a 3-server NATS cluster (issues 18 and 15): nodes and clients reach it
+by a comma-separated URL, every server refuses a connection without credentials, and
+durable work and calls survive the loss of a server: the one leading the bundles store
+while every node is cold, then the one leading the work stream. The long version (2,000
+durable invocations, four kills) is ``test_soak_cluster.py``."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import nats
 
 import durable_fns as dfns
 import fns
@@ -17,11 +20,23 @@ from superpose import protocol
 ITEMS = 30
 
 
+async def _bare_refusal(server: str) -> str:
+    """What a server says to a connection without credentials."""
+    try:
+        nc = await nats.connect(server, allow_reconnect=False, connect_timeout=2)
+    except nats.errors.Error as exc:
+        return str(exc)
+    await nc.close()
+    return "accepted"
+
+
 def test_calls_and_durable_work_survive_the_leaders_servers(tmp_path: Path) -> None:
     directory = tmp_path / "runs"
     directory.mkdir()
     with cluster_lattice(tmp_path / "lattice") as handle, client_on(handle) as client:
         assert handle.url.count(",") == 2
+        for server in handle.url.split(","):  # credentials throughout: each server checks
+            assert "Authorization Violation" in handle.run(_bare_refusal(server))
         wait_whole(handle)  # every durable stream has 3 replicas, all current
         status = superpose_cli("status", url=handle.url, check=True)
         assert "3 node(s)" in status.stdout
