@@ -16,6 +16,7 @@ from superpose.cli import (
     apps,
     calls,
     common,
+    creds,
     envs,
     lattice,
     routing,
@@ -28,7 +29,7 @@ from superpose.errors import RemoteError, SuperposeError
 HELP_ORDER = (
     *("up", "down", "worker", "gateway", "deploy", "call", "result", "failed", "replay"),
     *("cancel", "ls", "versions", "alias", "promote", "rollback", "schedules", "status"),
-    *("logs", "secret", "token"),
+    *("logs", "secret", "token", "creds"),
 )
 """Commands in the order ``superpose --help`` lists them: the order users already know,
 from starting a lattice to reading logs, which is not the order of the modules.
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     envs.add_commands(add)
     secrets.add_commands(add)
     tokens.add_commands(add)
+    creds.add_commands(add)
     _in_help_order(sub)
     return parser
 

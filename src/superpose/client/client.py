@@ -37,7 +37,7 @@ from superpose.client.resolving import lattice_platform, resolve_and_record
 from superpose.client.scripts import ScriptBundles
 from superpose.client.secrets import Secrets
 from superpose.errors import SuperposeError
-from superpose.lattice.connection import Assets, ensure_assets
+from superpose.lattice.connection import Assets, ensure_assets, owner
 from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
 from superpose.registry.mirror import Registry, Target, split_name
@@ -67,7 +67,7 @@ class Client:
         self.loop = loop
         SERVING_LOOPS.add(loop)  # a blocking wait on it would never end
         self.url = url
-        self.id = uuid.uuid4().hex[:16]
+        self.id = protocol.client_id(owner(nc), uuid.uuid4().hex[:16])
         self.offers = Offers(nc, self.id)
         """Big arguments of this client's direct calls, until their nodes have pulled them."""
         self.after_close: Callable[[], None] | None = None
