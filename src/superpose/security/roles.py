@@ -124,7 +124,10 @@ def _blobs() -> list[str]:
         _direct(stream, protocol.object_meta_subject(bucket, "*")),
         _direct(stream, protocol.object_chunk_subject(bucket, "*")),
         _consumer(stream, protocol.object_chunk_subject(bucket, "*")),
-        f"{_API}.CONSUMER.CREATE.{stream}",  # a multi-chunk read: an unnamed ordered consumer
+        # objects.py reads by STREAM.MSG.GET and unnamed ordered consumers: neither
+        # pins a name, so a caller could read others' spilled payloads (docs: Roles)
+        f"{_API}.STREAM.MSG.GET.{stream}",
+        f"{_API}.CONSUMER.CREATE.{stream}",
     ]
 
 
@@ -163,6 +166,8 @@ def _deploys(app: str | None) -> list[str]:
         f"$O.{bundles}.>",
         f"$O.{protocol.ENVS_BUCKET}.>",
         _direct(_obj_stream(bundles), ">"),
+        f"{_API}.STREAM.MSG.GET.{_obj_stream(bundles)}",
+        f"{_API}.STREAM.MSG.GET.{_obj_stream(protocol.ENVS_BUCKET)}",
         _consumer(_obj_stream(bundles)),
         _direct(_obj_stream(protocol.ENVS_BUCKET), ">"),
         f"{_API}.STREAM.PURGE.{_obj_stream(bundles)}",
