@@ -296,7 +296,7 @@ def test_an_id_never_issued_is_a_404_and_a_cancel_of_it_stores_nothing(
 
 def test_an_id_past_what_its_client_issued_is_a_404(http: httpx.Client, name: str) -> None:
     invocation_id = invoke(http, f"{name}.echo", json={"args": ["mine"]})
-    client_part, _, seq = invocation_id.partition(".")
+    client_part, _, seq = invocation_id.rpartition(".")
     later = f"{client_part}.{int(seq, 16) + 1000:x}"
     assert http.delete(f"/v1/invocations/{later}").status_code == 404
     assert http.get(f"/v1/invocations/{later}").status_code == 404

@@ -217,6 +217,12 @@ def durable_id(client_id: str, seq: int) -> str:
     return f"{client_id}.{seq:x}"
 
 
+def direct_id(client_id: str, seq: int) -> str:
+    """A direct call's id: one token (it ends its reply subject), unique to the client
+    (the owner, if any, is left out: the reply subject already starts with it)."""
+    return f"{client_id.rpartition('.')[2]}{seq:x}"
+
+
 def idempotent_id(key_digest: str) -> str:
     """A caller's idempotency key names the invocation, so a repeat finds the first."""
     return f"idem.{key_digest}"
@@ -234,10 +240,11 @@ def schedule_invocation_id(app: str, fn: str, tick_ms: int) -> str:
 
 
 _ID_PART = "[A-Za-z0-9_-]{1,64}"
-INVOCATION_ID_PATTERN = rf"{_ID_PART}(\.{_ID_PART})?"
-"""An invocation (or trace) id, whole: a client's ``durable_id``, an ``idempotent_id``,
-or a direct call's id."""
-INVOCATION_ID_MAX_CHARS = 2 * 64 + 1
+INVOCATION_ID_PATTERN = rf"{_ID_PART}(\.{_ID_PART}){{0,2}}"
+"""An invocation (or trace) id, whole: a client's ``durable_id`` (``<owner>.<client>.<n>``,
+or ``<client>.<n>`` from a client with no owner), an ``idempotent_id``, or a direct
+call's id."""
+INVOCATION_ID_MAX_CHARS = 3 * 64 + 2
 _ID_RE = re.compile(INVOCATION_ID_PATTERN)
 _SEQ_RE = re.compile("[1-9a-f][0-9a-f]*")
 
@@ -255,12 +262,36 @@ def issued_mark(invocation_id: str) -> tuple[str, int] | None:
     """
     if not is_valid_invocation_id(invocation_id):
         return None
-    head, _, tail = invocation_id.partition(".")
-    if head in ("idem", "sched") and tail:  # a key's id, a schedule's tick: by name
+    kind, _, rest = invocation_id.partition(".")
+    if kind in ("idem", "sched") and rest and "." not in rest:  # a key's id, a tick: by name
         return invocation_id, 0
+    head, _, tail = invocation_id.rpartition(".")  # the client's id, its number
+    if not head:
+        return None
     if _SEQ_RE.fullmatch(tail) is None:  # as ``durable_id`` writes it: no 0x, no leading 0
         return None
     return head, int(tail, 16)
+
+
+CLIENT_PREFIX = "_SP"
+INBOX_PREFIX = "_INBOX"
+
+
+def client_id(owner: str | None, unique: str) -> str:
+    """A client's id: ``<owner>.<unique>`` when it knows the user it connects as (the
+    name in its credentials), so every subject and durable id of the client starts with
+    the owner and the user's permissions can be pinned to it (``security/roles.py``)."""
+    return f"{owner}.{unique}" if owner else unique
+
+
+def client_prefix(owner: str) -> str:
+    """Every subject of the clients of ``owner`` is under this (``reply_subject``…)."""
+    return f"{CLIENT_PREFIX}.{owner}"
+
+
+def inbox_prefix(owner: str) -> str:
+    """The inbox prefix of a connection of ``owner`` (nats-py's ``inbox_prefix``)."""
+    return f"{INBOX_PREFIX}.{owner}"
 
 
 def reply_subject(client_id: str, invocation_id: str) -> str:
@@ -325,8 +356,8 @@ def http_stream_wildcard(client_id: str) -> str:
 def client_of_reply(reply: str) -> str | None:
     """The client id in a reply subject made by ``reply_subject``, else None."""
     parts = reply.split(".")
-    if len(parts) == 4 and parts[0] == "_SP" and parts[2] == "r":
-        return parts[1]
+    if len(parts) in (4, 5) and parts[0] == CLIENT_PREFIX and parts[-2] == "r":
+        return ".".join(parts[1:-2])
     return None
 
 

@@ -16,6 +16,7 @@ from superpose.cli import (
     apps,
     calls,
     common,
+    creds,
     envs,
     keys,
     lattice,
@@ -30,7 +31,7 @@ from superpose.errors import RemoteError, SuperposeError
 HELP_ORDER = (
     *("up", "down", "worker", "gateway", "deploy", "call", "result", "failed", "replay"),
     *("cancel", "ls", "versions", "alias", "promote", "rollback", "schedules", "status"),
-    *("logs", "secret", "token", "key", "tenant"),
+    *("logs", "secret", "token", "key", "tenant", "creds"),
 )
 """Commands in the order ``superpose --help`` lists them: the order users already know,
 from starting a lattice to reading logs, which is not the order of the modules.
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     tokens.add_commands(add)
     keys.add_commands(add)
     tenants.add_commands(add)
+    creds.add_commands(add)
     _in_help_order(sub)
     return parser
 

@@ -38,7 +38,7 @@ from superpose.client.scripts import ScriptBundles
 from superpose.client.secrets import Secrets
 from superpose.errors import SuperposeError
 from superpose.lattice import signing
-from superpose.lattice.connection import Assets, ensure_assets
+from superpose.lattice.connection import Assets, ensure_assets, owner
 from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
 from superpose.registry.mirror import Registry, Target, split_name
@@ -71,7 +71,7 @@ class Client:
         self.url = url
         self.tenant: str | None = None
         """The tenant ``sp.connect(tenant=)`` connected as (None: the lattice's account)."""
-        self.id = uuid.uuid4().hex[:16]
+        self.id = protocol.client_id(owner(nc), uuid.uuid4().hex[:16])
         self.offers = Offers(nc, self.id)
         """Big arguments of this client's direct calls, until their nodes have pulled them."""
         self.after_close: Callable[[], None] | None = None

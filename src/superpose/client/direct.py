@@ -131,7 +131,7 @@ class DirectCalls:
         """Queue one call from any thread; one wake-up of the sender per batch."""
         timeout_s = options.timeout or target.options.get("timeout") or config.DEFAULT_TIMEOUT_S
         inv = protocol.Invocation(
-            id=f"{self._client_id}{next(self._seq):x}",
+            id=protocol.direct_id(self._client_id, next(self._seq)),
             app=target.app,
             fn=target.fn,
             digest=target.digest,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +29,17 @@ from superpose.errors import LatticeError
 from superpose.lattice import tls
 from superpose.lattice.batch import js_api
 from superpose.security.lookup import find_creds
+from superpose.security.roles import owner_of
+
+_owners: weakref.WeakKeyDictionary[NATS, str] = weakref.WeakKeyDictionary()
+"""Connection → the user it connected as (``owner``)."""
+
+
+def owner(nc: NATS) -> str | None:
+    """The user ``nc`` connected as, when its name can own subjects (``security/roles``):
+    clients on it take ids under it, which is all a narrow user may subscribe to."""
+    return _owners.get(nc)
+
 
 T = TypeVar("T")
 
@@ -72,6 +84,7 @@ async def connect(
 
     nc = NATS()
     options = _options(servers, name, creds, _remember) | trust.options()
+    _own(nc, options, owner_of(creds))
     connecting = asyncio.ensure_future(nc.connect(**options))
     try:
         await _first_connection(connecting, refused)
@@ -96,6 +109,13 @@ async def connect(
         await nc.close()
         raise
     return nc
+
+
+def _own(nc: NATS, options: dict[str, Any], user: str | None) -> None:
+    """Inboxes under the user's name: a narrow user may subscribe to its own only."""
+    if user is not None:
+        options["inbox_prefix"] = protocol.inbox_prefix(user)
+        _owners[nc] = user
 
 
 async def _first_connection(

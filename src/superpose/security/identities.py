@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from superpose.errors import LatticeError
-from superpose.security import jwt, nkeys
-from superpose.security.creds import write_creds
+from superpose.security import jwt, nkeys, roles
+from superpose.security.creds import read_creds, write_creds
 from superpose.security.files import private_dir, write_private
 from superpose.security.nkeys import KeyKind
 
@@ -31,7 +31,8 @@ LATTICE_ACCOUNT = "SP"
 """The account every superpose subject, stream and bucket lives in."""
 ROLES = ("admin", "node", "gateway")
 """admin: the CLI, ``sp.connect()`` and the supervisor; node: node agents (and, for
-now, their executors); gateway: the HTTP gateway."""
+now, their executors); gateway: the HTTP gateway. Each has its role's permissions
+(``security/roles.py``); ``superpose creds create`` mints narrower users."""
 KEYS_DIR = "keys"
 CREDS_DIR = "creds"
 
@@ -74,9 +75,10 @@ class Identities:
         *,
         account: str = LATTICE_ACCOUNT,
         permissions: dict[str, Any] | None = None,
+        path: Path | None = None,
     ) -> Path:
         """A new user of ``account`` with ``permissions`` (everything if None), written to
-        ``creds/<name>.creds``; each call makes a new key."""
+        ``path`` (default ``creds/<name>.creds``); each call makes a new key."""
         user_seed = nkeys.new_seed(KeyKind.USER)
         token = jwt.user(
             _seed(self.state_dir, account, KeyKind.ACCOUNT),
@@ -84,8 +86,9 @@ class Identities:
             name=name,
             permissions=permissions,
         )
-        creds_dir = private_dir(self.state_dir / CREDS_DIR)
-        return write_creds(creds_dir / f"{name}.creds", token, user_seed)
+        if path is None:
+            path = private_dir(self.state_dir / CREDS_DIR) / f"{name}.creds"
+        return write_creds(path, token, user_seed)
 
 
 def load_or_create(state_dir: Path) -> Identities:
@@ -107,9 +110,20 @@ def load_or_create(state_dir: Path) -> Identities:
     )
     identities = Identities(state_dir, auth)
     for role in ROLES:
-        if not (state_dir / CREDS_DIR / f"{role}.creds").exists():
-            identities.mint_user(role)
+        wanted = roles.permissions(role, owner=role)
+        if not _has_permissions(state_dir / CREDS_DIR / f"{role}.creds", wanted):
+            identities.mint_user(role, permissions=wanted)
     return identities
+
+
+def _has_permissions(path: Path, wanted: dict[str, Any] | None) -> bool:
+    """Whether the creds at ``path`` exist with ``wanted`` permissions: a state folder
+    from before roles (or from an older table) gets its role users minted again."""
+    if not path.exists():
+        return False
+    claims = jwt.claims_of(read_creds(path)[0]).get("nats", {})
+    want = wanted or {"pub": {}, "sub": {}}
+    return all(claims.get(key) == value for key, value in want.items())
 
 
 def _seed(state_dir: Path, name: str, kind: KeyKind) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from superpose.errors import UserError
-from superpose.security import jwt, nkeys
+from superpose.security import jwt, nkeys, roles
 from superpose.security.creds import write_creds
 from superpose.security.files import private_dir, write_private
 from superpose.security.identities import (
@@ -113,7 +113,9 @@ def create(state_dir: Path, name: str) -> Tenant:
     creds_dir = private_dir(private_dir(state_dir / CREDS_DIR) / name)
     for role in ROLES:  # the users first: a seed on disk is what makes the tenant exist
         user_seed = nkeys.new_seed(KeyKind.USER)
-        token = jwt.user(account_seed, nkeys.public_key(user_seed), name=f"{name}-{role}")
+        user = f"{name}-{role}"
+        wanted = roles.permissions(role, owner=user)  # a tenant's roles are the lattice's
+        token = jwt.user(account_seed, nkeys.public_key(user_seed), name=user, permissions=wanted)
         write_creds(creds_dir / f"{role}.creds", token, user_seed)
     write_private(path, account_seed + "\n")
     return Tenant(name, nkeys.public_key(account_seed), creds_dir)

@@ -1,0 +1,116 @@
+"""``superpose creds create|ls``: users of a role, minted with the lattice's account key.
+
+Minting needs the account's seed (``keys/SP.nk``), so it runs where ``superpose up``
+runs, in its state folder; nothing is asked of the server (it trusts any user its
+account signed). What was minted is listed in ``creds/index.json`` (names, roles,
+apps, when; never a seed), so ``creds ls`` can show it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from superpose import protocol
+from superpose.errors import BadRequestError, UserError
+from superpose.security import roles
+from superpose.security.files import private_dir, write_private
+from superpose.security.identities import CREDS_DIR, KEYS_DIR, LATTICE_ACCOUNT, load_or_create
+
+INDEX = "index.json"
+
+
+@dataclass(frozen=True)
+class Minted:
+    """One user ``creds create`` made (the index's row)."""
+
+    name: str
+    role: str
+    app: str | None
+    created: float
+    path: str
+
+
+def check_role(role: str) -> str:
+    if role not in roles.MINTABLE:
+        raise BadRequestError(
+            f"--role {role!r} is not a role creds can be made for: use one of "
+            f"{', '.join(roles.MINTABLE)} (admin is `superpose up`'s own)"
+        )
+    return role
+
+
+def check_app(role: str, app: str | None) -> str | None:
+    if app is None:
+        return None
+    if not protocol.is_valid_name(app):
+        raise BadRequestError(f"--app {app!r} is not an app name ({protocol.NAME_PATTERN})")
+    if role == "node":
+        raise BadRequestError("--app does not apply to --role node: a node serves every app")
+    return app
+
+
+def check_name(name: str | None, role: str) -> str:
+    """The user's name, which its clients' ids start with (so: a NATS token)."""
+    if name is None:
+        return f"{role}-{secrets.token_hex(4)}"
+    if roles.owner_of_name(name) is None or name in roles.ROLES:
+        raise BadRequestError(
+            f"--name {name!r} cannot name a user: letters, digits, _ and -, at most "
+            f"{roles.OWNER_MAX_CHARS}, and not a role's own name"
+        )
+    return name
+
+
+def create(
+    state_dir: Path, role: str, *, app: str | None, name: str | None, out: Path | None
+) -> Minted:
+    """Mint a user of ``role`` (limited to ``app``) into ``out`` (default
+    ``creds/<name>.creds``) and record it in the index."""
+    role = check_role(role)
+    app, name = check_app(role, app), check_name(name, role)
+    _require_keys(state_dir)
+    listed = listing(state_dir)
+    if any(m.name == name for m in listed):
+        raise BadRequestError(f"--name {name!r} is taken: `superpose creds ls` lists the users")
+    path = (out or state_dir / CREDS_DIR / f"{name}.creds").absolute()
+    if path.exists():
+        raise BadRequestError(f"{path} exists: creds are never overwritten; choose another --out")
+    if not path.parent.is_dir():
+        raise BadRequestError(f"--out {out}: no folder {path.parent}")
+    identities = load_or_create(state_dir)
+    permissions = roles.permissions(role, owner=name, app=app)
+    identities.mint_user(name, permissions=permissions, path=path)
+    minted = Minted(name=name, role=role, app=app, created=time.time(), path=str(path))
+    _write_index(state_dir, [*listed, minted])
+    return minted
+
+
+def listing(state_dir: Path) -> list[Minted]:
+    """What ``create`` minted here, oldest first."""
+    path = state_dir / CREDS_DIR / INDEX
+    try:
+        rows = json.loads(path.read_text())
+        return [Minted(**row) for row in rows]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"{path} is not a creds index ({exc}); fix or remove it") from exc
+
+
+def _write_index(state_dir: Path, minted: list[Minted]) -> None:
+    folder = private_dir(state_dir / CREDS_DIR)
+    write_private(folder / INDEX, json.dumps([asdict(m) for m in minted], indent=2) + "\n")
+
+
+def _require_keys(state_dir: Path) -> None:
+    """Minting signs with the account's key: only where the lattice was made."""
+    key = state_dir / KEYS_DIR / f"{LATTICE_ACCOUNT}.nk"
+    if not key.is_file():
+        raise UserError(
+            f"no lattice account key in {key.parent}: creds are made where `superpose up` "
+            "runs (its state folder, SUPERPOSE_HOME), with the key it made there"
+        )
