@@ -74,7 +74,8 @@ def connect(
         return node
     with session.lock:
         default = session.default_client()
-        if default is not None and url in (None, default.url):
+        asked_for_more = creds is not None or tls_ca is not None  # never silently ignored
+        if default is not None and url in (None, default.url) and not asked_for_more:
             return default
         sink = print_log_record if show_logs else None
         client = open_in_thread(url, workers, sink, tls_ca, Path(creds) if creds else None)
