@@ -18,6 +18,7 @@ import pytest
 
 import superpose as sp
 from conftest import ROOT, Lattice, client_on, lattice_env, poll, raw_nats, superpose_cli
+from superpose.client import session
 from superpose.config import ENV_CREDS, settings
 from superpose.errors import LatticeError, SettingError
 from superpose.lattice.connection import connect
@@ -129,11 +130,14 @@ def test_a_file_that_is_not_creds_is_refused_naming_it(tmp_path: Path) -> None:
 def test_sp_connect_takes_creds(lattice: Lattice) -> None:
     creds = registered(lattice.url)
     assert creds is not None
+    previous = session.default_client()
     client = sp.connect(lattice.url, creds=creds, show_logs=False)
     try:
+        assert client is not previous  # a client of its own: the creds asked for are used
         assert client.url == lattice.url
     finally:
         client.close()
+        session.set_default(previous)
     with client_on(lattice):  # and finds them with none given (this process's lattice)
         pass
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ROOT, Lattice, poll, superpose_cli
+from conftest import ROOT, Lattice, lattice_env, poll, superpose_cli
 from http_errors import error_of
 from superpose.errors import BadRequestError, SerializationError, UserError
 from superpose.gateway.limits import Limits
@@ -60,6 +61,7 @@ def gateway(lattice: Lattice, *flags: str) -> Iterator[tuple[str, int]]:
         [*argv, "--port", str(port), *flags],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, **lattice_env(lattice.url)},
     )
     url = f"http://127.0.0.1:{port}"
 

@@ -78,7 +78,13 @@ def connect(
         return node
     with session.lock:
         default = session.default_client()
-        if default is not None and url in (None, default.url) and default.tenant == tenant:
+        asked_for_more = creds is not None or tls_ca is not None  # never silently ignored
+        if (
+            default is not None
+            and url in (None, default.url)
+            and default.tenant == tenant
+            and not asked_for_more
+        ):
             return default
         sink = print_log_record if show_logs else None
         client = open_in_thread(

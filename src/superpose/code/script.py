@@ -46,7 +46,7 @@ def local_modules(root: Path) -> dict[str, Path]:
     """Module name → file, for the modules loaded from under ``root`` that nodes lack."""
     installed = _installed_roots()
     files = {}
-    for name, module in list(sys.modules.items()):
+    for name, module in sys.modules.copy().items():  # atomic: other threads import too
         file = getattr(module, "__file__", None)
         if not file or not file.endswith(".py"):
             continue
