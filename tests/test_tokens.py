@@ -20,6 +20,7 @@ from superpose import protocol
 from superpose.gateway import auth
 from superpose.gateway.openapi import OPENAPI
 from superpose.lattice import tokens
+from superpose.lattice.connection import connect, ensure_assets
 from superpose.local.gateway_token import ensure_admin_token
 
 APP_SOURCE = '''
@@ -317,7 +318,11 @@ def test_up_keeps_a_valid_admin_token_and_replaces_a_revoked_one(
     lattice: Lattice, tmp_path: Path
 ) -> None:
     async def ensure() -> str:
-        path = await ensure_admin_token(lattice.url, tmp_path)
+        nc = await connect(lattice.url, name="test-admin-token")
+        try:
+            path = await ensure_admin_token((await ensure_assets(nc)).tokens, tmp_path)
+        finally:
+            await nc.close()
         assert path.stat().st_mode & 0o777 == 0o600
         return path.read_text().strip()
 

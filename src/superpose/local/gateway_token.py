@@ -9,12 +9,12 @@ token was revoked or the lattice's store is new (the bucket no longer knows it).
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
+from nats.js.kv import KeyValue
+
 from superpose.lattice import tokens
-from superpose.lattice.connection import connect, ensure_assets
+from superpose.security.files import write_private
 
 TOKEN_FILE = "gateway.token"
 TOKEN_NAME = "superpose up"
@@ -25,30 +25,12 @@ def token_path(state_dir: Path) -> Path:
     return state_dir / TOKEN_FILE
 
 
-async def ensure_admin_token(url: str, state_dir: Path, *, tls_ca: Path | None = None) -> Path:
-    """``<state_dir>/gateway.token`` holding a valid admin token; its path."""
+async def ensure_admin_token(kv: KeyValue, state_dir: Path) -> Path:
+    """``<state_dir>/gateway.token`` holding a valid admin token of the lattice whose
+    ``sp_tokens`` is ``kv``; its path."""
     path = token_path(state_dir)
-    nc = await connect(url, name="superpose-supervisor", tls_ca=tls_ca)
-    try:
-        kv = (await ensure_assets(nc)).tokens
-        if path.exists() and await tokens.is_valid(kv, path.read_text().strip()):
-            return path
-        text, _ = await tokens.create(kv, "admin", name=TOKEN_NAME)
-    finally:
-        await nc.close()
+    if path.exists() and await tokens.is_valid(kv, path.read_text().strip()):
+        return path
+    text, _ = await tokens.create(kv, "admin", name=TOKEN_NAME)
     write_private(path, text + "\n")
     return path
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 from the first byte: created that way
-    under another name, then renamed over, so no reader ever sees it wider or partial."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):  # left by a crash: its mode is unknown
-        temp.unlink()
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.replace(temp, path)

@@ -8,13 +8,13 @@ import socket
 import time
 
 from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from superpose import config, protocol
 from superpose.lattice import signing
-from superpose.lattice.connection import connect, ensure_assets
 
 
-async def trust_home_key(url: str, *, home: bool = True) -> None:
+async def trust_home_key(trust: KeyValue, *, home: bool = True) -> None:
     """The lattice this machine starts trusts the user's deployer key and (``home``) its
     home folder's (each made on first start, 0600), so deploys and scripts of whoever
     started it sign with no step. A private embedded lattice makes no home key."""
@@ -23,12 +23,7 @@ async def trust_home_key(url: str, *, home: bool = True) -> None:
     home_key = signing.key_file(config.settings().home)
     if home or home_key.exists():  # a script run where `up` ran before signs with it
         keys[signing.load_or_create(home_key).public_key] = f"{who} (home {home_key.parents[1]})"
-    nc = await connect(url, name="superpose-up")
-    try:
-        assets = await ensure_assets(nc)
-        for public_key, name in keys.items():
-            record = protocol.TrustedKey(name=name, added=time.time())
-            with contextlib.suppress(KeyWrongLastSequenceError):  # trusted already
-                await assets.trust.create(public_key, record.as_json())
-    finally:
-        await nc.close()
+    for public_key, name in keys.items():
+        record = protocol.TrustedKey(name=name, added=time.time())
+        with contextlib.suppress(KeyWrongLastSequenceError):  # trusted already
+            await trust.create(public_key, record.as_json())

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from superpose import config, protocol
 from superpose.config import ENV_TLS_CA
@@ -31,6 +31,9 @@ from superpose.local.tls import ServerTls
 from superpose.security import lookup, tenants
 from superpose.security.identities import Identities, ServerAuth, load_or_create
 from superpose.support.retry import Backoff
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
 
 READY_TIMEOUT_S = 30.0
 RESTART = Backoff(1.0)
@@ -179,17 +182,10 @@ class LocalLattice:
             if self.gateway_port is not None:
                 port = self.gateway_port or free_port()
                 check_free(Listen(self.gateway_host, port), "gateway (--gateway-listen)")
-                from superpose.local.gateway_token import ensure_admin_token  # nats-py: lazily
-
-                self.gateway_token = await ensure_admin_token(
-                    self.url, self.state_dir, tls_ca=self.tls_ca
-                )
                 self.gateway_url = f"http://{bracketed(local_host(self.gateway_host))}:{port}"
                 self.children.append(self._gateway_child(port))
+            await self._prepare_assets()
             await asyncio.gather(*(child.start() for child in self.children))
-            from superpose.local.keys import trust_home_key  # nats-py: not for every CLI start
-
-            await trust_home_key(self.url, home=not self._temp)
             await self._wait_ready(node_ids)
         except BaseException:
             await self.stop()
@@ -292,12 +288,34 @@ class LocalLattice:
         ]
         return Child("gateway", argv, self.state_dir / "logs" / "gateway.log", self.child_env)
 
-    async def _wait_ready(self, node_ids: list[str]) -> None:
+    async def _supervisor_connection(self) -> NATS:
+        """This lattice's own connection: its admin creds and CA, whatever the
+        environment names (``$SUPERPOSE_CREDS`` may be another lattice's)."""
         from superpose.lattice.connection import connect
 
-        nc = await connect(
+        return await connect(
             self.url, name="superpose-supervisor", tls_ca=self.tls_ca, creds=self.admin_creds
         )
+
+    async def _prepare_assets(self) -> None:
+        """Before any child starts: the buckets, the trusted deployer keys of whoever
+        started the lattice, and (with a gateway) the admin token ``up`` leaves for it."""
+        from superpose.lattice.connection import ensure_assets  # nats-py: lazily
+        from superpose.local.gateway_token import ensure_admin_token
+        from superpose.local.keys import trust_home_key
+
+        assert self.state_dir is not None
+        nc = await self._supervisor_connection()
+        try:
+            assets = await ensure_assets(nc)
+            if self.gateway_port is not None:
+                self.gateway_token = await ensure_admin_token(assets.tokens, self.state_dir)
+            await trust_home_key(assets.trust, home=not self._temp)
+        finally:
+            await nc.close()
+
+    async def _wait_ready(self, node_ids: list[str]) -> None:
+        nc = await self._supervisor_connection()
         deadline = time.monotonic() + READY_TIMEOUT_S
         try:
             waiting = set(node_ids)
