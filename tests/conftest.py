@@ -117,7 +117,8 @@ def client_on(handle: Lattice) -> Iterator[sp.Client]:
     try:
         yield client
     finally:
-        client.close()
+        if client is not previous:  # the default already on that lattice stays open
+            client.close()
         session.set_default(previous)
 
 
