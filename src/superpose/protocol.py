@@ -481,6 +481,89 @@ def direct_get_subject(stream: str) -> str:
     return f"$JS.API.DIRECT.GET.{stream}"
 
 
+# What an executor's own NATS user may do (``security/executor_identity.py``)
+def executor_offers_owner(executor_id: str) -> str:
+    """The owner token of the payloads an executor process itself offers (big results):
+    its client's offers are under ``executor_id``, so these take another name it owns."""
+    return f"{executor_id}x"
+
+
+def executor_publish_allowed(me: str) -> list[str]:
+    """Subjects an executor named ``me`` may publish on: calls (nested, and express ones
+    passed on), durable submissions, replies and parts to any caller, offer pulls, logs,
+    cancels, its own issued records, and the JetStream API requests a nested call needs.
+    Nothing on a node's control subject, no registry, bundle, secret or token writes."""
+    kv_api = [
+        f"$JS.API.CONSUMER.CREATE.{kv_stream(bucket)}{tail}"
+        for bucket in (REGISTRY_BUCKET, NODES_BUCKET)
+        for tail in ("", ".>")
+    ]
+    return [
+        "sp.call.>",
+        "sp.exec.>",
+        "sp.work.>",
+        node_call_wildcard("*"),
+        LOGS_WILDCARD,
+        CANCEL_SUBJECT,
+        reply_subject("*", ">"),
+        http_stream_subject("*", ">"),
+        offers_subject("*"),
+        kv_subject(ISSUED_BUCKET, me),
+        kv_subject(ISSUED_BUCKET, "idem.*"),
+        kv_subject(CANCELS_BUCKET, "*"),
+        f"$O.{BLOBS_BUCKET}.>",
+        "$JS.API.INFO",
+        stream_info_subject("*"),
+        direct_get_subject(RESULTS_STREAM),
+        f"{direct_get_subject(object_stream(BLOBS_BUCKET))}.>",
+        f"$JS.API.STREAM.MSG.GET.{object_stream(BLOBS_BUCKET)}",
+        f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}.>",
+        f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}",
+        *kv_api,
+        f"{direct_get_subject(kv_stream(REGISTRY_BUCKET))}.>",
+        f"{direct_get_subject(kv_stream(NODES_BUCKET))}.>",
+        "$JS.FC.>",
+    ]
+
+
+def executor_publish_denied() -> list[str]:
+    """Named although the allow list already leaves them out: a later widening of it
+    must not reopen these (registry and alias writes, bundles, secrets, tokens, nodes)."""
+    return [
+        kv_wildcard(REGISTRY_BUCKET),
+        kv_wildcard(SECRETS_BUCKET),
+        kv_wildcard(TOKENS_BUCKET),
+        kv_wildcard(RESULTS_BUCKET),
+        f"$O.{BUNDLES_BUCKET}.>",
+        node_control_subject("*"),
+        direct_get_subject(kv_stream(SECRETS_BUCKET)),
+        direct_get_subject(kv_stream(TOKENS_BUCKET)),
+        f"{direct_get_subject(kv_stream(SECRETS_BUCKET))}.>",
+        f"{direct_get_subject(kv_stream(TOKENS_BUCKET))}.>",
+        f"$JS.API.CONSUMER.CREATE.{object_stream(BUNDLES_BUCKET)}.>",
+        f"$JS.API.CONSUMER.CREATE.{kv_stream(SECRETS_BUCKET)}.>",
+        f"$JS.API.CONSUMER.CREATE.{kv_stream(TOKENS_BUCKET)}.>",
+        f"$JS.API.CONSUMER.CREATE.{kv_stream(RESULTS_BUCKET)}.>",
+    ]
+
+
+def executor_subscribe_allowed(me: str) -> list[str]:
+    """Its own client's subjects and inboxes, its own offers, and express calls (NATS
+    cannot narrow these to one bundle's subject: the executor's user is made before it
+    knows which bundle it will host)."""
+    return [
+        f"_SP.{me}.>",
+        f"_SP.{executor_offers_owner(me)}.>",
+        f"{executor_inbox_prefix(me)}.>",
+        "sp.exec.>",
+    ]
+
+
+def executor_inbox_prefix(me: str) -> str:
+    """The inbox prefix of an executor's connection (JetStream acks, requests' answers)."""
+    return f"_INBOX.{me}"
+
+
 # --- payload codecs -------------------------------------------------------------
 
 CODEC_PICKLE = "pickle"
@@ -941,7 +1024,10 @@ class Load(Frame, tag="load"):
     key: str = ""
     """``host_key``: the express subject it takes calls on ("" = ``digest``)."""
     settings: ExecutorSettings | None = None
-    """Secrets to read (by name, from the lattice) and env to set before any import."""
+    """Secrets (by name) and env to set before any import."""
+    secret_values: dict[str, str] = {}
+    """The values of ``settings.secrets``, read by the agent: an executor's own NATS
+    user may not read the secrets bucket (``security/executor_identity.py``)."""
 
 
 class Describe(Frame, tag="describe"):

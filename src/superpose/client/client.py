@@ -37,7 +37,7 @@ from superpose.client.resolving import lattice_platform, resolve_and_record
 from superpose.client.scripts import ScriptBundles
 from superpose.client.secrets import Secrets
 from superpose.errors import SuperposeError
-from superpose.lattice.connection import Assets, ensure_assets
+from superpose.lattice.connection import Assets, ensure_assets, open_assets
 from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
 from superpose.registry.mirror import Registry, Target, split_name
@@ -61,13 +61,14 @@ class Client:
         *,
         url: str,
         log_sink: LogSink | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.nc = nc
         self.assets = assets
         self.loop = loop
         SERVING_LOOPS.add(loop)  # a blocking wait on it would never end
         self.url = url
-        self.id = uuid.uuid4().hex[:16]
+        self.id = client_id or uuid.uuid4().hex[:16]
         self.offers = Offers(nc, self.id)
         """Big arguments of this client's direct calls, until their nodes have pulled them."""
         self.after_close: Callable[[], None] | None = None
@@ -120,14 +121,19 @@ class Client:
         log_sink: LogSink | None = None,
         tls_ca: str | Path | None = None,
         creds: Path | None = None,
+        client_id: str | None = None,
+        create_assets: bool = True,
     ) -> Client:
         """A client on the running loop; reuses ``nc`` when given (executors, gateway).
         ``tls_ca``: the CA a ``tls://`` lattice is trusted with (``lattice/tls.py``);
-        ``creds``: the credentials file, else the one ``security.lookup`` finds."""
+        ``creds``: the credentials file, else the one ``security.lookup`` finds;
+        ``create_assets=False``: only open them (an executor's user may not create any)."""
         own = nc is None
         nc = nc or await connect_nats(url, name="superpose-client", tls_ca=tls_ca, creds=creds)
-        assets = await ensure_assets(nc)
-        client = cls(nc, assets, asyncio.get_running_loop(), url=url, log_sink=log_sink)
+        assets = await (ensure_assets(nc) if create_assets else open_assets(nc))
+        client = cls(
+            nc, assets, asyncio.get_running_loop(), url=url, log_sink=log_sink, client_id=client_id
+        )
         if own:
             client._closers.append(nc.close)
         await client._start()
@@ -366,9 +372,11 @@ class Client:
         return self._durable.result(invocation_id, timeout=timeout)
 
 
-async def open_node_client(nc: NATS) -> None:
+async def open_node_client(nc: NATS, client_id: str | None = None) -> None:
     """An executor's client: user code's nested calls share its connection and loop.
     (The executor process is composed in ``cli/executor.py``, above the node and
-    this layer, which may not import each other.)"""
+    this layer, which may not import each other.) ``client_id``: the executor's own
+    NATS user may subscribe only to that client's subjects."""
     url = nc.connected_url.geturl() if nc.connected_url else ""
-    session.set_node_client(await Client.open(url, nc=nc))
+    client = await Client.open(url, nc=nc, client_id=client_id, create_assets=False)
+    session.set_node_client(client)

@@ -27,6 +27,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
 from superpose import protocol
+from superpose.lattice import secrets
 from superpose.lattice.connection import Assets, connect, ensure_assets
 from superpose.node.admission import Admission, Request
 from superpose.node.affinity import Affinity
@@ -69,6 +70,7 @@ class NodeAgent:
             self.link, EnvCache(cache_root / "envs", config.env_cache_bytes), self.spawn
         )
         self.pool = ExecutorPool(config, self, self.spawn, self.envs, forked, confinement)
+        self.pool.read_secrets = self._read_secrets
         self.admission = Admission(config, self.pool, self.spawn)
         self.held = HeldCalls(self.link)
         self.affinity = Affinity(self.link, self.pool, self.spawn)
@@ -87,6 +89,10 @@ class NodeAgent:
         self._registry: Registry | None = None
 
     # --- lifecycle -------------------------------------------------------------
+
+    async def _read_secrets(self, names: list[str]) -> dict[str, str]:
+        """For executors, whose own NATS users may not read the secrets bucket."""
+        return await secrets.read(self.link.assets.secrets, names)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then drain in-flight calls for the grace period."""
