@@ -481,6 +481,12 @@ def direct_get_subject(stream: str) -> str:
     return f"$JS.API.DIRECT.GET.{stream}"
 
 
+def direct_get_last_subject(stream: str, subject: str) -> str:
+    """A direct get of the last message on one ``subject``: the subject is in the
+    request's own, so a user's permissions can narrow which it may read."""
+    return f"{direct_get_subject(stream)}.{subject}"
+
+
 # What an executor's own NATS user may do (``security/executor_identity.py``)
 def executor_offers_owner(executor_id: str) -> str:
     """The owner token of the payloads an executor process itself offers (big results):
@@ -514,7 +520,9 @@ def executor_publish_allowed(me: str) -> list[str]:
         f"$O.{BLOBS_BUCKET}.>",
         "$JS.API.INFO",
         stream_info_subject("*"),
-        direct_get_subject(RESULTS_STREAM),
+        direct_get_last_subject(RESULTS_STREAM, results_subject(f"{me}.*")),
+        direct_get_last_subject(RESULTS_STREAM, results_subject(idempotent_id("*"))),
+        results_subject(f"{me}.*"),
         f"{direct_get_subject(object_stream(BLOBS_BUCKET))}.>",
         f"$JS.API.STREAM.MSG.GET.{object_stream(BLOBS_BUCKET)}",
         f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}.>",
@@ -533,7 +541,6 @@ def executor_publish_denied() -> list[str]:
         kv_wildcard(REGISTRY_BUCKET),
         kv_wildcard(SECRETS_BUCKET),
         kv_wildcard(TOKENS_BUCKET),
-        kv_wildcard(RESULTS_BUCKET),
         f"$O.{BUNDLES_BUCKET}.>",
         node_control_subject("*"),
         direct_get_subject(kv_stream(SECRETS_BUCKET)),
@@ -544,6 +551,7 @@ def executor_publish_denied() -> list[str]:
         f"$JS.API.CONSUMER.CREATE.{kv_stream(SECRETS_BUCKET)}.>",
         f"$JS.API.CONSUMER.CREATE.{kv_stream(TOKENS_BUCKET)}.>",
         f"$JS.API.CONSUMER.CREATE.{kv_stream(RESULTS_BUCKET)}.>",
+        direct_get_subject(RESULTS_STREAM),
     ]
 
 

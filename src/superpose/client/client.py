@@ -136,6 +136,7 @@ class Client:
         )
         if own:
             client._closers.append(nc.close)
+        client._durable.own_results_only = not create_assets
         await client._start()
         return client
 

@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 
+from superpose.config import ENV_CREDS
 from superpose.node.executor_creds import identities_for
 from superpose.security.executor_identity import ExecutorCreds
 
@@ -92,6 +93,8 @@ def fork_executor(lattice: str, node_id: str) -> tuple[ForkedChild, socket.socke
                 os.dup2(fd, target)
             output_write.close()
             os.close(null_fd)
+            if creds is not None:  # as a spawned executor's: what its own code sees
+                os.environ[ENV_CREDS] = str(creds.path)
             entry = importlib.import_module(EXECUTOR_ENTRY)
             entry.serve(theirs.detach(), lattice, node_id, creds)
             code = 0

@@ -90,6 +90,9 @@ class ExecutorSigner:
     seed: str
     account: str
 
+    def public_key(self) -> str:
+        return nkeys.public_key(self.seed)
+
     def mint(self, executor_id: str, expires_s: float = EXPIRES_S) -> str:
         """The text of a creds file for a new user named ``executor_id``."""
         user_seed = nkeys.new_seed(KeyKind.USER)
