@@ -96,7 +96,7 @@ def test_a_damaged_signer_is_named(tmp_path: Path) -> None:
     identities = load_or_create(tmp_path)
     signer = tmp_path / "creds" / executor_identity.SIGNER_FILE
     signer.write_text("SAnot-a-seed\n")
-    with pytest.raises(LatticeError, match="executor-signer.nk"):
+    with pytest.raises(LatticeError, match=r"executor-signer\.nk"):
         executor_identity.signer_beside(identities.creds("node"))
 
 
