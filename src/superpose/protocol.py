@@ -514,6 +514,7 @@ def executor_publish_allowed(me: str) -> list[str]:
         reply_subject("*", ">"),
         http_stream_subject("*", ">"),
         offers_subject("*"),
+        "_INBOX.>",  # results of calls made with a plain request (the agent hands them over)
         kv_subject(ISSUED_BUCKET, me),
         kv_subject(ISSUED_BUCKET, "idem.*"),
         kv_subject(CANCELS_BUCKET, "*"),
