@@ -8,6 +8,7 @@ only the node can read; a sandboxed executor gets a copy in its own private fold
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import shutil
@@ -68,5 +69,6 @@ _by_lattice: dict[str, ExecutorIdentities] = {}
 def identities_for(lattice: str) -> ExecutorIdentities:
     """This process's minter for ``lattice`` (made on first use)."""
     if lattice not in _by_lattice:
-        _by_lattice[lattice] = ExecutorIdentities.for_lattice(lattice)
+        minter = _by_lattice[lattice] = ExecutorIdentities.for_lattice(lattice)
+        atexit.register(minter.close)  # executors leave by os._exit: only the node runs it
     return _by_lattice[lattice]
