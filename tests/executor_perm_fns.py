@@ -63,7 +63,7 @@ async def attacks(other_result: str, node_id: str, app: str, digest: str) -> dic
             "$JS.API.DIRECT.GET.KV_sp_registry",
         )
         out["registry watch"] = await _refused(
-            js.subscribe("$KV.sp_registry.>", ordered_consumer=True),
+            nc.request("$JS.API.CONSUMER.CREATE.KV_sp_registry", b"{}"),
             errors,
             "$JS.API.CONSUMER.CREATE.KV_sp_registry",
         )
@@ -154,3 +154,26 @@ def fan_out(n: int) -> dict[str, Any]:
     durable = leaf.spawn(2).result()
     mapped = list(leaf.map(range(n)))
     return {"sync": sync, "durable": durable, "mapped": mapped}
+
+
+@sp.function
+def by_name(name: str) -> str:
+    """A nested call by name from inside an executor: its node resolves the name."""
+    client = session.node_client()
+    assert client is not None
+    try:
+        client.function(name).remote()
+    except sp.SuperposeError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "called"
+
+
+@sp.function
+def read_registry() -> str:
+    client = session.node_client()
+    assert client is not None
+    try:
+        client.run(client.registry())
+    except sp.SuperposeError as exc:
+        return str(exc)
+    return "read it"

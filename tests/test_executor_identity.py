@@ -12,7 +12,8 @@ import executor_perm_fns as fns
 import superpose as sp
 from conftest import Lattice
 from superpose import protocol
-from superpose.errors import LatticeError
+from superpose.errors import LatticeError, NotFoundError
+from superpose.registry import asked
 from superpose.security import executor_identity, jwt
 from superpose.security.creds import read_creds
 from superpose.security.identities import load_or_create
@@ -38,6 +39,8 @@ def client_creds(client: sp.Client) -> Path:
 
 
 DENIED = [
+    "registry read",
+    "registry watch",
     "another's result",
     "results in bulk",
     "bundle object",
@@ -107,3 +110,19 @@ def test_a_signer_of_the_wrong_kind_is_named(tmp_path: Path) -> None:
     signer.write_text(user_seed + "\n")
     with pytest.raises(LatticeError, match="wrong kind"):
         executor_identity.signer_beside(identities.creds("node"))
+
+
+def test_a_name_called_from_an_executor_is_resolved_by_its_node(client: sp.Client) -> None:
+    """Its user may not read the registry: a node answers with the registry's own error."""
+    said = fns.by_name.remote("no_such_app.fn")
+    assert said.startswith("NotFoundError: ") and "no_such_app" in said
+    assert "cannot read the lattice's registry" in fns.read_registry.remote()
+
+
+def test_an_answer_carries_the_registry_error_back() -> None:
+    with pytest.raises(NotFoundError, match="gone"):
+        asked.target_of(protocol.Resolved(error_kind="not_found", error="gone"))
+    with pytest.raises(LatticeError, match="could not resolve the name: odd"):
+        asked.target_of(protocol.Resolved(error_kind="surprise", error="odd"))
+    with pytest.raises(protocol.ProtocolError, match="not a Resolved message"):
+        protocol.Resolved.decode(b"\x01garbage")

@@ -499,11 +499,7 @@ def executor_publish_allowed(me: str) -> list[str]:
     passed on), durable submissions, replies and parts to any caller, offer pulls, logs,
     cancels, its own issued records, and the JetStream API requests a nested call needs.
     Nothing on a node's control subject, no registry, bundle, secret or token writes."""
-    kv_api = [
-        f"$JS.API.CONSUMER.CREATE.{kv_stream(bucket)}{tail}"
-        for bucket in (REGISTRY_BUCKET, NODES_BUCKET)
-        for tail in ("", ".>")
-    ]
+    kv_api = [f"$JS.API.CONSUMER.CREATE.{kv_stream(NODES_BUCKET)}{tail}" for tail in ("", ".>")]
     return [
         "sp.call.>",
         "sp.exec.>",
@@ -514,6 +510,7 @@ def executor_publish_allowed(me: str) -> list[str]:
         reply_subject("*", ">"),
         http_stream_subject("*", ">"),
         offers_subject("*"),
+        RESOLVE_SUBJECT,
         "_INBOX.>",  # results of calls made with a plain request (the agent hands them over)
         kv_subject(ISSUED_BUCKET, me),
         kv_subject(ISSUED_BUCKET, "idem.*"),
@@ -529,7 +526,6 @@ def executor_publish_allowed(me: str) -> list[str]:
         f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}.>",
         f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}",
         *kv_api,
-        f"{direct_get_subject(kv_stream(REGISTRY_BUCKET))}.>",
         f"{direct_get_subject(kv_stream(NODES_BUCKET))}.>",
         "$JS.FC.>",
     ]
@@ -553,6 +549,10 @@ def executor_publish_denied() -> list[str]:
         f"$JS.API.CONSUMER.CREATE.{kv_stream(TOKENS_BUCKET)}.>",
         f"$JS.API.CONSUMER.CREATE.{kv_stream(RESULTS_BUCKET)}.>",
         direct_get_subject(RESULTS_STREAM),
+        direct_get_subject(kv_stream(REGISTRY_BUCKET)),
+        f"{direct_get_subject(kv_stream(REGISTRY_BUCKET))}.>",
+        f"$JS.API.CONSUMER.CREATE.{kv_stream(REGISTRY_BUCKET)}",
+        f"$JS.API.CONSUMER.CREATE.{kv_stream(REGISTRY_BUCKET)}.>",
     ]
 
 
@@ -1437,3 +1437,52 @@ class ForwardDone(msgspec.Struct, frozen=True):
         if not space:
             raise ProtocolError(f"not a forward-done notice: {bytes(data[:80])!r}")
         return cls(node, invocation_id)
+
+
+# --- names resolved for executors --------------------------------------------------
+
+RESOLVE_SUBJECT = "sp.resolve"
+"""Executors ask here which version a name resolves to (``ResolveRequest``): their own
+NATS user may not read the registry, and every node agent mirrors it (queue group
+``nodes``, so one answers)."""
+
+
+class _Asked(msgspec.Struct, tag_field="t", omit_defaults=True):
+    """A request or answer of ``sp.resolve``: tagged msgpack like ``Message``s, read by
+    a decoder of its own type (``Signature`` is defined after the message union)."""
+
+    def encode(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def decode(cls, data: Buffer) -> Self:
+        try:
+            return msgspec.msgpack.decode(data, type=cls)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise ProtocolError(f"not a {cls.__name__} message: {exc}") from None
+
+
+class ResolveRequest(_Asked, tag="sp.resolve.v1"):
+    """``Registry.resolve`` asked of a node agent, for an executor's nested call."""
+
+    app: str
+    fn: str
+    version: str | None = None
+    ctx: CallContext | None = None
+    caller: str | None = None
+
+
+class Resolved(_Asked, tag="sp.resolved.v1"):
+    """A ``Target``'s fields, or ``error_kind`` (``not_found``, ``bad_request``, ``user``,
+    ``internal``) and ``error``: what the registry said."""
+
+    app: str = ""
+    fn: str = ""
+    digest: str = ""
+    module: str = ""
+    qualname: str = ""
+    options: dict[str, Any] = {}
+    signature: Signature | None = None
+    env: str = ""
+    error_kind: str = ""
+    error: str = ""

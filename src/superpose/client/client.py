@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 from superpose import config, protocol, runtime
 from superpose.client import session, threads
 from superpose.client.arguments import encode_arguments
+from superpose.client.asked_names import AskedNames
 from superpose.client.direct import DirectCalls
 from superpose.client.durable import wait_accepted
 from superpose.client.durable_calls import DurableCalls
@@ -62,6 +63,7 @@ class Client:
         url: str,
         log_sink: LogSink | None = None,
         client_id: str | None = None,
+        names: Names | None = None,
     ) -> None:
         self.nc = nc
         self.assets = assets
@@ -77,7 +79,7 @@ class Client:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         seq = itertools.count(1)
-        self._names = Names(assets.registry, loop)
+        self._names = names or Names(assets.registry, loop)
         self._scripts = ScriptBundles(nc, loop, self._script_env)
         self._placement = Placement(nc, assets.nodes, self._names)
         self._express = ExpressRoutes(config.settings().express)
@@ -131,9 +133,9 @@ class Client:
         own = nc is None
         nc = nc or await connect_nats(url, name="superpose-client", tls_ca=tls_ca, creds=creds)
         assets = await (ensure_assets(nc) if create_assets else open_assets(nc))
-        client = cls(
-            nc, assets, asyncio.get_running_loop(), url=url, log_sink=log_sink, client_id=client_id
-        )
+        loop = asyncio.get_running_loop()
+        names = None if create_assets else AskedNames(nc, loop)  # an executor's: asks nodes
+        client = cls(nc, assets, loop, url=url, log_sink=log_sink, client_id=client_id, names=names)
         if own:
             client._closers.append(nc.close)
         client._durable.own_results_only = not create_assets

@@ -24,13 +24,19 @@ from superpose.support.eventloop import on_loop
 
 
 class Names:
-    def __init__(self, kv: KeyValue, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, kv: KeyValue | None, loop: asyncio.AbstractEventLoop) -> None:
         self._kv = kv
+        """None in an executor, whose user may not read the registry (``asked_names.py``)."""
         self._loop = loop
         self._mirror: Registry | None = None
 
     async def registry(self) -> Registry:
         if self._mirror is None:
+            if self._kv is None:
+                raise SuperposeError(
+                    "code running on a node cannot read the lattice's registry; call "
+                    "functions by name (client.function('app.fn')) instead"
+                )
             self._mirror = Registry(self._kv)
             await self._mirror.start()
         return self._mirror

@@ -16,6 +16,7 @@ the node is doing, ``DurableWorker`` runs durable work from JetStream, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from superpose import protocol
@@ -48,6 +50,7 @@ from superpose.node.prefetch import AliasPrefetcher
 from superpose.node.progress import HeldCalls
 from superpose.node.sandbox import Confinement
 from superpose.node.scheduler import Scheduler
+from superpose.registry import asked
 from superpose.registry.mirror import Registry
 from superpose.registry.placement import NodeDirectory, satisfies
 
@@ -89,6 +92,19 @@ class NodeAgent:
         self._registry: Registry | None = None
 
     # --- lifecycle -------------------------------------------------------------
+
+    async def _on_resolve(self, msg: Msg) -> None:
+        """Which version a name resolves to, asked by an executor (``registry/asked.py``)."""
+        if self._registry is None or not msg.reply:
+            return
+        try:
+            request = protocol.ResolveRequest.decode(msg.data)
+        except protocol.ProtocolError as exc:
+            answer = protocol.Resolved(error_kind="bad_request", error=str(exc))
+        else:
+            answer = asked.answer(self._registry, request)
+        with contextlib.suppress(Exception):  # the asker gone: nothing to tell
+            await msg.respond(answer.encode())
 
     async def _read_secrets(self, names: list[str]) -> dict[str, str]:
         """For executors, whose own NATS users may not read the secrets bucket."""
@@ -167,6 +183,13 @@ class NodeAgent:
         await prefetcher.start()
         await self.scheduler.start(self._registry)
         self._watches = [self.scheduler, prefetcher, directory, self._registry]
+        self._subs.append(  # executors' names: their own users may not read the registry
+            await self.link.nc.subscribe(
+                protocol.RESOLVE_SUBJECT,
+                queue=protocol.CALL_QUEUE_GROUP,
+                cb=self._on_resolve,
+            )
+        )
 
     async def shutdown(self) -> None:
         """Stop taking calls, drain, stop executors, leave. Never waits on a dead lattice."""
