@@ -517,6 +517,7 @@ def executor_publish_allowed(me: str) -> list[str]:
         kv_subject(CANCELS_BUCKET, "*"),
         f"$O.{BLOBS_BUCKET}.>",
         "$JS.API.INFO",
+        "$JS.API.STREAM.NAMES",  # nats-py's object get finds the stream by subject
         stream_info_subject("*"),
         direct_get_last_subject(RESULTS_STREAM, results_subject(f"{me}.*")),
         direct_get_last_subject(RESULTS_STREAM, results_subject(idempotent_id("*"))),
