@@ -515,6 +515,99 @@ def direct_get_subject(stream: str) -> str:
     return f"$JS.API.DIRECT.GET.{stream}"
 
 
+def direct_get_last_subject(stream: str, subject: str) -> str:
+    """A direct get of the last message on one ``subject``: the subject is in the
+    request's own, so a user's permissions can narrow which it may read."""
+    return f"{direct_get_subject(stream)}.{subject}"
+
+
+# What an executor's own NATS user may do (``security/executor_identity.py``)
+def executor_offers_owner(executor_id: str) -> str:
+    """The owner token of the payloads an executor process itself offers (big results):
+    its client's offers are under ``executor_id``, so these take another name it owns."""
+    return f"{executor_id}x"
+
+
+def executor_publish_allowed(me: str) -> list[str]:
+    """Subjects an executor named ``me`` may publish on: calls (nested, and express ones
+    passed on), durable submissions, replies and parts to any caller, offer pulls, logs,
+    cancels, its own issued records, and the JetStream API requests a nested call needs.
+    Nothing on a node's control subject, no registry, bundle, secret or token writes."""
+    kv_api = [f"$JS.API.CONSUMER.CREATE.{kv_stream(NODES_BUCKET)}{tail}" for tail in ("", ".>")]
+    return [
+        "sp.call.>",
+        "sp.exec.>",
+        "sp.work.>",
+        node_call_wildcard("*"),
+        LOGS_WILDCARD,
+        CANCEL_SUBJECT,
+        reply_subject("*", ">"),
+        http_stream_subject("*", ">"),
+        offers_subject("*"),
+        RESOLVE_SUBJECT,
+        "_INBOX.>",  # results of calls made with a plain request (the agent hands them over)
+        kv_subject(ISSUED_BUCKET, me),
+        kv_subject(ISSUED_BUCKET, "idem.*"),
+        kv_subject(CANCELS_BUCKET, "*"),
+        f"$O.{BLOBS_BUCKET}.>",
+        "$JS.API.INFO",
+        "$JS.API.STREAM.NAMES",  # nats-py's object get finds the stream by subject
+        stream_info_subject("*"),
+        direct_get_last_subject(RESULTS_STREAM, results_subject(f"{me}.*")),
+        direct_get_last_subject(RESULTS_STREAM, results_subject(idempotent_id("*"))),
+        results_subject(f"{me}.*"),
+        f"{direct_get_subject(object_stream(BLOBS_BUCKET))}.>",
+        f"$JS.API.STREAM.MSG.GET.{object_stream(BLOBS_BUCKET)}",
+        f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}.>",
+        f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}",
+        *kv_api,
+        f"{direct_get_subject(kv_stream(NODES_BUCKET))}.>",
+        "$JS.FC.>",
+    ]
+
+
+def executor_publish_denied() -> list[str]:
+    """Named although the allow list already leaves them out: a later widening of it
+    must not reopen these (registry and alias writes, bundles, secrets, tokens, nodes)."""
+    return [
+        kv_wildcard(REGISTRY_BUCKET),
+        kv_wildcard(SECRETS_BUCKET),
+        kv_wildcard(TOKENS_BUCKET),
+        f"$O.{BUNDLES_BUCKET}.>",
+        node_control_subject("*"),
+        direct_get_subject(kv_stream(SECRETS_BUCKET)),
+        direct_get_subject(kv_stream(TOKENS_BUCKET)),
+        f"{direct_get_subject(kv_stream(SECRETS_BUCKET))}.>",
+        f"{direct_get_subject(kv_stream(TOKENS_BUCKET))}.>",
+        f"$JS.API.CONSUMER.CREATE.{object_stream(BUNDLES_BUCKET)}.>",
+        f"$JS.API.CONSUMER.CREATE.{kv_stream(SECRETS_BUCKET)}.>",
+        f"$JS.API.CONSUMER.CREATE.{kv_stream(TOKENS_BUCKET)}.>",
+        f"$JS.API.CONSUMER.CREATE.{kv_stream(RESULTS_BUCKET)}.>",
+        direct_get_subject(RESULTS_STREAM),
+        direct_get_subject(kv_stream(REGISTRY_BUCKET)),
+        f"{direct_get_subject(kv_stream(REGISTRY_BUCKET))}.>",
+        f"$JS.API.CONSUMER.CREATE.{kv_stream(REGISTRY_BUCKET)}",
+        f"$JS.API.CONSUMER.CREATE.{kv_stream(REGISTRY_BUCKET)}.>",
+    ]
+
+
+def executor_subscribe_allowed(me: str) -> list[str]:
+    """Its own client's subjects and inboxes, its own offers, and express calls (NATS
+    cannot narrow these to one bundle's subject: the executor's user is made before it
+    knows which bundle it will host)."""
+    return [
+        f"_SP.{me}.>",
+        f"_SP.{executor_offers_owner(me)}.>",
+        f"{executor_inbox_prefix(me)}.>",
+        "sp.exec.>",
+    ]
+
+
+def executor_inbox_prefix(me: str) -> str:
+    """The inbox prefix of an executor's connection (JetStream acks, requests' answers)."""
+    return f"_INBOX.{me}"
+
+
 # --- payload codecs -------------------------------------------------------------
 
 CODEC_PICKLE = "pickle"
@@ -975,7 +1068,10 @@ class Load(Frame, tag="load"):
     key: str = ""
     """``host_key``: the express subject it takes calls on ("" = ``digest``)."""
     settings: ExecutorSettings | None = None
-    """Secrets to read (by name, from the lattice) and env to set before any import."""
+    """Secrets (by name) and env to set before any import."""
+    secret_values: dict[str, str] = {}
+    """The values of ``settings.secrets``, read by the agent: an executor's own NATS
+    user may not read the secrets bucket (``security/executor_identity.py``)."""
 
 
 class Describe(Frame, tag="describe"):
@@ -1468,3 +1564,52 @@ class ForwardDone(msgspec.Struct, frozen=True):
         if not space:
             raise ProtocolError(f"not a forward-done notice: {bytes(data[:80])!r}")
         return cls(node, invocation_id)
+
+
+# --- names resolved for executors --------------------------------------------------
+
+RESOLVE_SUBJECT = "sp.resolve"
+"""Executors ask here which version a name resolves to (``ResolveRequest``): their own
+NATS user may not read the registry, and every node agent mirrors it (queue group
+``nodes``, so one answers)."""
+
+
+class _Asked(msgspec.Struct, tag_field="t", omit_defaults=True):
+    """A request or answer of ``sp.resolve``: tagged msgpack like ``Message``s, read by
+    a decoder of its own type (``Signature`` is defined after the message union)."""
+
+    def encode(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def decode(cls, data: Buffer) -> Self:
+        try:
+            return msgspec.msgpack.decode(data, type=cls)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise ProtocolError(f"not a {cls.__name__} message: {exc}") from None
+
+
+class ResolveRequest(_Asked, tag="sp.resolve.v1"):
+    """``Registry.resolve`` asked of a node agent, for an executor's nested call."""
+
+    app: str
+    fn: str
+    version: str | None = None
+    ctx: CallContext | None = None
+    caller: str | None = None
+
+
+class Resolved(_Asked, tag="sp.resolved.v1"):
+    """A ``Target``'s fields, or ``error_kind`` (``not_found``, ``bad_request``, ``user``,
+    ``internal``) and ``error``: what the registry said."""
+
+    app: str = ""
+    fn: str = ""
+    digest: str = ""
+    module: str = ""
+    qualname: str = ""
+    options: dict[str, Any] = {}
+    signature: Signature | None = None
+    env: str = ""
+    error_kind: str = ""
+    error: str = ""

@@ -21,10 +21,11 @@ from superpose.errors import BadRequestError
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
-CallerOpener: TypeAlias = "Callable[[NATS], Awaitable[None]]"
+CallerOpener: TypeAlias = "Callable[[NATS, str | None], Awaitable[None]]"
 """Opens, on an executor's connection, the client its user code's nested calls go
-through. The node side is handed one (``cli/executor.py``): it never imports the
-caller's side, it only calls this."""
+through, named by the executor's id (its NATS user's name, whose subjects it may
+subscribe to; None: any name). The node side is handed one (``cli/executor.py``): it
+never imports the caller's side, it only calls this."""
 
 
 @dataclass

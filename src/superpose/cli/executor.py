@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 
+from superpose import config
 from superpose.client.client import open_node_client
 from superpose.node.executor.confine import confine
 from superpose.node.executor.main import serve_forever
+from superpose.security.executor_identity import ExecutorCreds
 
 
-def serve(fd: int, lattice: str, node_id: str) -> None:
+def serve(fd: int, lattice: str, node_id: str, creds: ExecutorCreds | None = None) -> None:
     """Be an executor on the agent's socket ``fd``; never returns (also run by a child
-    the node forked, before its event loop started)."""
-    serve_forever(fd, lattice, node_id, open_node_client)
+    the node forked, before its event loop started). ``creds``: its own NATS user's."""
+    serve_forever(fd, lattice, node_id, open_node_client, creds)
 
 
 def main() -> None:
@@ -29,10 +31,13 @@ def main() -> None:
     parser.add_argument("--lattice", required=True)
     parser.add_argument("--node", required=True)
     parser.add_argument("--sandboxed", action="store_true")
+    parser.add_argument("--id", default=None, help="the name of its own NATS user")
     ns = parser.parse_args()
     if ns.sandboxed:  # before any user code: limits it cannot raise again
         confine()
-    serve(ns.fd, ns.lattice, ns.node)
+    creds = config.settings().creds  # the node puts its own user's creds file there
+    own = ExecutorCreds(ns.id, creds) if ns.id and creds is not None else None
+    serve(ns.fd, ns.lattice, ns.node, own)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 from superpose import config, protocol, runtime
 from superpose.client import session, threads
 from superpose.client.arguments import encode_arguments
+from superpose.client.asked_names import AskedNames
 from superpose.client.direct import DirectCalls
 from superpose.client.durable import wait_accepted
 from superpose.client.durable_calls import DurableCalls
@@ -38,7 +39,7 @@ from superpose.client.scripts import ScriptBundles
 from superpose.client.secrets import Secrets
 from superpose.errors import SuperposeError
 from superpose.lattice import signing
-from superpose.lattice.connection import Assets, ensure_assets, owner
+from superpose.lattice.connection import Assets, ensure_assets, open_assets, owner
 from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
 from superpose.registry.mirror import Registry, Target, split_name
@@ -63,6 +64,8 @@ class Client:
         *,
         url: str,
         log_sink: LogSink | None = None,
+        client_id: str | None = None,
+        names: Names | None = None,
     ) -> None:
         self.nc = nc
         self.assets = assets
@@ -71,7 +74,7 @@ class Client:
         self.url = url
         self.tenant: str | None = None
         """The tenant ``sp.connect(tenant=)`` connected as (None: the lattice's account)."""
-        self.id = protocol.client_id(owner(nc), uuid.uuid4().hex[:16])
+        self.id = client_id or protocol.client_id(owner(nc), uuid.uuid4().hex[:16])
         self.offers = Offers(nc, self.id)
         """Big arguments of this client's direct calls, until their nodes have pulled them."""
         self.after_close: Callable[[], None] | None = None
@@ -85,7 +88,7 @@ class Client:
         None: the home folder's (``<home>/keys/deployer.seed``) if it has one, else the
         user's (``~/.superpose/keys/deployer.seed``, made on first use)."""
         self._signer: signing.Signer | None = None
-        self._names = Names(assets.registry, loop, assets.trust, self.signer, url)
+        self._names = names or Names(assets.registry, loop, assets.trust, self.signer, url)
         self._scripts = ScriptBundles(nc, loop, self._script_env, self.trusted_signer)
         self._trusted = False
         self._placement = Placement(nc, assets.nodes, self._names)
@@ -131,18 +134,24 @@ class Client:
         tls_ca: str | Path | None = None,
         creds: Path | None = None,
         key: Path | None = None,
+        client_id: str | None = None,
+        create_assets: bool = True,
     ) -> Client:
         """A client on the running loop; reuses ``nc`` when given (executors, gateway).
         ``tls_ca``: the CA a ``tls://`` lattice is trusted with (``lattice/tls.py``);
         ``creds``: the credentials file, else the one ``security.lookup`` finds;
-        ``key``: the deployer key file to sign with instead of the home folder's."""
+        ``key``: the deployer key file to sign with instead of the home folder's;
+        ``create_assets=False``: only open them (an executor's user may not create any)."""
         own = nc is None
         nc = nc or await connect_nats(url, name="superpose-client", tls_ca=tls_ca, creds=creds)
-        assets = await ensure_assets(nc)
-        client = cls(nc, assets, asyncio.get_running_loop(), url=url, log_sink=log_sink)
+        assets = await (ensure_assets(nc) if create_assets else open_assets(nc))
+        loop = asyncio.get_running_loop()
+        names = None if create_assets else AskedNames(nc, loop)  # an executor's: asks nodes
+        client = cls(nc, assets, loop, url=url, log_sink=log_sink, client_id=client_id, names=names)
         client.key_file = key
         if own:
             client._closers.append(nc.close)
+        client._durable.own_results_only = not create_assets
         await client._start()
         return client
 
@@ -397,9 +406,11 @@ class Client:
         return self._durable.result(invocation_id, timeout=timeout)
 
 
-async def open_node_client(nc: NATS) -> None:
+async def open_node_client(nc: NATS, client_id: str | None = None) -> None:
     """An executor's client: user code's nested calls share its connection and loop.
     (The executor process is composed in ``cli/executor.py``, above the node and
-    this layer, which may not import each other.)"""
+    this layer, which may not import each other.) ``client_id``: the executor's own
+    NATS user may subscribe only to that client's subjects."""
     url = nc.connected_url.geturl() if nc.connected_url else ""
-    session.set_node_client(await Client.open(url, nc=nc))
+    client = await Client.open(url, nc=nc, client_id=client_id, create_assets=False)
+    session.set_node_client(client)

@@ -93,6 +93,9 @@ class Submitter:
         self._outbox: Outbox[Durable] = Outbox(asyncio.get_running_loop())
         """Submissions from any thread: a burst travels in few envelopes."""
         self._reconnects = Reconnects(nc)
+        self.one_by_one = False
+        """Look results up one direct get each: an executor's user may read only its own
+        results, which a batch get's request subject cannot name."""
 
     def start(self, spawn: Callable[[Any], None]) -> None:
         """Its notifications arrive through its client's reply subscription (``on_notify``)."""
@@ -154,7 +157,7 @@ class Submitter:
         if not keyed:
             return burst
         try:
-            found = await results.get_many(self.nc, keyed)
+            found = await results.get_many(self.nc, keyed, one_by_one=self.one_by_one)
         except Exception:
             return burst  # the stream's de-duplication still drops a repeat
         for durable in burst:
@@ -279,7 +282,7 @@ class Submitter:
         if not stale:
             return
         try:
-            found = await results.get_many(self.nc, stale)
+            found = await results.get_many(self.nc, stale, one_by_one=self.one_by_one)
         except Exception:
             log.debug("result sweep failed; next time", exc_info=True)
             return

@@ -67,6 +67,8 @@ class DurableCalls:
         """Durable submissions with an idempotency key still waiting, by id."""
         self._cancelling: set[asyncio.Task[list[str]]] = set()
         """Cancels on their way to the lattice: closing waits for them."""
+        self.own_results_only = False
+        """True in an executor: its user may read its own results only, one by one."""
 
     @property
     def started(self) -> bool:
@@ -81,6 +83,7 @@ class DurableCalls:
             self._assets.cancels,
             self._assets.issued,
         )
+        self._submitter.one_by_one = self.own_results_only
         self._submitter.start(spawn)
 
     def fail_all(self, error: SuperposeError) -> None:

@@ -28,13 +28,14 @@ from superpose.support.eventloop import on_loop
 class Names:
     def __init__(
         self,
-        kv: KeyValue,
+        kv: KeyValue | None,
         loop: asyncio.AbstractEventLoop,
-        trust: KeyValue,
+        trust: KeyValue | None,
         signer: Callable[[], signing.Signer],
         url: str,
     ) -> None:
         self._kv = kv
+        """None in an executor, whose user may not read the registry (``asked_names.py``)."""
         self._trust = trust
         self._signer = signer
         self._url = url
@@ -44,6 +45,11 @@ class Names:
     async def registry(self) -> Registry:
         """The mirror, with the trusted keys that judge it and the key writes sign with."""
         if self._mirror is None:
+            if self._kv is None or self._trust is None:
+                raise SuperposeError(
+                    "code running on a node cannot read the lattice's registry; call "
+                    "functions by name (client.function('app.fn')) instead"
+                )
             mirror = Registry(self._kv, trust=TrustedKeys(self._trust))
             mirror.signer, mirror.lattice = self._signer, self._url
             await mirror.start()

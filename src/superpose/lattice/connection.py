@@ -55,6 +55,7 @@ async def connect(
     name: str,
     creds: Path | None = None,
     tls_ca: str | Path | None = None,
+    inbox_prefix: str | None = None,
 ) -> NATS:
     """A connection that reconnects forever once made, and notices a dead server in
     seconds; the first connection fails after FIRST_CONNECT_S with LatticeError, or at
@@ -83,7 +84,7 @@ async def connect(
             refused.set_result(LatticeError(why))
 
     nc = NATS()
-    options = _options(servers, name, creds, _remember) | trust.options()
+    options = _options(servers, name, creds, _remember, inbox_prefix) | trust.options()
     _own(nc, options, owner_of(creds))
     connecting = asyncio.ensure_future(nc.connect(**options))
     try:
@@ -139,8 +140,11 @@ def _options(
     name: str,
     creds: Path | None,
     error_cb: Callable[[Exception], Awaitable[None]],
+    inbox_prefix: str | None = None,
 ) -> dict[str, Any]:
+    """``inbox_prefix``: for a user that may subscribe to its own inboxes only (executors)."""
     return {
+        **({"inbox_prefix": inbox_prefix} if inbox_prefix is not None else {}),
         "servers": servers,
         "name": name,
         "connect_timeout": CONNECT_TIMEOUT_S,
@@ -433,6 +437,50 @@ async def ensure_assets(nc: NATS) -> Assets:
         results = await js.key_value(protocol.RESULTS_BUCKET)
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
+    return Assets(
+        js,
+        registry,
+        nodes,
+        bundles,
+        blobs,
+        results,
+        dead,
+        cancels,
+        schedules,
+        issued,
+        envs,
+        secrets,
+        tokens,
+        trust,
+    )
+
+
+async def open_assets(nc: NATS) -> Assets:
+    """Handles on the assets, which must exist: nothing is created, no consumer is made.
+    An executor opens its client this way: its own NATS user may look streams up
+    (``$JS.API.STREAM.INFO``) but not create streams or the work consumers, which its
+    node ensured before starting it."""
+    js = nc.jetstream()
+    kv_names = (
+        protocol.REGISTRY_BUCKET,
+        protocol.NODES_BUCKET,
+        protocol.RESULTS_BUCKET,
+        protocol.DEAD_BUCKET,
+        protocol.CANCELS_BUCKET,
+        protocol.SCHEDULES_BUCKET,
+        protocol.ISSUED_BUCKET,
+        protocol.SECRETS_BUCKET,
+        protocol.TOKENS_BUCKET,
+        protocol.TRUST_BUCKET,
+    )
+    store_names = (protocol.BUNDLES_BUCKET, protocol.BLOBS_BUCKET, protocol.ENVS_BUCKET)
+    try:
+        kvs = await asyncio.gather(*(js.key_value(name) for name in kv_names))
+        stores = await asyncio.gather(*(js.object_store(name) for name in store_names))
+    except nats.errors.Error as exc:
+        raise LatticeError(f"the lattice's assets are not there yet: {exc}") from exc
+    registry, nodes, results, dead, cancels, schedules, issued, secrets, tokens, trust = kvs
+    bundles, blobs, envs = stores
     return Assets(
         js,
         registry,

@@ -12,7 +12,7 @@ from nats.js.errors import KeyNotFoundError
 
 from superpose import protocol
 from superpose.errors import LatticeError
-from superpose.lattice.batch import Message, get_last_many, publish_atomic
+from superpose.lattice.batch import Message, get_last_each, get_last_many, publish_atomic
 from superpose.lattice.connection import Assets
 from superpose.support.retry import Backoff
 
@@ -28,10 +28,14 @@ async def get(assets: Assets, invocation_id: str) -> protocol.Result | None:
     return protocol.Result.decode(entry.value) if entry.value else None
 
 
-async def get_many(nc: NATS, ids: Sequence[str]) -> dict[str, protocol.Result]:
-    """Stored results of those ids that have one, in one round trip per 1,000."""
+async def get_many(
+    nc: NATS, ids: Sequence[str], *, one_by_one: bool = False
+) -> dict[str, protocol.Result]:
+    """Stored results of those ids that have one, in one round trip per 1,000; with
+    ``one_by_one``, a direct get each (an executor's user may read only its own)."""
     subjects = [protocol.results_subject(protocol.result_key(i)) for i in ids]
-    found = await get_last_many(nc, protocol.RESULTS_STREAM, subjects)
+    get = get_last_each if one_by_one else get_last_many
+    found = await get(nc, protocol.RESULTS_STREAM, subjects)
     results: dict[str, protocol.Result] = {}
     for data in found.values():
         if data:

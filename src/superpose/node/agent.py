@@ -16,6 +16,7 @@ the node is doing, ``DurableWorker`` runs durable work from JetStream, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -24,9 +25,11 @@ from collections.abc import Coroutine
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from superpose import protocol
+from superpose.lattice import secrets
 from superpose.lattice.connection import Assets, connect, ensure_assets
 from superpose.node.admission import Admission, Request
 from superpose.node.affinity import Affinity
@@ -48,6 +51,7 @@ from superpose.node.prefetch import AliasPrefetcher
 from superpose.node.progress import HeldCalls
 from superpose.node.sandbox import Confinement
 from superpose.node.scheduler import Scheduler
+from superpose.registry import asked
 from superpose.registry.mirror import Registry
 from superpose.registry.placement import NodeDirectory, satisfies
 from superpose.registry.trust import TrustedKeys
@@ -71,6 +75,7 @@ class NodeAgent:
             self.link, EnvCache(cache_root / "envs", config.env_cache_bytes), self.spawn
         )
         self.pool = ExecutorPool(config, self, self.spawn, self.envs, forked, confinement)
+        self.pool.read_secrets = self._read_secrets
         self.admission = Admission(config, self.pool, self.spawn)
         self.held = HeldCalls(self.link)
         self.affinity = Affinity(self.link, self.pool, self.spawn)
@@ -89,6 +94,23 @@ class NodeAgent:
         self._registry: Registry | None = None
 
     # --- lifecycle -------------------------------------------------------------
+
+    async def _on_resolve(self, msg: Msg) -> None:
+        """Which version a name resolves to, asked by an executor (``registry/asked.py``)."""
+        if self._registry is None or not msg.reply:
+            return
+        try:
+            request = protocol.ResolveRequest.decode(msg.data)
+        except protocol.ProtocolError as exc:
+            answer = protocol.Resolved(error_kind="bad_request", error=str(exc))
+        else:
+            answer = asked.answer(self._registry, request)
+        with contextlib.suppress(Exception):  # the asker gone: nothing to tell
+            await msg.respond(answer.encode())
+
+    async def _read_secrets(self, names: list[str]) -> dict[str, str]:
+        """For executors, whose own NATS users may not read the secrets bucket."""
+        return await secrets.read(self.link.assets.secrets, names)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then drain in-flight calls for the grace period."""
@@ -167,6 +189,13 @@ class NodeAgent:
         await prefetcher.start()
         await self.scheduler.start(self._registry)
         self._watches = [self.scheduler, prefetcher, directory, self._registry]
+        self._subs.append(  # executors' names: their own users may not read the registry
+            await self.link.nc.subscribe(
+                protocol.RESOLVE_SUBJECT,
+                queue=protocol.CALL_QUEUE_GROUP,
+                cb=self._on_resolve,
+            )
+        )
 
     async def shutdown(self) -> None:
         """Stop taking calls, drain, stop executors, leave. Never waits on a dead lattice."""

@@ -17,10 +17,12 @@ from superpose import protocol
 from superpose.config import ENV_CREDS
 from superpose.errors import how_it_ended
 from superpose.node.channel import Channel
+from superpose.node.executor_creds import ExecutorIdentities, identities_for
 from superpose.node.fork import EXECUTOR_ENTRY, ForkedChild
 from superpose.node.memory import watch_memory
 from superpose.node.output import OutputTail
 from superpose.node.sandbox import Confinement, Identity, descendant
+from superpose.security.executor_identity import ExecutorCreds
 from superpose.security.lookup import find_creds
 
 log = logging.getLogger("superpose.node")
@@ -107,6 +109,8 @@ class ExecutorProcess:
     _memory_watch: asyncio.Task[None] | None = None
     _closing: asyncio.Task[None] | None = None
     identity: Identity | None = None
+    creds: ExecutorCreds | None = None
+    """Its own NATS user's creds file, removed when it stops (``executor_creds.py``)."""
     """Its own user and private folder, when the node confines executors (sandbox.py)."""
     inner_pid: int = 0
     """The executor's own pid when ``process`` is a wrapper (bwrap); else 0."""
@@ -142,11 +146,14 @@ class ExecutorProcess:
         ours, theirs = socket.socketpair()
         argv = [sys.executable, "-m", EXECUTOR_ENTRY, "--fd", str(theirs.fileno())]
         argv += ["--lattice", lattice, "--node", node_id]
+        creds = identities_for(lattice).mint()  # its own NATS user (executor_creds.py)
+        if creds is not None:
+            argv += ["--id", creds.executor_id]
         identity: Identity | None = None
         options: dict[str, Any] = {}
         if confinement is not None:
             identity = await confinement.claim()
-            argv, options = confinement.command(argv, identity)
+            argv, options = confinement.command(argv, identity, creds.path if creds else None)
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -154,10 +161,11 @@ class ExecutorProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                **({"env": _executor_env(lattice)} | options),
+                **({"env": _executor_env(lattice, creds)} | options),
             )
         except BaseException:
             ours.close()
+            ExecutorIdentities.discard(creds)
             if identity is not None:
                 await identity.release()
             raise
@@ -165,7 +173,7 @@ class ExecutorProcess:
             theirs.close()
         assert process.stdout is not None
         return await cls.take_over(
-            process, ours, on_block, on_unblock, process.stdout, log_file, identity
+            process, ours, on_block, on_unblock, process.stdout, log_file, identity, creds
         )
 
     @classmethod
@@ -178,6 +186,7 @@ class ExecutorProcess:
         output: asyncio.StreamReader | None = None,
         log_file: IO[bytes] | None = None,
         identity: Identity | None = None,
+        creds: ExecutorCreds | None = None,
     ) -> ExecutorProcess:
         """Take charge of a started executor process once it says it is ready. Its
         ``output`` (fds 1 and 2) is read from the pipe given, or a forked child's socket."""
@@ -185,6 +194,7 @@ class ExecutorProcess:
         channel = Channel(reader, writer, protocol.decode_from_executor)
         executor = cls(process, channel, on_block, on_unblock)
         executor.identity = identity
+        executor.creds = creds or (process.creds if isinstance(process, ForkedChild) else None)
         executor.output = OutputTail(log_file)
         if output is None and isinstance(process, ForkedChild) and process.output is not None:
             output, closer = await asyncio.open_unix_connection(sock=process.output)
@@ -234,11 +244,20 @@ class ExecutorProcess:
         env: str = "",
         key: str = "",
         settings: protocol.ExecutorSettings | None = None,
+        secret_values: dict[str, str] | None = None,
     ) -> None:
         """Collapse into the bundle; LoadFailed if it could not (a secret is not set)."""
         self.digest = digest
         load = protocol.Load(
-            digest, path, app, express, site_packages, env, key=key, settings=settings
+            digest,
+            path,
+            app,
+            express,
+            site_packages,
+            env,
+            key=key,
+            settings=settings,
+            secret_values=secret_values or {},
         )
         loaded = await self._request("load", load, protocol.Loaded)
         if loaded.error is not None:
@@ -434,6 +453,7 @@ class ExecutorProcess:
         went to a new descriptor the event loop watches (another executor's channel);
         uvloop aborts the whole node when it next polls that descriptor."""
         self.channel.close()
+        ExecutorIdentities.discard(self.creds)
         if self._pump is not None:  # a process it started may still hold the pipe
             self._pump.cancel()
         if self._output_closer is not None:
@@ -446,8 +466,8 @@ class ExecutorProcess:
             await asyncio.wait({self._pump}, timeout=within_s)
 
 
-def _executor_env(lattice: str) -> dict[str, str]:
-    """The node's environment, with the credentials the node connects with: an executor
-    connects as its node for now (issue 15 item 2 gives it narrower ones)."""
-    creds = find_creds(lattice)
+def _executor_env(lattice: str, own: ExecutorCreds | None) -> dict[str, str]:
+    """The node's environment, with the executor's own credentials (or, with no signer
+    beside the node's creds, those the node connects with)."""
+    creds = own.path if own is not None else find_creds(lattice)
     return {**os.environ, **({ENV_CREDS: str(creds)} if creds is not None else {})}

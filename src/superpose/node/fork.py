@@ -15,6 +15,10 @@ import signal
 import socket
 import sys
 
+from superpose.config import ENV_CREDS
+from superpose.node.executor_creds import identities_for
+from superpose.security.executor_identity import ExecutorCreds
+
 FORKED_POLL_S = 0.02
 EXECUTOR_ENTRY = "superpose.cli.executor"
 """The executor process's entry module. Named, not imported: an executor hosts user
@@ -28,8 +32,12 @@ class ForkedChild:
     ``asyncio.subprocess.Process`` an executor uses. Waited for by pid, so nothing
     else in the process reaps it."""
 
-    def __init__(self, pid: int, output: socket.socket | None) -> None:
+    def __init__(
+        self, pid: int, output: socket.socket | None, creds: ExecutorCreds | None = None
+    ) -> None:
         self.pid = pid
+        self.creds = creds
+        """The child's own NATS user (``executor_creds.py``), minted before the fork."""
         self.output = output
         """Our end of the socket on the child's fds 1 and 2. A socket, not a pipe:
         uvloop's ``connect_read_pipe`` closes a pipe's fd twice (MagicStack/uvloop#763),
@@ -65,6 +73,7 @@ def fork_executor(lattice: str, node_id: str) -> tuple[ForkedChild, socket.socke
     """Fork a neutral executor from a node process that has not started its event loop
     or any thread yet: it inherits the imports already made (nats, superpose), which
     a fresh interpreter pays about 0.15 s of CPU for, twice per node at start-up."""
+    creds = identities_for(lattice).mint()
     ours, theirs = socket.socketpair()
     output_read, output_write = socket.socketpair()
     sys.stdout.flush()
@@ -84,11 +93,13 @@ def fork_executor(lattice: str, node_id: str) -> tuple[ForkedChild, socket.socke
                 os.dup2(fd, target)
             output_write.close()
             os.close(null_fd)
+            if creds is not None:  # as a spawned executor's: what its own code sees
+                os.environ[ENV_CREDS] = str(creds.path)
             entry = importlib.import_module(EXECUTOR_ENTRY)
-            entry.serve(theirs.detach(), lattice, node_id)
+            entry.serve(theirs.detach(), lattice, node_id, creds)
             code = 0
         finally:
             os._exit(code)
     theirs.close()
     output_write.close()
-    return ForkedChild(pid, output_read), ours
+    return ForkedChild(pid, output_read, creds), ours

@@ -15,7 +15,7 @@ import shutil
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import IO, Any, Protocol
 
 from nats.aio.client import Client as NATS
@@ -25,6 +25,7 @@ from superpose.code import store
 from superpose.node.code_trust import CodeTrust
 from superpose.node.config import NodeConfig
 from superpose.node.environments import Environments
+from superpose.node.executor.environ import not_prepared
 from superpose.node.executor_process import Call, ExecutorProcess, LoadFailed
 from superpose.node.fork import ForkedChild
 from superpose.node.hosts import BundleHost
@@ -59,6 +60,10 @@ class PoolListener(Protocol):
         """The set of bundles held warm changed."""
 
 
+SecretReader = Callable[[list[str]], Awaitable[dict[str, str]]]
+"""Secret names → their values (``lattice.secrets.read`` on the agent's connection)."""
+
+
 class ExecutorPool:
     def __init__(
         self,
@@ -70,6 +75,8 @@ class ExecutorPool:
         confinement: Confinement | None = None,
     ) -> None:
         self.config = config
+        self.read_secrets: SecretReader | None = None
+        """Reads secrets' values for executors (set by the agent, which holds the lattice)."""
         self.confinement = confinement
         """How executors are confined (None: they run as the node's user)."""
         self.cache_root = confinement.root if confinement else config.state_dir
@@ -311,6 +318,7 @@ class ExecutorPool:
                 env=host.env,
                 key=host.key,
                 settings=host.settings,
+                secret_values=await self._secret_values(host.settings),
             )
         except LoadFailed:  # e.g. a secret is not set: it may be set before the next call
             self._spawn(executor.close())
@@ -320,6 +328,16 @@ class ExecutorPool:
         # the other finished, so look again now that this one is in.
         self._evict_if_full(room_for=0, keep=host)
         return executor
+
+    async def _secret_values(self, settings: protocol.ExecutorSettings | None) -> dict[str, str]:
+        """The values of the secrets a host's functions name, read here: its executors may
+        not read the secrets bucket. LoadFailed (kind ``prepare``) naming one not set."""
+        if settings is None or not settings.secrets or self.read_secrets is None:
+            return {}
+        try:
+            return await self.read_secrets(list(settings.secrets))
+        except Exception as exc:
+            raise LoadFailed(not_prepared(exc)) from exc
 
     def _evict_if_full(self, room_for: int, keep: BundleHost | None = None) -> None:
         """Close the least recently used idle bundles until ``room_for`` more executors fit."""

@@ -188,9 +188,10 @@ def as_user(uid: int) -> list[str]:
     return [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--"]
 
 
-def executor_env(identity: Identity, tmp_inside: str) -> dict[str, str]:
+def executor_env(identity: Identity, tmp_inside: str, creds: Path | None = None) -> dict[str, str]:
     """The environment of a sandboxed executor: what Python and locales need, and its
-    private folder as HOME and TMPDIR; not the node's (credentials, the state folder)."""
+    private folder as HOME and TMPDIR; not the node's (credentials, the state folder).
+    ``creds``: its own NATS user's (``executor_creds.py``), else the node's are copied."""
     env = {
         name: value
         for name, value in os.environ.items()
@@ -200,12 +201,12 @@ def executor_env(identity: Identity, tmp_inside: str) -> dict[str, str]:
         env[name] = tmp_inside
     env["USER"] = env["LOGNAME"] = f"superpose-{identity.uid}"
     # The node's files sit in folders only the node can read: the executor gets copies.
-    # Its credentials are the node's for now (issue 15 item 2 narrows them).
     found = config.settings()
     if found.tls_ca is not None:
         env[config.ENV_TLS_CA] = f"{tmp_inside}/{hand_over(identity, found.tls_ca, HANDED_CA)}"
-    if found.creds is not None:
-        env[config.ENV_CREDS] = f"{tmp_inside}/{hand_over(identity, found.creds, HANDED_CREDS)}"
+    creds = creds or found.creds
+    if creds is not None:
+        env[config.ENV_CREDS] = f"{tmp_inside}/{hand_over(identity, creds, HANDED_CREDS)}"
     return env
 
 
@@ -311,7 +312,9 @@ class Confinement:
     async def claim(self) -> Identity:
         return await claim_identity(self.root / "tmp")
 
-    def command(self, argv: list[str], identity: Identity) -> tuple[list[str], dict[str, object]]:
+    def command(
+        self, argv: list[str], identity: Identity, creds: Path | None = None
+    ) -> tuple[list[str], dict[str, object]]:
         """The executor's command line and the process options that confine it: its
         user (``as_user``), a session of its own, and the environment it may see."""
         tmp_inside = "/tmp" if self.mode == BWRAP else str(identity.tmp)
@@ -320,7 +323,7 @@ class Confinement:
             argv = bwrap_argv(identity, self.root) + argv
         options: dict[str, object] = {
             "start_new_session": True,
-            "env": executor_env(identity, tmp_inside),
+            "env": executor_env(identity, tmp_inside, creds),
             "cwd": str(identity.tmp),
         }
         return [*argv, "--sandboxed"], options

@@ -5,7 +5,9 @@ Layout (folders 0700, files 0600)::
     keys/operator.nk      the operator's seed: signs the accounts
     keys/SYS.nk           the system account's seed (the server's own traffic)
     keys/SP.nk            the lattice account's seed: signs its users, so more can be
-                          minted later (per-role permissions, executors)
+                          minted later (per-role permissions)
+    keys/executors.nk     a scoped signing key of SP: executors' users (a copy is
+                          creds/executor-signer.nk, beside node.creds)
     creds/<role>.creds    one user per role (admin, node, gateway)
 
 The servers are told the operator and the accounts (``ServerAuth.config_text``);
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from superpose.errors import LatticeError
-from superpose.security import jwt, nkeys, roles
+from superpose.security import executor_identity, jwt, nkeys, roles
 from superpose.security.creds import read_creds, write_creds
 from superpose.security.files import private_dir, write_private
 from superpose.security.nkeys import KeyKind
@@ -98,6 +100,7 @@ def load_or_create(state_dir: Path) -> Identities:
     operator_seed = _seed(state_dir, OPERATOR, KeyKind.OPERATOR)
     system_seed = _seed(state_dir, SYSTEM_ACCOUNT, KeyKind.ACCOUNT)
     lattice_seed = _seed(state_dir, LATTICE_ACCOUNT, KeyKind.ACCOUNT)
+    executor_signer = _seed(state_dir, executor_identity.KEY_NAME, KeyKind.ACCOUNT)
     system = nkeys.public_key(system_seed)
     lattice = nkeys.public_key(lattice_seed)
     auth = ServerAuth(
@@ -105,7 +108,13 @@ def load_or_create(state_dir: Path) -> Identities:
         system_account=system,
         account_jwts={
             system: jwt.account(operator_seed, system, name=SYSTEM_ACCOUNT, jetstream=False),
-            lattice: jwt.account(operator_seed, lattice, name=LATTICE_ACCOUNT, jetstream=True),
+            lattice: jwt.account(
+                operator_seed,
+                lattice,
+                name=LATTICE_ACCOUNT,
+                jetstream=True,
+                signing_keys=[executor_identity.signing_key_entry(executor_signer)],
+            ),
         },
     )
     identities = Identities(state_dir, auth)
@@ -113,6 +122,9 @@ def load_or_create(state_dir: Path) -> Identities:
         wanted = roles.permissions(role, owner=role)
         if not _has_permissions(state_dir / CREDS_DIR / f"{role}.creds", wanted):
             identities.mint_user(role, permissions=wanted)
+    # Beside node.creds: nodes mint their executors' users with it (executor_identity.py).
+    creds_dir = private_dir(state_dir / CREDS_DIR)
+    write_private(creds_dir / executor_identity.SIGNER_FILE, executor_signer + "\n")
     return identities
 
 

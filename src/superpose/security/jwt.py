@@ -34,15 +34,21 @@ def _compact(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
-def encode(*, subject: str, name: str, nats: dict[str, Any], issuer_seed: str) -> str:
-    """A signed JWT about ``subject`` (a public key) issued by ``issuer_seed``'s key."""
+def encode(
+    *, subject: str, name: str, nats: dict[str, Any], issuer_seed: str, expires_s: float = 0
+) -> str:
+    """A signed JWT about ``subject`` (a public key) issued by ``issuer_seed``'s key;
+    valid for ``expires_s`` seconds (0: no expiry)."""
+    now = int(time.time())
     claims: dict[str, Any] = {
-        "iat": int(time.time()),
+        "iat": now,
         "iss": nkeys.public_key(issuer_seed),
         "name": name,
         "sub": subject,
         "nats": {**nats, "version": 2},
     }
+    if expires_s:
+        claims["exp"] = now + int(expires_s)
     # As nats-io/jwt: the id is a hash of the claims without it.
     claims["jti"] = base64.b32encode(hashlib.sha256(_compact(claims)).digest()).decode().rstrip("=")
     signed = f"{_b64(_compact(HEADER))}.{_b64(_compact(claims))}"
@@ -65,9 +71,18 @@ def operator(seed: str, *, name: str, system_account: str) -> str:
     return encode(subject=nkeys.public_key(seed), name=name, nats=nats, issuer_seed=seed)
 
 
-def account(operator_seed: str, account_public: str, *, name: str, jetstream: bool) -> str:
+def account(
+    operator_seed: str,
+    account_public: str,
+    *,
+    name: str,
+    jetstream: bool,
+    signing_keys: list[dict[str, Any]] | None = None,
+) -> str:
     """An account JWT: no limits on connections or data, and JetStream unbounded when
-    ``jetstream`` (an account without JetStream limits has no JetStream at all)."""
+    ``jetstream`` (an account without JetStream limits has no JetStream at all).
+    ``signing_keys``: scoped signing keys (``security/executor_identity.py``): a user
+    one of them signs gets its template's permissions, whatever the user's JWT says."""
     js_limit = NO_LIMIT if jetstream else 0
     limits = {
         "subs": NO_LIMIT,
@@ -83,7 +98,13 @@ def account(operator_seed: str, account_public: str, *, name: str, jetstream: bo
         "streams": js_limit,
         "consumer": js_limit,
     }
-    nats = {"type": "account", "limits": limits, "default_permissions": {"pub": {}, "sub": {}}}
+    nats: dict[str, Any] = {
+        "type": "account",
+        "limits": limits,
+        "default_permissions": {"pub": {}, "sub": {}},
+    }
+    if signing_keys:
+        nats["signing_keys"] = signing_keys
     return encode(subject=account_public, name=name, nats=nats, issuer_seed=operator_seed)
 
 
@@ -103,3 +124,15 @@ def user(
         "payload": NO_LIMIT,
     }
     return encode(subject=user_public, name=name, nats=nats, issuer_seed=account_seed)
+
+
+def scoped_user(
+    signer_seed: str, account_public: str, user_public: str, *, name: str, expires_s: float
+) -> str:
+    """A user JWT signed by a scoped signing key of ``account_public``: it carries no
+    permissions or limits of its own (the server refuses a scoped user that does), the
+    signing key's template decides them."""
+    nats = {"type": "user", "issuer_account": account_public}
+    return encode(
+        subject=user_public, name=name, nats=nats, issuer_seed=signer_seed, expires_s=expires_s
+    )

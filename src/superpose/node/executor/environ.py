@@ -1,7 +1,7 @@
 """A function's settings put into this executor's environment, before any user import.
 
-The executor reads the secrets itself, from the lattice, when it loads the bundle:
-the agent only ever handles their names. ``os.environ`` is the whole process's, so
+The agent reads the secrets' values and hands them over in the ``Load`` frame: an
+executor's own NATS user may not read the secrets bucket. ``os.environ`` is the whole process's, so
 an executor with settings hosts only the functions that declared the same ones
 (the agent keeps executors by bundle and settings, ``protocol.host_key``).
 """
@@ -10,24 +10,22 @@ from __future__ import annotations
 
 import os
 
-from nats.aio.client import Client as NATS
-
 from superpose import protocol
 from superpose.lattice import secrets
 
 SECRET_NOT_SET = "SecretNotSet"
 
 
-async def apply_settings(nc: NATS, settings: protocol.ExecutorSettings | None) -> None:
-    """Set the env and the secrets' values; ``SecretNotSet`` (nothing set) if one is missing."""
+def apply_settings(settings: protocol.ExecutorSettings | None, values: dict[str, str]) -> None:
+    """Set the env and the secrets' ``values``; ``SecretNotSet`` (nothing set) if the agent
+    did not send one of them."""
     if settings is None:
         return
-    values: dict[str, str] = {}
-    if settings.secrets:
-        kv = await nc.jetstream().key_value(protocol.SECRETS_BUCKET)
-        values = await secrets.read(kv, settings.secrets)
+    missing = [name for name in settings.secrets if name not in values]
+    if missing:
+        raise secrets.SecretNotSet(missing[0])
     os.environ.update(settings.env)
-    os.environ.update(values)
+    os.environ.update({name: values[name] for name in settings.secrets})
 
 
 def not_prepared(exc: Exception) -> protocol.ErrorInfo:

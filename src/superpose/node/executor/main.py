@@ -22,6 +22,7 @@ from superpose.lattice.connection import connect
 from superpose.lattice.offers import Offers
 from superpose.node.channel import Channel
 from superpose.node.executor.runner import Executor
+from superpose.security.executor_identity import ExecutorCreds
 from superpose.support import eventloop
 from superpose.support.retry import THROUGH_ELECTION, retry
 
@@ -39,14 +40,26 @@ an executor to start (``executor_process.START_TIMEOUT_S``)."""
 AgentChannel = Channel[protocol.FromAgent]
 
 
-async def _main(fd: int, lattice: str, node_id: str, open_caller: runtime.CallerOpener) -> None:
+async def _main(
+    fd: int,
+    lattice: str,
+    node_id: str,
+    open_caller: runtime.CallerOpener,
+    creds: ExecutorCreds | None,
+) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     channel = Channel(reader, writer, protocol.decode_from_agent)
+    me = creds.executor_id if creds is not None else None
     try:
-        nc = await connect(lattice, name=f"superpose-executor-{node_id}-{os.getpid()}")
+        nc = await connect(
+            lattice,
+            name=f"superpose-executor-{node_id}-{os.getpid()}",
+            creds=creds.path if creds is not None else None,
+            inbox_prefix=protocol.executor_inbox_prefix(me) if me is not None else None,
+        )
         try:
-            await _serve(nc, channel, node_id, open_caller)
+            await _serve(nc, channel, node_id, open_caller, me)
         finally:  # on every path: a connection left to the collector warns, or worse
             await nc.close()
     finally:
@@ -54,18 +67,23 @@ async def _main(fd: int, lattice: str, node_id: str, open_caller: runtime.Caller
 
 
 async def _serve(
-    nc: NATS, channel: AgentChannel, node_id: str, open_caller: runtime.CallerOpener
+    nc: NATS,
+    channel: AgentChannel,
+    node_id: str,
+    open_caller: runtime.CallerOpener,
+    me: str | None,
 ) -> None:
     # While still neutral: opening the client user code calls through (asset lookups,
     # its subscriptions) cost 35-55 ms, which a bundle's first call would otherwise wait for.
     await retry(
-        lambda: open_caller(nc),
+        lambda: open_caller(nc, me),
         backoff=OPEN_RETRY,
         within_s=OPEN_WITHIN_S,
         retry_on=LatticeError,
         on_failure=_open_failed,
     )
-    offered = Offers(nc, uuid.uuid4().hex[:16])
+    owner = protocol.executor_offers_owner(me) if me is not None else uuid.uuid4().hex[:16]
+    offered = Offers(nc, owner)
     await nc.subscribe(
         offered.subject, cb=offered.serve, pending_msgs_limit=-1, pending_bytes_limit=-1
     )
@@ -77,14 +95,21 @@ def _open_failed(error: BaseException, failures: int) -> None:
         log.warning("cannot open the lattice's assets yet (%s); retrying", error)
 
 
-def serve_forever(fd: int, lattice: str, node_id: str, open_caller: runtime.CallerOpener) -> None:
+def serve_forever(
+    fd: int,
+    lattice: str,
+    node_id: str,
+    open_caller: runtime.CallerOpener,
+    creds: ExecutorCreds | None = None,
+) -> None:
     """Be an executor on the agent's socket ``fd`` until the agent closes it; never returns.
 
-    ``open_caller`` opens the client that user code's nested calls go through.
+    ``open_caller`` opens the client that user code's nested calls go through;
+    ``creds``: the executor's own NATS user (None: the creds lookup finds).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when executors stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # A fatal signal's Python stack (of the thread it hit) goes to the crash report.
     faulthandler.enable(all_threads=False)
-    eventloop.run(_main(fd, lattice, node_id, open_caller))
+    eventloop.run(_main(fd, lattice, node_id, open_caller, creds))
     os._exit(0)  # worker threads of abandoned calls must not keep the process alive

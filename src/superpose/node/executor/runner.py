@@ -111,7 +111,7 @@ class Executor:
 
     async def _load(self, load: protocol.Load) -> None:
         try:  # first: user code imported from here on may read its environment
-            await apply_settings(self.nc, load.settings)
+            apply_settings(load.settings, load.secret_values)
         except Exception as exc:  # a secret is not set: the agent closes this executor
             self.channel.send(protocol.Loaded(error=not_prepared(exc)))
             return
