@@ -105,7 +105,31 @@ def test_sealed_folders_are_read_only_for_others(tmp_path: Path) -> None:
 
 def test_up_passes_the_mode_to_its_nodes(tmp_path: Path) -> None:
     from superpose.local.lattice import LocalLattice
+    from superpose.security.identities import load_or_create
 
-    argv = LocalLattice(state_dir=tmp_path, sandbox="bwrap")._node_child("n1", 1).argv
+    def node_argv(**options: str) -> list[str]:
+        lattice = LocalLattice(state_dir=tmp_path, **options)
+        lattice.identities = load_or_create(tmp_path)  # as start() makes them
+        return lattice._node_child("n1", 1).argv
+
+    argv = node_argv(sandbox="bwrap")
     assert argv[argv.index("--sandbox") + 1] == "bwrap"
-    assert "--sandbox" not in LocalLattice(state_dir=tmp_path)._node_child("n1", 1).argv
+    assert "--sandbox" not in node_argv()
+
+
+def test_a_private_tmpdir_is_passed_over_for_a_folder_executors_can_enter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A benchmark's scratch folder as $TMPDIR (0700): the node's stand-in folder goes
+    where executors of other users can reach it."""
+    private = tmp_path / "scratch"
+    private.mkdir(mode=0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    chosen = sandbox.passable_temp()
+    assert chosen != str(private)
+    assert sandbox.unreachable(Path(chosen) / "x") is None
+    root, temporary = sandbox.executor_root(private / "state", "ntest")
+    try:
+        assert temporary and root.parent == Path(chosen)
+    finally:
+        shutil.rmtree(root)

@@ -97,7 +97,7 @@ def executor_root(state_dir: Path, node_id: str) -> tuple[Path, bool]:
         state_dir.mkdir(parents=True, exist_ok=True)
         state_dir.chmod(0o711)  # others pass through, but cannot list
         return state_dir, False
-    root = Path(tempfile.mkdtemp(prefix=f"superpose-{node_id}-"))
+    root = Path(tempfile.mkdtemp(prefix=f"superpose-{node_id}-", dir=passable_temp()))
     root.chmod(0o711)
     log.info(
         "sandbox: executors cannot reach %s (%s is mode %o); their bundles and "
@@ -109,6 +109,21 @@ def executor_root(state_dir: Path, node_id: str) -> tuple[Path, bool]:
         root,
     )
     return root, True
+
+
+TEMP_CANDIDATES = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def passable_temp() -> str:
+    """A temporary folder every user may pass through: ``$TMPDIR`` may be a private one
+    (a benchmark's scratch folder, 0700), which executors of other users cannot enter."""
+    for candidate in (tempfile.gettempdir(), *TEMP_CANDIDATES):
+        if Path(candidate).is_dir() and unreachable(Path(candidate) / "x") is None:
+            return candidate
+    raise UserError(
+        f"no temporary folder that other users may pass through ({tempfile.gettempdir()}, "
+        f"{', '.join(TEMP_CANDIDATES)}): sandboxed executors need one; use --sandbox none"
+    )
 
 
 def unreachable(folder: Path) -> Path | None:
