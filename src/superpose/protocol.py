@@ -528,6 +528,11 @@ def executor_offers_owner(executor_id: str) -> str:
     return f"{executor_id}x"
 
 
+ANY_CLIENT_ID = ("*", "*.*")
+"""Wildcards for a client id in a subject: one token, or ``<owner>.<unique>``
+(``client_id``) for a client that knows the user it connects as."""
+
+
 def executor_publish_allowed(me: str) -> list[str]:
     """Subjects an executor named ``me`` may publish on: calls (nested, and express ones
     passed on), durable submissions, replies and parts to any caller, offer pulls, logs,
@@ -541,9 +546,9 @@ def executor_publish_allowed(me: str) -> list[str]:
         node_call_wildcard("*"),
         LOGS_WILDCARD,
         CANCEL_SUBJECT,
-        reply_subject("*", ">"),
-        http_stream_subject("*", ">"),
-        offers_subject("*"),
+        *(reply_subject(client, ">") for client in ANY_CLIENT_ID),
+        *(http_stream_subject(client, ">") for client in ANY_CLIENT_ID),
+        *(offers_subject(client) for client in ANY_CLIENT_ID),
         RESOLVE_SUBJECT,
         "_INBOX.>",  # results of calls made with a plain request (the agent hands them over)
         kv_subject(ISSUED_BUCKET, me),
