@@ -91,14 +91,16 @@ def test_a_heartbeat_refused_until_its_bucket_exists_lands_at_once(
     assert heartbeat.BEAT_TIMEOUT_S < protocol.NODE_TTL_S / 2
 
 
-def _executor_start(url: str, open_caller: Callable[[NATS], Awaitable[None]]) -> BaseException:
+def _executor_start(
+    url: str, open_caller: Callable[[NATS, str | None], Awaitable[None]]
+) -> BaseException:
     """Run an executor process's start-up in this process on one end of a socket pair;
     the error it ended with."""
 
     async def start() -> BaseException:
         ours, theirs = socket.socketpair()
         try:
-            await executor_main._main(theirs.detach(), url, "n-start", open_caller)
+            await executor_main._main(theirs.detach(), url, "n-start", open_caller, None)
         except BaseException as exc:
             return exc
         finally:
@@ -111,7 +113,7 @@ def _executor_start(url: str, open_caller: Callable[[NATS], Awaitable[None]]) ->
 def test_an_executor_that_cannot_start_closes_its_connection(lattice: Lattice) -> None:
     given: list[NATS] = []
 
-    async def broken_opener(nc: NATS) -> None:
+    async def broken_opener(nc: NATS, me: str | None) -> None:
         given.append(nc)
         raise RuntimeError("the caller side cannot open")
 
@@ -126,7 +128,7 @@ def test_an_executor_started_during_an_election_tries_again(lattice: Lattice) ->
     fails with LatticeError, and the executor tries again instead of exiting."""
     given: list[NATS] = []
 
-    async def opener(nc: NATS) -> None:
+    async def opener(nc: NATS, me: str | None) -> None:
         given.append(nc)
         if len(given) <= 2:
             raise LatticeError("JetStream is not available on the lattice: nats: timeout")

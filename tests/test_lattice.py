@@ -50,6 +50,8 @@ EXPECTED_STREAMS = {
     f"KV_{protocol.ISSUED_BUCKET}",
     f"OBJ_{protocol.ENVS_BUCKET}",
     f"KV_{protocol.SECRETS_BUCKET}",
+    f"KV_{protocol.TOKENS_BUCKET}",
+    f"KV_{protocol.TRUST_BUCKET}",
 }
 
 

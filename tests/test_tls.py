@@ -95,7 +95,12 @@ def test_a_python_client_calls_through_tls_with_the_ca(tls_up: Up) -> None:
     superpose_cli("deploy", str(ROOT / "examples" / "hello"), home=tls_up.home, check=True)
     # This process's home is not tls_up's, so only tls_ca= makes it trust the lattice.
     previous = session.default_client()
-    client = sp.connect(tls_up.url, show_logs=False, tls_ca=tls_up.home / "tls" / "ca.pem")
+    client = sp.connect(
+        tls_up.url,
+        show_logs=False,
+        tls_ca=tls_up.home / "tls" / "ca.pem",
+        creds=tls_up.home / "creds" / "admin.creds",
+    )
     try:
         assert client.function("hello.greet").remote("py") == "Hello, py!"
     finally:
@@ -126,7 +131,8 @@ def test_a_worker_joins_a_tls_lattice_with_tls_ca(tls_up: Up, tmp_path: Path) ->
     ca = tls_up.home / "tls" / "ca.pem"
     worker = subprocess.Popen(
         [sys.executable, "-m", "superpose", "worker", "--lattice", tls_up.url,
-         "--tls-ca", str(ca), "--labels", "joined=tls", "--state-dir", str(tmp_path / "n")],
+         "--tls-ca", str(ca), "--labels", "joined=tls", "--state-dir", str(tmp_path / "n"),
+         "--creds", str(tls_up.home / "creds" / "node.creds")],
         env={k: v for k, v in os.environ.items() if not k.startswith("SUPERPOSE_")},
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,

@@ -177,6 +177,29 @@ def express_wildcard(digest: str) -> str:
     return f"sp.exec.{digest}.>"
 
 
+def call_wildcards(app: str) -> list[str]:
+    """Every subject a call of ``app`` (or ``*``: any app) travels on: direct, express,
+    pinned to a node, and durable (placed or not). What a caller's permissions allow."""
+    return [
+        call_subject(app, ">"),
+        express_subject("*", app, ">"),
+        node_call_subject("*", app, ">"),
+        f"sp.work.any.{app}.>",
+        f"sp.work.placed.*.{app}.>",
+    ]
+
+
+JS_API = "$JS.API"
+JS_FLOW_CONTROL = "$JS.FC.>"
+"""Flow-control answers of ordered consumers (watches, object reads)."""
+JS_ACKS = "$JS.ACK.>"
+
+
+def object_wildcard(bucket: str) -> str:
+    """Every subject of an object store's objects (writes and reads)."""
+    return f"$O.{bucket}.>"
+
+
 def call_subject_of_express(subject: str) -> str:
     """``sp.exec.<digest>.<app>.<fn>`` → ``sp.call.<app>.<fn>``, without decoding the call."""
     return "sp.call." + subject.split(".", 3)[3]
@@ -554,7 +577,7 @@ def executor_publish_allowed(me: str) -> list[str]:
         kv_subject(ISSUED_BUCKET, me),
         kv_subject(ISSUED_BUCKET, "idem.*"),
         kv_subject(CANCELS_BUCKET, "*"),
-        f"$O.{BLOBS_BUCKET}.>",
+        object_wildcard(BLOBS_BUCKET),
         "$JS.API.INFO",
         "$JS.API.STREAM.NAMES",  # nats-py's object get finds the stream by subject
         stream_info_subject("*"),

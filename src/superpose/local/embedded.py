@@ -28,6 +28,8 @@ from superpose.security.files import private_dir, write_private
 from superpose.security.identities import ServerAuth
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+MAX_CONTROL_LINE_BYTES = 32 * 1024
+"""CONNECT carries the user's JWT: narrow roles' permissions make it longer than 4 KB."""
 STORE_KEY_FILE = "store.key"
 """The key the server encrypts its JetStream store with, in its state folder (mode 0600)."""
 KEY_VARIABLE = "SP_JETSTREAM_KEY"
@@ -106,10 +108,13 @@ def _config_text(
     # sync_interval: always — JetStream otherwise acknowledges writes it has not
     # fsynced (it syncs every 2 minutes by default); see docs/architecture.md.
     # cipher — the whole store (secrets among the rest) is encrypted at rest.
+    # max_control_line — a narrow role's JWT (its permissions) rides in CONNECT, past
+    # the default 4 KB line, and the server would reset the connection.
     return (
         (
             f"listen: {host}:{port}\n"
             f"max_payload: {MAX_PAYLOAD_BYTES}\n"
+            f"max_control_line: {MAX_CONTROL_LINE_BYTES}\n"
             "jetstream {\n"
             f'  store_dir: "{store_dir}"\n'
             "  sync_interval: always\n"

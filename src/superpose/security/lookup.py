@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from superpose import config
 from superpose.security import tenants
@@ -78,9 +79,15 @@ def _home_creds(home: Path, url: str) -> Path | None:
         return None
     running = str(state.get("lattice") or "")
     creds = home / ADMIN_CREDS
-    if running and set(running.split(",")) & set(url.split(",")) and creds.is_file():
+    if running and _servers(running) & _servers(url) and creds.is_file():
         return creds
     return None
+
+
+def _servers(url: str) -> set[str]:
+    """The host:port of each server of a lattice URL: ``tls://`` or ``nats://``, the
+    same server asks for the same credentials."""
+    return {urlsplit(server).netloc for server in url.split(",")}
 
 
 def registered(url: str) -> Path | None:

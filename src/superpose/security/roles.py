@@ -40,16 +40,15 @@ OWNER_MAX_CHARS = 40
 well under the invocation id limit."""
 _OWNER_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{OWNER_MAX_CHARS}}}")
 
-_API = "$JS.API"
-_FC = "$JS.FC.>"
-"""Flow-control answers of ordered consumers (watches, object reads)."""
-_ACK = "$JS.ACK.>"
+_API = protocol.JS_API
+_FC = protocol.JS_FLOW_CONTROL
+_ACK = protocol.JS_ACKS
 
 _REG = protocol.REGISTRY_BUCKET
 _REGISTRY_KINDS = ("ver", "alias", "app", "pin", "canary", "lock")
 """Registry keys only a deployer writes (``protocol.version_key`` and friends); a
 client records ``place.<class>`` and nodes ``env*.<digest>``."""
-_TRUST = "sp_trust"
+_TRUST = protocol.TRUST_BUCKET
 """The signed-code keys (issue 15 item 3): read by all, written by an admin only."""
 
 
@@ -79,6 +78,7 @@ def _watch(bucket: str) -> list[str]:
     stream = _kv_stream(bucket)
     return [
         _direct(stream, ">"),
+        f"{_API}.STREAM.MSG.GET.{stream}",  # a get where the bucket has no direct gets
         _consumer(stream),
         f"{_API}.CONSUMER.CREATE.{stream}",  # nats-py's watches: unnamed, no filter in sight
         f"{_API}.CONSUMER.DELETE.{stream}.>",
@@ -120,7 +120,7 @@ def _blobs() -> list[str]:
     bucket = protocol.BLOBS_BUCKET
     stream = _obj_stream(bucket)
     return [
-        f"$O.{bucket}.>",
+        protocol.object_wildcard(bucket),
         _direct(stream, protocol.object_meta_subject(bucket, "*")),
         _direct(stream, protocol.object_chunk_subject(bucket, "*")),
         _consumer(stream, protocol.object_chunk_subject(bucket, "*")),
@@ -137,11 +137,7 @@ def _calls(owner: str, app: str | None) -> list[str]:
     a = _app_pattern(app)
     results, issued = _kv_stream(protocol.RESULTS_BUCKET), protocol.ISSUED_BUCKET
     return [
-        f"sp.call.{a}.>",
-        f"sp.exec.*.{a}.>",
-        f"sp.node.*.call.{a}.>",
-        f"sp.work.any.{a}.>",
-        f"sp.work.placed.*.{a}.>",
+        *protocol.call_wildcards(a),
         protocol.CANCEL_SUBJECT,
         _direct(results, protocol.results_subject(f"{owner}.>")),
         _direct(results, protocol.results_subject(protocol.idempotent_id("*"))),
@@ -163,8 +159,8 @@ def _deploys(app: str | None) -> list[str]:
     return [
         *writes,
         protocol.kv_subject(_REG, "env*.>"),
-        f"$O.{bundles}.>",
-        f"$O.{protocol.ENVS_BUCKET}.>",
+        protocol.object_wildcard(bundles),
+        protocol.object_wildcard(protocol.ENVS_BUCKET),
         _direct(_obj_stream(bundles), ">"),
         f"{_API}.STREAM.MSG.GET.{_obj_stream(bundles)}",
         f"{_API}.STREAM.MSG.GET.{_obj_stream(protocol.ENVS_BUCKET)}",
@@ -213,8 +209,8 @@ def _gateway_denials() -> list[str]:
         *_registry_and_streams(),
         protocol.kv_wildcard(protocol.TOKENS_BUCKET),
         protocol.kv_wildcard(protocol.SECRETS_BUCKET),
-        f"$O.{protocol.BUNDLES_BUCKET}.>",
-        f"$O.{protocol.ENVS_BUCKET}.>",
+        protocol.object_wildcard(protocol.BUNDLES_BUCKET),
+        protocol.object_wildcard(protocol.ENVS_BUCKET),
         f"{_API}.STREAM.PURGE.>",
     ]
 
