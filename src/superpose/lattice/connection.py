@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -227,6 +227,48 @@ class Assets:
         self.trust = trust
         """Trusted deployer keys (``registry/trust.py``)."""
 
+    @classmethod
+    def named(
+        cls, js: JetStreamContext, kvs: Sequence[KeyValue], stores: Sequence[ObjectStore]
+    ) -> Assets:
+        """From handles in the order of ``KV_BUCKETS`` and ``OBJECT_BUCKETS``, however
+        they were got (created, or only opened)."""
+        kv = dict(zip(KV_BUCKETS, kvs, strict=True))
+        obj = dict(zip(OBJECT_BUCKETS, stores, strict=True))
+        return cls(
+            js,
+            registry=kv[protocol.REGISTRY_BUCKET],
+            nodes=kv[protocol.NODES_BUCKET],
+            bundles=obj[protocol.BUNDLES_BUCKET],
+            blobs=obj[protocol.BLOBS_BUCKET],
+            results=kv[protocol.RESULTS_BUCKET],
+            dead=kv[protocol.DEAD_BUCKET],
+            cancels=kv[protocol.CANCELS_BUCKET],
+            schedules=kv[protocol.SCHEDULES_BUCKET],
+            issued=kv[protocol.ISSUED_BUCKET],
+            envs=obj[protocol.ENVS_BUCKET],
+            secrets=kv[protocol.SECRETS_BUCKET],
+            tokens=kv[protocol.TOKENS_BUCKET],
+            trust=kv[protocol.TRUST_BUCKET],
+        )
+
+
+KV_BUCKETS = (
+    protocol.REGISTRY_BUCKET,
+    protocol.NODES_BUCKET,
+    protocol.DEAD_BUCKET,
+    protocol.CANCELS_BUCKET,
+    protocol.SCHEDULES_BUCKET,
+    protocol.ISSUED_BUCKET,
+    protocol.SECRETS_BUCKET,
+    protocol.TOKENS_BUCKET,
+    protocol.TRUST_BUCKET,
+    protocol.RESULTS_BUCKET,
+)
+"""The key-value buckets in the order ``Assets.named`` takes their handles."""
+OBJECT_BUCKETS = (protocol.BUNDLES_BUCKET, protocol.BLOBS_BUCKET, protocol.ENVS_BUCKET)
+"""The object stores, likewise."""
+
 
 async def _open_or_create(
     name: str, open_: Callable[[], Awaitable[T]], create: Callable[[], Awaitable[T]]
@@ -432,27 +474,10 @@ async def ensure_assets(nc: NATS) -> Assets:
             ),
             _ensure_durable_path(nc, replicas),
         )
-        registry, nodes, dead, cancels, schedules, issued, secrets, tokens, trust = kvs
-        bundles, blobs, envs = stores
         results = await js.key_value(protocol.RESULTS_BUCKET)
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
-    return Assets(
-        js,
-        registry,
-        nodes,
-        bundles,
-        blobs,
-        results,
-        dead,
-        cancels,
-        schedules,
-        issued,
-        envs,
-        secrets,
-        tokens,
-        trust,
-    )
+    return Assets.named(js, [*kvs, results], stores)
 
 
 async def open_assets(nc: NATS) -> Assets:
@@ -461,39 +486,9 @@ async def open_assets(nc: NATS) -> Assets:
     (``$JS.API.STREAM.INFO``) but not create streams or the work consumers, which its
     node ensured before starting it."""
     js = nc.jetstream()
-    kv_names = (
-        protocol.REGISTRY_BUCKET,
-        protocol.NODES_BUCKET,
-        protocol.RESULTS_BUCKET,
-        protocol.DEAD_BUCKET,
-        protocol.CANCELS_BUCKET,
-        protocol.SCHEDULES_BUCKET,
-        protocol.ISSUED_BUCKET,
-        protocol.SECRETS_BUCKET,
-        protocol.TOKENS_BUCKET,
-        protocol.TRUST_BUCKET,
-    )
-    store_names = (protocol.BUNDLES_BUCKET, protocol.BLOBS_BUCKET, protocol.ENVS_BUCKET)
     try:
-        kvs = await asyncio.gather(*(js.key_value(name) for name in kv_names))
-        stores = await asyncio.gather(*(js.object_store(name) for name in store_names))
+        kvs = await asyncio.gather(*(js.key_value(name) for name in KV_BUCKETS))
+        stores = await asyncio.gather(*(js.object_store(name) for name in OBJECT_BUCKETS))
     except nats.errors.Error as exc:
         raise LatticeError(f"the lattice's assets are not there yet: {exc}") from exc
-    registry, nodes, results, dead, cancels, schedules, issued, secrets, tokens, trust = kvs
-    bundles, blobs, envs = stores
-    return Assets(
-        js,
-        registry,
-        nodes,
-        bundles,
-        blobs,
-        results,
-        dead,
-        cancels,
-        schedules,
-        issued,
-        envs,
-        secrets,
-        tokens,
-        trust,
-    )
+    return Assets.named(js, kvs, stores)
