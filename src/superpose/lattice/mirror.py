@@ -65,3 +65,32 @@ async def follow(
 
     while True:
         await retry(watch_once, backoff=RESTART, on_failure=restarting)
+
+
+class BucketMirror:
+    """A copy of one KV bucket in memory, kept current by ``follow_bucket``; a subclass
+    says what an entry means (``_apply``) and names the bucket for logs (``what``)."""
+
+    what = "bucket"
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self._synced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Follow the bucket; returns once what it holds now is applied."""
+        if self._task is None:
+            self._task = asyncio.create_task(
+                follow_bucket(self.kv, self._apply, self._synced, self.what)
+            )
+        await self._synced.wait()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _apply(self, key: str, value: bytes | None, deleted: bool) -> None:
+        raise NotImplementedError

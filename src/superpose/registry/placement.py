@@ -19,7 +19,7 @@ from nats.js.kv import KeyValue
 
 from superpose import protocol
 from superpose.errors import BadRequestError, NoNodesError
-from superpose.lattice.mirror import follow_bucket
+from superpose.lattice.mirror import BucketMirror
 
 ANY_VALUE = "*"
 """A need whose value is ``*`` only asks that the label exist."""
@@ -132,27 +132,14 @@ def choose(
     return random.choice([n for n in pool if load(n, sent.get(n.id, 0)) == best])
 
 
-class NodeDirectory:
+class NodeDirectory(BucketMirror):
     """The live nodes, mirrored from the nodes bucket."""
 
+    what = "nodes"
+
     def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
+        super().__init__(kv)
         self.nodes: dict[str, protocol.NodeInfo] = {}
-        self._synced = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(
-                follow_bucket(self.kv, self._apply, self._synced, "nodes")
-            )
-        await self._synced.wait()
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     def _apply(self, key: str, value: bytes | None, deleted: bool) -> None:
         if deleted or not value:

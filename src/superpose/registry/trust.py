@@ -10,7 +10,6 @@ they narrow it, a process with raw NATS access can add its own key.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from nats.js.kv import KeyValue
 from superpose import protocol
 from superpose.errors import NotFoundError, UserError
 from superpose.lattice import signing
-from superpose.lattice.mirror import follow_bucket
+from superpose.lattice.mirror import BucketMirror
 
 log = logging.getLogger("superpose.trust")
 UNSIGNED = "unsigned"
@@ -44,30 +43,17 @@ class Verdict:
         return self.signer or UNSIGNED
 
 
-class TrustedKeys:
+class TrustedKeys(BucketMirror):
     """Mirror of ``sp_trust`` plus the writes ``superpose key`` and ``up`` need."""
 
+    what = "trust"
+
     def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
+        super().__init__(kv)
         self.keys: dict[str, protocol.TrustedKey] = {}
         self.generation = 0
         """Bumped on every change: cached verdicts of an older generation are stale."""
         self._listeners: list[Callable[[], None]] = []
-        self._synced = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(
-                follow_bucket(self.kv, self._apply, self._synced, "trust")
-            )
-        await self._synced.wait()
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
