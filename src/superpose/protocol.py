@@ -728,6 +728,9 @@ class Payload(msgspec.Struct, omit_defaults=True):
     source: str | None = None
     """Where the blob is offered for pulling (a direct call's big payload,
     ``lattice/offers.py``); None: the blob is in the object store."""
+    shm: str | None = None
+    """The offer's shared-memory file on its holder's host (``lattice/shm.py``): a
+    reader there maps it instead of pulling; its unguessable name is the capability."""
 
 
 class CallContext(msgspec.Struct, omit_defaults=True):

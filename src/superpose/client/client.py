@@ -202,6 +202,7 @@ class Client:
         closed = SuperposeError("the client was closed before the call finished")
         self._direct.fail_all(closed)
         self._durable.fail_all(closed)
+        self.offers.close()  # its shared-memory files: no one can pull them now
         for closer in reversed(self._closers):
             await closer()
 

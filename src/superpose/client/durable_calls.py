@@ -268,7 +268,7 @@ class DurableCalls:
             return
         assert result.value is not None
         value = result.value
-        data: bytes | bytearray | None = value.data
+        data: protocol.Buffer | None = value.data
         if value.blob is not None:  # kept: others may fetch this result by id
             try:
                 data = await payload.unwrap(self._nc, value)

@@ -170,7 +170,7 @@ def remote_error(info: protocol.ErrorInfo, node: str) -> RemoteError:
 
 
 def succeed(
-    future: concurrent.futures.Future[Any], codec: str, data: bytes | bytearray | None
+    future: concurrent.futures.Future[Any], codec: str, data: protocol.Buffer | None
 ) -> None:
     """Resolve a future with a result's decoded value (JSON stays bytes, for the
     gateway and the CLI), unless it already has its outcome. Given as its bytes, not a

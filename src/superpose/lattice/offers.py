@@ -8,6 +8,11 @@ the process that has the bytes *offers* them and the process that needs them
 50 MB on this machine). Every process that offers answers on its own subject
 (``_SP.<client id>.b``), so an offer works across hosts like any call.
 
+A reader on the holder's host skips the broker: the holder also writes the
+bytes once to shared memory (``lattice/shm.py``) and the payload names the file;
+the reader maps it, and pulls over NATS only when that fails (another host, a
+sandbox without ``/dev/shm``, an offer gone).
+
 Lifetimes: the caller withdraws an argument when its call settles; a result is
 released by its reader once read, and both expire as a backstop (a reader
 that died, a call abandoned mid-way).
@@ -16,6 +21,8 @@ that died, a call abandoned mid-way).
 from __future__ import annotations
 
 import asyncio
+import logging
+import mmap
 import threading
 import time
 import uuid
@@ -28,6 +35,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from superpose import protocol
 from superpose.errors import SuperposeError
+from superpose.lattice import shm
 from superpose.lattice.objects import chunk_size_for
 from superpose.support.retry import Backoff, retry
 
@@ -40,6 +48,8 @@ CHUNK_RETRY = Backoff(0)
 RESULT_HOLD_S = 120.0
 """How long a result waits for its reader before it is dropped."""
 
+log = logging.getLogger("superpose.lattice")
+
 
 class OfferGoneError(SuperposeError):
     """The bytes a payload refers to can no longer be pulled: their owner stopped, or
@@ -50,32 +60,51 @@ class OfferGoneError(SuperposeError):
 class _Offer:
     data: bytes
     expires: float
+    shm: str | None = None
 
 
 class Offers:
     """The payloads this process offers, served on ``protocol.offers_subject(owner)``."""
 
-    def __init__(self, nc: NATS, owner: str) -> None:
+    def __init__(self, nc: NATS, owner: str, shelf: shm.Shelf | None = None) -> None:
         self._nc = nc
         self.subject = protocol.offers_subject(owner)
         self._offers: dict[str, _Offer] = {}
         self._lock = threading.Lock()  # a lane thread offers results while the loop serves
+        self.shelf = shm.Shelf() if shelf is None else shelf
 
     def offer(self, data: bytes, codec: str, hold_s: float) -> protocol.Payload:
-        """Offer ``data`` for ``hold_s`` seconds at most; returns the payload naming it."""
+        """Offer ``data`` for ``hold_s`` seconds at most; returns the payload naming it
+        (and its shared-memory file, for a reader on this host)."""
         blob = uuid.uuid4().hex
         now = time.monotonic()
+        name = self.shelf.put(data)
         with self._lock:
             expired = [k for k, o in self._offers.items() if o.expires <= now]
-            for key in expired:
-                del self._offers[key]
-            self._offers[blob] = _Offer(data, now + hold_s)
-        return protocol.Payload(codec=codec, blob=blob, size=len(data), source=self.subject)
+            gone = [self._offers.pop(key) for key in expired]
+            self._offers[blob] = _Offer(data, now + hold_s, name)
+        for old in gone:
+            self.shelf.remove(old.shm)
+        return protocol.Payload(
+            codec=codec, blob=blob, size=len(data), source=self.subject, shm=name
+        )
 
     def withdraw(self, payload: protocol.Payload | None) -> None:
         if payload is not None and payload.source == self.subject and payload.blob:
-            with self._lock:
-                self._offers.pop(payload.blob, None)
+            self._drop(payload.blob)
+
+    def _drop(self, blob: str) -> None:
+        with self._lock:
+            offer = self._offers.pop(blob, None)
+        if offer is not None:
+            self.shelf.remove(offer.shm)
+
+    def close(self) -> None:
+        """Unlink every file still offered (the process is stopping)."""
+        with self._lock:
+            offers, self._offers = list(self._offers.values()), {}
+        for offer in offers:
+            self.shelf.remove(offer.shm)
 
     def __len__(self) -> int:
         return len(self._offers)
@@ -87,8 +116,7 @@ class Offers:
         except protocol.ProtocolError:
             return  # not a request of ours: nothing to answer
         if isinstance(request, protocol.OfferRelease):
-            with self._lock:
-                self._offers.pop(request.blob, None)
+            self._drop(request.blob)
             return
         if not msg.reply:
             return
@@ -102,7 +130,32 @@ class Offers:
         await self._nc.publish(msg.reply, chunk)  # type: ignore[arg-type]
 
 
-async def pull(nc: NATS, payload: protocol.Payload) -> bytes | bytearray:
+async def pull(nc: NATS, payload: protocol.Payload) -> protocol.Buffer:
+    """The bytes an offered payload names: mapped from shared memory on the holder's
+    host, else fetched over NATS in chunks with many in flight."""
+    assert payload.source is not None and payload.blob is not None
+    size = payload.size
+    if size == 0:
+        return b""
+    if payload.shm is not None:
+        try:
+            return mapped(payload, shm.read(payload.shm, size))
+        except shm.ShmRefusedError as exc:
+            log.debug("pulling over NATS: %s", exc)
+    return await pull_over_nats(nc, payload)
+
+
+def mapped(payload: protocol.Payload, mapping: mmap.mmap) -> protocol.Buffer:
+    """A pickle is decoded straight from the mapping (one copy, not two: 35-40 ms for
+    50 MB against 75-80 ms read into a buffer first); JSON and HTTP bodies, whose
+    readers want bytes, are copied out and the mapping closed."""
+    if payload.codec == protocol.CODEC_PICKLE:
+        return memoryview(mapping)  # holds the mapping: unmapped when the view is dropped
+    with mapping:
+        return mapping[:]
+
+
+async def pull_over_nats(nc: NATS, payload: protocol.Payload) -> bytes | bytearray:
     """The bytes an offered payload names, fetched in chunks with many in flight."""
     assert payload.source is not None and payload.blob is not None
     size = payload.size

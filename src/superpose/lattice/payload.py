@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from superpose import protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import SerializationError, exception_parts
-from superpose.lattice import objects, offers, strict_json
+from superpose.lattice import objects, offers, oob, strict_json
 
 BY_VALUE_MODULES: set[bytes] = {b"__main__"}
 """Modules the receiving side cannot import: values referring to them are sent by value.
@@ -37,15 +37,22 @@ def _pickle(value: Any) -> bytes:
     """The C pickler when the value refers to nothing the receiver lacks; else cloudpickle.
 
     By-reference pickles name every module they refer to, so a scan for those
-    names is exact; it makes plain values about 10× cheaper to encode.
+    names is exact; it makes plain values about 10× cheaper to encode. Big
+    buffers go out of band (``lattice/oob.py``): neither copied into the
+    stream nor scanned.
     """
     try:
-        data = pickle.dumps(value, protocol=5)
+        stream, buffers = oob.dumps(value)
     except (pickle.PicklingError, AttributeError, TypeError):
         return _cloudpickle(value)
-    if any(name in data for name in BY_VALUE_MODULES):
+    if any(name in stream for name in BY_VALUE_MODULES):  # big buffers are not scanned
         return _cloudpickle(value)
-    return data
+    return oob.frame(stream, buffers) if buffers else stream
+
+
+def _unpickle(data: protocol.Buffer) -> Any:
+    """A plain pickle, or one framed with its buffers out of band (``lattice/oob.py``)."""
+    return oob.loads(data) if oob.is_framed(data) else cloudpickle.loads(data)
 
 
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -134,11 +141,11 @@ def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], codec: str) -> by
     return _pickle((args, kwargs))
 
 
-def decode_args(data: bytes | bytearray, codec: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def decode_args(data: protocol.Buffer, codec: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if codec == protocol.CODEC_JSON:
-        body = json.loads(data)
+        body = json.loads(_json_bytes(data))
         return tuple(body.get("args", ())), dict(body.get("kwargs", {}))
-    args, kwargs = cloudpickle.loads(data)
+    args, kwargs = _unpickle(data)
     return tuple(args), dict(kwargs)
 
 
@@ -165,7 +172,7 @@ def decode_exception(
     in: code that catches a class has imported it, and rebuilding an error must not run
     the import of a module the caller never loaded."""
     try:
-        module, qualname, args, state = cloudpickle.loads(data)
+        module, qualname, args, state = _unpickle(data)
         cls = _loaded_class(LOCAL_NAMES.get(module, module), qualname)
     except Exception:
         return None
@@ -200,12 +207,17 @@ def encode_value(value: Any, codec: str) -> bytes:
     return _pickle(value)
 
 
-def decode_value(data: bytes | bytearray, codec: str) -> Any:
+def decode_value(data: protocol.Buffer, codec: str) -> Any:
     if codec == protocol.CODEC_HTTP:  # the gateway decodes the HttpResponse itself
         return data
     if codec == protocol.CODEC_JSON:
-        return json.loads(data)
-    return cloudpickle.loads(data)
+        return json.loads(_json_bytes(data))
+    return _unpickle(data)
+
+
+def _json_bytes(data: protocol.Buffer) -> bytes | bytearray:
+    """json reads no memoryview (a pickle mapped from shared memory is one)."""
+    return bytes(data) if isinstance(data, memoryview) else data
 
 
 async def wrap(nc: NATS, data: bytes, codec: str) -> protocol.Payload:
@@ -226,7 +238,7 @@ def offer(offered: offers.Offers, data: bytes, codec: str, hold_s: float) -> pro
     return offered.offer(data, codec, hold_s)
 
 
-async def unwrap(nc: NATS, payload: protocol.Payload) -> bytes | bytearray:
+async def unwrap(nc: NATS, payload: protocol.Payload) -> protocol.Buffer:
     if payload.blob is None:
         return payload.data or b""
     if payload.source is not None:

@@ -57,7 +57,7 @@ class AsgiRunner:
         self._lifespans: dict[tuple[str, str], _Lifespan] = {}
 
     async def serve(
-        self, app: App, inv: protocol.Invocation, raw: bytes | bytearray, reply: str
+        self, app: App, inv: protocol.Invocation, raw: protocol.Buffer, reply: str
     ) -> bytes:
         """Run one request through ``app``; returns the encoded ``HttpResponse``."""
         request = protocol.HttpRequest.decode(raw)

@@ -87,7 +87,10 @@ async def _serve(
     await nc.subscribe(
         offered.subject, cb=offered.serve, pending_msgs_limit=-1, pending_bytes_limit=-1
     )
-    await Executor(nc, channel, node_id, offered).serve()
+    try:
+        await Executor(nc, channel, node_id, offered).serve()
+    finally:  # it ends with os._exit: no one else unlinks its shared-memory files
+        offered.close()
 
 
 def _open_failed(error: BaseException, failures: int) -> None:
