@@ -19,7 +19,7 @@ from superpose.registry.mirror import Target
 
 def encode_arguments(
     target: Target, args: Sequence[Any], kwargs: dict[str, Any], codec: str
-) -> bytes:
+) -> payload.Encoded:
     """The arguments of a call to ``target``, encoded, once they fit its signature
     (``ArgumentError``) and can be sent (``SerializationError`` naming the argument)."""
     check_call(target, len(args), kwargs)

@@ -38,7 +38,7 @@ from superpose.client.resolving import lattice_platform, resolve_and_record
 from superpose.client.scripts import ScriptBundles
 from superpose.client.secrets import Secrets
 from superpose.errors import SuperposeError
-from superpose.lattice import signing
+from superpose.lattice import payload, signing
 from superpose.lattice.connection import Assets, ensure_assets, open_assets, owner
 from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
@@ -317,7 +317,7 @@ class Client:
     def submit_raw(
         self,
         target: Target,
-        raw_args: bytes,
+        raw_args: payload.Encoded,
         codec: str,
         options: Options,
         ctx: protocol.CallContext | None = None,
@@ -330,7 +330,7 @@ class Client:
     def submit_durable(
         self,
         target: Target,
-        raw_args: bytes,
+        raw_args: payload.Encoded,
         codec: str,
         options: Options,
         ctx: protocol.CallContext | None = None,

@@ -10,6 +10,7 @@ client's reply subscription and settles it here.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class Call:
 
     future: Future
     inv: protocol.Invocation
-    raw_args: bytes
+    raw_args: payload.Encoded
     attempts_left: int
     wait_for_node: float = 0.0
     placing: bool = False
@@ -123,7 +124,7 @@ class DirectCalls:
     def submit(
         self,
         target: Target,
-        raw_args: bytes,
+        raw_args: payload.Encoded,
         codec: str,
         options: Options,
         ctx: protocol.CallContext,
@@ -176,7 +177,9 @@ class DirectCalls:
             inv.args = payload.offer(self._offers, call.raw_args, inv.args.codec, hold_s)
             if inv.args.source is not None:  # retries resend it: withdrawn when settled
                 args = inv.args
-                call.future.add_done_callback(lambda _: self._offers.withdraw(args))
+                call.future.add_done_callback(
+                    lambda f: self._offers.withdraw(args, read=_read_once(f, call))
+                )
         self._calls[inv.id] = call
         call.heard = time.monotonic()
         self.reaper.watch(inv)
@@ -274,11 +277,12 @@ class DirectCalls:
         """A big result stays with the executor that made it until pulled (then released)."""
         try:
             data = await payload.unwrap(self._nc, value)
-            await payload.discard(self._nc, value)
         except Exception as exc:
             fail(future, as_superpose_error(exc))
             return
         succeed(future, value.codec, data)
+        del data  # decoded and dropped: only then may its holder write that memory again
+        await payload.discard(self._nc, value)
 
     async def retry_or_fail(self, call: Call, error: SuperposeError) -> None:
         """Send the call again after a pause while it has attempts left (same id: a late
@@ -301,3 +305,10 @@ class DirectCalls:
         self._calls.pop(call.inv.id, None)
         self._express_settled(call)
         fail(call.future, error)
+
+
+def _read_once(future: concurrent.futures.Future[Any], call: Call) -> bool:
+    """Whether a settled call's arguments were read, and by one attempt only: an answer
+    came (so its executor had decoded them) and nothing was sent twice (a slower
+    first attempt could still be reading)."""
+    return not future.cancelled() and future.exception() is None and call.retried == 0

@@ -72,7 +72,7 @@ Resolve = Callable[[Future, protocol.Result], None]
 class Durable:
     future: Future
     inv: protocol.Invocation
-    raw_args: bytes
+    raw_args: payload.Encoded
     accepted_at: float = 0.0
     on_accept: list[Callable[[BaseException | None], None]] = field(default_factory=list)
 

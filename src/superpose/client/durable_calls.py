@@ -100,7 +100,7 @@ class DurableCalls:
     def submit(
         self,
         target: Target,
-        raw_args: bytes,
+        raw_args: payload.Encoded,
         codec: str,
         options: Options,
         ctx: protocol.CallContext,
@@ -124,7 +124,7 @@ class DurableCalls:
     def _invocation(
         self,
         target: Target,
-        raw_args: bytes,
+        raw_args: payload.Encoded,
         codec: str,
         options: Options,
         ctx: protocol.CallContext,

@@ -35,7 +35,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from superpose import protocol
 from superpose.errors import SuperposeError
-from superpose.lattice import shm
+from superpose.lattice import oob, shm
 from superpose.lattice.objects import chunk_size_for
 from superpose.support.retry import Backoff, retry
 
@@ -58,7 +58,7 @@ class OfferGoneError(SuperposeError):
 
 @dataclass(slots=True)
 class _Offer:
-    data: bytes
+    data: oob.Encoded
     expires: float
     shm: str | None = None
 
@@ -73,7 +73,7 @@ class Offers:
         self._lock = threading.Lock()  # a lane thread offers results while the loop serves
         self.shelf = shm.Shelf() if shelf is None else shelf
 
-    def offer(self, data: bytes, codec: str, hold_s: float) -> protocol.Payload:
+    def offer(self, data: oob.Encoded, codec: str, hold_s: float) -> protocol.Payload:
         """Offer ``data`` for ``hold_s`` seconds at most; returns the payload naming it
         (and its shared-memory file, for a reader on this host)."""
         blob = uuid.uuid4().hex
@@ -83,21 +83,23 @@ class Offers:
             expired = [k for k, o in self._offers.items() if o.expires <= now]
             gone = [self._offers.pop(key) for key in expired]
             self._offers[blob] = _Offer(data, now + hold_s, name)
-        for old in gone:
+        for old in gone:  # a reader may still be at it: never reused
             self.shelf.remove(old.shm)
         return protocol.Payload(
             codec=codec, blob=blob, size=len(data), source=self.subject, shm=name
         )
 
-    def withdraw(self, payload: protocol.Payload | None) -> None:
+    def withdraw(self, payload: protocol.Payload | None, read: bool = False) -> None:
+        """The offer ends. ``read``: every reader is known to be done with it (its call
+        was answered, once), so its shared-memory file may be written again."""
         if payload is not None and payload.source == self.subject and payload.blob:
-            self._drop(payload.blob)
+            self._drop(payload.blob, read)
 
-    def _drop(self, blob: str) -> None:
+    def _drop(self, blob: str, read: bool) -> None:
         with self._lock:
             offer = self._offers.pop(blob, None)
         if offer is not None:
-            self.shelf.remove(offer.shm)
+            self.shelf.remove(offer.shm, reuse=read)
 
     def close(self) -> None:
         """Unlink every file still offered (the process is stopping)."""
@@ -105,6 +107,7 @@ class Offers:
             offers, self._offers = list(self._offers.values()), {}
         for offer in offers:
             self.shelf.remove(offer.shm)
+        self.shelf.close()
 
     def __len__(self) -> int:
         return len(self._offers)
@@ -115,8 +118,8 @@ class Offers:
             request = protocol.decode_offer_request(msg.data)
         except protocol.ProtocolError:
             return  # not a request of ours: nothing to answer
-        if isinstance(request, protocol.OfferRelease):
-            self._drop(request.blob)
+        if isinstance(request, protocol.OfferRelease):  # sent once decoded
+            self._drop(request.blob, read=True)
             return
         if not msg.reply:
             return
@@ -124,9 +127,10 @@ class Offers:
         if offer is None:
             await self._nc.publish(msg.reply, b"", headers={protocol.OFFER_GONE_HEADER: "1"})
             return
-        # A view: nats-py copies it into the outgoing command anyway.
+        # A view: nats-py copies it into the outgoing command anyway. A frame's parts
+        # are joined for the first chunk pulled (its reader could not map the file).
         start = request.offset
-        chunk = memoryview(offer.data)[start : start + request.length]
+        chunk = memoryview(oob.as_bytes(offer.data))[start : start + request.length]
         await self._nc.publish(msg.reply, chunk)  # type: ignore[arg-type]
 
 

@@ -4,7 +4,8 @@ A 50 MB ``bytes`` argument pickled in band is copied into the stream, and the
 stream is then scanned for the names of modules the receiver lacks
 (``payload._pickle``): two passes over 50 MB before a byte moves (60-90 ms
 here). Out of band, the stream holds only the small rest of the value and the
-big buffers are appended to it once; the scan reads the stream only. The
+big buffers are copied once, to where they go (``Frame``); the scan reads the
+stream only. The
 reader hands pickle views of the buffers where they lie (a shared-memory
 mapping, a pulled buffer), so a ``bytes`` is copied once, out of them.
 
@@ -23,14 +24,17 @@ from typing import Any
 
 import cloudpickle
 
+from superpose.config import SPILL_THRESHOLD_BYTES
+
 MAGIC = b"SPB1"
 MIN_OOB_BYTES = 64 * 1024
 """Smaller buffers stay in band: a separate buffer costs more than its copy."""
 _HEAD = struct.Struct("<4sII")  # magic, buffer count, stream length
 _ENTRY = struct.Struct("<QB")  # buffer length, kind
 _BYTES, _OTHER = 0, 1
-"""Kinds: a read-only buffer (``bytes``) gets a read-only view (its rebuild copies);
-a writable one (bytearray, numpy) a writable copy, as an in-band pickle would give."""
+"""Kinds: a ``bytes`` gets a view (its rebuild copies it out); any other buffer
+(bytearray, numpy) a copy of its own, writable as an in-band pickle would give it.
+No value keeps a view: the mapping it lies in may be reused once read."""
 MAX_DEPTH = 3
 """Levels of containers looked into: a call's (args, kwargs), an argument, its items."""
 MAX_LOOK = 64
@@ -92,13 +96,56 @@ def _swapped(value: Any, depth: int, seen: dict[int, Any]) -> Any:
     return new
 
 
-def frame(stream: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
-    """One ``bytes``: the frame's head, the stream and the buffers (one copy of each)."""
+class Frame:
+    """A framed pickle too big to join: its parts are copied once, straight to where
+    they go (a shared-memory file), and joined only if something needs one ``bytes``
+    (a pull over NATS, the object store)."""
+
+    __slots__ = ("_joined", "parts", "size")
+
+    def __init__(self, parts: list[bytes | memoryview]) -> None:
+        self.parts = parts
+        self.size = sum(memoryview(part).nbytes for part in parts)
+        self._joined: bytes | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return self.join()
+
+    def join(self) -> bytes:
+        if self._joined is None:
+            self._joined = b"".join(self.parts)
+            self.parts = [self._joined]
+        return self._joined
+
+
+Encoded = bytes | Frame
+"""An encoded value or call's arguments: ``bytes``, or a big framed pickle's parts."""
+
+
+def as_bytes(data: Encoded) -> bytes:
+    return data if isinstance(data, bytes) else data.join()
+
+
+def parts_of(data: Encoded | bytearray | memoryview) -> list[bytes | memoryview]:
+    if isinstance(data, Frame):
+        return data.parts
+    return [data if isinstance(data, bytes) else memoryview(data)]
+
+
+def frame(stream: bytes, buffers: list[pickle.PickleBuffer]) -> Encoded:
+    """The frame's head, the stream and the buffers: one ``bytes`` when small, else a
+    ``Frame`` of them not yet copied."""
     views = [buffer.raw() for buffer in buffers]
     head = [_HEAD.pack(MAGIC, len(views), len(stream))]
     for view in views:
-        head.append(_ENTRY.pack(view.nbytes, _BYTES if view.readonly else _OTHER))
-    return b"".join([*head, stream, *views])
+        head.append(_ENTRY.pack(view.nbytes, _BYTES if type(view.obj) is bytes else _OTHER))
+    parts: list[bytes | memoryview] = [b"".join(head), stream, *views]
+    if sum(view.nbytes for view in views) <= SPILL_THRESHOLD_BYTES:
+        return b"".join(parts)
+    return Frame(parts)
 
 
 def is_framed(data: Any) -> bool:

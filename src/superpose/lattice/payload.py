@@ -18,6 +18,7 @@ from superpose import protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import SerializationError, exception_parts
 from superpose.lattice import objects, offers, oob, strict_json
+from superpose.lattice.oob import Encoded as Encoded
 
 BY_VALUE_MODULES: set[bytes] = {b"__main__"}
 """Modules the receiving side cannot import: values referring to them are sent by value.
@@ -33,7 +34,7 @@ MAX_EXCEPTION_BYTES = 256 * 1024
 """A raised exception bigger than this pickled reaches the caller as a ``RemoteError``."""
 
 
-def _pickle(value: Any) -> bytes:
+def _pickle(value: Any) -> oob.Encoded:
     """The C pickler when the value refers to nothing the receiver lacks; else cloudpickle.
 
     By-reference pickles name every module they refer to, so a scan for those
@@ -135,7 +136,7 @@ def type_name(value: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], codec: str) -> bytes:
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], codec: str) -> oob.Encoded:
     if codec == protocol.CODEC_JSON:
         return json.dumps({"args": list(args), "kwargs": kwargs}).encode()
     return _pickle((args, kwargs))
@@ -161,7 +162,7 @@ def encode_exception(exc: BaseException) -> bytes:
         data = _pickle((cls.__module__, cls.__qualname__, args, state))
     except Exception:
         return b""
-    return data if len(data) <= MAX_EXCEPTION_BYTES else b""
+    return oob.as_bytes(data) if len(data) <= MAX_EXCEPTION_BYTES else b""
 
 
 def decode_exception(
@@ -199,7 +200,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"a value of type {type(value).__name__} is not JSON-serializable")
 
 
-def encode_value(value: Any, codec: str) -> bytes:
+def encode_value(value: Any, codec: str) -> oob.Encoded:
     if codec == protocol.CODEC_HTTP:  # already an encoded HttpResponse
         return bytes(value)
     if codec == protocol.CODEC_JSON:  # strict: a NaN result is the function's error
@@ -220,21 +221,22 @@ def _json_bytes(data: protocol.Buffer) -> bytes | bytearray:
     return bytes(data) if isinstance(data, memoryview) else data
 
 
-async def wrap(nc: NATS, data: bytes, codec: str) -> protocol.Payload:
+async def wrap(nc: NATS, data: oob.Encoded, codec: str) -> protocol.Payload:
     """Durable payloads: inline if small, else spilled to the blob store (they must
     outlive every process) and passed by reference."""
     if len(data) <= SPILL_THRESHOLD_BYTES:
-        return protocol.Payload(codec=codec, data=data, size=len(data))
+        return protocol.Payload(codec=codec, data=oob.as_bytes(data), size=len(data))
     blob = uuid.uuid4().hex
-    await objects.put(nc, protocol.BLOBS_BUCKET, protocol.blob_object_name(blob), data)
+    name = protocol.blob_object_name(blob)
+    await objects.put(nc, protocol.BLOBS_BUCKET, name, oob.as_bytes(data))
     return protocol.Payload(codec=codec, blob=blob, size=len(data))
 
 
-def offer(offered: offers.Offers, data: bytes, codec: str, hold_s: float) -> protocol.Payload:
+def offer(offered: offers.Offers, data: oob.Encoded, codec: str, hold_s: float) -> protocol.Payload:
     """Direct calls' payloads: inline if small, else offered for the reader to pull
     (its caller is waiting, so nothing needs to survive it)."""
     if len(data) <= SPILL_THRESHOLD_BYTES:
-        return protocol.Payload(codec=codec, data=data, size=len(data))
+        return protocol.Payload(codec=codec, data=oob.as_bytes(data), size=len(data))
     return offered.offer(data, codec, hold_s)
 
 

@@ -15,8 +15,11 @@ mode 0644 because the reader is often another uid (a sandboxed executor, a
 caller under its own account). The reader checks what it opens: a regular
 file (no symlink), owned by the uid its folder names, of the offered size.
 
-Lifetimes follow the offer's: withdrawn, released or expired, the file is
-unlinked (a reader that mapped it keeps its mapping). A process that died
+Lifetimes follow the offer's: withdrawn, released or expired, the name stops
+working at once; the file is renamed and kept for the next offer (its pages
+already there), or unlinked. So a reader must have finished with its mapping
+before it releases the offer, and no decoded value may keep a view of it
+(``lattice/oob.py`` copies). A process that died
 leaves files behind; the next process of the same uid to start offering sweeps
 files whose owner pid is gone (the pid is the name's prefix).
 """
@@ -31,9 +34,11 @@ import os
 import re
 import secrets
 import stat
+import threading
 from pathlib import Path
 
 from superpose.errors import SuperposeError
+from superpose.lattice import oob
 
 log = logging.getLogger("superpose.lattice")
 
@@ -42,6 +47,12 @@ ROOT = Path("/dev/shm")
 FOLDER_PREFIX = "superpose-"
 FOLDER_MODE = 0o711
 FILE_MODE = 0o644
+KEEP_FREE_FILES = 2
+KEEP_FREE_BYTES = 256 * 1024 * 1024
+KEEP_FREE_MIN_BYTES = 1024 * 1024
+"""Files of ended offers kept for the next ones: writing into pages a file already has
+costs a copy; new pages cost a fault and zeroing each (in this VM, about as much
+again). At most two, 256 MiB in all, per process."""
 _NAME = re.compile(r"^superpose-(\d+)/(\d+)-[0-9a-f]{32}$")
 """``superpose-<uid>/<pid>-<token>``: anything else in a payload is refused unopened."""
 
@@ -52,47 +63,112 @@ class ShmRefusedError(SuperposeError):
 
 
 class Shelf:
-    """This process's shared-memory files: written once per offer, unlinked with it."""
+    """This process's shared-memory files: written once per offer, unlinked with it,
+    or kept under a new name for the next offer (``KEEP_FREE_*``)."""
 
     def __init__(self, root: Path = ROOT) -> None:
         self.uid = os.geteuid()
         self.folder_name = f"{FOLDER_PREFIX}{self.uid}"
         self.folder = root / self.folder_name
         self.usable = _own_folder(self.folder, self.uid)
+        self._sizes: dict[str, int] = {}  # offered file name → its size
+        self._free: list[tuple[int, str]] = []  # (size, name) of files kept for reuse
+        self._lock = threading.Lock()  # lane threads offer results while the loop serves
         if self.usable:
             sweep(self.folder)
 
-    def put(self, data: bytes | bytearray | memoryview) -> str | None:
-        """Write ``data`` to a new file; its name (the capability), or None when it
-        cannot be written (no tmpfs, full): the offer is then pulled over NATS."""
+    def put(self, data: oob.Encoded | bytearray | memoryview) -> str | None:
+        """Write ``data`` to a file; its name (the capability), or None when it cannot
+        be written (no tmpfs, full): the offer is then pulled over NATS."""
         if not self.usable:
             return None
-        name = f"{os.getpid()}-{secrets.token_hex(16)}"
-        path = self.folder / name
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags, FILE_MODE)
-        except OSError as exc:
-            log.debug("no shared memory for an offer (%s)", exc)
+        size = len(data)
+        fd, name = self._open(size)
+        if fd < 0:
             return None
         try:
-            os.fchmod(fd, FILE_MODE)  # the umask must not narrow it
-            view = memoryview(data)
-            written = 0
-            while written < len(view):
-                written += os.write(fd, view[written:])
+            if size != self._sizes.get(name, size):
+                os.ftruncate(fd, size)  # a kept file: the reader checks the size
+            for part in oob.parts_of(data):
+                view = memoryview(part).cast("B")
+                written = 0
+                while written < len(view):
+                    written += os.write(fd, view[written:])
         except OSError as exc:  # ENOSPC: tmpfs is full; never leave a partial file
             log.debug("no shared memory for an offer (%s)", exc)
             os.close(fd)
-            _unlink(path)
+            _unlink(self.folder / name)
+            with self._lock:
+                self._sizes.pop(name, None)
             return None
         os.close(fd)
+        with self._lock:
+            self._sizes[name] = size
         return f"{self.folder_name}/{name}"
 
-    def remove(self, name: str | None) -> None:
-        """Unlink one of this process's files (a mapping of it stays valid)."""
-        if name is not None and name.startswith(self.folder_name + "/"):
-            _unlink(self.folder.parent / name)
+    def _open(self, size: int) -> tuple[int, str]:
+        """A file to write ``size`` bytes to: the smallest kept one that holds them (its
+        pages are already there: no page faults, no zeroing), else a new one."""
+        with self._lock:
+            fits = [entry for entry in self._free if entry[0] >= size]
+            kept = min(fits) if fits else None
+            if kept is not None:
+                self._free.remove(kept)
+                self._sizes[kept[1]] = kept[0]
+        if kept is not None:
+            try:
+                fd = os.open(self.folder / kept[1], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                return fd, kept[1]
+            except OSError:  # swept by someone: make a new one
+                with self._lock:
+                    self._sizes.pop(kept[1], None)
+        name = _new_name()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.folder / name, flags, FILE_MODE)
+            os.fchmod(fd, FILE_MODE)  # the umask must not narrow it
+        except OSError as exc:
+            log.debug("no shared memory for an offer (%s)", exc)
+            return -1, name
+        return fd, name
+
+    def remove(self, name: str | None, reuse: bool = False) -> None:
+        """The offer ``name`` ended: its name stops working at once (a reader that
+        mapped it keeps its mapping). ``reuse``: every reader has finished with it, so
+        the file may be kept, renamed, and written again; else it is unlinked."""
+        if name is None or not name.startswith(self.folder_name + "/"):
+            return
+        old = name.partition("/")[2]
+        with self._lock:
+            size = self._sizes.pop(old, None)
+            keep = (
+                reuse
+                and size is not None
+                and size >= KEEP_FREE_MIN_BYTES
+                and len(self._free) < KEEP_FREE_FILES
+                and sum(s for s, _ in self._free) + size <= KEEP_FREE_BYTES
+            )
+        if keep and size is not None:
+            new = _new_name()
+            try:
+                os.rename(self.folder / old, self.folder / new)
+            except OSError:
+                return
+            with self._lock:
+                self._free.append((size, new))
+            return
+        _unlink(self.folder / old)
+
+    def close(self) -> None:
+        """Unlink the kept files (the process is stopping)."""
+        with self._lock:
+            free, self._free = self._free, []
+        for _, name in free:
+            _unlink(self.folder / name)
+
+
+def _new_name() -> str:
+    return f"{os.getpid()}-{secrets.token_hex(16)}"
 
 
 def read(name: str, size: int, root: Path = ROOT) -> mmap.mmap:

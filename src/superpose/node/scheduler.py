@@ -48,7 +48,7 @@ SUBMIT_RETRY = Backoff(0.25, factor=2, max_s=5.0)
 """Between tries to submit a due tick; a tick is given up once the next one is due."""
 LONGEST_SLEEP_S = 60.0
 """A far tick is waited for in steps, so a corrected wall clock is noticed."""
-NO_ARGUMENTS = payload.encode_args((), {}, protocol.CODEC_PICKLE)
+NO_ARGUMENTS = bytes(payload.encode_args((), {}, protocol.CODEC_PICKLE))
 
 Key = tuple[str, str]
 

@@ -252,7 +252,9 @@ class Executor:
     def _running(self, inv: protocol.Invocation, where: int | asyncio.Task[Any] | None) -> _Running:
         return _Running(self, inv, where)
 
-    def _payload(self, data: bytes, inv: protocol.Invocation, reply: str) -> protocol.Payload:
+    def _payload(
+        self, data: payload.Encoded, inv: protocol.Invocation, reply: str
+    ) -> protocol.Payload:
         """In a lane thread: a durable result is spilled to the object store (on the
         loop), a direct one offered to its caller."""
         if len(data) > SPILL_THRESHOLD_BYTES and reply == self.replies.results_here:
@@ -342,7 +344,7 @@ def _in_lane_thread() -> bool:
     return threading.current_thread().name.startswith("sp-lane")
 
 
-def _encode_result(inv: protocol.Invocation, value: Any) -> bytes:
+def _encode_result(inv: protocol.Invocation, value: Any) -> payload.Encoded:
     """A call's result for the wire; one that cannot be sent is the user's error, naming
     the function and the part of the value at fault (``SerializationError``)."""
     try:
