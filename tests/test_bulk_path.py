@@ -156,6 +156,18 @@ def test_files_of_dead_processes_are_swept(tmp_path: Path) -> None:
     assert not orphan.exists() and mine.exists()
 
 
+def test_a_node_sweeps_every_folder_it_may(tmp_path: Path) -> None:
+    folders = [tmp_path / "superpose-12345", tmp_path / "superpose-23456"]
+    dead = _dead_pid()
+    for folder in folders:
+        folder.mkdir()
+        (folder / f"{dead}-{secrets.token_hex(16)}").write_bytes(b"orphan")
+    (tmp_path / "unrelated").mkdir()
+    (tmp_path / "unrelated" / f"{dead}-x").write_bytes(b"not ours")
+    assert shm.sweep_all(root=tmp_path) == 2
+    assert (tmp_path / "unrelated" / f"{dead}-x").exists()
+
+
 def _dead_pid() -> int:
     proc = os.fork()
     if proc == 0:
@@ -195,6 +207,14 @@ def test_big_buffers_are_pickled_out_of_band_and_come_back_equal() -> None:
         protocol.CODEC_PICKLE,
     )
     writable[0] = 1  # a bytearray arrives writable, as an in-band pickle would give it
+
+
+def test_a_buffer_changed_after_encoding_is_sent_as_it_was() -> None:
+    mutable = bytearray(2 * MB)
+    data = payload.encode_args((mutable,), {}, protocol.CODEC_PICKLE)
+    mutable[:4] = b"late"  # after spawn() returned, before the bytes left
+    (sent,), _ = payload.decode_args(bytes(data), protocol.CODEC_PICKLE)
+    assert sent == bytearray(2 * MB)
 
 
 def test_a_truncated_frame_is_refused() -> None:

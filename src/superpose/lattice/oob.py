@@ -142,7 +142,10 @@ def frame(stream: bytes, buffers: list[pickle.PickleBuffer]) -> Encoded:
     head = [_HEAD.pack(MAGIC, len(views), len(stream))]
     for view in views:
         head.append(_ENTRY.pack(view.nbytes, _BYTES if type(view.obj) is bytes else _OTHER))
-    parts: list[bytes | memoryview] = [b"".join(head), stream, *views]
+    # A bytes cannot change; a bytearray or an array could, after ``spawn`` returned
+    # and before its arguments are sent: those are copied now, as pickling in band did.
+    kept = [view if type(view.obj) is bytes else view.tobytes() for view in views]
+    parts: list[bytes | memoryview] = [b"".join(head), stream, *kept]
     if sum(view.nbytes for view in views) <= SPILL_THRESHOLD_BYTES:
         return b"".join(parts)
     return Frame(parts)

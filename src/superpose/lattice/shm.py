@@ -20,8 +20,10 @@ working at once; the file is renamed and kept for the next offer (its pages
 already there), or unlinked. So a reader must have finished with its mapping
 before it releases the offer, and no decoded value may keep a view of it
 (``lattice/oob.py`` copies). A process that died
-leaves files behind; the next process of the same uid to start offering sweeps
-files whose owner pid is gone (the pid is the name's prefix).
+leaves files behind; the next process of the same uid to start offering, and
+every node agent as it starts, sweep files whose owner pid is gone (the pid is
+the name's prefix; a ``bwrap`` executor, in a pid namespace of its own, also
+has a ``/dev/shm`` of its own).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ KEEP_FREE_MIN_BYTES = 1024 * 1024
 """Files of ended offers kept for the next ones: writing into pages a file already has
 costs a copy; new pages cost a fault and zeroing each (in this VM, about as much
 again). At most two, 256 MiB in all, per process."""
+_FOLDER = re.compile(r"^superpose-\d+$")
 _NAME = re.compile(r"^superpose-(\d+)/(\d+)-[0-9a-f]{32}$")
 """``superpose-<uid>/<pid>-<token>``: anything else in a payload is refused unopened."""
 
@@ -213,6 +216,16 @@ def sweep(folder: Path) -> int:
             _unlink(Path(entry.path))
             swept += 1
     return swept
+
+
+def sweep_all(root: Path = ROOT) -> int:
+    """Sweep every uid's folder this process may read (a node running as root: its
+    sandboxed executors' too, whose uids may not come back soon); how many went."""
+    try:
+        folders = [e for e in os.scandir(root) if _FOLDER.match(e.name)]
+    except OSError:
+        return 0
+    return sum(sweep(Path(folder.path)) for folder in folders)
 
 
 def _alive(pid: int) -> bool:

@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from superpose import protocol
-from superpose.lattice import secrets
+from superpose.lattice import secrets, shm
 from superpose.lattice.connection import Assets, connect, ensure_assets
 from superpose.node.admission import Admission, Request
 from superpose.node.affinity import Affinity
@@ -123,6 +123,7 @@ class NodeAgent:
     async def start(self) -> None:
         self.pool.start_spare()  # first: its start overlaps our own set-up
         self.envs.open()
+        shm.sweep_all()  # offers of executors that died with an earlier node
         nc = await connect(self.config.lattice, name=f"superpose-node-{self.config.node_id}")
         self.link.connected(nc)
         self.link.assets_found(await ensure_assets(nc))
