@@ -9,6 +9,7 @@ import concurrent.futures
 import hashlib
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,28 @@ def test_a_file_whose_readers_are_done_is_written_again_under_a_new_name(
     assert shelf.put(b"x" * (2 * MB)) != second
     assert not (tmp_path / second).exists()
     shelf.close()
+
+
+def test_a_full_tmpfs_leaves_no_partial_file_and_the_offer_goes_over_nats(
+    tmp_path: Path,
+) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        shelf = shm.Shelf(root=small)
+        assert shelf.put(os.urandom(2 * MB)) is None  # ENOSPC: None, so NATS carries it
+        assert list((small / shelf.folder_name).iterdir()) == []
+        name = shelf.put(b"fits" * 1000)
+        assert name is not None
+        with shm.read(name, 4000, root=small) as mapping:
+            assert mapping[:4] == b"fits"
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_files_of_dead_processes_are_swept(tmp_path: Path) -> None:
