@@ -9,6 +9,7 @@ import concurrent.futures
 import hashlib
 import os
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.lattice import offers, oob, payload, shm
 from superpose.lattice.connection import connect
 from superpose.lattice.offers import OfferGoneError, Offers
+from superpose.node import sandbox
 from test_cli import deploy, unique, write_app
 from test_roles import connected, mint
 
@@ -388,6 +390,21 @@ def sandboxed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lattice]:
     )
     yield handle
     stop_lattice(handle)
+
+
+def test_a_released_sandbox_uid_takes_its_shared_memory_folder_with_it(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which(sandbox.SETPRIV) is None:
+        pytest.skip("only root can switch users")
+
+    async def body() -> None:
+        identity = await sandbox.claim_identity(tmp_path / "tmp")
+        folder = shm.ROOT / f"superpose-{identity.uid}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"1-{secrets.token_hex(16)}").write_bytes(b"left by a killed executor")
+        await identity.release()
+        assert not folder.exists()
+
+    asyncio.run(body())
 
 
 def test_a_sandboxed_executor_maps_and_offers_bulk_bytes(sandboxed: Lattice) -> None:

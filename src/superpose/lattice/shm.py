@@ -35,6 +35,7 @@ import mmap
 import os
 import re
 import secrets
+import shutil
 import stat
 import threading
 from pathlib import Path
@@ -226,6 +227,12 @@ def sweep_all(root: Path = ROOT) -> int:
     except OSError:
         return 0
     return sum(sweep(Path(folder.path)) for folder in folders)
+
+
+def remove_folder(uid: int, root: Path = ROOT) -> None:
+    """Remove a uid's folder and what is in it: a sandboxed executor's, once every
+    process of its uid is gone (the uid goes back to the pool)."""
+    shutil.rmtree(root / f"{FOLDER_PREFIX}{uid}", ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from superpose import config
 from superpose.errors import UserError
+from superpose.lattice import shm
 
 log = logging.getLogger("superpose.node")
 
@@ -151,6 +152,7 @@ class Identity:
         """Kill whatever of this user still runs, remove its folder, free the uid."""
         await kill_all_of(self.uid)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        shm.remove_folder(self.uid)  # its offers' shared-memory files, if any are left
         self._claim.close()
 
 
