@@ -115,6 +115,12 @@ def test_another_uid_that_knows_the_name_maps_it() -> None:
         shelf.remove(name)
 
 
+def test_a_removed_folder_is_made_again(shelf: shm.Shelf, tmp_path: Path) -> None:
+    shm.remove_folder(os.geteuid(), root=tmp_path)
+    name = shelf.put(b"again" * 100)
+    assert name is not None and (tmp_path / name).stat().st_size == 500
+
+
 def test_a_folder_someone_else_made_is_not_used(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("only root can give a folder away")

@@ -129,7 +129,12 @@ class Shelf:
         name = _new_name()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(self.folder / name, flags, FILE_MODE)
+            try:
+                fd = os.open(self.folder / name, flags, FILE_MODE)
+            except FileNotFoundError:  # the folder was removed (a janitor): make it again
+                if not _own_folder(self.folder, self.uid):
+                    raise
+                fd = os.open(self.folder / name, flags, FILE_MODE)
             os.fchmod(fd, FILE_MODE)  # the umask must not narrow it
         except OSError as exc:
             log.debug("no shared memory for an offer (%s)", exc)
