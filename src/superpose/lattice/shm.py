@@ -38,6 +38,7 @@ import secrets
 import shutil
 import stat
 import threading
+import weakref
 from pathlib import Path
 
 from superpose.errors import SuperposeError
@@ -80,6 +81,8 @@ class Shelf:
         self._lock = threading.Lock()  # lane threads offer results while the loop serves
         if self.usable:
             sweep(self.folder)
+        # At interpreter exit (a process that never closed its client): its files go.
+        weakref.finalize(self, _unlink_names, self.folder, self._sizes, self._free)
 
     def put(self, data: oob.Encoded | bytearray | memoryview) -> str | None:
         """Write ``data`` to a file; its name (the capability), or None when it cannot
@@ -174,6 +177,11 @@ class Shelf:
             free, self._free = self._free, []
         for _, name in free:
             _unlink(self.folder / name)
+
+
+def _unlink_names(folder: Path, sizes: dict[str, int], free: list[tuple[int, str]]) -> None:
+    for name in [*sizes, *(name for _, name in free)]:
+        _unlink(folder / name)
 
 
 def _new_name() -> str:
