@@ -23,6 +23,7 @@ from superpose.cli.tenants import ACCOUNTS_SIGNAL
 from superpose.errors import LatticeError, UserError
 from superpose.local.state import read_state
 from superpose.security import minting, roles
+from superpose.security.executor_identity import SIGNER_FILE
 
 REFUSED_TIMEOUT_S = 15.0
 
@@ -37,6 +38,9 @@ def cmd_creds_create(ns: argparse.Namespace) -> int:
         f"user {minted.name} created (role {minted.role}, {scope}); connect with "
         f"--creds {minted.path} or {config.ENV_CREDS}={minted.path}"
     )
+    if minted.role == "node":
+        signer = Path(minted.path).parent / SIGNER_FILE
+        common.err(f"{signer} is beside it: copy both, a worker mints its executors' users with it")
     return 0
 
 
@@ -113,7 +117,12 @@ def add_commands(add: common.AddCommand) -> None:
     p.add_argument("--role", required=True, metavar=mintable, help="what the user may do")
     p.add_argument("--app", metavar="APP", help="limit calls, logs and deploys to one app")
     p.add_argument("--name", metavar="NAME", help="the user's name (default: <role>-<random>)")
-    p.add_argument("--out", metavar="FILE", help="where to write it (default: creds/<name>.creds)")
+    p.add_argument(
+        "--out",
+        metavar="FILE|DIR",
+        help="where to write it (a folder: <name>.creds in it; default creds/<name>.creds); "
+        "a node's executor-signer.nk is written beside it",
+    )
     p = actions.add_parser("ls", help="list the users `creds create` made here")
     p.set_defaults(func=cmd_creds_ls)
     p.add_argument("--json", action="store_true")

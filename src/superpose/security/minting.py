@@ -18,7 +18,7 @@ from pathlib import Path
 
 from superpose import protocol
 from superpose.errors import BadRequestError, LatticeError, UserError
-from superpose.security import jwt, revocations, roles
+from superpose.security import executor_identity, jwt, revocations, roles
 from superpose.security.creds import read_creds
 from superpose.security.files import private_dir, write_private
 from superpose.security.identities import CREDS_DIR, KEYS_DIR, LATTICE_ACCOUNT, load_or_create
@@ -81,12 +81,17 @@ def create(
     listed = listing(state_dir)
     if any(m.name == name for m in listed):
         raise BadRequestError(f"--name {name!r} is taken: `superpose creds ls` lists the users")
-    path = (out or state_dir / CREDS_DIR / f"{name}.creds").absolute()
+    path = (out or state_dir / CREDS_DIR).absolute()
+    if path.is_dir():  # --out DIR: the file is named after the user
+        path = path / f"{name}.creds"
     if path.exists():
         raise BadRequestError(f"{path} exists: creds are never overwritten; choose another --out")
     if not path.parent.is_dir():
         raise BadRequestError(f"--out {out}: no folder {path.parent}")
-    identities = load_or_create(state_dir)
+    identities = load_or_create(state_dir)  # makes keys/executors.nk in an older folder
+    signer = _executor_signer(state_dir) if role == "node" else None
+    if signer is not None:
+        _check_signer_slot(path.parent / executor_identity.SIGNER_FILE, signer)
     permissions = roles.permissions(role, owner=name, app=app)
     identities.mint_user(name, permissions=permissions, path=path)
     public_key = str(jwt.claims_of(read_creds(path)[0])["sub"])
@@ -94,7 +99,25 @@ def create(
         name=name, role=role, app=app, created=time.time(), path=str(path), public_key=public_key
     )
     _write_index(state_dir, [*listed, minted])
+    if signer is not None:  # a worker given this folder mints its executors' users
+        write_private(path.parent / executor_identity.SIGNER_FILE, signer + "\n")
     return minted
+
+
+def _executor_signer(state_dir: Path) -> str:
+    """The executors' scoped signing key's seed (``executor_identity.py``): what a node
+    needs beside its creds to give each executor a user of its own."""
+    return (state_dir / KEYS_DIR / f"{executor_identity.KEY_NAME}.nk").read_text().strip()
+
+
+def _check_signer_slot(path: Path, signer: str) -> None:
+    """A node's creds go beside the lattice's executor signer: an ``executor-signer.nk``
+    there already must be that one (another lattice's is never overwritten)."""
+    if path.exists() and path.read_text().strip() != signer:
+        raise BadRequestError(
+            f"{path} holds another executor signer (of another lattice?): it is never "
+            "overwritten; choose another --out folder for the node's creds"
+        )
 
 
 def revoke(state_dir: Path, name: str) -> Minted:
