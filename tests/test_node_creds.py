@@ -12,10 +12,11 @@ import pytest
 
 import executor_perm_fns as fns
 import superpose as sp
-from conftest import Lattice
+from conftest import Lattice, superpose_cli
 from superpose.errors import BadRequestError
 from superpose.security import executor_identity, jwt, minting
 from superpose.security.creds import read_creds
+from superpose.security.identities import load_or_create
 from test_cli import unique
 from test_placement import node_with
 
@@ -74,3 +75,17 @@ def test_a_worker_with_minted_node_creds_gives_executors_their_own_users(
         worker.terminate()
         worker.wait(timeout=30)
     assert "no executor signer" not in log.read_text()
+
+
+def test_creds_create_node_out_folder_on_the_command_line(tmp_path: Path) -> None:
+    home, out = tmp_path / "home", tmp_path / "out"
+    out.mkdir()
+    load_or_create(home)
+    made = superpose_cli(
+        "creds", "create", "--role", "node", "--name", "nb", "--out", str(out), home=home
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == str(out / "nb.creds")
+    signer = out / executor_identity.SIGNER_FILE
+    assert f"{signer} is beside it: copy both" in made.stderr
+    assert signer.read_text() == (home / "creds" / executor_identity.SIGNER_FILE).read_text()

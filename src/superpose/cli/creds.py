@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from superpose import config
 from superpose.cli import common
-from superpose.cli.tenants import ACCOUNTS_SIGNAL
+from superpose.cli.tenants import reload_running
 from superpose.errors import LatticeError, UserError
-from superpose.local.state import read_state
 from superpose.security import minting, roles
 from superpose.security.executor_identity import SIGNER_FILE
 
@@ -73,11 +71,10 @@ def cmd_creds_revoke(ns: argparse.Namespace) -> int:
     home = config.settings().home
     minted = minting.revoke(home, ns.name)
     print(f"user {minted.name} revoked (key {minting.public_key_of(minted)})")
-    state = read_state(home)
-    if not (state and state.get("ready")):
+    state = reload_running(home)
+    if state is None:
         print(f"no lattice is running in {home}: `superpose up` will refuse it")
         return 0
-    os.kill(int(state["pid"]), ACCOUNTS_SIGNAL)
     creds = Path(minted.path)
     if not creds.is_file():
         print(f"the lattice {state['lattice']} was told to reload ({creds} is gone: not checked)")
