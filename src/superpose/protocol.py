@@ -573,6 +573,7 @@ def executor_publish_allowed(me: str) -> list[str]:
         *(http_stream_subject(client, ">") for client in ANY_CLIENT_ID),
         *(offers_subject(client) for client in ANY_CLIENT_ID),
         RESOLVE_SUBJECT,
+        PLACE_SUBJECT,
         "_INBOX.>",  # results of calls made with a plain request (the agent hands them over)
         kv_subject(ISSUED_BUCKET, me),
         kv_subject(ISSUED_BUCKET, "idem.*"),
@@ -1639,5 +1640,34 @@ class Resolved(_Asked, tag="sp.resolved.v1"):
     options: dict[str, Any] = {}
     signature: Signature | None = None
     env: str = ""
+    error_kind: str = ""
+    error: str = ""
+
+
+# --- calls with needs placed for executors -------------------------------------------
+
+PLACE_SUBJECT = "sp.place"
+"""Executors ask here which nodes meet a nested call's needs (``PlaceRequest``): their
+own NATS user may neither watch the nodes bucket nor make the class's work consumer
+nor record its ``place.<class>`` key; every node agent can (queue group ``nodes``)."""
+
+
+class PlaceRequest(_Asked, tag="sp.place.v1"):
+    """Nodes meeting ``needs``, waiting up to ``wait_s`` for one; ``durable``: also open
+    the needs' class (its work consumer and registry record), as ``Placement.open_class``
+    does for a client. The class is the needs' hash (``needs_class``), computed by the
+    node: an executor cannot name another class's record."""
+
+    needs: dict[str, str]
+    what: str
+    wait_s: float = 0.0
+    durable: bool = False
+
+
+class Placed(_Asked, tag="sp.placed.v1"):
+    """The nodes meeting the needs, or ``error_kind`` (``no_nodes``, ``bad_request``,
+    ``internal``) and ``error``."""
+
+    nodes: list[NodeInfo] = []
     error_kind: str = ""
     error: str = ""

@@ -78,11 +78,14 @@ def account(
     name: str,
     jetstream: bool,
     signing_keys: list[dict[str, Any]] | None = None,
+    revocations: dict[str, int] | None = None,
 ) -> str:
     """An account JWT: no limits on connections or data, and JetStream unbounded when
     ``jetstream`` (an account without JetStream limits has no JetStream at all).
     ``signing_keys``: scoped signing keys (``security/executor_identity.py``): a user
-    one of them signs gets its template's permissions, whatever the user's JWT says."""
+    one of them signs gets its template's permissions, whatever the user's JWT says.
+    ``revocations``: user public key → unix time; the server refuses (and disconnects)
+    that user when its JWT was issued at or before the time (``security/revocations.py``)."""
     js_limit = NO_LIMIT if jetstream else 0
     limits = {
         "subs": NO_LIMIT,
@@ -105,6 +108,8 @@ def account(
     }
     if signing_keys:
         nats["signing_keys"] = signing_keys
+    if revocations:
+        nats["revocations"] = dict(sorted(revocations.items()))
     return encode(subject=account_public, name=name, nats=nats, issuer_seed=operator_seed)
 
 
