@@ -620,15 +620,15 @@ def executor_publish_denied() -> list[str]:
     ]
 
 
-def executor_subscribe_allowed(me: str) -> list[str]:
-    """Its own client's subjects and inboxes, its own offers, and express calls (NATS
-    cannot narrow these to one bundle's subject: the executor's user is made before it
-    knows which bundle it will host)."""
+def executor_subscribe_allowed(me: str, bundle: str) -> list[str]:
+    """Its own client's subjects and inboxes, its own offers, and the express calls of
+    the bundle it hosts (``bundle``: a template naming the user's ``bundle`` tag, which
+    only the user minted for its ``Load`` carries; ``security/executor_identity.py``)."""
     return [
         f"_SP.{me}.>",
         f"_SP.{executor_offers_owner(me)}.>",
         f"{executor_inbox_prefix(me)}.>",
-        "sp.exec.>",
+        express_wildcard(bundle),
     ]
 
 
@@ -1101,6 +1101,10 @@ class Load(Frame, tag="load"):
     secret_values: dict[str, str] = {}
     """The values of ``settings.secrets``, read by the agent: an executor's own NATS
     user may not read the secrets bucket (``security/executor_identity.py``)."""
+    express_creds: str = ""
+    """A creds file's text for a second NATS user of this executor's, tagged with its
+    host key: the only user that may subscribe to ``express_wildcard(key)`` ("" =
+    subscribe on the executor's own connection, as a node's creds may)."""
 
 
 class Describe(Frame, tag="describe"):

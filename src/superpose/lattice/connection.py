@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.client import RawCredentials
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -56,6 +57,7 @@ async def connect(
     creds: Path | None = None,
     tls_ca: str | Path | None = None,
     inbox_prefix: str | None = None,
+    creds_text: str | None = None,
 ) -> NATS:
     """A connection that reconnects forever once made, and notices a dead server in
     seconds; the first connection fails after FIRST_CONNECT_S with LatticeError, or at
@@ -65,9 +67,11 @@ async def connect(
     ``url`` may list a cluster's servers separated by commas: nats-py tries them in
     a random order, and fails over to the others (and to servers it learns of).
     ``creds`` is the credentials file; None looks one up (``security.lookup``).
+    ``creds_text``: a creds file's text, connected with from memory instead (an
+    executor's express user, handed over in its ``Load`` frame: never on disk).
     """
     servers = lattice_servers(url)
-    creds = find_creds(url, creds)
+    creds = find_creds(url, creds) if creds_text is None else None
     trust = tls.trust_for(url, tls_ca)
     last_error: list[Exception] = []
     refused: asyncio.Future[LatticeError] = asyncio.get_running_loop().create_future()
@@ -84,7 +88,7 @@ async def connect(
             refused.set_result(LatticeError(why))
 
     nc = NATS()
-    options = _options(servers, name, creds, _remember, inbox_prefix) | trust.options()
+    options = _options(servers, name, creds, _remember, inbox_prefix, creds_text) | trust.options()
     _own(nc, options, owner_of(creds))
     connecting = asyncio.ensure_future(nc.connect(**options))
     try:
@@ -141,8 +145,11 @@ def _options(
     creds: Path | None,
     error_cb: Callable[[Exception], Awaitable[None]],
     inbox_prefix: str | None = None,
+    creds_text: str | None = None,
 ) -> dict[str, Any]:
-    """``inbox_prefix``: for a user that may subscribe to its own inboxes only (executors)."""
+    """``inbox_prefix``: for a user that may subscribe to its own inboxes only (executors);
+    ``creds_text``: connect with these creds, from memory, rather than ``creds``."""
+    user = RawCredentials(creds_text) if creds_text is not None else None
     return {
         **({"inbox_prefix": inbox_prefix} if inbox_prefix is not None else {}),
         "servers": servers,
@@ -154,7 +161,7 @@ def _options(
         "ping_interval": 5,
         "max_outstanding_pings": 3,
         "error_cb": error_cb,
-        "user_credentials": str(creds) if creds is not None else None,
+        "user_credentials": user or (str(creds) if creds is not None else None),
     }
 
 

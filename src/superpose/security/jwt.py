@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from superpose.errors import LatticeError
@@ -132,12 +133,21 @@ def user(
 
 
 def scoped_user(
-    signer_seed: str, account_public: str, user_public: str, *, name: str, expires_s: float
+    signer_seed: str,
+    account_public: str,
+    user_public: str,
+    *,
+    name: str,
+    expires_s: float,
+    tags: Sequence[str] = (),
 ) -> str:
     """A user JWT signed by a scoped signing key of ``account_public``: it carries no
     permissions or limits of its own (the server refuses a scoped user that does), the
-    signing key's template decides them."""
-    nats = {"type": "user", "issuer_account": account_public}
+    signing key's template decides them. ``tags`` (``name:value``) are generic claims the
+    template may name (``{{tag(name)}}``): a scoped user may carry them."""
+    nats: dict[str, Any] = {"type": "user", "issuer_account": account_public}
+    if tags:
+        nats["tags"] = list(tags)
     return encode(
         subject=user_public, name=name, nats=nats, issuer_seed=signer_seed, expires_s=expires_s
     )
