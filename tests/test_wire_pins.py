@@ -5,8 +5,10 @@ cannot list the blob bucket, and reads the logs of the apps its creds were made 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,8 @@ import pytest
 
 from conftest import Lattice, poll, raw_nats
 from superpose import protocol
-from superpose.errors import PermissionDeniedError, UserError
-from superpose.lattice import connection, objects, results
+from superpose.errors import PermissionDeniedError, SuperposeError, UserError
+from superpose.lattice import connection, objects, results, sealed
 from superpose.security import permits, roles
 from superpose.security.lookup import find_creds
 from test_cli import deploy, unique, write_app
@@ -221,3 +223,55 @@ async def test_a_viewer_cannot_make_an_unpinned_log_consumer(lattice: Lattice) -
 
 def test_the_permission_error_is_a_user_error() -> None:
     assert issubclass(PermissionDeniedError, UserError)
+
+
+async def test_a_wildcard_in_a_pinned_subject_reads_nothing_it_can_use(
+    lattice: Lattice, hello: str
+) -> None:
+    """A permission's ``*`` also matches a literal ``*`` token, and the server reads a
+    wildcard there as one (probed): a direct get of ``…M.*`` answers the newest blob's
+    metadata, and a consumer filtered on ``…C.*`` delivers every chunk. Blobs are sealed
+    with a key derived from their random name, so what such reads find is ciphertext
+    under a hashed name."""
+    marker = unique("secret-argument").encode()
+    arg = marker + b"." * BIG
+
+    def spawn_big() -> None:
+        with connected(lattice, mint(lattice, "caller")) as client:
+            client.function("hello.shout").spawn(arg.decode()).result(timeout=60)
+
+    await asyncio.to_thread(spawn_big)
+    wire = await Wire().open(lattice.url, mint(lattice, "caller"))
+    seen: list[bytes] = []
+    try:
+        meta = protocol.object_meta_subject(protocol.BLOBS_BUCKET, "*")
+        newest = await wire.nc.request(f"{protocol.direct_get_subject(BLOBS)}.{meta}", b"")
+        seen.append(newest.data)
+        chunks = protocol.object_chunk_subject(protocol.BLOBS_BUCKET, "*")
+        inbox = wire.nc.new_inbox()
+        sub = await wire.nc.subscribe(inbox, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        config = {"name": "snoop", "deliver_subject": inbox, "filter_subject": chunks}
+        body = json.dumps({"stream_name": BLOBS, "config": config}).encode()
+        subject = protocol.filtered_consumer_subject(BLOBS, "snoop", chunks)
+        await wire.nc.request(subject, body, timeout=5)
+        with contextlib.suppress(nats.errors.TimeoutError):
+            while True:
+                seen.append((await sub.next_msg(timeout=1)).data)
+    finally:
+        await wire.nc.close()
+    assert len(seen) > 1  # the server did answer both
+    assert not any(marker in data or marker.upper() in data for data in seen)
+    name = json.loads(seen[0])["name"]  # the newest object's: a hash, not its id
+    assert re.fullmatch("blob/[0-9a-f]{64}", name), name
+
+
+def test_a_sealed_blob_opens_with_its_id_only() -> None:
+    box = sealed.seal("id1", b"payload")
+    assert b"payload" not in box
+    assert sealed.unseal("id1", box) == b"payload"
+    assert sealed.object_name("id1") != sealed.object_name("id2")
+    altered = bytes([box[0] ^ 1]) + box[1:]
+    with pytest.raises(SuperposeError, match="blob id1 does not open with its id"):
+        sealed.unseal("id1", altered)
+    with pytest.raises(SuperposeError, match="blob id2"):
+        sealed.unseal("id2", box)
