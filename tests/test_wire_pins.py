@@ -18,7 +18,7 @@ import pytest
 
 from conftest import Lattice, poll, raw_nats
 from superpose import protocol
-from superpose.errors import PermissionDeniedError, SuperposeError, UserError
+from superpose.errors import PermissionDeniedError, SerializationError, SuperposeError, UserError
 from superpose.lattice import connection, objects, results, sealed
 from superpose.security import permits, roles
 from superpose.security.lookup import find_creds
@@ -275,3 +275,11 @@ def test_a_sealed_blob_opens_with_its_id_only() -> None:
         sealed.unseal("id1", altered)
     with pytest.raises(SuperposeError, match="blob id2"):
         sealed.unseal("id2", box)
+
+
+def test_a_payload_over_what_a_blob_holds_is_refused_naming_its_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sealed, "MAX_SEALED_BYTES", 4)
+    with pytest.raises(SerializationError, match="payload of 5 bytes is over the 4 a blob"):
+        sealed.seal("id1", b"12345")

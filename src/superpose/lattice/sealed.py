@@ -23,12 +23,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from superpose import protocol
-from superpose.errors import SuperposeError
+from superpose.errors import SerializationError, SuperposeError
 
 NAME_LABEL = b"superpose blob name\0"
 KEY_LABEL = b"superpose blob key\0"
 NONCE = bytes(12)
 """Fixed: every key seals exactly one payload."""
+MAX_SEALED_BYTES = 2**31 - 1
+"""The most AES-GCM seals in one message (``cryptography``'s limit)."""
 
 
 def object_name(blob: str) -> str:
@@ -41,6 +43,12 @@ def _cipher(blob: str) -> AESGCM:
 
 
 def seal(blob: str, data: bytes | memoryview) -> bytes:
+    if len(data) > MAX_SEALED_BYTES:
+        raise SerializationError(
+            f"a durable payload of {len(data):,} bytes is over the {MAX_SEALED_BYTES:,} a "
+            "blob holds: pass a smaller value, or make a direct call (`.remote()`), whose "
+            "payloads are offered by the caller rather than stored"
+        )
     return _cipher(blob).encrypt(NONCE, data, None)
 
 
