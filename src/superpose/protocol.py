@@ -585,10 +585,7 @@ def executor_publish_allowed(me: str) -> list[str]:
         direct_get_last_subject(RESULTS_STREAM, results_subject(f"{me}.*")),
         direct_get_last_subject(RESULTS_STREAM, results_subject(idempotent_id("*"))),
         results_subject(f"{me}.*"),
-        f"{direct_get_subject(object_stream(BLOBS_BUCKET))}.>",
-        f"$JS.API.STREAM.MSG.GET.{object_stream(BLOBS_BUCKET)}",
-        f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}.>",
-        f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}",
+        *blob_reads(),
         *kv_api,
         f"{direct_get_subject(kv_stream(NODES_BUCKET))}.>",
         "$JS.FC.>",
@@ -609,6 +606,8 @@ def executor_publish_denied() -> list[str]:
         f"{direct_get_subject(kv_stream(SECRETS_BUCKET))}.>",
         f"{direct_get_subject(kv_stream(TOKENS_BUCKET))}.>",
         f"$JS.API.CONSUMER.CREATE.{object_stream(BUNDLES_BUCKET)}.>",
+        f"$JS.API.STREAM.MSG.GET.{object_stream(BLOBS_BUCKET)}",  # blobs by sequence
+        f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}",  # unnamed: every blob
         f"$JS.API.CONSUMER.CREATE.{kv_stream(SECRETS_BUCKET)}.>",
         f"$JS.API.CONSUMER.CREATE.{kv_stream(TOKENS_BUCKET)}.>",
         f"$JS.API.CONSUMER.CREATE.{kv_stream(RESULTS_BUCKET)}.>",
@@ -1675,3 +1674,24 @@ class Placed(_Asked, tag="sp.placed.v1"):
     nodes: list[NodeInfo] = []
     error_kind: str = ""
     error: str = ""
+
+
+def filtered_consumer_subject(stream: str, name: str, filter_subject: str) -> str:
+    """Creating consumer ``name`` on ``stream`` with its one filter in the request subject:
+    the server refuses a request whose body names another filter, so a user's
+    permissions can pin what the consumer reads (``CONSUMER.CREATE.<stream>`` alone
+    cannot be pinned)."""
+    return f"{JS_API}.CONSUMER.CREATE.{stream}.{name}.{filter_subject}"
+
+
+def blob_reads() -> list[str]:
+    """Reading a spilled payload whose name one knows, in the forms whose request subject
+    names it (``lattice/objects.py``): a direct get of its metadata or of a one-chunk
+    object's chunk, a consumer filtered on its chunks. ``STREAM.MSG.GET`` by sequence
+    and unnamed consumers, which would list the bucket, are not among them."""
+    stream = object_stream(BLOBS_BUCKET)
+    return [
+        f"{direct_get_subject(stream)}.{object_meta_subject(BLOBS_BUCKET, '*')}",
+        f"{direct_get_subject(stream)}.{object_chunk_subject(BLOBS_BUCKET, '*')}",
+        filtered_consumer_subject(stream, "*", object_chunk_subject(BLOBS_BUCKET, "*")),
+    ]

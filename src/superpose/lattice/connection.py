@@ -29,6 +29,7 @@ from superpose.config import ENV_CREDS, ENV_REPLICAS, lattice_servers, settings
 from superpose.errors import LatticeError
 from superpose.lattice import tls
 from superpose.lattice.batch import js_api
+from superpose.security import permits
 from superpose.security.lookup import find_creds
 from superpose.security.roles import owner_of
 
@@ -40,6 +41,16 @@ def owner(nc: NATS) -> str | None:
     """The user ``nc`` connected as, when its name can own subjects (``security/roles``):
     clients on it take ids under it, which is all a narrow user may subscribe to."""
     return _owners.get(nc)
+
+
+_permits: weakref.WeakKeyDictionary[NATS, permits.Permits] = weakref.WeakKeyDictionary()
+"""Connection → the publish permissions its user's JWT lists (``security/permits``)."""
+
+
+def permits_of(nc: NATS) -> permits.Permits:
+    """What ``nc``'s own credentials let it publish (``UNLIMITED`` when they list nothing,
+    or for a connection not made by ``connect``)."""
+    return _permits.get(nc, permits.UNLIMITED)
 
 
 T = TypeVar("T")
@@ -90,6 +101,7 @@ async def connect(
     nc = NATS()
     options = _options(servers, name, creds, _remember, inbox_prefix, creds_text) | trust.options()
     _own(nc, options, owner_of(creds))
+    _permits[nc] = permits.of_creds(creds)
     connecting = asyncio.ensure_future(nc.connect(**options))
     try:
         await _first_connection(connecting, refused)

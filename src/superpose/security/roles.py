@@ -108,7 +108,6 @@ def _reader(owner: str, app: str | None) -> list[str]:
         *_watch(protocol.SCHEDULES_BUCKET),
         *_watch(_TRUST),
         _consumer(protocol.LOGS_STREAM, logs),
-        f"{_API}.CONSUMER.CREATE.{protocol.LOGS_STREAM}",  # `logs`: an unnamed consumer
         f"{_API}.CONSUMER.MSG.NEXT.{protocol.LOGS_STREAM}.>",
         f"{_API}.CONSUMER.DELETE.{protocol.LOGS_STREAM}.>",
     ]
@@ -117,18 +116,7 @@ def _reader(owner: str, app: str | None) -> list[str]:
 def _blobs() -> list[str]:
     """Spilled arguments and results: written whole, read by name only (a name is a
     random id a reader learns from a call or a result it may see)."""
-    bucket = protocol.BLOBS_BUCKET
-    stream = _obj_stream(bucket)
-    return [
-        protocol.object_wildcard(bucket),
-        _direct(stream, protocol.object_meta_subject(bucket, "*")),
-        _direct(stream, protocol.object_chunk_subject(bucket, "*")),
-        _consumer(stream, protocol.object_chunk_subject(bucket, "*")),
-        # objects.py reads by STREAM.MSG.GET and unnamed ordered consumers: neither
-        # pins a name, so a caller could read others' spilled payloads (docs: Roles)
-        f"{_API}.STREAM.MSG.GET.{stream}",
-        f"{_API}.CONSUMER.CREATE.{stream}",
-    ]
+    return [protocol.object_wildcard(protocol.BLOBS_BUCKET), *protocol.blob_reads()]
 
 
 def _calls(owner: str, app: str | None) -> list[str]:
