@@ -60,7 +60,12 @@ def test_a_revoked_caller_is_refused_and_disconnected(lattice: Lattice, hello: s
         kept = lattice.run(nats.connect(lattice.url, user_credentials=str(other_creds)))
         minting.revoke(lattice.state_dir, victim.name)
         reload(lattice)
-        message = poll(lambda: refused(lattice.url, victim_creds), "the revoked user refused")
+        # A connect during the reload itself may fail otherwise: wait for the refusal.
+        poll(
+            lambda: "Authorization Violation" in refused(lattice.url, victim_creds),
+            "the revoked user refused",
+        )
+        message = refused(lattice.url, victim_creds)
         assert "refused the connection" in message and "Authorization Violation" in message
         poll(lambda: raw.is_closed, "the revoked user's open connection closed", timeout=10)
         with pytest.raises(sp.SuperposeError):
