@@ -1,0 +1,146 @@
+"""The memo bucket: the action cache of ``cache=True`` functions, key → ``MemoEntry``.
+
+One key per cached call (``protocol.memo_key``). The first caller of a key *claims*
+it with a create-only write (the others' creates fail), runs the call, then replaces
+its claim with the result by a compare-and-set on its own revision; a failure deletes
+the claim, so failures are never cached. Every write names the key in its subject, so
+a role may be pinned to one app's keys (``security/roles.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import nats.errors
+from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from superpose import protocol
+from superpose.errors import LatticeError
+
+log = logging.getLogger("superpose.memo")
+
+LIST_IDLE_S = 2.0
+"""How long a listing waits for the next entry before it counts the bucket read."""
+
+
+async def ensure_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
+    """Create (or open) the memo bucket; run by ``ensure_assets`` with the others."""
+    from nats.js.api import KeyValueConfig, StorageType
+
+    try:
+        return await js.key_value(protocol.MEMO_BUCKET)
+    except NotFoundError:
+        pass
+    config = KeyValueConfig(
+        bucket=protocol.MEMO_BUCKET,
+        history=1,
+        ttl=protocol.MEMO_MAX_AGE_S,
+        storage=StorageType.FILE,
+        replicas=replicas,
+    )
+    try:
+        return await js.create_key_value(config)
+    except nats.errors.Error:  # made meanwhile by another process
+        return await js.key_value(protocol.MEMO_BUCKET)
+
+
+async def open_bucket(js: JetStreamContext) -> KeyValue:
+    """The memo bucket, which its nodes' ``ensure_assets`` made."""
+    try:
+        return await js.key_value(protocol.MEMO_BUCKET)
+    except NotFoundError:
+        raise LatticeError(
+            f"the lattice has no {protocol.MEMO_BUCKET} bucket: its nodes predate "
+            "memoization (restart them with this version of superpose)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Found:
+    """A key's current entry and the revision a compare-and-set must name."""
+
+    entry: protocol.MemoEntry | None
+    revision: int
+    """0: no entry (never written, or deleted)."""
+
+
+@dataclass(frozen=True)
+class Listed:
+    key: str
+    entry: protocol.MemoEntry
+    size: int
+
+
+class MemoStore:
+    """Claims, results and releases on one key; listing and clearing by app."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def look(self, key: str) -> Found:
+        try:
+            got = await self.kv.get(key)
+        except KeyNotFoundError as exc:  # deleted: a create must name the delete marker
+            return Found(None, _deleted_revision(exc))
+        if not got.value:
+            return Found(None, got.revision or 0)
+        try:
+            return Found(protocol.MemoEntry.decode(got.value), got.revision or 0)
+        except protocol.ProtocolError:
+            log.warning("unreadable cache entry %s: replaced", key)
+            return Found(None, got.revision or 0)
+
+    async def claim(self, key: str, entry: protocol.MemoEntry, revision: int) -> int | None:
+        """Write ``entry`` iff the key is still at ``revision`` (0: absent); its new
+        revision, or None when another caller got there first."""
+        try:
+            if revision == 0:
+                return await self.kv.create(key, entry.encode())
+            return await self.kv.update(key, entry.encode(), last=revision)
+        except KeyWrongLastSequenceError:
+            return None
+
+    async def release(self, key: str, revision: int) -> None:
+        """Drop our claim (the call failed): the next caller runs it again."""
+        # Replaced meanwhile (a taker after our claim went stale): theirs now.
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self.kv.delete(key, last=revision)
+
+    async def entries(self, app: str | None = None, fn: str | None = None) -> list[Listed]:
+        """Every entry of an app (one function; all apps), read from a watch."""
+        watcher = await self.kv.watch(protocol.memo_filter(app, fn), ignore_deletes=True)
+        found: list[Listed] = []
+        try:
+            while True:
+                try:
+                    update = await watcher.updates(timeout=LIST_IDLE_S)  # type: ignore[no-untyped-call]
+                except (TimeoutError, nats.errors.TimeoutError):
+                    break
+                if update is None:  # the end of what was stored
+                    break
+                if update.value:
+                    try:
+                        entry = protocol.MemoEntry.decode(update.value)
+                    except protocol.ProtocolError:
+                        continue
+                    found.append(Listed(update.key, entry, len(update.value)))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
+
+    async def clear(self, app: str, fn: str | None = None) -> int:
+        """Remove an app's (a function's) entries, each by its own key; how many."""
+        listed = await self.entries(app, fn)
+        await asyncio.gather(*(self.kv.purge(item.key) for item in listed))
+        return len(listed)
+
+
+def _deleted_revision(exc: KeyNotFoundError) -> int:
+    entry = getattr(exc, "entry", None)
+    revision = getattr(entry, "revision", None)
+    return int(revision) if revision else 0
