@@ -42,6 +42,7 @@ async def ensure_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
         ttl=protocol.MEMO_MAX_AGE_S,
         storage=StorageType.FILE,
         replicas=replicas,
+        direct=True,  # gets by subject: a role is granted the keys of its app only
     )
     try:
         return await js.create_key_value(config)

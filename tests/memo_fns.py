@@ -1,0 +1,68 @@
+"""Functions the memoization tests cache: each counts its own runs in a file, so a
+test can tell whether a call ran or came from the cache."""
+
+from __future__ import annotations
+
+import os
+
+import superpose as sp
+
+
+class Boom(Exception):
+    pass
+
+
+class Opaque:
+    """No canonical hash: a call given one runs uncached."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def note(directory: str, key: str) -> None:
+    """One line per run; O_APPEND writes of one short line do not interleave."""
+    fd = os.open(os.path.join(directory, f"{key}.runs"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def runs(directory: str, key: str) -> int:
+    path = os.path.join(directory, f"{key}.runs")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as handle:
+        return len(handle.read().splitlines())
+
+
+@sp.function(cache=True)
+def tenfold(directory: str, x: object) -> object:
+    note(directory, "tenfold")
+    return [x, x, x, x, x, x, x, x, x, x]
+
+
+@sp.function(cache=True, cache_ttl=1)
+def brief(directory: str, x: int) -> int:
+    note(directory, "brief")
+    return x
+
+
+@sp.function(cache=True)
+def explode(directory: str, x: int) -> int:
+    note(directory, "explode")
+    raise Boom(f"no {x}")
+
+
+@sp.function(cache=True)
+def describe(directory: str, thing: Opaque) -> int:
+    note(directory, "describe")
+    return thing.n
+
+
+@sp.function
+def nested(directory: str, x: int) -> list[object]:
+    """A cached call inside a function, twice: made by the executor's own user."""
+    first = tenfold.remote(directory, x)
+    second = tenfold.spawn(directory, x)
+    return [first, second.result(), second.cached]
