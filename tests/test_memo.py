@@ -130,7 +130,7 @@ def test_keys_follow_values_not_their_order_or_pickle() -> None:
 
 
 def test_unhashable_arguments_say_what_they_are() -> None:
-    with pytest.raises(Uncanonical, match="memo_fns.Opaque"):
+    with pytest.raises(Uncanonical, match=r"memo_fns\.Opaque"):
         key([memo_fns.Opaque(1)])
     looped: list[object] = []
     looped.append(looped)
