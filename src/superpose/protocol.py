@@ -1655,6 +1655,9 @@ class Resolved(_Asked, tag="sp.resolved.v1"):
 
 MEMO_BUCKET = "sp_memo"
 """The action cache of ``cache=True`` functions: ``memo_key`` → a ``MemoEntry``."""
+MEMO_KEY_VERSION = "sp.memokey.v1"
+"""Hashed into every memo key: a new argument encoding changes it, so old entries are
+never misread."""
 MEMO_MAX_AGE_S = 7 * 24 * 3600.0
 """The longest any cached result is kept (the bucket's TTL): ``cache_ttl`` bounds it lower."""
 MEMO_MAX_VALUE_BYTES = 768 * 1024

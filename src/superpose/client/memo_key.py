@@ -19,8 +19,7 @@ from typing import Any
 
 from superpose import protocol
 
-KEY_VERSION = b"sp.memo.v1"
-"""Part of every key: a new encoding changes it, so old entries are never misread."""
+KEY_VERSION = protocol.MEMO_KEY_VERSION.encode()
 MAX_DEPTH = 64
 """Nesting deeper than this (or a container that holds itself) is not hashed."""
 
