@@ -3,9 +3,11 @@ test can tell whether a call ran or came from the cache."""
 
 from __future__ import annotations
 
-import os
-
 import superpose as sp
+from durable_fns import _note as note
+from durable_fns import runs
+
+__all__ = ["runs"]
 
 
 class Boom(Exception):
@@ -17,23 +19,6 @@ class Opaque:
 
     def __init__(self, n: int) -> None:
         self.n = n
-
-
-def note(directory: str, key: str) -> None:
-    """One line per run; O_APPEND writes of one short line do not interleave."""
-    fd = os.open(os.path.join(directory, f"{key}.runs"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        os.write(fd, f"{os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-
-
-def runs(directory: str, key: str) -> int:
-    path = os.path.join(directory, f"{key}.runs")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as handle:
-        return len(handle.read().splitlines())
 
 
 @sp.function(cache=True)
