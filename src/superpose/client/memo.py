@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from superpose import protocol
-from superpose.client.arguments import encode_arguments
+from superpose.client import memo_batch
+from superpose.client.arguments import check_call, encode_arguments
 from superpose.client.futures import Future, fail
 from superpose.client.memo_key import Uncanonical, call_key
 from superpose.client.options import Options
-from superpose.client.threads import fire
 from superpose.lattice import memo_store, payload
 from superpose.registry.mirror import Target
 from superpose.support.retry import Backoff
@@ -52,7 +52,8 @@ class Call:
 
     client: Client
     target: Target
-    raw: bytes
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     options: Options
     durable: bool
     ctx: protocol.CallContext | None
@@ -60,11 +61,13 @@ class Call:
     ttl_s: float
 
     def start(self) -> Future:
-        """Run it as an uncached call would (direct for remote, durable for spawn)."""
+        """Run it as an uncached call would (direct for remote, durable for spawn).
+        The arguments are pickled here, on a miss only: a hit never needs them."""
         codec = protocol.CODEC_PICKLE
+        raw = encode_arguments(self.target, self.args, self.kwargs, codec)
         if self.durable:
-            return self.client.submit_durable(self.target, self.raw, codec, self.options, self.ctx)
-        return self.client.submit_raw(self.target, self.raw, codec, self.options, self.ctx)
+            return self.client.submit_durable(self.target, raw, codec, self.options, self.ctx)
+        return self.client.submit_raw(self.target, raw, codec, self.options, self.ctx)
 
 
 def wanted(options: Options, target: Target) -> bool:
@@ -93,16 +96,18 @@ def submit(
     ctx: protocol.CallContext | None,
 ) -> Future:
     """A cached call's future: the stored result, a shared run, or a run of its own.
-    Bad arguments raise here, as an uncached call's do."""
-    raw = encode_arguments(target, args, kwargs, protocol.CODEC_PICKLE)
+    Arguments that do not fit the function raise here, as an uncached call's do; they
+    are hashed (canonically) now and pickled only if the lookup misses. The lookup
+    goes with the others of its burst (``memo_batch``)."""
+    check_call(target, len(args), kwargs)
     try:
         key = call_key(target.app, target.fn, target.digest, target.env, args, kwargs)
     except Uncanonical as exc:
         _warn_once(target, str(exc))
         return client.submit(target, args, kwargs, options, durable=durable, ctx=ctx)
-    call = Call(client, target, raw, options, durable, ctx, key, ttl_of(options, target))
+    call = Call(client, target, args, kwargs, options, durable, ctx, key, ttl_of(options, target))
     out = Future()
-    fire(client.loop, _settle(call, out))
+    memo_batch.lookups_of(client, _WAYS).add(call, out)
     return out
 
 
@@ -126,12 +131,13 @@ async def store_of(client: Client) -> memo_store.MemoStore:
     store = _STORES.get(client)
     if store is None:
         store = _STORES[client] = memo_store.MemoStore(
-            await memo_store.open_bucket(client.assets.js)
+            await memo_store.open_bucket(client.assets.js), client.nc
         )
     return store
 
 
-async def _settle(call: Call, out: Future) -> None:
+async def settle(call: Call, out: Future) -> None:
+    """Look again, claim or wait, run: a call whose batched lookup found no result."""
     try:
         store = await store_of(call.client)
         await _look_or_run(store, call, out)
@@ -149,7 +155,7 @@ async def _look_or_run(store: memo_store.MemoStore, call: Call, out: Future) -> 
         entry, now = found.entry, time.time()
         if entry is not None and entry.until > now:
             if not entry.running:
-                _hit(call, entry, out)
+                hit(call, entry, out)
                 return
             waits += 1
             await asyncio.sleep(WAIT_POLLS.pause_s(waits))  # another caller runs it
@@ -167,7 +173,7 @@ def _claim_s(options: Options) -> float:
     return (options.timeout or DEFAULT_TIMEOUT_S) + CLAIM_MARGIN_S
 
 
-def _hit(call: Call, entry: protocol.MemoEntry, out: Future) -> None:
+def hit(call: Call, entry: protocol.MemoEntry, out: Future) -> None:
     try:
         value = payload.decode_value(entry.value, protocol.CODEC_PICKLE)
     except Exception as exc:
@@ -258,3 +264,6 @@ def _follow(inner: Future, out: Future) -> None:
 
 def _name(call: Call) -> tuple[str, str]:
     return call.target.app, call.target.fn
+
+
+_WAYS = memo_batch.Ways(store=store_of, hit=hit, miss=settle)

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nats.errors
+from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from superpose import protocol
 from superpose.errors import LatticeError
+from superpose.lattice.batch import get_last_each, get_last_many
 
 log = logging.getLogger("superpose.memo")
 
@@ -78,10 +82,37 @@ class Listed:
 
 
 class MemoStore:
-    """Claims, results and releases on one key; listing and clearing by app."""
+    """Claims, results and releases on one key; batched lookups; listing and clearing."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, nc: NATS | None = None) -> None:
         self.kv = kv
+        self.nc = nc
+        self.batch_allowed: bool | None = None
+        """May this user make a batch direct get on the bucket? Probed on the first
+        batch: a caller pinned to one app may not (the request names no key)."""
+
+    async def look_many(self, keys: Sequence[str]) -> dict[str, protocol.MemoEntry]:
+        """The stored entries of those keys that have one: one batch direct get per
+        1,000 keys where this user may make one, else a direct get per key (concurrent)."""
+        unique = list(dict.fromkeys(keys))
+        if self.nc is None or len(unique) == 1:
+            looks = await asyncio.gather(*(self.look(key) for key in unique))
+            return {k: f.entry for k, f in zip(unique, looks, strict=True) if f.entry}
+        if self.batch_allowed is None:
+            self.batch_allowed = await batch_permitted(self.nc)
+        subjects = [protocol.kv_subject(protocol.MEMO_BUCKET, key) for key in unique]
+        get = get_last_many if self.batch_allowed else get_last_each
+        found = await get(self.nc, protocol.kv_stream(protocol.MEMO_BUCKET), subjects)
+        prefix = len(protocol.kv_subject(protocol.MEMO_BUCKET, ""))
+        entries: dict[str, protocol.MemoEntry] = {}
+        for subject, data in found.items():
+            if not data:  # a delete marker: a dropped claim, a cleared entry
+                continue
+            try:
+                entries[subject[prefix:]] = protocol.MemoEntry.decode(data)
+            except protocol.ProtocolError:
+                log.warning("unreadable cache entry %s: ignored", subject[prefix:])
+        return entries
 
     async def look(self, key: str) -> Found:
         try:
@@ -139,6 +170,30 @@ class MemoStore:
         listed = await self.entries(app, fn)
         await asyncio.gather(*(self.kv.purge(item.key) for item in listed))
         return len(listed)
+
+
+async def batch_permitted(nc: NATS) -> bool:
+    """Whether the server lets this user make a batch direct get on the memo bucket.
+
+    A refused publish gets no answer, only an asynchronous ``-ERR`` (which nats-py
+    keeps as ``last_error``); the server sends it before the pong of the flush that
+    follows, so one round trip tells, with no timeout to wait out.
+    """
+    subject = protocol.direct_get_subject(protocol.kv_stream(protocol.MEMO_BUCKET))
+    before = nc.last_error
+    probe = {"multi_last": [protocol.kv_subject(protocol.MEMO_BUCKET, "_.probe")], "batch": 1}
+    await nc.publish(subject, json.dumps(probe).encode(), reply=nc.new_inbox())
+    await nc.flush()
+    error = nc.last_error
+    refused = (
+        error is not None
+        and error is not before
+        and "permissions violation" in str(error).lower()
+        and f'"{subject}"' in str(error)
+    )
+    if refused:
+        log.info("batch cache lookups refused to this user: looking keys up one by one")
+    return not refused
 
 
 def _deleted_revision(exc: KeyNotFoundError) -> int:
