@@ -51,3 +51,19 @@ def nested(directory: str, x: int) -> list[object]:
     first = tenfold.remote(directory, x)
     second = tenfold.spawn(directory, x)
     return [first, second.result(), second.cached]
+
+
+@sp.function
+def nested_burst(directory: str, n: int) -> list[object]:
+    """A burst of cached calls inside a function: one batched lookup by the executor's
+    own user. Its results, whether each was a hit, and whether batches were allowed."""
+    import asyncio
+
+    from superpose.client import session
+    from superpose.lattice.memo_store import batch_permitted
+
+    futures = [tenfold.spawn(directory, i) for i in range(n)]
+    results = [f.result() for f in futures]
+    client = session.current_client()
+    batch = asyncio.run_coroutine_threadsafe(batch_permitted(client.nc), client.loop)
+    return [results, [f.cached for f in futures], batch.result(timeout=30)]

@@ -4,10 +4,12 @@ Every test counts the runs its functions write to a file (``memo_fns.note``)."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +18,11 @@ import superpose as sp
 from conftest import Lattice, poll, superpose_cli
 from memo_fns import runs
 from superpose import protocol
+from superpose.client import memo
 from superpose.client.memo import UncachedWarning
 from superpose.client.memo_key import Uncanonical, call_key, register_digest
 from superpose.errors import BadRequestError
+from superpose.lattice import memo_store
 from test_cli import deploy, unique, write_app
 from test_roles import connected, mint
 
@@ -225,3 +229,47 @@ def test_the_bucket_is_granted_to_callers_pinned_by_app() -> None:
     pub = roles.permissions("caller", owner="c", app="shop")["pub"]["allow"]  # type: ignore[index]
     assert protocol.memo_subject("shop") in pub
     assert protocol.memo_subject(None) not in pub
+
+
+def _on_loop(client: sp.Client, coro: Any) -> Any:
+    return asyncio.run_coroutine_threadsafe(coro, client.loop).result(timeout=60)
+
+
+def test_a_burst_is_looked_up_in_one_batch_or_key_by_key_for_a_caller_of_one_app(
+    lattice: Lattice, client: sp.Client, tmp_path: Path
+) -> None:
+    app = unique("memo")
+    d = str(tmp_path)
+    deploy_counter(lattice, tmp_path / app, 2)
+    double = client.function(f"{app}.double")
+    assert list(double.map([d] * 20, range(20))) == [2 * i for i in range(20)]
+    assert runs(d, "double") == 20
+    futures = [double.spawn(d, i) for i in range(20)]
+    assert [f.result(timeout=60) for f in futures] == [2 * i for i in range(20)]
+    assert all(f.cached for f in futures) and runs(d, "double") == 20
+    assert _on_loop(client, memo_store.batch_permitted(client.nc)) is True  # admin
+    keys = [f"{app}.double.{'0' * 64}", f"{app}.double.{'1' * 64}"]
+    with connected(lattice, mint(lattice, "caller", app=app)) as caller:
+        assert _on_loop(caller, memo_store.batch_permitted(caller.nc)) is False
+        fn = caller.function(f"{app}.double")
+        assert list(fn.map([d] * 20, range(20))) == [2 * i for i in range(20)]
+        store = _on_loop(caller, memo.store_of(caller))
+        assert _on_loop(caller, store.look_many(keys)) == {}  # key by key, refused nothing
+        assert store.batch_allowed is False
+    with connected(lattice, mint(lattice, "caller")) as anyapp:  # a caller of every app
+        assert _on_loop(anyapp, memo_store.batch_permitted(anyapp.nc)) is True
+        assert list(anyapp.function(f"{app}.double").map([d] * 20, range(20))) == [
+            2 * i for i in range(20)
+        ]
+    assert runs(d, "double") == 20  # every one of them a hit
+
+
+def test_a_burst_inside_a_function_is_batched_by_the_executors_user(
+    client: sp.Client, tmp_path: Path
+) -> None:
+    d = str(tmp_path)
+    first = memo_fns.nested_burst.remote(d, 12)
+    again = memo_fns.nested_burst.remote(d, 12)
+    assert first[0] == again[0] == [[i] * 10 for i in range(12)]
+    assert again[1] == [True] * 12 and again[2] is True
+    assert runs(d, "tenfold") == 12

@@ -599,7 +599,11 @@ def executor_memo_allowed() -> list[str]:
     """Cached nested calls: claim, store, drop and read entries by key. Any app's: the
     user is made before the executor knows which app it will host (as for express)."""
     entries = kv_subject(MEMO_BUCKET, ">")
-    return [entries, direct_get_last_subject(kv_stream(MEMO_BUCKET), entries)]
+    return [
+        entries,
+        direct_get_last_subject(kv_stream(MEMO_BUCKET), entries),
+        direct_get_subject(kv_stream(MEMO_BUCKET)),  # batch lookups: it may read any key
+    ]
 
 
 def executor_publish_denied() -> list[str]:

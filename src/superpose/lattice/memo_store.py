@@ -185,11 +185,12 @@ async def batch_permitted(nc: NATS) -> bool:
     await nc.publish(subject, json.dumps(probe).encode(), reply=nc.new_inbox())
     await nc.flush()
     error = nc.last_error
+    said = str(error).lower()  # nats-py lowercases the server's message
     refused = (
         error is not None
         and error is not before
-        and "permissions violation" in str(error).lower()
-        and f'"{subject}"' in str(error)
+        and "permissions violation" in said
+        and f'"{subject.lower()}"' in said
     )
     if refused:
         log.info("batch cache lookups refused to this user: looking keys up one by one")

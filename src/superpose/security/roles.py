@@ -152,9 +152,13 @@ def _calls(owner: str, app: str | None) -> list[str]:
 
 def _memo(app: str | None) -> list[str]:
     """Cached calls of ``app`` (any when None): claim, store and drop an entry, and read
-    one by its key (``lattice/memo_store.py``); never list the bucket."""
+    one by its key (``lattice/memo_store.py``); never list the bucket. A user of every
+    app may also read many keys in one batch get (which names no key, so a user of one
+    app may not: its lookups go one by one)."""
     subject = protocol.memo_subject(app)
-    return [subject, _direct(_kv_stream(protocol.MEMO_BUCKET), subject)]
+    stream = _kv_stream(protocol.MEMO_BUCKET)
+    batch = [protocol.direct_get_subject(stream)] if app is None else []
+    return [subject, _direct(stream, subject), *batch]
 
 
 def _memo_admin(app: str | None) -> list[str]:
