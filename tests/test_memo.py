@@ -19,7 +19,6 @@ from conftest import Lattice, poll, superpose_cli
 from memo_fns import runs
 from superpose import protocol
 from superpose.client import memo
-from superpose.client.memo import UncachedWarning
 from superpose.client.memo_key import Uncanonical, call_key, register_digest
 from superpose.errors import BadRequestError
 from superpose.lattice import memo_store
@@ -81,7 +80,7 @@ def test_an_unhashable_argument_runs_uncached_with_one_warning(
         warnings.simplefilter("always")
         assert memo_fns.describe.remote(d, memo_fns.Opaque(4)) == 4
         assert memo_fns.describe.spawn(d, memo_fns.Opaque(4)).result(timeout=60) == 4
-    uncached = [w for w in seen if issubclass(w.category, UncachedWarning)]
+    uncached = [w for w in seen if issubclass(w.category, sp.UncachedWarning)]
     assert len(uncached) == 1, [str(w.message) for w in seen]
     assert "describe ran uncached: cannot hash a memo_fns.Opaque" in str(uncached[0].message)
     assert runs(d, "describe") == 2
