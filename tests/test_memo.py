@@ -9,6 +9,7 @@ import concurrent.futures
 import json
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ import superpose as sp
 from conftest import Lattice, poll, superpose_cli
 from memo_fns import runs
 from superpose import protocol
-from superpose.client import memo
+from superpose.client import memo, memo_batch
 from superpose.client.memo_key import Uncanonical, call_key, register_digest
 from superpose.errors import BadRequestError
 from superpose.lattice import memo_store
@@ -272,3 +273,24 @@ def test_a_burst_inside_a_function_is_batched_by_the_executors_user(
     assert first[0] == again[0] == [[i] * 10 for i in range(12)]
     assert again[1] == [True] * 12 and again[2] is True
     assert runs(d, "tenfold") == 12
+
+
+def test_a_failed_drain_fails_its_calls_and_the_next_burst_drains_again(
+    client: sp.Client,
+) -> None:
+    def broken(call: Any, out: sp.Future) -> Any:
+        raise RuntimeError("the drain broke")
+
+    async def settled(call: Any, out: sp.Future) -> None:
+        out.set_result("settled")
+
+    nowhere = SimpleNamespace(key=f"nosuchapp.fn.{'0' * 64}")  # no entry: a miss
+    lookups = memo_batch.Lookups(client, memo_batch.Ways(memo.store_of, memo.hit, broken))
+    first = sp.Future()
+    lookups.add(nowhere, first)
+    with pytest.raises(RuntimeError, match="the drain broke"):
+        first.result(timeout=30)
+    lookups.ways = memo_batch.Ways(memo.store_of, memo.hit, settled)
+    second = sp.Future()
+    lookups.add(nowhere, second)
+    assert second.result(timeout=30) == "settled"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from superpose import protocol
-from superpose.client.futures import Future
+from superpose.client.futures import Future, fail
 from superpose.client.threads import fire
 from superpose.lattice.memo_store import MemoStore
 
@@ -62,16 +62,32 @@ class Lookups:
             if self._draining:
                 return
             self._draining = True
-        fire(self.client.loop, self._drain())
+        try:
+            fire(self.client.loop, self._drain())
+        except BaseException:  # the loop is gone (a closed client): no drain runs
+            with self._lock:
+                self._draining = False
+                self._queued.clear()
+            raise
 
     async def _drain(self) -> None:
-        while True:
+        burst: list[tuple[Keyed, Future]] = []
+        try:
+            while True:
+                with self._lock:
+                    burst, self._queued = self._queued, []
+                    if not burst:
+                        self._draining = False
+                        return
+                await self._look(burst)
+        except BaseException as exc:  # never strand a call: the next add drains again
             with self._lock:
-                burst, self._queued = self._queued, []
-                if not burst:
-                    self._draining = False
-                    return
-            await self._look(burst)
+                self._draining = False
+            for _, out in burst:
+                fail(out, exc)
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("cached calls' lookup failed: %s", exc, exc_info=exc)
 
     async def _look(self, burst: list[tuple[Keyed, Future]]) -> None:
         live = [(call, out) for call, out in burst if not out.done()]  # cancelled meanwhile

@@ -172,29 +172,53 @@ class MemoStore:
         return len(listed)
 
 
+PROBE_S = 5.0
+"""How long the batch probe waits for an answer or a refusal before it gives up
+on batches (one by one is always allowed, only slower)."""
+
+
 async def batch_permitted(nc: NATS) -> bool:
     """Whether the server lets this user make a batch direct get on the memo bucket.
 
-    A refused publish gets no answer, only an asynchronous ``-ERR`` (which nats-py
-    keeps as ``last_error``); the server sends it before the pong of the flush that
-    follows, so one round trip tells, with no timeout to wait out.
+    A probe batch of one key: an answer of any kind means yes. A refused publish
+    gets no answer, only an asynchronous ``-ERR`` that nats-py keeps as
+    ``last_error`` (measured: not always before the pong of a flush that follows),
+    so the probe watches for both.
     """
     subject = protocol.direct_get_subject(protocol.kv_stream(protocol.MEMO_BUCKET))
     before = nc.last_error
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, max_msgs=1)
     probe = {"multi_last": [protocol.kv_subject(protocol.MEMO_BUCKET, "_.probe")], "batch": 1}
-    await nc.publish(subject, json.dumps(probe).encode(), reply=nc.new_inbox())
-    await nc.flush()
-    error = nc.last_error
-    said = str(error).lower()  # nats-py lowercases the server's message
-    refused = (
+    try:
+        await nc.publish(subject, json.dumps(probe).encode(), reply=inbox)
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + PROBE_S, 0.002
+        while True:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                await sub.next_msg(timeout=pause)
+                return True
+            if _refused(nc.last_error, before, subject):
+                log.info("batch cache lookups refused to this user: looking keys up one by one")
+                return False
+            if loop.time() > deadline:
+                log.warning("no answer to a batch cache lookup: looking keys up one by one")
+                return False
+            pause = min(pause * 2, 0.1)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+def _refused(error: Exception | None, before: Exception | None, subject: str) -> bool:
+    """A new permissions violation naming ``subject`` (nats-py lowercases it)."""
+    said = str(error).lower()
+    return (
         error is not None
         and error is not before
         and "permissions violation" in said
         and f'"{subject.lower()}"' in said
     )
-    if refused:
-        log.info("batch cache lookups refused to this user: looking keys up one by one")
-    return not refused
 
 
 def _deleted_revision(exc: KeyNotFoundError) -> int:
