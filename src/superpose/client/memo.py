@@ -1,7 +1,8 @@
 """Memoized calls (``cache=True``): an identical call returns the stored result.
 
 A cached call looks its key up first (``memo_key.call_key``: version, environment,
-function, arguments). A stored result is returned without running anything. Absent,
+function, arguments), in one batch with the other calls of its burst
+(``memo_batch``). A stored result is returned without running anything. Absent,
 the caller claims the key (a create-only write: of identical calls made at once, one
 wins), runs the call as it would have, and replaces its claim with the result; the
 others wait for that result (single flight). A failed call drops its claim, so a
