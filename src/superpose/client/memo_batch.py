@@ -48,7 +48,7 @@ class Lookups:
     """One client's queue of cached calls waiting for their first lookup."""
 
     def __init__(self, client: Client, ways: Ways) -> None:
-        self.client = client
+        self.loop = client.loop  # not the client: ``_LOOKUPS`` holds this under it, weakly
         self.ways = ways
         self._lock = threading.Lock()
         self._queued: list[tuple[Keyed, Future]] = []
@@ -63,7 +63,7 @@ class Lookups:
                 return
             self._draining = True
         try:
-            fire(self.client.loop, self._drain())
+            fire(self.loop, self._drain())
         except BaseException:  # the loop is gone (a closed client): no drain runs
             with self._lock:
                 self._draining = False
@@ -91,8 +91,10 @@ class Lookups:
 
     async def _look(self, burst: list[tuple[Keyed, Future]]) -> None:
         live = [(call, out) for call, out in burst if not out.done()]  # cancelled meanwhile
+        if not live:
+            return
         try:
-            store = await self.ways.store(self.client)
+            store = await self.ways.store(live[0][0].client)  # the one client of this queue
             found = await store.look_many([call.key for call, _ in live])
         except Exception as exc:  # the settle path retries, then runs uncached
             log.debug("batched cache lookup failed (%s): each call looks again", exc)
