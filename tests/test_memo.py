@@ -284,7 +284,7 @@ def test_a_failed_drain_fails_its_calls_and_the_next_burst_drains_again(
     async def settled(call: Any, out: sp.Future) -> None:
         out.set_result("settled")
 
-    nowhere = SimpleNamespace(key=f"nosuchapp.fn.{'0' * 64}")  # no entry: a miss
+    nowhere = SimpleNamespace(client=client, key=f"nosuchapp.fn.{'0' * 64}")  # a miss
     lookups = memo_batch.Lookups(client, memo_batch.Ways(memo.store_of, memo.hit, broken))
     first = sp.Future()
     lookups.add(nowhere, first)
