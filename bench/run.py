@@ -44,8 +44,9 @@ WORKLOADS = (
     "alias",
     "affinity",
     "environments",
+    "memo",
 )
-SP_ONLY = ("up", "bundle", "update", "alias", "affinity", "environments")
+SP_ONLY = ("up", "bundle", "update", "alias", "affinity", "environments", "memo")
 TAG_ENV = "SUPERPOSE_BENCH_TAG"
 KILL_GRACE_S = 20.0
 
@@ -169,6 +170,7 @@ def time_limit(workload: str, sizes: Any) -> float:
         "alias": 90.0,
         "affinity": 300.0,
         "environments": 900.0,
+        "memo": 600.0,
     }
     return float(limits[workload])
 

@@ -589,6 +589,18 @@ def executor_publish_allowed(me: str) -> list[str]:
         *kv_api,
         f"{direct_get_subject(kv_stream(NODES_BUCKET))}.>",
         "$JS.FC.>",
+        *executor_memo_allowed(),
+    ]
+
+
+def executor_memo_allowed() -> list[str]:
+    """Cached nested calls: claim, store, drop and read entries by key. Any app's: the
+    user is made before the executor knows which app it will host (as for express)."""
+    entries = kv_subject(MEMO_BUCKET, ">")
+    return [
+        entries,
+        direct_get_last_subject(kv_stream(MEMO_BUCKET), entries),
+        direct_get_subject(kv_stream(MEMO_BUCKET)),  # batch lookups: it may read any key
     ]
 
 
@@ -1695,3 +1707,59 @@ def blob_reads() -> list[str]:
         f"{direct_get_subject(stream)}.{object_chunk_subject(BLOBS_BUCKET, '*')}",
         filtered_consumer_subject(stream, "*", object_chunk_subject(BLOBS_BUCKET, "*")),
     ]
+
+
+# --- memoization (issue 16, item 5) -------------------------------------------------
+
+MEMO_BUCKET = "sp_memo"
+"""The action cache of ``cache=True`` functions: ``memo_key`` → a ``MemoEntry``."""
+MEMO_KEY_VERSION = "sp.memokey.v1"
+"""Hashed into every memo key: a new argument encoding changes it, so old entries are
+never misread."""
+MEMO_MAX_AGE_S = 7 * 24 * 3600.0
+"""The longest any cached result is kept (the bucket's TTL): ``cache_ttl`` bounds it lower."""
+MEMO_MAX_VALUE_BYTES = 768 * 1024
+"""A result whose pickle is bigger is returned but not cached (NATS's 1 MiB message)."""
+
+
+def memo_key(app: str, fn: str, digest: str) -> str:
+    """The key of one cached call: its function, then the hash of version, environment,
+    function and arguments (``client/memo_key.py``). App first, so a role is pinned by it."""
+    return f"{app}.{fn}.{digest}"
+
+
+def memo_filter(app: str | None = None, fn: str | None = None) -> str:
+    """The keys of one app's (one function's) cached calls, as a key filter."""
+    if app is None:
+        return ">"
+    return f"{app}.{fn}.*" if fn else f"{app}.>"
+
+
+def memo_subject(app: str | None = None) -> str:
+    """The subjects of one app's cache entries (``*``: any app), for role grants."""
+    return kv_subject(MEMO_BUCKET, f"{app or '*'}.>")
+
+
+class MemoEntry(msgspec.Struct, tag_field="t", tag="sp.memo.v1", omit_defaults=True):
+    """One cache entry: a claim while its first caller runs the call, then the result.
+
+    ``value`` is the result pickled (cloudpickle); empty while ``running``. ``until`` is
+    the epoch second after which a claim is stale (its runner died) or a result expired.
+    """
+
+    running: bool
+    until: float
+    created: float
+    runner: str = ""
+    """The client that claimed it (running) or stored it (done)."""
+    value: bytes = b""
+
+    def encode(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def decode(cls, data: Buffer) -> MemoEntry:
+        try:
+            return msgspec.msgpack.decode(data, type=cls)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise ProtocolError(f"not a cache entry: {exc}") from None

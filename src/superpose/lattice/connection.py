@@ -27,7 +27,7 @@ from nats.js.object_store import ObjectStore
 from superpose import protocol
 from superpose.config import ENV_CREDS, ENV_REPLICAS, lattice_servers, settings
 from superpose.errors import LatticeError
-from superpose.lattice import tls
+from superpose.lattice import memo_store, tls
 from superpose.lattice.batch import js_api
 from superpose.security import permits
 from superpose.security.lookup import find_creds
@@ -492,6 +492,7 @@ async def ensure_assets(nc: NATS) -> Assets:
                 replicas,
             ),
             _ensure_durable_path(nc, replicas),
+            memo_store.ensure_bucket(js, replicas),
         )
         results = await js.key_value(protocol.RESULTS_BUCKET)
     except nats.errors.Error as exc:

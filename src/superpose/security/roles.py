@@ -134,6 +134,27 @@ def _calls(owner: str, app: str | None) -> list[str]:
         _direct(_kv_stream(issued), protocol.kv_wildcard(issued)),
         protocol.kv_subject(_REG, "place.>"),
         *_blobs(),
+        *_memo(app),
+    ]
+
+
+def _memo(app: str | None) -> list[str]:
+    """Cached calls of ``app`` (any when None): claim, store and drop an entry, and read
+    one by its key (``lattice/memo_store.py``); never list the bucket. A user of every
+    app may also read many keys in one batch get (which names no key, so a user of one
+    app may not: its lookups go one by one)."""
+    subject = protocol.memo_subject(app)
+    stream = _kv_stream(protocol.MEMO_BUCKET)
+    batch = [protocol.direct_get_subject(stream)] if app is None else []
+    return [subject, _direct(stream, subject), *batch]
+
+
+def _memo_admin(app: str | None) -> list[str]:
+    """``superpose cache ls|clear``: list an app's entries (a watch filtered by its keys)."""
+    stream = _kv_stream(protocol.MEMO_BUCKET)
+    return [
+        _consumer(stream, protocol.memo_subject(app)),
+        f"{_API}.CONSUMER.DELETE.{stream}.>",
     ]
 
 
@@ -221,7 +242,8 @@ def permissions(role: str, *, owner: str, app: str | None = None) -> dict[str, A
     if role == "caller":
         return _allow([*_reader(owner, app), *_calls(owner, app)], subs)
     if role == "deployer":
-        return _allow([*_reader(owner, app), *_calls(owner, app), *_deploys(app)], subs)
+        deploys = [*_deploys(app), *_memo_admin(app)]
+        return _allow([*_reader(owner, app), *_calls(owner, app), *deploys], subs)
     if role == "node":
         tokens = [protocol.kv_wildcard(protocol.TOKENS_BUCKET)]
         return {"pub": {"deny": _node_denials()}, "sub": {"deny": tokens}}
