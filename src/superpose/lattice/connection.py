@@ -26,7 +26,7 @@ from nats.js.object_store import ObjectStore
 from superpose import protocol
 from superpose.config import ENV_CREDS, ENV_REPLICAS, lattice_servers, settings
 from superpose.errors import LatticeError
-from superpose.lattice import tls
+from superpose.lattice import shared_streams, tls
 from superpose.lattice.batch import js_api
 from superpose.security.lookup import find_creds
 from superpose.security.roles import owner_of
@@ -367,6 +367,11 @@ async def _ensure_durable_path(nc: NATS, replicas: int) -> None:
     )
 
 
+async def _ensure_shared_state(nc: NATS, replicas: int) -> None:
+    """The streams of shared dicts and queues (``lattice/shared_streams.py``)."""
+    await asyncio.gather(*(_ensure_raw_stream(nc, c) for c in shared_streams.configs(replicas)))
+
+
 async def ensure_work_consumer(
     nc: NATS,
     name: str,
@@ -473,6 +478,7 @@ async def ensure_assets(nc: NATS) -> Assets:
                 replicas,
             ),
             _ensure_durable_path(nc, replicas),
+            _ensure_shared_state(nc, replicas),
         )
         results = await js.key_value(protocol.RESULTS_BUCKET)
     except nats.errors.Error as exc:

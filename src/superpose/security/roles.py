@@ -146,7 +146,13 @@ def _calls(owner: str, app: str | None) -> list[str]:
         _direct(_kv_stream(issued), protocol.kv_wildcard(issued)),
         protocol.kv_subject(_REG, "place.>"),
         *_blobs(),
+        *protocol.shared_state_publish(_shared_scopes(app)),
     ]
+
+
+def _shared_scopes(app: str | None) -> list[str]:
+    """Shared dicts and queues: the app's own (any app's when None) and lattice-wide ones."""
+    return [protocol.app_scope(_app_pattern(app)), protocol.SHARED_SCOPE]
 
 
 def _deploys(app: str | None) -> list[str]:
@@ -229,7 +235,8 @@ def permissions(role: str, *, owner: str, app: str | None = None) -> dict[str, A
         return None
     subs = _own_inboxes(owner)
     if role == "viewer":
-        return _allow(_reader(owner, app), subs, responses=False)
+        reads = protocol.shared_state_reads(_shared_scopes(app))
+        return _allow([*_reader(owner, app), *reads], subs, responses=False)
     if role == "caller":
         return _allow([*_reader(owner, app), *_calls(owner, app)], subs)
     if role == "deployer":
