@@ -25,6 +25,7 @@ from nats.aio.subscription import Subscription
 from superpose import protocol
 from superpose.errors import LatticeError
 from superpose.lattice.batch import js_api
+from superpose.lattice.fast_requests import requests_for
 
 TIMEOUT_S = 5.0
 NO_ANSWER = (
@@ -71,7 +72,7 @@ async def get(nc: NATS, bucket: str, key: str) -> Entry:
     stream = protocol.kv_stream(bucket)
     request = protocol.direct_get_last_subject(stream, protocol.kv_subject(bucket, key))
     try:
-        msg = await nc.request(request, b"", timeout=TIMEOUT_S)
+        msg = await requests_for(nc).request(request, b"", None, TIMEOUT_S)
     except nats.errors.TimeoutError as exc:
         raise LatticeError(
             f"reading {key!r} from {bucket} got no answer in {TIMEOUT_S:g} s"
@@ -100,7 +101,7 @@ async def publish(
     """One acknowledged JetStream write; its sequence. A lost compare-and-set raises
     ``Conflict``, any other refusal ``LatticeError`` naming ``what``."""
     try:
-        reply = await nc.request(subject, data, headers=headers, timeout=TIMEOUT_S)
+        reply = await requests_for(nc).request(subject, data, headers, TIMEOUT_S)
     except nats.errors.NoRespondersError as exc:
         raise LatticeError(f"{what}: no stream takes {subject} (is the lattice older?)") from exc
     except nats.errors.TimeoutError as exc:
