@@ -221,6 +221,14 @@ def test_bad_arguments_are_named(client: sp.Client) -> None:
         sp.Queue(name("q"), app=APP).get(timeout=-1)
     with pytest.raises(BadRequestError, match="get_many takes n ≥ 1"):
         sp.Queue(name("q"), app=APP).get_many(0)
+    with pytest.raises(BadRequestError, match="app='a.b' is not a valid app name"):
+        sp.Dict("d", app="a.b")
+    with pytest.raises(BadRequestError, match="incr adds an int, got 1.5"):
+        d.incr("n", 1.5)  # type: ignore[arg-type]
+    with pytest.raises(BadRequestError, match="put_many takes at most 1,000 items"):
+        sp.Queue(name("q"), app=APP).put_many(range(1001))
+    with pytest.raises(BadRequestError, match="3 items can never fit in maxsize 2"):
+        sp.Queue(name("q"), maxsize=2, app=APP).put_many([1, 2, 3])
 
 
 def test_a_value_too_big_names_its_key_and_the_limit(client: sp.Client) -> None:
@@ -292,3 +300,14 @@ def test_a_caller_pinned_to_an_app_cannot_touch_another_apps_dict(
         d: Any = sp.Dict(name("d"), app=APP)
         with pytest.raises(sp.LatticeError, match="may not use this app's dicts and queues"):
             d["k"] = 1
+
+
+def test_a_viewer_reads_but_does_not_write(lattice: Lattice, client: sp.Client) -> None:
+    n = name("d")
+    sp.Dict(n, app=APP)["k"] = "v"
+    with connected(lattice, mint(lattice, "viewer", app=APP)):
+        d = sp.Dict(n, app=APP)
+        assert d["k"] == "v" and d.keys() == ["k"]
+        with pytest.raises(sp.LatticeError, match="writing 'app"):
+            d["k"] = "w"
+    assert sp.Dict(n, app=APP)["k"] == "v"
