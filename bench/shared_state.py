@@ -30,6 +30,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from bench.shared_state_fns import p50_ms, redis_round_trips
+
 VALUE = {"user": 1, "seen": "2026-12-07"}
 BATCH = 250
 
@@ -86,35 +88,11 @@ def dict_sync_ops(d: Any, n: int) -> float:
     return _sync_ops(d.set, d.get, n)
 
 
-def _p50_ms(op: Any, n: int) -> float:
-    times = []
-    for i in range(n):
-        started = time.perf_counter()
-        op(i)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
-
-
-def redis_p50(port: int, n: int) -> dict[str, float]:
-    """Set and get p50 (ms) with redis-py from this process, values pickled alike."""
-    import redis
-
-    r = redis.Redis(port=port)
-    value = pickle.dumps(VALUE)
-    try:
-        return {
-            "set_ms": _p50_ms(lambda i: r.set(f"k{i % 100}", value), n),
-            "get_ms": _p50_ms(lambda i: pickle.loads(r.get(f"k{i % 100}") or b"N."), n),
-        }
-    finally:
-        r.close()
-
-
 def dict_p50(d: Any, n: int) -> dict[str, float]:
     """The same for a Dict from this process (the sync API, through the client's loop)."""
     return {
-        "set_ms": _p50_ms(lambda i: d.set(f"k{i % 100}", VALUE), n),
-        "get_ms": _p50_ms(lambda i: d.get(f"k{i % 100}"), n),
+        "set_ms": p50_ms(lambda i: d.set(f"k{i % 100}", VALUE), n),
+        "get_ms": p50_ms(lambda i: d.get(f"k{i % 100}"), n),
     }
 
 
@@ -188,7 +166,7 @@ def measure(n: int) -> dict[str, Any]:
         redis_inside = fns.redis_p50.remote(port, n // 10)
         if isinstance(redis_inside, str):  # executors may not see the bench's packages
             out["redis_inside"] = redis_inside
-            redis_inside = redis_p50(port, n // 10)
+            redis_inside = redis_round_trips(port, n // 10)
             out["redis_p50_measured_from"] = "the bench process"
         out["redis_set_p50_ms"] = redis_inside["set_ms"]
         out["redis_get_p50_ms"] = redis_inside["get_ms"]

@@ -221,9 +221,9 @@ def test_bad_arguments_are_named(client: sp.Client) -> None:
         sp.Queue(name("q"), app=APP).get(timeout=-1)
     with pytest.raises(BadRequestError, match="get_many takes n ≥ 1"):
         sp.Queue(name("q"), app=APP).get_many(0)
-    with pytest.raises(BadRequestError, match="app='a.b' is not a valid app name"):
+    with pytest.raises(BadRequestError, match=r"app='a\.b' is not a valid app name"):
         sp.Dict("d", app="a.b")
-    with pytest.raises(BadRequestError, match="incr adds an int, got 1.5"):
+    with pytest.raises(BadRequestError, match=r"incr adds an int, got 1\.5"):
         d.incr("n", 1.5)  # type: ignore[arg-type]
     with pytest.raises(BadRequestError, match="put_many takes at most 1,000 items"):
         sp.Queue(name("q"), app=APP).put_many(range(1001))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -169,41 +169,42 @@ class Dict(Shared):
         value. Many processes incrementing at once each count exactly once."""
         if not isinstance(n, int) or isinstance(n, bool):
             raise BadRequestError(f"{self._where(key)}: incr adds an int, got {n!r}")
-        subject_key = self._key(key)
-        for _ in range(MAX_CAS_ATTEMPTS):
-            entry = await shared_kv.get(self._nc, self.bucket, subject_key)
-            current = 0 if entry.value is None else decode(entry.value)
+
+        def add(current: Any) -> tuple[bool, Any]:
+            current = 0 if current is None else current
             if not isinstance(current, int) or isinstance(current, bool):
                 raise BadRequestError(
                     f"{self._where(key)} holds a {type(current).__name__}; incr needs an int"
                 )
-            new = current + n
-            data = encode(new, self._where(key))
-            try:
-                await shared_kv.put(
-                    self._nc, self.bucket, subject_key, data, ttl_s=self.ttl, last=entry.revision
-                )
-                return new
-            except shared_kv.Conflict:
-                continue
-        raise self._contended(key)
+            return True, current + n
+
+        new: int = (await self._swap(key, add))[1]
+        return new
 
     @dual
     async def cas(self, key: str, expected: Any, new: Any) -> bool:
         """Set ``key`` to ``new`` if its value equals ``expected`` (a key with no value
         equals None); whether it did."""
+        encode(new, self._where(key))  # refused before reading anything
+        return (await self._swap(key, lambda current: (current == expected, new)))[0]
+
+    async def _swap(self, key: str, decide: Callable[[Any], tuple[bool, Any]]) -> tuple[bool, Any]:
+        """A compare-and-set loop: ``decide(current value)`` says whether to write and
+        what; the write names the revision read, and one that lost reads again. (whether
+        it wrote, the value written or found)."""
         subject_key = self._key(key)
-        data = encode(new, self._where(key))
         for _ in range(MAX_CAS_ATTEMPTS):
             entry = await shared_kv.get(self._nc, self.bucket, subject_key)
             current = None if entry.value is None else decode(entry.value)
-            if current != expected:
-                return False
+            write, new = decide(current)
+            if not write:
+                return False, current
+            data = encode(new, self._where(key))
             try:
                 await shared_kv.put(
                     self._nc, self.bucket, subject_key, data, ttl_s=self.ttl, last=entry.revision
                 )
-                return True
+                return True, new
             except shared_kv.Conflict:
                 continue
         raise self._contended(key)
@@ -271,25 +272,23 @@ class Watch:
         return self
 
     def __next__(self) -> Change:
-        while True:
-            item = self._items.get()
-            if item is _END:
-                self._items.put(_END)
-                raise StopIteration
-            change = self._change(item)
-            if change is not None:
-                return change
+        change = self._next(None)
+        if change is None:
+            raise StopIteration
+        return change
 
     def next(self, timeout: float | None = None) -> Change | None:
-        """The next change, or None after ``timeout`` seconds with none."""
-        check_timeout(timeout, f"watch of {self._owner.label}")
+        """The next change, or None after ``timeout`` seconds with none (or once closed)."""
+        return self._next(check_timeout(timeout, f"watch of {self._owner.label}"))
+
+    def _next(self, timeout: float | None) -> Change | None:
         while True:
             try:
                 item = self._items.get(timeout=timeout)
             except queue.Empty:
                 return None
             if item is _END:
-                self._items.put(_END)
+                self._items.put(_END)  # for the next reader too
                 return None
             change = self._change(item)
             if change is not None:
