@@ -478,9 +478,9 @@ async def ensure_assets(nc: NATS) -> Assets:
                 replicas,
             ),
             _ensure_durable_path(nc, replicas),
-            _ensure_shared_state(nc, replicas),
         )
         results = await js.key_value(protocol.RESULTS_BUCKET)
+        await _ensure_shared_state(nc, replicas)  # after: a setting's error names sp_…
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
     return Assets.named(js, [*kvs, results], stores)
