@@ -107,3 +107,22 @@ def too_big(name: str) -> str:
 @sp.function
 def other_app_write(app: str, name: str) -> int:
     return sp.Dict(name, app=app).incr("k")
+
+
+@sp.function
+def watch_for(name: str, key: str) -> tuple[Any, str] | None:
+    """Watches from inside the function (its push consumer delivers to the executor's own
+    inbox), says it is ready through the Dict, and returns the first change of ``key``."""
+    d = sp.Dict(name)
+    with d.watch(key) as changes:
+        d["ready"] = True
+        change = changes.next(timeout=60)
+    return None if change is None else (change.value, change.op)
+
+
+@sp.function
+def durable_round_trip(name: str) -> list[Any]:
+    d, q = sp.Dict(name, durable=True), sp.Queue(name, durable=True)
+    d["k"] = "kept"
+    q.put("item")
+    return [d["k"], q.get(timeout=10), len(q)]

@@ -119,6 +119,14 @@ def test_watch_sees_changes(client: sp.Client) -> None:
     assert second is not None and (second.key, second.op) == ("user:1", "delete")
 
 
+def test_a_function_watches_a_dict(client: sp.Client) -> None:
+    d = sp.Dict(name("w"), app=APP)
+    watching = fns.watch_for.spawn(d.name, "job")
+    poll(lambda: "ready" in d, "the function to start watching")
+    d["job"] = "x"
+    assert tuple(watching.result(timeout=120)) == ("x", "set")
+
+
 async def test_watch_async(client: sp.Client) -> None:
     d = sp.Dict(name("w"), app=APP)
     async with await d.watch.aio() as changes:
@@ -270,6 +278,9 @@ def test_durable_dicts_and_queues(client: sp.Client) -> None:
     q = sp.Queue(name("q"), durable=True, app=APP)
     q.put(1)
     assert q.get(timeout=10) == 1
+    n = name("dur")
+    assert fns.durable_round_trip.remote(n) == ["kept", "item", 0]
+    assert sp.Dict(n, durable=True, app=APP)["k"] == "kept"
 
 
 def test_a_caller_pinned_to_the_app_uses_its_dicts_and_queues(
