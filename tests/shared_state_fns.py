@@ -126,3 +126,12 @@ def durable_round_trip(name: str) -> list[Any]:
     d["k"] = "kept"
     q.put("item")
     return [d["k"], q.get(timeout=10), len(q)]
+
+
+@sp.function
+async def blocking_in_async(name: str) -> str:
+    try:
+        sp.Dict(name)["k"] = 1
+    except sp.UserError as exc:
+        return str(exc)
+    return "no error"

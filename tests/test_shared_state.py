@@ -85,6 +85,11 @@ async def test_aio_forms_from_the_callers_own_loop(client: sp.Client) -> None:
     assert await q.get.aio(timeout=10) == "x"
 
 
+def test_a_blocking_call_in_async_code_names_the_aio_form(client: sp.Client) -> None:
+    message = fns.blocking_in_async.remote(name("d"))
+    assert "would freeze the event loop" in message and "await ….set.aio(...)" in message
+
+
 def test_200_concurrent_increments_count_exactly_200(client: sp.Client) -> None:
     n = name("counter")
     futures = [fns.incr.spawn(n, "hits") for _ in range(200)]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from superpose import protocol
 from superpose.client import session
-from superpose.errors import BadRequestError
+from superpose.errors import BadRequestError, UserError
 from superpose.lattice import payload
 from superpose.support.eventloop import on_loop
 
@@ -37,8 +37,19 @@ class Shared:
             self._client = session.current_client()
         return self._client
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.client().run(coro)
+    label = "a shared handle"
+
+    def run(self, coro: Coroutine[Any, Any, T], method: str = "get") -> T:
+        """Wait for ``coro`` on the client's loop; refused on that loop itself (async code
+        inside a function), naming the ``.aio`` form to await instead."""
+        client = self.client()
+        if on_loop(client.loop):
+            coro.close()
+            raise UserError(
+                f"{self.label}: a blocking call in async code would freeze the event loop "
+                f"its answer comes on; use `await ….{method}.aio(...)`"
+            )
+        return client.run(coro)
 
     async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
         loop = self.client().loop
@@ -64,7 +75,7 @@ class BoundDual(Generic[P, R]):
         self.__doc__ = fn.__doc__
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self._owner.run(self._fn(self._owner, *args, **kwargs))
+        return self._owner.run(self._fn(self._owner, *args, **kwargs), self._fn.__name__)
 
     async def aio(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self._owner.run_async(self._fn(self._owner, *args, **kwargs))

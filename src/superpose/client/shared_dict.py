@@ -104,7 +104,7 @@ class Dict(Shared):
     # --- the mapping protocol (sync) -------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
-        found, value = self.run(self._lookup(key))
+        found, value = self.run(self._lookup(key), "get")
         if not found:
             raise KeyError(key)
         return value
