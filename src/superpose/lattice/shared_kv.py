@@ -164,8 +164,9 @@ async def _consumer(
 
 async def keys(nc: NATS, bucket: str, filter_key: str) -> list[str]:
     """The live keys under ``filter_key`` (a pattern ending in ``>``): the last message
-    of each subject, headers only, skipping delete and expiry markers."""
-    found: list[str] = []
+    of each subject, headers only, skipping delete and expiry markers. A write that
+    comes while they are read counts as well (its key's newest message decides)."""
+    live: dict[str, bool] = {}
     inbox = nc.new_inbox()
     done = asyncio.Event()
     expected: list[int] = []
@@ -175,11 +176,10 @@ async def keys(nc: NATS, bucket: str, filter_key: str) -> list[str]:
         nonlocal seen
         seen += 1
         headers = msg.headers or {}
-        live = not headers.get(protocol.MARKER_REASON_HEADER) and headers.get(
+        marker = headers.get(protocol.MARKER_REASON_HEADER) or headers.get(
             protocol.KV_OPERATION_HEADER
-        ) not in ("DEL", "PURGE")
-        if live:
-            found.append(protocol.kv_key(bucket, msg.subject))
+        ) in ("DEL", "PURGE")
+        live[protocol.kv_key(bucket, msg.subject)] = not marker
         if expected and seen >= expected[0]:
             done.set()
 
@@ -188,11 +188,9 @@ async def keys(nc: NATS, bucket: str, filter_key: str) -> list[str]:
         config = {"deliver_policy": "last_per_subject", "headers_only": True}
         pending = await _consumer(nc, bucket, filter_key, inbox, config)
         expected.append(pending)
-        if pending == 0:
-            return []
-        if seen < pending:
+        if pending and seen < pending:
             await asyncio.wait_for(done.wait(), TIMEOUT_S)
-        return found
+        return [key for key, is_live in live.items() if is_live]
     except TimeoutError as exc:
         raise LatticeError(f"listing the keys of {bucket} took over {TIMEOUT_S:g} s") from exc
     finally:
