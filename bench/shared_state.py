@@ -10,6 +10,7 @@ Starts a private lattice (``sp.connect(workers=2)``: 2 nodes) and a Debian
 - ops/s pipelined: a Dict's ``.aio`` calls 250 at a time with ``asyncio.gather``, inside
   an async function and from the script's own loop, against a redis-py pipeline of 250;
 - ``incr`` from 200 concurrent invocations, which must count exactly 200;
+- the floor: a core NATS request/reply from the script through the same client;
 
 with the ratios the targets name: Dict p50 ≤ 2× Redis's, ≥ 30,000 ops/s pipelined.
 """
@@ -86,6 +87,21 @@ def _sync_ops(set_: Any, get: Any, n: int) -> float:
 
 def dict_sync_ops(d: Any, n: int) -> float:
     return _sync_ops(d.set, d.get, n)
+
+
+def nats_echo_p50(client: Any, n: int) -> float:
+    """The floor under any Dict call from a script: a core NATS request to a responder on
+    the same connection, through the same hop to the client's loop (ms)."""
+    subject = f"bench.echo.{uuid.uuid4().hex}"
+
+    async def echo(msg: Any) -> None:
+        await msg.respond(msg.data)
+
+    sub = client.run(client.nc.subscribe(subject, cb=echo))
+    try:
+        return p50_ms(lambda i: client.run(client.nc.request(subject, b"x", timeout=5)), n)
+    finally:
+        client.run(sub.unsubscribe())
 
 
 def dict_p50(d: Any, n: int) -> dict[str, float]:
@@ -171,6 +187,7 @@ def measure(n: int) -> dict[str, Any]:
         out["redis_set_p50_ms"] = redis_inside["set_ms"]
         out["redis_get_p50_ms"] = redis_inside["get_ms"]
         out["dict_script_p50_ms"] = dict_p50(d, n // 10)
+        out["nats_echo_script_p50_ms"] = nats_echo_p50(client, n // 10)
         out["redis_sync_ops_s"] = statistics.median(redis_sync_ops(port, n) for _ in range(3))
         out["redis_pipelined_ops_s"] = statistics.median(
             redis_pipelined_ops(port, n * 5) for _ in range(3)
