@@ -135,3 +135,9 @@ async def blocking_in_async(name: str) -> str:
     except sp.UserError as exc:
         return str(exc)
     return "no error"
+
+
+@sp.function
+def use_handles(d: sp.Dict, q: sp.Queue) -> list[Any]:
+    """Handles passed as arguments find this process's client."""
+    return [d["k"], q.get(timeout=10), d.label]

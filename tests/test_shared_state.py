@@ -90,6 +90,12 @@ def test_a_blocking_call_in_async_code_names_the_aio_form(client: sp.Client) -> 
     assert "would freeze the event loop" in message and "await ….set.aio(...)" in message
 
 
+def test_handles_passed_to_a_function_work_there(client: sp.Client) -> None:
+    d, q = sp.Dict(name("d"), shared=True), sp.Queue(name("q"), app=APP)
+    d["k"], _ = "v", q.put("item")
+    assert fns.use_handles.remote(d, q) == ["v", "item", d.label]
+
+
 def test_200_concurrent_increments_count_exactly_200(client: sp.Client) -> None:
     n = name("counter")
     futures = [fns.incr.spawn(n, "hits") for _ in range(200)]
