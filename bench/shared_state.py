@@ -3,8 +3,9 @@
 Starts a private lattice (``sp.connect(workers=2)``: 2 nodes) and a Debian
 ``redis-server`` (no persistence) on this machine, and prints JSON:
 
-- get/set p50 from inside a function (a Dict, and redis-py from the same function, or
-  from the bench process when the node's executors cannot import redis-py);
+- get/set p50 from inside a function (a Dict, sync and awaited ``.aio``, and redis-py
+  from the same function, or from the bench process when the node's executors cannot
+  import redis-py);
 - ops/s from one process, sync (alternating set and get, one at a time), for a Dict from
   the script and for redis-py;
 - ops/s pipelined: a Dict's ``.aio`` calls 250 at a time with ``asyncio.gather``, inside
@@ -166,6 +167,9 @@ def measure(n: int) -> dict[str, Any]:
         inside = [fns.dict_p50.remote(name, n // 10) for _ in range(3)]
         out["dict_inside_set_p50_ms"] = statistics.median(r["set_ms"] for r in inside)
         out["dict_inside_get_p50_ms"] = statistics.median(r["get_ms"] for r in inside)
+        inside_async = fns.dict_p50_async.remote(name, n // 10)
+        out["dict_inside_async_set_p50_ms"] = inside_async["set_ms"]
+        out["dict_inside_async_get_p50_ms"] = inside_async["get_ms"]
         d = sp.Dict(name, app=app)
         out["dict_sync_ops_s"] = statistics.median(dict_sync_ops(d, n) for _ in range(3))
         out["dict_pipelined_inside_ops_s"] = statistics.median(
