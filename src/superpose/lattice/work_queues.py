@@ -124,13 +124,15 @@ async def _last_sequence(nc: NATS, at: Address) -> int:
 async def try_put(nc: NATS, at: Address, items: Sequence[bytes], maxsize: int) -> bool:
     """Add every item, or none: False when they do not fit now (or another write came
     first: the caller tries again). Raises ``Gone`` for a deleted queue."""
-    last = await _last_sequence(nc, at)  # before the count: a put in between moves it
+    expect: dict[str, str] | None = None
+    if maxsize > 0:  # before the count: a put in between moves it (no limit: no race)
+        last = await _last_sequence(nc, at)
+        expect = {protocol.EXPECTED_LAST_SUBJECT_SEQ_HEADER: str(last)}
     found = await info(nc, at)
     if found is None:
         raise Gone(f"no queue consumer {at.consumer}")
     if maxsize > 0 and count(found) + len(items) > maxsize:
         return False
-    expect = {protocol.EXPECTED_LAST_SUBJECT_SEQ_HEADER: str(last)}
     try:
         if len(items) == 1:
             await publish(nc, at.subject, items[0], expect, f"putting on {at.subject}")
@@ -141,12 +143,14 @@ async def try_put(nc: NATS, at: Address, items: Sequence[bytes], maxsize: int) -
     return True
 
 
-async def _put_batch(nc: NATS, subject: str, items: Sequence[bytes], first: dict[str, str]) -> None:
+async def _put_batch(
+    nc: NATS, subject: str, items: Sequence[bytes], first: dict[str, str] | None
+) -> None:
     """One atomic batch: the stream stores all of it or none."""
     batch = uuid.uuid4().hex
     for seq, item in enumerate(items, start=1):
         headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(seq)}
-        if seq == 1:
+        if seq == 1 and first:
             headers.update(first)
         if seq < len(items):
             await nc.publish(subject, item, headers=headers)
