@@ -3,19 +3,23 @@
 nats-py's ``request`` spends most of a small request's client time on its own
 bookkeeping (a fresh NUID and random token, and an ``asyncio.wait_for`` task per
 request). Shared dict reads and writes are small and many, so they go through one
-subscription on ``<inbox>.*`` per connection, numbered tokens, and one timer handle
-per request instead (measured in docs: "Shared dicts and queues").
+subscription on ``<inbox>.*`` per connection, numbered tokens, and one sweeper task for
+their timeouts instead (measured in docs: "Shared dicts and queues").
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import weakref
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+
+SWEEP_S = 0.25
+"""How often expired requests are failed."""
 
 
 class Requests:
@@ -27,6 +31,25 @@ class Requests:
         self._seq = itertools.count()
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._started: asyncio.Future[None] | None = None
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[Msg]]] = collections.deque()
+        """In the order they were asked: one timeout for all requests (the same for
+        every caller here), so the oldest expire first."""
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def _sweep(self) -> None:
+        """Fail the requests whose deadline passed, checked every SWEEP_S while any is
+        waiting: cheaper than a timer per request, at the cost of up to SWEEP_S late."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._deadlines:  # ends when idle: no task outlives the work
+                await asyncio.sleep(SWEEP_S)
+                now = loop.time()
+                while self._deadlines and (
+                    self._deadlines[0][1].done() or self._deadlines[0][0] <= now
+                ):
+                    _expire(self._deadlines.popleft()[1])
+        finally:
+            self._sweeper = None
 
     async def _start(self) -> None:
         if self._started is None:
@@ -59,12 +82,13 @@ class Requests:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = future
-        timer = loop.call_later(timeout, _expire, future)
+        self._deadlines.append((loop.time() + timeout, future))
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
         try:
             await self._nc.publish(subject, data, reply=self._prefix + token, headers=headers)
             msg = await future
         finally:
-            timer.cancel()
             self._waiting.pop(token, None)
         if msg.headers and msg.headers.get("Status") == "503":
             raise nats.errors.NoRespondersError
