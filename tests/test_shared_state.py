@@ -14,6 +14,7 @@ import shared_state_fns as fns
 import superpose as sp
 from conftest import Lattice, poll
 from superpose import protocol
+from superpose.client import shared_dict
 from superpose.errors import BadRequestError, NotFoundError, SerializationError
 from test_cli import unique
 from test_roles import connected, mint
@@ -248,6 +249,18 @@ def test_bad_arguments_are_named(client: sp.Client) -> None:
         sp.Queue(name("q"), app=APP).put_many(range(1001))
     with pytest.raises(BadRequestError, match="3 items can never fit in maxsize 2"):
         sp.Queue(name("q"), maxsize=2, app=APP).put_many([1, 2, 3])
+
+
+def test_a_compare_and_set_that_keeps_losing_gives_up_naming_the_key(
+    client: sp.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = sp.Dict(name("d"), app=APP)
+    d["k"] = 1
+    monkeypatch.setattr(shared_dict, "MAX_CAS_ATTEMPTS", 0)  # as if every write lost
+    with pytest.raises(sp.LatticeError, match="key 'k': 0 writes in a row lost to others"):
+        d.incr("k")
+    with d.watch() as changes, pytest.raises(BadRequestError, match="seconds ≥ 0"):
+        changes.next(timeout=-1)
 
 
 def test_a_value_too_big_names_its_key_and_the_limit(client: sp.Client) -> None:
