@@ -335,6 +335,9 @@ def test_a_caller_pinned_to_an_app_cannot_touch_another_apps_dict(
         d: Any = sp.Dict(name("d"), app=APP)
         with pytest.raises(sp.LatticeError, match="may not use this app's dicts and queues"):
             d["k"] = 1
+        q: Any = sp.Queue(name("q"), app=APP)  # its consumer's name is in APP's dicts
+        with pytest.raises(sp.LatticeError, match="may not use this app's dicts and queues"):
+            q.get(timeout=1)
 
 
 def test_a_viewer_reads_but_does_not_write(lattice: Lattice, client: sp.Client) -> None:

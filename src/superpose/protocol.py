@@ -1689,6 +1689,13 @@ def dict_key(scope: str, name: str, key_token: str) -> str:
     return f"{scope}.{name}.{key_token}"
 
 
+def queue_record_key(scope: str, name: str) -> str:
+    """Where a Queue's consumer name is kept, in the dict bucket of its storage kind and
+    under its scope (``=`` starts no Dict name): only those who may use the scope's
+    dicts can learn it, and a pull names the consumer."""
+    return f"{scope}.=queue.{name}"
+
+
 def dict_bucket(durable: bool) -> str:
     return DICTS_DURABLE_BUCKET if durable else DICTS_BUCKET
 
@@ -1721,8 +1728,9 @@ def shared_state_publish(scopes: list[str]) -> list[str]:
     """What a user may publish to use the dicts and queues of ``scopes`` (``app.<app>``,
     ``app.*``, ``shared``): write and read keys, watch them, and put, take and count
     queue items. Pinned to the scope wherever the subject says what is touched; pulls
-    from a queue's consumer, its acks and its deletion name only the consumer (a hash
-    of its name), which NATS cannot pin to an app (docs: "Shared dicts and queues")."""
+    from a queue's consumer, its acks and its deletion name only the consumer, which
+    NATS cannot pin to an app: its name is random, kept under the queue's scope
+    (``queue_record_key``; docs: "Shared dicts and queues")."""
     granted: list[str] = []
     for durable in (False, True):
         bucket, stream = dict_bucket(durable), queue_stream(durable)

@@ -53,11 +53,11 @@ class Queue(Shared):
             raise BadRequestError(f"{self.label}: maxsize must be an int ≥ 0, got {maxsize!r}")
         self.asked_maxsize = maxsize
         self.durable = durable
-        self.at = work_queues.Address(
-            protocol.queue_stream(durable), protocol.queue_subject(durable, self.scope, name)
-        )
+        self.record = (protocol.dict_bucket(durable), protocol.queue_record_key(self.scope, name))
+        """Where its consumer's name is kept (``work_queues.consumer_of``)."""
+        self._at: work_queues.Address | None = None
         self._maxsize: int | None = None
-        """What the queue has, once opened."""
+        """Where the queue is and what maxsize it has, once opened."""
         self._deleted = False
         """Seen deleted: this handle stays so (a new handle makes the queue anew)."""
 
@@ -66,23 +66,27 @@ class Queue(Shared):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["_maxsize"] = None  # the other process opens it for itself
+        state["_maxsize"] = state["_at"] = None  # the other process opens it for itself
         state["_deleted"] = False
         return state
 
-    async def _open(self) -> int:
+    async def _open(self) -> tuple[work_queues.Address, int]:
+        """Where the queue is and its maxsize, opening (or making) it on first use."""
         if self._deleted:
             raise self._gone()
-        if self._maxsize is None:
+        if self._at is None or self._maxsize is None:
             nc = self.client().nc
-            has = await work_queues.ensure(nc, self.at, self.asked_maxsize or 0)
+            stream = protocol.queue_stream(self.durable)
+            subject = protocol.queue_subject(self.durable, self.scope, self.name)
+            asked = self.asked_maxsize or 0
+            at, has = await work_queues.open_queue(nc, stream, subject, self.record, asked)
             if self.asked_maxsize is not None and has != self.asked_maxsize:
                 raise BadRequestError(
                     f"{self.label} exists with maxsize {has}, not {self.asked_maxsize}: "
                     "give the same maxsize, or none, or delete() it first"
                 )
-            self._maxsize = has
-        return self._maxsize
+            self._at, self._maxsize = at, has
+        return self._at, self._maxsize
 
     def _gone(self) -> NotFoundError:
         self._deleted = True
@@ -94,7 +98,7 @@ class Queue(Shared):
     @property
     def maxsize(self) -> int:
         """The most items it holds (0: no limit)."""
-        return self.run(self._open())
+        return self.run(self._open())[1]
 
     # --- methods, each also as ``.aio`` ---------------------------------------------
 
@@ -119,7 +123,7 @@ class Queue(Shared):
 
     async def _put(self, items: list[bytes], timeout: float | None) -> None:
         check_timeout(timeout, self.label)
-        maxsize = await self._open()
+        at, maxsize = await self._open()
         if maxsize and len(items) > maxsize:
             raise BadRequestError(
                 f"{self.label}: {len(items)} items can never fit in maxsize {maxsize}"
@@ -128,7 +132,7 @@ class Queue(Shared):
         pause = FULL_RECHECK_S[0]
         while True:
             try:
-                if await work_queues.try_put(self.client().nc, self.at, items, maxsize):
+                if await work_queues.try_put(self.client().nc, at, items, maxsize):
                     return
             except work_queues.Gone:
                 raise self._gone() from None
@@ -154,13 +158,13 @@ class Queue(Shared):
 
     async def _take(self, n: int, timeout: float | None) -> list[Any]:
         check_timeout(timeout, self.label)
-        await self._open()
+        at = (await self._open())[0]
         nc = self.client().nc
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = work_queues.LONG_POLL_S if deadline is None else deadline - time.monotonic()
             try:
-                taken = await work_queues.take(nc, self.at, n, min(left, work_queues.LONG_POLL_S))
+                taken = await work_queues.take(nc, at, n, min(left, work_queues.LONG_POLL_S))
             except work_queues.Gone:
                 raise self._gone() from None
             if taken:
@@ -171,8 +175,8 @@ class Queue(Shared):
     @dual
     async def qsize(self) -> int:
         """How many items it holds (``len(q)``), those being taken included."""
-        await self._open()
-        found = await work_queues.info(self.client().nc, self.at)
+        at = (await self._open())[0]
+        found = await work_queues.info(self.client().nc, at)
         if found is None:
             raise self._gone()
         return work_queues.count(found)
@@ -184,5 +188,6 @@ class Queue(Shared):
     async def delete(self) -> None:
         """Remove the queue and its items: a ``get`` or ``put`` through any handle that
         used it raises ``NotFoundError`` (a new ``sp.Queue`` of the name makes it anew)."""
-        await work_queues.drop(self.client().nc, self.at)
+        at = (await self._open())[0]
+        await work_queues.drop(self.client().nc, at, self.record)
         self._deleted = True

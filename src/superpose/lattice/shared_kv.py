@@ -74,9 +74,7 @@ async def get(nc: NATS, bucket: str, key: str) -> Entry:
     try:
         msg = await requests_for(nc).request(request, b"", None, TIMEOUT_S)
     except nats.errors.TimeoutError as exc:
-        raise LatticeError(
-            f"reading {key!r} from {bucket} got no answer in {TIMEOUT_S:g} s"
-        ) from exc
+        raise LatticeError(f"reading {key!r}: " + NO_ANSWER.format(timeout=TIMEOUT_S)) from exc
     headers = msg.headers or {}
     status = headers.get("Status")
     if status == "404":

@@ -3,7 +3,9 @@ work-queue stream shared by every app (``protocol.queue_stream``).
 
 A queue exists while its consumer does: ``delete`` removes it, and a pull from a
 consumer that is gone has no responder, which is how a ``get`` on a deleted queue
-knows. Its ``maxsize`` is kept in the consumer's metadata, and a put lands only when
+knows. The consumer's name is random and kept in the dict bucket under the queue's
+scope (``protocol.queue_record_key``): a pull names only the consumer, so only those
+who may read that scope can find it. Its ``maxsize`` is kept in the consumer's metadata, and a put lands only when
 the count it read still holds: the write names the subject's last sequence
 (``Nats-Expected-Last-Subject-Sequence``), so two producers that both saw room for
 one item cannot both add one. Several items go in one atomic batch: all or none.
@@ -13,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
+import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from nats.aio.msg import Msg
 
 from superpose import protocol
 from superpose.errors import LatticeError
+from superpose.lattice import shared_kv
 from superpose.lattice.batch import js_api
 from superpose.lattice.shared_kv import Conflict, publish
 
@@ -47,11 +50,29 @@ class Address:
 
     stream: str
     subject: str
+    consumer: str
 
-    @property
-    def consumer(self) -> str:
-        """A hash of the subject: consumer names are one token, and subjects have dots."""
-        return "q" + hashlib.sha256(self.subject.encode()).hexdigest()[:24]
+
+def new_consumer_name() -> str:
+    """Random, so nobody can pull from a queue whose name record they may not read: a
+    pull's subject names only the consumer, which no permission can pin to an app."""
+    return "q" + secrets.token_hex(16)
+
+
+async def consumer_of(nc: NATS, bucket: str, record_key: str) -> str:
+    """The queue's consumer name from its record, made (create-only) on first use."""
+    entry = await shared_kv.get(nc, bucket, record_key)
+    if entry.value is not None:
+        return entry.value.decode()
+    name = new_consumer_name()
+    try:
+        await shared_kv.put(nc, bucket, record_key, name.encode(), last=entry.revision)
+    except shared_kv.Conflict:  # another process made it first: use theirs
+        entry = await shared_kv.get(nc, bucket, record_key)
+        if entry.value is None:
+            raise LatticeError(f"queue record {record_key} vanished while made") from None
+        return entry.value.decode()
+    return name
 
 
 async def info(nc: NATS, at: Address) -> dict[str, object] | None:
@@ -81,11 +102,40 @@ def count(found: dict[str, object]) -> int:
     )
 
 
-async def ensure(nc: NATS, at: Address, maxsize: int) -> int:
-    """Open the queue, or make it with ``maxsize``; the maxsize it has."""
-    found = await info(nc, at)
-    if found is not None:
-        return recorded_maxsize(found)
+OPEN_ATTEMPTS = 20
+OPEN_PAUSE_S = 0.05
+"""A queue deleted while it is made again: the old consumer's filter overlaps the new
+one's until it is gone, which the work-queue stream refuses; try again a little later."""
+
+
+async def open_queue(
+    nc: NATS, stream: str, subject: str, record: tuple[str, str], maxsize: int
+) -> tuple[Address, int]:
+    """Open the queue, or make it with ``maxsize``: its address and the maxsize it has.
+    ``record``: the (bucket, key) of its consumer name."""
+    for attempt in range(OPEN_ATTEMPTS):
+        at = Address(stream, subject, await consumer_of(nc, *record))
+        found = await info(nc, at)
+        if found is not None:
+            return at, recorded_maxsize(found)
+        try:
+            await _create(nc, at, maxsize)
+        except LatticeError:
+            found = await info(nc, at)  # made at once by another process?
+            if found is not None:
+                return at, recorded_maxsize(found)
+            if attempt == OPEN_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(OPEN_PAUSE_S)
+            continue
+        entry = await shared_kv.get(nc, *record)
+        if entry.value == at.consumer.encode():
+            return at, maxsize
+        await _delete_consumer(nc, at)  # deleted meanwhile: not brought back
+    raise LatticeError(f"the queue on {subject} could not be opened: deleted as often")
+
+
+async def _create(nc: NATS, at: Address, maxsize: int) -> None:
     body = {
         "stream_name": at.stream,
         "config": {
@@ -101,13 +151,13 @@ async def ensure(nc: NATS, at: Address, maxsize: int) -> int:
         },
     }
     subject = protocol.consumer_create_filtered_subject(at.stream, at.consumer, at.subject)
-    try:
-        await js_api(nc, subject, body, timeout=TIMEOUT_S)
-    except LatticeError:
-        found = await info(nc, at)  # made at once by another process, maybe otherwise
-        if found is None:
-            raise
-    return maxsize if found is None else recorded_maxsize(found)
+    await js_api(nc, subject, body, timeout=TIMEOUT_S)
+
+
+async def _delete_consumer(nc: NATS, at: Address) -> None:
+    subject = protocol.consumer_delete_subject(at.stream, at.consumer)
+    with contextlib.suppress(LatticeError):
+        await js_api(nc, subject, {}, timeout=TIMEOUT_S)
 
 
 async def _last_sequence(nc: NATS, at: Address) -> int:
@@ -210,12 +260,15 @@ async def _pull(nc: NATS, at: Address, n: int, wait_s: float) -> list[Msg]:
     return got
 
 
-async def drop(nc: NATS, at: Address) -> None:
-    """Delete the queue: take what is left (so no item waits for a queue of the same
-    name made later), then remove the consumer."""
+async def drop(nc: NATS, at: Address, record: tuple[str, str]) -> None:
+    """Delete the queue: its record first (so nobody opens it again under this consumer),
+    then what is left in it (so no item waits for a queue of the same name made later),
+    then the consumer."""
+    entry = await shared_kv.get(nc, *record)
+    if entry.value == at.consumer.encode():  # not a queue made anew meanwhile
+        with contextlib.suppress(shared_kv.Conflict):
+            await shared_kv.delete(nc, *record, last=entry.revision)
     with contextlib.suppress(Gone):
         while await take(nc, at, 1000, 0.0):
             pass
-    subject = protocol.consumer_delete_subject(at.stream, at.consumer)
-    with contextlib.suppress(LatticeError):
-        await js_api(nc, subject, {}, timeout=TIMEOUT_S)
+    await _delete_consumer(nc, at)
