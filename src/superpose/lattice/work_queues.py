@@ -5,10 +5,11 @@ A queue exists while its consumer does: ``delete`` removes it, and a pull from a
 consumer that is gone has no responder, which is how a ``get`` on a deleted queue
 knows. The consumer's name is random and kept in the dict bucket under the queue's
 scope (``protocol.queue_record_key``): a pull names only the consumer, so only those
-who may read that scope can find it. Its ``maxsize`` is kept in the consumer's metadata, and a put lands only when
-the count it read still holds: the write names the subject's last sequence
-(``Nats-Expected-Last-Subject-Sequence``), so two producers that both saw room for
-one item cannot both add one. Several items go in one atomic batch: all or none.
+who may read that scope can find it. Its ``maxsize`` is kept in the consumer's
+metadata, and a put lands only when the count it read still holds: the write names
+the subject's last sequence (``Nats-Expected-Last-Subject-Sequence``), so two
+producers that both saw room for one item cannot both add one. Several items go in
+one atomic batch: all or none.
 """
 
 from __future__ import annotations
