@@ -589,6 +589,8 @@ def executor_publish_allowed(me: str) -> list[str]:
         *kv_api,
         f"{direct_get_subject(kv_stream(NODES_BUCKET))}.>",
         "$JS.FC.>",
+        # any app's dicts and queues: the user is made before the executor knows its app
+        *shared_state_publish([app_scope("*"), SHARED_SCOPE]),
         *executor_memo_allowed(),
     ]
 
@@ -1763,3 +1765,120 @@ class MemoEntry(msgspec.Struct, tag_field="t", tag="sp.memo.v1", omit_defaults=T
             return msgspec.msgpack.decode(data, type=cls)
         except (msgspec.DecodeError, RecursionError) as exc:
             raise ProtocolError(f"not a cache entry: {exc}") from None
+
+
+# --- shared dicts and queues (issue 16 item 6; docs: "Shared dicts and queues") ---------
+# One key-value stream per storage kind and one work-queue stream per storage kind, for
+# every app: a per-Dict stream's name is one subject token, which no permission can pin
+# to an app, while a key or subject prefix can (``app.<app>.…`` / ``shared.…``).
+
+DICTS_BUCKET = "sp_dicts"
+"""Every app's Dicts in memory: ``<scope>.<dict>.<key>`` → a pickled value."""
+DICTS_DURABLE_BUCKET = "sp_dicts_durable"
+"""The same for ``Dict(..., durable=True)``, on file storage."""
+QUEUES_STREAM = "SP_QUEUES"
+"""Every app's Queues in memory, work-queue retention: one subject and consumer each."""
+QUEUES_DURABLE_STREAM = "SP_QUEUES_DURABLE"
+"""The same for ``Queue(..., durable=True)``, on file storage."""
+SHARED_SCOPE = "shared"
+"""The scope of ``shared=True`` dicts and queues: lattice-wide."""
+SHARED_VALUE_MAX_BYTES = 1024 * 1024
+"""A Dict value or Queue item, pickled: NATS's default ``max_payload``, so any lattice
+takes it."""
+
+KV_OPERATION_HEADER = "KV-Operation"
+"""``DEL`` or ``PURGE`` on a key-value delete marker (the nats-py/CLI layout)."""
+MSG_TTL_HEADER = "Nats-TTL"
+"""A message's own time to live (nats-server ≥ 2.11, a stream with ``allow_msg_ttl``)."""
+MARKER_REASON_HEADER = "Nats-Marker-Reason"
+"""On the marker the server leaves where a message expired (``MaxAge``) or was removed."""
+EXPECTED_LAST_SUBJECT_SEQ_HEADER = "Nats-Expected-Last-Subject-Sequence"
+"""A write that lands only if its subject's last message still has this sequence (0:
+none): compare-and-set."""
+SEQUENCE_HEADER = "Nats-Sequence"
+"""A direct get's answer: the stream sequence of the message it returns."""
+
+
+def app_scope(app: str) -> str:
+    """The scope of an app's own dicts and queues (two tokens, so no app name can
+    collide with ``shared``)."""
+    return f"app.{app}"
+
+
+def dict_key(scope: str, name: str, key_token: str) -> str:
+    """A Dict entry's key in its bucket (``key_token``: the user's key, escaped to one
+    token)."""
+    return f"{scope}.{name}.{key_token}"
+
+
+def queue_record_key(scope: str, name: str) -> str:
+    """Where a Queue's consumer name is kept, in the dict bucket of its storage kind and
+    under its scope (``=`` starts no Dict name): only those who may use the scope's
+    dicts can learn it, and a pull names the consumer."""
+    return f"{scope}.=queue.{name}"
+
+
+def dict_bucket(durable: bool) -> str:
+    return DICTS_DURABLE_BUCKET if durable else DICTS_BUCKET
+
+
+def queue_stream(durable: bool) -> str:
+    return QUEUES_DURABLE_STREAM if durable else QUEUES_STREAM
+
+
+def queue_wildcard(durable: bool) -> str:
+    return "sp.qd.>" if durable else "sp.q.>"
+
+
+def queue_subject(durable: bool, scope: str, name: str) -> str:
+    """Where a Queue's items are published (and its consumer's filter)."""
+    return f"{queue_wildcard(durable)[:-1]}{scope}.{name}"
+
+
+def js_ack_wildcard(stream: str) -> str:
+    """Acknowledgements of messages delivered by ``stream``'s consumers."""
+    return f"$JS.ACK.{stream}.>"
+
+
+def shared_state_publish(scopes: list[str]) -> list[str]:
+    """What a user may publish to use the dicts and queues of ``scopes`` (``app.<app>``,
+    ``app.*``, ``shared``): write and read keys, watch them, and put, take and count
+    queue items. Pinned to the scope wherever the subject says what is touched; pulls
+    from a queue's consumer, its acks and its deletion name only the consumer, which
+    NATS cannot pin to an app: its name is random, kept under the queue's scope
+    (``queue_record_key``; docs: "Shared dicts and queues")."""
+    granted: list[str] = []
+    for durable in (False, True):
+        bucket, stream = dict_bucket(durable), queue_stream(durable)
+        kv = kv_stream(bucket)
+        for scope in scopes:
+            granted += [
+                kv_subject(bucket, f"{scope}.>"),
+                direct_get_last_subject(kv, kv_subject(bucket, f"{scope}.>")),
+                filtered_consumer_subject(kv, "*", kv_subject(bucket, f"{scope}.>")),
+                f"{queue_wildcard(durable)[:-1]}{scope}.>",
+                direct_get_last_subject(stream, f"{queue_wildcard(durable)[:-1]}{scope}.>"),
+                filtered_consumer_subject(stream, "*", f"{queue_wildcard(durable)[:-1]}{scope}.>"),
+            ]
+        granted += [
+            f"$JS.API.CONSUMER.INFO.{stream}.*",
+            consumer_next_subject(stream, "*"),
+            consumer_delete_subject(stream, "*"),
+            js_ack_wildcard(stream),
+        ]
+    return granted
+
+
+def shared_state_reads(scopes: list[str]) -> list[str]:
+    """What a reader (the viewer role) may do with the dicts and queues of ``scopes``:
+    read and watch keys, count queue items."""
+    granted: list[str] = []
+    for durable in (False, True):
+        bucket, kv = dict_bucket(durable), kv_stream(dict_bucket(durable))
+        for scope in scopes:
+            granted += [
+                direct_get_last_subject(kv, kv_subject(bucket, f"{scope}.>")),
+                filtered_consumer_subject(kv, "*", kv_subject(bucket, f"{scope}.>")),
+            ]
+        granted.append(f"$JS.API.CONSUMER.INFO.{queue_stream(durable)}.*")
+    return granted

@@ -27,7 +27,7 @@ from nats.js.object_store import ObjectStore
 from superpose import protocol
 from superpose.config import ENV_CREDS, ENV_REPLICAS, lattice_servers, settings
 from superpose.errors import LatticeError
-from superpose.lattice import memo_store, tls
+from superpose.lattice import memo_store, shared_streams, tls
 from superpose.lattice.batch import js_api
 from superpose.security import permits
 from superpose.security.lookup import find_creds
@@ -386,6 +386,11 @@ async def _ensure_durable_path(nc: NATS, replicas: int) -> None:
     )
 
 
+async def _ensure_shared_state(nc: NATS, replicas: int) -> None:
+    """The streams of shared dicts and queues (``lattice/shared_streams.py``)."""
+    await asyncio.gather(*(_ensure_raw_stream(nc, c) for c in shared_streams.configs(replicas)))
+
+
 async def ensure_work_consumer(
     nc: NATS,
     name: str,
@@ -495,6 +500,7 @@ async def ensure_assets(nc: NATS) -> Assets:
             memo_store.ensure_bucket(js, replicas),
         )
         results = await js.key_value(protocol.RESULTS_BUCKET)
+        await _ensure_shared_state(nc, replicas)  # after: a setting's error names sp_…
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
     return Assets.named(js, [*kvs, results], stores)

@@ -135,6 +135,7 @@ def _calls(owner: str, app: str | None) -> list[str]:
         protocol.kv_subject(_REG, "place.>"),
         *_blobs(),
         *_memo(app),
+        *protocol.shared_state_publish(_shared_scopes(app)),
     ]
 
 
@@ -156,6 +157,11 @@ def _memo_admin(app: str | None) -> list[str]:
         _consumer(stream, protocol.memo_subject(app)),
         f"{_API}.CONSUMER.DELETE.{stream}.>",
     ]
+
+
+def _shared_scopes(app: str | None) -> list[str]:
+    """Shared dicts and queues: the app's own (any app's when None) and lattice-wide ones."""
+    return [protocol.app_scope(_app_pattern(app)), protocol.SHARED_SCOPE]
 
 
 def _deploys(app: str | None) -> list[str]:
@@ -238,7 +244,8 @@ def permissions(role: str, *, owner: str, app: str | None = None) -> dict[str, A
         return None
     subs = _own_inboxes(owner)
     if role == "viewer":
-        return _allow(_reader(owner, app), subs, responses=False)
+        reads = protocol.shared_state_reads(_shared_scopes(app))
+        return _allow([*_reader(owner, app), *reads], subs, responses=False)
     if role == "caller":
         return _allow([*_reader(owner, app), *_calls(owner, app)], subs)
     if role == "deployer":
