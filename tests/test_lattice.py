@@ -56,6 +56,7 @@ EXPECTED_STREAMS = {
     f"KV_{protocol.DICTS_DURABLE_BUCKET}",
     protocol.QUEUES_STREAM,
     protocol.QUEUES_DURABLE_STREAM,
+    f"KV_{protocol.MEMO_BUCKET}",
 }
 
 
