@@ -45,6 +45,8 @@ DENIED = [
     "results in bulk",
     "bundle object",
     "bundle chunks",
+    "blobs by sequence",
+    "every blob",
     "subscribe >",
     "another client's replies",
     "node subject",

@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from superpose import protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import SerializationError, exception_parts
-from superpose.lattice import objects, offers, oob, strict_json
+from superpose.lattice import objects, offers, oob, sealed, strict_json
 from superpose.lattice.oob import Encoded as Encoded
 
 BY_VALUE_MODULES: set[bytes] = {b"__main__"}
@@ -226,9 +226,9 @@ async def wrap(nc: NATS, data: oob.Encoded, codec: str) -> protocol.Payload:
     outlive every process) and passed by reference."""
     if len(data) <= SPILL_THRESHOLD_BYTES:
         return protocol.Payload(codec=codec, data=oob.as_bytes(data), size=len(data))
-    blob = uuid.uuid4().hex
-    name = protocol.blob_object_name(blob)
-    await objects.put(nc, protocol.BLOBS_BUCKET, name, oob.as_bytes(data))
+    blob = uuid.uuid4().hex  # the capability: the object is sealed with it (lattice/sealed.py)
+    sealed_data = sealed.seal(blob, oob.as_bytes(data))
+    await objects.put(nc, protocol.BLOBS_BUCKET, sealed.object_name(blob), sealed_data)
     return protocol.Payload(codec=codec, blob=blob, size=len(data))
 
 
@@ -245,7 +245,8 @@ async def unwrap(nc: NATS, payload: protocol.Payload) -> protocol.Buffer:
         return payload.data or b""
     if payload.source is not None:
         return await offers.pull(nc, payload)
-    return await objects.get(nc, protocol.BLOBS_BUCKET, protocol.blob_object_name(payload.blob))
+    stored = await objects.get(nc, protocol.BLOBS_BUCKET, sealed.object_name(payload.blob))
+    return sealed.unseal(payload.blob, stored)
 
 
 async def discard(nc: NATS, payload: protocol.Payload | None) -> None:
@@ -256,4 +257,4 @@ async def discard(nc: NATS, payload: protocol.Payload | None) -> None:
     if payload.source is not None:
         await offers.release(nc, payload)
     else:
-        await objects.delete(nc, protocol.BLOBS_BUCKET, protocol.blob_object_name(payload.blob))
+        await objects.delete(nc, protocol.BLOBS_BUCKET, sealed.object_name(payload.blob))
