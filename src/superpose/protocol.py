@@ -591,6 +591,21 @@ def executor_publish_allowed(me: str) -> list[str]:
         *kv_api,
         f"{direct_get_subject(kv_stream(NODES_BUCKET))}.>",
         "$JS.FC.>",
+        *executor_ref_subjects(me),
+    ]
+
+
+def executor_ref_subjects(me: str) -> list[str]:
+    """Object references from inside a function: its own ``sp_refs`` records and the
+    durable objects (written whole, read by digest)."""
+    stream = object_stream(OBJECTS_BUCKET)
+    return [
+        ref_records_of(me),
+        object_wildcard(OBJECTS_BUCKET),
+        f"{direct_get_subject(stream)}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
     ]
 
 
@@ -1641,3 +1656,30 @@ class Resolved(_Asked, tag="sp.resolved.v1"):
     env: str = ""
     error_kind: str = ""
     error: str = ""
+
+
+# Object references (``lattice/refs.py``): values named by the sha256 of their bytes
+REFS_BUCKET = "sp_refs"
+"""Memory KV: ``<digest>.<holder client id>`` → a ``RefRecord`` (JSON) for each object a
+process holds for its ephemeral Refs; what ``superpose objects ls`` lists."""
+OBJECTS_BUCKET = "sp_objects"
+"""Object Store, file storage: ``<digest>`` → the bytes of a durable Ref's value."""
+REF_RECORD_TTL_S = 3600.0
+"""A holder rewrites its records every third of this: a holder that died without
+deleting them drops out of ``objects ls`` within the hour."""
+
+
+def ref_record_key(digest: str, holder: str) -> str:
+    """The ``sp_refs`` key of ``holder``'s copy of object ``digest`` (the holder, a
+    client id, may be ``<owner>.<unique>``: its permissions pin ``*.<owner>.>``)."""
+    return f"{digest}.{holder}"
+
+
+def ref_records_of(holder: str) -> str:
+    """Every ``sp_refs`` subject a holder writes: what its permissions allow."""
+    return kv_subject(REFS_BUCKET, ref_record_key("*", holder))
+
+
+def ref_object_name(digest: str) -> str:
+    """A durable object's name in ``sp_objects``: its digest."""
+    return digest

@@ -107,6 +107,7 @@ def _reader(owner: str, app: str | None) -> list[str]:
         *_watch(protocol.NODES_BUCKET),
         *_watch(protocol.SCHEDULES_BUCKET),
         *_watch(_TRUST),
+        *_watch(protocol.REFS_BUCKET),
         _consumer(protocol.LOGS_STREAM, logs),
         f"{_API}.CONSUMER.CREATE.{protocol.LOGS_STREAM}",  # `logs`: an unnamed consumer
         f"{_API}.CONSUMER.MSG.NEXT.{protocol.LOGS_STREAM}.>",
@@ -117,7 +118,11 @@ def _reader(owner: str, app: str | None) -> list[str]:
 def _blobs() -> list[str]:
     """Spilled arguments and results: written whole, read by name only (a name is a
     random id a reader learns from a call or a result it may see)."""
-    bucket = protocol.BLOBS_BUCKET
+    return _object_store(protocol.BLOBS_BUCKET)
+
+
+def _object_store(bucket: str) -> list[str]:
+    """Writing objects whole into ``bucket`` and reading them by name."""
     stream = _obj_stream(bucket)
     return [
         protocol.object_wildcard(bucket),
@@ -146,6 +151,17 @@ def _calls(owner: str, app: str | None) -> list[str]:
         _direct(_kv_stream(issued), protocol.kv_wildcard(issued)),
         protocol.kv_subject(_REG, "place.>"),
         *_blobs(),
+        *_refs(owner),
+    ]
+
+
+def _refs(owner: str) -> list[str]:
+    """Object references: recording the objects one's own clients hold, pulling any
+    holder's (an offer's id is random: only a Ref names it), and durable objects."""
+    return [
+        protocol.ref_records_of(f"{owner}.*"),
+        *(protocol.offers_subject(client) for client in protocol.ANY_CLIENT_ID),
+        *_object_store(protocol.OBJECTS_BUCKET),
     ]
 
 

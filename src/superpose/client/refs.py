@@ -1,0 +1,117 @@
+"""``sp.put`` and ``sp.get``: values on the lattice by reference, from scripts and from
+inside functions alike (there, through the executor's client).
+
+    ref = sp.put(frame)              # an sp.Ref: digest, size, where it is held
+    total.remote(ref)                # the function receives the frame itself
+    sp.get(ref)                      # the value again; await sp.get.aio(ref) in async code
+
+Each client holds the objects its process put (``lattice/ref_holder.py``); a call
+whose arguments carry Refs keeps them alive until it settles (``pin_sent``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from superpose import protocol, runtime
+from superpose.client import session
+from superpose.client.futures import Future
+from superpose.errors import BadRequestError
+from superpose.lattice import payload
+from superpose.lattice.ref_holder import RefHolder
+from superpose.lattice.refs import Ref, fetch
+from superpose.support.eventloop import on_loop
+
+if TYPE_CHECKING:
+    from superpose.client.client import Client
+
+_holders: weakref.WeakKeyDictionary[Client, RefHolder] = weakref.WeakKeyDictionary()
+
+
+def holder_of(client: Client) -> RefHolder:
+    """The objects ``client``'s process put through it; freed when it closes."""
+    holder = _holders.get(client)
+    if holder is None:
+        node = runtime.current()
+        holder = RefHolder(
+            client.nc, client.offers, client.id, client.loop, node.node_id if node else ""
+        )
+        _holders[client] = holder
+        client.close_before_disconnect(holder.close)
+    return holder
+
+
+def serialize(value: Any) -> bytes:
+    """``value`` pickled as a call's argument would be; ``SerializationError`` naming
+    the part that cannot be (a lock, an open file) otherwise."""
+    codec = protocol.CODEC_PICKLE
+    try:
+        return payload.encode_value(value, codec)
+    except Exception as exc:
+        raise payload.cannot_send("sp.put(value)", value, codec, exc) from exc
+
+
+class _Put:
+    """``sp.put(value, durable=False)`` → an ``sp.Ref``; ``await sp.put.aio(...)`` in
+    async code."""
+
+    def __call__(self, value: Any, *, durable: bool = False) -> Ref:
+        data = serialize(value)
+        client = session.current_client()
+        ref: Ref = client.run(holder_of(client).put(data, durable=durable))
+        return ref
+
+    async def aio(self, value: Any, *, durable: bool = False) -> Ref:
+        data = serialize(value)
+        client = session.current_client()
+        ref: Ref = await _on_client_loop(client, holder_of(client).put(data, durable=durable))
+        return ref
+
+
+class _Get:
+    """``sp.get(ref)`` → the value; ``await sp.get.aio(ref)`` in async code. An object
+    that is gone raises ``sp.ObjectLostError`` naming it."""
+
+    def __call__(self, ref: Ref) -> Any:
+        client = session.current_client()
+        data = client.run(fetch(client.nc, _checked(ref)))
+        return payload.decode_value(data, protocol.CODEC_PICKLE)
+
+    async def aio(self, ref: Ref) -> Any:
+        client = session.current_client()
+        data = await _on_client_loop(client, fetch(client.nc, _checked(ref)))
+        return payload.decode_value(data, protocol.CODEC_PICKLE)
+
+
+put = _Put()
+get = _Get()
+
+
+def _checked(ref: object) -> Ref:
+    if not isinstance(ref, Ref):
+        raise BadRequestError(
+            f"sp.get takes an sp.Ref (what sp.put returned), not a {payload.type_name(ref)}"
+        )
+    return ref
+
+
+async def _on_client_loop(client: Client, coro: Any) -> Any:
+    """``coro`` on the client's loop, awaited from whichever loop this is."""
+    if on_loop(client.loop):
+        return await coro
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, client.loop))
+
+
+def pin_sent(future: Future, sent: list[Ref]) -> None:
+    """Keep the Refs a call's arguments carry alive until the call settles: an
+    ephemeral object is not freed while a pending call still needs it."""
+    if not sent:
+        return
+    pinned = [sent]
+
+    def release(_: object) -> None:
+        pinned.clear()
+
+    future.add_done_callback(release)

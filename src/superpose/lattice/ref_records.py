@@ -1,0 +1,73 @@
+"""What ``superpose objects ls`` shows: the objects of the lattice's Refs.
+
+Ephemeral objects are listed from their holders' ``sp_refs`` records (one per holder
+of a digest), durable ones from the ``sp_objects`` store itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.errors import NoKeysError
+
+from superpose import protocol
+from superpose.errors import LatticeError
+
+
+@dataclass
+class ObjectRow:
+    digest: str
+    size: int
+    durable: bool
+    holders: list[str] = field(default_factory=list)
+    """``<client id>@<node>`` (or the client id alone, off the lattice's nodes)."""
+
+
+async def list_objects(js: JetStreamContext) -> list[ObjectRow]:
+    """Every object known, durable ones first, each digest once."""
+    rows = {row.digest: row for row in await _durable(js)}
+    for record in await _records(js):
+        digest = str(record.get("digest", ""))
+        row = rows.get(digest)
+        if row is None:
+            row = rows[digest] = ObjectRow(digest, int(record.get("size", 0)), durable=False)
+        holder, node = str(record.get("holder", "")), str(record.get("node", ""))
+        row.holders.append(f"{holder}@{node}" if node else holder)
+    return sorted(rows.values(), key=lambda row: (not row.durable, row.digest))
+
+
+async def _durable(js: JetStreamContext) -> list[ObjectRow]:
+    try:
+        store = await js.object_store(protocol.OBJECTS_BUCKET)
+        infos = await store.list()
+    except nats.js.errors.NotFoundError:  # raised for an empty store, too
+        return []
+    except nats.errors.Error as exc:
+        raise LatticeError(f"cannot list {protocol.OBJECTS_BUCKET}: {exc}") from exc
+    return [
+        ObjectRow(info.name, int(info.size or 0), durable=True)
+        for info in infos
+        if not info.deleted
+    ]
+
+
+async def _records(js: JetStreamContext) -> list[dict[str, Any]]:
+    try:
+        bucket = await js.key_value(protocol.REFS_BUCKET)
+        keys = await bucket.keys()
+    except NoKeysError:
+        return []
+    except nats.errors.Error as exc:
+        raise LatticeError(f"cannot list {protocol.REFS_BUCKET}: {exc}") from exc
+    found = []
+    for key in keys:
+        try:
+            entry = await bucket.get(key)
+        except nats.js.errors.KeyNotFoundError:  # freed since the listing
+            continue
+        found.append(json.loads(entry.value or b"{}"))
+    return found

@@ -1,0 +1,317 @@
+"""Object references (issue 16, item 1): ``sp.put`` / ``sp.get``, Refs as arguments at
+any depth, Refs made inside functions, durable and ephemeral lifetimes, and the
+permissions of a caller-role client and of an executor's own user."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import superpose as sp
+from conftest import Lattice, poll, superpose_cli
+from superpose import protocol
+from superpose.client import session
+from superpose.client.refs import holder_of
+from superpose.lattice.ref_args import swap
+from superpose.lattice.refs import Ref
+from test_cli import deploy, unique, write_app
+from test_roles import mint
+
+BIG = 300 * 1024
+"""Over the spill threshold: held by its putter, not inline."""
+
+APP = '''
+import superpose as sp
+
+
+@sp.function
+def shape(*args, **kwargs):
+    """What arrived: each argument's type and length, at any depth."""
+    def describe(value):
+        if isinstance(value, sp.Ref):
+            return "Ref"
+        if isinstance(value, (list, tuple)):
+            return [describe(item) for item in value]
+        if isinstance(value, dict):
+            return {key: describe(item) for key, item in value.items()}
+        if isinstance(value, bytes):
+            return f"bytes:{len(value)}:{value[:1].decode()}"
+        return repr(value)
+    return describe(list(args)) + [describe(kwargs)]
+
+
+@sp.function
+async def shape_async(value):
+    return f"{type(value).__name__}:{len(value)}"
+
+
+@sp.function
+def make(n, durable=False):
+    """A Ref made inside a function, returned to the caller."""
+    return sp.put(b"m" * n, durable=durable)
+
+
+@sp.function
+async def make_async(n):
+    return await sp.put.aio(b"a" * n)
+
+
+@sp.function
+def read(box):
+    """A Ref inside an object the node does not look into: read with sp.get."""
+    return len(sp.get(box.ref))
+
+
+@sp.function
+def put_lock():
+    import threading
+    return sp.put(threading.Lock())
+'''
+
+
+@pytest.fixture(scope="module")
+def app(lattice: Lattice, tmp_path_factory: pytest.TempPathFactory) -> str:
+    name = unique("refs")
+    folder = write_app(tmp_path_factory.mktemp("refs") / name, {f"{name}.py": APP})
+    deploy(lattice, folder)
+    return name
+
+
+def fn(client: sp.Client, app: str, name: str) -> sp.RemoteFunction:
+    return client.function(f"{app}.{name}")
+
+
+# --- put and get ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [10, BIG, 6 * 1024 * 1024])
+def test_put_and_get_round_trip(client: sp.Client, size: int) -> None:
+    value = {"payload": b"v" * size, "n": size}
+    ref = sp.put(value)
+    assert isinstance(ref, sp.Ref)
+    assert ref.size > size and len(ref.digest) == 64
+    assert sp.get(ref) == value
+    assert client.run(sp.get.aio(ref)) == value
+
+
+def test_the_same_value_twice_is_one_object(client: sp.Client) -> None:
+    holder = holder_of(client)
+    before = len(holder)
+    first, second = sp.put(b"s" * BIG), sp.put(b"s" * BIG)
+    assert first == second and first.blob == second.blob
+    assert len(holder) == before + 1
+
+
+def test_a_small_value_travels_inside_its_ref(client: sp.Client) -> None:
+    ref = sp.put([1, 2, 3])
+    assert ref.data is not None and ref.holder == ""
+    assert sp.get(pickle.loads(pickle.dumps(ref))) == [1, 2, 3]
+
+
+# --- Refs as arguments --------------------------------------------------------------
+
+
+def test_refs_at_any_depth_arrive_as_values(client: sp.Client, app: str) -> None:
+    big, small = sp.put(b"b" * BIG), sp.put(b"s")
+    got = fn(client, app, "shape").remote(
+        big, [small, (big,)], {"deep": [{"deeper": big}]}, key=[small, big]
+    )
+    b = f"bytes:{BIG}:b"
+    assert got == [b, ["bytes:1:s", [b]], {"deep": [{"deeper": b}]}, {"key": ["bytes:1:s", b]}]
+
+
+def test_refs_in_durable_calls_and_async_functions(client: sp.Client, app: str) -> None:
+    ref = sp.put(b"d" * BIG)
+    assert fn(client, app, "shape").spawn(ref).result(timeout=60) == [f"bytes:{BIG}:d", {}]
+    assert fn(client, app, "shape_async").remote(ref) == f"bytes:{BIG}"
+
+
+def test_eight_calls_with_one_ref(client: sp.Client, app: str) -> None:
+    ref = sp.put(b"e" * (2 * 1024 * 1024))
+    futures = [fn(client, app, "shape_async").spawn(ref) for _ in range(8)]
+    assert {f.result(timeout=60) for f in futures} == {f"bytes:{2 * 1024 * 1024}"}
+
+
+def test_a_ref_the_node_does_not_look_into_is_read_with_get(client: sp.Client, app: str) -> None:
+    assert fn(client, app, "read").remote(SimpleNamespace(ref=sp.put(b"r" * BIG))) == BIG
+
+
+def test_swap_leaves_containers_without_refs_alone() -> None:
+    ref = Ref("0" * 64, 1, data=b"x")
+    plain = [1, (2, 3), {"a": "b"}]
+    assert swap(plain, {ref.digest: "v"}) == plain
+    assert swap({"k": (ref, [ref])}, {ref.digest: "v"}) == {"k": ("v", ["v"])}
+
+
+# --- Refs made inside functions ------------------------------------------------------
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_function_returns_a_ref_it_put(client: sp.Client, app: str, durable: bool) -> None:
+    ref = fn(client, app, "make").remote(BIG, durable=durable)
+    assert isinstance(ref, sp.Ref) and ref.durable == durable
+    assert sp.get(ref) == b"m" * BIG
+
+
+def test_an_async_function_returns_a_ref_it_put(client: sp.Client, app: str) -> None:
+    ref = fn(client, app, "make_async").remote(BIG)
+    assert len(ref.holder) == 16  # the executor's client: its own user
+    assert sp.get(ref) == b"a" * BIG
+    assert fn(client, app, "shape").remote(ref) == [f"bytes:{BIG}:a", {}]
+
+
+# --- lifetimes ----------------------------------------------------------------------
+
+
+@contextmanager
+def second_client(lattice: Lattice, creds: Path | None = None) -> Iterator[sp.Client]:
+    """Another client in this process (its own loop), the default one restored after."""
+    previous = session.default_client()
+    session.set_default(None)
+    other = sp.connect(lattice.url, show_logs=False, creds=creds)
+    try:
+        yield other
+    finally:
+        other.close()
+        session.set_default(previous)
+
+
+def test_a_durable_object_outlives_its_putter(client: sp.Client, lattice: Lattice) -> None:
+    with second_client(lattice):
+        ref = sp.put({"kept": b"k" * BIG}, durable=True)
+    assert ref.durable
+    assert sp.get(ref) == {"kept": b"k" * BIG}
+
+
+def test_an_ephemeral_object_dies_with_its_putter(client: sp.Client, lattice: Lattice) -> None:
+    with second_client(lattice):
+        ref = sp.put(b"g" * BIG)
+        kept = pickle.loads(pickle.dumps(ref))
+    with pytest.raises(sp.ObjectLostError, match=rf"object {ref.digest[:12]} .*held by"):
+        sp.get(kept)
+
+
+def test_an_ephemeral_object_is_freed_after_its_grace(
+    client: sp.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUPERPOSE_REF_GRACE_S", "0.2")
+    ref = sp.put(b"f" * BIG + b"unique grace")
+    copy = pickle.loads(pickle.dumps(ref))  # not a live Ref: only the putter's count
+    assert sp.get(copy)[:1] == b"f"
+    del ref
+
+    def lost() -> bool:
+        try:
+            sp.get(copy)
+        except sp.ObjectLostError:
+            return True
+        return False
+
+    poll(lost, "the object to be freed after its grace")
+    with pytest.raises(sp.ObjectLostError, match=f"object {copy.digest[:12]}.*is gone"):
+        sp.get(copy)
+
+
+def test_a_pending_call_keeps_its_refs(
+    client: sp.Client, app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUPERPOSE_REF_GRACE_S", "0")
+    future = fn(client, app, "shape").spawn(sp.put(b"p" * BIG + b"pending"))
+    assert future.result(timeout=60) == [f"bytes:{BIG + 7}:p", {}]
+
+
+def test_an_unknown_ref_is_lost(client: sp.Client) -> None:
+    holderless = Ref("ab" * 32, BIG)
+    with pytest.raises(sp.ObjectLostError, match="object abababababab"):
+        sp.get(holderless)
+    nowhere = Ref("cd" * 32, BIG, holder="gone", source=protocol.offers_subject("gone"), blob="x")
+    with pytest.raises(sp.ObjectLostError, match="held by gone"):
+        sp.get(nowhere)
+    with pytest.raises(sp.ObjectLostError, match="not in the sp_objects store"):
+        sp.get(Ref("ef" * 32, BIG, durable=True))
+
+
+def test_a_lost_argument_fails_the_call_naming_it(client: sp.Client, app: str) -> None:
+    lost = Ref("12" * 32, BIG, holder="gone", source=protocol.offers_subject("gone"), blob="x")
+    with pytest.raises(sp.ObjectLostError, match="object 121212121212"):
+        fn(client, app, "shape").remote(lost)
+
+
+# --- bad input ----------------------------------------------------------------------
+
+
+def test_an_unpicklable_value_is_named(client: sp.Client, app: str) -> None:
+    with pytest.raises(
+        sp.SerializationError, match=r"sp\.put\(value\): cannot send a _thread\.lock"
+    ):
+        sp.put(threading.Lock())
+    with pytest.raises(sp.SerializationError, match=r"in it .*_thread.RLock"):
+        sp.put({"ok": 1, "bad": threading.RLock()})
+    with pytest.raises(sp.SerializationError, match="_thread.lock"):
+        fn(client, app, "put_lock").remote()
+
+
+def test_get_of_something_else_is_refused(client: sp.Client) -> None:
+    with pytest.raises(sp.UserError, match="sp.get takes an sp.Ref .*not a int"):
+        sp.get(42)  # type: ignore[arg-type]
+
+
+# --- listing ------------------------------------------------------------------------
+
+
+def test_objects_ls_shows_sizes_kinds_and_holders(client: sp.Client, lattice: Lattice) -> None:
+    ephemeral = sp.put(b"l" * BIG + b"listed")
+    durable = sp.put(b"L" * BIG + b"listed", durable=True)
+    shown = superpose_cli("objects", "ls", "--json", url=lattice.url, check=True)
+    rows = {row["digest"]: row for row in json.loads(shown.stdout)}
+    assert rows[ephemeral.digest]["holders"] == [client.id]
+    assert rows[ephemeral.digest]["durable"] is False
+    assert rows[durable.digest] == {
+        "digest": durable.digest,
+        "size": durable.size,
+        "durable": True,
+        "holders": [],
+    }
+    table = superpose_cli("objects", "ls", url=lattice.url, check=True).stdout
+    assert ephemeral.digest[:16] in table and "ephemeral" in table and "durable" in table
+
+
+def test_objects_rm_removes_a_durable_object(client: sp.Client, lattice: Lattice) -> None:
+    ref = sp.put(b"x" * BIG + b"removed", durable=True)
+    superpose_cli("objects", "rm", ref.digest, url=lattice.url, check=True)
+    with pytest.raises(sp.ObjectLostError):
+        sp.get(ref)
+    bad = superpose_cli("objects", "rm", "nope", url=lattice.url)
+    assert bad.returncode != 0 and "not an object's digest" in bad.stderr
+
+
+# --- permissions --------------------------------------------------------------------
+
+
+def test_a_caller_puts_gets_and_passes_refs(lattice: Lattice, app: str) -> None:
+    with second_client(lattice, mint(lattice, "caller")) as caller:
+        big, durable = sp.put(b"c" * BIG), sp.put(b"D" * BIG, durable=True)
+        assert sp.get(big) == b"c" * BIG and sp.get(durable) == b"D" * BIG
+        got = fn(caller, app, "shape").remote([big, durable])
+        assert got == [[f"bytes:{BIG}:c", f"bytes:{BIG}:D"], {}]
+        made = fn(caller, app, "make").remote(BIG)  # held by an executor's own user
+        assert sp.get(made) == b"m" * BIG
+        assert big.holder == caller.id
+
+
+def test_async_get_from_another_loop(client: sp.Client) -> None:
+    ref = sp.put(b"z" * BIG)
+
+    async def read() -> Any:
+        return await sp.get.aio(ref)
+
+    assert asyncio.run(read()) == b"z" * BIG
