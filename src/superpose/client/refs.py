@@ -92,7 +92,8 @@ get = _Get()
 def _checked(ref: object) -> Ref:
     if not isinstance(ref, Ref):
         raise BadRequestError(
-            f"sp.get takes an sp.Ref (what sp.put returned), not a {payload.type_name(ref)}"
+            f"sp.get takes an sp.Ref (what sp.put returned); got a value of type "
+            f"{payload.type_name(ref)}"
         )
     return ref
 
