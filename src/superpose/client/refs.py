@@ -50,7 +50,7 @@ def serialize(value: Any) -> bytes:
     try:
         return payload.encode_value(value, codec)
     except Exception as exc:
-        raise payload.cannot_send("sp.put(value)", value, codec, exc) from exc
+        raise payload.cannot_send("the value given to sp.put", value, codec, exc) from exc
 
 
 class _Put:
