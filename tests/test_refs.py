@@ -18,13 +18,14 @@ import pytest
 
 import superpose as sp
 from conftest import Lattice, poll, superpose_cli
-from superpose import protocol
+from superpose import config, protocol
 from superpose.client import session
 from superpose.client.refs import holder_of
-from superpose.lattice.ref_args import swap
+from superpose.errors import SettingError
+from superpose.lattice.ref_args import RefCache, swap
 from superpose.lattice.refs import Ref
 from test_cli import deploy, unique, write_app
-from test_roles import mint
+from test_roles import Wire, mint
 
 BIG = 300 * 1024
 """Over the spill threshold: held by its putter, not inline."""
@@ -314,3 +315,46 @@ def test_async_get_from_another_loop(client: sp.Client) -> None:
         return await sp.get.aio(ref)
 
     assert asyncio.run(read()) == b"z" * BIG
+
+
+def test_an_executor_fetches_each_object_once(client: sp.Client) -> None:
+    """Eight calls given one Ref at once share one fetch; the least recently used
+    objects go once the cache is over its size."""
+    first, second = sp.put(b"1" * BIG, durable=True), sp.put(b"2" * BIG, durable=True)
+
+    async def fetch_all() -> RefCache:
+        cache = RefCache(client.nc, max_bytes=BIG + BIG // 2)
+        datas = await asyncio.gather(*(cache.bytes_of(first) for _ in range(8)))
+        assert {len(d) for d in datas} == {first.size} and cache.fetched == 1
+        await cache.bytes_of(second)  # over the size: the first goes
+        await cache.bytes_of(second)
+        assert cache.fetched == 2
+        await cache.bytes_of(first)
+        assert cache.fetched == 3
+        return cache
+
+    client.run(fetch_all())
+
+
+def test_a_bad_grace_setting_is_named() -> None:
+    with pytest.raises(SettingError, match="SUPERPOSE_REF_GRACE_S='soon'"):
+        config.settings({"SUPERPOSE_REF_GRACE_S": "soon"})
+    with pytest.raises(SettingError, match="0 or more"):
+        config.settings({"SUPERPOSE_REF_GRACE_S": "-1"})
+    assert config.settings({"SUPERPOSE_REF_GRACE_S": "0.5"}).ref_grace_s == 0.5
+
+
+def test_objects_rm_of_an_unknown_object_is_an_error(lattice: Lattice) -> None:
+    shown = superpose_cli("objects", "rm", "ab" * 32, url=lattice.url)
+    assert shown.returncode == 1 and "no durable object abababababab" in shown.stderr
+
+
+async def test_a_caller_may_not_write_another_holders_records(lattice: Lattice) -> None:
+    w = await Wire().open(lattice.url, mint(lattice, "caller"))
+    try:
+        key = protocol.ref_record_key("ab" * 32, "x.y")
+        subject = protocol.kv_subject(protocol.REFS_BUCKET, key)
+        await w.nc.publish(subject, b"{}")
+        assert await w.refused(subject)
+    finally:
+        await w.nc.close()

@@ -20,7 +20,7 @@ from superpose import protocol
 from superpose.lattice import payload
 from superpose.lattice.refs import Ref, arriving, fetch
 
-CACHE_BYTES = 512 * 1024 * 1024
+CACHE_BYTES = 256 * 1024 * 1024
 """Bytes of fetched objects an executor keeps for its next calls (least recently used
 go first); an object bigger than this is fetched for each call."""
 Args = tuple[tuple[Any, ...], dict[str, Any]]
@@ -55,7 +55,9 @@ class RefCache:
             self._fetches[ref.digest] = pending
         else:
             self._fetches.move_to_end(ref.digest)
-        return await asyncio.shield(pending)
+        data = await asyncio.shield(pending)
+        self._evict()
+        return data
 
     async def _fetch(self, ref: Ref) -> bytes | bytearray:
         try:
@@ -65,17 +67,17 @@ class RefCache:
             raise
         self.fetched += 1
         self._bytes += len(data)
-        self._evict()
         return data
 
     def _evict(self) -> None:
-        while self._bytes > self._max_bytes and self._fetches:
-            digest, oldest = next(iter(self._fetches.items()))
-            if not oldest.done():
+        """Drop the least recently used objects fetched until the rest fit (fetches
+        under way stay: someone is waiting on them)."""
+        for digest, fetched in list(self._fetches.items()):
+            if self._bytes <= self._max_bytes:
                 return
-            del self._fetches[digest]
-            if oldest.exception() is None:
-                self._bytes -= len(oldest.result())
+            if fetched.done():
+                del self._fetches[digest]
+                self._bytes -= len(fetched.result())
 
     async def resolve(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], found: list[Ref]
