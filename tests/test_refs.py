@@ -73,6 +73,11 @@ def read(box):
 
 
 @sp.function
+async def read_async(box):
+    return len(await sp.get.aio(box.ref))
+
+
+@sp.function
 def put_lock():
     import threading
     return sp.put(threading.Lock())
@@ -143,7 +148,9 @@ def test_eight_calls_with_one_ref(client: sp.Client, app: str) -> None:
 
 
 def test_a_ref_the_node_does_not_look_into_is_read_with_get(client: sp.Client, app: str) -> None:
-    assert fn(client, app, "read").remote(SimpleNamespace(ref=sp.put(b"r" * BIG))) == BIG
+    box = SimpleNamespace(ref=sp.put(b"r" * BIG))
+    assert fn(client, app, "read").remote(box) == BIG
+    assert fn(client, app, "read_async").remote(box) == BIG
 
 
 def test_swap_leaves_containers_without_refs_alone() -> None:

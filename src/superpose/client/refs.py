@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 from superpose import protocol, runtime
 from superpose.client import session
 from superpose.client.futures import Future
+from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import BadRequestError
 from superpose.lattice import payload
 from superpose.lattice.ref_holder import RefHolder
-from superpose.lattice.refs import Ref, fetch
+from superpose.lattice.refs import Ref, digest_of, fetch
 from superpose.support.eventloop import on_loop
 
 if TYPE_CHECKING:
@@ -59,14 +60,18 @@ class _Put:
 
     def __call__(self, value: Any, *, durable: bool = False) -> Ref:
         data = serialize(value)
+        digest = digest_of(data)
         client = session.current_client()
-        ref: Ref = client.run(holder_of(client).put(data, durable=durable))
+        ref: Ref = client.run(holder_of(client).put(data, digest, durable=durable))
         return ref
 
     async def aio(self, value: Any, *, durable: bool = False) -> Ref:
         data = serialize(value)
+        big = len(data) > SPILL_THRESHOLD_BYTES  # hashed in a thread: the loop serves others
+        digest = await asyncio.to_thread(digest_of, data) if big else digest_of(data)
         client = session.current_client()
-        ref: Ref = await _on_client_loop(client, holder_of(client).put(data, durable=durable))
+        holder = holder_of(client)
+        ref: Ref = await _on_client_loop(client, holder.put(data, digest, durable=durable))
         return ref
 
 
