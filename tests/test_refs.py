@@ -85,6 +85,14 @@ def put_lock():
 
 
 @pytest.fixture(scope="module")
+def client(lattice: Lattice) -> Iterator[sp.Client]:
+    """A client of this module's own: closing it frees the objects its tests put,
+    which other modules' checks of the session client's offers must not see."""
+    with second_client(lattice) as own:
+        yield own
+
+
+@pytest.fixture(scope="module")
 def app(lattice: Lattice, tmp_path_factory: pytest.TempPathFactory) -> str:
     name = unique("refs")
     folder = write_app(tmp_path_factory.mktemp("refs") / name, {f"{name}.py": APP})

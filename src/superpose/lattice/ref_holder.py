@@ -66,6 +66,7 @@ class RefHolder:
         self._held: dict[str, _Held] = {}
         self._records: KeyValue | None = None
         self._refresh: asyncio.Task[None] | None = None
+        self._forgetting: set[asyncio.Task[None]] = set()
         serve_locally(offered.subject, self.bytes_of)
 
     def bytes_of(self, digest: str) -> bytes | None:
@@ -89,7 +90,11 @@ class RefHolder:
         if held is None:
             payload = self._offers.offer(data, protocol.CODEC_PICKLE, HOLD_FOREVER_S)
             held = self._held[digest] = _Held(data, payload)
-            await self._record(digest, held)
+            try:
+                await self._record(digest, held)
+            except BaseException:  # no Ref was made: nothing would ever free it
+                self._drop(digest)
+                raise
         return self._track(digest, held)
 
     def _track(self, digest: str, held: _Held) -> Ref:
@@ -105,7 +110,8 @@ class RefHolder:
         if held.free_at is not None:
             held.free_at.cancel()
             held.free_at = None
-        weakref.finalize(ref, self._dropped_from_any_thread, digest)
+        finalizer = weakref.finalize(ref, self._dropped_from_any_thread, digest)
+        finalizer.atexit = False  # at exit the whole holder goes: nothing to count
         return ref
 
     def _dropped_from_any_thread(self, digest: str) -> None:
@@ -124,18 +130,35 @@ class RefHolder:
         held.live -= 1
         if held.live <= 0 and held.free_at is None:
             grace_s = config.settings().ref_grace_s
-            held.free_at = self._loop.call_later(grace_s, self._free_soon, digest)
+            held.free_at = self._loop.call_later(grace_s, self._expire, digest)
 
-    def _free_soon(self, digest: str) -> None:
-        self._loop.create_task(self.free(digest))
+    def _expire(self, digest: str) -> None:
+        """The grace period ended: withdrawn now, unless a put made a Ref to it again."""
+        held = self._held.get(digest)
+        if held is not None and held.live <= 0 and self._drop(digest):
+            task = self._loop.create_task(self._forget(digest))
+            self._forgetting.add(task)
+            task.add_done_callback(self._forgetting.discard)
 
     async def free(self, digest: str) -> None:
         """Withdraw an object now: its readers get ``ObjectLostError`` from here on."""
+        if self._drop(digest):
+            await self._forget(digest)
+
+    def _drop(self, digest: str) -> bool:
         held = self._held.pop(digest, None)
         if held is None:
-            return
+            return False
+        if held.free_at is not None:
+            held.free_at.cancel()
         self._offers.withdraw(held.payload)
+        return True
+
+    async def _forget(self, digest: str) -> None:
+        """Its record goes from ``sp_refs`` (unless it was put again meanwhile)."""
         records = await self._bucket()
+        if digest in self._held:
+            return
         try:
             await records.delete(protocol.ref_record_key(digest, self.holder_id))
         except Exception as exc:  # the record's TTL removes it anyway
@@ -145,6 +168,8 @@ class RefHolder:
         """Free everything (the client closes): readers get ``ObjectLostError``."""
         if self._refresh is not None:
             self._refresh.cancel()
+        if self._forgetting:
+            await asyncio.wait(self._forgetting)
         stop_serving_locally(self._offers.subject)
         for digest in list(self._held):
             await self.free(digest)
