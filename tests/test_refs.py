@@ -25,7 +25,7 @@ from superpose.errors import SettingError
 from superpose.lattice.ref_args import RefCache, swap
 from superpose.lattice.refs import Ref
 from test_cli import deploy, unique, write_app
-from test_roles import Wire, mint
+from test_roles import Wire, cli, mint
 
 BIG = 300 * 1024
 """Over the spill threshold: held by its putter, not inline."""
@@ -313,7 +313,8 @@ def test_objects_rm_removes_a_durable_object(client: sp.Client, lattice: Lattice
 
 
 def test_a_caller_puts_gets_and_passes_refs(lattice: Lattice, app: str) -> None:
-    with second_client(lattice, mint(lattice, "caller")) as caller:
+    creds = mint(lattice, "caller")
+    with second_client(lattice, creds) as caller:
         big, durable = sp.put(b"c" * BIG), sp.put(b"D" * BIG, durable=True)
         assert sp.get(big) == b"c" * BIG and sp.get(durable) == b"D" * BIG
         got = fn(caller, app, "shape").remote([big, durable])
@@ -321,6 +322,10 @@ def test_a_caller_puts_gets_and_passes_refs(lattice: Lattice, app: str) -> None:
         made = fn(caller, app, "make").remote(BIG)  # held by an executor's own user
         assert sp.get(made) == b"m" * BIG
         assert big.holder == caller.id
+        listed = cli(lattice, creds, "objects", "ls", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = {row["digest"]: row for row in json.loads(listed.stdout)}
+        assert rows[big.digest]["holders"] == [caller.id] and rows[durable.digest]["durable"]
 
 
 def test_async_get_from_another_loop(client: sp.Client) -> None:
@@ -373,3 +378,13 @@ async def test_a_caller_may_not_write_another_holders_records(lattice: Lattice) 
         assert await w.refused(subject)
     finally:
         await w.nc.close()
+
+
+def test_a_viewer_lists_ephemeral_objects_and_is_told_why_not_durable(
+    client: sp.Client, lattice: Lattice
+) -> None:
+    ref = sp.put(b"v" * BIG + b"viewed")
+    listed = cli(lattice, mint(lattice, "viewer"), "objects", "ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert ref.digest in {row["digest"] for row in json.loads(listed.stdout)}
+    assert "viewers' credentials may not list them" in listed.stderr

@@ -23,7 +23,10 @@ def cmd_objects_ls(ns: argparse.Namespace) -> int:
     from superpose.lattice.ref_records import list_objects
 
     async def body(client: Client) -> int:
-        rows = await list_objects(client.nc.jetstream())
+        listing = await list_objects(client.nc.jetstream())
+        rows = listing.rows
+        if listing.unlisted:
+            common.err(f"warning: {listing.unlisted}")
         if ns.json:
             print(json.dumps([asdict(row) for row in rows], indent=2))
         elif not rows:

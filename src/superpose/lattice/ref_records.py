@@ -27,9 +27,22 @@ class ObjectRow:
     """``<client id>@<node>`` (or the client id alone, off the lattice's nodes)."""
 
 
-async def list_objects(js: JetStreamContext) -> list[ObjectRow]:
-    """Every object known, durable ones first, each digest once."""
-    rows = {row.digest: row for row in await _durable(js)}
+@dataclass
+class Listing:
+    rows: list[ObjectRow]
+    unlisted: str | None = None
+    """Why the durable objects are missing from ``rows`` (a viewer may not list them)."""
+
+
+async def list_objects(js: JetStreamContext) -> Listing:
+    """Every object known, durable ones first, each digest once; the durable ones are
+    left out, saying why, when these credentials may not list them."""
+    unlisted = None
+    try:
+        durable = await _durable(js)
+    except LatticeError as exc:
+        durable, unlisted = [], exc.message
+    rows = {row.digest: row for row in durable}
     for record in await _records(js):
         digest = str(record.get("digest", ""))
         row = rows.get(digest)
@@ -37,7 +50,7 @@ async def list_objects(js: JetStreamContext) -> list[ObjectRow]:
             row = rows[digest] = ObjectRow(digest, int(record.get("size", 0)), durable=False)
         holder, node = str(record.get("holder", "")), str(record.get("node", ""))
         row.holders.append(f"{holder}@{node}" if node else holder)
-    return sorted(rows.values(), key=lambda row: (not row.durable, row.digest))
+    return Listing(sorted(rows.values(), key=lambda row: (not row.durable, row.digest)), unlisted)
 
 
 async def _durable(js: JetStreamContext) -> list[ObjectRow]:
@@ -46,8 +59,11 @@ async def _durable(js: JetStreamContext) -> list[ObjectRow]:
         infos = await store.list()
     except nats.js.errors.NotFoundError:  # raised for an empty store, too
         return []
-    except nats.errors.Error as exc:
-        raise LatticeError(f"cannot list {protocol.OBJECTS_BUCKET}: {exc}") from exc
+    except nats.errors.Error as exc:  # a refused request goes unanswered
+        raise LatticeError(
+            f"cannot list the durable objects in {protocol.OBJECTS_BUCKET} ({exc}): "
+            "viewers' credentials may not list them; a caller's, deployer's or admin's may"
+        ) from exc
     return [
         ObjectRow(info.name, int(info.size or 0), durable=True)
         for info in infos
