@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
+import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,13 +19,12 @@ import pytest
 import superpose as sp
 from conftest import Lattice, poll, superpose_cli
 from superpose import config, protocol
-from superpose.client import session
 from superpose.client.refs import holder_of
 from superpose.errors import SettingError
 from superpose.lattice.ref_args import RefCache, swap
 from superpose.lattice.refs import Ref
 from test_cli import deploy, unique, write_app
-from test_roles import Wire, cli, mint
+from test_roles import Wire, cli, connected, mint
 
 BIG = 300 * 1024
 """Over the spill threshold: held by its putter, not inline."""
@@ -62,6 +61,13 @@ def make(n, durable=False):
 
 
 @sp.function
+def make_here(n):
+    """A Ref and the process holding it (for a test that kills that process)."""
+    import os
+    return sp.put(b"h" * n), os.getpid()
+
+
+@sp.function
 async def make_async(n):
     return await sp.put.aio(b"a" * n)
 
@@ -88,7 +94,7 @@ def put_lock():
 def client(lattice: Lattice) -> Iterator[sp.Client]:
     """A client of this module's own: closing it frees the objects its tests put,
     which other modules' checks of the session client's offers must not see."""
-    with second_client(lattice) as own:
+    with connected(lattice) as own:
         yield own
 
 
@@ -181,6 +187,7 @@ def test_a_function_returns_a_ref_it_put(client: sp.Client, app: str, durable: b
 def test_an_async_function_returns_a_ref_it_put(client: sp.Client, app: str) -> None:
     ref = fn(client, app, "make_async").remote(BIG)
     assert len(ref.holder) == 16  # the executor's client: its own user
+    assert ref.node and f"held by {ref.holder} on node {ref.node}" in ref.name()
     assert sp.get(ref) == b"a" * BIG
     assert fn(client, app, "shape").remote(ref) == [f"bytes:{BIG}:a", {}]
 
@@ -188,28 +195,15 @@ def test_an_async_function_returns_a_ref_it_put(client: sp.Client, app: str) -> 
 # --- lifetimes ----------------------------------------------------------------------
 
 
-@contextmanager
-def second_client(lattice: Lattice, creds: Path | None = None) -> Iterator[sp.Client]:
-    """Another client in this process (its own loop), the default one restored after."""
-    previous = session.default_client()
-    session.set_default(None)
-    other = sp.connect(lattice.url, show_logs=False, creds=creds)
-    try:
-        yield other
-    finally:
-        other.close()
-        session.set_default(previous)
-
-
 def test_a_durable_object_outlives_its_putter(client: sp.Client, lattice: Lattice) -> None:
-    with second_client(lattice):
+    with connected(lattice):
         ref = sp.put({"kept": b"k" * BIG}, durable=True)
     assert ref.durable
     assert sp.get(ref) == {"kept": b"k" * BIG}
 
 
 def test_an_ephemeral_object_dies_with_its_putter(client: sp.Client, lattice: Lattice) -> None:
-    with second_client(lattice):
+    with connected(lattice):
         ref = sp.put(b"g" * BIG)
         kept = pickle.loads(pickle.dumps(ref))
     with pytest.raises(sp.ObjectLostError, match=rf"object {ref.digest[:12]} .*held by"):
@@ -314,7 +308,7 @@ def test_objects_rm_removes_a_durable_object(client: sp.Client, lattice: Lattice
 
 def test_a_caller_puts_gets_and_passes_refs(lattice: Lattice, app: str) -> None:
     creds = mint(lattice, "caller")
-    with second_client(lattice, creds) as caller:
+    with connected(lattice, creds) as caller:
         big, durable = sp.put(b"c" * BIG), sp.put(b"D" * BIG, durable=True)
         assert sp.get(big) == b"c" * BIG and sp.get(durable) == b"D" * BIG
         got = fn(caller, app, "shape").remote([big, durable])
@@ -388,3 +382,20 @@ def test_a_viewer_lists_ephemeral_objects_and_is_told_why_not_durable(
     assert listed.returncode == 0, listed.stderr
     assert ref.digest in {row["digest"] for row in json.loads(listed.stdout)}
     assert "viewers' credentials may not list them" in listed.stderr
+
+
+def test_a_ref_whose_holder_was_killed_is_lost_naming_it(client: sp.Client, app: str) -> None:
+    ref, pid = fn(client, app, "make_here").remote(BIG)
+    assert sp.get(ref) == b"h" * BIG
+    os.kill(pid, signal.SIGKILL)
+
+    def lost() -> str:
+        try:
+            sp.get(ref)
+        except sp.ObjectLostError as exc:
+            return str(exc)
+        return ""
+
+    message = poll(lost, "the killed holder's object to be lost")
+    assert f"object {ref.digest[:12]}" in message
+    assert f"held by {ref.holder} on node {ref.node}" in message

@@ -105,6 +105,7 @@ class RefHolder:
             holder=self.holder_id,
             source=payload.source,
             blob=payload.blob,
+            node=self._node,
         )
         held.live += 1
         if held.free_at is not None:

@@ -50,7 +50,17 @@ class Ref:
     Two Refs are equal when they name the same bytes (the same digest).
     """
 
-    __slots__ = ("__weakref__", "blob", "data", "digest", "durable", "holder", "size", "source")
+    __slots__ = (
+        "__weakref__",
+        "blob",
+        "data",
+        "digest",
+        "durable",
+        "holder",
+        "node",
+        "size",
+        "source",
+    )
 
     def __init__(
         self,
@@ -62,6 +72,7 @@ class Ref:
         source: str | None = None,
         blob: str | None = None,
         data: bytes | None = None,
+        node: str = "",
     ) -> None:
         self.digest = digest
         """sha256 of the serialized value, in hex."""
@@ -77,13 +88,15 @@ class Ref:
         """The offer id at the holder: random, so knowing the digest is not enough to pull."""
         self.data = data
         """The bytes themselves, for a small value."""
+        self.node = node
+        """The node whose executor holds it ("" when the holder is not on a node)."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         sent = _sending.get()
         if sent is not None:
             sent.append(self)
         fields = (self.digest, self.size, self.durable, self.holder, self.source, self.blob)
-        return (_arrive, (*fields, self.data))
+        return (_arrive, (*fields, self.data, self.node))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Ref) and other.digest == self.digest
@@ -103,6 +116,7 @@ class Ref:
     def name(self) -> str:
         """How messages name it: its digest's first 12 digits, size and holder."""
         held = f", held by {self.holder}" if self.holder else ""
+        held += f" on node {self.node}" if self.node else ""
         kind = "durable" if self.durable else "ephemeral"
         return f"object {self.digest[:12]} ({self.size} bytes, {kind}{held})"
 
@@ -115,9 +129,12 @@ def _arrive(
     source: str | None,
     blob: str | None,
     data: bytes | None,
+    node: str = "",
 ) -> Ref:
     """A Ref unpickled: noted for ``arriving()``, when someone is collecting."""
-    ref = Ref(digest, size, durable=durable, holder=holder, source=source, blob=blob, data=data)
+    ref = Ref(
+        digest, size, durable=durable, holder=holder, source=source, blob=blob, data=data, node=node
+    )
     found = _arriving.get()
     if found is not None:
         found.append(ref)
