@@ -153,6 +153,7 @@ def test_refs_in_durable_calls_and_async_functions(client: sp.Client, app: str) 
     ref = sp.put(b"d" * BIG)
     assert fn(client, app, "shape").spawn(ref).result(timeout=60) == [f"bytes:{BIG}:d", {}]
     assert fn(client, app, "shape_async").remote(ref) == f"bytes:{BIG}"
+    assert list(fn(client, app, "shape_async").map([ref, ref])) == [f"bytes:{BIG}"] * 2
 
 
 def test_eight_calls_with_one_ref(client: sp.Client, app: str) -> None:

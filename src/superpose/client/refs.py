@@ -12,6 +12,7 @@ whose arguments carry Refs keeps them alive until it settles (``pin_sent``).
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -29,18 +30,25 @@ if TYPE_CHECKING:
     from superpose.client.client import Client
 
 _holders: weakref.WeakKeyDictionary[Client, RefHolder] = weakref.WeakKeyDictionary()
+_making = threading.Lock()
+"""Held while a client's holder is looked up or made: threads put at once."""
 
 
 def holder_of(client: Client) -> RefHolder:
     """The objects ``client``'s process put through it; freed when it closes."""
-    holder = _holders.get(client)
-    if holder is None:
-        node = runtime.current()
-        holder = RefHolder(
-            client.nc, client.offers, client.id, client.loop, node.node_id if node else ""
-        )
-        _holders[client] = holder
-        client.close_before_disconnect(holder.close)
+    with _making:
+        holder = _holders.get(client)
+        if holder is None:
+            holder = _holders[client] = _new_holder(client)
+    return holder
+
+
+def _new_holder(client: Client) -> RefHolder:
+    node = runtime.current()
+    holder = RefHolder(
+        client.nc, client.offers, client.id, client.loop, node.node_id if node else ""
+    )
+    client.close_before_disconnect(holder.close)
     return holder
 
 
