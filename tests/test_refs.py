@@ -84,6 +84,43 @@ async def read_async(box):
 
 
 @sp.function
+async def write_others_record():
+    """From inside a function, with its own creds: another holder's sp_refs record."""
+    import asyncio
+    import os
+    from pathlib import Path
+
+    import nats
+
+    from superpose.client import session
+    from superpose.security import jwt
+    from superpose.security.creds import read_creds
+
+    errors = []
+
+    async def on_error(exc):
+        errors.append(str(exc).lower())
+
+    creds = os.environ["SUPERPOSE_CREDS"]
+    me = jwt.claims_of(read_creds(Path(creds))[0])["name"]
+    url = session.node_client().nc.connected_url.geturl()
+    nc = await nats.connect(
+        url, user_credentials=creds, inbox_prefix=f"_INBOX.{me}", error_cb=on_error,
+        allow_reconnect=False,
+    )
+    subject = "$KV.sp_refs." + "ab" * 32 + ".someone"
+    try:
+        await nc.publish(subject, b"{}")
+        for _ in range(100):
+            if any("permissions violation" in e and subject.lower() in e for e in errors):
+                return "denied"
+            await asyncio.sleep(0.05)
+        return "ALLOWED"
+    finally:
+        await nc.close()
+
+
+@sp.function
 def put_lock():
     import threading
     return sp.put(threading.Lock())
@@ -400,3 +437,7 @@ def test_a_ref_whose_holder_was_killed_is_lost_naming_it(client: sp.Client, app:
     message = poll(lost, "the killed holder's object to be lost")
     assert f"object {ref.digest[:12]}" in message
     assert f"held by {ref.holder} on node {ref.node}" in message
+
+
+def test_a_function_may_not_write_another_holders_record(client: sp.Client, app: str) -> None:
+    assert fn(client, app, "write_others_record").remote() == "denied"
