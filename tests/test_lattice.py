@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.api import RetentionPolicy
+from nats.js.api import RetentionPolicy, StorageType
 
 from superpose import protocol
 from superpose.config import ENV_REPLICAS
@@ -52,6 +52,8 @@ EXPECTED_STREAMS = {
     f"KV_{protocol.SECRETS_BUCKET}",
     f"KV_{protocol.TOKENS_BUCKET}",
     f"KV_{protocol.TRUST_BUCKET}",
+    f"KV_{protocol.REFS_BUCKET}",
+    f"OBJ_{protocol.OBJECTS_BUCKET}",
 }
 
 
@@ -75,6 +77,9 @@ def test_assets_are_created_on_a_fresh_server(tmp_path: Path) -> None:
     assert streams[f"KV_{protocol.RESULTS_BUCKET}"].max_age == protocol.RESULT_TTL_S
     assert streams[f"OBJ_{protocol.BLOBS_BUCKET}"].max_age == protocol.BLOB_TTL_S
     assert streams[f"KV_{protocol.SECRETS_BUCKET}"].max_msgs_per_subject == 1
+    assert streams[f"KV_{protocol.REFS_BUCKET}"].storage == StorageType.MEMORY
+    assert streams[f"KV_{protocol.REFS_BUCKET}"].max_age == protocol.REF_RECORD_TTL_S
+    assert streams[f"OBJ_{protocol.OBJECTS_BUCKET}"].storage == StorageType.FILE
     consumer = found["consumer"].config
     assert consumer.filter_subject == protocol.WORK_ANY_FILTER
     assert consumer.ack_wait == protocol.ACK_WAIT_S
