@@ -226,6 +226,7 @@ def test_an_async_function_returns_a_ref_it_put(client: sp.Client, app: str) -> 
     ref = fn(client, app, "make_async").remote(BIG)
     assert len(ref.holder) == 16  # the executor's client: its own user
     assert ref.node and f"held by {ref.holder} on node {ref.node}" in ref.name()
+    assert ref.producer and f"made by invocation {ref.producer}" in ref.name()
     assert sp.get(ref) == b"a" * BIG
     assert fn(client, app, "shape").remote(ref) == [f"bytes:{BIG}:a", {}]
 

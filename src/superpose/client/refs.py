@@ -70,7 +70,8 @@ class _Put:
         data = serialize(value)
         digest = digest_of(data)
         client = session.current_client()
-        ref: Ref = client.run(holder_of(client).put(data, digest, durable=durable))
+        put = holder_of(client).put(data, digest, durable=durable, producer=_producer())
+        ref: Ref = client.run(put)
         return ref
 
     async def aio(self, value: Any, *, durable: bool = False) -> Ref:
@@ -79,7 +80,8 @@ class _Put:
         digest = await asyncio.to_thread(digest_of, data) if big else digest_of(data)
         client = session.current_client()
         holder = holder_of(client)
-        ref: Ref = await _on_client_loop(client, holder.put(data, digest, durable=durable))
+        put = holder.put(data, digest, durable=durable, producer=_producer())
+        ref: Ref = await _on_client_loop(client, put)
         return ref
 
 
@@ -100,6 +102,12 @@ class _Get:
 
 put = _Put()
 get = _Get()
+
+
+def _producer() -> str:
+    """The invocation this code runs on behalf of, on a node ("" elsewhere)."""
+    invocation = runtime.current_invocation.get()
+    return invocation.id if invocation is not None else ""
 
 
 def _checked(ref: object) -> Ref:

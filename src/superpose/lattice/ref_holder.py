@@ -76,10 +76,10 @@ class RefHolder:
     def __len__(self) -> int:
         return len(self._held)
 
-    async def put(self, data: bytes, digest: str, *, durable: bool) -> Ref:
+    async def put(self, data: bytes, digest: str, *, durable: bool, producer: str = "") -> Ref:
         """A Ref to ``data`` (a serialized value) whose sha256 is ``digest`` (computed
         by the caller, off this loop: 50 MB take tens of milliseconds); on this
-        process's loop."""
+        process's loop. ``producer``: the invocation putting it, if any."""
         inline = data if len(data) <= SPILL_THRESHOLD_BYTES else None
         if durable:
             await self._store(digest, data)
@@ -95,9 +95,9 @@ class RefHolder:
             except BaseException:  # no Ref was made: nothing would ever free it
                 self._drop(digest)
                 raise
-        return self._track(digest, held)
+        return self._track(digest, held, producer)
 
-    def _track(self, digest: str, held: _Held) -> Ref:
+    def _track(self, digest: str, held: _Held, producer: str) -> Ref:
         payload = held.payload
         ref = Ref(
             digest,
@@ -106,6 +106,7 @@ class RefHolder:
             source=payload.source,
             blob=payload.blob,
             node=self._node,
+            producer=producer,
         )
         held.live += 1
         if held.free_at is not None:

@@ -58,6 +58,7 @@ class Ref:
         "durable",
         "holder",
         "node",
+        "producer",
         "size",
         "source",
     )
@@ -73,6 +74,7 @@ class Ref:
         blob: str | None = None,
         data: bytes | None = None,
         node: str = "",
+        producer: str = "",
     ) -> None:
         self.digest = digest
         """sha256 of the serialized value, in hex."""
@@ -90,13 +92,16 @@ class Ref:
         """The bytes themselves, for a small value."""
         self.node = node
         """The node whose executor holds it ("" when the holder is not on a node)."""
+        self.producer = producer
+        """The invocation whose function put it ("" outside one): where lineage starts,
+        to make a lost object again."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         sent = _sending.get()
         if sent is not None:
             sent.append(self)
         fields = (self.digest, self.size, self.durable, self.holder, self.source, self.blob)
-        return (_arrive, (*fields, self.data, self.node))
+        return (_arrive, (*fields, self.data, self.node, self.producer))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Ref) and other.digest == self.digest
@@ -117,6 +122,7 @@ class Ref:
         """How messages name it: its digest's first 12 digits, size and holder."""
         held = f", held by {self.holder}" if self.holder else ""
         held += f" on node {self.node}" if self.node else ""
+        held += f", made by invocation {self.producer}" if self.producer else ""
         kind = "durable" if self.durable else "ephemeral"
         return f"object {self.digest[:12]} ({self.size} bytes, {kind}{held})"
 
@@ -130,11 +136,11 @@ def _arrive(
     blob: str | None,
     data: bytes | None,
     node: str = "",
+    producer: str = "",
 ) -> Ref:
     """A Ref unpickled: noted for ``arriving()``, when someone is collecting."""
-    ref = Ref(
-        digest, size, durable=durable, holder=holder, source=source, blob=blob, data=data, node=node
-    )
+    ref = Ref(digest, size, durable=durable, holder=holder, source=source, blob=blob, data=data)
+    ref.node, ref.producer = node, producer
     found = _arriving.get()
     if found is not None:
         found.append(ref)
