@@ -9,6 +9,8 @@ import json
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 
 import superpose as sp
-from conftest import Lattice, poll, superpose_cli
+from conftest import Lattice, lattice_env, poll, superpose_cli
 from superpose import config, protocol
 from superpose.client.refs import holder_of
 from superpose.errors import SettingError
@@ -442,3 +444,63 @@ def test_a_ref_whose_holder_was_killed_is_lost_naming_it(client: sp.Client, app:
 
 def test_a_function_may_not_write_another_holders_record(client: sp.Client, app: str) -> None:
     assert fn(client, app, "write_others_record").remote() == "denied"
+
+
+READER = """
+import gc, pickle, sys
+import superpose as sp
+sp.connect(show_logs=False)
+ref = pickle.loads(bytes.fromhex(sys.stdin.readline()))
+print("holding", flush=True)
+sys.stdin.readline()
+del ref
+gc.collect()
+print("dropped", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_ref_held_in_another_process_keeps_its_object(
+    lattice: Lattice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readers renew leases: the putter dropped its Ref, and the object stays while
+    another process holds one; once that one is dropped it goes after the lease."""
+    monkeypatch.setenv("SUPERPOSE_REF_GRACE_S", "0.3")
+    env = {**os.environ, **lattice_env(lattice.url)}
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert reader.stdin is not None and reader.stdout is not None
+    try:
+        with connected(lattice) as putter:
+            holder = holder_of(putter)
+            ref = sp.put(b"k" * BIG + b"leased")
+            digest = ref.digest
+            reader.stdin.write(pickle.dumps(ref).hex() + "\n")
+            reader.stdin.flush()
+            assert reader.stdout.readline().strip() == "holding"
+            del ref  # the putter's own Ref: only the reader's lease keeps it now
+            heard = holder.leases_heard
+            poll(lambda: holder.leases_heard >= heard + 10, "ten more lease renewals")
+            assert holder.bytes_of(digest) is not None  # far past the putter's 0.3 s grace
+            reader.stdin.write("drop\n")
+            reader.stdin.flush()
+            assert reader.stdout.readline().strip() == "dropped"
+            poll(lambda: holder.bytes_of(digest) is None, "the object to go once unleased")
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=30)
+
+
+def test_a_keep_message_that_is_not_one_is_refused() -> None:
+    assert protocol.parse_ref_keep(protocol.ref_keep_message(2, ["ab", "cd"])) == (
+        2.0,
+        ["ab", "cd"],
+    )
+    for bad in (b"", b"soon ab", b"-1 ab", b"99999999 ab"):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.parse_ref_keep(bad)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Iterable
 from typing import Any, ClassVar, Self, TypeAlias, get_args
 
 import msgspec
@@ -601,6 +602,7 @@ def executor_ref_subjects(me: str) -> list[str]:
     stream = object_stream(OBJECTS_BUCKET)
     return [
         ref_records_of(me),
+        *(ref_keep_subject(client) for client in ANY_CLIENT_ID),
         object_wildcard(OBJECTS_BUCKET),
         f"{direct_get_subject(stream)}.>",
         f"$JS.API.STREAM.MSG.GET.{stream}",
@@ -1683,3 +1685,26 @@ def ref_records_of(holder: str) -> str:
 def ref_object_name(digest: str) -> str:
     """A durable object's name in ``sp_objects``: its digest."""
     return digest
+
+
+def ref_keep_subject(client_id: str) -> str:
+    """Where a holder hears from readers which of its objects they still hold Refs to
+    (``<lease seconds> <digest> <digest>…``, text)."""
+    return f"_SP.{client_id}.k"
+
+
+def ref_keep_message(lease_s: float, digests: Iterable[str]) -> bytes:
+    """``<lease seconds> <digest> <digest>…``: keep these objects at least that long."""
+    return " ".join([f"{lease_s:.3f}", *digests]).encode()
+
+
+def parse_ref_keep(data: bytes) -> tuple[float, list[str]]:
+    """A ``ref_keep_message``; ``ProtocolError`` if it is not one."""
+    parts = data.decode(errors="replace").split()
+    try:
+        lease_s = float(parts[0])
+    except (IndexError, ValueError):
+        raise ProtocolError(f"not a ref keep message: {data[:64]!r}") from None
+    if not 0 <= lease_s <= 24 * 3600:
+        raise ProtocolError(f"a ref keep message's lease is out of range: {lease_s}")
+    return lease_s, parts[1:]

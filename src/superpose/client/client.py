@@ -33,7 +33,7 @@ from superpose.client.futures import SERVING_LOOPS, Future
 from superpose.client.names import Names
 from superpose.client.options import Options
 from superpose.client.placement import Placement
-from superpose.client.refs import pin_sent
+from superpose.client.refs import pin_sent, start_refs
 from superpose.client.replies import LogSink, Replies
 from superpose.client.resolving import lattice_platform, resolve_and_record
 from superpose.client.scripts import ScriptBundles
@@ -165,6 +165,7 @@ class Client:
             await self.nc.subscribe(subject, cb=cb, pending_msgs_limit=-1, pending_bytes_limit=-1)
         self._direct.start(self._spawn)
         self._durable.start(self._spawn)
+        await start_refs(self)
 
     def signer(self) -> signing.Signer:
         """The deployer key, read (or, the home folder's, made) when first needed."""

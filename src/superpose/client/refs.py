@@ -43,11 +43,13 @@ def holder_of(client: Client) -> RefHolder:
     return holder
 
 
+async def start_refs(client: Client) -> None:
+    """At a client's start: its holder hears leases and renews its own."""
+    await holder_of(client).start()
+
+
 def _new_holder(client: Client) -> RefHolder:
-    node = runtime.current()
-    holder = RefHolder(
-        client.nc, client.offers, client.id, client.loop, node.node_id if node else ""
-    )
+    holder = RefHolder(client.nc, client.offers, client.id, client.loop, _node)
     client.close_before_disconnect(holder.close)
     return holder
 
@@ -102,6 +104,12 @@ class _Get:
 
 put = _Put()
 get = _Get()
+
+
+def _node() -> str:
+    """The node this process is an executor of ("" elsewhere)."""
+    node = runtime.current()
+    return node.node_id if node is not None else ""
 
 
 def _producer() -> str:

@@ -23,9 +23,11 @@ import json
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from superpose import config, protocol
@@ -33,6 +35,7 @@ from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import LatticeError
 from superpose.lattice import objects
 from superpose.lattice.offers import Offers
+from superpose.lattice.ref_leases import renew_forever
 from superpose.lattice.refs import Ref, serve_locally, stop_serving_locally
 
 log = logging.getLogger("superpose.refs")
@@ -49,6 +52,8 @@ class _Held:
     """Its ``sp_refs`` record, rewritten as it is before the TTL drops it."""
     live: int = 0
     """Refs to it alive in this process (each made by a put, released by its finalizer)."""
+    lease_until: float = 0.0
+    """Kept at least until then (loop time): other processes hold Refs to it."""
     free_at: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -56,17 +61,27 @@ class RefHolder:
     """This process's objects: put here, read by anyone who has their Ref."""
 
     def __init__(
-        self, nc: NATS, offered: Offers, holder_id: str, loop: asyncio.AbstractEventLoop, node: str
+        self,
+        nc: NATS,
+        offered: Offers,
+        holder_id: str,
+        loop: asyncio.AbstractEventLoop,
+        node: Callable[[], str],
     ) -> None:
         self._nc = nc
         self._offers = offered
         self.holder_id = holder_id
         self._loop = loop
         self._node = node
+        """The node this process runs on, asked when needed ("" off the nodes): an
+        executor's client starts before its node's runtime is installed."""
         self._held: dict[str, _Held] = {}
         self._records: KeyValue | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._forgetting: set[asyncio.Task[None]] = set()
+        self._renewing: asyncio.Task[None] | None = None
+        self.leases_heard = 0
+        """Lease messages received (for tests and measurements)."""
         serve_locally(offered.subject, self.bytes_of)
 
     def bytes_of(self, digest: str) -> bytes | None:
@@ -105,7 +120,7 @@ class RefHolder:
             holder=self.holder_id,
             source=payload.source,
             blob=payload.blob,
-            node=self._node,
+            node=self._node(),
             producer=producer,
         )
         held.live += 1
@@ -134,9 +149,35 @@ class RefHolder:
             grace_s = config.settings().ref_grace_s
             held.free_at = self._loop.call_later(grace_s, self._expire, digest)
 
+    async def start(self) -> None:
+        """Hear leases from readers, and renew this process's own on others' objects."""
+        await self._nc.subscribe(protocol.ref_keep_subject(self.holder_id), cb=self._kept)
+        self._renewing = self._loop.create_task(renew_forever(self._nc))
+
+    async def _kept(self, msg: Msg) -> None:
+        try:
+            lease_s, digests = protocol.parse_ref_keep(msg.data)
+        except protocol.ProtocolError:
+            return
+        self.keep(digests, lease_s)
+
+    def keep(self, digests: list[str], lease_s: float) -> None:
+        """Readers hold Refs to these: keep them ``lease_s`` more seconds at least."""
+        until = self._loop.time() + lease_s
+        for digest in digests:
+            held = self._held.get(digest)
+            if held is not None:
+                held.lease_until = max(held.lease_until, until)
+        self.leases_heard += 1
+
     def _expire(self, digest: str) -> None:
-        """The grace period ended: withdrawn now, unless a put made a Ref to it again."""
+        """The grace period ended: withdrawn now, unless a put made a Ref to it again or
+        a reader's lease runs longer (then it is looked at again when that ends)."""
         held = self._held.get(digest)
+        if held is not None and held.lease_until > self._loop.time() and held.live <= 0:
+            wait_s = held.lease_until - self._loop.time()
+            held.free_at = self._loop.call_later(wait_s, self._expire, digest)
+            return
         if held is not None and held.live <= 0 and self._drop(digest):
             task = self._loop.create_task(self._forget(digest))
             self._forgetting.add(task)
@@ -168,8 +209,9 @@ class RefHolder:
 
     async def close(self) -> None:
         """Free everything (the client closes): readers get ``ObjectLostError``."""
-        if self._refresh is not None:
-            self._refresh.cancel()
+        for task in (self._refresh, self._renewing):
+            if task is not None:
+                task.cancel()
         if self._forgetting:
             await asyncio.wait(self._forgetting)
         stop_serving_locally(self._offers.subject)
@@ -189,7 +231,7 @@ class RefHolder:
             "digest": digest,
             "size": len(held.data),
             "holder": self.holder_id,
-            "node": self._node,
+            "node": self._node(),
             "created": time.time(),
         }
         held.record = json.dumps(record).encode()

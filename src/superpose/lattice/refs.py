@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -144,7 +146,24 @@ def _arrive(
     found = _arriving.get()
     if found is not None:
         found.append(ref)
+    if holder and source is not None and source not in _local:
+        with _remote_lock:  # unpickling happens in any thread
+            _remote.setdefault(holder, weakref.WeakSet()).add(ref)
     return ref
+
+
+_remote: dict[str, weakref.WeakSet[Ref]] = {}
+"""Holder client id → the Refs to its objects alive in this process (not made here):
+what leases keep alive (``ref_leases.py``)."""
+_remote_lock = threading.Lock()
+
+
+def held_elsewhere() -> dict[str, set[str]]:
+    """Holder client id → digests of its objects this process holds Refs to now."""
+    with _remote_lock:
+        for holder in [h for h, refs in _remote.items() if not refs]:
+            del _remote[holder]
+        return {holder: {ref.digest for ref in refs} for holder, refs in _remote.items()}
 
 
 @contextmanager

@@ -161,6 +161,7 @@ def _refs(owner: str) -> list[str]:
     return [
         protocol.ref_records_of(f"{owner}.*"),
         *(protocol.offers_subject(client) for client in protocol.ANY_CLIENT_ID),
+        *(protocol.ref_keep_subject(client) for client in protocol.ANY_CLIENT_ID),
         *_object_store(protocol.OBJECTS_BUCKET),
         f"{_API}.STREAM.NAMES",  # nats-py's object listing finds the stream by subject
     ]
