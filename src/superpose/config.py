@@ -28,9 +28,8 @@ ENV_CREDS = "SUPERPOSE_CREDS"
 ENV_TENANT = "SUPERPOSE_TENANT"
 ENV_REF_GRACE = "SUPERPOSE_REF_GRACE_S"
 DEFAULT_REF_GRACE_S = 60.0
-"""How long an ephemeral object outlives its last Ref in the process that put it (and
-the pending calls that carry it): time for a caller to ``get`` a Ref a function
-returned."""
+"""How long an ephemeral object outlives the last Ref to it (in the process that put
+it, a pending call, or a process renewing a lease on it)."""
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -110,7 +109,8 @@ class Settings:
     with; overrides ``$SUPERPOSE_CREDS`` (docs: README, Tenants)."""
     ref_grace_s: float = DEFAULT_REF_GRACE_S
     """``$SUPERPOSE_REF_GRACE_S`` (seconds ≥ 0, default 60): how long an ephemeral object
-    is kept once no Ref to it is alive in the process that put it (docs: README, Data)."""
+    is kept once no Ref to it is alive; readers renew leases every third of theirs
+    (docs: README, Data)."""
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -130,7 +130,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         sandbox=_sandbox(env),
         creds=_readable_file(env, ENV_CREDS),
         tenant=env.get(ENV_TENANT) or None,
-        ref_grace_s=_seconds(env, ENV_REF_GRACE, default=DEFAULT_REF_GRACE_S),
+        ref_grace_s=_nonnegative_seconds(env, ENV_REF_GRACE, default=DEFAULT_REF_GRACE_S),
     )
 
 
@@ -243,7 +243,7 @@ def state_file(home_dir: Path) -> Path:
     return home_dir / "lattice.json"
 
 
-def _seconds(env: Mapping[str, str], name: str, *, default: float) -> float:
+def _nonnegative_seconds(env: Mapping[str, str], name: str, *, default: float) -> float:
     """A duration in seconds (0 or more, fractions allowed), or ``default`` when unset."""
     text = env.get(name)
     if not text:

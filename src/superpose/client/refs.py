@@ -92,13 +92,19 @@ class _Get:
     that is gone raises ``sp.ObjectLostError`` naming it."""
 
     def __call__(self, ref: Ref) -> Any:
+        inline = _checked(ref).data
+        if inline is not None:  # no lattice needed
+            return payload.decode_value(inline, protocol.CODEC_PICKLE)
         client = session.current_client()
-        data = client.run(fetch(client.nc, _checked(ref)))
+        data = client.run(fetch(client.nc, ref))
         return payload.decode_value(data, protocol.CODEC_PICKLE)
 
     async def aio(self, ref: Ref) -> Any:
+        inline = _checked(ref).data
+        if inline is not None:
+            return payload.decode_value(inline, protocol.CODEC_PICKLE)
         client = session.current_client()
-        data = await _on_client_loop(client, fetch(client.nc, _checked(ref)))
+        data = await _on_client_loop(client, fetch(client.nc, ref))
         return payload.decode_value(data, protocol.CODEC_PICKLE)
 
 
