@@ -44,8 +44,9 @@ WORKLOADS = (
     "alias",
     "affinity",
     "environments",
+    "memo",
 )
-SP_ONLY = ("up", "bundle", "update", "alias", "affinity", "environments")
+SP_ONLY = ("up", "bundle", "update", "alias", "affinity", "environments", "memo")
 TAG_ENV = "SUPERPOSE_BENCH_TAG"
 KILL_GRACE_S = 20.0
 
@@ -169,6 +170,7 @@ def time_limit(workload: str, sizes: Any) -> float:
         "alias": 90.0,
         "affinity": 300.0,
         "environments": 900.0,
+        "memo": 600.0,
     }
     return float(limits[workload])
 
@@ -396,6 +398,25 @@ def merged(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
     return earlier
 
 
+def shared_state(quick: bool) -> dict[str, Any]:
+    """``bench/shared_state.py`` in a child process: shared dicts against redis-server."""
+    n = "1000" if quick else "4000"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.shared_state", n],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": "bench/shared_state.py took over 900 s"}
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    found: dict[str, Any] = json.loads(proc.stdout)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench import report
 
@@ -434,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if ns.merge:
         document = merged(json.loads(Path(ns.merge).read_text()), document)
+    elif not ns.only:
+        document["shared_state"] = shared_state(ns.quick)
     engines_shown = [e for e in report.ENGINES if e in document["results"]]
     report.add_summaries(document["results"])
     table = document["table"] = report.markdown_table(document["results"], engines_shown)
@@ -459,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n⚠ superpose's source changed while the suite ran; see source/source_at_end")
     for line in report.failures(results):
         print(line)
+    if "shared_state" in document:
+        print("\nshared dicts vs Redis:", json.dumps(document["shared_state"].get("ratios")))
     print(f"\nresults: {path}", file=sys.stderr)
     return 0
 

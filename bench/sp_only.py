@@ -377,6 +377,12 @@ def environments(sizes: Sizes) -> list[Figures]:
     return run(sizes)
 
 
+def memo(sizes: Sizes) -> list[Figures]:
+    from bench.memo import memo as run
+
+    return run(sizes)
+
+
 DRIVERS = {
     "up": up,
     "bundle": bundle,
@@ -384,6 +390,7 @@ DRIVERS = {
     "alias": alias,
     "affinity": affinity,
     "environments": environments,
+    "memo": memo,
 }
 
 

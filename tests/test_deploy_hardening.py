@@ -379,3 +379,13 @@ async def test_a_fetch_moves_at_most_16_files_at_once_while_the_loop_runs(
     assert 1 < peak <= store.TRANSFER_CONCURRENCY
     assert ticks > len(bundle.files) // store.TRANSFER_CONCURRENCY  # the loop ran meanwhile
     assert (path / "f199.txt").read_text() == f"{tmp_path} 199\n"
+
+
+def test_a_bundle_no_node_can_unpack_fails_its_call_as_prepare_not_internal() -> None:
+    """Internal failures are sent again; a bad manifest would fail every time."""
+    from superpose.node.calls import _error_info
+
+    info = _error_info(DeployError("bundle 0123 manifest: path '..' has a '..'"))
+    assert (info.kind, info.type) == (protocol.ERR_PREPARE, "DeployError")
+    assert info.kind not in protocol.INFRASTRUCTURE_ERRORS
+    assert "path '..'" in info.message

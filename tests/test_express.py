@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import nats.errors
 import pytest
 
 import fns
@@ -60,7 +61,25 @@ def learn(client: sp.Client, call: Callable[[], object]) -> None:
     trying express again, which the test skips."""
     with contextlib.suppress(sp.RemoteError):
         call()
+    poll(lambda: all(taking_express(client, key) for key in node_now(client).warm), "express")
     client._express.forget_cold()
+
+
+def taking_express(client: sp.Client, host: str) -> bool:
+    """Whether an executor of ``host`` has subscribed its express subject (it does so on
+    a connection of its own, opened in the background once loaded): a message no one
+    takes is answered "no responders"; one taken is passed on, unreadable, to an agent."""
+
+    async def ask() -> bool:
+        try:
+            await client.nc.request(protocol.express_subject(host, "nosuch", "fn"), b"", 5)
+        except nats.errors.NoRespondersError:
+            return False
+        except nats.errors.TimeoutError:
+            return True
+        return True
+
+    return client.run(ask())
 
 
 def test_warm_calls_go_straight_to_the_executor(

@@ -54,6 +54,11 @@ EXPECTED_STREAMS = {
     f"KV_{protocol.TRUST_BUCKET}",
     f"KV_{protocol.REFS_BUCKET}",
     f"OBJ_{protocol.OBJECTS_BUCKET}",
+    f"KV_{protocol.DICTS_BUCKET}",
+    f"KV_{protocol.DICTS_DURABLE_BUCKET}",
+    protocol.QUEUES_STREAM,
+    protocol.QUEUES_DURABLE_STREAM,
+    f"KV_{protocol.MEMO_BUCKET}",
 }
 
 
@@ -80,6 +85,10 @@ def test_assets_are_created_on_a_fresh_server(tmp_path: Path) -> None:
     assert streams[f"KV_{protocol.REFS_BUCKET}"].storage == StorageType.MEMORY
     assert streams[f"KV_{protocol.REFS_BUCKET}"].max_age == protocol.REF_RECORD_TTL_S
     assert streams[f"OBJ_{protocol.OBJECTS_BUCKET}"].storage == StorageType.FILE
+    assert streams[f"KV_{protocol.DICTS_BUCKET}"].storage == StorageType.MEMORY
+    assert streams[f"KV_{protocol.DICTS_DURABLE_BUCKET}"].storage == StorageType.FILE
+    assert streams[protocol.QUEUES_STREAM].retention == RetentionPolicy.WORK_QUEUE
+    assert streams[protocol.QUEUES_STREAM].storage == StorageType.MEMORY
     consumer = found["consumer"].config
     assert consumer.filter_subject == protocol.WORK_ANY_FILTER
     assert consumer.ack_wait == protocol.ACK_WAIT_S
@@ -89,7 +98,7 @@ def test_more_replicas_than_servers_is_refused_naming_the_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ENV_REPLICAS, "3")
-    with pytest.raises(LatticeError, match=r"cannot create sp_\w+: replicas > 1.*REPLICAS"):
+    with pytest.raises(LatticeError, match=r"cannot create \w+: replicas > 1.*REPLICAS"):
         asyncio.run(_ensure_on_fresh_server(tmp_path))
 
 

@@ -5,6 +5,7 @@ permissions of a caller-role client and of an executor's own user."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import pickle
@@ -23,10 +24,12 @@ from conftest import Lattice, lattice_env, poll, superpose_cli
 from superpose import config, protocol
 from superpose.client.refs import holder_of
 from superpose.errors import SettingError
+from superpose.lattice import connection, objects, ref_sealing
 from superpose.lattice.ref_args import RefCache, swap
 from superpose.lattice.refs import Ref
 from test_cli import deploy, unique, write_app
 from test_roles import Wire, cli, connected, mint
+from test_wire_pins import Wire as PinWire
 
 BIG = 300 * 1024
 """Over the spill threshold: held by its putter, not inline."""
@@ -325,8 +328,10 @@ def test_objects_ls_shows_sizes_kinds_and_holders(client: sp.Client, lattice: La
     rows = {row["digest"]: row for row in json.loads(shown.stdout)}
     assert rows[ephemeral.digest]["holders"] == [client.id]
     assert rows[ephemeral.digest]["durable"] is False
-    assert rows[durable.digest] == {
-        "digest": durable.digest,
+    stored = ref_sealing.object_name(durable.digest)  # sealed: the digest is not listed
+    assert durable.digest not in rows
+    assert rows[stored] == {
+        "digest": stored,
         "size": durable.size,
         "durable": True,
         "holders": [],
@@ -335,9 +340,13 @@ def test_objects_ls_shows_sizes_kinds_and_holders(client: sp.Client, lattice: La
     assert ephemeral.digest[:16] in table and "ephemeral" in table and "durable" in table
 
 
-def test_objects_rm_removes_a_durable_object(client: sp.Client, lattice: Lattice) -> None:
-    ref = sp.put(b"x" * BIG + b"removed", durable=True)
-    superpose_cli("objects", "rm", ref.digest, url=lattice.url, check=True)
+@pytest.mark.parametrize("by_stored_name", [False, True])
+def test_objects_rm_removes_a_durable_object(
+    client: sp.Client, lattice: Lattice, by_stored_name: bool
+) -> None:
+    ref = sp.put(b"x" * BIG + b"removed" + bytes([by_stored_name]), durable=True)
+    named = ref_sealing.object_name(ref.digest) if by_stored_name else ref.digest
+    superpose_cli("objects", "rm", named, url=lattice.url, check=True)
     with pytest.raises(sp.ObjectLostError):
         sp.get(ref)
     bad = superpose_cli("objects", "rm", "nope", url=lattice.url)
@@ -360,7 +369,9 @@ def test_a_caller_puts_gets_and_passes_refs(lattice: Lattice, app: str) -> None:
         listed = cli(lattice, creds, "objects", "ls", "--json")
         assert listed.returncode == 0, listed.stderr
         rows = {row["digest"]: row for row in json.loads(listed.stdout)}
-        assert rows[big.digest]["holders"] == [caller.id] and rows[durable.digest]["durable"]
+        assert rows[big.digest]["holders"] == [caller.id]
+        assert not any(row["durable"] for row in rows.values())
+        assert "only admin credentials may list them" in listed.stderr
 
 
 def test_async_get_from_another_loop(client: sp.Client) -> None:
@@ -422,7 +433,7 @@ def test_a_viewer_lists_ephemeral_objects_and_is_told_why_not_durable(
     listed = cli(lattice, mint(lattice, "viewer"), "objects", "ls", "--json")
     assert listed.returncode == 0, listed.stderr
     assert ref.digest in {row["digest"] for row in json.loads(listed.stdout)}
-    assert "viewers' credentials may not list them" in listed.stderr
+    assert "only admin credentials may list them" in listed.stderr
 
 
 def test_a_ref_whose_holder_was_killed_is_lost_naming_it(client: sp.Client, app: str) -> None:
@@ -504,3 +515,91 @@ def test_a_keep_message_that_is_not_one_is_refused() -> None:
     for bad in (b"", b"soon ab", b"-1 ab", b"99999999 ab"):
         with pytest.raises(protocol.ProtocolError):
             protocol.parse_ref_keep(bad)
+
+
+# --- sealing ------------------------------------------------------------------------
+
+
+def test_a_durable_object_is_stored_sealed_under_a_hash_of_its_digest(
+    client: sp.Client,
+) -> None:
+    value = b"S" * BIG + b"sealed"
+    ref = sp.put(value, durable=True)
+
+    async def stored() -> tuple[bool, bytes]:
+        here = await objects.size(client.nc.jetstream(), protocol.OBJECTS_BUCKET, ref.digest)
+        sealed = await objects.get(
+            client.nc, protocol.OBJECTS_BUCKET, ref_sealing.object_name(ref.digest)
+        )
+        return here is not None, sealed
+
+    by_digest, sealed = client.run(stored())
+    assert not by_digest and sealed != pickle.dumps(value) and b"SSSS" not in sealed
+    assert pickle.loads(ref_sealing.unseal(ref.digest, sealed)) == value
+    assert sp.get(ref) == value
+
+
+def test_an_altered_durable_object_is_lost_naming_it(client: sp.Client) -> None:
+    ref = sp.put(b"T" * BIG + b"tampered", durable=True)
+    name = ref_sealing.object_name(ref.digest)
+
+    async def alter() -> None:
+        sealed = await objects.get(client.nc, protocol.OBJECTS_BUCKET, name)
+        await objects.delete(client.nc, protocol.OBJECTS_BUCKET, name)
+        flipped = bytes([sealed[0] ^ 1]) + sealed[1:]
+        await objects.put(client.nc, protocol.OBJECTS_BUCKET, name, flipped)
+
+    client.run(alter())
+    with pytest.raises(sp.ObjectLostError, match=f"{ref.digest[:12]} does not open"):
+        sp.get(ref)
+
+
+def test_a_durable_object_too_big_to_seal_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ref_sealing, "MAX_SEALED_BYTES", 4)
+    with pytest.raises(sp.SerializationError, match="durable object of 5 bytes is over the 4"):
+        ref_sealing.seal("ab" * 32, b"12345")
+
+
+def test_a_sealed_object_opens_with_its_digest_only() -> None:
+    value = b"value"
+    digest = hashlib.sha256(value).hexdigest()
+    box = ref_sealing.seal(digest, value)
+    assert value not in box and ref_sealing.unseal(digest, box) == value
+    with pytest.raises(sp.ObjectLostError, match=f"{'ab' * 6} does not open"):
+        ref_sealing.unseal("ab" * 32, box)
+
+
+async def test_a_caller_snooping_the_durable_store_finds_only_ciphertext(
+    lattice: Lattice,
+) -> None:
+    """A caller may read ``sp_objects`` only in forms that name an object; a literal
+    ``*`` in those forms still reads the newest object and every chunk (as for blobs),
+    and finds a hashed name and sealed bytes, neither the digest nor the value."""
+    marker = unique("durable-secret").encode()
+    value = marker + b"." * BIG
+    creds = mint(lattice, "caller")
+    nc = await connection.connect(lattice.url, name="refs-snoop", creds=creds)
+    try:
+        await objects.put(nc, protocol.OBJECTS_BUCKET, "x", b"")  # a write is allowed
+        digest = hashlib.sha256(value).hexdigest()
+        name = ref_sealing.object_name(digest)
+        await objects.put(nc, protocol.OBJECTS_BUCKET, name, ref_sealing.seal(digest, value))
+        assert ref_sealing.unseal(digest, await objects.get(nc, protocol.OBJECTS_BUCKET, name))
+    finally:
+        await nc.close()
+    stream = protocol.object_stream(protocol.OBJECTS_BUCKET)
+    wire = await PinWire().open(lattice.url, creds)
+    seen: list[bytes] = []
+    try:
+        await wire.refused(f"$JS.API.STREAM.MSG.GET.{stream}", {"seq": 1})
+        await wire.refused(f"$JS.API.CONSUMER.CREATE.{stream}", {"stream_name": stream})
+        meta = protocol.object_meta_subject(protocol.OBJECTS_BUCKET, "*")
+        newest = await wire.nc.request(f"{protocol.direct_get_subject(stream)}.{meta}", b"")
+        seen.append(newest.data)
+        chunk = protocol.object_chunk_subject(protocol.OBJECTS_BUCKET, "*")
+        chunks = await wire.nc.request(f"{protocol.direct_get_subject(stream)}.{chunk}", b"")
+        seen.append(chunks.data)
+    finally:
+        await wire.nc.close()
+    assert all(seen) and not any(marker in data or digest.encode() in data for data in seen)
+    assert json.loads(seen[0])["name"] == name

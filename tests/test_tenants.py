@@ -25,7 +25,7 @@ from conftest import Lattice, poll, start_lattice, stop_lattice, superpose_cli
 from superpose import protocol
 from superpose.errors import UserError
 from superpose.lattice.connection import connect
-from superpose.security import lookup, tenants
+from superpose.security import executor_identity, lookup, tenants
 from superpose.security.identities import load_or_create
 
 SHOP = """
@@ -36,6 +36,19 @@ import superpose as sp
 def quote(item: str, word: str) -> str:
     print(f"quoting {item} {word}")
     return f"{item}: 3 {word}"
+
+
+@sp.function
+def who() -> dict:
+    # the user this executor connects as: its own, signed by the tenant's key
+    import os
+    from pathlib import Path
+
+    from superpose.security import creds, jwt
+
+    claims = jwt.claims_of(creds.read_creds(Path(os.environ["SUPERPOSE_CREDS"]))[0])
+    account = claims["nats"].get("issuer_account")
+    return {"name": claims["name"], "iss": claims["iss"], "account": account}
 """
 
 
@@ -262,6 +275,19 @@ def test_sp_connect_as_a_tenant(tenanted: Tenanted) -> None:
         assert quote.remote("tea", "ounces") == "tea: 3 ounces"
     finally:
         client.close()
+
+
+def test_a_tenants_executors_are_users_of_their_own(tenanted: Tenanted) -> None:
+    """Narrowed as the lattice's own executors are: a user per executor, signed by the
+    tenant account's scoped executor key, never the tenant's node user."""
+    proc = tenanted.cli("t1", "call", "shop.who", "[]")
+    assert proc.returncode == 0, proc.stderr
+    who = json.loads(proc.stdout)
+    account = tenants.load(tenanted.state_dir, "t1").account
+    assert who["account"] == account and who["iss"] != account
+    assert who["name"] != "t1-node" and len(who["name"]) == 16
+    signer = tenanted.state_dir / "creds/t1" / executor_identity.SIGNER_FILE
+    assert executor_identity.signer_beside(signer.with_name("node.creds")) is not None
 
 
 def test_creds_are_found_by_tenant_name_and_role(

@@ -202,3 +202,9 @@ def as_superpose_error(exc: Exception) -> SuperposeError:
     if isinstance(exc, SuperposeError):
         return exc
     return SuperposeError(f"{type(exc).__name__}: {exc}")
+
+
+class PermissionDeniedError(UserError):
+    """The credentials in use may not do this (a role, or ``--app``, that leaves it out);
+    raised before asking, since the server answers a refused request with silence. The
+    message names what was refused and the user."""

@@ -574,6 +574,7 @@ def executor_publish_allowed(me: str) -> list[str]:
         *(http_stream_subject(client, ">") for client in ANY_CLIENT_ID),
         *(offers_subject(client) for client in ANY_CLIENT_ID),
         RESOLVE_SUBJECT,
+        PLACE_SUBJECT,
         "_INBOX.>",  # results of calls made with a plain request (the agent hands them over)
         kv_subject(ISSUED_BUCKET, me),
         kv_subject(ISSUED_BUCKET, "idem.*"),
@@ -585,29 +586,37 @@ def executor_publish_allowed(me: str) -> list[str]:
         direct_get_last_subject(RESULTS_STREAM, results_subject(f"{me}.*")),
         direct_get_last_subject(RESULTS_STREAM, results_subject(idempotent_id("*"))),
         results_subject(f"{me}.*"),
-        f"{direct_get_subject(object_stream(BLOBS_BUCKET))}.>",
-        f"$JS.API.STREAM.MSG.GET.{object_stream(BLOBS_BUCKET)}",
-        f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}.>",
-        f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}",
+        *blob_reads(),
         *kv_api,
         f"{direct_get_subject(kv_stream(NODES_BUCKET))}.>",
         "$JS.FC.>",
         *executor_ref_subjects(me),
+        # any app's dicts and queues: the user is made before the executor knows its app
+        *shared_state_publish([app_scope("*"), SHARED_SCOPE]),
+        *executor_memo_allowed(),
     ]
 
 
 def executor_ref_subjects(me: str) -> list[str]:
-    """Object references from inside a function: its own ``sp_refs`` records and the
-    durable objects (written whole, read by digest)."""
-    stream = object_stream(OBJECTS_BUCKET)
+    """Object references from inside a function: its own ``sp_refs`` records, leases to
+    any holder, and the durable objects (written whole, read by name only: the forms
+    of ``blob_reads``, never ``STREAM.MSG.GET`` or an unnamed consumer)."""
     return [
         ref_records_of(me),
         *(ref_keep_subject(client) for client in ANY_CLIENT_ID),
         object_wildcard(OBJECTS_BUCKET),
-        f"{direct_get_subject(stream)}.>",
-        f"$JS.API.STREAM.MSG.GET.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.CREATE.{stream}",
+        *blob_reads(OBJECTS_BUCKET),
+    ]
+
+
+def executor_memo_allowed() -> list[str]:
+    """Cached nested calls: claim, store, drop and read entries by key. Any app's: the
+    user is made before the executor knows which app it will host (as for express)."""
+    entries = kv_subject(MEMO_BUCKET, ">")
+    return [
+        entries,
+        direct_get_last_subject(kv_stream(MEMO_BUCKET), entries),
+        direct_get_subject(kv_stream(MEMO_BUCKET)),  # batch lookups: it may read any key
     ]
 
 
@@ -625,6 +634,8 @@ def executor_publish_denied() -> list[str]:
         f"{direct_get_subject(kv_stream(SECRETS_BUCKET))}.>",
         f"{direct_get_subject(kv_stream(TOKENS_BUCKET))}.>",
         f"$JS.API.CONSUMER.CREATE.{object_stream(BUNDLES_BUCKET)}.>",
+        f"$JS.API.STREAM.MSG.GET.{object_stream(BLOBS_BUCKET)}",  # blobs by sequence
+        f"$JS.API.CONSUMER.CREATE.{object_stream(BLOBS_BUCKET)}",  # unnamed: every blob
         f"$JS.API.CONSUMER.CREATE.{kv_stream(SECRETS_BUCKET)}.>",
         f"$JS.API.CONSUMER.CREATE.{kv_stream(TOKENS_BUCKET)}.>",
         f"$JS.API.CONSUMER.CREATE.{kv_stream(RESULTS_BUCKET)}.>",
@@ -636,15 +647,15 @@ def executor_publish_denied() -> list[str]:
     ]
 
 
-def executor_subscribe_allowed(me: str) -> list[str]:
-    """Its own client's subjects and inboxes, its own offers, and express calls (NATS
-    cannot narrow these to one bundle's subject: the executor's user is made before it
-    knows which bundle it will host)."""
+def executor_subscribe_allowed(me: str, bundle: str) -> list[str]:
+    """Its own client's subjects and inboxes, its own offers, and the express calls of
+    the bundle it hosts (``bundle``: a template naming the user's ``bundle`` tag, which
+    only the user minted for its ``Load`` carries; ``security/executor_identity.py``)."""
     return [
         f"_SP.{me}.>",
         f"_SP.{executor_offers_owner(me)}.>",
         f"{executor_inbox_prefix(me)}.>",
-        "sp.exec.>",
+        express_wildcard(bundle),
     ]
 
 
@@ -1117,6 +1128,10 @@ class Load(Frame, tag="load"):
     secret_values: dict[str, str] = {}
     """The values of ``settings.secrets``, read by the agent: an executor's own NATS
     user may not read the secrets bucket (``security/executor_identity.py``)."""
+    express_creds: str = ""
+    """A creds file's text for a second NATS user of this executor's, tagged with its
+    host key: the only user that may subscribe to ``express_wildcard(key)`` ("" =
+    subscribe on the executor's own connection, as a node's creds may)."""
 
 
 class Describe(Frame, tag="describe"):
@@ -1665,7 +1680,8 @@ REFS_BUCKET = "sp_refs"
 """Memory KV: ``<digest>.<holder client id>`` → a ``RefRecord`` (JSON) for each object a
 process holds for its ephemeral Refs; what ``superpose objects ls`` lists."""
 OBJECTS_BUCKET = "sp_objects"
-"""Object Store, file storage: ``<digest>`` → the bytes of a durable Ref's value."""
+"""Object Store, file storage: ``sha256(label + digest)`` → a durable Ref's value, sealed
+with a key derived from its digest (``lattice/ref_sealing.py``)."""
 REF_RECORD_TTL_S = 3600.0
 """A holder rewrites its records every third of this: a holder that died without
 deleting them drops out of ``objects ls`` within the hour."""
@@ -1680,11 +1696,6 @@ def ref_record_key(digest: str, holder: str) -> str:
 def ref_records_of(holder: str) -> str:
     """Every ``sp_refs`` subject a holder writes: what its permissions allow."""
     return kv_subject(REFS_BUCKET, ref_record_key("*", holder))
-
-
-def ref_object_name(digest: str) -> str:
-    """A durable object's name in ``sp_objects``: its digest."""
-    return digest
 
 
 def ref_keep_subject(client_id: str) -> str:
@@ -1708,3 +1719,227 @@ def parse_ref_keep(data: bytes) -> tuple[float, list[str]]:
     if not 0 <= lease_s <= 24 * 3600:
         raise ProtocolError(f"a ref keep message's lease is out of range: {lease_s}")
     return lease_s, parts[1:]
+
+
+# --- calls with needs placed for executors -------------------------------------------
+
+PLACE_SUBJECT = "sp.place"
+"""Executors ask here which nodes meet a nested call's needs (``PlaceRequest``): their
+own NATS user may neither watch the nodes bucket nor make the class's work consumer
+nor record its ``place.<class>`` key; every node agent can (queue group ``nodes``)."""
+
+
+class PlaceRequest(_Asked, tag="sp.place.v1"):
+    """Nodes meeting ``needs``, waiting up to ``wait_s`` for one; ``durable``: also open
+    the needs' class (its work consumer and registry record), as ``Placement.open_class``
+    does for a client. The class is the needs' hash (``needs_class``), computed by the
+    node: an executor cannot name another class's record."""
+
+    needs: dict[str, str]
+    what: str
+    wait_s: float = 0.0
+    durable: bool = False
+
+
+class Placed(_Asked, tag="sp.placed.v1"):
+    """The nodes meeting the needs, or ``error_kind`` (``no_nodes``, ``bad_request``,
+    ``internal``) and ``error``."""
+
+    nodes: list[NodeInfo] = []
+    error_kind: str = ""
+    error: str = ""
+
+
+def filtered_consumer_subject(stream: str, name: str, filter_subject: str) -> str:
+    """Creating consumer ``name`` on ``stream`` with its one filter in the request subject:
+    the server refuses a request whose body names another filter, so a user's
+    permissions can pin what the consumer reads (``CONSUMER.CREATE.<stream>`` alone
+    cannot be pinned)."""
+    return f"{JS_API}.CONSUMER.CREATE.{stream}.{name}.{filter_subject}"
+
+
+def blob_reads(bucket: str = BLOBS_BUCKET) -> list[str]:
+    """Reading an object of ``bucket`` (spilled payloads, durable Refs' objects) whose
+    name one knows, in the forms whose request subject names it (``lattice/objects.py``):
+    a direct get of its metadata or of a one-chunk object's chunk, a consumer filtered
+    on its chunks. ``STREAM.MSG.GET`` by sequence and unnamed consumers, which would
+    list the bucket, are not among them."""
+    stream = object_stream(bucket)
+    return [
+        f"{direct_get_subject(stream)}.{object_meta_subject(bucket, '*')}",
+        f"{direct_get_subject(stream)}.{object_chunk_subject(bucket, '*')}",
+        filtered_consumer_subject(stream, "*", object_chunk_subject(bucket, "*")),
+    ]
+
+
+# --- memoization (issue 16, item 5) -------------------------------------------------
+
+MEMO_BUCKET = "sp_memo"
+"""The action cache of ``cache=True`` functions: ``memo_key`` → a ``MemoEntry``."""
+MEMO_KEY_VERSION = "sp.memokey.v1"
+"""Hashed into every memo key: a new argument encoding changes it, so old entries are
+never misread."""
+MEMO_MAX_AGE_S = 7 * 24 * 3600.0
+"""The longest any cached result is kept (the bucket's TTL): ``cache_ttl`` bounds it lower."""
+MEMO_MAX_VALUE_BYTES = 768 * 1024
+"""A result whose pickle is bigger is returned but not cached (NATS's 1 MiB message)."""
+
+
+def memo_key(app: str, fn: str, digest: str) -> str:
+    """The key of one cached call: its function, then the hash of version, environment,
+    function and arguments (``client/memo_key.py``). App first, so a role is pinned by it."""
+    return f"{app}.{fn}.{digest}"
+
+
+def memo_filter(app: str | None = None, fn: str | None = None) -> str:
+    """The keys of one app's (one function's) cached calls, as a key filter."""
+    if app is None:
+        return ">"
+    return f"{app}.{fn}.*" if fn else f"{app}.>"
+
+
+def memo_subject(app: str | None = None) -> str:
+    """The subjects of one app's cache entries (``*``: any app), for role grants."""
+    return kv_subject(MEMO_BUCKET, f"{app or '*'}.>")
+
+
+class MemoEntry(msgspec.Struct, tag_field="t", tag="sp.memo.v1", omit_defaults=True):
+    """One cache entry: a claim while its first caller runs the call, then the result.
+
+    ``value`` is the result pickled (cloudpickle); empty while ``running``. ``until`` is
+    the epoch second after which a claim is stale (its runner died) or a result expired.
+    """
+
+    running: bool
+    until: float
+    created: float
+    runner: str = ""
+    """The client that claimed it (running) or stored it (done)."""
+    value: bytes = b""
+
+    def encode(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def decode(cls, data: Buffer) -> MemoEntry:
+        try:
+            return msgspec.msgpack.decode(data, type=cls)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise ProtocolError(f"not a cache entry: {exc}") from None
+
+
+# --- shared dicts and queues (issue 16 item 6; docs: "Shared dicts and queues") ---------
+# One key-value stream per storage kind and one work-queue stream per storage kind, for
+# every app: a per-Dict stream's name is one subject token, which no permission can pin
+# to an app, while a key or subject prefix can (``app.<app>.…`` / ``shared.…``).
+
+DICTS_BUCKET = "sp_dicts"
+"""Every app's Dicts in memory: ``<scope>.<dict>.<key>`` → a pickled value."""
+DICTS_DURABLE_BUCKET = "sp_dicts_durable"
+"""The same for ``Dict(..., durable=True)``, on file storage."""
+QUEUES_STREAM = "SP_QUEUES"
+"""Every app's Queues in memory, work-queue retention: one subject and consumer each."""
+QUEUES_DURABLE_STREAM = "SP_QUEUES_DURABLE"
+"""The same for ``Queue(..., durable=True)``, on file storage."""
+SHARED_SCOPE = "shared"
+"""The scope of ``shared=True`` dicts and queues: lattice-wide."""
+SHARED_VALUE_MAX_BYTES = 1024 * 1024
+"""A Dict value or Queue item, pickled: NATS's default ``max_payload``, so any lattice
+takes it."""
+
+KV_OPERATION_HEADER = "KV-Operation"
+"""``DEL`` or ``PURGE`` on a key-value delete marker (the nats-py/CLI layout)."""
+MSG_TTL_HEADER = "Nats-TTL"
+"""A message's own time to live (nats-server ≥ 2.11, a stream with ``allow_msg_ttl``)."""
+MARKER_REASON_HEADER = "Nats-Marker-Reason"
+"""On the marker the server leaves where a message expired (``MaxAge``) or was removed."""
+EXPECTED_LAST_SUBJECT_SEQ_HEADER = "Nats-Expected-Last-Subject-Sequence"
+"""A write that lands only if its subject's last message still has this sequence (0:
+none): compare-and-set."""
+SEQUENCE_HEADER = "Nats-Sequence"
+"""A direct get's answer: the stream sequence of the message it returns."""
+
+
+def app_scope(app: str) -> str:
+    """The scope of an app's own dicts and queues (two tokens, so no app name can
+    collide with ``shared``)."""
+    return f"app.{app}"
+
+
+def dict_key(scope: str, name: str, key_token: str) -> str:
+    """A Dict entry's key in its bucket (``key_token``: the user's key, escaped to one
+    token)."""
+    return f"{scope}.{name}.{key_token}"
+
+
+def queue_record_key(scope: str, name: str) -> str:
+    """Where a Queue's consumer name is kept, in the dict bucket of its storage kind and
+    under its scope (``=`` starts no Dict name): only those who may use the scope's
+    dicts can learn it, and a pull names the consumer."""
+    return f"{scope}.=queue.{name}"
+
+
+def dict_bucket(durable: bool) -> str:
+    return DICTS_DURABLE_BUCKET if durable else DICTS_BUCKET
+
+
+def queue_stream(durable: bool) -> str:
+    return QUEUES_DURABLE_STREAM if durable else QUEUES_STREAM
+
+
+def queue_wildcard(durable: bool) -> str:
+    return "sp.qd.>" if durable else "sp.q.>"
+
+
+def queue_subject(durable: bool, scope: str, name: str) -> str:
+    """Where a Queue's items are published (and its consumer's filter)."""
+    return f"{queue_wildcard(durable)[:-1]}{scope}.{name}"
+
+
+def js_ack_wildcard(stream: str) -> str:
+    """Acknowledgements of messages delivered by ``stream``'s consumers."""
+    return f"$JS.ACK.{stream}.>"
+
+
+def shared_state_publish(scopes: list[str]) -> list[str]:
+    """What a user may publish to use the dicts and queues of ``scopes`` (``app.<app>``,
+    ``app.*``, ``shared``): write and read keys, watch them, and put, take and count
+    queue items. Pinned to the scope wherever the subject says what is touched; pulls
+    from a queue's consumer, its acks and its deletion name only the consumer, which
+    NATS cannot pin to an app: its name is random, kept under the queue's scope
+    (``queue_record_key``; docs: "Shared dicts and queues")."""
+    granted: list[str] = []
+    for durable in (False, True):
+        bucket, stream = dict_bucket(durable), queue_stream(durable)
+        kv = kv_stream(bucket)
+        for scope in scopes:
+            granted += [
+                kv_subject(bucket, f"{scope}.>"),
+                direct_get_last_subject(kv, kv_subject(bucket, f"{scope}.>")),
+                filtered_consumer_subject(kv, "*", kv_subject(bucket, f"{scope}.>")),
+                f"{queue_wildcard(durable)[:-1]}{scope}.>",
+                direct_get_last_subject(stream, f"{queue_wildcard(durable)[:-1]}{scope}.>"),
+                filtered_consumer_subject(stream, "*", f"{queue_wildcard(durable)[:-1]}{scope}.>"),
+            ]
+        granted += [
+            f"$JS.API.CONSUMER.INFO.{stream}.*",
+            consumer_next_subject(stream, "*"),
+            consumer_delete_subject(stream, "*"),
+            js_ack_wildcard(stream),
+        ]
+    return granted
+
+
+def shared_state_reads(scopes: list[str]) -> list[str]:
+    """What a reader (the viewer role) may do with the dicts and queues of ``scopes``:
+    read and watch keys, count queue items."""
+    granted: list[str] = []
+    for durable in (False, True):
+        bucket, kv = dict_bucket(durable), kv_stream(dict_bucket(durable))
+        for scope in scopes:
+            granted += [
+                direct_get_last_subject(kv, kv_subject(bucket, f"{scope}.>")),
+                filtered_consumer_subject(kv, "*", kv_subject(bucket, f"{scope}.>")),
+            ]
+        granted.append(f"$JS.API.CONSUMER.INFO.{queue_stream(durable)}.*")
+    return granted

@@ -29,9 +29,12 @@ from superpose.client.futures import Future as Future
 from superpose.client.futures import as_completed as as_completed
 from superpose.client.futures import gather as gather
 from superpose.client.futures import wait as wait
+from superpose.client.memo import UncachedWarning as UncachedWarning
 from superpose.client.refs import get as get
 from superpose.client.refs import put as put
 from superpose.client.replies import LogSink, print_log_record
+from superpose.client.shared_dict import Dict as Dict
+from superpose.client.shared_queue import Queue as Queue
 from superpose.code.schedules import Cron as Cron
 from superpose.code.schedules import Period as Period
 from superpose.errors import ArgumentError as ArgumentError

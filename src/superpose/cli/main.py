@@ -14,6 +14,7 @@ import sys
 from superpose import config
 from superpose.cli import (
     apps,
+    cache,
     calls,
     common,
     creds,
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     tenants.add_commands(add)
     creds.add_commands(add)
     objects.add_commands(add)
+    cache.add_commands(add)
     _in_help_order(sub)
     return parser
 

@@ -14,6 +14,8 @@ from superpose.cli import common
 from superpose.errors import BadRequestError, NotFoundError
 
 if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
     from superpose.client.client import Client
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -54,14 +56,23 @@ def cmd_objects_rm(ns: argparse.Namespace) -> int:
 
     async def body(client: Client) -> int:
         js = client.nc.jetstream()
-        name = protocol.ref_object_name(digest)
-        if await objects.size(js, protocol.OBJECTS_BUCKET, name) is None:
-            raise NotFoundError(f"no durable object {digest[:12]} in {protocol.OBJECTS_BUCKET}")
+        name = await _stored_name(js, digest)
         await objects.delete(client.nc, protocol.OBJECTS_BUCKET, name)
         print(f"object {digest[:12]} removed")
         return 0
 
     return asyncio.run(common.with_client(ns.lattice, body))
+
+
+async def _stored_name(js: JetStreamContext, digest: str) -> str:
+    """Where a durable object is stored: named by its digest (what a Ref shows) or by
+    the stored name itself (what an admin's `objects ls` shows)."""
+    from superpose.lattice import objects, ref_sealing
+
+    for name in (ref_sealing.object_name(digest), digest):
+        if await objects.size(js, protocol.OBJECTS_BUCKET, name) is not None:
+            return name
+    raise NotFoundError(f"no durable object {digest[:12]} in {protocol.OBJECTS_BUCKET}")
 
 
 def add_commands(add: common.AddCommand) -> None:
@@ -84,4 +95,8 @@ def add_commands(add: common.AddCommand) -> None:
     p = action(
         "rm", cmd_objects_rm, "remove a durable object (its Refs then raise ObjectLostError)"
     )
-    p.add_argument("digest", metavar="DIGEST", help="the object's full digest (objects ls --json)")
+    p.add_argument(
+        "digest",
+        metavar="DIGEST",
+        help="the object's full digest (a Ref's), or its stored name (admin's objects ls)",
+    )

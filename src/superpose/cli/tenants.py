@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from superpose import config
 from superpose.cli import common
@@ -50,14 +51,24 @@ def cmd_tenant_create(ns: argparse.Namespace) -> int:
     tenant = tenants.create(home, ns.name)
     print(f"tenant {tenant.name} created (account {tenant.account})")
     print(f"creds    {tenant.creds_dir}/{{admin,node,gateway}}.creds")
-    state = read_state(home)
-    if not (state and state.get("ready")):
+    state = reload_running(home)
+    if state is None:
         print(f"no lattice is running in {home}: `superpose up` will accept it")
         return 0
-    os.kill(int(state["pid"]), ACCOUNTS_SIGNAL)
     asyncio.run(_wait_applied(str(state["lattice"]), tenant.creds("admin"), state.get("tls_ca")))
     print(f"the lattice {state['lattice']} accepts it now (no restart, no dropped connection)")
     return 0
+
+
+def reload_running(home: Path) -> dict[str, Any] | None:
+    """Tell the ``up`` running in ``home`` to reload its servers' accounts (tenants and
+    revocations, ``LocalLattice.reload_accounts``); its state, or None if none is
+    running (the next ``up`` reads them anyway)."""
+    state = read_state(home)
+    if not (state and state.get("ready")):
+        return None
+    os.kill(int(state["pid"]), ACCOUNTS_SIGNAL)
+    return state
 
 
 async def _wait_applied(url: str, creds: Path, tls_ca: str | None) -> None:

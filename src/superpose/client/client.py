@@ -24,6 +24,7 @@ from superpose import config, protocol, runtime
 from superpose.client import session, threads
 from superpose.client.arguments import encode_arguments
 from superpose.client.asked_names import AskedNames
+from superpose.client.asked_placement import AskedPlacement
 from superpose.client.direct import DirectCalls
 from superpose.client.durable import wait_accepted
 from superpose.client.durable_calls import DurableCalls
@@ -92,7 +93,9 @@ class Client:
         self._names = names or Names(assets.registry, loop, assets.trust, self.signer, url)
         self._scripts = ScriptBundles(nc, loop, self._script_env, self.trusted_signer)
         self._trusted = False
-        self._placement = Placement(nc, assets.nodes, self._names)
+        # An executor's placement asks nodes, as its names do (client/asked_placement.py).
+        placing = AskedPlacement if isinstance(names, AskedNames) else Placement
+        self._placement = placing(nc, assets.nodes, self._names)
         self._express = ExpressRoutes(config.settings().express)
         self._direct = DirectCalls(
             nc,

@@ -19,7 +19,7 @@ from nats.js.errors import KeyNotFoundError
 from superpose import protocol
 from superpose.client.durable import wait_accepted
 from superpose.errors import BadRequestError, NotFoundError, SuperposeError
-from superpose.lattice import issued, objects, payload
+from superpose.lattice import issued, objects, payload, sealed
 from superpose.lattice.connection import Assets
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ async def replay(client: Client, invocation_id: str) -> str:
     inv = protocol.Invocation.decode(letter.invocation)
     blob = inv.args.blob
     if blob is not None and not await objects.exists(
-        client.assets.js, protocol.BLOBS_BUCKET, protocol.blob_object_name(blob)
+        client.assets.js, protocol.BLOBS_BUCKET, sealed.object_name(blob)
     ):
         raise NotFoundError(
             f"cannot replay {invocation_id}: its arguments (spilled to the blob store) expired"

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, overload
 
 from superpose import protocol, runtime
-from superpose.client import session
+from superpose.client import memo, session
 from superpose.client.futures import Future
 from superpose.client.mapping import check_window, map_results
 from superpose.client.options import Options
@@ -74,7 +74,7 @@ class Invocable:
         client = self._client()
         ctx = client.call_context(self.options_, self.app, kwargs, fn=self.fn, args=args)
         target = self._target(client, ctx)
-        return client.submit(target, args, kwargs, self.options_, durable=durable, ctx=ctx)
+        return _send(client, target, args, kwargs, self.options_, durable=durable, ctx=ctx)
 
     def map(
         self,
@@ -96,11 +96,13 @@ class Invocable:
         client = self._client()
         ctx = client.call_context(self.options_, self.app)
         target = self._target(client, ctx)
-        stragglers = Stragglers(client, self.options_) if self.options_.idempotent else None
+        cached = memo.wanted(self.options_, target)
+        speculate = self.options_.idempotent and not cached
+        stragglers = Stragglers(client, self.options_) if speculate else None
 
         def submit(item: tuple[Any, ...]) -> Future:
             try:
-                return client.submit(target, item, {}, self.options_, durable=True, ctx=ctx)
+                return _send(client, target, item, {}, self.options_, durable=True, ctx=ctx)
             except (ArgumentError, SerializationError) as exc:
                 if not return_exceptions:  # at once: the same mistake is likely in every item
                     raise
@@ -128,6 +130,22 @@ class Invocable:
         return clone
 
     options = with_options
+
+
+def _send(
+    client: Client,
+    target: Target,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: Options,
+    *,
+    durable: bool,
+    ctx: protocol.CallContext,
+) -> Future:
+    """Submit one call: through the cache when it is a ``cache=True`` call."""
+    if memo.wanted(options, target):
+        return memo.submit(client, target, args, kwargs, options, durable=durable, ctx=ctx)
+    return client.submit(target, args, kwargs, options, durable=durable, ctx=ctx)
 
 
 def _copy(obj: Invocable) -> Invocable:
@@ -286,6 +304,8 @@ def function(
     pip: Iterable[str] | str | None = None,
     secrets: Iterable[str] | None = None,
     env: dict[str, str] | None = None,
+    cache: bool | None = None,
+    cache_ttl: float | None = None,
 ) -> Callable[[Callable[..., Any]], Function]: ...
 
 
@@ -307,6 +327,8 @@ def function(
     pip: Iterable[str] | str | None = None,
     secrets: Iterable[str] | None = None,
     env: dict[str, str] | None = None,
+    cache: bool | None = None,
+    cache_ttl: float | None = None,
 ) -> Function | Callable[[Callable[..., Any]], Function]:
     """Mark a function as runnable on the lattice (``@sp.function`` or ``@sp.function(...)``).
 
@@ -319,6 +341,8 @@ def function(
     its calls run with; a deployed app's are added to what its folder declares.
     ``secrets=["STRIPE_KEY"]`` and ``env={"MODE": "prod"}`` become environment variables of
     the executors that run this function, and of no other function's.
+    ``cache=True`` memoizes it: an identical later call returns the stored result without
+    running, for ``cache_ttl`` seconds at most (docs: README "Memoized functions").
     """
     options = Options(
         retries=retries,
@@ -332,6 +356,8 @@ def function(
         wait_for_node=wait_for_node,
         secrets=secrets,  # type: ignore[arg-type]  # checked and made a tuple there
         env=env,
+        cache=cache,
+        cache_ttl=cache_ttl,
     )
     patterns = check_patterns(include)
     checked = check_schedule(schedule)

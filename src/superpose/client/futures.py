@@ -26,6 +26,8 @@ class Future(concurrent.futures.Future[Any]):
     idempotency_key: str | None = None
     on_cancel: Callable[[Future], None] | None = None
     """Set for durable invocations: cancelling the future cancels the work on the lattice."""
+    cached: bool = False
+    """True when a ``cache=True`` call's result came from the cache: nothing ran."""
 
     def __init__(self) -> None:
         super().__init__()

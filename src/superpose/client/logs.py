@@ -9,7 +9,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from superpose import protocol
 from superpose.client.client import Client
-from superpose.errors import NotFoundError
+from superpose.errors import NotFoundError, PermissionDeniedError
+from superpose.lattice.connection import owner, permits_of
 from superpose.registry.mirror import Registry
 
 FETCH_BATCH = 256
@@ -25,6 +26,9 @@ async def read(
     a typo would otherwise print nothing, or follow nothing forever. A script's app is
     in no registry, so it is known only once it has logged.
     """
+    check_readable(client, app, fn)
+    # A named consumer: nats-py then creates it with its filter in the request subject
+    # (CONSUMER.CREATE.SP_LOGS.<name>.<filter>), which a role's `--app` grant pins.
     sub = await client.assets.js.pull_subscribe(
         protocol.log_filter(app, fn),
         durable=None,
@@ -49,6 +53,21 @@ async def read(
                 yield protocol.LogRecord.decode(msg.data)
     finally:
         await sub.unsubscribe()
+
+
+def check_readable(client: Client, app: str, fn: str | None) -> None:
+    """Refuse at once, naming the app, the logs the client's user may not read (a role
+    made with another ``--app``): the server would refuse the consumer in silence, and
+    the request would wait for its timeout."""
+    create = protocol.filtered_consumer_subject(
+        protocol.LOGS_STREAM, "*", protocol.log_filter(app, fn)
+    )
+    if not permits_of(client.nc).may_publish(create):
+        user = owner(client.nc) or "these credentials"
+        raise PermissionDeniedError(
+            f"{user} may not read the logs of {app}: its credentials were made for other "
+            "apps (`superpose creds create --app`); use credentials for this app"
+        )
 
 
 def check_deployed(registry: Registry, app: str, fn: str | None) -> None:

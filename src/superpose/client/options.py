@@ -50,6 +50,11 @@ class Options:
     variables; None: those the deployed version recorded."""
     env: dict[str, str] | None = None
     """Environment variables its executor sets; None: those the deployed version recorded."""
+    cache: bool | None = None
+    """Memoize: an identical later call (same version, environment, function and
+    arguments) returns the stored result without running; None: what deploy recorded."""
+    cache_ttl: float | None = None
+    """Seconds a cached result is returned (at most 7 days); None: that limit."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retry_on", _exception_names(self.retry_on))
@@ -72,6 +77,7 @@ class Options:
             raise BadRequestError(
                 f"straggler_factor must be a number > 1, got {self.straggler_factor!r}"
             )
+        self._check_cache()
         if not isinstance(self.retries, int) or self.retries < 0:
             raise BadRequestError(f"retries must be a whole number ≥ 0, got {self.retries!r}")
         if self.timeout is not None and not (
@@ -84,6 +90,18 @@ class Options:
             isinstance(self.concurrency, int) and self.concurrency >= 1
         ):
             raise BadRequestError(f"concurrency must be ≥ 1, got {self.concurrency!r}")
+
+    def _check_cache(self) -> None:
+        if self.cache is not None and not isinstance(self.cache, bool):
+            raise BadRequestError(f"cache must be True or False, got {self.cache!r}")
+        ttl = self.cache_ttl
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
+            raise BadRequestError(f"cache_ttl must be a number of seconds > 0, got {ttl!r}")
+        if ttl is not None and not 0 < ttl <= protocol.MEMO_MAX_AGE_S:
+            raise BadRequestError(
+                f"cache_ttl must be > 0 and at most {protocol.MEMO_MAX_AGE_S:g} s (7 days), "
+                f"got {ttl!r}"
+            )
 
     def _check_settings(self) -> None:
         """``secrets`` and ``env`` by the rules deploy applies to the recorded ones."""

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.client import RawCredentials
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -26,8 +27,9 @@ from nats.js.object_store import ObjectStore
 from superpose import protocol
 from superpose.config import ENV_CREDS, ENV_REPLICAS, lattice_servers, settings
 from superpose.errors import LatticeError
-from superpose.lattice import tls
+from superpose.lattice import memo_store, shared_streams, tls
 from superpose.lattice.batch import js_api
+from superpose.security import permits
 from superpose.security.lookup import find_creds
 from superpose.security.roles import owner_of
 
@@ -39,6 +41,16 @@ def owner(nc: NATS) -> str | None:
     """The user ``nc`` connected as, when its name can own subjects (``security/roles``):
     clients on it take ids under it, which is all a narrow user may subscribe to."""
     return _owners.get(nc)
+
+
+_permits: weakref.WeakKeyDictionary[NATS, permits.Permits] = weakref.WeakKeyDictionary()
+"""Connection → the publish permissions its user's JWT lists (``security/permits``)."""
+
+
+def permits_of(nc: NATS) -> permits.Permits:
+    """What ``nc``'s own credentials let it publish (``UNLIMITED`` when they list nothing,
+    or for a connection not made by ``connect``)."""
+    return _permits.get(nc, permits.UNLIMITED)
 
 
 T = TypeVar("T")
@@ -56,6 +68,7 @@ async def connect(
     creds: Path | None = None,
     tls_ca: str | Path | None = None,
     inbox_prefix: str | None = None,
+    creds_text: str | None = None,
 ) -> NATS:
     """A connection that reconnects forever once made, and notices a dead server in
     seconds; the first connection fails after FIRST_CONNECT_S with LatticeError, or at
@@ -65,9 +78,11 @@ async def connect(
     ``url`` may list a cluster's servers separated by commas: nats-py tries them in
     a random order, and fails over to the others (and to servers it learns of).
     ``creds`` is the credentials file; None looks one up (``security.lookup``).
+    ``creds_text``: a creds file's text, connected with from memory instead (an
+    executor's express user, handed over in its ``Load`` frame: never on disk).
     """
     servers = lattice_servers(url)
-    creds = find_creds(url, creds)
+    creds = find_creds(url, creds) if creds_text is None else None
     trust = tls.trust_for(url, tls_ca)
     last_error: list[Exception] = []
     refused: asyncio.Future[LatticeError] = asyncio.get_running_loop().create_future()
@@ -84,8 +99,9 @@ async def connect(
             refused.set_result(LatticeError(why))
 
     nc = NATS()
-    options = _options(servers, name, creds, _remember, inbox_prefix) | trust.options()
+    options = _options(servers, name, creds, _remember, inbox_prefix, creds_text) | trust.options()
     _own(nc, options, owner_of(creds))
+    _permits[nc] = permits.of_creds(creds)
     connecting = asyncio.ensure_future(nc.connect(**options))
     try:
         await _first_connection(connecting, refused)
@@ -141,8 +157,11 @@ def _options(
     creds: Path | None,
     error_cb: Callable[[Exception], Awaitable[None]],
     inbox_prefix: str | None = None,
+    creds_text: str | None = None,
 ) -> dict[str, Any]:
-    """``inbox_prefix``: for a user that may subscribe to its own inboxes only (executors)."""
+    """``inbox_prefix``: for a user that may subscribe to its own inboxes only (executors);
+    ``creds_text``: connect with these creds, from memory, rather than ``creds``."""
+    user = RawCredentials(creds_text) if creds_text is not None else None
     return {
         **({"inbox_prefix": inbox_prefix} if inbox_prefix is not None else {}),
         "servers": servers,
@@ -154,7 +173,7 @@ def _options(
         "ping_interval": 5,
         "max_outstanding_pings": 3,
         "error_cb": error_cb,
-        "user_credentials": str(creds) if creds is not None else None,
+        "user_credentials": user or (str(creds) if creds is not None else None),
     }
 
 
@@ -367,6 +386,11 @@ async def _ensure_durable_path(nc: NATS, replicas: int) -> None:
     )
 
 
+async def _ensure_shared_state(nc: NATS, replicas: int) -> None:
+    """The streams of shared dicts and queues (``lattice/shared_streams.py``)."""
+    await asyncio.gather(*(_ensure_raw_stream(nc, c) for c in shared_streams.configs(replicas)))
+
+
 async def ensure_work_consumer(
     nc: NATS,
     name: str,
@@ -473,9 +497,10 @@ async def ensure_assets(nc: NATS) -> Assets:
                 replicas,
             ),
             _ensure_durable_path(nc, replicas),
-            ensure_ref_assets(js, replicas),
+            asyncio.gather(ensure_ref_assets(js, replicas), memo_store.ensure_bucket(js, replicas)),
         )
         results = await js.key_value(protocol.RESULTS_BUCKET)
+        await _ensure_shared_state(nc, replicas)  # after: a setting's error names sp_…
     except nats.errors.Error as exc:
         raise LatticeError(f"JetStream is not available on the lattice: {exc}") from exc
     return Assets.named(js, [*kvs, results], stores)

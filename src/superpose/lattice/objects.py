@@ -5,8 +5,15 @@ meta on ``$O.<bucket>.M.<name>``), so the ``nats`` CLI still reads them, but
 the transfer is ours: nats-py's ``put()`` waits for one ack per chunk and its
 ``get()`` grows the result by concatenation (quadratic). Here the writer
 pipelines chunks and collects their acks together, and the reader pulls the
-chunks with one ordered consumer and joins them once. Measured figures are in
+chunks with one consumer and joins them once. Measured figures are in
 docs/architecture.md.
+
+Every read names what it reads in its request subject, so a narrow user's
+permissions can allow reading an object by name and refuse listing the bucket
+(docs/architecture.md, "Roles on the wire"): the metadata and a one-chunk object by
+a direct get of their subject, the chunks of a bigger one through a consumer created
+with its filter in the API subject (``CONSUMER.CREATE.<stream>.<name>.<filter>``).
+``STREAM.MSG.GET`` and unnamed consumers, which name no subject, are never sent.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from nats.js.errors import ObjectNotFoundError
 
 from superpose import protocol
 from superpose.errors import NotFoundError, SuperposeError
+from superpose.lattice import chunk_reader
 from superpose.support.retry import Backoff, retry
 
 ROLLUP_HEADER = "Nats-Rollup"
@@ -76,7 +84,7 @@ async def size_of(js: JetStreamContext, bucket: str, name: str) -> int | None:
 
 async def _get_info(js: JetStreamContext, bucket: str, name: str) -> js_api.ObjectInfo:
     try:
-        msg = await js.get_last_msg(_stream(bucket), _meta_subject(bucket, name))
+        msg = await js.get_last_msg(_stream(bucket), _meta_subject(bucket, name), direct=True)
     except (JSNotFound, ObjectNotFoundError) as exc:
         raise NotFoundError(f"object {name!r} not found in {bucket}") from exc
     assert msg.data is not None
@@ -179,7 +187,7 @@ async def get(nc: NATS, bucket: str, name: str) -> bytes:
     if not info.size:
         return b""
     assert info.nuid is not None and info.chunks is not None
-    parts = await _fetch_chunks(js, bucket, _chunk_subject(bucket, info.nuid), info.chunks)
+    parts = await _fetch_chunks(nc, bucket, _chunk_subject(bucket, info.nuid), info.chunks)
     data = b"".join(parts)
     expected = (info.digest or "").split("=", 1)[-1]
     actual = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
@@ -188,32 +196,11 @@ async def get(nc: NATS, bucket: str, name: str) -> bytes:
     return data
 
 
-async def _fetch_chunks(js: JetStreamContext, bucket: str, subject: str, count: int) -> list[bytes]:
+async def _fetch_chunks(nc: NATS, bucket: str, subject: str, count: int) -> list[bytes]:
     if count == 1:
-        msg = await js.get_last_msg(_stream(bucket), subject)
+        msg = await nc.jetstream().get_last_msg(_stream(bucket), subject, direct=True)
         return [msg.data or b""]
-    parts: list[bytes] = []
-    done = asyncio.get_running_loop().create_future()
-
-    async def on_chunk(msg: Msg) -> None:
-        parts.append(msg.data)
-        if len(parts) >= count and not done.done():
-            done.set_result(None)
-
-    sub = await js.subscribe(
-        subject,
-        cb=on_chunk,
-        ordered_consumer=True,
-        pending_msgs_limit=-1,
-        pending_bytes_limit=-1,
-    )
-    try:
-        await asyncio.wait_for(done, TRANSFER_TIMEOUT_S)
-    except TimeoutError as exc:
-        raise SuperposeError(f"object chunks on {subject} did not arrive in time") from exc
-    finally:
-        await sub.unsubscribe()
-    return parts[:count]
+    return await chunk_reader.read(nc, _stream(bucket), subject, count, TRANSFER_TIMEOUT_S)
 
 
 async def delete(nc: NATS, bucket: str, name: str) -> None:

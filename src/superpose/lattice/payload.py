@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from superpose import protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import SerializationError, exception_parts
-from superpose.lattice import objects, offers, strict_json
+from superpose.lattice import objects, offers, sealed, strict_json
 
 BY_VALUE_MODULES: set[bytes] = {b"__main__"}
 """Modules the receiving side cannot import: values referring to them are sent by value.
@@ -213,8 +213,8 @@ async def wrap(nc: NATS, data: bytes, codec: str) -> protocol.Payload:
     outlive every process) and passed by reference."""
     if len(data) <= SPILL_THRESHOLD_BYTES:
         return protocol.Payload(codec=codec, data=data, size=len(data))
-    blob = uuid.uuid4().hex
-    await objects.put(nc, protocol.BLOBS_BUCKET, protocol.blob_object_name(blob), data)
+    blob = uuid.uuid4().hex  # the capability: the object is sealed with it (lattice/sealed.py)
+    await objects.put(nc, protocol.BLOBS_BUCKET, sealed.object_name(blob), sealed.seal(blob, data))
     return protocol.Payload(codec=codec, blob=blob, size=len(data))
 
 
@@ -231,7 +231,8 @@ async def unwrap(nc: NATS, payload: protocol.Payload) -> bytes | bytearray:
         return payload.data or b""
     if payload.source is not None:
         return await offers.pull(nc, payload)
-    return await objects.get(nc, protocol.BLOBS_BUCKET, protocol.blob_object_name(payload.blob))
+    stored = await objects.get(nc, protocol.BLOBS_BUCKET, sealed.object_name(payload.blob))
+    return sealed.unseal(payload.blob, stored)
 
 
 async def discard(nc: NATS, payload: protocol.Payload | None) -> None:
@@ -242,4 +243,4 @@ async def discard(nc: NATS, payload: protocol.Payload | None) -> None:
     if payload.source is not None:
         await offers.release(nc, payload)
     else:
-        await objects.delete(nc, protocol.BLOBS_BUCKET, protocol.blob_object_name(payload.blob))
+        await objects.delete(nc, protocol.BLOBS_BUCKET, sealed.object_name(payload.blob))

@@ -8,8 +8,8 @@ caller to read a Ref a function returned). Then it is withdrawn; a later read is
 ``ObjectLostError``. Putting the same bytes again while they are held adds a Ref to
 the same object.
 
-A durable object goes to the ``sp_objects`` store under its digest, written once
-however many times, by whomever, it is put.
+A durable object goes to the ``sp_objects`` store under a hash of its digest, sealed
+by it (``ref_sealing.py``), written once however many times, by whomever, it is put.
 
 Each held object is recorded in the ``sp_refs`` memory bucket (digest, size, holder,
 node) for ``superpose objects ls``, rewritten every third of its TTL, deleted when
@@ -33,7 +33,7 @@ from nats.js.kv import KeyValue
 from superpose import config, protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import LatticeError
-from superpose.lattice import objects
+from superpose.lattice import objects, ref_sealing
 from superpose.lattice.offers import Offers
 from superpose.lattice.ref_leases import renew_forever
 from superpose.lattice.refs import Ref, serve_locally, stop_serving_locally
@@ -221,9 +221,10 @@ class RefHolder:
     async def _store(self, digest: str, data: bytes) -> None:
         """Write a durable object once: a digest already stored is the same bytes."""
         js = self._nc.jetstream()
-        name = protocol.ref_object_name(digest)
+        name = ref_sealing.object_name(digest)
         if await objects.size(js, protocol.OBJECTS_BUCKET, name) is None:
-            await objects.put(self._nc, protocol.OBJECTS_BUCKET, name, data)
+            sealed = ref_sealing.seal(digest, data)
+            await objects.put(self._nc, protocol.OBJECTS_BUCKET, name, sealed)
 
     async def _record(self, digest: str, held: _Held) -> None:
         records = await self._bucket()

@@ -1,7 +1,11 @@
 """What ``superpose objects ls`` shows: the objects of the lattice's Refs.
 
 Ephemeral objects are listed from their holders' ``sp_refs`` records (one per holder
-of a digest), durable ones from the ``sp_objects`` store itself.
+of a digest), durable ones from the ``sp_objects`` store itself. Listing the store
+takes a consumer no request subject pins, which narrow roles may not make (docs:
+"Object references"), so only an admin sees the durable objects; and since they are
+stored under a hash of their digest (``ref_sealing.py``), the listing shows that name,
+not the digest.
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ from nats.js.errors import NoKeysError
 from superpose import protocol
 from superpose.errors import LatticeError
 
+SEAL_OVERHEAD = 16
+"""AES-GCM's tag, the bytes a sealed durable object has beyond its value."""
+
 
 @dataclass
 class ObjectRow:
     digest: str
+    """An ephemeral object's digest; a durable one's stored name, a hash of its digest."""
     size: int
     durable: bool
     holders: list[str] = field(default_factory=list)
@@ -31,7 +39,7 @@ class ObjectRow:
 class Listing:
     rows: list[ObjectRow]
     unlisted: str | None = None
-    """Why the durable objects are missing from ``rows`` (a viewer may not list them)."""
+    """Why the durable objects are missing from ``rows`` (only an admin may list them)."""
 
 
 async def list_objects(js: JetStreamContext) -> Listing:
@@ -61,11 +69,12 @@ async def _durable(js: JetStreamContext) -> list[ObjectRow]:
         return []
     except nats.errors.Error as exc:  # a refused request goes unanswered
         raise LatticeError(
-            f"cannot list the durable objects in {protocol.OBJECTS_BUCKET} ({exc}): "
-            "viewers' credentials may not list them; a caller's, deployer's or admin's may"
+            f"cannot list the durable objects in {protocol.OBJECTS_BUCKET} ({exc}): only "
+            "admin credentials may list them (listing the store would let any caller "
+            "enumerate it); the ephemeral objects are listed"
         ) from exc
     return [
-        ObjectRow(info.name, int(info.size or 0), durable=True)
+        ObjectRow(info.name, max(int(info.size or 0) - SEAL_OVERHEAD, 0), durable=True)
         for info in infos
         if not info.deleted
     ]

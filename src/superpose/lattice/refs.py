@@ -29,7 +29,7 @@ from nats.aio.client import Client as NATS
 
 from superpose import protocol
 from superpose.errors import NotFoundError, ObjectLostError
-from superpose.lattice import objects, offers
+from superpose.lattice import objects, offers, ref_sealing
 
 _sending: contextvars.ContextVar[list[Ref] | None] = contextvars.ContextVar(
     "superpose_refs_sending", default=None
@@ -235,11 +235,12 @@ def _freed(ref: Ref) -> str:
 
 
 async def _stored(nc: NATS, ref: Ref) -> bytes:
-    name = protocol.ref_object_name(ref.digest)
+    name = ref_sealing.object_name(ref.digest)
     try:
-        return await objects.get(nc, protocol.OBJECTS_BUCKET, name)
+        sealed = await objects.get(nc, protocol.OBJECTS_BUCKET, name)
     except NotFoundError as exc:
         raise ObjectLostError(
             f"{ref.name()} is not in the {protocol.OBJECTS_BUCKET} store (never put "
             "there, or removed)"
         ) from exc
+    return ref_sealing.unseal(ref.digest, sealed)

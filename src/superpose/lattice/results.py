@@ -13,7 +13,7 @@ from nats.js.errors import KeyNotFoundError
 from superpose import protocol
 from superpose.errors import LatticeError
 from superpose.lattice.batch import Message, get_last_each, get_last_many, publish_atomic
-from superpose.lattice.connection import Assets
+from superpose.lattice.connection import Assets, permits_of
 from superpose.support.retry import Backoff
 
 WAIT_POLLS = Backoff(0.02, factor=2, max_s=0.5)
@@ -32,9 +32,11 @@ async def get_many(
     nc: NATS, ids: Sequence[str], *, one_by_one: bool = False
 ) -> dict[str, protocol.Result]:
     """Stored results of those ids that have one, in one round trip per 1,000; with
-    ``one_by_one``, a direct get each (an executor's user may read only its own)."""
+    ``one_by_one``, or for a user that may not send the batch get (a narrow role: its
+    request subject does not say whose results it reads), a direct get each, whose
+    subject names the result (an executor's or a caller's user may read only its own)."""
     subjects = [protocol.results_subject(protocol.result_key(i)) for i in ids]
-    get = get_last_each if one_by_one else get_last_many
+    get = get_last_each if one_by_one or not may_batch(nc) else get_last_many
     found = await get(nc, protocol.RESULTS_STREAM, subjects)
     results: dict[str, protocol.Result] = {}
     for data in found.values():
@@ -42,6 +44,11 @@ async def get_many(
             result = protocol.Result.decode(data)
             results[result.id] = result
     return results
+
+
+def may_batch(nc: NATS) -> bool:
+    """Whether ``nc``'s user may send the batch direct get on the results stream."""
+    return permits_of(nc).may_publish(protocol.direct_get_subject(protocol.RESULTS_STREAM))
 
 
 async def store_many(nc: NATS, encoded: Iterable[tuple[str, bytes]]) -> None:

@@ -29,7 +29,12 @@ from superpose.local.embedded import EmbeddedServer, free_port
 from superpose.local.listen import LOOPBACK, Listen, bracketed, check_free, local_host
 from superpose.local.tls import ServerTls
 from superpose.security import lookup, tenants
-from superpose.security.identities import Identities, ServerAuth, load_or_create
+from superpose.security.identities import (
+    Identities,
+    ServerAuth,
+    load_or_create,
+    with_revocations,
+)
 from superpose.support.retry import Backoff
 
 if TYPE_CHECKING:
@@ -195,11 +200,12 @@ class LocalLattice:
 
     def reload_accounts(self) -> None:
         """Have the running servers accept every tenant now in the state folder
-        (``superpose tenant create`` made one): their configs are rewritten and
-        reloaded, and the lattice stays up, its connections open."""
+        (``superpose tenant create`` made one) and refuse every user revoked there
+        (``superpose creds revoke``): their configs are rewritten and reloaded, and the
+        lattice stays up, its connections open (but a revoked user's)."""
         if self.identities is None or self.server is None:
             return
-        self.identities = tenants.with_tenants(self.identities)
+        self.identities = tenants.with_tenants(with_revocations(self.identities))
         self.server.reload(self.identities.auth)
 
     def _nats_servers(self, state_dir: Path) -> NatsServers:

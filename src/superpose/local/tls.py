@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import secrets
 import socket
 import ssl
@@ -23,6 +22,10 @@ from typing import TYPE_CHECKING
 
 from superpose.errors import UserError
 from superpose.lattice.tls import CA_FILE, TLS_DIR
+from superpose.security.files import PRIVATE_FILE_MODE, write_whole
+
+PUBLIC_FILE_MODE = 0o644
+"""Certificates: anyone who connects may read them."""
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -91,8 +94,8 @@ def generated(home: Path, hosts: Iterable[str]) -> ServerTls:
     if not _server_still_good(folder / SERVER_CERT_FILE, ca_cert, names):
         key = _new_key()
         cert = _sign(_subject("superpose lattice"), key, ca_cert.subject, ca_key, names)
-        _write_private(folder / SERVER_KEY_FILE, _key_pem(key))
-        _write(folder / SERVER_CERT_FILE, _cert_pem(cert))
+        write_whole(folder / SERVER_KEY_FILE, _key_pem(key), PRIVATE_FILE_MODE)
+        write_whole(folder / SERVER_CERT_FILE, _cert_pem(cert), PUBLIC_FILE_MODE)
     return ServerTls(folder / SERVER_CERT_FILE, folder / SERVER_KEY_FILE, folder / CA_FILE)
 
 
@@ -130,8 +133,8 @@ def _certificate_authority(folder: Path) -> tuple[x509.Certificate, ec.EllipticC
     # unknown, not that a signature by a namesake failed.
     subject = _subject(f"superpose lattice CA {socket.gethostname()} {secrets.token_hex(4)}")
     cert = _sign(subject, key, subject, key, names=None)
-    _write_private(key_path, _key_pem(key))
-    _write(cert_path, _cert_pem(cert))
+    write_whole(key_path, _key_pem(key), PRIVATE_FILE_MODE)
+    write_whole(cert_path, _cert_pem(cert), PUBLIC_FILE_MODE)
     return cert, key
 
 
@@ -251,18 +254,3 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """A key file: created 0600 (never readable by others, even for an instant)."""
-    _write(path, data, mode=0o600)
-
-
-def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Whole or not at all: written beside the file, then renamed over it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    tmp.replace(path)

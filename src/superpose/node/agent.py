@@ -46,6 +46,7 @@ from superpose.node.heartbeat import Heartbeat
 from superpose.node.hosts import BundleHost
 from superpose.node.intake import Intake
 from superpose.node.link import Link
+from superpose.node.placing import PlaceAnswers
 from superpose.node.pool import ExecutorPool
 from superpose.node.prefetch import AliasPrefetcher
 from superpose.node.progress import HeldCalls
@@ -194,6 +195,12 @@ class NodeAgent:
                 protocol.RESOLVE_SUBJECT,
                 queue=protocol.CALL_QUEUE_GROUP,
                 cb=self._on_resolve,
+            )
+        )
+        placing = PlaceAnswers(self.link.nc, directory, self._registry, self.spawn)
+        self._subs.append(  # executors' calls with needs (node/placing.py)
+            await self.link.nc.subscribe(
+                protocol.PLACE_SUBJECT, queue=protocol.CALL_QUEUE_GROUP, cb=placing.on_place
             )
         )
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from superpose import protocol
 from superpose.config import DEFAULT_TIMEOUT_S
-from superpose.errors import CallTimeoutError, NotFoundError, SuperposeError
+from superpose.errors import CallTimeoutError, DeployError, NotFoundError, SuperposeError
 from superpose.node.call_log import CallLog
 from superpose.node.executor_process import Call, ExecutorDied, ExecutorProcess, LoadFailed
 from superpose.node.hosts import BundleHost
@@ -239,4 +239,6 @@ def _error_info(exc: Exception) -> protocol.ErrorInfo:
         return protocol.ErrorInfo(protocol.ERR_TIMEOUT, "DeadlineExceeded", exc.message)
     if isinstance(exc, NotFoundError):
         return protocol.ErrorInfo(protocol.ERR_NOT_FOUND, "NotFound", exc.message)
+    if isinstance(exc, DeployError):  # a bundle no node can unpack: trying again won't help
+        return protocol.ErrorInfo(protocol.ERR_PREPARE, "DeployError", exc.message)
     return protocol.ErrorInfo(protocol.ERR_INTERNAL, type(exc).__name__, str(exc))

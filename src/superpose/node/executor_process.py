@@ -245,6 +245,7 @@ class ExecutorProcess:
         key: str = "",
         settings: protocol.ExecutorSettings | None = None,
         secret_values: dict[str, str] | None = None,
+        express_creds: str = "",
     ) -> None:
         """Collapse into the bundle; LoadFailed if it could not (a secret is not set)."""
         self.digest = digest
@@ -258,6 +259,7 @@ class ExecutorProcess:
             key=key,
             settings=settings,
             secret_values=secret_values or {},
+            express_creds=express_creds,
         )
         loaded = await self._request("load", load, protocol.Loaded)
         if loaded.error is not None:

@@ -26,6 +26,7 @@ from superpose.node.code_trust import CodeTrust
 from superpose.node.config import NodeConfig
 from superpose.node.environments import Environments
 from superpose.node.executor.environ import not_prepared
+from superpose.node.executor_creds import identities_for
 from superpose.node.executor_process import Call, ExecutorProcess, LoadFailed
 from superpose.node.fork import ForkedChild
 from superpose.node.hosts import BundleHost
@@ -319,6 +320,7 @@ class ExecutorPool:
                 key=host.key,
                 settings=host.settings,
                 secret_values=await self._secret_values(host.settings),
+                express_creds=self._express_creds(executor, host.key),
             )
         except LoadFailed:  # e.g. a secret is not set: it may be set before the next call
             self._spawn(executor.close())
@@ -328,6 +330,13 @@ class ExecutorPool:
         # the other finished, so look again now that this one is in.
         self._evict_if_full(room_for=0, keep=host)
         return executor
+
+    def _express_creds(self, executor: ExecutorProcess, host: str) -> str:
+        """The user that may take ``host``'s express calls, minted now that the executor
+        is given its bundle (its own user, minted while neutral, may take none)."""
+        if not self.config.express:
+            return ""
+        return identities_for(self.config.lattice).mint_express(executor.creds, host)
 
     async def _secret_values(self, settings: protocol.ExecutorSettings | None) -> dict[str, str]:
         """The values of the secrets a host's functions name, read here: its executors may

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import secrets as random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ KEY_NAME = "executors"
 SIGNER_FILE = "executor-signer.nk"
 """Beside ``node.creds``: what a node mints its executors' users with."""
 NAME_TEMPLATE = "{{name()}}"
+BUNDLE_TAG = "bundle"
+"""The tag naming the bundle host (``protocol.host_key``) whose express calls a user may
+take: only the user an agent mints for an executor's ``Load`` carries it."""
+BUNDLE_TEMPLATE = "{{tag(bundle)}}"
 EXPIRES_S = 24 * 3600.0
 """An executor's user expires after a day: an executor lives as long as its node
 keeps it, and a stolen creds file is worth a day at most. A new executor gets a new
@@ -51,7 +56,7 @@ def template() -> dict[str, Any]:
             "allow": protocol.executor_publish_allowed(NAME_TEMPLATE),
             "deny": protocol.executor_publish_denied(),
         },
-        "sub": {"allow": protocol.executor_subscribe_allowed(NAME_TEMPLATE)},
+        "sub": {"allow": protocol.executor_subscribe_allowed(NAME_TEMPLATE, BUNDLE_TEMPLATE)},
         "resp": {"max": 1, "ttl": 0},
         "subs": jwt.NO_LIMIT,
         "data": jwt.NO_LIMIT,
@@ -93,7 +98,7 @@ class ExecutorSigner:
     def public_key(self) -> str:
         return nkeys.public_key(self.seed)
 
-    def mint(self, executor_id: str, expires_s: float = EXPIRES_S) -> str:
+    def mint(self, executor_id: str, expires_s: float = EXPIRES_S, tags: Sequence[str] = ()) -> str:
         """The text of a creds file for a new user named ``executor_id``."""
         user_seed = nkeys.new_seed(KeyKind.USER)
         token = jwt.scoped_user(
@@ -102,8 +107,15 @@ class ExecutorSigner:
             nkeys.public_key(user_seed),
             name=executor_id,
             expires_s=expires_s,
+            tags=tags,
         )
         return creds_text(token, user_seed)
+
+    def mint_express(self, executor_id: str, host: str) -> str:
+        """Creds text for the executor ``executor_id``'s second user, which may also take
+        the express calls of ``host`` (``protocol.host_key``), handed over in its ``Load``
+        frame: the first, minted while the executor was neutral, may take none."""
+        return self.mint(executor_id, tags=[f"{BUNDLE_TAG}:{host}"])
 
     def mint_file(self, folder: Path) -> ExecutorCreds:
         """A new executor user's creds written to ``folder`` (0600)."""

@@ -20,11 +20,18 @@ def private_dir(path: Path) -> Path:
 def write_private(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` with mode 0600, atomically: a reader never sees half a
     key, and the file is never readable by others, not even for a moment."""
+    return write_whole(path, text.encode(), PRIVATE_FILE_MODE)
+
+
+def write_whole(path: Path, data: bytes, mode: int) -> Path:
+    """Write ``data`` to ``path`` whole or not at all (beside it, then renamed over
+    it), created with ``mode`` from the start."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
+        os.fchmod(fd, mode)  # O_CREAT's mode is masked by the umask; a reused name keeps its
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

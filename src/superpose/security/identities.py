@@ -17,12 +17,12 @@ A tenant is one more account, and a narrower user is ``mint_user`` with permissi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from superpose.errors import LatticeError
-from superpose.security import executor_identity, jwt, nkeys, roles
+from superpose.security import executor_identity, jwt, nkeys, revocations, roles
 from superpose.security.creds import read_creds, write_creds
 from superpose.security.files import private_dir, write_private
 from superpose.security.nkeys import KeyKind
@@ -108,13 +108,7 @@ def load_or_create(state_dir: Path) -> Identities:
         system_account=system,
         account_jwts={
             system: jwt.account(operator_seed, system, name=SYSTEM_ACCOUNT, jetstream=False),
-            lattice: jwt.account(
-                operator_seed,
-                lattice,
-                name=LATTICE_ACCOUNT,
-                jetstream=True,
-                signing_keys=[executor_identity.signing_key_entry(executor_signer)],
-            ),
+            lattice: _lattice_account(state_dir, operator_seed, lattice, executor_signer),
         },
     )
     identities = Identities(state_dir, auth)
@@ -126,6 +120,35 @@ def load_or_create(state_dir: Path) -> Identities:
     creds_dir = private_dir(state_dir / CREDS_DIR)
     write_private(creds_dir / executor_identity.SIGNER_FILE, executor_signer + "\n")
     return identities
+
+
+def _lattice_account(state_dir: Path, operator_seed: str, lattice: str, signer_seed: str) -> str:
+    """The ``SP`` account's JWT: JetStream on, the executors' scoped signing key, and the
+    users ``superpose creds revoke`` revoked (``security/revocations.py``)."""
+    return jwt.account(
+        operator_seed,
+        lattice,
+        name=LATTICE_ACCOUNT,
+        jetstream=True,
+        signing_keys=[executor_identity.signing_key_entry(signer_seed)],
+        revocations=revocations.load(state_dir / KEYS_DIR),
+    )
+
+
+def with_revocations(identities: Identities) -> Identities:
+    """``identities`` whose ``SP`` account JWT lists the revocations now on disk, re-signed
+    only if they changed (a reload then changes nothing for the account otherwise)."""
+    state_dir = identities.state_dir
+    lattice = nkeys.public_key(_seed(state_dir, LATTICE_ACCOUNT, KeyKind.ACCOUNT))
+    current = identities.auth.account_jwts.get(lattice)
+    wanted = revocations.load(state_dir / KEYS_DIR)
+    if current is not None and jwt.claims_of(current)["nats"].get("revocations", {}) == wanted:
+        return identities
+    operator_seed = _seed(state_dir, OPERATOR, KeyKind.OPERATOR)
+    signer = _seed(state_dir, executor_identity.KEY_NAME, KeyKind.ACCOUNT)
+    token = _lattice_account(state_dir, operator_seed, lattice, signer)
+    accounts = {**identities.auth.account_jwts, lattice: token}
+    return replace(identities, auth=replace(identities.auth, account_jwts=accounts))
 
 
 def _has_permissions(path: Path, wanted: dict[str, Any] | None) -> bool:

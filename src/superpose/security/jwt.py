@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from superpose.errors import LatticeError
@@ -78,11 +79,14 @@ def account(
     name: str,
     jetstream: bool,
     signing_keys: list[dict[str, Any]] | None = None,
+    revocations: dict[str, int] | None = None,
 ) -> str:
     """An account JWT: no limits on connections or data, and JetStream unbounded when
     ``jetstream`` (an account without JetStream limits has no JetStream at all).
     ``signing_keys``: scoped signing keys (``security/executor_identity.py``): a user
-    one of them signs gets its template's permissions, whatever the user's JWT says."""
+    one of them signs gets its template's permissions, whatever the user's JWT says.
+    ``revocations``: user public key → unix time; the server refuses (and disconnects)
+    that user when its JWT was issued at or before the time (``security/revocations.py``)."""
     js_limit = NO_LIMIT if jetstream else 0
     limits = {
         "subs": NO_LIMIT,
@@ -105,6 +109,8 @@ def account(
     }
     if signing_keys:
         nats["signing_keys"] = signing_keys
+    if revocations:
+        nats["revocations"] = dict(sorted(revocations.items()))
     return encode(subject=account_public, name=name, nats=nats, issuer_seed=operator_seed)
 
 
@@ -127,12 +133,21 @@ def user(
 
 
 def scoped_user(
-    signer_seed: str, account_public: str, user_public: str, *, name: str, expires_s: float
+    signer_seed: str,
+    account_public: str,
+    user_public: str,
+    *,
+    name: str,
+    expires_s: float,
+    tags: Sequence[str] = (),
 ) -> str:
     """A user JWT signed by a scoped signing key of ``account_public``: it carries no
     permissions or limits of its own (the server refuses a scoped user that does), the
-    signing key's template decides them."""
-    nats = {"type": "user", "issuer_account": account_public}
+    signing key's template decides them. ``tags`` (``name:value``) are generic claims the
+    template may name (``{{tag(name)}}``): a scoped user may carry them."""
+    nats: dict[str, Any] = {"type": "user", "issuer_account": account_public}
+    if tags:
+        nats["tags"] = list(tags)
     return encode(
         subject=user_public, name=name, nats=nats, issuer_seed=signer_seed, expires_s=expires_s
     )

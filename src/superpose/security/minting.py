@@ -1,9 +1,11 @@
-"""``superpose creds create|ls``: users of a role, minted with the lattice's account key.
+"""``superpose creds create|ls|revoke``: users of a role, minted with the lattice's
+account key.
 
 Minting needs the account's seed (``keys/SP.nk``), so it runs where ``superpose up``
 runs, in its state folder; nothing is asked of the server (it trusts any user its
 account signed). What was minted is listed in ``creds/index.json`` (names, roles,
-apps, when; never a seed), so ``creds ls`` can show it.
+apps, when, public keys; never a seed), so ``creds ls`` can show it and ``creds
+revoke`` knows which key to revoke (``security/revocations.py``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from superpose import protocol
-from superpose.errors import BadRequestError, UserError
-from superpose.security import roles
+from superpose.errors import BadRequestError, LatticeError, UserError
+from superpose.security import executor_identity, jwt, revocations, roles
+from superpose.security.creds import read_creds
 from superpose.security.files import private_dir, write_private
 from superpose.security.identities import CREDS_DIR, KEYS_DIR, LATTICE_ACCOUNT, load_or_create
 
@@ -32,6 +35,8 @@ class Minted:
     app: str | None
     created: float
     path: str
+    public_key: str = ""
+    """The user's ``U…`` key ("" in rows written before revocation: read from ``path``)."""
 
 
 def check_role(role: str) -> str:
@@ -76,17 +81,78 @@ def create(
     listed = listing(state_dir)
     if any(m.name == name for m in listed):
         raise BadRequestError(f"--name {name!r} is taken: `superpose creds ls` lists the users")
-    path = (out or state_dir / CREDS_DIR / f"{name}.creds").absolute()
+    path = (out or state_dir / CREDS_DIR).absolute()
+    if path.is_dir():  # --out DIR: the file is named after the user
+        path = path / f"{name}.creds"
     if path.exists():
         raise BadRequestError(f"{path} exists: creds are never overwritten; choose another --out")
     if not path.parent.is_dir():
         raise BadRequestError(f"--out {out}: no folder {path.parent}")
-    identities = load_or_create(state_dir)
+    identities = load_or_create(state_dir)  # makes keys/executors.nk in an older folder
+    signer = _executor_signer(state_dir) if role == "node" else None
+    if signer is not None:
+        _check_signer_slot(path.parent / executor_identity.SIGNER_FILE, signer)
     permissions = roles.permissions(role, owner=name, app=app)
     identities.mint_user(name, permissions=permissions, path=path)
-    minted = Minted(name=name, role=role, app=app, created=time.time(), path=str(path))
+    public_key = str(jwt.claims_of(read_creds(path)[0])["sub"])
+    minted = Minted(
+        name=name, role=role, app=app, created=time.time(), path=str(path), public_key=public_key
+    )
     _write_index(state_dir, [*listed, minted])
+    if signer is not None:  # a worker given this folder mints its executors' users
+        write_private(path.parent / executor_identity.SIGNER_FILE, signer + "\n")
     return minted
+
+
+def _executor_signer(state_dir: Path) -> str:
+    """The executors' scoped signing key's seed (``executor_identity.py``): what a node
+    needs beside its creds to give each executor a user of its own."""
+    return (state_dir / KEYS_DIR / f"{executor_identity.KEY_NAME}.nk").read_text().strip()
+
+
+def _check_signer_slot(path: Path, signer: str) -> None:
+    """A node's creds go beside the lattice's executor signer: an ``executor-signer.nk``
+    there already must be that one (another lattice's is never overwritten)."""
+    if path.exists() and path.read_text().strip() != signer:
+        raise BadRequestError(
+            f"{path} holds another executor signer (of another lattice?): it is never "
+            "overwritten; choose another --out folder for the node's creds"
+        )
+
+
+def revoke(state_dir: Path, name: str) -> Minted:
+    """Revoke the user ``create`` minted as ``name``: its key joins the account JWT's
+    revocations (kept across restarts). Revoking it again changes nothing. A running
+    lattice applies it on its next account reload (``cli/creds.py`` asks for one)."""
+    _require_keys(state_dir)
+    listed = listing(state_dir)
+    minted = next((m for m in listed if m.name == name), None)
+    if minted is None:
+        known = ", ".join(m.name for m in listed) or "none yet"
+        raise BadRequestError(
+            f"no user named {name!r} was minted in {state_dir} (users: {known}); "
+            "`superpose creds ls` lists them"
+        )
+    revocations.add(state_dir / KEYS_DIR, public_key_of(minted))
+    return minted
+
+
+def revoked(state_dir: Path) -> dict[str, int]:
+    """The revoked users' public keys → since when (unix seconds)."""
+    return revocations.load(state_dir / KEYS_DIR)
+
+
+def public_key_of(minted: Minted) -> str:
+    """The user's public key: from the index, or from its creds file for older rows."""
+    if minted.public_key:
+        return minted.public_key
+    try:
+        return str(jwt.claims_of(read_creds(Path(minted.path))[0])["sub"])
+    except (OSError, LatticeError) as exc:
+        raise UserError(
+            f"user {minted.name!r}: its public key is not in the index and its creds file "
+            f"{minted.path} cannot be read ({exc}); it cannot be revoked by name"
+        ) from exc
 
 
 def listing(state_dir: Path) -> list[Minted]:

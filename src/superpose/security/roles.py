@@ -109,7 +109,6 @@ def _reader(owner: str, app: str | None) -> list[str]:
         *_watch(_TRUST),
         *_watch(protocol.REFS_BUCKET),
         _consumer(protocol.LOGS_STREAM, logs),
-        f"{_API}.CONSUMER.CREATE.{protocol.LOGS_STREAM}",  # `logs`: an unnamed consumer
         f"{_API}.CONSUMER.MSG.NEXT.{protocol.LOGS_STREAM}.>",
         f"{_API}.CONSUMER.DELETE.{protocol.LOGS_STREAM}.>",
     ]
@@ -118,22 +117,7 @@ def _reader(owner: str, app: str | None) -> list[str]:
 def _blobs() -> list[str]:
     """Spilled arguments and results: written whole, read by name only (a name is a
     random id a reader learns from a call or a result it may see)."""
-    return _object_store(protocol.BLOBS_BUCKET)
-
-
-def _object_store(bucket: str) -> list[str]:
-    """Writing objects whole into ``bucket`` and reading them by name."""
-    stream = _obj_stream(bucket)
-    return [
-        protocol.object_wildcard(bucket),
-        _direct(stream, protocol.object_meta_subject(bucket, "*")),
-        _direct(stream, protocol.object_chunk_subject(bucket, "*")),
-        _consumer(stream, protocol.object_chunk_subject(bucket, "*")),
-        # objects.py reads by STREAM.MSG.GET and unnamed ordered consumers: neither
-        # pins a name, so a caller could read others' spilled payloads (docs: Roles)
-        f"{_API}.STREAM.MSG.GET.{stream}",
-        f"{_API}.CONSUMER.CREATE.{stream}",
-    ]
+    return [protocol.object_wildcard(protocol.BLOBS_BUCKET), *protocol.blob_reads()]
 
 
 def _calls(owner: str, app: str | None) -> list[str]:
@@ -152,19 +136,47 @@ def _calls(owner: str, app: str | None) -> list[str]:
         protocol.kv_subject(_REG, "place.>"),
         *_blobs(),
         *_refs(owner),
+        *_memo(app),
+        *protocol.shared_state_publish(_shared_scopes(app)),
     ]
 
 
 def _refs(owner: str) -> list[str]:
     """Object references: recording the objects one's own clients hold, pulling any
-    holder's (an offer's id is random: only a Ref names it), and durable objects."""
+    holder's (an offer's id is random: only a Ref names it), and durable objects,
+    written whole and read by name only (``blob_reads``: no listing form)."""
     return [
         protocol.ref_records_of(f"{owner}.*"),
         *(protocol.offers_subject(client) for client in protocol.ANY_CLIENT_ID),
         *(protocol.ref_keep_subject(client) for client in protocol.ANY_CLIENT_ID),
-        *_object_store(protocol.OBJECTS_BUCKET),
-        f"{_API}.STREAM.NAMES",  # nats-py's object listing finds the stream by subject
+        protocol.object_wildcard(protocol.OBJECTS_BUCKET),
+        *protocol.blob_reads(protocol.OBJECTS_BUCKET),
     ]
+
+
+def _memo(app: str | None) -> list[str]:
+    """Cached calls of ``app`` (any when None): claim, store and drop an entry, and read
+    one by its key (``lattice/memo_store.py``); never list the bucket. A user of every
+    app may also read many keys in one batch get (which names no key, so a user of one
+    app may not: its lookups go one by one)."""
+    subject = protocol.memo_subject(app)
+    stream = _kv_stream(protocol.MEMO_BUCKET)
+    batch = [protocol.direct_get_subject(stream)] if app is None else []
+    return [subject, _direct(stream, subject), *batch]
+
+
+def _memo_admin(app: str | None) -> list[str]:
+    """``superpose cache ls|clear``: list an app's entries (a watch filtered by its keys)."""
+    stream = _kv_stream(protocol.MEMO_BUCKET)
+    return [
+        _consumer(stream, protocol.memo_subject(app)),
+        f"{_API}.CONSUMER.DELETE.{stream}.>",
+    ]
+
+
+def _shared_scopes(app: str | None) -> list[str]:
+    """Shared dicts and queues: the app's own (any app's when None) and lattice-wide ones."""
+    return [protocol.app_scope(_app_pattern(app)), protocol.SHARED_SCOPE]
 
 
 def _deploys(app: str | None) -> list[str]:
@@ -247,11 +259,13 @@ def permissions(role: str, *, owner: str, app: str | None = None) -> dict[str, A
         return None
     subs = _own_inboxes(owner)
     if role == "viewer":
-        return _allow(_reader(owner, app), subs, responses=False)
+        reads = protocol.shared_state_reads(_shared_scopes(app))
+        return _allow([*_reader(owner, app), *reads], subs, responses=False)
     if role == "caller":
         return _allow([*_reader(owner, app), *_calls(owner, app)], subs)
     if role == "deployer":
-        return _allow([*_reader(owner, app), *_calls(owner, app), *_deploys(app)], subs)
+        deploys = [*_deploys(app), *_memo_admin(app)]
+        return _allow([*_reader(owner, app), *_calls(owner, app), *deploys], subs)
     if role == "node":
         tokens = [protocol.kv_wildcard(protocol.TOKENS_BUCKET)]
         return {"pub": {"deny": _node_denials()}, "sub": {"deny": tokens}}

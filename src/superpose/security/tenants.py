@@ -10,7 +10,15 @@ that was never made.
 Layout in the lattice's state folder (folders 0700, files 0600)::
 
     keys/tenants/<name>.nk        the tenant account's seed (signs its users)
+    keys/tenants/executors/<name>.nk
+                                  its scoped signing key for executors' users
     creds/<name>/<role>.creds     one user per role (admin, node, gateway)
+    creds/<name>/executor-signer.nk
+                                  a copy of that key beside the tenant's node.creds
+
+A tenant's executors are narrowed as the lattice's own are (``executor_identity``):
+its account lists a scoped key with the executor template, and its nodes mint each
+executor a user of its own with it.
 
 The servers learn the accounts from ``with_tenants`` (the operator signs each one's
 JWT, JetStream on); users need no server change: any user JWT its account signed
@@ -24,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from superpose.errors import UserError
-from superpose.security import jwt, nkeys, roles
+from superpose.security import executor_identity, jwt, nkeys, roles
 from superpose.security.creds import write_creds
 from superpose.security.files import private_dir, write_private
 from superpose.security.identities import (
@@ -117,6 +125,7 @@ def create(state_dir: Path, name: str) -> Tenant:
         wanted = roles.permissions(role, owner=user)  # a tenant's roles are the lattice's
         token = jwt.user(account_seed, nkeys.public_key(user_seed), name=user, permissions=wanted)
         write_creds(creds_dir / f"{role}.creds", token, user_seed)
+    _executor_signer(state_dir, name)
     write_private(path, account_seed + "\n")
     return Tenant(name, nkeys.public_key(account_seed), creds_dir)
 
@@ -131,8 +140,28 @@ def with_tenants(identities: Identities) -> Identities:
     for name in names(state_dir):
         public = nkeys.public_key(_read_seed(_seed_path(state_dir, name)))
         if public not in accounts:
-            accounts[public] = jwt.account(operator_seed, public, name=name, jetstream=True)
+            signer = executor_identity.signing_key_entry(_executor_signer(state_dir, name))
+            accounts[public] = jwt.account(
+                operator_seed, public, name=name, jetstream=True, signing_keys=[signer]
+            )
     return replace(identities, auth=replace(identities.auth, account_jwts=accounts))
+
+
+def _executor_signer(state_dir: Path, name: str) -> str:
+    """The seed of ``name``'s executors' scoped key, made on first use (tenants made
+    before executors were narrowed get one at the next start or reload), and its copy
+    beside the tenant's node creds, where a node looks for it."""
+    path = state_dir / KEYS_DIR / TENANTS_DIR / executor_identity.KEY_NAME / f"{name}.nk"
+    if path.is_file():
+        seed = _read_seed(path)
+    else:
+        seed = nkeys.new_seed(KeyKind.ACCOUNT)
+        private_dir(path.parent)
+        write_private(path, seed + "\n")
+    beside = state_dir / CREDS_DIR / name / executor_identity.SIGNER_FILE
+    if beside.parent.is_dir():
+        write_private(beside, seed + "\n")
+    return seed
 
 
 def _read_seed(path: Path) -> str:

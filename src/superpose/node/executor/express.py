@@ -5,12 +5,21 @@ queue group. An idle executor runs such a call at once and tells its agent it
 ``took`` it (the agent then times, limits and reports it as if it had sent it);
 a busy one, or one whose agent has not yet sent it that function, passes the
 call on to the node queue group unchanged, so none is lost.
+
+On a lattice with credentials the executor's own user may not subscribe to any
+express subject (it was minted while the executor was neutral): the agent hands it
+a second user's creds in the ``Load`` frame, tagged with the bundle host, and the
+express subscription lives on a connection of that user's, opened in the background
+so a cold call does not wait for it (until it is up, clients hear "no responders"
+and call through the agents, as for a cold bundle).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -21,6 +30,10 @@ from superpose.node.channel import Channel
 
 Accept = Callable[[protocol.Invocation, str], None]
 """Run an express call that was announced to the agent (its ``took`` is its start)."""
+ConnectAs = Callable[[str], Awaitable[NATS]]
+"""A connection to the lattice as the user whose creds text is given."""
+
+log = logging.getLogger("superpose.executor")
 
 
 class ExpressCalls:
@@ -30,8 +43,14 @@ class ExpressCalls:
         channel: Channel[protocol.FromAgent],
         idle: Callable[[], bool],
         accept: Accept,
+        connect_as: ConnectAs | None = None,
     ) -> None:
         self.nc = nc
+        """Where calls are passed on from, and subscribed on when no creds are given."""
+        self._connect_as = connect_as
+        self._own: NATS | None = None
+        """The express user's connection (``open`` with creds), closed by ``quiet``."""
+        self._opening: asyncio.Task[None] | None = None
         self.channel = channel
         self._idle = idle
         self._accept = accept
@@ -41,11 +60,29 @@ class ExpressCalls:
         self._subscription: Subscription | None = None
         self._env = ""
 
-    async def open(self, digest: str, env: str = "") -> None:
+    async def open(self, digest: str, env: str = "", creds: str = "") -> None:
         """Take express calls of ``digest`` run with environment ``env`` (others sent to
-        the bundle's subject are passed on: this executor runs with one environment)."""
+        the bundle's subject are passed on: this executor runs with one environment).
+        With ``creds`` (the express user's creds text), on a connection of that user's,
+        opened in the background; without, on the executor's own connection, now."""
         self._env = env
-        self._subscription = await self.nc.subscribe(
+        if creds and self._connect_as is not None:
+            self._opening = asyncio.create_task(self._open_as(digest, creds))
+        else:
+            self._subscription = await self._subscribe(self.nc, digest)
+
+    async def _open_as(self, digest: str, creds: str) -> None:
+        """Connect as the express user and subscribe; on failure this executor takes
+        no express calls (its calls come through its agent) and says why once."""
+        assert self._connect_as is not None
+        try:
+            self._own = await self._connect_as(creds)
+            self._subscription = await self._subscribe(self._own, digest)
+        except Exception as exc:
+            log.warning("taking no express calls of %s: %s", digest, exc)
+
+    async def _subscribe(self, nc: NATS, digest: str) -> Subscription:
+        return await nc.subscribe(
             protocol.express_wildcard(digest),
             queue=protocol.EXPRESS_QUEUE_GROUP,
             cb=self._on_call,
@@ -77,7 +114,16 @@ class ExpressCalls:
     async def quiet(self) -> None:
         """Take no more express calls (eviction, shutdown); ones already delivered are
         passed to the queue group, so none is lost."""
+        opening, self._opening = self._opening, None
+        if opening is not None:  # not subscribed yet: it never will be
+            opening.cancel()
+            with contextlib.suppress(BaseException):
+                await opening
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
             with contextlib.suppress(Exception):  # connection gone: nothing more can arrive
                 await subscription.drain()  # type: ignore[no-untyped-call]
+        own, self._own = self._own, None
+        if own is not None:
+            with contextlib.suppress(Exception):
+                await own.close()

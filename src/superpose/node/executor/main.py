@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Awaitable
 
 from nats.aio.client import Client as NATS
 
@@ -21,6 +22,7 @@ from superpose.errors import LatticeError
 from superpose.lattice.connection import connect
 from superpose.lattice.offers import Offers
 from superpose.node.channel import Channel
+from superpose.node.executor.express import ConnectAs
 from superpose.node.executor.runner import Executor
 from superpose.security.executor_identity import ExecutorCreds
 from superpose.support import eventloop
@@ -59,7 +61,7 @@ async def _main(
             inbox_prefix=protocol.executor_inbox_prefix(me) if me is not None else None,
         )
         try:
-            await _serve(nc, channel, node_id, open_caller, me)
+            await _serve(nc, channel, node_id, open_caller, me, _connect_as(lattice, node_id, me))
         finally:  # on every path: a connection left to the collector warns, or worse
             await nc.close()
     finally:
@@ -72,6 +74,7 @@ async def _serve(
     node_id: str,
     open_caller: runtime.CallerOpener,
     me: str | None,
+    connect_as: ConnectAs | None = None,
 ) -> None:
     # While still neutral: opening the client user code calls through (asset lookups,
     # its subscriptions) cost 35-55 ms, which a bundle's first call would otherwise wait for.
@@ -87,7 +90,22 @@ async def _serve(
     await nc.subscribe(
         offered.subject, cb=offered.serve, pending_msgs_limit=-1, pending_bytes_limit=-1
     )
-    await Executor(nc, channel, node_id, offered).serve()
+    await Executor(nc, channel, node_id, offered, connect_as).serve()
+
+
+def _connect_as(lattice: str, node_id: str, me: str | None) -> ConnectAs:
+    """How the executor connects as its express user (``express.py``), with the creds
+    text its agent hands it: from memory, under the same name and inbox prefix."""
+
+    def connect_as(creds: str) -> Awaitable[NATS]:
+        return connect(
+            lattice,
+            name=f"superpose-express-{node_id}-{os.getpid()}",
+            creds_text=creds,
+            inbox_prefix=protocol.executor_inbox_prefix(me) if me is not None else None,
+        )
+
+    return connect_as
 
 
 def _open_failed(error: BaseException, failures: int) -> None:

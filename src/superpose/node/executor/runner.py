@@ -36,7 +36,7 @@ from superpose.node.executor.capture import Output, capture
 from superpose.node.executor.confine import end_strays
 from superpose.node.executor.environ import apply_settings, not_prepared
 from superpose.node.executor.environment import use_environment
-from superpose.node.executor.express import ExpressCalls
+from superpose.node.executor.express import ConnectAs, ExpressCalls
 from superpose.node.executor.functions import Functions, is_async, top_level_modules
 from superpose.node.executor.hooks import StartHooks
 from superpose.node.executor.lane import SyncLane
@@ -53,7 +53,12 @@ SyncJob = tuple[protocol.Invocation, str, bool]
 
 class Executor:
     def __init__(
-        self, nc: NATS, channel: Channel[protocol.FromAgent], node_id: str, offered: Offers
+        self,
+        nc: NATS,
+        channel: Channel[protocol.FromAgent],
+        node_id: str,
+        offered: Offers,
+        connect_as: ConnectAs | None = None,
     ) -> None:
         self.nc = nc
         self.channel = channel
@@ -74,6 +79,7 @@ class Executor:
             channel,
             lambda: self.in_flight == 0 and self.hooks.failure is None,
             lambda inv, reply: self._accept(inv, reply, True),
+            connect_as,
         )
         self.refs = RefCache(nc)
         """Objects of Refs given as arguments, fetched once for every call here."""
@@ -135,7 +141,7 @@ class Executor:
         )
         self.outputs = capture(self._emit)
         if load.express:
-            await self.express.open(load.key or load.digest, load.env)
+            await self.express.open(load.key or load.digest, load.env, load.express_creds)
         self.channel.send(protocol.Loaded())
 
     # --- running calls ---------------------------------------------------------------

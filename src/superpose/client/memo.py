@@ -1,0 +1,270 @@
+"""Memoized calls (``cache=True``): an identical call returns the stored result.
+
+A cached call looks its key up first (``memo_key.call_key``: version, environment,
+function, arguments), in one batch with the other calls of its burst
+(``memo_batch``). A stored result is returned without running anything. Absent,
+the caller claims the key (a create-only write: of identical calls made at once, one
+wins), runs the call as it would have, and replaces its claim with the result; the
+others wait for that result (single flight). A failed call drops its claim, so a
+failure is never cached. A claim older than the call's timeout (its runner died) is
+taken over by the next caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from superpose import protocol
+from superpose.client import memo_batch
+from superpose.client.arguments import check_call, encode_arguments
+from superpose.client.futures import Future, fail
+from superpose.client.memo_key import Uncanonical, call_key
+from superpose.client.options import Options
+from superpose.lattice import memo_store, payload
+from superpose.registry.mirror import Target
+from superpose.support.retry import Backoff
+
+if TYPE_CHECKING:
+    from superpose.client.client import Client
+
+log = logging.getLogger("superpose.memo")
+
+WAIT_POLLS = Backoff(0.002, factor=2, max_s=0.25)
+"""Between looks of a caller waiting for another's run of the same call: soon at
+first (a short call's result is there in milliseconds), at most four times a second."""
+CLAIM_MARGIN_S = 60.0
+"""A claim lasts the call's timeout plus this (queueing, start-up), then is stale."""
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class UncachedWarning(UserWarning):
+    """A ``cache=True`` call ran uncached: an argument has no canonical hash."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One cached call, encoded and keyed, ready to run if nobody has its result."""
+
+    client: Client
+    target: Target
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: Options
+    durable: bool
+    ctx: protocol.CallContext | None
+    key: str
+    ttl_s: float
+
+    def start(self) -> Future:
+        """Run it as an uncached call would (direct for remote, durable for spawn).
+        The arguments are pickled here, on a miss only: a hit never needs them."""
+        codec = protocol.CODEC_PICKLE
+        raw = encode_arguments(self.target, self.args, self.kwargs, codec)
+        if self.durable:
+            return self.client.submit_durable(self.target, raw, codec, self.options, self.ctx)
+        return self.client.submit_raw(self.target, raw, codec, self.options, self.ctx)
+
+
+def wanted(options: Options, target: Target) -> bool:
+    """Cached if the call's options say so, else if its deployed version recorded it."""
+    if options.cache is not None:
+        return options.cache
+    return bool(target.options.get("cache"))
+
+
+def ttl_of(options: Options, target: Target) -> float:
+    recorded = target.options.get("cache_ttl")
+    ttl = options.cache_ttl if options.cache_ttl is not None else recorded
+    if not isinstance(ttl, int | float) or ttl <= 0:
+        return protocol.MEMO_MAX_AGE_S
+    return min(float(ttl), protocol.MEMO_MAX_AGE_S)
+
+
+def submit(
+    client: Client,
+    target: Target,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: Options,
+    *,
+    durable: bool,
+    ctx: protocol.CallContext | None,
+) -> Future:
+    """A cached call's future: the stored result, a shared run, or a run of its own.
+    Arguments that do not fit the function raise here, as an uncached call's do; they
+    are hashed (canonically) now and pickled only if the lookup misses. The lookup
+    goes with the others of its burst (``memo_batch``)."""
+    check_call(target, len(args), kwargs)
+    try:
+        key = call_key(target.app, target.fn, target.digest, target.env, args, kwargs)
+    except Uncanonical as exc:
+        _warn_once(target, str(exc))
+        return client.submit(target, args, kwargs, options, durable=durable, ctx=ctx)
+    call = Call(client, target, args, kwargs, options, durable, ctx, key, ttl_of(options, target))
+    out = Future()
+    memo_batch.lookups_of(client, _WAYS).add(call, out)
+    return out
+
+
+_WARNED: set[tuple[str, str, str]] = set()
+
+
+def _warn_once(target: Target, reason: str) -> None:
+    """One warning per function and reason: a map over such arguments says it once."""
+    mark = (target.app, target.fn, reason)
+    if mark in _WARNED:
+        return
+    _WARNED.add(mark)
+    warnings.warn(UncachedWarning(f"{target.app}.{target.fn} ran uncached: {reason}"), stacklevel=4)
+
+
+_STORES: weakref.WeakKeyDictionary[Client, memo_store.MemoStore] = weakref.WeakKeyDictionary()
+
+
+async def store_of(client: Client) -> memo_store.MemoStore:
+    """The client's handle on the memo bucket, opened on its first cached call."""
+    store = _STORES.get(client)
+    if store is None:
+        store = _STORES[client] = memo_store.MemoStore(
+            await memo_store.open_bucket(client.assets.js), client.nc
+        )
+    return store
+
+
+async def settle(call: Call, out: Future) -> None:
+    """Look again, claim or wait, run: a call whose batched lookup found no result."""
+    try:
+        store = await store_of(call.client)
+        await _look_or_run(store, call, out)
+    except Exception as exc:  # the cache failed, not the call: run it uncached
+        if out.done():
+            return
+        log.warning("cache of %s.%s unavailable (%s): running uncached", *_name(call), exc)
+        _follow(call.start(), out)
+
+
+async def _look_or_run(store: memo_store.MemoStore, call: Call, out: Future) -> None:
+    waits = 0
+    while not out.done():
+        found = await store.look(call.key)
+        entry, now = found.entry, time.time()
+        if entry is not None and entry.until > now:
+            if not entry.running:
+                hit(call, entry, out)
+                return
+            waits += 1
+            await asyncio.sleep(WAIT_POLLS.pause_s(waits))  # another caller runs it
+            continue
+        claim = protocol.MemoEntry(
+            running=True, until=now + _claim_s(call.options), created=now, runner=call.client.id
+        )
+        revision = await store.claim(call.key, claim, found.revision)
+        if revision is not None:
+            await _run(store, call, revision, out)
+            return
+
+
+def _claim_s(options: Options) -> float:
+    return (options.timeout or DEFAULT_TIMEOUT_S) + CLAIM_MARGIN_S
+
+
+def hit(call: Call, entry: protocol.MemoEntry, out: Future) -> None:
+    try:
+        value = payload.decode_value(entry.value, protocol.CODEC_PICKLE)
+    except Exception as exc:
+        fail(out, exc)
+        return
+    out.cached = True
+    out.accepted.set()
+    log.info("cached %s.%s %s", *_name(call), call.key.rsplit(".", 1)[-1][:12])
+    if not out.done():
+        out.set_result(value)
+
+
+async def _run(store: memo_store.MemoStore, call: Call, revision: int, out: Future) -> None:
+    """We hold the claim: run the call, store its result (not its failure), answer."""
+    inner = call.start()
+    _link(inner, out)
+    try:
+        value = await asyncio.wrap_future(inner)
+    except BaseException as exc:
+        await asyncio.shield(_release(store, call.key, revision))
+        if isinstance(exc, asyncio.CancelledError) and inner.cancelled():
+            out.cancel()
+        else:
+            fail(out, exc)
+        if not isinstance(exc, Exception | asyncio.CancelledError):
+            raise
+        return
+    await _store_result(store, call, revision, value)
+    if not out.done():
+        out.set_result(value)
+
+
+async def _store_result(store: memo_store.MemoStore, call: Call, revision: int, value: Any) -> None:
+    try:
+        data = payload.encode_value(value, protocol.CODEC_PICKLE)
+    except Exception as exc:
+        log.warning("result of %s.%s not cached: cannot pickle it (%s)", *_name(call), exc)
+        await _release(store, call.key, revision)
+        return
+    if len(data) > protocol.MEMO_MAX_VALUE_BYTES:
+        log.warning(
+            "result of %s.%s not cached: %d bytes, over the %d a cache entry holds",
+            *_name(call),
+            len(data),
+            protocol.MEMO_MAX_VALUE_BYTES,
+        )
+        await _release(store, call.key, revision)
+        return
+    now = time.time()
+    done = protocol.MemoEntry(
+        running=False, until=now + call.ttl_s, created=now, runner=call.client.id, value=data
+    )
+    if await store.claim(call.key, done, revision) is None:
+        log.info("claim on %s.%s was taken over; its result is theirs", *_name(call))
+
+
+async def _release(store: memo_store.MemoStore, key: str, revision: int) -> None:
+    try:
+        await store.release(key, revision)
+    except Exception as exc:  # the claim goes stale by itself
+        log.warning("could not drop the cache claim %s: %s", key, exc)
+
+
+def _link(inner: Future, out: Future) -> None:
+    """``out`` stands for ``inner``: its id, its acceptance, its cancellation."""
+    out.invocation_id = inner.invocation_id
+    out.idempotency_key = inner.idempotency_key
+    out.accepted = inner.accepted  # read afresh by whoever waits (``wait_accepted``)
+    out.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
+
+
+def _follow(inner: Future, out: Future) -> None:
+    """Resolve ``out`` with ``inner``'s outcome (the uncached fallback)."""
+    _link(inner, out)
+
+    def copy(done: Any) -> None:
+        if out.done():
+            return
+        if done.cancelled():
+            out.cancel()
+        elif done.exception() is not None:
+            out.set_exception(done.exception())
+        else:
+            out.set_result(done.result())
+
+    inner.add_done_callback(copy)
+
+
+def _name(call: Call) -> tuple[str, str]:
+    return call.target.app, call.target.fn
+
+
+_WAYS = memo_batch.Ways(store=store_of, hit=hit, miss=settle)

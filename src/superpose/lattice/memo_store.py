@@ -1,0 +1,227 @@
+"""The memo bucket: the action cache of ``cache=True`` functions, key → ``MemoEntry``.
+
+One key per cached call (``protocol.memo_key``). The first caller of a key *claims*
+it with a create-only write (the others' creates fail), runs the call, then replaces
+its claim with the result by a compare-and-set on its own revision; a failure deletes
+the claim, so failures are never cached. Every write names the key in its subject, so
+a role may be pinned to one app's keys (``security/roles.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from superpose import protocol
+from superpose.errors import LatticeError
+from superpose.lattice.batch import get_last_each, get_last_many
+
+log = logging.getLogger("superpose.memo")
+
+LIST_IDLE_S = 2.0
+"""How long a listing waits for the next entry before it counts the bucket read."""
+
+
+async def ensure_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
+    """Create (or open) the memo bucket; run by ``ensure_assets`` with the others."""
+    from nats.js.api import KeyValueConfig, StorageType
+
+    try:
+        return await js.key_value(protocol.MEMO_BUCKET)
+    except NotFoundError:
+        pass
+    config = KeyValueConfig(
+        bucket=protocol.MEMO_BUCKET,
+        history=1,
+        ttl=protocol.MEMO_MAX_AGE_S,
+        storage=StorageType.FILE,
+        replicas=replicas,
+        direct=True,  # gets by subject: a role is granted the keys of its app only
+    )
+    try:
+        return await js.create_key_value(config)
+    except nats.errors.Error:  # made meanwhile by another process
+        return await js.key_value(protocol.MEMO_BUCKET)
+
+
+async def open_bucket(js: JetStreamContext) -> KeyValue:
+    """The memo bucket, which its nodes' ``ensure_assets`` made."""
+    try:
+        return await js.key_value(protocol.MEMO_BUCKET)
+    except NotFoundError:
+        raise LatticeError(
+            f"the lattice has no {protocol.MEMO_BUCKET} bucket: its nodes predate "
+            "memoization (restart them with this version of superpose)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Found:
+    """A key's current entry and the revision a compare-and-set must name."""
+
+    entry: protocol.MemoEntry | None
+    revision: int
+    """0: no entry (never written, or deleted)."""
+
+
+@dataclass(frozen=True)
+class Listed:
+    key: str
+    entry: protocol.MemoEntry
+    size: int
+
+
+class MemoStore:
+    """Claims, results and releases on one key; batched lookups; listing and clearing."""
+
+    def __init__(self, kv: KeyValue, nc: NATS | None = None) -> None:
+        self.kv = kv
+        self.nc = nc
+        self.batch_allowed: bool | None = None
+        """May this user make a batch direct get on the bucket? Probed on the first
+        batch: a caller pinned to one app may not (the request names no key)."""
+
+    async def look_many(self, keys: Sequence[str]) -> dict[str, protocol.MemoEntry]:
+        """The stored entries of those keys that have one: one batch direct get per
+        1,000 keys where this user may make one, else a direct get per key (concurrent)."""
+        unique = list(dict.fromkeys(keys))
+        if self.nc is None or len(unique) == 1:
+            looks = await asyncio.gather(*(self.look(key) for key in unique))
+            return {k: f.entry for k, f in zip(unique, looks, strict=True) if f.entry}
+        if self.batch_allowed is None:
+            self.batch_allowed = await batch_permitted(self.nc)
+        subjects = [protocol.kv_subject(protocol.MEMO_BUCKET, key) for key in unique]
+        get = get_last_many if self.batch_allowed else get_last_each
+        found = await get(self.nc, protocol.kv_stream(protocol.MEMO_BUCKET), subjects)
+        prefix = len(protocol.kv_subject(protocol.MEMO_BUCKET, ""))
+        entries: dict[str, protocol.MemoEntry] = {}
+        for subject, data in found.items():
+            if not data:  # a delete marker: a dropped claim, a cleared entry
+                continue
+            try:
+                entries[subject[prefix:]] = protocol.MemoEntry.decode(data)
+            except protocol.ProtocolError:
+                log.warning("unreadable cache entry %s: ignored", subject[prefix:])
+        return entries
+
+    async def look(self, key: str) -> Found:
+        try:
+            got = await self.kv.get(key)
+        except KeyNotFoundError as exc:  # deleted: a create must name the delete marker
+            return Found(None, _deleted_revision(exc))
+        if not got.value:
+            return Found(None, got.revision or 0)
+        try:
+            return Found(protocol.MemoEntry.decode(got.value), got.revision or 0)
+        except protocol.ProtocolError:
+            log.warning("unreadable cache entry %s: replaced", key)
+            return Found(None, got.revision or 0)
+
+    async def claim(self, key: str, entry: protocol.MemoEntry, revision: int) -> int | None:
+        """Write ``entry`` iff the key is still at ``revision`` (0: absent); its new
+        revision, or None when another caller got there first."""
+        try:
+            if revision == 0:
+                return await self.kv.create(key, entry.encode())
+            return await self.kv.update(key, entry.encode(), last=revision)
+        except KeyWrongLastSequenceError:
+            return None
+
+    async def release(self, key: str, revision: int) -> None:
+        """Drop our claim (the call failed): the next caller runs it again."""
+        # Replaced meanwhile (a taker after our claim went stale): theirs now.
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self.kv.delete(key, last=revision)
+
+    async def entries(self, app: str | None = None, fn: str | None = None) -> list[Listed]:
+        """Every entry of an app (one function; all apps), read from a watch."""
+        watcher = await self.kv.watch(protocol.memo_filter(app, fn), ignore_deletes=True)
+        found: list[Listed] = []
+        try:
+            while True:
+                try:
+                    update = await watcher.updates(timeout=LIST_IDLE_S)  # type: ignore[no-untyped-call]
+                except (TimeoutError, nats.errors.TimeoutError):
+                    break
+                if update is None:  # the end of what was stored
+                    break
+                if update.value:
+                    try:
+                        entry = protocol.MemoEntry.decode(update.value)
+                    except protocol.ProtocolError:
+                        continue
+                    found.append(Listed(update.key, entry, len(update.value)))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
+
+    async def clear(self, app: str, fn: str | None = None) -> int:
+        """Remove an app's (a function's) entries, each by its own key; how many."""
+        listed = await self.entries(app, fn)
+        await asyncio.gather(*(self.kv.purge(item.key) for item in listed))
+        return len(listed)
+
+
+PROBE_S = 5.0
+"""How long the batch probe waits for an answer or a refusal before it gives up
+on batches (one by one is always allowed, only slower)."""
+
+
+async def batch_permitted(nc: NATS) -> bool:
+    """Whether the server lets this user make a batch direct get on the memo bucket.
+
+    A probe batch of one key: an answer of any kind means yes. A refused publish
+    gets no answer, only an asynchronous ``-ERR`` that nats-py keeps as
+    ``last_error`` (measured: not always before the pong of a flush that follows),
+    so the probe watches for both.
+    """
+    subject = protocol.direct_get_subject(protocol.kv_stream(protocol.MEMO_BUCKET))
+    before = nc.last_error
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, max_msgs=1)
+    probe = {"multi_last": [protocol.kv_subject(protocol.MEMO_BUCKET, "_.probe")], "batch": 1}
+    try:
+        await nc.publish(subject, json.dumps(probe).encode(), reply=inbox)
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + PROBE_S, 0.002
+        while True:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                await sub.next_msg(timeout=pause)
+                return True
+            if _refused(nc.last_error, before, subject):
+                log.info("batch cache lookups refused to this user: looking keys up one by one")
+                return False
+            if loop.time() > deadline:
+                log.warning("no answer to a batch cache lookup: looking keys up one by one")
+                return False
+            pause = min(pause * 2, 0.1)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+def _refused(error: Exception | None, before: Exception | None, subject: str) -> bool:
+    """A new permissions violation naming ``subject`` (nats-py lowercases it)."""
+    said = str(error).lower()
+    return (
+        error is not None
+        and error is not before
+        and "permissions violation" in said
+        and f'"{subject.lower()}"' in said
+    )
+
+
+def _deleted_revision(exc: KeyNotFoundError) -> int:
+    entry = getattr(exc, "entry", None)
+    revision = getattr(entry, "revision", None)
+    return int(revision) if revision else 0

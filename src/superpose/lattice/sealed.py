@@ -1,0 +1,59 @@
+"""Spilled payloads sealed by their name: knowing a blob's random id is the capability.
+
+Every read of ``sp_blobs`` names its subject (``lattice/objects.py``), so a narrow
+user may read an object whose name it knows and may not send the forms that list the
+bucket. That is not enough on its own: a permission's ``*`` also matches a literal
+``*`` token, and the server reads a wildcard there as one (probed on nats-server
+2.15: a direct get of ``$O.sp_blobs.M.*`` answers the newest object's metadata, a
+consumer created with filter ``$O.sp_blobs.C.*`` delivers every chunk). NATS has no
+way to allow a token but refuse a literal wildcard. So a blob is stored under a hash of
+its id and sealed (AES-256-GCM) with a key derived from its id: whoever reads the
+stream by wildcard gets ciphertext under names that say nothing, and only a reader
+that was given the id (in a call or a result it may see) can open it.
+
+Each key seals one message (a blob id is a fresh ``uuid4`` for each payload), so the
+nonce is fixed; a tampered chunk fails the tag as well as the object's SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from superpose import protocol
+from superpose.errors import SerializationError, SuperposeError
+
+NAME_LABEL = b"superpose blob name\0"
+KEY_LABEL = b"superpose blob key\0"
+NONCE = bytes(12)
+"""Fixed: every key seals exactly one payload."""
+MAX_SEALED_BYTES = 2**31 - 1
+"""The most AES-GCM seals in one message (``cryptography``'s limit)."""
+
+
+def object_name(blob: str) -> str:
+    """The name blob ``blob`` is stored under in ``sp_blobs``: a hash, not the id."""
+    return protocol.blob_object_name(hashlib.sha256(NAME_LABEL + blob.encode()).hexdigest())
+
+
+def _cipher(blob: str) -> AESGCM:
+    return AESGCM(hashlib.sha256(KEY_LABEL + blob.encode()).digest())
+
+
+def seal(blob: str, data: bytes | memoryview) -> bytes:
+    if len(data) > MAX_SEALED_BYTES:
+        raise SerializationError(
+            f"a durable payload of {len(data):,} bytes is over the {MAX_SEALED_BYTES:,} a "
+            "blob holds: pass a smaller value, or make a direct call (`.remote()`), whose "
+            "payloads are offered by the caller rather than stored"
+        )
+    return _cipher(blob).encrypt(NONCE, data, None)
+
+
+def unseal(blob: str, sealed: bytes) -> bytes:
+    try:
+        return _cipher(blob).decrypt(NONCE, sealed, None)
+    except InvalidTag as exc:
+        raise SuperposeError(f"blob {blob} does not open with its id: it was altered") from exc
