@@ -101,6 +101,17 @@ async def attacks(other_result: str, node_id: str, app: str, digest: str) -> dic
             errors,
             f'"$JS.API.CONSUMER.CREATE.{blobs}"',
         )
+        durables = "OBJ_sp_objects"
+        out["durable objects by sequence"] = await _refused(
+            nc.request(f"$JS.API.STREAM.MSG.GET.{durables}", b'{"seq": 1}'),
+            errors,
+            f"$JS.API.STREAM.MSG.GET.{durables}",
+        )
+        out["every durable object"] = await _refused(
+            nc.request(f"$JS.API.CONSUMER.CREATE.{durables}", b"{}"),
+            errors,
+            f'"$JS.API.CONSUMER.CREATE.{durables}"',
+        )
         out["subscribe >"] = await _refused(_subscribe(nc, ">"), errors, ">")
         out["another client's replies"] = await _refused(
             _subscribe(nc, "_SP.0123456789abcdef.r.*"), errors, "_SP.0123456789abcdef.r.*"

@@ -47,6 +47,8 @@ DENIED = [
     "bundle chunks",
     "blobs by sequence",
     "every blob",
+    "durable objects by sequence",
+    "every durable object",
     "subscribe >",
     "another client's replies",
     "node subject",

@@ -52,6 +52,8 @@ EXPECTED_STREAMS = {
     f"KV_{protocol.SECRETS_BUCKET}",
     f"KV_{protocol.TOKENS_BUCKET}",
     f"KV_{protocol.TRUST_BUCKET}",
+    f"KV_{protocol.REFS_BUCKET}",
+    f"OBJ_{protocol.OBJECTS_BUCKET}",
     f"KV_{protocol.DICTS_BUCKET}",
     f"KV_{protocol.DICTS_DURABLE_BUCKET}",
     protocol.QUEUES_STREAM,
@@ -80,6 +82,9 @@ def test_assets_are_created_on_a_fresh_server(tmp_path: Path) -> None:
     assert streams[f"KV_{protocol.RESULTS_BUCKET}"].max_age == protocol.RESULT_TTL_S
     assert streams[f"OBJ_{protocol.BLOBS_BUCKET}"].max_age == protocol.BLOB_TTL_S
     assert streams[f"KV_{protocol.SECRETS_BUCKET}"].max_msgs_per_subject == 1
+    assert streams[f"KV_{protocol.REFS_BUCKET}"].storage == StorageType.MEMORY
+    assert streams[f"KV_{protocol.REFS_BUCKET}"].max_age == protocol.REF_RECORD_TTL_S
+    assert streams[f"OBJ_{protocol.OBJECTS_BUCKET}"].storage == StorageType.FILE
     assert streams[f"KV_{protocol.DICTS_BUCKET}"].storage == StorageType.MEMORY
     assert streams[f"KV_{protocol.DICTS_DURABLE_BUCKET}"].storage == StorageType.FILE
     assert streams[protocol.QUEUES_STREAM].retention == RetentionPolicy.WORK_QUEUE

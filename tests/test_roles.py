@@ -111,8 +111,9 @@ def cli(lattice: Lattice, creds: Path, *args: str) -> subprocess.CompletedProces
 
 
 @contextmanager
-def connected(lattice: Lattice, creds: Path) -> Iterator[sp.Client]:
-    """A client with ``creds`` for one block (the session's default comes back)."""
+def connected(lattice: Lattice, creds: Path | None = None) -> Iterator[sp.Client]:
+    """A client with ``creds`` (None: the lattice's admin) for one block (the session's
+    default comes back)."""
     previous = session.default_client()
     session.set_default(None)
     client = sp.connect(lattice.url, show_logs=False, creds=creds)

@@ -26,6 +26,10 @@ SANDBOX_MODES = ("none", "user", "bwrap")
 Sandbox)."""
 ENV_CREDS = "SUPERPOSE_CREDS"
 ENV_TENANT = "SUPERPOSE_TENANT"
+ENV_REF_GRACE = "SUPERPOSE_REF_GRACE_S"
+DEFAULT_REF_GRACE_S = 60.0
+"""How long an ephemeral object outlives the last Ref to it (in the process that put
+it, a pending call, or a process renewing a lease on it)."""
 
 DEFAULT_GATEWAY_PORT = 8700
 DEFAULT_TIMEOUT_S = 300.0
@@ -103,6 +107,10 @@ class Settings:
     tenant: str | None = None
     """``$SUPERPOSE_TENANT``: the tenant whose credentials (in the home folder) to connect
     with; overrides ``$SUPERPOSE_CREDS`` (docs: README, Tenants)."""
+    ref_grace_s: float = DEFAULT_REF_GRACE_S
+    """``$SUPERPOSE_REF_GRACE_S`` (seconds ≥ 0, default 60): how long an ephemeral object
+    is kept once no Ref to it is alive; readers renew leases every third of theirs
+    (docs: README, Data)."""
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +130,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         sandbox=_sandbox(env),
         creds=_readable_file(env, ENV_CREDS),
         tenant=env.get(ENV_TENANT) or None,
+        ref_grace_s=_nonnegative_seconds(env, ENV_REF_GRACE, default=DEFAULT_REF_GRACE_S),
     )
 
 
@@ -232,3 +241,17 @@ def _file(env: Mapping[str, str], name: str) -> Path | None:
 def state_file(home_dir: Path) -> Path:
     """Written by ``superpose up`` once everything answers; read by every other command."""
     return home_dir / "lattice.json"
+
+
+def _nonnegative_seconds(env: Mapping[str, str], name: str, *, default: float) -> float:
+    """A duration in seconds (0 or more, fractions allowed), or ``default`` when unset."""
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise SettingError(f"{name}={text!r}: expected a number of seconds, 0 or more")
+    return value

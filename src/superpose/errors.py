@@ -72,6 +72,12 @@ class UntrustedError(UserError):
     not run. The message names it and who signed it (or that nobody did)."""
 
 
+class ObjectLostError(NotFoundError):
+    """An object a Ref names can no longer be read: it was never put, its holder freed
+    it (no live Ref and no pending call after the grace period) or stopped, or a durable
+    object was removed. The message names the object and its holder when known."""
+
+
 class LatticeError(SuperposeError):
     """The lattice (nats-server) cannot be started or reached."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Iterable
 from typing import Any, ClassVar, Self, TypeAlias, get_args
 
 import msgspec
@@ -589,9 +590,22 @@ def executor_publish_allowed(me: str) -> list[str]:
         *kv_api,
         f"{direct_get_subject(kv_stream(NODES_BUCKET))}.>",
         "$JS.FC.>",
+        *executor_ref_subjects(me),
         # any app's dicts and queues: the user is made before the executor knows its app
         *shared_state_publish([app_scope("*"), SHARED_SCOPE]),
         *executor_memo_allowed(),
+    ]
+
+
+def executor_ref_subjects(me: str) -> list[str]:
+    """Object references from inside a function: its own ``sp_refs`` records, leases to
+    any holder, and the durable objects (written whole, read by name only: the forms
+    of ``blob_reads``, never ``STREAM.MSG.GET`` or an unnamed consumer)."""
+    return [
+        ref_records_of(me),
+        *(ref_keep_subject(client) for client in ANY_CLIENT_ID),
+        object_wildcard(OBJECTS_BUCKET),
+        *blob_reads(OBJECTS_BUCKET),
     ]
 
 
@@ -1664,6 +1678,52 @@ class Resolved(_Asked, tag="sp.resolved.v1"):
     error: str = ""
 
 
+# Object references (``lattice/refs.py``): values named by the sha256 of their bytes
+REFS_BUCKET = "sp_refs"
+"""Memory KV: ``<digest>.<holder client id>`` → a ``RefRecord`` (JSON) for each object a
+process holds for its ephemeral Refs; what ``superpose objects ls`` lists."""
+OBJECTS_BUCKET = "sp_objects"
+"""Object Store, file storage: ``sha256(label + digest)`` → a durable Ref's value, sealed
+with a key derived from its digest (``lattice/ref_sealing.py``)."""
+REF_RECORD_TTL_S = 3600.0
+"""A holder rewrites its records every third of this: a holder that died without
+deleting them drops out of ``objects ls`` within the hour."""
+
+
+def ref_record_key(digest: str, holder: str) -> str:
+    """The ``sp_refs`` key of ``holder``'s copy of object ``digest`` (the holder, a
+    client id, may be ``<owner>.<unique>``: its permissions pin ``*.<owner>.>``)."""
+    return f"{digest}.{holder}"
+
+
+def ref_records_of(holder: str) -> str:
+    """Every ``sp_refs`` subject a holder writes: what its permissions allow."""
+    return kv_subject(REFS_BUCKET, ref_record_key("*", holder))
+
+
+def ref_keep_subject(client_id: str) -> str:
+    """Where a holder hears from readers which of its objects they still hold Refs to
+    (``<lease seconds> <digest> <digest>…``, text)."""
+    return f"_SP.{client_id}.k"
+
+
+def ref_keep_message(lease_s: float, digests: Iterable[str]) -> bytes:
+    """``<lease seconds> <digest> <digest>…``: keep these objects at least that long."""
+    return " ".join([f"{lease_s:.3f}", *digests]).encode()
+
+
+def parse_ref_keep(data: bytes) -> tuple[float, list[str]]:
+    """A ``ref_keep_message``; ``ProtocolError`` if it is not one."""
+    parts = data.decode(errors="replace").split()
+    try:
+        lease_s = float(parts[0])
+    except (IndexError, ValueError):
+        raise ProtocolError(f"not a ref keep message: {data[:64]!r}") from None
+    if not 0 <= lease_s <= 24 * 3600:
+        raise ProtocolError(f"a ref keep message's lease is out of range: {lease_s}")
+    return lease_s, parts[1:]
+
+
 # --- calls with needs placed for executors -------------------------------------------
 
 PLACE_SUBJECT = "sp.place"
@@ -1701,16 +1761,17 @@ def filtered_consumer_subject(stream: str, name: str, filter_subject: str) -> st
     return f"{JS_API}.CONSUMER.CREATE.{stream}.{name}.{filter_subject}"
 
 
-def blob_reads() -> list[str]:
-    """Reading a spilled payload whose name one knows, in the forms whose request subject
-    names it (``lattice/objects.py``): a direct get of its metadata or of a one-chunk
-    object's chunk, a consumer filtered on its chunks. ``STREAM.MSG.GET`` by sequence
-    and unnamed consumers, which would list the bucket, are not among them."""
-    stream = object_stream(BLOBS_BUCKET)
+def blob_reads(bucket: str = BLOBS_BUCKET) -> list[str]:
+    """Reading an object of ``bucket`` (spilled payloads, durable Refs' objects) whose
+    name one knows, in the forms whose request subject names it (``lattice/objects.py``):
+    a direct get of its metadata or of a one-chunk object's chunk, a consumer filtered
+    on its chunks. ``STREAM.MSG.GET`` by sequence and unnamed consumers, which would
+    list the bucket, are not among them."""
+    stream = object_stream(bucket)
     return [
-        f"{direct_get_subject(stream)}.{object_meta_subject(BLOBS_BUCKET, '*')}",
-        f"{direct_get_subject(stream)}.{object_chunk_subject(BLOBS_BUCKET, '*')}",
-        filtered_consumer_subject(stream, "*", object_chunk_subject(BLOBS_BUCKET, "*")),
+        f"{direct_get_subject(stream)}.{object_meta_subject(bucket, '*')}",
+        f"{direct_get_subject(stream)}.{object_chunk_subject(bucket, '*')}",
+        filtered_consumer_subject(stream, "*", object_chunk_subject(bucket, "*")),
     ]
 
 

@@ -30,6 +30,8 @@ from superpose.client.futures import as_completed as as_completed
 from superpose.client.futures import gather as gather
 from superpose.client.futures import wait as wait
 from superpose.client.memo import UncachedWarning as UncachedWarning
+from superpose.client.refs import get as get
+from superpose.client.refs import put as put
 from superpose.client.replies import LogSink, print_log_record
 from superpose.client.shared_dict import Dict as Dict
 from superpose.client.shared_queue import Queue as Queue
@@ -41,11 +43,13 @@ from superpose.errors import DeployError as DeployError
 from superpose.errors import LatticeError as LatticeError
 from superpose.errors import NoNodesError as NoNodesError
 from superpose.errors import NotFoundError as NotFoundError
+from superpose.errors import ObjectLostError as ObjectLostError
 from superpose.errors import RemoteError as RemoteError
 from superpose.errors import SerializationError as SerializationError
 from superpose.errors import SuperposeError as SuperposeError
 from superpose.errors import UntrustedError as UntrustedError
 from superpose.errors import UserError as UserError
+from superpose.lattice.refs import Ref as Ref
 from superpose.runtime import on_start as on_start
 from superpose.support import eventloop
 

@@ -21,6 +21,7 @@ from superpose.cli import (
     envs,
     keys,
     lattice,
+    objects,
     routing,
     schedules,
     secrets,
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_commands(add)
     tenants.add_commands(add)
     creds.add_commands(add)
+    objects.add_commands(add)
     cache.add_commands(add)
     _in_help_order(sub)
     return parser

@@ -34,12 +34,13 @@ from superpose.client.futures import SERVING_LOOPS, Future
 from superpose.client.names import Names
 from superpose.client.options import Options
 from superpose.client.placement import Placement
+from superpose.client.refs import pin_sent, start_refs
 from superpose.client.replies import LogSink, Replies
 from superpose.client.resolving import lattice_platform, resolve_and_record
 from superpose.client.scripts import ScriptBundles
 from superpose.client.secrets import Secrets
 from superpose.errors import SuperposeError
-from superpose.lattice import payload, signing
+from superpose.lattice import payload, refs, signing
 from superpose.lattice.connection import Assets, ensure_assets, open_assets, owner
 from superpose.lattice.connection import connect as connect_nats
 from superpose.lattice.offers import Offers
@@ -167,6 +168,7 @@ class Client:
             await self.nc.subscribe(subject, cb=cb, pending_msgs_limit=-1, pending_bytes_limit=-1)
         self._direct.start(self._spawn)
         self._durable.start(self._spawn)
+        await start_refs(self)
 
     def signer(self) -> signing.Signer:
         """The deployer key, read (or, the home folder's, made) when first needed."""
@@ -225,6 +227,11 @@ class Client:
     def close_first(self, closer: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``closer`` first when the client closes (an embedded lattice it owns)."""
         self._closers.insert(0, closer)
+
+    def close_before_disconnect(self, closer: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``closer`` when the client closes, while its connection is still open
+        (closers run last-added first: the connection's own close was added at open)."""
+        self._closers.append(closer)
 
     def __enter__(self) -> Client:
         return self
@@ -312,10 +319,14 @@ class Client:
         ``durable`` persists it in JetStream first (spawn, map): it survives node
         deaths and broker restarts. Otherwise it is a direct request (remote).
         """
-        raw = encode_arguments(target, args, kwargs, codec)
+        with refs.sending() as sent:  # Refs among the arguments: kept alive while pending
+            raw = encode_arguments(target, args, kwargs, codec)
         if durable:
-            return self.submit_durable(target, raw, codec, options, ctx)
-        return self.submit_raw(target, raw, codec, options, ctx)
+            future = self.submit_durable(target, raw, codec, options, ctx)
+        else:
+            future = self.submit_raw(target, raw, codec, options, ctx)
+        pin_sent(future, sent)
+        return future
 
     def submit_raw(
         self,

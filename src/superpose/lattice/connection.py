@@ -497,7 +497,7 @@ async def ensure_assets(nc: NATS) -> Assets:
                 replicas,
             ),
             _ensure_durable_path(nc, replicas),
-            memo_store.ensure_bucket(js, replicas),
+            asyncio.gather(ensure_ref_assets(js, replicas), memo_store.ensure_bucket(js, replicas)),
         )
         results = await js.key_value(protocol.RESULTS_BUCKET)
         await _ensure_shared_state(nc, replicas)  # after: a setting's error names sp_…
@@ -518,3 +518,29 @@ async def open_assets(nc: NATS) -> Assets:
     except nats.errors.Error as exc:
         raise LatticeError(f"the lattice's assets are not there yet: {exc}") from exc
     return Assets.named(js, kvs, stores)
+
+
+async def ensure_ref_assets(js: JetStreamContext, replicas: int) -> None:
+    """Object references' assets (``lattice/refs.py``): the ``sp_refs`` records in memory
+    (what is held where: lost with the server, as the held objects are with their
+    holders) and the ``sp_objects`` store of durable objects on file. Opened by name
+    where they are used, so ``Assets`` does not change."""
+    records = KeyValueConfig(
+        bucket=protocol.REFS_BUCKET,
+        replicas=replicas,
+        storage=StorageType.MEMORY,
+        ttl=protocol.REF_RECORD_TTL_S,
+    )
+    durable = ObjectStoreConfig(replicas=replicas, storage=StorageType.FILE)
+    await asyncio.gather(
+        _open_or_create(
+            protocol.REFS_BUCKET,
+            lambda: js.key_value(protocol.REFS_BUCKET),
+            lambda: js.create_key_value(records),
+        ),
+        _open_or_create(
+            protocol.OBJECTS_BUCKET,
+            lambda: js.object_store(protocol.OBJECTS_BUCKET),
+            lambda: js.create_object_store(bucket=protocol.OBJECTS_BUCKET, config=durable),
+        ),
+    )

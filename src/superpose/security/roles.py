@@ -107,6 +107,7 @@ def _reader(owner: str, app: str | None) -> list[str]:
         *_watch(protocol.NODES_BUCKET),
         *_watch(protocol.SCHEDULES_BUCKET),
         *_watch(_TRUST),
+        *_watch(protocol.REFS_BUCKET),
         _consumer(protocol.LOGS_STREAM, logs),
         f"{_API}.CONSUMER.MSG.NEXT.{protocol.LOGS_STREAM}.>",
         f"{_API}.CONSUMER.DELETE.{protocol.LOGS_STREAM}.>",
@@ -134,8 +135,22 @@ def _calls(owner: str, app: str | None) -> list[str]:
         _direct(_kv_stream(issued), protocol.kv_wildcard(issued)),
         protocol.kv_subject(_REG, "place.>"),
         *_blobs(),
+        *_refs(owner),
         *_memo(app),
         *protocol.shared_state_publish(_shared_scopes(app)),
+    ]
+
+
+def _refs(owner: str) -> list[str]:
+    """Object references: recording the objects one's own clients hold, pulling any
+    holder's (an offer's id is random: only a Ref names it), and durable objects,
+    written whole and read by name only (``blob_reads``: no listing form)."""
+    return [
+        protocol.ref_records_of(f"{owner}.*"),
+        *(protocol.offers_subject(client) for client in protocol.ANY_CLIENT_ID),
+        *(protocol.ref_keep_subject(client) for client in protocol.ANY_CLIENT_ID),
+        protocol.object_wildcard(protocol.OBJECTS_BUCKET),
+        *protocol.blob_reads(protocol.OBJECTS_BUCKET),
     ]
 
 

@@ -29,6 +29,7 @@ from superpose import protocol, runtime
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.lattice import offers, payload
 from superpose.lattice.offers import Offers
+from superpose.lattice.ref_args import RefCache, decode_args
 from superpose.node.channel import Channel
 from superpose.node.executor.asgi import AsgiRunner
 from superpose.node.executor.capture import Output, capture
@@ -80,6 +81,8 @@ class Executor:
             lambda inv, reply: self._accept(inv, reply, True),
             connect_as,
         )
+        self.refs = RefCache(nc)
+        """Objects of Refs given as arguments, fetched once for every call here."""
         self.running: dict[str, int | asyncio.Task[Any]] = {}
         """Where each call runs (its lane thread's id, or its task): to say where a
         call that timed out was stuck."""
@@ -193,7 +196,9 @@ class Executor:
                 if inv.args.blob is None
                 else self._on_loop(payload.unwrap(self.nc, inv.args))
             )
-            args, kwargs = payload.decode_args(raw or b"", inv.args.codec)
+            args, kwargs, refs = decode_args(raw or b"", inv.args.codec)
+            if refs:
+                args, kwargs = self._on_loop(self.refs.resolve(args, kwargs, refs))
             value = self.functions.get(inv.module, inv.qualname)(*args, **kwargs)
             data = _encode_result(inv, value)
             return protocol.Result(inv.id, self.node_id, value=self._payload(data, inv, reply))
@@ -252,7 +257,9 @@ class Executor:
         fn = self.functions.get(inv.module, inv.qualname)
         if inv.args.codec == protocol.CODEC_HTTP:
             return await self.http.serve(fn, inv, raw_args, reply)
-        args, kwargs = payload.decode_args(raw_args, inv.args.codec)
+        args, kwargs, refs = decode_args(raw_args, inv.args.codec)
+        if refs:
+            args, kwargs = await self.refs.resolve(args, kwargs, refs)
         return await fn(*args, **kwargs)
 
     def _running(self, inv: protocol.Invocation, where: int | asyncio.Task[Any] | None) -> _Running:

@@ -1,0 +1,62 @@
+"""Durable objects sealed by their digest: reading one needs the digest, not a listing.
+
+``sp_objects`` is read only in forms whose request subject names the object
+(``protocol.blob_reads``), but a permission's ``*`` also admits a literal ``*``, so a
+narrow user can still read the store by wildcard (``lattice/sealed.py`` says how). So a
+durable object is stored under a hash of its digest and sealed (AES-256-GCM) with a
+key derived from its digest, as spilled payloads are by their id: a wildcard read
+yields ciphertext under names that say nothing, and the digest, which a Ref carries,
+is what opens it.
+
+Each key seals exactly one plaintext (the value whose sha256 is the digest), so the
+fixed nonce is safe: sealing the same value twice gives the same bytes, and the store
+still deduplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from superpose.errors import ObjectLostError, SerializationError
+
+NAME_LABEL = b"superpose ref name\0"
+KEY_LABEL = b"superpose ref key\0"
+NONCE = bytes(12)
+"""Fixed: every key seals one value."""
+MAX_SEALED_BYTES = 2**31 - 1
+"""The most AES-GCM seals in one message (``cryptography``'s limit)."""
+
+
+def object_name(digest: str) -> str:
+    """Where object ``digest`` is stored in ``sp_objects``: a hash, not the digest."""
+    return hashlib.sha256(NAME_LABEL + digest.encode()).hexdigest()
+
+
+def _cipher(digest: str) -> AESGCM:
+    return AESGCM(hashlib.sha256(KEY_LABEL + digest.encode()).digest())
+
+
+def seal(digest: str, data: bytes | memoryview) -> bytes:
+    if len(data) > MAX_SEALED_BYTES:
+        raise SerializationError(
+            f"a durable object of {len(data):,} bytes is over the {MAX_SEALED_BYTES:,} one "
+            "holds: put it without durable=True (its holder serves it), or split it"
+        )
+    return _cipher(digest).encrypt(NONCE, data, None)
+
+
+def unseal(digest: str, sealed: bytes) -> bytes:
+    """The value's bytes; ``ObjectLostError`` if they do not open with the digest or do
+    not hash to it (the stored object was altered)."""
+    try:
+        data = _cipher(digest).decrypt(NONCE, sealed, None)
+    except InvalidTag:
+        data = b""
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ObjectLostError(
+            f"durable object {digest[:12]} does not open with its digest: it was altered"
+        )
+    return data
