@@ -34,6 +34,9 @@ ConnectAs = Callable[[str], Awaitable[NATS]]
 """A connection to the lattice as the user whose creds text is given."""
 
 log = logging.getLogger("superpose.executor")
+OPENING_WAIT_S = 5.0
+"""How long quieting waits for the express connection being opened (a connect
+normally takes milliseconds; a server that never answers is given up on)."""
 
 
 class ExpressCalls:
@@ -115,10 +118,15 @@ class ExpressCalls:
         """Take no more express calls (eviction, shutdown); ones already delivered are
         passed to the queue group, so none is lost."""
         opening, self._opening = self._opening, None
-        if opening is not None:  # not subscribed yet: it never will be
-            opening.cancel()
+        if opening is not None and not opening.done():
+            # Let a connect under way finish, then close it below: cancelled halfway,
+            # nats-py leaves its socket open for the garbage collector.
             with contextlib.suppress(BaseException):
-                await opening
+                await asyncio.wait_for(asyncio.shield(opening), OPENING_WAIT_S)
+            if not opening.done():
+                opening.cancel()
+                with contextlib.suppress(BaseException):
+                    await opening
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
             with contextlib.suppress(Exception):  # connection gone: nothing more can arrive

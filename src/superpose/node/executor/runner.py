@@ -92,9 +92,11 @@ class Executor:
     async def serve(self) -> None:
         sender = self.loop.create_task(self.replies.send_forever())
         self.channel.send(protocol.Ready(os.getpid()))
-        while (frame := await self.channel.receive()) is not None:
-            await self._on_frame(frame)
-        await self.express.quiet()
+        try:
+            while (frame := await self.channel.receive()) is not None:
+                await self._on_frame(frame)
+        finally:  # on every way out: the express user's connection is this executor's too
+            await self.express.quiet()
         await self.http.shutdown()
         await self.replies.settle(OFFERS_DRAIN_S)
         deadline = time.monotonic() + OFFERS_DRAIN_S
