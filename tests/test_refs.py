@@ -24,7 +24,7 @@ from conftest import Lattice, lattice_env, poll, superpose_cli
 from superpose import config, protocol
 from superpose.client.refs import holder_of
 from superpose.errors import SettingError
-from superpose.lattice import connection, objects, payload, ref_sealing
+from superpose.lattice import connection, objects, payload, ref_sealing, sealed
 from superpose.lattice.ref_args import RefCache, swap
 from superpose.lattice.refs import Ref
 from test_cli import deploy, unique, write_app
@@ -556,7 +556,7 @@ def test_an_altered_durable_object_is_lost_naming_it(client: sp.Client) -> None:
 
 
 def test_a_durable_object_too_big_to_seal_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ref_sealing, "MAX_SEALED_BYTES", 4)
+    monkeypatch.setattr(sealed, "MAX_SEALED_BYTES", 4)
     with pytest.raises(sp.SerializationError, match="durable object of 5 bytes is over the 4"):
         ref_sealing.seal("ab" * 32, b"12345")
 

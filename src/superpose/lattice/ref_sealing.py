@@ -17,45 +17,31 @@ from __future__ import annotations
 
 import hashlib
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from superpose.errors import ObjectLostError
+from superpose.lattice.sealed import Sealer
 
-from superpose.errors import ObjectLostError, SerializationError
-
-NAME_LABEL = b"superpose ref name\0"
-KEY_LABEL = b"superpose ref key\0"
-NONCE = bytes(12)
-"""Fixed: every key seals one value."""
-MAX_SEALED_BYTES = 2**31 - 1
-"""The most AES-GCM seals in one message (``cryptography``'s limit)."""
+OBJECTS = Sealer(
+    b"superpose ref name\0",
+    b"superpose ref key\0",
+    "a durable object of {size:,} bytes is over the {limit:,} one holds: put it without "
+    "durable=True (its holder serves it), or split it",
+)
 
 
 def object_name(digest: str) -> str:
     """Where object ``digest`` is stored in ``sp_objects``: a hash, not the digest."""
-    return hashlib.sha256(NAME_LABEL + digest.encode()).hexdigest()
-
-
-def _cipher(digest: str) -> AESGCM:
-    return AESGCM(hashlib.sha256(KEY_LABEL + digest.encode()).digest())
+    return OBJECTS.hidden_name(digest)
 
 
 def seal(digest: str, data: bytes | memoryview) -> bytes:
-    if len(data) > MAX_SEALED_BYTES:
-        raise SerializationError(
-            f"a durable object of {len(data):,} bytes is over the {MAX_SEALED_BYTES:,} one "
-            "holds: put it without durable=True (its holder serves it), or split it"
-        )
-    return _cipher(digest).encrypt(NONCE, data, None)
+    return OBJECTS.seal(digest, data)
 
 
 def unseal(digest: str, sealed: bytes) -> bytes:
     """The value's bytes; ``ObjectLostError`` if they do not open with the digest or do
     not hash to it (the stored object was altered)."""
-    try:
-        data = _cipher(digest).decrypt(NONCE, sealed, None)
-    except InvalidTag:
-        data = b""
-    if hashlib.sha256(data).hexdigest() != digest:
+    data = OBJECTS.open(digest, sealed)
+    if data is None or hashlib.sha256(data).hexdigest() != digest:
         raise ObjectLostError(
             f"durable object {digest[:12]} does not open with its digest: it was altered"
         )

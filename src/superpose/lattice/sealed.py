@@ -18,6 +18,7 @@ nonce is fixed; a tampered chunk fails the tag as well as the object's SHA-256.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -25,35 +26,63 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from superpose import protocol
 from superpose.errors import SerializationError, SuperposeError
 
-NAME_LABEL = b"superpose blob name\0"
-KEY_LABEL = b"superpose blob key\0"
 NONCE = bytes(12)
 """Fixed: every key seals exactly one payload."""
 MAX_SEALED_BYTES = 2**31 - 1
 """The most AES-GCM seals in one message (``cryptography``'s limit)."""
 
 
+@dataclass(frozen=True)
+class Sealer:
+    """One kind of sealed object: its labels keep its names and keys apart from every
+    other kind's, so a blob id never opens a durable object, nor the reverse."""
+
+    name_label: bytes
+    key_label: bytes
+    too_big: str
+    """The refusal of an over-large object, with ``{size}`` and ``{limit}``: what it is
+    and what to do instead."""
+
+    def hidden_name(self, secret: str) -> str:
+        """A hash of ``secret``: where its object is stored, telling nothing of it."""
+        return hashlib.sha256(self.name_label + secret.encode()).hexdigest()
+
+    def seal(self, secret: str, data: bytes | memoryview) -> bytes:
+        if len(data) > MAX_SEALED_BYTES:
+            raise SerializationError(self.too_big.format(size=len(data), limit=MAX_SEALED_BYTES))
+        return self._cipher(secret).encrypt(NONCE, data, None)
+
+    def open(self, secret: str, sealed: bytes) -> bytes | None:
+        """The bytes sealed with ``secret``; None if they do not open with it (altered)."""
+        try:
+            return self._cipher(secret).decrypt(NONCE, sealed, None)
+        except InvalidTag:
+            return None
+
+    def _cipher(self, secret: str) -> AESGCM:
+        return AESGCM(hashlib.sha256(self.key_label + secret.encode()).digest())
+
+
+BLOBS = Sealer(
+    b"superpose blob name\0",
+    b"superpose blob key\0",
+    "a durable payload of {size:,} bytes is over the {limit:,} a blob holds: pass a "
+    "smaller value, or make a direct call (`.remote()`), whose payloads are offered by "
+    "the caller rather than stored",
+)
+
+
 def object_name(blob: str) -> str:
     """The name blob ``blob`` is stored under in ``sp_blobs``: a hash, not the id."""
-    return protocol.blob_object_name(hashlib.sha256(NAME_LABEL + blob.encode()).hexdigest())
-
-
-def _cipher(blob: str) -> AESGCM:
-    return AESGCM(hashlib.sha256(KEY_LABEL + blob.encode()).digest())
+    return protocol.blob_object_name(BLOBS.hidden_name(blob))
 
 
 def seal(blob: str, data: bytes | memoryview) -> bytes:
-    if len(data) > MAX_SEALED_BYTES:
-        raise SerializationError(
-            f"a durable payload of {len(data):,} bytes is over the {MAX_SEALED_BYTES:,} a "
-            "blob holds: pass a smaller value, or make a direct call (`.remote()`), whose "
-            "payloads are offered by the caller rather than stored"
-        )
-    return _cipher(blob).encrypt(NONCE, data, None)
+    return BLOBS.seal(blob, data)
 
 
 def unseal(blob: str, sealed: bytes) -> bytes:
-    try:
-        return _cipher(blob).decrypt(NONCE, sealed, None)
-    except InvalidTag as exc:
-        raise SuperposeError(f"blob {blob} does not open with its id: it was altered") from exc
+    data = BLOBS.open(blob, sealed)
+    if data is None:
+        raise SuperposeError(f"blob {blob} does not open with its id: it was altered")
+    return data
