@@ -320,7 +320,7 @@ class ExecutorPool:
                 key=host.key,
                 settings=host.settings,
                 secret_values=await self._secret_values(host.settings),
-                express_creds=self._express_creds(executor, host.key),
+                express_creds=self._app_creds(executor, host.key, app),
             )
         except LoadFailed:  # e.g. a secret is not set: it may be set before the next call
             self._spawn(executor.close())
@@ -331,12 +331,11 @@ class ExecutorPool:
         self._evict_if_full(room_for=0, keep=host)
         return executor
 
-    def _express_creds(self, executor: ExecutorProcess, host: str) -> str:
-        """The user that may take ``host``'s express calls, minted now that the executor
-        is given its bundle (its own user, minted while neutral, may take none)."""
-        if not self.config.express:
-            return ""
-        return identities_for(self.config.lattice).mint_express(executor.creds, host)
+    def _app_creds(self, executor: ExecutorProcess, host: str, app: str) -> str:
+        """The executor's app user, minted now that it is given its bundle: ``host``'s
+        express calls and ``app``'s dicts, queues and cache entries (its own user, minted
+        while neutral, may touch none of them). Minted with express off too."""
+        return identities_for(self.config.lattice).mint_app(executor.creds, host, app)
 
     async def _secret_values(self, settings: protocol.ExecutorSettings | None) -> dict[str, str]:
         """The values of the secrets a host's functions name, read here: its executors may

@@ -1,0 +1,142 @@
+"""An executor's app user: its app's dicts, queues and cache entries, no other app's
+(issue 15 item 2 meets issue 16's shared state).
+
+The user an agent mints at ``Load`` is tagged ``app:<app>``; the template pins the app's
+dict and queue scopes and cache keys to that tag, and the neutral user has none of any
+app's. Tried from inside a function of app ``app_user_fns`` (its two connections raw,
+and the API), and with users minted here from the lattice's signer."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import RawCredentials
+
+import app_user_fns as fns
+import superpose as sp
+from conftest import Lattice
+from durable_fns import runs
+from superpose import protocol
+from superpose.security.executor_identity import ExecutorSigner, signer_beside
+from test_cli import unique
+from test_memo import deploy_counter
+
+APP = "app_user_fns"
+OTHER = "someone_else"
+
+
+def _name() -> str:
+    return f"au{uuid.uuid4().hex[:8]}"
+
+
+def test_own_state_works_and_another_apps_is_refused_by_name(client: sp.Client) -> None:
+    name = _name()
+    said = fns.through_the_api.remote(name, OTHER)
+    assert said["has app user"] is True
+    assert said["incr"] == 1 and said["queue"] == {"job": 1} and said["shared"] == 1
+    for what in ("dict read", "dict write", "queue put", "queue get"):
+        assert said[what].startswith(f"{'Dict' if 'dict' in what else 'Queue'} {name!r}"), what
+        assert f"a function of app {APP!r}" in said[what], what
+        assert f"not app {OTHER!r}'s" in said[what], what
+    assert sp.Dict(name, app=APP)["n"] == 1  # the caller sees what the function wrote
+
+
+def test_the_server_refuses_another_apps_state_to_both_executor_users(client: sp.Client) -> None:
+    said = fns.raw.remote(OTHER)
+    app_user, neutral = said["app user"], said["neutral user"]
+    for what in ("dict write", "dict read", "queue put", "queue consumer", "memo write"):
+        assert app_user[f"{APP} {what}"] == "answered", what
+        assert app_user[f"{OTHER} {what}"] == "denied", what
+        assert neutral[f"{APP} {what}"] == neutral[f"{OTHER} {what}"] == "denied", what
+    # a direct get of a key never written is answered (404) when allowed
+    assert app_user[f"{APP} memo read"] == app_user[f"{APP} dict read"] == "answered"
+    assert app_user[f"{OTHER} memo read"] == app_user[f"{OTHER} dict read"] == "denied"
+    assert neutral[f"{APP} memo read"] == neutral[f"{APP} dict read"] == "denied"
+    assert app_user["shared dict write"] == neutral["shared dict write"] == "answered"
+    assert app_user["memo batch read"] == neutral["memo batch read"] == "denied"
+
+
+def test_a_cached_call_of_another_apps_function_runs_uncached(
+    lattice: Lattice, client: sp.Client, tmp_path: Path
+) -> None:
+    app = unique("memo")
+    d = str(tmp_path)
+    deploy_counter(lattice, tmp_path / app, 2)  # cache=True recorded at deploy
+    assert fns.cached_across_apps.remote(f"{app}.double", d, 3) == [6, 6, False, False]
+    assert runs(d, "double") == 2
+    assert client.function(f"{app}.double").remote(d, 3) == 6  # its own callers cache it
+    assert client.function(f"{app}.double").remote(d, 3) == 6
+    assert runs(d, "double") == 3
+
+
+def signer_of(handle: Lattice) -> ExecutorSigner:
+    signer = signer_beside(next(handle.state_dir.rglob("node.creds")))
+    assert signer is not None
+    return signer
+
+
+@pytest.mark.parametrize("app", ["MixedCase-app", "shop"])
+def test_an_app_user_is_pinned_to_its_app_case_and_all(lattice: Lattice, app: str) -> None:
+    """The tag's value keeps its case on the server (probed: ``app:MixedCase`` grants
+    ``MixedCase``, not ``mixedcase``); app names are subject tokens as they are."""
+    signer = signer_of(lattice)
+    scope = protocol.app_scope(app)
+    mine = [
+        protocol.kv_subject(protocol.DICTS_BUCKET, f"{scope}.d.k"),
+        protocol.kv_subject(protocol.MEMO_BUCKET, f"{app}.fn.x"),
+        protocol.queue_subject(True, scope, "q"),
+    ]
+    others = [
+        protocol.kv_subject(protocol.DICTS_BUCKET, f"{protocol.app_scope(app.lower())}X.d.k"),
+        protocol.kv_subject(protocol.DICTS_BUCKET, f"{protocol.app_scope(OTHER)}.d.k"),
+        protocol.kv_subject(protocol.MEMO_BUCKET, f"{OTHER}.fn.x"),
+        protocol.queue_subject(False, protocol.app_scope(OTHER), "q"),
+    ]
+    if app != app.lower():
+        others.append(protocol.kv_subject(protocol.DICTS_BUCKET, f"app.{app.lower()}.d.k"))
+    app_user = signer.mint_app("e" * 16, "ab" * 32, app)
+    said = lattice.run(publishes(lattice.url, app_user, mine + others))
+    assert said == {**dict.fromkeys(mine, "ok"), **dict.fromkeys(others, "denied")}
+    neutral = lattice.run(publishes(lattice.url, signer.mint("e" * 16), mine))
+    assert neutral == dict.fromkeys(mine, "denied")
+
+
+async def publishes(url: str, creds: str, subjects: list[str]) -> dict[str, str]:
+    """Publish on each: 'denied' if the server says so before a ping's answer."""
+    refused: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refused.append(str(exc))
+
+    nc = await nats.connect(url, user_credentials=RawCredentials(creds), error_cb=on_error)
+    said: dict[str, str] = {}
+    try:
+        for subject in subjects:
+            await nc.publish(subject, b"")
+            await nc.flush()
+            await nc.flush()  # a refusal arrives before the answer to a ping sent after it
+            said[subject] = "denied" if any(subject.lower() in r for r in refused) else "ok"
+    finally:
+        await nc.close()
+    return said
+
+
+def test_other_apps_cached_calls_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The fallback's message (the executor's log line), said once per function."""
+    from superpose.client import memo
+    from superpose.registry.mirror import Target
+
+    target = Target.__new__(Target)
+    object.__setattr__(target, "app", OTHER)
+    object.__setattr__(target, "fn", "f")
+    with caplog.at_level(logging.INFO, logger="superpose.memo"):
+        memo._uncached_once(target, APP)
+        memo._uncached_once(target, APP)
+    said = [r.getMessage() for r in caplog.records if "runs uncached" in r.getMessage()]
+    assert said == [
+        f"{OTHER}.f runs uncached from app {APP}: a function may use only its own app's cache"
+    ]
