@@ -256,9 +256,13 @@ class ExecutorPool:
 
     # --- executors -----------------------------------------------------------------
 
-    def ready_executor(self, host: BundleHost, is_sync: bool) -> ExecutorProcess | None:
-        """A live executor that can take the call now, or None if one must be started."""
-        live = host.live_executors()
+    def ready_executor(
+        self, host: BundleHost, is_sync: bool, app: str | None = None
+    ) -> ExecutorProcess | None:
+        """A live executor that can take the call (of ``app``) now, or None if one must be
+        started. One with an app user serves its own app's calls only: a bundle shared by
+        apps (script mode's folder) gets an executor per app (docs: "The app user")."""
+        live = [e for e in host.live_executors() if app is None or not e.app_user or e.app == app]
         if not live:
             return None
         if not is_sync:
@@ -270,7 +274,7 @@ class ExecutorPool:
 
     async def pick_executor(self, host: BundleHost, app: str, is_sync: bool) -> ExecutorProcess:
         host.executors = host.live_executors()
-        return self.ready_executor(host, is_sync) or await self._add_executor(host, app)
+        return self.ready_executor(host, is_sync, app) or await self._add_executor(host, app)
 
     async def _start_executor(self) -> ExecutorProcess:
         return await ExecutorProcess.start(

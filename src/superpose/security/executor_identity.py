@@ -120,12 +120,6 @@ class ExecutorSigner:
         )
         return creds_text(token, user_seed)
 
-    def mint_express(self, executor_id: str, host: str) -> str:
-        """Creds text for a user that may also take the express calls of ``host``
-        (``protocol.host_key``) but touches no app's state: ``mint_app`` is what an
-        executor is given."""
-        return self.mint(executor_id, tags=[f"{BUNDLE_TAG}:{host}"])
-
     def mint_app(self, executor_id: str, host: str, app: str) -> str:
         """Creds text for the executor ``executor_id``'s *app user*, handed over in its
         ``Load`` frame: it may also take the express calls of ``host`` and use ``app``'s

@@ -59,28 +59,31 @@ class ExpressCalls:
         self._subscription: Subscription | None = None
         self._env = ""
 
-    async def open(self, digest: str, env: str = "") -> None:
+    async def open(self, digest: str, env: str = "", app: str = "") -> None:
         """Take express calls of ``digest`` run with environment ``env`` (others sent to
         the bundle's subject are passed on: this executor runs with one environment).
-        On the app user's connection once it is up, if there is one; else on the
-        executor's own connection, now."""
+        On the app user's connection once it is up, if there is one, and then only the
+        calls of ``app``, the one app whose state that user may touch (another app's
+        calls of the same bundle go through the agents, to executors of that app); else
+        on the executor's own connection, now, every app's."""
         self._env = env
         if self._app is not None and self._app.opened:
-            self._opening = asyncio.create_task(self._open_as(digest, self._app))
+            subject = protocol.express_subject(digest, app, ">")
+            self._opening = asyncio.create_task(self._open_as(digest, subject, self._app))
         else:
-            self._subscription = await self._subscribe(self.nc, digest)
+            self._subscription = await self._subscribe(self.nc, protocol.express_wildcard(digest))
 
-    async def _open_as(self, digest: str, app: AppConnection) -> None:
+    async def _open_as(self, digest: str, subject: str, app: AppConnection) -> None:
         """Subscribe on the app user's connection; on failure this executor takes no
         express calls (its calls come through its agent) and says why once."""
         try:
-            self._subscription = await self._subscribe(await app.get(), digest)
+            self._subscription = await self._subscribe(await app.get(), subject)
         except Exception as exc:
             log.warning("taking no express calls of %s: %s", digest, exc)
 
-    async def _subscribe(self, nc: NATS, digest: str) -> Subscription:
+    async def _subscribe(self, nc: NATS, subject: str) -> Subscription:
         return await nc.subscribe(
-            protocol.express_wildcard(digest),
+            subject,
             queue=protocol.EXPRESS_QUEUE_GROUP,
             cb=self._on_call,
             pending_msgs_limit=-1,

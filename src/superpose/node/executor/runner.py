@@ -144,7 +144,7 @@ class Executor:
         )
         self.outputs = capture(self._emit)
         if load.express:
-            await self.express.open(load.key or load.digest, load.env)
+            await self.express.open(load.key or load.digest, load.env, load.app)
         self.channel.send(protocol.Loaded())
 
     # --- running calls ---------------------------------------------------------------
