@@ -118,3 +118,14 @@ async def _try(nc: Any, subject: str, data: bytes) -> str:
         return "no answer"
     finally:
         await sub.unsubscribe()
+
+
+@sp.function
+def hosted() -> list[object]:
+    """The app this executor was loaded for, the call's app, and its process."""
+    import os
+
+    here = runtime.current()
+    invocation = runtime.current_invocation.get()
+    assert here is not None and invocation is not None
+    return [here.app, invocation.app, os.getpid()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -21,6 +22,8 @@ import superpose as sp
 from conftest import Lattice
 from durable_fns import runs
 from superpose import protocol
+from superpose.errors import LatticeError
+from superpose.node.executor.app_user import AppConnection
 from superpose.security.executor_identity import ExecutorSigner, signer_beside
 from test_cli import unique
 from test_memo import deploy_counter
@@ -140,3 +143,30 @@ def test_other_apps_cached_calls_are_logged_once(caplog: pytest.LogCaptureFixtur
     assert said == [
         f"{OTHER}.f runs uncached from app {APP}: a function may use only its own app's cache"
     ]
+
+
+def test_two_apps_of_one_bundle_run_in_executors_of_their_own(client: sp.Client) -> None:
+    """Script mode ships the folder as one bundle: each app's calls go to an executor
+    loaded for that app (whose app user may touch that app's state), never the other's."""
+    import app_user_other_fns as other
+
+    for _ in range(3):  # warm: the second and third may go express
+        mine, theirs = fns.hosted.remote(), other.hosted.remote()
+        assert mine[:2] == [APP, APP]
+        assert theirs[:2] == ["app_user_other_fns"] * 2
+        assert mine[2] != theirs[2]
+
+
+async def test_an_app_connection_that_failed_says_why() -> None:
+    async def refused(creds: str) -> Any:
+        raise OSError(f"nats: 'Authorization Violation' for {creds}")
+
+    app = AppConnection(refused)
+    assert app.open("") is False and not app.opened  # no creds: no app user
+    with pytest.raises(LatticeError, match="has no app user"):
+        await app.get()
+    assert app.open("the creds") is True
+    with pytest.raises(LatticeError, match=r"app user could not connect: .*Authorization"):
+        await app.get()
+    await app.close()
+    assert not app.opened

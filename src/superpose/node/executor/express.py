@@ -58,20 +58,23 @@ class ExpressCalls:
         an express call of them after the fact."""
         self._subscription: Subscription | None = None
         self._env = ""
+        self._only_app = ""
+        """Set with an app user: the app whose calls this executor may run."""
 
     async def open(self, digest: str, env: str = "", app: str = "") -> None:
         """Take express calls of ``digest`` run with environment ``env`` (others sent to
         the bundle's subject are passed on: this executor runs with one environment).
-        On the app user's connection once it is up, if there is one, and then only the
-        calls of ``app``, the one app whose state that user may touch (another app's
-        calls of the same bundle go through the agents, to executors of that app); else
-        on the executor's own connection, now, every app's."""
+        On the app user's connection once it is up, if there is one, and then it runs
+        only the calls of ``app``, the one app whose state that user may touch (another
+        app's calls of the same bundle are passed on, to the agents, which send them to
+        executors of that app); else on the executor's own connection, now, every app's."""
         self._env = env
+        subject = protocol.express_wildcard(digest)
         if self._app is not None and self._app.opened:
-            subject = protocol.express_subject(digest, app, ">")
+            self._only_app = app
             self._opening = asyncio.create_task(self._open_as(digest, subject, self._app))
         else:
-            self._subscription = await self._subscribe(self.nc, protocol.express_wildcard(digest))
+            self._subscription = await self._subscribe(self.nc, subject)
 
     async def _open_as(self, digest: str, subject: str, app: AppConnection) -> None:
         """Subscribe on the app user's connection; on failure this executor takes no
@@ -100,6 +103,7 @@ class ExpressCalls:
             if (
                 inv is not None
                 and inv.env == self._env
+                and (not self._only_app or inv.app == self._only_app)
                 and (inv.module, inv.qualname) in self.known
             ):
                 # Taken only when idle, so it starts now: "took" is also its "start".
