@@ -24,8 +24,8 @@ from durable_fns import runs
 from superpose import protocol
 from superpose.errors import LatticeError
 from superpose.node.executor.app_user import AppConnection
-from superpose.security.executor_identity import ExecutorSigner, signer_beside
 from test_cli import unique
+from test_express_scope import signer_of
 from test_memo import deploy_counter
 
 APP = "app_user_fns"
@@ -74,12 +74,6 @@ def test_a_cached_call_of_another_apps_function_runs_uncached(
     assert client.function(f"{app}.double").remote(d, 3) == 6  # its own callers cache it
     assert client.function(f"{app}.double").remote(d, 3) == 6
     assert runs(d, "double") == 3
-
-
-def signer_of(handle: Lattice) -> ExecutorSigner:
-    signer = signer_beside(next(handle.state_dir.rglob("node.creds")))
-    assert signer is not None
-    return signer
 
 
 @pytest.mark.parametrize("app", ["MixedCase-app", "shop"])
