@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import nats
@@ -21,8 +22,9 @@ import app_user_fns as fns
 import superpose as sp
 from conftest import Lattice
 from durable_fns import runs
-from superpose import protocol
-from superpose.errors import LatticeError
+from superpose import protocol, runtime
+from superpose.client import app_state
+from superpose.errors import LatticeError, PermissionDeniedError
 from superpose.node.executor.app_user import AppConnection
 from test_cli import unique
 from test_express_scope import signer_of
@@ -44,7 +46,7 @@ def test_own_state_works_and_another_apps_is_refused_by_name(client: sp.Client) 
     for what in ("dict read", "dict write", "queue put", "queue get"):
         assert said[what].startswith(f"{'Dict' if 'dict' in what else 'Queue'} {name!r}"), what
         assert f"a function of app {APP!r}" in said[what], what
-        assert f"not app {OTHER!r}'s" in said[what], what
+        assert f"not those of app {OTHER!r}" in said[what], what
     assert sp.Dict(name, app=APP)["n"] == 1  # the caller sees what the function wrote
 
 
@@ -164,3 +166,34 @@ async def test_an_app_connection_that_failed_says_why() -> None:
         await app.get()
     await app.close()
     assert not app.opened
+
+
+async def test_which_connection_each_scope_goes_over() -> None:
+    """Outside a function, or in an executor without an app user (no signer), every
+    scope goes over the client's connection, as before; with one, the app's own over
+    the app user's, shared ones over the client's, another app's nowhere."""
+    client: Any = SimpleNamespace(nc="client's")
+
+    async def opened() -> Any:
+        return "app user's"
+
+    def hosting(app_connection: Any) -> runtime.NodeRuntime:
+        return runtime.NodeRuntime("n", "a", "d", print, print, app_connection=app_connection)
+
+    def over(scope: str) -> Any:
+        return app_state.connection_for(client, scope, "Dict 'x'")
+
+    previous = runtime.current()
+    try:
+        assert await over("app.other") == "client's"  # not in an executor
+        runtime.install(hosting(None))
+        assert await over("app.other") == "client's"  # an executor without an app user
+        runtime.install(hosting(opened))
+        assert await over("app.a") == "app user's"
+        assert await over("shared") == "client's"
+        with pytest.raises(PermissionDeniedError) as refused:
+            await over("app.other")
+        assert str(refused.value).startswith("Dict 'x': a function of app 'a' may use")
+        assert "not those of app 'other'" in str(refused.value)
+    finally:
+        runtime._runtime = previous

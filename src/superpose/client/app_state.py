@@ -51,7 +51,7 @@ async def connection_for(client: Client, scope: str, what: str) -> NATS:
     if app != own:
         raise PermissionDeniedError(
             f"{what}: a function of app {own!r} may use its own app's dicts and queues "
-            f"and shared=True ones, not app {app!r}'s (call a function of {app!r} to "
-            "touch them)"
+            f"and shared=True ones, not those of app {app!r} (call a function of {app!r} "
+            "to touch them)"
         )
     return await app_connection(client)
