@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +21,7 @@ from nats.aio.client import RawCredentials
 
 import app_user_fns as fns
 import superpose as sp
-from conftest import Lattice
+from conftest import Lattice, client_on, start_lattice, stop_lattice
 from durable_fns import runs
 from superpose import protocol, runtime
 from superpose.client import app_state
@@ -197,3 +198,28 @@ async def test_which_connection_each_scope_goes_over() -> None:
         assert "not those of app 'other'" in str(refused.value)
     finally:
         runtime._runtime = previous
+
+
+@pytest.fixture(scope="module")
+def sandboxed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lattice]:
+    """One node whose executors run sandboxed, as a user of their own: the app user's
+    creds reach them over the socketpair all the same."""
+    handle = start_lattice(
+        tmp_path_factory.mktemp("app-user"),
+        workers=1,
+        gateway=False,
+        env={"SUPERPOSE_SANDBOX": "user"},
+    )
+    yield handle
+    stop_lattice(handle)
+
+
+def test_a_sandboxed_executor_is_pinned_to_its_app_too(sandboxed: Lattice) -> None:
+    with client_on(sandboxed):
+        said = fns.through_the_api.remote(_name(), OTHER)
+        assert said["has app user"] is True and said["incr"] == 1
+        assert f"not those of app {OTHER!r}" in said["dict write"]
+        raw = fns.raw.remote(OTHER)
+    assert raw["app user"][f"{APP} dict write"] == "answered"
+    assert raw["app user"][f"{OTHER} dict write"] == "denied"
+    assert raw["neutral user"][f"{APP} dict write"] == "denied"
