@@ -55,15 +55,20 @@ def nested(directory: str, x: int) -> list[object]:
 
 @sp.function
 def nested_burst(directory: str, n: int) -> list[object]:
-    """A burst of cached calls inside a function: one batched lookup by the executor's
-    own user. Its results, whether each was a hit, and whether batches were allowed."""
+    """A burst of cached calls inside a function: looked up key by key by the executor's
+    app user. Its results, whether each was a hit, and whether the server lets that user
+    make a batch lookup (it may not: a batch names no key, so no app)."""
     import asyncio
 
-    from superpose.client import session
+    from superpose.client import app_state, session
     from superpose.lattice.memo_store import batch_permitted
 
     futures = [tenfold.spawn(directory, i) for i in range(n)]
     results = [f.result() for f in futures]
     client = session.current_client()
-    batch = asyncio.run_coroutine_threadsafe(batch_permitted(client.nc), client.loop)
+
+    async def probe() -> bool:
+        return await batch_permitted(await app_state.app_connection(client))
+
+    batch = asyncio.run_coroutine_threadsafe(probe(), client.loop)
     return [results, [f.cached for f in futures], batch.result(timeout=30)]

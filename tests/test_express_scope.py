@@ -20,6 +20,7 @@ import superpose as sp
 from conftest import Lattice, client_on, start_lattice, stop_lattice
 from superpose import protocol
 from superpose.lattice.connection import connect
+from superpose.node.executor.app_user import AppConnection
 from superpose.node.executor.express import ExpressCalls
 from superpose.security import nkeys
 from superpose.security.executor_identity import ExecutorSigner, signer_beside
@@ -81,7 +82,7 @@ def test_the_express_user_may_take_its_own_bundles_calls_only(one_node: Lattice)
     host = "ab" * 32
     mine = protocol.express_wildcard(host)
     tried = [mine, protocol.express_wildcard(OTHER), "sp.exec.>"]
-    tagged = one_node.run(subscriptions(one_node.url, signer.mint_express("e" * 16, host), tried))
+    tagged = one_node.run(subscriptions(one_node.url, signer.mint_app("e" * 16, host, "a"), tried))
     assert tagged == {mine: "ok", protocol.express_wildcard(OTHER): "denied", "sp.exec.>": "denied"}
     neutral = one_node.run(subscriptions(one_node.url, signer.mint("e" * 16), tried))
     assert neutral == dict.fromkeys(tried, "denied")
@@ -120,17 +121,22 @@ def test_an_express_user_the_server_refuses_leaves_calls_to_the_agent(
 
     async def attempt() -> ExpressCalls:
         nc = await connect(one_node.url, name="express-scope-test", creds=find_creds(one_node.url))
+        app = AppConnection(
+            lambda creds: connect(one_node.url, name="express-scope-own", creds_text=creds)
+        )
+        app.open(stranger.mint_app("e" * 16, "ab" * 32, "someapp"))
         express = ExpressCalls(
             nc,
             None,  # type: ignore[arg-type]  # no call arrives: the channel is never used
             lambda: True,
             lambda inv, reply: None,
-            lambda creds: connect(one_node.url, name="express-scope-own", creds_text=creds),
+            app,
         )
-        await express.open("ab" * 32, creds=stranger.mint_express("e" * 16, "ab" * 32))
+        await express.open("ab" * 32)
         assert express._opening is not None
         await express._opening
         await express.quiet()
+        await app.close()
         await nc.close()
         return express
 

@@ -264,14 +264,14 @@ def test_a_burst_is_looked_up_in_one_batch_or_key_by_key_for_a_caller_of_one_app
     assert runs(d, "double") == 20  # every one of them a hit
 
 
-def test_a_burst_inside_a_function_is_batched_by_the_executors_user(
+def test_a_burst_inside_a_function_is_looked_up_key_by_key_by_the_app_user(
     client: sp.Client, tmp_path: Path
 ) -> None:
     d = str(tmp_path)
     first = memo_fns.nested_burst.remote(d, 12)
     again = memo_fns.nested_burst.remote(d, 12)
     assert first[0] == again[0] == [[i] * 10 for i in range(12)]
-    assert again[1] == [True] * 12 and again[2] is True
+    assert again[1] == [True] * 12 and again[2] is False  # batches name no app: refused
     assert runs(d, "tenfold") == 12
 
 

@@ -591,9 +591,8 @@ def executor_publish_allowed(me: str) -> list[str]:
         f"{direct_get_subject(kv_stream(NODES_BUCKET))}.>",
         "$JS.FC.>",
         *executor_ref_subjects(me),
-        # any app's dicts and queues: the user is made before the executor knows its app
-        *shared_state_publish([app_scope("*"), SHARED_SCOPE]),
-        *executor_memo_allowed(),
+        # lattice-wide dicts and queues only: an app's are its app user's (below)
+        *shared_state_publish([SHARED_SCOPE]),
     ]
 
 
@@ -609,15 +608,18 @@ def executor_ref_subjects(me: str) -> list[str]:
     ]
 
 
-def executor_memo_allowed() -> list[str]:
-    """Cached nested calls: claim, store, drop and read entries by key. Any app's: the
-    user is made before the executor knows which app it will host (as for express)."""
-    entries = kv_subject(MEMO_BUCKET, ">")
-    return [
-        entries,
-        direct_get_last_subject(kv_stream(MEMO_BUCKET), entries),
-        direct_get_subject(kv_stream(MEMO_BUCKET)),  # batch lookups: it may read any key
-    ]
+def executor_app_allowed(app: str) -> list[str]:
+    """What an executor's *app user* may publish besides the rest: its app's own dicts,
+    queues and cache entries (``app``: a template naming the user's ``app`` tag, which
+    only the user minted for its ``Load`` carries; the neutral user has none of them)."""
+    return [*shared_state_publish([app_scope(app)]), *executor_memo_allowed(app)]
+
+
+def executor_memo_allowed(app: str) -> list[str]:
+    """Cached nested calls of ``app``'s functions: claim, store, drop and read entries by
+    key. No batch direct get: its request subject names no key, so it cannot be pinned."""
+    entries = kv_subject(MEMO_BUCKET, f"{app}.>")
+    return [entries, direct_get_last_subject(kv_stream(MEMO_BUCKET), entries)]
 
 
 def executor_publish_denied() -> list[str]:
@@ -1133,8 +1135,9 @@ class Load(Frame, tag="load"):
     user may not read the secrets bucket (``security/executor_identity.py``)."""
     express_creds: str = ""
     """A creds file's text for a second NATS user of this executor's, tagged with its
-    host key: the only user that may subscribe to ``express_wildcard(key)`` ("" =
-    subscribe on the executor's own connection, as a node's creds may)."""
+    host key and its app (its *app user*): the only user that may subscribe to
+    ``express_wildcard(key)`` and touch the app's dicts, queues and cache entries ("" =
+    do it all on the executor's own connection, as a node's creds may)."""
 
 
 class Describe(Frame, tag="describe"):

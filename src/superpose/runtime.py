@@ -49,6 +49,10 @@ class NodeRuntime:
     digest: str
     on_block: Callable[[str], None] = field(repr=False)
     on_unblock: Callable[[str], None] = field(repr=False)
+    app_connection: Callable[[], Awaitable[NATS]] | None = field(default=None, repr=False)
+    """The executor's connection as its *app user* (waited for: it opens in the
+    background), the only one that may touch ``app``'s dicts, queues and cache entries;
+    None when the executor has no app user (no signer: its one connection may)."""
 
 
 StartHook: TypeAlias = Callable[[], object]

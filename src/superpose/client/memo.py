@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from superpose import protocol
-from superpose.client import memo_batch
+from superpose.client import app_state, memo_batch
 from superpose.client.arguments import check_call, encode_arguments
 from superpose.client.futures import Future, fail
 from superpose.client.memo_key import Uncanonical, call_key
@@ -101,6 +101,10 @@ def submit(
     are hashed (canonically) now and pickled only if the lookup misses. The lookup
     goes with the others of its burst (``memo_batch``)."""
     check_call(target, len(args), kwargs)
+    own = app_state.hosted_app()
+    if own is not None and target.app != own:  # its executor may not touch that app's
+        _uncached_once(target, own)
+        return client.submit(target, args, kwargs, options, durable=durable, ctx=ctx)
     try:
         key = call_key(target.app, target.fn, target.digest, target.env, args, kwargs)
     except Uncanonical as exc:
@@ -124,16 +128,40 @@ def _warn_once(target: Target, reason: str) -> None:
     warnings.warn(UncachedWarning(f"{target.app}.{target.fn} ran uncached: {reason}"), stacklevel=4)
 
 
+_OTHER_APPS: set[tuple[str, str]] = set()
+
+
+def _uncached_once(target: Target, own: str) -> None:
+    """Said once per function: a function of ``own`` calls a cached function of another
+    app, whose cache entries its executor's app user may not read or write."""
+    mark = (target.app, target.fn)
+    if mark not in _OTHER_APPS:
+        _OTHER_APPS.add(mark)
+        log.info(
+            "%s.%s runs uncached from app %s: a function may use only its own app's cache",
+            target.app,
+            target.fn,
+            own,
+        )
+
+
 _STORES: weakref.WeakKeyDictionary[Client, memo_store.MemoStore] = weakref.WeakKeyDictionary()
 
 
 async def store_of(client: Client) -> memo_store.MemoStore:
-    """The client's handle on the memo bucket, opened on its first cached call."""
+    """The client's handle on the memo bucket, opened on its first cached call. Inside
+    a function whose executor has an app user, on that user's connection, looking keys
+    up one by one (a batch direct get cannot be pinned to the app, so it may not)."""
     store = _STORES.get(client)
     if store is None:
-        store = _STORES[client] = memo_store.MemoStore(
-            await memo_store.open_bucket(client.assets.js), client.nc
-        )
+        if app_state.hosted_app() is None:
+            kv = await memo_store.open_bucket(client.assets.js)
+            store = memo_store.MemoStore(kv, client.nc)
+        else:
+            nc = await app_state.app_connection(client)
+            store = memo_store.MemoStore(await memo_store.open_bucket(nc.jetstream()), nc)
+            store.batch_allowed = False
+        store = _STORES.setdefault(client, store)
     return store
 
 

@@ -13,12 +13,14 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from superpose import protocol
-from superpose.client import session
+from superpose.client import app_state, session
 from superpose.errors import BadRequestError, UserError
 from superpose.lattice import payload
 from superpose.support.eventloop import on_loop
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
     from superpose.client.client import Client
 
 P = ParamSpec("P")
@@ -38,6 +40,12 @@ class Shared:
         return self._client
 
     label = "a shared handle"
+    scope = protocol.SHARED_SCOPE
+
+    async def connection(self) -> NATS:
+        """The connection this handle's scope is used over: inside a function, an app's
+        own dicts and queues go over its executor's app user (``app_state``)."""
+        return await app_state.connection_for(self.client(), self.scope, self.label)
 
     def run(self, coro: Coroutine[Any, Any, T], method: str = "get") -> T:
         """Wait for ``coro`` on the client's loop; refused on that loop itself (async code

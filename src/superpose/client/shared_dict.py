@@ -97,10 +97,6 @@ class Dict(Shared):
     def _where(self, key: object) -> str:
         return f"{self.label} key {key!r}"
 
-    @property
-    def _nc(self) -> Any:
-        return self.client().nc
-
     # --- the mapping protocol (sync) -------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
@@ -125,7 +121,7 @@ class Dict(Shared):
     # --- methods, each also as ``.aio`` ---------------------------------------------
 
     async def _lookup(self, key: str) -> tuple[bool, Any]:
-        entry = await shared_kv.get(self._nc, self.bucket, self._key(key))
+        entry = await shared_kv.get(await self.connection(), self.bucket, self._key(key))
         if entry.value is None:
             return False, None
         return True, decode(entry.value)
@@ -146,18 +142,20 @@ class Dict(Shared):
         """``d[key] = value``; ``ttl``: this key's lifetime, instead of the Dict's."""
         data = encode(value, self._where(key))
         ttl = _check_ttl(ttl, self._where(key)) if ttl is not None else self.ttl
-        await shared_kv.put(self._nc, self.bucket, self._key(key), data, ttl_s=ttl)
+        await shared_kv.put(await self.connection(), self.bucket, self._key(key), data, ttl_s=ttl)
 
     @dual
     async def delete(self, key: str) -> bool:
         """Remove ``key``; False when it had no value (``del d[k]`` raises KeyError)."""
         subject_key = self._key(key)
         for _ in range(MAX_CAS_ATTEMPTS):
-            entry = await shared_kv.get(self._nc, self.bucket, subject_key)
+            entry = await shared_kv.get(await self.connection(), self.bucket, subject_key)
             if entry.value is None:
                 return False
             try:
-                await shared_kv.delete(self._nc, self.bucket, subject_key, last=entry.revision)
+                await shared_kv.delete(
+                    await self.connection(), self.bucket, subject_key, last=entry.revision
+                )
                 return True
             except shared_kv.Conflict:
                 continue
@@ -194,7 +192,7 @@ class Dict(Shared):
         it wrote, the value written or found)."""
         subject_key = self._key(key)
         for _ in range(MAX_CAS_ATTEMPTS):
-            entry = await shared_kv.get(self._nc, self.bucket, subject_key)
+            entry = await shared_kv.get(await self.connection(), self.bucket, subject_key)
             current = None if entry.value is None else decode(entry.value)
             write, new = decide(current)
             if not write:
@@ -202,7 +200,12 @@ class Dict(Shared):
             data = encode(new, self._where(key))
             try:
                 await shared_kv.put(
-                    self._nc, self.bucket, subject_key, data, ttl_s=self.ttl, last=entry.revision
+                    await self.connection(),
+                    self.bucket,
+                    subject_key,
+                    data,
+                    ttl_s=self.ttl,
+                    last=entry.revision,
                 )
                 return True, new
             except shared_kv.Conflict:
@@ -212,7 +215,7 @@ class Dict(Shared):
     @dual
     async def keys(self, prefix: str = "") -> list[str]:
         """The keys that have a value, sorted; only those starting with ``prefix``."""
-        found = await shared_kv.keys(self._nc, self.bucket, self._key_pattern())
+        found = await shared_kv.keys(await self.connection(), self.bucket, self._key_pattern())
         keys = (decode_key(k.rsplit(".", 1)[1]) for k in found)
         return sorted(k for k in keys if k.startswith(prefix))
 
@@ -222,7 +225,7 @@ class Dict(Shared):
         ``async for``); ``close()`` it, or use it as a context manager, to stop."""
         changes = Watch(self, prefix)
         changes.sub = await shared_kv.watch(
-            self._nc, self.bucket, self._key_pattern(), changes.deliver
+            await self.connection(), self.bucket, self._key_pattern(), changes.deliver
         )
         return changes
 

@@ -75,7 +75,7 @@ class Queue(Shared):
         if self._deleted:
             raise self._gone()
         if self._at is None or self._maxsize is None:
-            nc = self.client().nc
+            nc = await self.connection()
             stream = protocol.queue_stream(self.durable)
             subject = protocol.queue_subject(self.durable, self.scope, self.name)
             asked = self.asked_maxsize or 0
@@ -132,7 +132,7 @@ class Queue(Shared):
         pause = FULL_RECHECK_S[0]
         while True:
             try:
-                if await work_queues.try_put(self.client().nc, at, items, maxsize):
+                if await work_queues.try_put(await self.connection(), at, items, maxsize):
                     return
             except work_queues.Gone:
                 raise self._gone() from None
@@ -159,7 +159,7 @@ class Queue(Shared):
     async def _take(self, n: int, timeout: float | None) -> list[Any]:
         check_timeout(timeout, self.label)
         at = (await self._open())[0]
-        nc = self.client().nc
+        nc = await self.connection()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = work_queues.LONG_POLL_S if deadline is None else deadline - time.monotonic()
@@ -176,7 +176,7 @@ class Queue(Shared):
     async def qsize(self) -> int:
         """How many items it holds (``len(q)``), those being taken included."""
         at = (await self._open())[0]
-        found = await work_queues.info(self.client().nc, at)
+        found = await work_queues.info(await self.connection(), at)
         if found is None:
             raise self._gone()
         return work_queues.count(found)
@@ -189,5 +189,5 @@ class Queue(Shared):
         """Remove the queue and its items: a ``get`` or ``put`` through any handle that
         used it raises ``NotFoundError`` (a new ``sp.Queue`` of the name makes it anew)."""
         at = (await self._open())[0]
-        await work_queues.drop(self.client().nc, at, self.record)
+        await work_queues.drop(await self.connection(), at, self.record)
         self._deleted = True

@@ -130,7 +130,7 @@ class Admission:
         if host is None or meta is None:
             return "cold"
         pool = self.pool_for(host, inv, meta)
-        executor = self.pool.ready_executor(host, pool is self.slots)
+        executor = self.pool.ready_executor(host, pool is self.slots, inv.app)
         if executor is None:
             return "cold"
         if not pool.try_acquire():

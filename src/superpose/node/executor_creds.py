@@ -51,13 +51,14 @@ class ExecutorIdentities:
             self._folder = private_dir(Path(tempfile.mkdtemp(prefix="superpose-executors-")))
         return self._signer.mint_file(self._folder)
 
-    def mint_express(self, own: ExecutorCreds | None, host: str) -> str:
-        """Creds text for the user that takes ``host``'s express calls for the executor
-        whose own user is ``own`` (handed over in its ``Load`` frame, never written), or
-        "" when it has none of its own: it connects as the node, which may."""
+    def mint_app(self, own: ExecutorCreds | None, host: str, app: str) -> str:
+        """Creds text for the *app user* of the executor whose own user is ``own``:
+        ``host``'s express calls and ``app``'s dicts, queues and cache entries (handed
+        over in its ``Load`` frame, never written), or "" when it has none of its own:
+        it connects as the node, which may do all of it."""
         if self._signer is None or own is None:
             return ""
-        return self._signer.mint_express(own.executor_id, host)
+        return self._signer.mint_app(own.executor_id, host, app)
 
     @staticmethod
     def discard(creds: ExecutorCreds | None) -> None:

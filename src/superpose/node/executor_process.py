@@ -87,6 +87,9 @@ class ExecutorProcess:
     on_block: Callable[[Call], None]
     on_unblock: Callable[[Call], None]
     digest: str | None = None
+    app: str = ""
+    """The app it was loaded for."""
+    app_user: bool = False
     calls: dict[str, Call] = field(default_factory=dict)
     last_used: float = field(default_factory=time.monotonic)
     kill_reason: tuple[str, str] | None = None
@@ -249,6 +252,10 @@ class ExecutorProcess:
     ) -> None:
         """Collapse into the bundle; LoadFailed if it could not (a secret is not set)."""
         self.digest = digest
+        self.app = app
+        # With an app user it may touch ``app``'s state only, so it serves ``app``'s calls
+        # only (``ExecutorPool.ready_executor``), even of a bundle other apps share.
+        self.app_user = bool(express_creds)
         load = protocol.Load(
             digest,
             path,

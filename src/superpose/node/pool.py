@@ -256,9 +256,13 @@ class ExecutorPool:
 
     # --- executors -----------------------------------------------------------------
 
-    def ready_executor(self, host: BundleHost, is_sync: bool) -> ExecutorProcess | None:
-        """A live executor that can take the call now, or None if one must be started."""
-        live = host.live_executors()
+    def ready_executor(
+        self, host: BundleHost, is_sync: bool, app: str | None = None
+    ) -> ExecutorProcess | None:
+        """A live executor that can take the call (of ``app``) now, or None if one must be
+        started. One with an app user serves its own app's calls only: a bundle shared by
+        apps (script mode's folder) gets an executor per app (docs: "The app user")."""
+        live = [e for e in host.live_executors() if app is None or not e.app_user or e.app == app]
         if not live:
             return None
         if not is_sync:
@@ -270,7 +274,7 @@ class ExecutorPool:
 
     async def pick_executor(self, host: BundleHost, app: str, is_sync: bool) -> ExecutorProcess:
         host.executors = host.live_executors()
-        return self.ready_executor(host, is_sync) or await self._add_executor(host, app)
+        return self.ready_executor(host, is_sync, app) or await self._add_executor(host, app)
 
     async def _start_executor(self) -> ExecutorProcess:
         return await ExecutorProcess.start(
@@ -320,7 +324,7 @@ class ExecutorPool:
                 key=host.key,
                 settings=host.settings,
                 secret_values=await self._secret_values(host.settings),
-                express_creds=self._express_creds(executor, host.key),
+                express_creds=self._app_creds(executor, host.key, app),
             )
         except LoadFailed:  # e.g. a secret is not set: it may be set before the next call
             self._spawn(executor.close())
@@ -331,12 +335,11 @@ class ExecutorPool:
         self._evict_if_full(room_for=0, keep=host)
         return executor
 
-    def _express_creds(self, executor: ExecutorProcess, host: str) -> str:
-        """The user that may take ``host``'s express calls, minted now that the executor
-        is given its bundle (its own user, minted while neutral, may take none)."""
-        if not self.config.express:
-            return ""
-        return identities_for(self.config.lattice).mint_express(executor.creds, host)
+    def _app_creds(self, executor: ExecutorProcess, host: str, app: str) -> str:
+        """The executor's app user, minted now that it is given its bundle: ``host``'s
+        express calls and ``app``'s dicts, queues and cache entries (its own user, minted
+        while neutral, may touch none of them). Minted with express off too."""
+        return identities_for(self.config.lattice).mint_app(executor.creds, host, app)
 
     async def _secret_values(self, settings: protocol.ExecutorSettings | None) -> dict[str, str]:
         """The values of the secrets a host's functions name, read here: its executors may

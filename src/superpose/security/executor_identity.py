@@ -42,6 +42,10 @@ BUNDLE_TAG = "bundle"
 """The tag naming the bundle host (``protocol.host_key``) whose express calls a user may
 take: only the user an agent mints for an executor's ``Load`` carries it."""
 BUNDLE_TEMPLATE = "{{tag(bundle)}}"
+APP_TAG = "app"
+"""The tag naming the app whose dicts, queues and cache entries a user may touch: carried,
+like ``bundle``, only by the user minted for an executor's ``Load`` (its *app user*)."""
+APP_TEMPLATE = "{{tag(app)}}"
 EXPIRES_S = 24 * 3600.0
 """An executor's user expires after a day: an executor lives as long as its node
 keeps it, and a stolen creds file is worth a day at most. A new executor gets a new
@@ -53,7 +57,12 @@ def template() -> dict[str, Any]:
     """The permissions every executor user gets, with its name in its own subjects."""
     return {
         "pub": {
-            "allow": protocol.executor_publish_allowed(NAME_TEMPLATE),
+            "allow": list(
+                dict.fromkeys(
+                    protocol.executor_publish_allowed(NAME_TEMPLATE)
+                    + protocol.executor_app_allowed(APP_TEMPLATE)
+                )
+            ),
             "deny": protocol.executor_publish_denied(),
         },
         "sub": {"allow": protocol.executor_subscribe_allowed(NAME_TEMPLATE, BUNDLE_TEMPLATE)},
@@ -111,11 +120,12 @@ class ExecutorSigner:
         )
         return creds_text(token, user_seed)
 
-    def mint_express(self, executor_id: str, host: str) -> str:
-        """Creds text for the executor ``executor_id``'s second user, which may also take
-        the express calls of ``host`` (``protocol.host_key``), handed over in its ``Load``
-        frame: the first, minted while the executor was neutral, may take none."""
-        return self.mint(executor_id, tags=[f"{BUNDLE_TAG}:{host}"])
+    def mint_app(self, executor_id: str, host: str, app: str) -> str:
+        """Creds text for the executor ``executor_id``'s *app user*, handed over in its
+        ``Load`` frame: it may also take the express calls of ``host`` and use ``app``'s
+        dicts, queues and cache entries. The first user, minted while the executor was
+        neutral, may do none of these."""
+        return self.mint(executor_id, tags=[f"{BUNDLE_TAG}:{host}", f"{APP_TAG}:{app}"])
 
     def mint_file(self, folder: Path) -> ExecutorCreds:
         """A new executor user's creds written to ``folder`` (0600)."""

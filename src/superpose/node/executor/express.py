@@ -8,10 +8,10 @@ call on to the node queue group unchanged, so none is lost.
 
 On a lattice with credentials the executor's own user may not subscribe to any
 express subject (it was minted while the executor was neutral): the agent hands it
-a second user's creds in the ``Load`` frame, tagged with the bundle host, and the
-express subscription lives on a connection of that user's, opened in the background
-so a cold call does not wait for it (until it is up, clients hear "no responders"
-and call through the agents, as for a cold bundle).
+its *app user*'s creds in the ``Load`` frame, tagged with the bundle host and app,
+and the express subscription lives on that user's connection (``app_user.py``),
+opened in the background so a cold call does not wait for it (until it is up,
+clients hear "no responders" and call through the agents, as for a cold bundle).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -27,16 +27,12 @@ from nats.aio.subscription import Subscription
 
 from superpose import protocol
 from superpose.node.channel import Channel
+from superpose.node.executor.app_user import AppConnection
 
 Accept = Callable[[protocol.Invocation, str], None]
 """Run an express call that was announced to the agent (its ``took`` is its start)."""
-ConnectAs = Callable[[str], Awaitable[NATS]]
-"""A connection to the lattice as the user whose creds text is given."""
 
 log = logging.getLogger("superpose.executor")
-OPENING_WAIT_S = 5.0
-"""How long quieting waits for the express connection being opened (a connect
-normally takes milliseconds; a server that never answers is given up on)."""
 
 
 class ExpressCalls:
@@ -46,13 +42,13 @@ class ExpressCalls:
         channel: Channel[protocol.FromAgent],
         idle: Callable[[], bool],
         accept: Accept,
-        connect_as: ConnectAs | None = None,
+        app: AppConnection | None = None,
     ) -> None:
         self.nc = nc
-        """Where calls are passed on from, and subscribed on when no creds are given."""
-        self._connect_as = connect_as
-        self._own: NATS | None = None
-        """The express user's connection (``open`` with creds), closed by ``quiet``."""
+        """Where calls are passed on from, and subscribed on without an app user."""
+        self._app = app
+        """The app user's connection, subscribed on when it is opened (not closed here:
+        user code's dicts, queues and cache entries use it too)."""
         self._opening: asyncio.Task[None] | None = None
         self.channel = channel
         self._idle = idle
@@ -62,31 +58,35 @@ class ExpressCalls:
         an express call of them after the fact."""
         self._subscription: Subscription | None = None
         self._env = ""
+        self._only_app = ""
+        """Set with an app user: the app whose calls this executor may run."""
 
-    async def open(self, digest: str, env: str = "", creds: str = "") -> None:
+    async def open(self, digest: str, env: str = "", app: str = "") -> None:
         """Take express calls of ``digest`` run with environment ``env`` (others sent to
         the bundle's subject are passed on: this executor runs with one environment).
-        With ``creds`` (the express user's creds text), on a connection of that user's,
-        opened in the background; without, on the executor's own connection, now."""
+        On the app user's connection once it is up, if there is one, and then it runs
+        only the calls of ``app``, the one app whose state that user may touch (another
+        app's calls of the same bundle are passed on, to the agents, which send them to
+        executors of that app); else on the executor's own connection, now, every app's."""
         self._env = env
-        if creds and self._connect_as is not None:
-            self._opening = asyncio.create_task(self._open_as(digest, creds))
+        subject = protocol.express_wildcard(digest)
+        if self._app is not None and self._app.opened:
+            self._only_app = app
+            self._opening = asyncio.create_task(self._open_as(digest, subject, self._app))
         else:
-            self._subscription = await self._subscribe(self.nc, digest)
+            self._subscription = await self._subscribe(self.nc, subject)
 
-    async def _open_as(self, digest: str, creds: str) -> None:
-        """Connect as the express user and subscribe; on failure this executor takes
-        no express calls (its calls come through its agent) and says why once."""
-        assert self._connect_as is not None
+    async def _open_as(self, digest: str, subject: str, app: AppConnection) -> None:
+        """Subscribe on the app user's connection; on failure this executor takes no
+        express calls (its calls come through its agent) and says why once."""
         try:
-            self._own = await self._connect_as(creds)
-            self._subscription = await self._subscribe(self._own, digest)
+            self._subscription = await self._subscribe(await app.get(), subject)
         except Exception as exc:
             log.warning("taking no express calls of %s: %s", digest, exc)
 
-    async def _subscribe(self, nc: NATS, digest: str) -> Subscription:
+    async def _subscribe(self, nc: NATS, subject: str) -> Subscription:
         return await nc.subscribe(
-            protocol.express_wildcard(digest),
+            subject,
             queue=protocol.EXPRESS_QUEUE_GROUP,
             cb=self._on_call,
             pending_msgs_limit=-1,
@@ -103,6 +103,7 @@ class ExpressCalls:
             if (
                 inv is not None
                 and inv.env == self._env
+                and (not self._only_app or inv.app == self._only_app)
                 and (inv.module, inv.qualname) in self.known
             ):
                 # Taken only when idle, so it starts now: "took" is also its "start".
@@ -119,19 +120,10 @@ class ExpressCalls:
         passed to the queue group, so none is lost."""
         opening, self._opening = self._opening, None
         if opening is not None and not opening.done():
-            # Let a connect under way finish, then close it below: cancelled halfway,
-            # nats-py leaves its socket open for the garbage collector.
+            opening.cancel()  # the connection is the app user's, closed by it
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(opening), OPENING_WAIT_S)
-            if not opening.done():
-                opening.cancel()
-                with contextlib.suppress(BaseException):
-                    await opening
+                await opening
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
             with contextlib.suppress(Exception):  # connection gone: nothing more can arrive
                 await subscription.drain()  # type: ignore[no-untyped-call]
-        own, self._own = self._own, None
-        if own is not None:
-            with contextlib.suppress(Exception):
-                await own.close()

@@ -22,7 +22,7 @@ from superpose.errors import LatticeError
 from superpose.lattice.connection import connect
 from superpose.lattice.offers import Offers
 from superpose.node.channel import Channel
-from superpose.node.executor.express import ConnectAs
+from superpose.node.executor.app_user import ConnectAs
 from superpose.node.executor.runner import Executor
 from superpose.security.executor_identity import ExecutorCreds
 from superpose.support import eventloop
@@ -97,13 +97,13 @@ async def _serve(
 
 
 def _connect_as(lattice: str, node_id: str, me: str | None) -> ConnectAs:
-    """How the executor connects as its express user (``express.py``), with the creds
+    """How the executor connects as its app user (``app_user.py``), with the creds
     text its agent hands it: from memory, under the same name and inbox prefix."""
 
     def connect_as(creds: str) -> Awaitable[NATS]:
         return connect(
             lattice,
-            name=f"superpose-express-{node_id}-{os.getpid()}",
+            name=f"superpose-app-{node_id}-{os.getpid()}",
             creds_text=creds,
             inbox_prefix=protocol.executor_inbox_prefix(me) if me is not None else None,
         )

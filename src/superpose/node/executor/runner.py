@@ -31,12 +31,13 @@ from superpose.lattice import offers, payload
 from superpose.lattice.offers import Offers
 from superpose.lattice.ref_args import RefCache, decode_args
 from superpose.node.channel import Channel
+from superpose.node.executor.app_user import AppConnection, ConnectAs
 from superpose.node.executor.asgi import AsgiRunner
 from superpose.node.executor.capture import Output, capture
 from superpose.node.executor.confine import end_strays
 from superpose.node.executor.environ import apply_settings, not_prepared
 from superpose.node.executor.environment import use_environment
-from superpose.node.executor.express import ConnectAs, ExpressCalls
+from superpose.node.executor.express import ExpressCalls
 from superpose.node.executor.functions import Functions, is_async, top_level_modules
 from superpose.node.executor.hooks import StartHooks
 from superpose.node.executor.lane import SyncLane
@@ -74,12 +75,14 @@ class Executor:
         """Calls accepted and not yet answered, from either source."""
         self.hooks = StartHooks(self.loop)
         self.replies = Replies(nc, channel, protocol.node_results_subject(node_id), self._answered)
+        self.app = AppConnection(connect_as)
+        """The app user's connection (express calls, the app's dicts, queues, cache)."""
         self.express = ExpressCalls(
             nc,
             channel,
             lambda: self.in_flight == 0 and self.hooks.failure is None,
             lambda inv, reply: self._accept(inv, reply, True),
-            connect_as,
+            self.app,
         )
         self.refs = RefCache(nc)
         """Objects of Refs given as arguments, fetched once for every call here."""
@@ -97,6 +100,7 @@ class Executor:
                 await self._on_frame(frame)
         finally:  # on every way out: the express user's connection is this executor's too
             await self.express.quiet()
+            await self.app.close()
         await self.http.shutdown()
         await self.replies.settle(OFFERS_DRAIN_S)
         deadline = time.monotonic() + OFFERS_DRAIN_S
@@ -132,6 +136,7 @@ class Executor:
             use_environment(Path(load.site_packages))
         os.chdir(path)
         payload.BY_VALUE_MODULES.update(top_level_modules(path))
+        own_app = self.app.open(load.express_creds)
         runtime.install(
             runtime.NodeRuntime(
                 node_id=self.node_id,
@@ -139,11 +144,12 @@ class Executor:
                 digest=load.digest,
                 on_block=self._on_block,
                 on_unblock=self._on_unblock,
+                app_connection=self.app.get if own_app else None,
             )
         )
         self.outputs = capture(self._emit)
         if load.express:
-            await self.express.open(load.key or load.digest, load.env, load.express_creds)
+            await self.express.open(load.key or load.digest, load.env, load.app)
         self.channel.send(protocol.Loaded())
 
     # --- running calls ---------------------------------------------------------------
