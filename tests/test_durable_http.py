@@ -387,7 +387,7 @@ async def test_ids_that_cannot_be_recorded_are_logged_not_failed(
     [
         ("0123abcd.1", ("0123abcd", 1)),
         ("0123abcd.ff", ("0123abcd", 255)),
-        ("idem.abc", ("idem.abc", 0)),
+        ("idem.abc", (protocol.keyed_hidden("idem.abc"), 0)),  # by a hash of its name
         ("sched.0a1b-1700000000000", ("sched.0a1b-1700000000000", 0)),  # a tick, by name
         ("0123abcd.01", None),  # durable_id writes no leading zero
         ("0123abcd.0x1", None),

@@ -283,3 +283,57 @@ def test_a_payload_over_what_a_blob_holds_is_refused_naming_its_size(
     monkeypatch.setattr(sealed, "MAX_SEALED_BYTES", 4)
     with pytest.raises(SerializationError, match="payload of 5 bytes is over the 4 a blob"):
         sealed.seal("id1", b"12345")
+
+
+# --- keyed results -----------------------------------------------------------------
+
+
+async def test_a_keyed_result_read_by_wildcard_gives_away_neither_id_nor_value(
+    lattice: Lattice, hello: str
+) -> None:
+    """A caller may read keyed results (``idem.*``: whoever holds a key shares its
+    result), and a literal ``idem.*`` read answers the newest keyed record of anyone's:
+    it is stored under a hash of its id and sealed with the id, so that read finds
+    neither. Whoever holds the key (or the id) still gets the result."""
+    marker = unique("keyed-secret")
+    key = unique("key")
+
+    def keyed() -> tuple[str, str]:
+        with connected(lattice, mint(lattice, "caller")) as client:
+            greet = client.function("hello.greet").with_options(idempotency_key=key)
+            future = greet.spawn(marker)
+            value = future.result(timeout=60)
+            assert future.invocation_id is not None
+            return future.invocation_id, value
+
+    invocation_id, value = await asyncio.to_thread(keyed)
+    assert marker in value and protocol.is_keyed(invocation_id)
+    wire = await Wire().open(lattice.url, mint(lattice, "caller"))
+    try:
+        keyed_results = protocol.results_subject(protocol.idempotent_id("*"))
+        newest = await wire.nc.request(
+            f"{protocol.direct_get_subject(protocol.RESULTS_STREAM)}.{keyed_results}", b""
+        )
+    finally:
+        await wire.nc.close()
+    assert newest.data and marker.encode() not in newest.data
+    found_at = (newest.headers or {}).get("Nats-Subject", "")
+    assert found_at.startswith("$KV.sp_results.idem.") and invocation_id not in found_at
+    assert invocation_id.encode() not in newest.data
+
+    def again() -> tuple[str, Any]:  # another caller holding the key: the stored result
+        with connected(lattice, mint(lattice, "caller")) as client:
+            greet = client.function("hello.greet").with_options(idempotency_key=key)
+            future = greet.spawn("ignored: the key's first run answers")
+            return str(future.invocation_id), future.result(timeout=60)
+
+    assert await asyncio.to_thread(again) == (invocation_id, value)
+
+
+def test_a_keyed_record_that_does_not_open_with_its_id_is_as_good_as_absent() -> None:
+    stored = results._stored("idem.aaaa", protocol.Result(id="idem.aaaa", node="n1").encode())
+    assert b"idem.aaaa" not in stored
+    assert results._decoded("idem.aaaa", stored) == protocol.Result(id="idem.aaaa", node="n1")
+    assert results._decoded("idem.bbbb", stored) is None
+    assert protocol.result_key("idem.aaaa") != "idem.aaaa"
+    assert protocol.result_key("caller-1.ab12.3") == "caller-1.ab12.3"  # not keyed: by id

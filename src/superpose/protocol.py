@@ -229,7 +229,30 @@ def node_results_subject(node_id: str) -> str:
 
 
 def result_key(invocation_id: str) -> str:
-    return invocation_id
+    """Where an invocation's result is stored: under its id, except an idempotency key's
+    result, which is stored under a hash of its id (``keyed_hidden``)."""
+    return keyed_hidden(invocation_id) if is_keyed(invocation_id) else invocation_id
+
+
+KEYED_NAME_LABEL = b"superpose keyed result\0"
+
+
+def is_keyed(invocation_id: str) -> bool:
+    """An idempotency key's invocation (``idempotent_id``)."""
+    kind, _, rest = invocation_id.partition(".")
+    return kind == "idem" and bool(rest) and "." not in rest
+
+
+def keyed_hidden(invocation_id: str) -> str:
+    """The name a keyed invocation's records are stored under: a hash of its id.
+
+    A caller may read keyed results (``idem.*``: an idempotency key is shared by
+    whoever holds it), and a permission's ``*`` also admits a literal ``*``, so a read
+    of ``idem.*`` answers the newest keyed record of anyone's. Stored under a hash, and
+    its result sealed with the id (``lattice/results.py``), that record gives away
+    neither the id nor the value: the id is the capability, as a blob's is."""
+    digest = hashlib.sha256(KEYED_NAME_LABEL + invocation_id.encode()).hexdigest()
+    return idempotent_id(digest[:40])
 
 
 def results_subject(key: str) -> str:
@@ -288,7 +311,7 @@ def issued_mark(invocation_id: str) -> tuple[str, int] | None:
         return None
     kind, _, rest = invocation_id.partition(".")
     if kind in ("idem", "sched") and rest and "." not in rest:  # a key's id, a tick: by name
-        return invocation_id, 0
+        return (keyed_hidden(invocation_id) if kind == "idem" else invocation_id), 0
     head, _, tail = invocation_id.rpartition(".")  # the client's id, its number
     if not head:
         return None

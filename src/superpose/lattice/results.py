@@ -1,4 +1,9 @@
-"""The results bucket: durable results by invocation id, shared by clients and nodes."""
+"""The results bucket: durable results by invocation id, shared by clients and nodes.
+
+An idempotency key's result is stored under a hash of its id and sealed with its id
+(``protocol.keyed_hidden``, ``sealed.KEYED``): a caller may read keyed results by
+id, and a literal ``idem.*`` read must give away neither the id nor the value.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from superpose import protocol
 from superpose.errors import LatticeError
 from superpose.lattice.batch import Message, get_last_each, get_last_many, publish_atomic
 from superpose.lattice.connection import Assets, permits_of
+from superpose.lattice.sealed import KEYED
 from superpose.support.retry import Backoff
 
 WAIT_POLLS = Backoff(0.02, factor=2, max_s=0.5)
@@ -25,7 +31,23 @@ async def get(assets: Assets, invocation_id: str) -> protocol.Result | None:
         entry = await assets.results.get(protocol.result_key(invocation_id))
     except KeyNotFoundError:
         return None
-    return protocol.Result.decode(entry.value) if entry.value else None
+    return _decoded(invocation_id, entry.value) if entry.value else None
+
+
+def _stored(invocation_id: str, data: bytes) -> bytes:
+    """What is written for a result: sealed with its id if it is a keyed one."""
+    return KEYED.seal(invocation_id, data) if protocol.is_keyed(invocation_id) else data
+
+
+def _decoded(invocation_id: str, data: bytes) -> protocol.Result | None:
+    """A stored result; None for a keyed record that does not open with its id (not
+    this id's, or altered): as good as absent."""
+    if protocol.is_keyed(invocation_id):
+        opened = KEYED.open(invocation_id, data)
+        if opened is None:
+            return None
+        data = opened
+    return protocol.Result.decode(data)
 
 
 async def get_many(
@@ -35,13 +57,13 @@ async def get_many(
     ``one_by_one``, or for a user that may not send the batch get (a narrow role: its
     request subject does not say whose results it reads), a direct get each, whose
     subject names the result (an executor's or a caller's user may read only its own)."""
-    subjects = [protocol.results_subject(protocol.result_key(i)) for i in ids]
+    by_subject = {protocol.results_subject(protocol.result_key(i)): i for i in ids}
     get = get_last_each if one_by_one or not may_batch(nc) else get_last_many
-    found = await get(nc, protocol.RESULTS_STREAM, subjects)
+    found = await get(nc, protocol.RESULTS_STREAM, list(by_subject))
     results: dict[str, protocol.Result] = {}
-    for data in found.values():
-        if data:
-            result = protocol.Result.decode(data)
+    for subject, data in found.items():
+        result = _decoded(by_subject[subject], data) if data else None
+        if result is not None:
             results[result.id] = result
     return results
 
@@ -55,7 +77,7 @@ async def store_many(nc: NATS, encoded: Iterable[tuple[str, bytes]]) -> None:
     """Write (invocation id, encoded result) pairs with one fsync per batch; raises if
     the batch did not land. Encoded by the caller, who sends the same bytes on."""
     messages = [
-        Message(protocol.results_subject(protocol.result_key(inv_id)), data)
+        Message(protocol.results_subject(protocol.result_key(inv_id)), _stored(inv_id, data))
         for inv_id, data in encoded
     ]
     if messages:
@@ -84,7 +106,7 @@ async def mark_cancelled(nc: NATS, ids: Sequence[str], node: str) -> list[str]:
                 [
                     Message(
                         protocol.results_subject(protocol.result_key(invocation_id)),
-                        result.encode(),
+                        _stored(invocation_id, result.encode()),
                         {"Nats-Expected-Last-Subject-Sequence": "0"},
                     )
                 ],

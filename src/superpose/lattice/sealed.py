@@ -72,6 +72,15 @@ BLOBS = Sealer(
 )
 
 
+KEYED = Sealer(
+    b"superpose keyed result name\0",
+    b"superpose keyed result key\0",
+    "a stored result of {size:,} bytes is over the {limit:,} one holds",
+)
+"""An idempotency key's stored result, sealed with its invocation id (results are small:
+big values are blobs, which the result only names)."""
+
+
 def object_name(blob: str) -> str:
     """The name blob ``blob`` is stored under in ``sp_blobs``: a hash, not the id."""
     return protocol.blob_object_name(BLOBS.hidden_name(blob))
