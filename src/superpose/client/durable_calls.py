@@ -268,7 +268,15 @@ class DurableCalls:
             return
         assert result.value is not None
         value = result.value
+        future.result_payload = value  # a dependent is sent this, not the bytes
         data: protocol.Buffer | None = value.data
+        if value.blob is not None and future.lazy_ok:  # feeds a dependent: fetched if asked
+
+            async def fetch() -> Any:
+                return payload.decode_value(await payload.unwrap(self._nc, value), value.codec)
+
+            future.settle_lazily(value, self._loop, fetch)
+            return
         if value.blob is not None:  # kept: others may fetch this result by id
             try:
                 data = await payload.unwrap(self._nc, value)
