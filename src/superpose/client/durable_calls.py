@@ -9,7 +9,6 @@ repeat finds the first), needs classes, and the futures' cancel hooks.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -289,13 +288,5 @@ class DurableCalls:
 def _chain(source: Future, target: Future) -> None:
     """``target`` ends as ``source`` does (a repeated idempotency key)."""
 
-    def copy(done: concurrent.futures.Future[Any]) -> None:
-        if done.cancelled():
-            target.cancel()
-        elif done.exception() is not None:
-            fail(target, done.exception())  # type: ignore[arg-type]
-        else:
-            target.set_result(done.result())
-
-    source.add_done_callback(copy)
+    source.add_done_callback(lambda _: target.adopt(source))  # a lazy result stays lazy
     target.accepted = source.accepted
