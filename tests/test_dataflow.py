@@ -13,8 +13,9 @@ import pytest
 
 import superpose as sp
 from conftest import Lattice, poll
-from superpose.client.dataflow import upstream
-from superpose.errors import UpstreamError
+from superpose.client.dataflow import after, upstream
+from superpose.client.futures import Future
+from superpose.errors import SuperposeError, UpstreamError
 from test_cli import deploy, unique, write_app
 from test_roles import connected, mint
 
@@ -51,6 +52,11 @@ def blob(n):
 
 @sp.function
 def size(data):
+    return len(data)
+
+
+@sp.function
+async def size_async(data):
     return len(data)
 
 
@@ -144,6 +150,25 @@ async def test_a_lazy_result_can_be_awaited(client: sp.Client, app: str) -> None
     made = blob.spawn(MB)
     assert await size.spawn(made) == MB
     assert await made == b"b" * MB
+
+
+def test_an_async_function_and_gather_of_a_lazy_input(client: sp.Client, app: str) -> None:
+    blob, size_async = fn(client, app, "blob"), fn(client, app, "size_async")
+    made = blob.spawn(MB)
+    assert size_async.spawn(made).result() == MB
+    assert sp.gather(made, progress=False) == [b"b" * MB]  # fetched here, once
+
+
+def test_a_dependent_that_cannot_be_sent_fails_with_the_reason() -> None:
+    finished = Future()
+    finished.set_result(1)
+
+    def refused() -> Future:
+        raise SuperposeError("this superpose client is closed")
+
+    dependent = after([finished], refused)
+    with pytest.raises(SuperposeError, match="client is closed"):
+        dependent.result(0)
 
 
 def test_a_failed_input_fails_its_dependents_naming_it(client: sp.Client, app: str) -> None:
