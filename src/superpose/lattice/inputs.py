@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 
 from superpose import protocol
 from superpose.lattice import payload
+from superpose.lattice.ref_args import swap_where
 
 _arriving: ContextVar[list[Input] | None] = ContextVar("superpose_inputs_arriving", default=None)
 
@@ -86,17 +87,9 @@ async def resolve(
 def swap(value: Any, values: dict[int, Any]) -> Any:
     """``value`` with every Input (in lists, tuples and dicts, at any depth) replaced by
     its value from ``values`` (keyed by the Input's ``id``)."""
-    if isinstance(value, Input):
-        return values.get(id(value), value)
-    if type(value) is list:
-        return [swap(item, values) for item in value]
-    if type(value) is tuple:
-        return tuple(swap(item, values) for item in value)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
-        return type(value)(*(swap(item, values) for item in value))
-    if type(value) is dict:
-        return {key: swap(item, values) for key, item in value.items()}
-    return value
+    return swap_where(
+        value, lambda v: isinstance(v, Input), lambda found: values.get(id(found), found)
+    )
 
 
 def given(value: Any) -> Any:
