@@ -231,6 +231,8 @@ def test_a_future_cannot_travel_on_its_own(client: sp.Client, app: str) -> None:
     future = fn(client, app, "square").spawn(1)
     with pytest.raises(TypeError, match="only as an argument of a call"):
         pickle.dumps(future)
+    with pytest.raises(sp.SerializationError, match="Future"):
+        sp.put([future])
     future.result()
 
 
