@@ -417,6 +417,15 @@ def shared_state(quick: bool) -> dict[str, Any]:
     return found
 
 
+def dataflow(quick: bool) -> dict[str, Any]:
+    """``bench/dataflow.py``: a tree reduction with futures as arguments, against Ray
+    and Dask (each engine in a child process of its own)."""
+    from bench import dataflow as tree
+
+    with contextlib.redirect_stdout(sys.stderr):  # its JSON goes in the document
+        return tree.main(["2000" if quick else "10000"])
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench import report
 
@@ -457,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         document = merged(json.loads(Path(ns.merge).read_text()), document)
     elif not ns.only:
         document["shared_state"] = shared_state(ns.quick)
+        document["dataflow"] = dataflow(ns.quick)
     engines_shown = [e for e in report.ENGINES if e in document["results"]]
     report.add_summaries(document["results"])
     table = document["table"] = report.markdown_table(document["results"], engines_shown)
@@ -484,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if "shared_state" in document:
         print("\nshared dicts vs Redis:", json.dumps(document["shared_state"].get("ratios")))
+    if "dataflow" in document:
+        print("\ntree reduction with futures as arguments:", json.dumps(document["dataflow"]))
     print(f"\nresults: {path}", file=sys.stderr)
     return 0
 

@@ -208,3 +208,19 @@ class PermissionDeniedError(UserError):
     """The credentials in use may not do this (a role, or ``--app``, that leaves it out);
     raised before asking, since the server answers a refused request with silence. The
     message names what was refused and the user."""
+
+
+class UpstreamError(SuperposeError):
+    """A call whose input (a Future passed as an argument) failed, so it never ran.
+
+    ``invocation_id`` names the invocation that failed first (an input's input, for a
+    dependent of a dependent) and ``error`` is that invocation's own error."""
+
+    def __init__(self, invocation_id: str, error: BaseException) -> None:
+        name = invocation_id or "an input that was never submitted"
+        super().__init__(f"input {name} failed: {type(error).__name__}: {error}")
+        self.invocation_id = invocation_id
+        self.error = error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.invocation_id, self.error))

@@ -48,6 +48,7 @@ from superpose.errors import RemoteError as RemoteError
 from superpose.errors import SerializationError as SerializationError
 from superpose.errors import SuperposeError as SuperposeError
 from superpose.errors import UntrustedError as UntrustedError
+from superpose.errors import UpstreamError as UpstreamError
 from superpose.errors import UserError as UserError
 from superpose.lattice.refs import Ref as Ref
 from superpose.runtime import on_start as on_start

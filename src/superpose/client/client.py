@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from nats.aio.client import Client as NATS
 
 from superpose import config, protocol, runtime
-from superpose.client import session, threads
+from superpose.client import dataflow, session, threads
 from superpose.client.arguments import encode_arguments
 from superpose.client.asked_names import AskedNames
 from superpose.client.asked_placement import AskedPlacement
@@ -319,9 +319,16 @@ class Client:
         ``durable`` persists it in JetStream first (spawn, map): it survives node
         deaths and broker restarts. Otherwise it is a direct request (remote).
         """
-        with refs.sending() as sent:  # Refs among the arguments: kept alive while pending
+        with refs.sending() as sent, dataflow.collecting() as inputs:  # Refs: kept alive
             raw = encode_arguments(target, args, kwargs, codec)
-        if durable:
+        if inputs:  # futures among the arguments: sent once they are done
+            future = dataflow.after(
+                inputs,
+                lambda: self.submit(
+                    target, args, kwargs, options, codec=codec, durable=durable, ctx=ctx
+                ),
+            )
+        elif durable:
             future = self.submit_durable(target, raw, codec, options, ctx)
         else:
             future = self.submit_raw(target, raw, codec, options, ctx)

@@ -9,7 +9,6 @@ repeat finds the first), needs classes, and the futures' cancel hooks.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -268,7 +267,15 @@ class DurableCalls:
             return
         assert result.value is not None
         value = result.value
+        future.result_payload = value  # a dependent is sent this, not the bytes
         data: protocol.Buffer | None = value.data
+        if value.blob is not None and future.lazy_ok:  # feeds a dependent: fetched if asked
+
+            async def fetch() -> Any:
+                return payload.decode_value(await payload.unwrap(self._nc, value), value.codec)
+
+            future.settle_lazily(value, self._loop, fetch)
+            return
         if value.blob is not None:  # kept: others may fetch this result by id
             try:
                 data = await payload.unwrap(self._nc, value)
@@ -281,13 +288,5 @@ class DurableCalls:
 def _chain(source: Future, target: Future) -> None:
     """``target`` ends as ``source`` does (a repeated idempotency key)."""
 
-    def copy(done: concurrent.futures.Future[Any]) -> None:
-        if done.cancelled():
-            target.cancel()
-        elif done.exception() is not None:
-            fail(target, done.exception())  # type: ignore[arg-type]
-        else:
-            target.set_result(done.result())
-
-    source.add_done_callback(copy)
+    source.add_done_callback(lambda _: target.adopt(source))  # a lazy result stays lazy
     target.accepted = source.accepted

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
 import weakref
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from typing import Any
 
 from superpose import protocol, runtime
+from superpose.client import threads
 from superpose.client.progress import progress_bar
 from superpose.errors import RemoteError, SuperposeError, UserError, raised_remotely
 from superpose.lattice import payload
@@ -28,11 +30,20 @@ class Future(concurrent.futures.Future[Any]):
     """Set for durable invocations: cancelling the future cancels the work on the lattice."""
     cached: bool = False
     """True when a ``cache=True`` call's result came from the cache: nothing ran."""
+    result_payload: protocol.Payload | None = None
+    """A durable result as its notification carried it: what a dependent call is sent
+    in this future's place (``client/dataflow.py``), so its bytes never come here."""
+    lazy_ok: bool = False
+    """Set when this future feeds a dependent: a big result is then fetched only when
+    ``result()`` or ``await`` asks for it, never just because it finished."""
+    _lazy: Callable[[], Coroutine[Any, Any, Any]] | None = None
+    _lazy_loop: asyncio.AbstractEventLoop | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.accepted = threading.Event()
         """Set once the lattice has persisted a durable invocation (it will not be lost)."""
+        self._fetch_lock = threading.Lock()
 
     def cancel(self) -> bool:
         """Cancel the invocation: dropped if queued, killed if running; False if finished."""
@@ -43,13 +54,117 @@ class Future(concurrent.futures.Future[Any]):
 
     def result(self, timeout: float | None = None) -> Any:
         if self.done():
-            return super().result(0)
+            return self._value(super().result(0))
         _refuse_on_event_loop()
         with runtime.blocking():
-            return super().result(timeout)
+            return self._value(super().result(timeout))
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return asyncio.wrap_future(self).__await__()
+        if not self.lazy_ok:
+            return asyncio.wrap_future(self).__await__()
+        return self._awaited().__await__()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Only a call's arguments may hold a Future (``client/dataflow.py`` encodes it
+        as a pointer to its result); anywhere else it cannot travel."""
+        send = SENDING.get()
+        if send is None:
+            raise TypeError(
+                "a Future can be sent only as an argument of a call (.spawn, .remote, .map)"
+            )
+        return send(self)
+
+    def settle_lazily(
+        self, result: protocol.Payload, loop: asyncio.AbstractEventLoop, fetch: Fetch
+    ) -> None:
+        """Finish with a result whose bytes stay where they are until asked for."""
+        self.result_payload = result
+        self._lazy = fetch
+        self._lazy_loop = loop
+        if not self.done():
+            self.set_result(_LAZY)
+
+    def adopt(self, source: Future) -> None:
+        """End as ``source`` ended, a lazy result staying lazy (a dependent's future
+        takes the outcome of the invocation sent for it)."""
+        if self.done():
+            return
+        if source.cancelled():
+            self.on_cancel = None
+            self.cancel()
+            return
+        error = source.exception(0)
+        if error is not None:
+            self.set_exception(error)
+            return
+        self.result_payload = source.result_payload
+        self._lazy, self._lazy_loop = source._lazy, source._lazy_loop
+        self.set_result(concurrent.futures.Future.result(source, 0))
+
+    def _value(self, raw: Any) -> Any:
+        """The value for a finished result: a lazy one fetched (once) from here."""
+        if raw is not _LAZY:
+            return raw
+        assert self._lazy is not None and self._lazy_loop is not None
+        with self._fetch_lock:  # one fetch, even when several threads ask at once
+            if self._fetched is _LAZY:
+                self._fetched = threads.run(self._lazy_loop, self._lazy())
+            return self._fetched
+
+    async def _awaited(self) -> Any:
+        """``await`` of a future that may finish lazily: the fetch runs on its loop."""
+        raw = await asyncio.wrap_future(_RawView(self))
+        if raw is not _LAZY:
+            return raw
+        assert self._lazy is not None and self._lazy_loop is not None
+        if self._fetched is _LAZY:
+            if asyncio.get_running_loop() is self._lazy_loop:
+                value = await self._lazy()
+            else:
+                running = asyncio.run_coroutine_threadsafe(self._lazy(), self._lazy_loop)
+                value = await asyncio.wrap_future(running)
+            self._fetched = value
+        return self._fetched
+
+    _fetched: Any = None
+
+
+Fetch = Callable[[], Coroutine[Any, Any, Any]]
+
+
+class _Lazy:
+    """A finished future's result not fetched yet."""
+
+    def __repr__(self) -> str:
+        return "<not fetched>"
+
+
+_LAZY: Any = _Lazy()
+Future._fetched = _LAZY
+
+
+class _RawView(concurrent.futures.Future[Any]):
+    """A future's raw outcome (a lazy result unfetched), for ``asyncio.wrap_future``,
+    which reads its source's ``result()`` on the loop, where no fetch may block."""
+
+    def __init__(self, source: Future) -> None:
+        super().__init__()
+        source.add_done_callback(self._copy)
+
+    def _copy(self, source: concurrent.futures.Future[Any]) -> None:
+        if source.cancelled():
+            self.cancel()
+        elif source.exception(0) is not None:
+            self.set_exception(source.exception(0))
+        else:
+            self.set_result(concurrent.futures.Future.result(source, 0))
+
+
+SENDING: contextvars.ContextVar[Callable[[Future], tuple[Any, ...]] | None] = (
+    contextvars.ContextVar("superpose_futures_sending", default=None)
+)
+"""How a Future among a call's arguments is pickled, while ``client/dataflow.py``
+encodes them (unset: a Future cannot be sent)."""
 
 
 SERVING_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
@@ -143,6 +258,8 @@ def outcome(future: concurrent.futures.Future[Any], return_exceptions: bool) -> 
         error = future.exception(0)
         if error is not None:
             return error
+    if isinstance(future, Future):
+        return future.result(0)  # a lazy result is fetched here
     return concurrent.futures.Future.result(future, 0)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -95,14 +96,20 @@ class RefCache:
 def swap(value: Any, values: dict[str, Any]) -> Any:
     """``value`` with every Ref (in lists, tuples and dicts, at any depth) replaced by
     its value from ``values``; containers holding none are returned as they are."""
-    if isinstance(value, Ref):
-        return values.get(value.digest, value)
+    return swap_where(value, lambda v: isinstance(v, Ref), lambda ref: values.get(ref.digest, ref))
+
+
+def swap_where(value: Any, marked: Callable[[Any], bool], value_of: Callable[[Any], Any]) -> Any:
+    """``value`` with every ``marked`` item in lists, tuples (named ones too) and dicts,
+    at any depth, replaced by ``value_of(item)`` (Refs here, Futures' ``Input``s too)."""
+    if marked(value):
+        return value_of(value)
     if type(value) is list:
-        return [swap(item, values) for item in value]
+        return [swap_where(item, marked, value_of) for item in value]
     if type(value) is tuple:
-        return tuple(swap(item, values) for item in value)
+        return tuple(swap_where(item, marked, value_of) for item in value)
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
-        return type(value)(*(swap(item, values) for item in value))
+        return type(value)(*(swap_where(item, marked, value_of) for item in value))
     if type(value) is dict:
-        return {key: swap(item, values) for key, item in value.items()}
+        return {key: swap_where(item, marked, value_of) for key, item in value.items()}
     return value

@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS
 
 from superpose import protocol, runtime
 from superpose.config import SPILL_THRESHOLD_BYTES
-from superpose.lattice import offers, payload
+from superpose.lattice import inputs, offers, payload
 from superpose.lattice.offers import Offers
 from superpose.lattice.ref_args import RefCache, decode_args
 from superpose.node.channel import Channel
@@ -204,9 +204,12 @@ class Executor:
                 if inv.args.blob is None
                 else self._on_loop(payload.unwrap(self.nc, inv.args))
             )
-            args, kwargs, refs = decode_args(raw or b"", inv.args.codec)
+            with inputs.arriving() as futures:
+                args, kwargs, refs = decode_args(raw or b"", inv.args.codec)
             if refs:
                 args, kwargs = self._on_loop(self.refs.resolve(args, kwargs, refs))
+            if futures:
+                args, kwargs = self._on_loop(inputs.resolve(self.nc, args, kwargs, futures))
             value = self.functions.get(inv.module, inv.qualname)(*args, **kwargs)
             data = _encode_result(inv, value)
             return protocol.Result(inv.id, self.node_id, value=self._payload(data, inv, reply))
@@ -265,9 +268,12 @@ class Executor:
         fn = self.functions.get(inv.module, inv.qualname)
         if inv.args.codec == protocol.CODEC_HTTP:
             return await self.http.serve(fn, inv, raw_args, reply)
-        args, kwargs, refs = decode_args(raw_args, inv.args.codec)
+        with inputs.arriving() as futures:
+            args, kwargs, refs = decode_args(raw_args, inv.args.codec)
         if refs:
             args, kwargs = await self.refs.resolve(args, kwargs, refs)
+        if futures:
+            args, kwargs = await inputs.resolve(self.nc, args, kwargs, futures)
         return await fn(*args, **kwargs)
 
     def _running(self, inv: protocol.Invocation, where: int | asyncio.Task[Any] | None) -> _Running:

@@ -1,0 +1,98 @@
+"""Futures among a call's arguments, as they travel: a pointer to the input's result.
+
+A caller sends a dependent call only once its inputs are done (``client/dataflow.py``),
+and each input Future is pickled as an ``Input``: the invocation's id and its result
+Payload as the completion notification carried it: inline bytes, the name of a sealed
+blob in the blob store, or an offer. The node resolves it like a Ref (``resolve``), so
+a big intermediate result goes producer → blob store → consumer and never through the
+caller, and the executor's user needs no read of another client's results by id: the
+blob's name is the capability (``lattice/sealed.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from superpose import protocol
+from superpose.lattice import payload
+from superpose.lattice.ref_args import swap_where
+
+_arriving: ContextVar[list[Input] | None] = ContextVar("superpose_inputs_arriving", default=None)
+
+
+class Input:
+    """An input's result by pointer; swapped for its value before the function runs."""
+
+    def __init__(self, invocation_id: str, result: protocol.Payload) -> None:
+        self.invocation_id = invocation_id
+        self.result = result
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        r = self.result
+        return (_arrive, (self.invocation_id, r.codec, r.data, r.blob, r.size, r.source, r.shm))
+
+    def __repr__(self) -> str:
+        return f"Input({self.invocation_id!r}, {self.result.size} bytes)"
+
+
+def _arrive(
+    invocation_id: str,
+    codec: str,
+    data: bytes | None,
+    blob: str | None,
+    size: int,
+    source: str | None,
+    shm: str | None,
+) -> Input:
+    """An Input unpickled: noted for ``arriving()`` when someone is collecting."""
+    result = protocol.Payload(codec=codec, data=data, blob=blob, size=size, source=source, shm=shm)
+    found = Input(invocation_id, result)
+    collecting = _arriving.get()
+    if collecting is not None:
+        collecting.append(found)
+    return found
+
+
+@contextmanager
+def arriving() -> Iterator[list[Input]]:
+    """The Inputs unpickled inside this block (a call's arguments being decoded)."""
+    found: list[Input] = []
+    token = _arriving.set(found)
+    try:
+        yield found
+    finally:
+        _arriving.reset(token)
+
+
+async def resolve(
+    nc: NATS, args: tuple[Any, ...], kwargs: dict[str, Any], found: list[Input]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``args`` and ``kwargs`` with each Input swapped for its value, every input's
+    bytes read at once (inline ones cost nothing; a blob is read by its name)."""
+    distinct = {id(i): i for i in found}
+    datas = await asyncio.gather(*(payload.unwrap(nc, i.result) for i in distinct.values()))
+    values = {
+        key: payload.decode_value(data, i.result.codec)
+        for (key, i), data in zip(distinct.items(), datas, strict=True)
+    }
+    return swap(args, values), swap(kwargs, values)
+
+
+def swap(value: Any, values: dict[int, Any]) -> Any:
+    """``value`` with every Input (in lists, tuples and dicts, at any depth) replaced by
+    its value from ``values`` (keyed by the Input's ``id``)."""
+    return swap_where(
+        value, lambda v: isinstance(v, Input), lambda found: values.get(id(found), found)
+    )
+
+
+def given(value: Any) -> Any:
+    """An input whose value the caller already had (a direct call's result arrives with
+    its answer), sent as itself."""
+    return value
