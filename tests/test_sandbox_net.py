@@ -12,14 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
-from conftest import Lattice, start_lattice, stop_lattice
+from conftest import ROOT, Lattice, start_lattice, stop_lattice, superpose_cli
 from superpose.errors import UserError
 from superpose.node import lattice_relay
 from superpose.node.executor import relay
 from test_cli import deploy, unique, write_app
 from test_roles import connected, mint
+from test_tls import launch
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root can switch users")
 
@@ -80,7 +82,6 @@ def bwrap_lattice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lattice]
     handle = start_lattice(
         tmp_path_factory.mktemp("netns"),
         workers=1,
-        gateway=False,
         env={"SUPERPOSE_SANDBOX": "bwrap"},
     )
     yield handle
@@ -120,6 +121,27 @@ def test_a_megabyte_crosses_both_ways(bwrap_lattice: Lattice, app: str) -> None:
     with connected(bwrap_lattice) as client:
         assert client.function(f"{app}.size").remote(blob) == 2**20
         assert client.function(f"{app}.echo").remote(blob) == blob
+
+
+def test_an_http_app_answers_through_the_gateway(bwrap_lattice: Lattice) -> None:
+    deploy(bwrap_lattice, ROOT / "examples" / "site", "--asgi", "main:app")
+    with httpx.Client(
+        base_url=bwrap_lattice.gateway, headers=bwrap_lattice.auth, timeout=60
+    ) as http:
+        page = http.post("/site/greet", data={"name": "netns"})
+    assert page.status_code == 200 and page.text == "<p>Hello, netns!</p>"
+
+
+def test_a_tls_lattice_is_reached_through_the_relay(tmp_path: Path) -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
+    up = launch(tmp_path, "--tls", "--sandbox", "bwrap")
+    try:  # the certificate is checked against the lattice's name, not the relay's
+        superpose_cli("deploy", str(ROOT / "examples" / "hello"), home=up.home, check=True)
+        called = superpose_cli("call", "hello.greet", '["tls"]', home=up.home, check=True)
+        assert called.stdout.strip() == '"Hello, tls!"'
+    finally:
+        superpose_cli("down", home=up.home)
 
 
 # --- the relay's two halves, on their own ------------------------------------------

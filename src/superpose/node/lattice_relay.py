@@ -57,6 +57,8 @@ class LatticeRelay:
         self.servers = servers
         self._server: asyncio.AbstractServer | None = None
         self._pumps: set[asyncio.Task[None]] = set()
+        self._ends: set[asyncio.StreamWriter] = set()
+        """Both ends of every relayed connection, to cut them at ``close``."""
 
     @property
     def path(self) -> Path:
@@ -76,17 +78,21 @@ class LatticeRelay:
         task = asyncio.current_task()
         assert task is not None
         self._pumps.add(task)
+        self._ends.add(inner_w)
         try:
             dialed = await self._dial()
             if dialed is None:
                 return
             outer_r, outer_w = dialed
+            self._ends.add(outer_w)
             try:
                 await splice(inner_r, inner_w, outer_r, outer_w)
             finally:
                 outer_w.close()
+                self._ends.discard(outer_w)
         finally:
             inner_w.close()
+            self._ends.discard(inner_w)
             self._pumps.discard(task)
 
     async def _dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
@@ -107,7 +113,7 @@ class LatticeRelay:
         """Stop listening, cut every relayed connection, remove the folder."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._pumps):
-            task.cancel()
+        for end in list(self._ends):  # the pumps then end on their own (not cancelled:
+            end.transport.abort()  # asyncio's server would log a cancelled handler)
         await asyncio.gather(*self._pumps, return_exceptions=True)
         shutil.rmtree(self.folder, ignore_errors=True)
