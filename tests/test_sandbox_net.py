@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT, Lattice, start_lattice, stop_lattice, superpose_cli
 from superpose.errors import UserError
-from superpose.node import lattice_relay
+from superpose.node import lattice_relay, sandbox
 from superpose.node.executor import relay
 from test_cli import deploy, unique, write_app
 from test_roles import connected, mint
@@ -218,6 +218,6 @@ def test_the_relayed_url_keeps_scheme_user_and_the_name_tls_checks() -> None:
     assert relay.relayed_url("nats://u:p@a:1,nats://b:2", 7) == ("nats://u:p@127.0.0.1:7", "a")
 
 
-def test_a_websocket_lattice_is_refused_for_bwrap_naming_it() -> None:
+def test_a_websocket_lattice_is_refused_for_bwrap_naming_it(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"'ws://h:80'.*websocket.*--sandbox user"):
-        lattice_relay.server_addresses("ws://h:80")
+        sandbox.Confinement.for_node("bwrap", tmp_path, "n1", "ws://h:80")

@@ -26,7 +26,12 @@ from pathlib import Path
 from superpose import config
 from superpose.errors import UserError
 from superpose.lattice import shm
-from superpose.node.lattice_relay import INSIDE_FOLDER, INSIDE_SOCKET, LatticeRelay
+from superpose.node.lattice_relay import (
+    INSIDE_FOLDER,
+    INSIDE_SOCKET,
+    LatticeRelay,
+    server_addresses,
+)
 
 log = logging.getLogger("superpose.node")
 
@@ -334,6 +339,8 @@ class Confinement:
         """The node's confinement for an effective ``mode`` (None for ``none``)."""
         if mode == NONE:
             return None
+        if mode == BWRAP and lattice:
+            server_addresses(lattice)  # a URL the relay cannot serve is refused at start
         root, temporary = executor_root(state_dir, node_id)
         return cls(mode, root, temporary, lattice)
 
