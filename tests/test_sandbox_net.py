@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from conftest import ROOT, Lattice, start_lattice, stop_lattice, superpose_cli
+import superpose as sp
+from conftest import ROOT, Lattice, poll, start_lattice, stop_lattice, superpose_cli
 from superpose.errors import UserError
 from superpose.node import lattice_relay, sandbox
 from superpose.node.executor import relay
@@ -72,6 +73,11 @@ def size(blob: bytes) -> int:
 @sp.function
 def echo(blob: bytes) -> bytes:
     return blob
+
+
+@sp.function
+def crash() -> None:
+    os._exit(3)
 """
 
 
@@ -121,6 +127,68 @@ def test_a_megabyte_crosses_both_ways(bwrap_lattice: Lattice, app: str) -> None:
     with connected(bwrap_lattice) as client:
         assert client.function(f"{app}.size").remote(blob) == 2**20
         assert client.function(f"{app}.echo").remote(blob) == blob
+
+
+NET_TABLES = ("unix", "tcp", "tcp6", "udp", "udp6", "raw", "raw6", "netlink", "packet")
+INODE_COLUMN = {"unix": 6, "netlink": 8, "packet": 8}
+"""Where each /proc/<pid>/net table keeps a socket's inode (tcp, udp and raw: 9)."""
+
+
+def _sockets_of_namespace_of(pid: int) -> set[str]:
+    """The inode of every socket of the network namespace ``pid`` is in."""
+    found = set()
+    for table in NET_TABLES:
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue  # no such table, or the process is gone
+        column = INODE_COLUMN.get(table, 9)
+        found.update(line.split()[column] for line in lines if len(line.split()) > column)
+    return found
+
+
+def _orphaned_sockets(node_pid: int) -> set[str]:
+    """The node's sockets in no network namespace a process still lives in: a relayed
+    connection whose executor is gone would be one (its socket belongs to the
+    executor's namespace, which only it keeps alive then)."""
+    held = set()
+    for fd in Path(f"/proc/{node_pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            held.add(target[8:-1])
+    executors = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _is_executor(entry)
+    ]
+    for pid in [node_pid, *executors]:
+        held -= _sockets_of_namespace_of(pid)
+    return held
+
+
+def _is_executor(entry: Path) -> bool:
+    try:
+        return b"superpose.cli.executor" in (entry / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_an_executor_that_dies_leaves_no_relayed_connection(
+    bwrap_lattice: Lattice, app: str
+) -> None:
+    (node,) = [c for c in bwrap_lattice.lattice.children if "worker" in c.argv]
+    assert node.process is not None
+    node_pid = node.process.pid
+    with connected(bwrap_lattice) as client:
+        assert client.function(f"{app}.leaf").remote(1) == 2
+        poll(lambda: not _orphaned_sockets(node_pid), "every relayed connection has its executor")
+        with pytest.raises(sp.RemoteError):
+            client.function(f"{app}.crash").remote()
+        assert client.function(f"{app}.leaf").remote(2) == 4  # a new executor serves
+    poll(lambda: not _orphaned_sockets(node_pid), "no relayed connection without its executor")
 
 
 def test_an_http_app_answers_through_the_gateway(bwrap_lattice: Lattice) -> None:
