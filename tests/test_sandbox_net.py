@@ -17,7 +17,9 @@ import pytest
 
 import superpose as sp
 from conftest import ROOT, Lattice, poll, start_lattice, stop_lattice, superpose_cli
+from superpose import config
 from superpose.errors import UserError
+from superpose.lattice import tls
 from superpose.node import lattice_relay, sandbox
 from superpose.node.executor import relay
 from test_cli import deploy, unique, write_app
@@ -289,3 +291,10 @@ def test_the_relayed_url_keeps_scheme_user_and_the_name_tls_checks() -> None:
 def test_a_websocket_lattice_is_refused_for_bwrap_naming_it(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"'ws://h:80'.*websocket.*--sandbox user"):
         sandbox.Confinement.for_node("bwrap", tmp_path, "n1", "ws://h:80")
+
+
+def test_a_relayed_connection_checks_the_lattices_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    relayed_url, name = relay.relayed_url("tls://nats.example:4443", 5000)
+    assert "tls_hostname" not in tls.trust_for(relayed_url).options()
+    monkeypatch.setenv(config.ENV_TLS_SERVER_NAME, name)  # as the executor sets it
+    assert tls.trust_for(relayed_url).options()["tls_hostname"] == "nats.example"
