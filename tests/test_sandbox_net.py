@@ -298,3 +298,28 @@ def test_a_relayed_connection_checks_the_lattices_name(monkeypatch: pytest.Monke
     assert "tls_hostname" not in tls.trust_for(relayed_url).options()
     monkeypatch.setenv(config.ENV_TLS_SERVER_NAME, name)  # as the executor sets it
     assert tls.trust_for(relayed_url).options()["tls_hostname"] == "nats.example"
+
+
+async def test_executors_claimed_at_once_share_one_relay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = []
+    real_open = lattice_relay.LatticeRelay.open
+
+    async def counted(folder: Path, lattice: str) -> lattice_relay.LatticeRelay:
+        opened.append(folder)
+        return await real_open(folder, lattice)
+
+    monkeypatch.setattr(sandbox.LatticeRelay, "open", counted)
+    server, port, _ = await _echo_server()
+    confinement = sandbox.Confinement("bwrap", tmp_path, lattice=f"nats://127.0.0.1:{port}")
+    identities = await asyncio.gather(*(confinement.claim() for _ in range(3)))
+    try:
+        assert confinement.relay is not None and confinement.relay.path.exists()
+        assert len(opened) == 1
+    finally:
+        for identity in identities:
+            await identity.release()
+        await confinement.close()
+        server.close()
+    assert confinement.relay is None and not (tmp_path / "relay").exists()

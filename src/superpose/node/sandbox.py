@@ -20,7 +20,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from superpose import config
@@ -331,6 +331,8 @@ class Confinement:
     """The node's lattice URL: a ``bwrap`` executor reaches it through ``relay``."""
     relay: LatticeRelay | None = None
     """Opened with the first ``bwrap`` executor, closed by ``close``."""
+    _opening: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Executors are claimed concurrently (the spare and a burst): one relay opens."""
 
     @classmethod
     def for_node(
@@ -345,8 +347,10 @@ class Confinement:
         return cls(mode, root, temporary, lattice)
 
     async def claim(self) -> Identity:
-        if self.mode == BWRAP and self.relay is None:
-            self.relay = await LatticeRelay.open(self.root / "relay", self.lattice)
+        if self.mode == BWRAP:
+            async with self._opening:
+                if self.relay is None:
+                    self.relay = await LatticeRelay.open(self.root / "relay", self.lattice)
         return await claim_identity(self.root / "tmp")
 
     async def close(self) -> None:
