@@ -48,7 +48,7 @@ def outbound(nats_port: int) -> dict[str, str]:
     return {
         "internet": _try("1.1.1.1", 53),
         "host's nats": _try("127.0.0.1", nats_port),
-        "host's gateway by name": _try("localhost", nats_port),
+        "host's nats by name": _try("localhost", nats_port),
     }
 
 
@@ -109,7 +109,7 @@ def test_no_connection_but_the_lattice(bwrap_lattice: Lattice, app: str) -> None
         tried = client.function(f"{app}.outbound").remote(port)
     assert tried["internet"] in ("OSError", "TimeoutError"), tried  # unreachable network
     assert tried["host's nats"] == "ConnectionRefusedError", tried  # its own loopback
-    assert tried["host's gateway by name"] == "ConnectionRefusedError", tried
+    assert tried["host's nats by name"] == "ConnectionRefusedError", tried
 
 
 def test_calls_nested_calls_spawns_and_dicts_go_through_the_relay(
