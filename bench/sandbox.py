@@ -6,9 +6,16 @@ from the caller on a fresh ``superpose up`` lattice per mode:
   and ``bwrap`` this includes claiming a uid, making its folder and setpriv (and bwrap's
   mounts); the spare each node keeps hides it from calls, but not from a burst;
 - first call: a bundle the node has never seen, loaded into the spare;
-- warm call: 300 sequential ``.remote()`` calls of a no-op, p50 and p90.
+- warm call: 300 sequential ``.remote()`` calls of a no-op, p50 and p90;
+- ``relay``: what the ``bwrap`` lattice relay adds to one round trip, alone: 2,000
+  request/answer exchanges of 200 bytes with a TCP echo server, direct and through
+  both halves of the relay (node/executor/relay.py → node/lattice_relay.py), p50 and
+  p90 (the executor's half runs in a thread here, in a process of its own for real).
 
-``python -m bench.sandbox`` prints the figures (JSON); needs root for user and bwrap.
+``python -m bench.sandbox [MODE...]`` prints the figures (JSON) for the modes named
+(all three by default); needs root for user and bwrap. Under ``bwrap`` every call's
+bytes cross the lattice relay twice (the executor's loopback, then the node's unix
+socket: node/lattice_relay.py), which the warm call measures.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +43,7 @@ async def _executor_starts(url: str, mode: str) -> list[float]:
 
     state = Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
     state.chmod(0o755)
-    confinement = Confinement.for_node(mode, state / "node", "bench")
+    confinement = Confinement.for_node(mode, state / "node", "bench", url)
     took = []
     try:
         for _ in range(STARTS):
@@ -46,6 +54,8 @@ async def _executor_starts(url: str, mode: str) -> list[float]:
             took.append(time.perf_counter() - started)
             await executor.close()
     finally:
+        if confinement is not None:
+            await confinement.close()
         shutil.rmtree(state, ignore_errors=True)
     return took
 
@@ -76,9 +86,59 @@ def measure(mode: str) -> dict[str, Any]:
     }
 
 
+RELAY_ROUND_TRIPS = 2000
+
+
+async def _round_trips(port: int) -> list[float]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    message = b"x" * 200
+    took = []
+    for _ in range(RELAY_ROUND_TRIPS):
+        started = time.perf_counter()
+        writer.write(message)
+        await reader.readexactly(len(message))
+        took.append(time.perf_counter() - started)
+    writer.close()
+    return sorted(took)
+
+
+async def _relay_figures() -> dict[str, Any]:
+    from superpose.node.executor import relay
+    from superpose.node.lattice_relay import LatticeRelay
+
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(65536):
+            w.write(data)
+        w.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    folder = Path(tempfile.mkdtemp(prefix="bench-relay-"))
+    node_half = await LatticeRelay.open(folder / "relay", f"nats://127.0.0.1:{port}")
+    try:
+        direct = await _round_trips(port)
+        relayed = await _round_trips(relay.start(str(node_half.path)))
+    finally:
+        await node_half.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        server.close()
+
+    def ms(found: list[float], at: int) -> float:
+        return round(found[len(found) * at // 100] * 1000, 3)
+
+    return {
+        "mode": "relay",
+        "direct_p50_ms": ms(direct, 50),
+        "direct_p90_ms": ms(direct, 90),
+        "relayed_p50_ms": ms(relayed, 50),
+        "relayed_p90_ms": ms(relayed, 90),
+    }
+
+
 def main() -> None:
-    modes = ["none", "user", "bwrap"] if os.geteuid() == 0 else ["none"]
-    print(json.dumps([measure(mode) for mode in modes], indent=2))
+    modes = sys.argv[1:] or (["none", "user", "bwrap"] if os.geteuid() == 0 else ["none"])
+    found = [asyncio.run(_relay_figures()) if m == "relay" else measure(m) for m in modes]
+    print(json.dumps(found, indent=2))
 
 
 if __name__ == "__main__":

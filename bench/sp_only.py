@@ -277,8 +277,16 @@ def _running_lattice(env: dict[str, str] | None = None) -> Iterator[tuple[Any, P
         _cli(home, "up", *_up_args(), env=env)
         url = find_running_lattice(home)
         _check(url is not None, "up returned but lattice.json has no URL")
-        client = sp.connect(url, show_logs=False)
-        yield client, home
+        # its credentials and trusted deployer key are in ``home``: be its user meanwhile
+        before, os.environ["SUPERPOSE_HOME"] = os.environ.get("SUPERPOSE_HOME"), str(home)
+        try:
+            client = sp.connect(url, show_logs=False)
+            yield client, home
+        finally:
+            if before is None:
+                del os.environ["SUPERPOSE_HOME"]
+            else:
+                os.environ["SUPERPOSE_HOME"] = before
     finally:
         if client is not None:
             client.close()

@@ -20,6 +20,9 @@ ENV_MAX_EXECUTORS = "SUPERPOSE_MAX_EXECUTORS"
 ENV_EXPRESS = "SUPERPOSE_EXPRESS"
 ENV_ENV_CACHE_MB = "SUPERPOSE_ENV_CACHE_MB"
 ENV_TLS_CA = "SUPERPOSE_TLS_CA"
+ENV_TLS_SERVER_NAME = "SUPERPOSE_TLS_SERVER_NAME"
+"""The host name a lattice's TLS certificate is checked against when it is not the
+URL's: a ``bwrap`` executor dials its relay on 127.0.0.1 (node/executor/relay.py)."""
 ENV_SANDBOX = "SUPERPOSE_SANDBOX"
 SANDBOX_MODES = ("none", "user", "bwrap")
 """How a node confines its executors (``superpose worker --sandbox``; docs/architecture.md,

@@ -11,9 +11,11 @@ Node agents start it by module name (``node/executor_process.EXECUTOR_ENTRY``).
 from __future__ import annotations
 
 import argparse
+import os
 
 from superpose import config
 from superpose.client.client import open_node_client
+from superpose.node.executor import relay
 from superpose.node.executor.confine import confine
 from superpose.node.executor.main import serve_forever
 from superpose.security.executor_identity import ExecutorCreds
@@ -32,12 +34,19 @@ def main() -> None:
     parser.add_argument("--node", required=True)
     parser.add_argument("--sandboxed", action="store_true")
     parser.add_argument("--id", default=None, help="the name of its own NATS user")
+    parser.add_argument(
+        "--lattice-socket", default=None, help="reach the lattice through this unix socket"
+    )
     ns = parser.parse_args()
     if ns.sandboxed:  # before any user code: limits it cannot raise again
         confine()
+    lattice = ns.lattice
+    if ns.lattice_socket:  # a network namespace of its own (bwrap): the relay is the way out
+        lattice, server_name = relay.relayed_url(lattice, relay.start(ns.lattice_socket))
+        os.environ[config.ENV_TLS_SERVER_NAME] = server_name
     creds = config.settings().creds  # the node puts its own user's creds file there
     own = ExecutorCreds(ns.id, creds) if ns.id and creds is not None else None
-    serve(ns.fd, ns.lattice, ns.node, own)
+    serve(ns.fd, lattice, ns.node, own)
 
 
 if __name__ == "__main__":

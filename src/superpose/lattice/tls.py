@@ -11,12 +11,13 @@ public authority needs nothing more).
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from superpose.config import ENV_TLS_CA, settings, state_file
+from superpose.config import ENV_TLS_CA, ENV_TLS_SERVER_NAME, settings, state_file
 from superpose.errors import LatticeError, UserError
 
 TLS_DIR = "tls"
@@ -40,7 +41,10 @@ class Trust:
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments nats-py's ``connect`` takes for it."""
-        return {"tls": self.context} if self.context is not None else {}
+        found: dict[str, Any] = {"tls": self.context} if self.context is not None else {}
+        if server_name := os.environ.get(ENV_TLS_SERVER_NAME):  # relayed (sandbox)
+            found["tls_hostname"] = server_name
+        return found
 
     @property
     def required(self) -> bool:

@@ -70,7 +70,9 @@ class NodeAgent:
         self.link = Link(config.node_id)
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Subscription] = []
-        confinement = Confinement.for_node(config.sandbox, config.state_dir, config.node_id)
+        confinement = Confinement.for_node(
+            config.sandbox, config.state_dir, config.node_id, config.lattice
+        )
         cache_root = confinement.root if confinement else config.state_dir
         self.envs = Environments(
             self.link, EnvCache(cache_root / "envs", config.env_cache_bytes), self.spawn

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
 import time
 from collections import OrderedDict
@@ -135,8 +134,8 @@ class ExecutorPool:
         await asyncio.gather(*(e.close() for e in executors), return_exceptions=True)
         if self._log is not None:
             self._log.close()
-        if self.confinement is not None and self.confinement.temporary:
-            shutil.rmtree(self.confinement.root, ignore_errors=True)
+        if self.confinement is not None:
+            await self.confinement.close()
 
     # --- reading -----------------------------------------------------------------
 

@@ -20,12 +20,18 @@ import shutil
 import socket
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from superpose import config
 from superpose.errors import UserError
 from superpose.lattice import shm
+from superpose.node.lattice_relay import (
+    INSIDE_FOLDER,
+    INSIDE_SOCKET,
+    LatticeRelay,
+    server_addresses,
+)
 
 log = logging.getLogger("superpose.node")
 
@@ -269,14 +275,18 @@ def python_paths() -> list[str]:
     return sorted(found)
 
 
-def bwrap_argv(identity: Identity, executor_root: Path) -> list[str]:
+def bwrap_argv(identity: Identity, executor_root: Path, relay: Path | None = None) -> list[str]:
     """bubblewrap's arguments: the system's libraries, Python and its packages, and the
     node's bundles and environments, all read-only; a private /tmp (the executor's
-    folder); its own pid, IPC and UTS namespaces. Not the network: an executor needs
-    the lattice, and NATS may be anywhere."""
+    folder); its own pid, IPC, UTS and network namespaces. Its network is a loopback
+    only: the lattice is the ``relay`` folder's unix socket, seen at ``INSIDE_FOLDER``
+    (``node/lattice_relay.py``)."""
     argv = [BWRAP_PROGRAM, "--die-with-parent", "--new-session", "--unshare-pid"]
-    argv += ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    argv += ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--unshare-net"]
     argv += ["--dev", "/dev", "--proc", "/proc"]
+    if relay is not None:
+        argv += ["--perms", "0755", "--dir", str(Path(INSIDE_FOLDER).parent)]
+        argv += ["--ro-bind", str(relay), INSIDE_FOLDER]
     for folder in SYSTEM_DIRS:
         argv += ["--ro-bind-try", folder, folder]
     argv += ["--perms", "0755", "--dir", "/etc"]
@@ -317,17 +327,39 @@ class Confinement:
     root: Path
     temporary: bool = False
     """``root`` is a stand-in for this run (``executor_root``): removed at stop."""
+    lattice: str = ""
+    """The node's lattice URL: a ``bwrap`` executor reaches it through ``relay``."""
+    relay: LatticeRelay | None = None
+    """Opened with the first ``bwrap`` executor, closed by ``close``."""
+    _opening: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Executors are claimed concurrently (the spare and a burst): one relay opens."""
 
     @classmethod
-    def for_node(cls, mode: str, state_dir: Path, node_id: str) -> Confinement | None:
+    def for_node(
+        cls, mode: str, state_dir: Path, node_id: str, lattice: str = ""
+    ) -> Confinement | None:
         """The node's confinement for an effective ``mode`` (None for ``none``)."""
         if mode == NONE:
             return None
+        if mode == BWRAP and lattice:
+            server_addresses(lattice)  # a URL the relay cannot serve is refused at start
         root, temporary = executor_root(state_dir, node_id)
-        return cls(mode, root, temporary)
+        return cls(mode, root, temporary, lattice)
 
     async def claim(self) -> Identity:
+        if self.mode == BWRAP:
+            async with self._opening:
+                if self.relay is None:
+                    self.relay = await LatticeRelay.open(self.root / "relay", self.lattice)
         return await claim_identity(self.root / "tmp")
+
+    async def close(self) -> None:
+        """Close the lattice relay (after the executors) and a stand-in root."""
+        if self.relay is not None:
+            await self.relay.close()
+            self.relay = None
+        if self.temporary:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def command(
         self, argv: list[str], identity: Identity, creds: Path | None = None
@@ -337,7 +369,9 @@ class Confinement:
         tmp_inside = "/tmp" if self.mode == BWRAP else str(identity.tmp)
         argv = as_user(identity.uid) + argv
         if self.mode == BWRAP:  # bwrap as root: it may mount what the executor may not read
-            argv = bwrap_argv(identity, self.root) + argv
+            assert self.relay is not None, "claim() opens the relay"
+            argv = bwrap_argv(identity, self.root, self.relay.folder) + argv
+            argv += ["--lattice-socket", INSIDE_SOCKET]
         options: dict[str, object] = {
             "start_new_session": True,
             "env": executor_env(identity, tmp_inside, creds),
