@@ -198,6 +198,7 @@ class Executor:
                 if inv.args.blob is None
                 else self._on_loop(payload.unwrap(self.nc, inv.args))
             )
+            _keep_raw_args(inv, raw)
             args, kwargs, refs = decode_args(raw or b"", inv.args.codec)
             if refs:
                 args, kwargs = self._on_loop(self.refs.resolve(args, kwargs, refs))
@@ -259,6 +260,7 @@ class Executor:
         fn = self.functions.get(inv.module, inv.qualname)
         if inv.args.codec == protocol.CODEC_HTTP:
             return await self.http.serve(fn, inv, raw_args, reply)
+        _keep_raw_args(inv, raw_args)
         args, kwargs, refs = decode_args(raw_args, inv.args.codec)
         if refs:
             args, kwargs = await self.refs.resolve(args, kwargs, refs)
@@ -342,8 +344,17 @@ class _Running:
 
     def __enter__(self) -> None:
         inv = self.inv
+        idempotent = self.executor.functions.idempotent(inv.module, inv.qualname)
         self.token = runtime.current_invocation.set(
-            runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx, env=inv.env)
+            runtime.Invocation(
+                id=inv.id,
+                app=inv.app,
+                fn=inv.fn,
+                ctx=inv.ctx,
+                env=inv.env,
+                call=inv,
+                idempotent=idempotent,
+            )
         )
         if self.where is not None:
             self.executor.running[inv.id] = self.where
@@ -353,6 +364,14 @@ class _Running:
         for output in self.executor.outputs:  # while the line still knows its call
             output.flush_invocation(self.inv.id)
         runtime.current_invocation.reset(self.token)
+
+
+def _keep_raw_args(inv: protocol.Invocation, raw: protocol.Buffer | None) -> None:
+    """Spilled or offered arguments stay at hand while the call runs: an object it puts
+    records them for lineage (its caller's offer dies with the caller)."""
+    current = runtime.current_invocation.get()
+    if inv.args.blob is not None and current is not None and current.id == inv.id:
+        current.raw_args = raw
 
 
 def _in_lane_thread() -> bool:
