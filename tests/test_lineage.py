@@ -27,6 +27,7 @@ from superpose.lattice.refs import Ref, fetch_held
 from superpose.local.embedded import EmbeddedServer
 from test_cli import deploy, unique, write_app
 from test_roles import Wire, connected, mint
+from test_wire_pins import Wire as PinWire
 
 BIG = 300 * 1024
 """Over the spill threshold: held by the executor that put it, not inline."""
@@ -342,3 +343,24 @@ def test_a_lattice_without_the_bucket_says_to_restart_its_nodes(tmp_path: Path) 
     message = asyncio.run(_without_the_bucket(tmp_path / "nats"))
     assert "object x is gone" in message
     assert f"no {protocol.LINEAGE_BUCKET} bucket: its nodes predate lineage" in message
+
+
+async def test_a_caller_snooping_lineage_finds_only_ciphertext(own: Lattice) -> None:
+    """A literal ``*`` in a caller's direct get answers the newest lineage entry: its key
+    is a hash and its value sealed, so it gives away neither arguments nor Refs; listing
+    forms are refused."""
+    blob, marker = unique("blob"), unique("secret-fn")
+    record = protocol.LineageRecord(function=marker, idempotent=False)
+    creds = mint(own, "caller")
+    wire = await PinWire().open(own.url, creds)
+    try:
+        assert await lineage.record(wire.nc, lost_ref(blob), record)
+        stream = protocol.kv_stream(protocol.LINEAGE_BUCKET)
+        await wire.refused(f"$JS.API.STREAM.MSG.GET.{stream}", {"seq": 1})
+        await wire.refused(f"$JS.API.CONSUMER.CREATE.{stream}", {"stream_name": stream})
+        wildcard = protocol.kv_subject(protocol.LINEAGE_BUCKET, "*.*")
+        newest = await wire.nc.request(f"{protocol.direct_get_subject(stream)}.{wildcard}", b"")
+    finally:
+        await wire.nc.close()
+    assert newest.data and marker.encode() not in newest.data and blob.encode() not in newest.data
+    assert lineage.unseal("rec", blob, newest.data) is not None
