@@ -176,19 +176,20 @@ def test_arguments_over_the_spill_threshold_are_kept_for_lineage(
 
 
 def test_concurrent_readers_make_it_again_once(own: Lattice, client: sp.Client, app: str) -> None:
+    """Readers in every slot of the lattice (2 nodes x 2) and two in the caller: the
+    producer runs once more, in a slot given back by a reader waiting for it."""
     tag = unique("many")
-    first, other = nodes(own)
-    ref, pid, _ = pinned(client, app, "produce", first).remote(BIG, tag)
+    ref, pid, _ = pinned(client, app, "produce", nodes(own)[0]).remote(BIG, tag)
     kill_holder(own, client, ref, pid)
-    consume = pinned(client, app, "consume", other)
-    futures = [consume.spawn(ref) for _ in range(3)]
+    consume = client.function(f"{app}.consume")
+    futures = [consume.spawn(ref) for _ in range(4)]
     got: list[Any] = []
     readers = [threading.Thread(target=lambda: got.append(sp.get(ref))) for _ in range(2)]
     for reader in readers:
         reader.start()
     for reader in readers:
         reader.join(timeout=120)
-    assert [f.result(timeout=120)[0] for f in futures] == [BIG] * 3
+    assert [f.result(timeout=120)[0] for f in futures] == [BIG] * 4
     assert got == [b"p" * BIG] * 2
     assert runs(tag) == 2
 

@@ -42,6 +42,7 @@ from superpose.node.executor.hooks import StartHooks
 from superpose.node.executor.lane import SyncLane
 from superpose.node.executor.replies import Replies
 from superpose.node.executor.reports import awaiting_frames, error_info, user_frames
+from superpose.node.executor.waiting import wait_in_lane, wait_on_loop
 from superpose.node.output import copy_line
 
 OFFERS_DRAIN_S = 1.5
@@ -200,8 +201,8 @@ class Executor:
             )
             _keep_raw_args(inv, raw)
             args, kwargs, refs = decode_args(raw or b"", inv.args.codec)
-            if refs:
-                args, kwargs = self._on_loop(self.refs.resolve(args, kwargs, refs))
+            if refs:  # a slow one gives the slot back (one being made again needs one)
+                args, kwargs = wait_in_lane(self.loop, self.refs.resolve(args, kwargs, refs))
             value = self.functions.get(inv.module, inv.qualname)(*args, **kwargs)
             data = _encode_result(inv, value)
             return protocol.Result(inv.id, self.node_id, value=self._payload(data, inv, reply))
@@ -263,7 +264,7 @@ class Executor:
         _keep_raw_args(inv, raw_args)
         args, kwargs, refs = decode_args(raw_args, inv.args.codec)
         if refs:
-            args, kwargs = await self.refs.resolve(args, kwargs, refs)
+            args, kwargs = await wait_on_loop(self.refs.resolve(args, kwargs, refs))
         return await fn(*args, **kwargs)
 
     def _running(self, inv: protocol.Invocation, where: int | asyncio.Task[Any] | None) -> _Running:
