@@ -164,12 +164,19 @@ def test_the_callers_get_makes_it_again(own: Lattice, client: sp.Client, app: st
     assert runs(tag) == 2
 
 
+@pytest.mark.parametrize("durable", [False, True])
 def test_arguments_over_the_spill_threshold_are_kept_for_lineage(
-    own: Lattice, client: sp.Client, app: str
+    own: Lattice, client: sp.Client, app: str, durable: bool
 ) -> None:
+    """A direct call's offered arguments are written to sp_blobs for the record; a
+    durable call's spilled ones are there already and pointed to."""
     tag = unique("args")
     data = os.urandom(BIG)
-    ref, pid, _ = pinned(client, app, "produce_big_args", nodes(own)[0]).remote(data, tag)
+    produce = pinned(client, app, "produce_big_args", nodes(own)[0])
+    if durable:
+        ref, pid, _ = produce.spawn(data, tag).result(timeout=120)
+    else:
+        ref, pid, _ = produce.remote(data, tag)
     kill_holder(own, client, ref, pid)
     assert sp.get(ref) == data[::-1]
     assert runs(tag) == 2

@@ -43,7 +43,7 @@ class Invocation:
     idempotent: bool = False
     """Its function was declared safe to run twice (``idempotent=True``)."""
     raw_args: protocol.Buffer | None = field(default=None, repr=False)
-    """Its arguments' bytes when they came spilled or offered (they may not outlive it)."""
+    """Its arguments' bytes when its caller offered them (the offer dies with the caller)."""
     lineage: protocol.LineageRecord | None = field(default=None, repr=False)
     """Its lineage record, once an object it put needed one (made once per call)."""
 

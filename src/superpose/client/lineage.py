@@ -3,10 +3,12 @@ put inside a function, and run that again when a reader finds the object lost.
 
 Recording happens on the producer's side, in ``sp.put``: one sealed KV write per
 object put by a call (the call's record is built once). A call whose arguments were
-spilled or offered (over 256 KiB) has them written to ``sp_blobs`` once, so the
-record outlives its caller, whose offer dies with it. Re-running happens on the
-reader's side, through the client of the reader's connection: a direct call of the
-same version (bundle digest and environment), function and arguments.
+offered by its caller (a direct call's, over 256 KiB) has them written to
+``sp_blobs`` once, so the record outlives the caller, whose offer dies with it; a
+durable call's spilled arguments are already there (25 h) and are pointed to.
+Re-running happens on the reader's side, through the client of the reader's
+connection: a direct call of the same version (bundle digest and environment),
+function and arguments.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ async def put_recorded(nc: NATS, put: Any, call: runtime.Invocation | None) -> R
 
 async def _record_of(nc: NATS, call: runtime.Invocation) -> protocol.LineageRecord:
     """The call's lineage record, made on its first put: its invocation with arguments
-    that outlive it (inline, or spilled to ``sp_blobs`` once)."""
+    that outlive it (inline, in ``sp_blobs`` already, or written there once)."""
     if call.lineage is not None:
         return call.lineage
     function = f"{call.app}.{call.fn}"
@@ -85,7 +87,7 @@ async def _record_of(nc: NATS, call: runtime.Invocation) -> protocol.LineageReco
         call.lineage = protocol.LineageRecord(function=function, idempotent=False)
         return call.lineage
     args = inv.args
-    if args.blob is not None:
+    if args.source is not None:  # offered by its caller: dies with the caller
         if call.raw_args is None:  # not kept: cannot run it again
             call.lineage = protocol.LineageRecord(function=function, idempotent=False)
             return call.lineage

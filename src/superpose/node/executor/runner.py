@@ -368,10 +368,10 @@ class _Running:
 
 
 def _keep_raw_args(inv: protocol.Invocation, raw: protocol.Buffer | None) -> None:
-    """Spilled or offered arguments stay at hand while the call runs: an object it puts
-    records them for lineage (its caller's offer dies with the caller)."""
+    """Offered arguments stay at hand while the call runs: an object it puts records
+    them for lineage (its caller's offer dies with the caller)."""
     current = runtime.current_invocation.get()
-    if inv.args.blob is not None and current is not None and current.id == inv.id:
+    if inv.args.source is not None and current is not None and current.id == inv.id:
         current.raw_args = raw
 
 
