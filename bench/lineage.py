@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import statistics
@@ -34,6 +33,7 @@ if str(ROOT) not in sys.path:
 
 import superpose as sp  # noqa: E402
 from bench import lineage_fns  # noqa: E402
+from bench.refs import report  # noqa: E402
 from superpose import protocol  # noqa: E402
 from superpose.errors import ObjectLostError  # noqa: E402
 from superpose.lattice import lineage  # noqa: E402
@@ -111,22 +111,6 @@ def main() -> None:
             client.close()
             asyncio.run_coroutine_threadsafe(lattice.stop(), loop).result()
     report(rounds, ns.mb, ns.out)
-
-
-def report(rounds: list[dict[str, float]], mb: int, out: Path | None) -> None:
-    cells = {
-        name: {
-            "median": statistics.median(r[name] for r in rounds),
-            "min": min(r[name] for r in rounds),
-            "max": max(r[name] for r in rounds),
-        }
-        for name in rounds[0]
-    }
-    print(f"{mb} MB, {len(rounds)} rounds (median [min-max]; seconds unless a count)")
-    for name, cell in cells.items():
-        print(f"  {name:36} {cell['median']:.4f} [{cell['min']:.4f}-{cell['max']:.4f}]")
-    if out is not None:
-        out.write_text(json.dumps({"mb": mb, "rounds": rounds, "cells": cells}, indent=2))
 
 
 if __name__ == "__main__":
