@@ -23,7 +23,7 @@ from conftest import Lattice, poll, start_lattice, stop_lattice
 from superpose import protocol
 from superpose.errors import ObjectLostError
 from superpose.lattice import lineage
-from superpose.lattice.refs import Ref, fetch_held
+from superpose.lattice.refs import Ref, digest_of, fetch_held
 from superpose.local.embedded import EmbeddedServer
 from test_cli import deploy, unique, write_app
 from test_roles import Wire, connected, mint
@@ -372,3 +372,59 @@ async def test_a_caller_snooping_lineage_finds_only_ciphertext(own: Lattice) -> 
         await wire.nc.close()
     assert newest.data and marker.encode() not in newest.data and blob.encode() not in newest.data
     assert lineage.unseal("rec", blob, newest.data) is not None
+
+
+class Producer:
+    """Stands in for the client's re-run: counts runs, fails the first ``failures``."""
+
+    def __init__(self, value: bytes, failures: int = 0) -> None:
+        self.value, self.failures, self.runs = value, failures, 0
+
+    async def __call__(self, inv: protocol.Invocation, raw: Any) -> Any:
+        self.runs += 1
+        assert bytes(raw) == b"args"
+        if self.runs <= self.failures:
+            raise RuntimeError("no node took it")
+        return [Ref(digest_of(self.value), len(self.value), data=self.value)]
+
+
+def recorded(client: sp.Client, value: bytes) -> Ref:
+    """A lost Ref to ``value`` with an idempotent record (its arguments inline)."""
+    ref = lost_ref(unique("blob"), digest=digest_of(value))
+    inv = protocol.Invocation(
+        id="i.1",
+        app="a",
+        fn="f",
+        digest="d",
+        module="m",
+        qualname="f",
+        args=protocol.Payload(codec=protocol.CODEC_PICKLE, data=b"args"),
+        deadline=0.0,
+        timeout_s=5.0,
+    )
+    record = protocol.LineageRecord(function="a.f", idempotent=True, invocation=inv.encode())
+    assert client.run(lineage.record(client.nc, ref, record))
+    return ref
+
+
+def remade(client: sp.Client, ref: Ref, producer: Producer) -> bytes:
+    lineage._remade.pop(ref.blob or "", None)  # as a reader in another process
+    lost = ObjectLostError(f"{ref.name()} is gone")
+    return bytes(client.run(lineage.remake(client.nc, ref, lost, producer)))
+
+
+def test_a_claim_whose_reader_died_is_taken_over(own: Lattice, client: sp.Client) -> None:
+    ref, producer = recorded(client, b"value"), Producer(b"value")
+    kv = client.run(_kv(own, client))
+    client.run(kv.create(protocol.lineage_key("claim", lineage.name_of(ref.blob or "")), b"1"))
+    assert remade(client, ref, producer) == b"value"
+    assert producer.runs == 1
+
+
+def test_a_failed_remake_is_tried_again_by_a_later_reader(own: Lattice, client: sp.Client) -> None:
+    ref, producer = recorded(client, b"later"), Producer(b"later", failures=1)
+    with pytest.raises(ObjectLostError, match="again failed: no node took it"):
+        remade(client, ref, producer)
+    assert remade(client, ref, producer) == b"later"
+    assert remade(client, ref, producer) == b"later"  # made already: not run a third time
+    assert producer.runs == 2

@@ -21,9 +21,12 @@ wait for, for a bounded time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
 import pickle
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -52,8 +55,9 @@ this layer makes no calls."""
 
 NAME_LABEL = b"superpose lineage name\0"
 KEY_LABEL = b"superpose lineage key\0"
-NONCE = bytes(12)
-"""Fixed: each (kind, offer id) key seals one value."""
+NONCE_BYTES = 12
+"""A random nonce before each sealed value: one key may seal several (a failed remake's
+error, then a later remake's Ref)."""
 WAIT_MARGIN_S = 30.0
 """A waiting reader allows the re-run its timeout plus this (placement, a cold start)."""
 POLL_FIRST_S = 0.02
@@ -118,14 +122,16 @@ def _cipher(kind: str, blob: str) -> AESGCM:
 
 
 def seal(kind: str, blob: str, data: bytes) -> bytes:
-    return _cipher(kind, blob).encrypt(NONCE, data, None)
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + _cipher(kind, blob).encrypt(nonce, data, None)
 
 
 def unseal(kind: str, blob: str, sealed: bytes) -> bytes | None:
     """The value, or None when it does not open with this id (altered, or garbage)."""
+    nonce, body = sealed[:NONCE_BYTES], sealed[NONCE_BYTES:]
     try:
-        return _cipher(kind, blob).decrypt(NONCE, sealed, None)
-    except InvalidTag:
+        return _cipher(kind, blob).decrypt(nonce, body, None)
+    except (InvalidTag, ValueError):
         return None
 
 
@@ -216,10 +222,14 @@ async def _once(
     blob = ref.blob or ""
     invocation = protocol.Invocation.decode(lineage.invocation)
     wait_s = (invocation.timeout_s or config.DEFAULT_TIMEOUT_S) + WAIT_MARGIN_S
-    try:
-        await kv.create(_key("claim", blob), b"")
-    except KeyWrongLastSequenceError:
+    earlier = await _read(kv, "done", blob)
+    if earlier is not None and "ref" in msgspec.msgpack.decode(earlier):
+        return _outcome_ref(earlier, lineage, lost)  # made again already
+    revision = await _claim(kv, blob, wait_s)
+    if revision is None:
         return await _outcome(kv, blob, lineage, wait_s, lost)
+    if earlier is not None:  # an earlier remake failed: its error goes, this one tries
+        await kv.delete(_key("done", blob))
     log.info("remaking %s: running %s again", ref.name(), lineage.function)
     try:
         raw = await payload.unwrap(nc, invocation.args)
@@ -227,12 +237,38 @@ async def _once(
         again = pick(ref, value, lineage.function)
     except Exception as exc:
         why = str(exc) or type(exc).__name__
-        await _settle(kv, blob, {"error": why})
+        await _settle(kv, blob, {"error": why})  # for the readers waiting on this round
+        with contextlib.suppress(KeyWrongLastSequenceError):  # a later reader may try again
+            await kv.delete(_key("claim", blob), last=revision)
         raise ObjectLostError(
             f"{lost.message}; running its producer {lineage.function} again failed: {why}"
         ) from exc
     await _settle(kv, blob, {"ref": pickle.dumps(again)})
     return again
+
+
+async def _claim(kv: KeyValue, blob: str, wait_s: float) -> int | None:
+    """Claim the remake (its revision), or None when another reader holds the claim.
+    A claim names when it ends; one past that (its reader died) is taken over."""
+    key, until = _key("claim", blob), f"{time.time() + wait_s:.3f}".encode()
+    try:
+        return int(await kv.create(key, until))
+    except KeyWrongLastSequenceError:
+        pass
+    try:
+        held = await kv.get(key)
+    except KeyNotFoundError:  # released meanwhile: wait for the round under way
+        return None
+    try:
+        ends = float(held.value or b"0")
+    except ValueError:
+        ends = 0.0
+    if ends > time.time():
+        return None
+    try:
+        return int(await kv.update(key, until, last=held.revision))
+    except KeyWrongLastSequenceError:  # another reader took it over first
+        return None
 
 
 async def _settle(kv: KeyValue, blob: str, outcome: dict[str, Any]) -> None:
@@ -254,6 +290,11 @@ async def _outcome(
             )
         await asyncio.sleep(pause)
         pause = min(pause * 2, POLL_MAX_S)
+    return _outcome_ref(data, lineage, lost)
+
+
+def _outcome_ref(data: bytes, lineage: protocol.LineageRecord, lost: ObjectLostError) -> Ref:
+    """The Ref a ``done`` value holds, or ``ObjectLostError`` with the error it holds."""
     outcome = msgspec.msgpack.decode(data)
     if "ref" not in outcome:
         raise ObjectLostError(
