@@ -45,9 +45,9 @@ def _counted(tag):
 
 @sp.function(idempotent=True)
 def produce(n, tag):
-    """An object held by this executor, and where: counted per run."""
+    """An object held by this executor (its own per tag), and where: counted per run."""
     _counted(tag)
-    return sp.put(b"p" * n), os.getpid(), runtime.current().node_id
+    return sp.put(tag.encode() + b"p" * n), os.getpid(), runtime.current().node_id
 
 
 @sp.function(idempotent=True)
@@ -133,7 +133,7 @@ def test_a_consumer_on_the_other_node_gets_the_object_made_again(
     os.kill(own.lattice.pids()[first], signal.SIGKILL)  # the node's process
     kill_holder(own, client, ref, pid)  # and its executor, which would outlive it briefly
     length, head, where = pinned(client, app, "consume", other).remote(ref)
-    assert (length, head, where) == (BIG, b"p", other)
+    assert (length, head, where) == (len(tag) + BIG, tag[:1].encode(), other)
     assert runs(tag) == 2  # the first run, and one more to make it again
 
 
@@ -159,8 +159,8 @@ def test_the_callers_get_makes_it_again(own: Lattice, client: sp.Client, app: st
     tag = unique("get")
     ref, pid, _ = pinned(client, app, "produce", nodes(own)[0]).remote(BIG, tag)
     kill_holder(own, client, ref, pid)
-    assert sp.get(ref) == b"p" * BIG
-    assert sp.get(ref) == b"p" * BIG  # the second read knows where the new one is
+    assert sp.get(ref) == tag.encode() + b"p" * BIG
+    assert sp.get(ref) == tag.encode() + b"p" * BIG  # the second read knows where it is
     assert runs(tag) == 2
 
 
@@ -196,8 +196,8 @@ def test_concurrent_readers_make_it_again_once(own: Lattice, client: sp.Client, 
         reader.start()
     for reader in readers:
         reader.join(timeout=120)
-    assert [f.result(timeout=120)[0] for f in futures] == [BIG] * 4
-    assert got == [b"p" * BIG] * 2
+    assert [f.result(timeout=120)[0] for f in futures] == [len(tag) + BIG] * 4
+    assert got == [tag.encode() + b"p" * BIG] * 2
     assert runs(tag) == 2
 
 
@@ -209,7 +209,7 @@ def test_a_caller_role_reads_a_lost_object_made_again(
     ref, pid, _ = pinned(client, app, "produce", nodes(own)[0]).remote(BIG, tag)
     kill_holder(own, client, ref, pid)
     with connected(own, mint(own, "caller")):
-        assert sp.get(ref) == b"p" * BIG
+        assert sp.get(ref) == tag.encode() + b"p" * BIG
     assert runs(tag) == 2
 
 
@@ -408,7 +408,7 @@ def recorded(client: sp.Client, value: bytes) -> Ref:
 
 
 def remade(client: sp.Client, ref: Ref, producer: Producer) -> bytes:
-    lineage._remade.pop(ref.blob or "", None)  # as a reader in another process
+    lineage._remade.pop(ref, None)  # as a reader in another process
     lost = ObjectLostError(f"{ref.name()} is gone")
     return bytes(client.run(lineage.remake(client.nc, ref, lost, producer)))
 

@@ -66,9 +66,9 @@ POLL_MAX_S = 0.5
 would need a consumer, which narrow roles may not make on a bucket they cannot list."""
 
 _buckets: weakref.WeakKeyDictionary[NATS, KeyValue] = weakref.WeakKeyDictionary()
-_remade: dict[str, Ref] = {}
-"""Lost offer id → the Ref made again, in this process: read again without asking,
-and kept alive so its new holder's lease is renewed while this process may read it."""
+_remade: weakref.WeakKeyDictionary[Ref, Ref] = weakref.WeakKeyDictionary()
+"""A lost Ref alive in this process → the Ref made again: read again without asking,
+and kept alive (its new holder's lease renewed) as long as the lost one is."""
 _warned: set[tuple[str, str]] = set()
 """(what, function) already warned about: a record not written, a different object
 made again (each once per function)."""
@@ -172,12 +172,12 @@ async def remake(nc: NATS, ref: Ref, lost: ObjectLostError, rerun: Rerun) -> byt
     twice; ``ObjectLostError`` saying why not otherwise. Bounded: never hangs."""
     if ref.blob is None:  # refs.fetch hands over only offered objects
         raise lost
-    again = _remade.get(ref.blob)
+    again = _remade.get(ref)
     if again is not None:
         try:
             return await refs.fetch_held(nc, again)
         except ObjectLostError:
-            _remade.pop(ref.blob, None)
+            _remade.pop(ref, None)
             raise ObjectLostError(f"{lost.message}; the object made again was lost too") from None
     try:
         kv = await _bucket(nc)
@@ -188,7 +188,7 @@ async def remake(nc: NATS, ref: Ref, lost: ObjectLostError, rerun: Rerun) -> byt
         raise ObjectLostError(
             f"{lost.message}; its lineage in {protocol.LINEAGE_BUCKET} could not be used: {why}"
         ) from exc
-    _remade[ref.blob] = again
+    _remade[ref] = again
     return await refs.fetch_held(nc, again)
 
 
