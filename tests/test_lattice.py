@@ -59,6 +59,7 @@ EXPECTED_STREAMS = {
     protocol.QUEUES_STREAM,
     protocol.QUEUES_DURABLE_STREAM,
     f"KV_{protocol.MEMO_BUCKET}",
+    f"KV_{protocol.LINEAGE_BUCKET}",
 }
 
 

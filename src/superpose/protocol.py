@@ -616,6 +616,7 @@ def executor_publish_allowed(me: str) -> list[str]:
         *executor_ref_subjects(me),
         # lattice-wide dicts and queues only: an app's are its app user's (below)
         *shared_state_publish([SHARED_SCOPE]),
+        *lineage_allowed(),
     ]
 
 
@@ -1972,3 +1973,40 @@ def shared_state_reads(scopes: list[str]) -> list[str]:
             ]
         granted.append(f"$JS.API.CONSUMER.INFO.{queue_stream(durable)}.*")
     return granted
+
+
+# --- lineage (issue 16, item 4) ------------------------------------------------------
+
+LINEAGE_BUCKET = "sp_lineage"
+"""Memory KV: how to make a lost ephemeral object again. ``rec.<name>`` (the producer's
+invocation), ``claim.<name>`` (one reader is recomputing it) and ``done.<name>`` (the
+object made again), where ``<name>`` is a hash of the Ref's offer id and every value is
+sealed with a key derived from that id (``lattice/lineage.py``): knowing the Ref is
+the capability, and a reader that lists the bucket by wildcard learns nothing."""
+LINEAGE_TTL_S = RESULT_TTL_S
+"""As long as a durable result lives: a Ref in a stored result can still be remade."""
+
+
+def lineage_key(kind: str, name: str) -> str:
+    """``rec``, ``claim`` or ``done``, and the hashed name of the object's offer id."""
+    return f"{kind}.{name}"
+
+
+def lineage_allowed() -> list[str]:
+    """Callers and executors alike: write a record, a claim or an outcome, and read
+    one by its key (a direct get naming it). No listing form: a literal ``*`` in a
+    key still answers the newest entry, which is sealed."""
+    entries = kv_subject(LINEAGE_BUCKET, lineage_key("*", "*"))
+    return [entries, direct_get_last_subject(kv_stream(LINEAGE_BUCKET), entries)]
+
+
+class LineageRecord(msgspec.Struct, tag_field="t", tag="sp.lineage.v1", omit_defaults=True):
+    """What made an ephemeral object: its producer's invocation, as it was sent (its
+    arguments inline, or spilled to ``sp_blobs`` so they outlive the caller)."""
+
+    function: str
+    """``app.fn``, for messages."""
+    idempotent: bool
+    """Declared safe to run twice: only then is it run again to remake the object."""
+    invocation: bytes = b""
+    """The encoded ``Invocation`` to run again (empty when it is not idempotent)."""

@@ -38,6 +38,14 @@ class Invocation:
     ctx: protocol.CallContext
     env: str = ""
     """The environment it runs with: nested calls of the same bundle run with it too."""
+    call: protocol.Invocation | None = field(default=None, repr=False)
+    """The invocation as it arrived: what lineage records to run it again."""
+    idempotent: bool = False
+    """Its function was declared safe to run twice (``idempotent=True``)."""
+    raw_args: protocol.Buffer | None = field(default=None, repr=False)
+    """Its arguments' bytes when its caller offered them (the offer dies with the caller)."""
+    lineage: protocol.LineageRecord | None = field(default=None, repr=False)
+    """Its lineage record, once an object it put needed one (made once per call)."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from superpose import protocol, runtime
-from superpose.client import session
+from superpose.client import lineage, session
 from superpose.client.futures import Future
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import BadRequestError
@@ -46,6 +46,7 @@ def holder_of(client: Client) -> RefHolder:
 async def start_refs(client: Client) -> None:
     """At a client's start: its holder hears leases and renews its own."""
     await holder_of(client).start()
+    lineage.install(client)
 
 
 def _new_holder(client: Client) -> RefHolder:
@@ -74,7 +75,7 @@ class _Put:
         digest = digest_of(data)
         client = session.current_client()
         put = holder_of(client).put(data, digest, durable=durable, producer=_producer())
-        ref: Ref = client.run(put)
+        ref: Ref = client.run(lineage.put_recorded(client.nc, put, _call()))
         return ref
 
     async def aio(self, value: Any, *, durable: bool = False) -> Ref:
@@ -84,7 +85,8 @@ class _Put:
         client = session.current_client()
         holder = holder_of(client)
         put = holder.put(data, digest, durable=durable, producer=_producer())
-        ref: Ref = await _on_client_loop(client, put)
+        recorded = lineage.put_recorded(client.nc, put, _call())
+        ref: Ref = await _on_client_loop(client, recorded)
         return ref
 
 
@@ -123,6 +125,11 @@ def _producer() -> str:
     """The invocation this code runs on behalf of, on a node ("" elsewhere)."""
     invocation = runtime.current_invocation.get()
     return invocation.id if invocation is not None else ""
+
+
+def _call() -> runtime.Invocation | None:
+    """The call this code runs on behalf of, on a node (None elsewhere)."""
+    return runtime.current_invocation.get()
 
 
 def _checked(ref: object) -> Ref:

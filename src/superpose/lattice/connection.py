@@ -27,7 +27,7 @@ from nats.js.object_store import ObjectStore
 from superpose import protocol
 from superpose.config import ENV_CREDS, ENV_REPLICAS, lattice_servers, settings
 from superpose.errors import LatticeError
-from superpose.lattice import memo_store, shared_streams, tls
+from superpose.lattice import lineage, memo_store, shared_streams, tls
 from superpose.lattice.batch import js_api
 from superpose.security import permits
 from superpose.security.lookup import find_creds
@@ -497,7 +497,11 @@ async def ensure_assets(nc: NATS) -> Assets:
                 replicas,
             ),
             _ensure_durable_path(nc, replicas),
-            asyncio.gather(ensure_ref_assets(js, replicas), memo_store.ensure_bucket(js, replicas)),
+            asyncio.gather(
+                ensure_ref_assets(js, replicas),
+                memo_store.ensure_bucket(js, replicas),
+                lineage.ensure_bucket(js, replicas),
+            ),
         )
         results = await js.key_value(protocol.RESULTS_BUCKET)
         await _ensure_shared_state(nc, replicas)  # after: a setting's error names sp_…

@@ -21,7 +21,7 @@ import contextvars
 import hashlib
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,6 +39,10 @@ _arriving: contextvars.ContextVar[list[Ref] | None] = contextvars.ContextVar(
 )
 LocalBytes = Callable[[str], bytes | None]
 """A holder in this process: a digest → its bytes, or None if it holds no such object."""
+Recover = Callable[[NATS, "Ref", ObjectLostError], Awaitable[bytes | bytearray]]
+"""What a reader does with an ephemeral object found lost: make it again from its
+lineage, or raise (``lattice/lineage.py``, installed by the client)."""
+_recover: list[Recover] = []
 _local: dict[str, LocalBytes] = {}
 """Offers subject → the holder of this process answering on it (a read of one's own
 object skips the lattice)."""
@@ -201,10 +205,27 @@ def stop_serving_locally(source: str) -> None:
     _local.pop(source, None)
 
 
+def recover_with(recover: Recover) -> None:
+    """Lost ephemeral objects are handed to ``recover`` (the last one given wins)."""
+    _recover[:] = [recover]
+
+
 async def fetch(nc: NATS, ref: Ref) -> bytes | bytearray:
-    """The bytes ``ref`` names, from wherever they are; ``ObjectLostError`` naming the
-    object (and its holder) when they are gone. Never waits on a holder that is gone:
-    NATS answers "no responders" at once."""
+    """The bytes ``ref`` names, from wherever they are. An ephemeral object whose holder
+    is gone is made again from its lineage when its producer may run twice; otherwise
+    ``ObjectLostError`` names the object, its holder and node, and its producer."""
+    try:
+        return await fetch_held(nc, ref)
+    except ObjectLostError as lost:
+        if ref.durable or ref.blob is None or not _recover:
+            raise
+        return await _recover[0](nc, ref, lost)
+
+
+async def fetch_held(nc: NATS, ref: Ref) -> bytes | bytearray:
+    """The bytes ``ref`` names, from where it says they are; ``ObjectLostError`` naming
+    the object (and its holder) when they are gone. Never waits on a holder that is
+    gone: NATS answers "no responders" at once."""
     if ref.data is not None:
         return ref.data
     if ref.durable:

@@ -151,6 +151,7 @@ def _refs(owner: str) -> list[str]:
         *(protocol.ref_keep_subject(client) for client in protocol.ANY_CLIENT_ID),
         protocol.object_wildcard(protocol.OBJECTS_BUCKET),
         *protocol.blob_reads(protocol.OBJECTS_BUCKET),
+        *protocol.lineage_allowed(),
     ]
 
 

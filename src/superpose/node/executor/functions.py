@@ -47,6 +47,12 @@ class Functions:
             self._found[key] = found
         return found
 
+    def idempotent(self, module: str, qualname: str) -> bool:
+        """Whether its decorator declared it safe to run twice (``idempotent=True``):
+        lineage runs it again to remake an object it put that was lost."""
+        options = getattr(_wrapper_of(module, qualname), "options_", None)
+        return bool(getattr(options, "idempotent", False))
+
     def describe(self, ask: protocol.Describe) -> protocol.Described:
         """Sync or async, and the function's own limits (timeout, memory, concurrency);
         or why it cannot be loaded."""

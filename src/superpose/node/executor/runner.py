@@ -43,6 +43,7 @@ from superpose.node.executor.hooks import StartHooks
 from superpose.node.executor.lane import SyncLane
 from superpose.node.executor.replies import Replies
 from superpose.node.executor.reports import awaiting_frames, error_info, user_frames
+from superpose.node.executor.waiting import wait_in_lane, wait_on_loop
 from superpose.node.output import copy_line
 
 OFFERS_DRAIN_S = 1.5
@@ -204,10 +205,11 @@ class Executor:
                 if inv.args.blob is None
                 else self._on_loop(payload.unwrap(self.nc, inv.args))
             )
+            _keep_raw_args(inv, raw)
             with inputs.arriving() as futures:
                 args, kwargs, refs = decode_args(raw or b"", inv.args.codec)
-            if refs:
-                args, kwargs = self._on_loop(self.refs.resolve(args, kwargs, refs))
+            if refs:  # a slow one gives the slot back (one being made again needs one)
+                args, kwargs = wait_in_lane(self.loop, self.refs.resolve(args, kwargs, refs))
             if futures:
                 args, kwargs = self._on_loop(inputs.resolve(self.nc, args, kwargs, futures))
             value = self.functions.get(inv.module, inv.qualname)(*args, **kwargs)
@@ -268,10 +270,11 @@ class Executor:
         fn = self.functions.get(inv.module, inv.qualname)
         if inv.args.codec == protocol.CODEC_HTTP:
             return await self.http.serve(fn, inv, raw_args, reply)
+        _keep_raw_args(inv, raw_args)
         with inputs.arriving() as futures:
             args, kwargs, refs = decode_args(raw_args, inv.args.codec)
         if refs:
-            args, kwargs = await self.refs.resolve(args, kwargs, refs)
+            args, kwargs = await wait_on_loop(self.refs.resolve(args, kwargs, refs))
         if futures:
             args, kwargs = await inputs.resolve(self.nc, args, kwargs, futures)
         return await fn(*args, **kwargs)
@@ -354,8 +357,17 @@ class _Running:
 
     def __enter__(self) -> None:
         inv = self.inv
+        idempotent = self.executor.functions.idempotent(inv.module, inv.qualname)
         self.token = runtime.current_invocation.set(
-            runtime.Invocation(id=inv.id, app=inv.app, fn=inv.fn, ctx=inv.ctx, env=inv.env)
+            runtime.Invocation(
+                id=inv.id,
+                app=inv.app,
+                fn=inv.fn,
+                ctx=inv.ctx,
+                env=inv.env,
+                call=inv,
+                idempotent=idempotent,
+            )
         )
         if self.where is not None:
             self.executor.running[inv.id] = self.where
@@ -365,6 +377,14 @@ class _Running:
         for output in self.executor.outputs:  # while the line still knows its call
             output.flush_invocation(self.inv.id)
         runtime.current_invocation.reset(self.token)
+
+
+def _keep_raw_args(inv: protocol.Invocation, raw: protocol.Buffer | None) -> None:
+    """Offered arguments stay at hand while the call runs: an object it puts records
+    them for lineage (its caller's offer dies with the caller)."""
+    current = runtime.current_invocation.get()
+    if inv.args.source is not None and current is not None and current.id == inv.id:
+        current.raw_args = raw
 
 
 def _in_lane_thread() -> bool:
