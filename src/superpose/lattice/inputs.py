@@ -12,8 +12,7 @@ blob's name is the capability (``lattice/sealed.py``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any
 
@@ -22,6 +21,7 @@ from nats.aio.client import Client as NATS
 from superpose import protocol
 from superpose.lattice import payload
 from superpose.lattice.ref_args import swap_where
+from superpose.support.collecting import collecting
 
 _arriving: ContextVar[list[Input] | None] = ContextVar("superpose_inputs_arriving", default=None)
 
@@ -59,15 +59,9 @@ def _arrive(
     return found
 
 
-@contextmanager
-def arriving() -> Iterator[list[Input]]:
+def arriving() -> AbstractContextManager[list[Input]]:
     """The Inputs unpickled inside this block (a call's arguments being decoded)."""
-    found: list[Input] = []
-    token = _arriving.set(found)
-    try:
-        yield found
-    finally:
-        _arriving.reset(token)
+    return collecting(_arriving)
 
 
 async def resolve(

@@ -21,8 +21,8 @@ import contextvars
 import hashlib
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -30,6 +30,7 @@ from nats.aio.client import Client as NATS
 from superpose import protocol
 from superpose.errors import NotFoundError, ObjectLostError
 from superpose.lattice import objects, offers, ref_sealing
+from superpose.support.collecting import collecting
 
 _sending: contextvars.ContextVar[list[Ref] | None] = contextvars.ContextVar(
     "superpose_refs_sending", default=None
@@ -170,26 +171,14 @@ def held_elsewhere() -> dict[str, set[str]]:
         return {holder: {ref.digest for ref in refs} for holder, refs in _remote.items()}
 
 
-@contextmanager
-def sending() -> Iterator[list[Ref]]:
+def sending() -> AbstractContextManager[list[Ref]]:
     """The Refs pickled inside this block (a call's arguments being encoded)."""
-    sent: list[Ref] = []
-    token = _sending.set(sent)
-    try:
-        yield sent
-    finally:
-        _sending.reset(token)
+    return collecting(_sending)
 
 
-@contextmanager
-def arriving() -> Iterator[list[Ref]]:
+def arriving() -> AbstractContextManager[list[Ref]]:
     """The Refs unpickled inside this block (a call's arguments being decoded)."""
-    found: list[Ref] = []
-    token = _arriving.set(found)
-    try:
-        yield found
-    finally:
-        _arriving.reset(token)
+    return collecting(_arriving)
 
 
 def digest_of(data: bytes | bytearray | memoryview) -> str:
