@@ -307,6 +307,14 @@ async def _open_or_create(
             raise LatticeError(f"cannot create {name}: {why}{_hint(why or '')}") from exc
 
 
+async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """A key-value bucket made from ``config`` unless it exists."""
+    name = str(config.bucket)
+    return await _open_or_create(
+        name, lambda: js.key_value(name), lambda: js.create_key_value(config)
+    )
+
+
 def _hint(description: str) -> str:
     if "replica" in description.lower():
         return f" (set {ENV_REPLICAS} to at most the number of JetStream servers)"
@@ -499,8 +507,8 @@ async def ensure_assets(nc: NATS) -> Assets:
             _ensure_durable_path(nc, replicas),
             asyncio.gather(
                 ensure_ref_assets(js, replicas),
-                memo_store.ensure_bucket(js, replicas),
-                lineage.ensure_bucket(js, replicas),
+                _ensure_kv(js, memo_store.bucket_config(replicas)),
+                _ensure_kv(js, lineage.bucket_config(replicas)),
             ),
         )
         results = await js.key_value(protocol.RESULTS_BUCKET)

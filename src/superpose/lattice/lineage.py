@@ -37,7 +37,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -74,14 +73,9 @@ _warned: set[tuple[str, str]] = set()
 made again (each once per function)."""
 
 
-async def ensure_bucket(js: JetStreamContext, replicas: int) -> None:
-    """Create (or open) ``sp_lineage``; run by ``ensure_assets`` with the others."""
-    try:
-        await js.key_value(protocol.LINEAGE_BUCKET)
-        return
-    except NotFoundError:
-        pass
-    kv_config = KeyValueConfig(
+def bucket_config(replicas: int) -> KeyValueConfig:
+    """``sp_lineage``, made by ``ensure_assets`` with the others."""
+    return KeyValueConfig(
         bucket=protocol.LINEAGE_BUCKET,
         history=1,
         ttl=protocol.LINEAGE_TTL_S,
@@ -89,10 +83,6 @@ async def ensure_bucket(js: JetStreamContext, replicas: int) -> None:
         replicas=replicas,
         direct=True,  # read by key, so a role's permission can name it
     )
-    try:
-        await js.create_key_value(kv_config)
-    except nats.errors.Error:  # made meanwhile by another process
-        await js.key_value(protocol.LINEAGE_BUCKET)
 
 
 async def _bucket(nc: NATS) -> KeyValue:

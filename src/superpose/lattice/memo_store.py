@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
@@ -32,15 +33,9 @@ LIST_IDLE_S = 2.0
 """How long a listing waits for the next entry before it counts the bucket read."""
 
 
-async def ensure_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
-    """Create (or open) the memo bucket; run by ``ensure_assets`` with the others."""
-    from nats.js.api import KeyValueConfig, StorageType
-
-    try:
-        return await js.key_value(protocol.MEMO_BUCKET)
-    except NotFoundError:
-        pass
-    config = KeyValueConfig(
+def bucket_config(replicas: int) -> KeyValueConfig:
+    """The memo bucket, made by ``ensure_assets`` with the others."""
+    return KeyValueConfig(
         bucket=protocol.MEMO_BUCKET,
         history=1,
         ttl=protocol.MEMO_MAX_AGE_S,
@@ -48,10 +43,6 @@ async def ensure_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
         replicas=replicas,
         direct=True,  # gets by subject: a role is granted the keys of its app only
     )
-    try:
-        return await js.create_key_value(config)
-    except nats.errors.Error:  # made meanwhile by another process
-        return await js.key_value(protocol.MEMO_BUCKET)
 
 
 async def open_bucket(js: JetStreamContext) -> KeyValue:
