@@ -73,6 +73,13 @@ def produce(name: str, items: list[Any]) -> int:
 
 
 @sp.function
+def consume_one_after_saying(name: str, started: str) -> Any:
+    """Says it is waiting (a count in ``started``), then waits for one item."""
+    sp.Dict(started).incr("waiting")
+    return sp.Queue(name).get(timeout=90)
+
+
+@sp.function
 def consume(name: str, n: int) -> list[Any]:
     q = sp.Queue(name)
     got: list[Any] = []

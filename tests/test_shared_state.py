@@ -105,6 +105,18 @@ def test_200_concurrent_increments_count_exactly_200(client: sp.Client) -> None:
     assert sp.Dict(n, app=APP)["hits"] == 200
 
 
+def test_functions_waiting_on_a_queue_give_their_slots_back(
+    client: sp.Client, lattice: Lattice
+) -> None:
+    """Both nodes' only slots held by functions waiting on a queue: the producer still
+    gets a slot, as it would if they waited on nested calls."""
+    n, started = name("slots"), name("started")
+    waiting = [fns.consume_one_after_saying.spawn(n, started) for _ in range(2)]
+    poll(lambda: sp.Dict(started, app=APP).get("waiting", 0) == 2, "both consumers waiting")
+    assert fns.produce.with_options(timeout=60).remote(n, [1, 2]) == 2
+    assert sorted(f.result(timeout=120) for f in waiting) == [1, 2]
+
+
 def test_a_producer_and_a_consumer_function_share_a_queue(client: sp.Client) -> None:
     n = name("jobs")
     consumer = fns.consume.spawn(n, 30)

@@ -8,12 +8,13 @@ small lattice), and takes it back when it resumes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
 import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from superpose import protocol
 from superpose.errors import BadRequestError
@@ -110,6 +111,23 @@ def blocking() -> Iterator[None]:
         yield
     finally:
         _runtime.on_unblock(invocation.id)
+
+
+T = TypeVar("T")
+PATIENCE_S = 1.0
+"""How long a call holds its slot while it waits on something that may take long."""
+
+
+def wait_patiently(future: concurrent.futures.Future[T], patience_s: float = PATIENCE_S) -> T:
+    """``future``'s result, from a call's own thread: after ``patience_s`` the call
+    waits as a blocked parent does (``blocking``), its slot back with the node, so
+    what it waits for (a queue's next item, an object made again) can run."""
+    try:
+        return future.result(timeout=patience_s)
+    except concurrent.futures.TimeoutError:
+        pass
+    with blocking():
+        return future.result()
 
 
 def on_start(fn: StartHook | None = None, /) -> StartHook:

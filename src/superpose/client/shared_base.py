@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
-from superpose import protocol
+from superpose import protocol, runtime
 from superpose.client import app_state, session
 from superpose.errors import BadRequestError, UserError
 from superpose.lattice import payload
@@ -49,7 +49,9 @@ class Shared:
 
     def run(self, coro: Coroutine[Any, Any, T], method: str = "get") -> T:
         """Wait for ``coro`` on the client's loop; refused on that loop itself (async code
-        inside a function), naming the ``.aio`` form to await instead."""
+        inside a function), naming the ``.aio`` form to await instead. Inside a function
+        a long wait (a queue's ``get``) gives the call's slot back meanwhile, as waiting
+        on a nested call does: the producer it waits for may need that slot."""
         client = self.client()
         if on_loop(client.loop):
             coro.close()
@@ -57,7 +59,7 @@ class Shared:
                 f"{self.label}: a blocking call in async code would freeze the event loop "
                 f"its answer comes on; use `await ….{method}.aio(...)`"
             )
-        return client.run(coro)
+        return runtime.wait_patiently(asyncio.run_coroutine_threadsafe(coro, client.loop))
 
     async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
         loop = self.client().loop

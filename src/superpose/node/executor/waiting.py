@@ -11,7 +11,6 @@ goes back to the node, and it takes one again when its arguments have come.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -24,13 +23,7 @@ ARGS_PATIENCE_S = 1.0
 
 def wait_in_lane(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
     """From a lane thread: ``coro``'s result, run on ``loop``."""
-    future = asyncio.run_coroutine_threadsafe(coro, loop)
-    try:
-        return future.result(timeout=ARGS_PATIENCE_S)
-    except concurrent.futures.TimeoutError:
-        pass
-    with runtime.blocking():
-        return future.result()
+    return runtime.wait_patiently(asyncio.run_coroutine_threadsafe(coro, loop), ARGS_PATIENCE_S)
 
 
 async def wait_on_loop(coro: Coroutine[Any, Any, T]) -> T:
