@@ -12,7 +12,6 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError
 
@@ -21,53 +20,27 @@ from superpose.client.durable import wait_accepted
 from superpose.errors import BadRequestError, NotFoundError, SuperposeError
 from superpose.lattice import issued, objects, payload, sealed
 from superpose.lattice.connection import Assets
+from superpose.lattice.kv_listing import current_entries
 
 if TYPE_CHECKING:
     from superpose.client.client import Client
 
 log = logging.getLogger("superpose.durable")
 
-LIST_TIMEOUT_S = 10.0
-"""How long listing waits for the next dead letter before giving up."""
-
 
 async def list_failed(assets: Assets, app: str | None = None) -> list[protocol.DeadLetter]:
-    """Every dead letter (of one app, if given), oldest failure first; [] if there is none.
-
-    Reads the bucket with a watch and stops at the entry with nothing pending
-    after it. The end-of-initial-values marker of nats-py's watch is not
-    trusted: it can come before entries the server has already sent.
-    """
-    watcher = await assets.dead.watchall()
-    letters: list[protocol.DeadLetter] = []
-    seen = False
-    try:
-        while True:
-            try:
-                entry = await watcher.updates(LIST_TIMEOUT_S)  # type: ignore[no-untyped-call]
-            except nats.errors.TimeoutError as exc:
-                raise SuperposeError(
-                    f"listing failed invocations: no answer from the lattice in "
-                    f"{LIST_TIMEOUT_S:g} s"
-                ) from exc
-            if entry is None:
-                if not seen and (await assets.dead.status()).values == 0:
-                    break  # an empty bucket
-                continue
-            seen = True
-            letter = _letter(entry.key, entry.value, entry.operation)
-            if letter is not None and (app is None or letter.app == app):
-                letters.append(letter)
-            if entry.delta == 0:  # the last entry the bucket held when the watch began
-                break
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    """Every dead letter (of one app, if given), oldest failure first; [] if there is none."""
+    letters = []
+    for entry in await current_entries(assets.dead):
+        letter = _letter(entry.key, entry.value)
+        if letter is not None and (app is None or letter.app == app):
+            letters.append(letter)
     letters.sort(key=lambda letter: letter.failed)
     return letters
 
 
-def _letter(key: str, value: bytes | None, operation: str | None) -> protocol.DeadLetter | None:
-    if operation is not None or not value:  # deleted (replayed) or purged
+def _letter(key: str, value: bytes) -> protocol.DeadLetter | None:
+    if not value:
         return None
     try:
         return protocol.DeadLetter.decode(value)

@@ -7,34 +7,16 @@ from typing import Any
 
 from superpose import protocol
 from superpose.client.client import Client
-from superpose.lattice.batch import js_api
+from superpose.lattice.kv_listing import current_entries
 from superpose.registry import routing
 
 
 async def nodes(client: Client) -> list[protocol.NodeInfo]:
-    """Every live node: the keys from the stream's subject list, then one get each.
-
-    Not ``kv.keys()``: nats-py's watch can send its end marker before entries the
-    server already sent, and then a freshly started lattice shows no nodes.
-    """
-    bucket = protocol.NODES_BUCKET
-    info = await js_api(
-        client.nc,
-        protocol.stream_info_subject(protocol.kv_stream(bucket)),
-        {"subjects_filter": protocol.kv_wildcard(bucket)},
-    )
-    subjects = (info.get("state") or {}).get("subjects") or {}
-    keys = [protocol.kv_key(bucket, subject) for subject in subjects]
+    """Every live node, from the nodes bucket."""
     found = []
-    for key in keys:
+    for entry in await current_entries(client.assets.nodes):
         try:
-            data = (await client.assets.nodes.get(key)).value
-        except Exception:  # deleted (a node that stopped cleanly) or expired meanwhile
-            continue
-        if not data:
-            continue
-        try:
-            node = protocol.NodeInfo.decode(data)
+            node = protocol.NodeInfo.decode(entry.value)
         except protocol.ProtocolError:  # a node of another version: `status` must still answer
             continue
         if time.time() - node.seen < protocol.NODE_TTL_S:

@@ -26,11 +26,9 @@ from nats.js.kv import KeyValue
 from superpose import protocol
 from superpose.errors import LatticeError
 from superpose.lattice.batch import get_last_each, get_last_many
+from superpose.lattice.kv_listing import current_entries
 
 log = logging.getLogger("superpose.memo")
-
-LIST_IDLE_S = 2.0
-"""How long a listing waits for the next entry before it counts the bucket read."""
 
 
 def bucket_config(replicas: int) -> KeyValueConfig:
@@ -135,25 +133,15 @@ class MemoStore:
             await self.kv.delete(key, last=revision)
 
     async def entries(self, app: str | None = None, fn: str | None = None) -> list[Listed]:
-        """Every entry of an app (one function; all apps), read from a watch."""
-        watcher = await self.kv.watch(protocol.memo_filter(app, fn), ignore_deletes=True)
+        """Every entry of an app (one function; all apps)."""
         found: list[Listed] = []
-        try:
-            while True:
+        for update in await current_entries(self.kv, protocol.memo_filter(app, fn)):
+            if update.value:
                 try:
-                    update = await watcher.updates(timeout=LIST_IDLE_S)  # type: ignore[no-untyped-call]
-                except (TimeoutError, nats.errors.TimeoutError):
-                    break
-                if update is None:  # the end of what was stored
-                    break
-                if update.value:
-                    try:
-                        entry = protocol.MemoEntry.decode(update.value)
-                    except protocol.ProtocolError:
-                        continue
-                    found.append(Listed(update.key, entry, len(update.value)))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+                    entry = protocol.MemoEntry.decode(update.value)
+                except protocol.ProtocolError:
+                    continue
+                found.append(Listed(update.key, entry, len(update.value)))
         return found
 
     async def clear(self, app: str, fn: str | None = None) -> int:

@@ -16,10 +16,10 @@ from typing import Any
 
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.errors import NoKeysError
 
 from superpose import protocol
 from superpose.errors import LatticeError
+from superpose.lattice.kv_listing import current_entries
 
 SEAL_OVERHEAD = 16
 """AES-GCM's tag, the bytes a sealed durable object has beyond its value."""
@@ -83,16 +83,6 @@ async def _durable(js: JetStreamContext) -> list[ObjectRow]:
 async def _records(js: JetStreamContext) -> list[dict[str, Any]]:
     try:
         bucket = await js.key_value(protocol.REFS_BUCKET)
-        keys = await bucket.keys()
-    except NoKeysError:
-        return []
     except nats.errors.Error as exc:
         raise LatticeError(f"cannot list {protocol.REFS_BUCKET}: {exc}") from exc
-    found = []
-    for key in keys:
-        try:
-            entry = await bucket.get(key)
-        except nats.js.errors.KeyNotFoundError:  # freed since the listing
-            continue
-        found.append(json.loads(entry.value or b"{}"))
-    return found
+    return [json.loads(entry.value or b"{}") for entry in await current_entries(bucket)]

@@ -16,6 +16,7 @@ from nats.js.kv import KeyValue
 
 from superpose import protocol
 from superpose.errors import NotFoundError
+from superpose.lattice.kv_listing import current_entries
 
 
 class SecretNotSet(NotFoundError):
@@ -68,14 +69,7 @@ async def _must_be_set(kv: KeyValue, name: str) -> None:
 async def names(kv: KeyValue) -> list[SecretInfo]:
     """Every secret set, by name; read from the bucket's headers only, so the values
     never leave the server for a listing."""
-    watcher = await kv.watchall(ignore_deletes=True, meta_only=True)
-    found: list[SecretInfo] = []
-    try:
-        async for entry in watcher:
-            if entry is None:  # the end of what is stored now
-                break
-            updated = entry.created.timestamp() if entry.created is not None else 0.0
-            found.append(SecretInfo(entry.key, updated))
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    found = [
+        SecretInfo(entry.key, entry.created) for entry in await current_entries(kv, meta_only=True)
+    ]
     return sorted(found, key=lambda s: s.name)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from superpose import protocol
 from superpose.errors import BadRequestError, NotFoundError
+from superpose.lattice.kv_listing import current_entries
 
 if TYPE_CHECKING:  # nats-py is imported by what reads the bucket: the CLI checks without it
     from nats.js.kv import KeyValue
@@ -140,14 +141,9 @@ async def revoke(kv: KeyValue, token_id: str) -> protocol.TokenRecord:
 
 async def listing(kv: KeyValue) -> list[protocol.TokenRecord]:
     """Every token, oldest first."""
-    watcher = await kv.watchall(ignore_deletes=True)
-    found: list[protocol.TokenRecord] = []
-    try:
-        async for entry in watcher:
-            if entry is None:  # the end of what is stored now
-                break
-            if entry.value:
-                found.append(protocol.TokenRecord.from_json(entry.value))
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    found = [
+        protocol.TokenRecord.from_json(entry.value)
+        for entry in await current_entries(kv)
+        if entry.value
+    ]
     return sorted(found, key=lambda record: record.created)
