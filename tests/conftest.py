@@ -154,7 +154,8 @@ async def raw_nats(url: str, **options: Any) -> Any:
     import nats
 
     creds = lookup.registered(url)
-    return await nats.connect(url, user_credentials=str(creds) if creds else None, **options)
+    servers = url.split(",")  # a cluster's URL names each server
+    return await nats.connect(servers, user_credentials=str(creds) if creds else None, **options)
 
 
 def superpose_cli(

@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import nats
+from nats.js.api import ConsumerInfo
 
 import durable_fns as dfns
 import fns
 import superpose as sp
 from cluster import BUNDLES_STREAM, cluster_lattice, kill_server, leader_of, wait_whole
-from conftest import client_on, superpose_cli
+from conftest import client_on, raw_nats, superpose_cli
 from superpose import protocol
 
 ITEMS = 30
@@ -30,6 +31,17 @@ async def _bare_refusal(server: str) -> str:
     return "accepted"
 
 
+async def _work_consumer(url: str) -> ConsumerInfo:
+    nc = await raw_nats(url)
+    try:
+        info: ConsumerInfo = await nc.jetstream().consumer_info(
+            protocol.WORK_STREAM, protocol.WORK_CONSUMER
+        )
+        return info
+    finally:
+        await nc.close()
+
+
 def test_calls_and_durable_work_survive_the_leaders_servers(tmp_path: Path) -> None:
     directory = tmp_path / "runs"
     directory.mkdir()
@@ -41,6 +53,9 @@ def test_calls_and_durable_work_survive_the_leaders_servers(tmp_path: Path) -> N
         status = superpose_cli("status", url=handle.url, check=True)
         assert "3 node(s)" in status.stdout
         assert fns.square.remote(7) == 49
+        # A failover's elections must not look like a dead node (protocol.ack_wait_s).
+        consumer = handle.run(_work_consumer(handle.url))
+        assert consumer.config.ack_wait == protocol.ACK_WAIT_REPLICATED_S
 
         # Every node is cold for durable_fns and fetches it while its store elects a
         # leader. (Uploaded first: the upload is the caller's, before any node's fetch.)

@@ -74,7 +74,21 @@ BLOB_TTL_S = RESULT_TTL_S + 3600.0
 """Spilled arguments and results live as long as the durable results that point at them."""
 
 ACK_WAIT_S = 10.0
-"""A durable envelope whose node has not reported on it for this long is redelivered."""
+"""A durable envelope whose node has not reported on it for this long is redelivered
+(on a lattice of one server)."""
+ACK_WAIT_REPLICATED_S = 30.0
+"""The same on a replicated lattice, where a stream's leader can die. The node's
+in-progress reports are lost until the work consumer has a new leader, which then
+redelivers whatever was last reported on an ack wait ago. NATS's Raft waits 4-9 s
+before an election and starts again after a split vote, so 10 s had a failover run
+envelopes twice while their first node was alive and only waiting to store results."""
+
+
+def ack_wait_s(replicas: int) -> float:
+    """The work consumers' ack wait for a lattice of ``replicas`` copies of each stream."""
+    return ACK_WAIT_S if replicas <= 1 else ACK_WAIT_REPLICATED_S
+
+
 IN_PROGRESS_EVERY_S = 2.0
 """How often a node tells JetStream it is still working on an envelope it holds."""
 DUPLICATE_WINDOW_S = 600.0

@@ -425,7 +425,7 @@ async def ensure_work_consumer(
                     "durable_name": name,
                     "filter_subject": filter_subject,
                     "ack_policy": "explicit",
-                    "ack_wait": int(protocol.ACK_WAIT_S * NS),
+                    "ack_wait": int(protocol.ack_wait_s(replicas) * NS),
                     # Unbounded here on purpose: the node fails an envelope's items as
                     # lost on delivery MAX_DELIVER + 1. A JetStream limit would stop
                     # delivering silently if that node died too, and no result would

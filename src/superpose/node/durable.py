@@ -164,12 +164,14 @@ class DurableWorker:
             self._start_item(Item(inv, raw, state), stored)
 
     async def _stored(self, invocations: list[protocol.Invocation]) -> dict[str, protocol.Result]:
-        """A redelivery: some items may have finished before the node that held it died."""
-        try:
-            return await results.get_many(self.host.nc, [inv.id for inv in invocations])
-        except Exception:
-            log.warning("result lookup failed; running the envelope", exc_info=True)
-            return {}
+        """A redelivery: some items may have finished before the node that held it died.
+
+        Asked until the lattice answers (the envelope is kept alive meanwhile): running
+        an item whose lookup failed would run it twice whenever the result is there
+        but the results stream is between leaders.
+        """
+        ids = [inv.id for inv in invocations]
+        return await until_done(lambda: results.get_many(self.host.nc, ids), "look up results")
 
     def _start_item(self, item: Item, stored: dict[str, protocol.Result]) -> None:
         inv = item.inv

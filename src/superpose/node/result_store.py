@@ -34,6 +34,7 @@ request's own 10 s timeout was most of what a failover cost a durable caller.
 A write is safe to repeat (results by key, envelopes by message id), and a batch
 of results takes well under a second to commit even on a busy machine."""
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -114,15 +115,15 @@ class ResultStore(Generic[T]):
             log.warning("cannot record dead letter %s", inv.id, exc_info=True)
 
 
-async def until_done(attempt: Callable[[], Awaitable[object]], what: str) -> None:
-    """Retry a lattice write until it lands: JetStream keeps our envelopes meanwhile, and
-    if the node dies first they are redelivered."""
+async def until_done(attempt: Callable[[], Awaitable[R]], what: str) -> R:
+    """Retry a lattice write (or a read a decision hangs on) until it lands: JetStream
+    keeps our envelopes meanwhile, and if the node dies first they are redelivered."""
 
     def retrying(error: BaseException, failures: int) -> None:
         if failures == 1:  # once per outage: a leader election fails ~20 tries
             log.warning("could not %s; retrying", what, exc_info=error)
 
-    async def bounded() -> object:
+    async def bounded() -> R:
         return await asyncio.wait_for(attempt(), WRITE_ATTEMPT_S)
 
-    await retry(bounded, backoff=STORE_RETRY, on_failure=retrying)
+    return await retry(bounded, backoff=STORE_RETRY, on_failure=retrying)
