@@ -111,7 +111,6 @@ class Replies:
             self.channel.send(said)
 
     async def _send_answer(self, reply: str, result: protocol.Result) -> None:
-        self._answered()
         done = protocol.Done(result.id, ok=result.error is None)
         printed = result.id in self.printed
         self.printed.discard(result.id)
@@ -124,4 +123,8 @@ class Replies:
             elif reply:
                 await self.nc.publish(reply, result.encode())
         finally:  # the agent must hear the call ended, whatever became of its result
+            # After the reply, not before: ending strays (a kill(-1) scan of every
+            # process, ~20 us) was on every sandboxed warm call's path. Still before the
+            # agent hears of it, so no next call of the agent's starts in between.
+            self._answered()
             self.channel.send(done)
