@@ -100,3 +100,18 @@ def read_file(path: str) -> str:
 @sp.function
 def crash() -> None:
     os._exit(3)
+
+
+@sp.function
+def looks_around(paths: list[str]) -> dict[str, Any]:
+    """What a rootless executor can see of its node: each path read (or why not), and
+    the processes in its view."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        try:
+            Path(path).read_bytes()
+            seen[path] = "read"
+        except OSError as exc:
+            seen[path] = type(exc).__name__
+    pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    return {"paths": seen, "pids": pids, "me": os.getpid()}

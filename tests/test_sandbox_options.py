@@ -35,11 +35,16 @@ def test_the_command_line_refuses_a_bad_mode(tmp_path: Path) -> None:
     assert "invalid choice: 'jail'" in result.stderr
 
 
-def test_the_default_is_user_for_root_and_none_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_is_user_for_root_rootless_bwrap_else_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("SUPERPOSE_SANDBOX", raising=False)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert sandbox.default_mode() == "user"
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(sandbox, "rootless_problem", lambda: "")
+    assert sandbox.default_mode() == "bwrap"
+    monkeypatch.setattr(sandbox, "rootless_problem", lambda: "no user namespaces")
     assert sandbox.default_mode() == "none"
     monkeypatch.setenv("SUPERPOSE_SANDBOX", "bwrap")
     assert sandbox.default_mode() == "bwrap"
@@ -51,8 +56,41 @@ def test_a_node_that_is_not_root_says_why_it_cannot_sandbox(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     mode, why = sandbox.effective_mode("user")
     assert mode == "none"
-    assert "not root" in why and "runs as the node's user" in why
+    assert "not root" in why and "runs as the node's user" in why and "--sandbox bwrap" in why
     assert sandbox.effective_mode("none") == ("none", "")
+    monkeypatch.setattr(sandbox, "rootless_problem", lambda: "")
+    assert sandbox.effective_mode("bwrap") == ("bwrap", "")
+    monkeypatch.setattr(sandbox, "rootless_problem", lambda: "this kernel refuses it")
+    mode, why = sandbox.effective_mode("bwrap")
+    assert mode == "none" and "this kernel refuses it" in why and "node's user" in why
+
+
+def test_rootless_problem_names_a_missing_bubblewrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox.rootless_problem.cache_clear()
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    try:
+        assert "bubblewrap is not installed" in sandbox.rootless_problem()
+    finally:
+        sandbox.rootless_problem.cache_clear()
+
+
+def test_a_rootless_executor_cannot_see_the_nodes_folders(tmp_path: Path) -> None:
+    """Its uid is the node's, so file modes do not keep it out: a folder it is shown
+    that holds the node's state is covered by an empty one, before the caches (which
+    may lie inside it) are shown again."""
+    shown = sandbox.python_paths()[-1]
+    state = Path(shown) / "node-state"  # as if the state folder sat inside the venv
+    identity = sandbox.rootless_identity(tmp_path / "tmp")
+    assert identity.rootless and identity.uid == os.getuid()
+    assert stat.S_IMODE(identity.tmp.stat().st_mode) == 0o700
+    argv = sandbox.bwrap_argv(identity, tmp_path / "root", None, (state, Path("/elsewhere")))
+    assert argv[:6] == [
+        "bwrap", "--die-with-parent", "--new-session", "--unshare-pid",
+        "--unshare-user", "--disable-userns",
+    ]  # fmt: skip
+    tmpfs = argv.index("--tmpfs")
+    assert argv[tmpfs + 1] == str(state) and argv.count("--tmpfs") == 1  # /elsewhere is unseen
+    assert argv.index(shown) < tmpfs < argv.index(str(tmp_path / "root" / "bundles"))
 
 
 def test_bwrap_without_bubblewrap_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

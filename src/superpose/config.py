@@ -25,6 +25,9 @@ ENV_TLS_SERVER_NAME = "SUPERPOSE_TLS_SERVER_NAME"
 URL's: a ``bwrap`` executor dials its relay on 127.0.0.1 (node/executor/relay.py)."""
 ENV_SANDBOX = "SUPERPOSE_SANDBOX"
 SANDBOX_MODES = ("none", "user", "bwrap")
+SANDBOX_UIDS = range(61184, 61184 + 4336)
+"""The uids a root node gives its executors: systemd's DynamicUser range, which nothing
+else should own (``node/sandbox.py``)."""
 """How a node confines its executors (``superpose worker --sandbox``; docs/architecture.md,
 Sandbox)."""
 ENV_CREDS = "SUPERPOSE_CREDS"

@@ -7,17 +7,26 @@ fork), and ``kill(-1, SIGKILL)`` run *as that uid* signals all of them in one
 system call. The kernel walks its task list under a lock that ``fork`` needs too,
 so not even a fork bomb outruns it, and the signal cannot reach the node or another
 executor (a scan of ``/proc`` can be outrun, and would have to be repeated).
+
+A node that is not root cannot switch users. With ``bwrap`` it confines executors in
+namespaces instead (*rootless*): a user namespace (the executor keeps the node's uid,
+but sees none of the node's files: not its state folder, its credentials or its home),
+a pid namespace (its ``kill(-1)`` reaches only the processes of its own calls, and all
+of them die with it), and no network but the lattice. That is the default for a node
+that is not root wherever unprivileged user namespaces work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -36,9 +45,8 @@ from superpose.node.lattice_relay import (
 log = logging.getLogger("superpose.node")
 
 NONE, USER, BWRAP = config.SANDBOX_MODES
-UID_BASE = 61184
-"""systemd's DynamicUser range starts here (61184-65519); nothing else should own these."""
-UID_COUNT = 4336
+UID_BASE = config.SANDBOX_UIDS.start
+UID_COUNT = len(config.SANDBOX_UIDS)
 LOCK_PREFIX = "superpose-sandbox-uid-"
 """An abstract unix socket bound under this name + uid claims that uid for one executor,
 machine-wide (per network namespace), and is released by the kernel if the node dies."""
@@ -61,8 +69,38 @@ PASSED_ENV = (
 
 
 def default_mode() -> str:
-    """``$SUPERPOSE_SANDBOX``, else ``user`` for a node running as root, else ``none``."""
-    return config.settings().sandbox or (USER if os.geteuid() == 0 else NONE)
+    """``$SUPERPOSE_SANDBOX``, else ``user`` for a node running as root, else ``bwrap``
+    (rootless) where it works, else ``none``."""
+    chosen = config.settings().sandbox
+    if chosen:
+        return chosen
+    if os.geteuid() == 0:
+        return USER
+    return BWRAP if rootless_problem() == "" else NONE
+
+
+@functools.cache
+def rootless_problem() -> str:
+    """Why bubblewrap cannot confine executors without root here ("" if it can): it is
+    not installed, or this kernel refuses unprivileged user namespaces. Asked once."""
+    if shutil.which(BWRAP_PROGRAM) is None:
+        return "bubblewrap is not installed (apt-get install bubblewrap)"
+    probe = [BWRAP_PROGRAM, *ROOTLESS_FLAGS, "--ro-bind", "/", "/", "--proc", "/proc", "true"]
+    try:
+        done = subprocess.run(probe, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bubblewrap could not be run ({exc})"
+    if done.returncode != 0:
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        return "this kernel refuses unprivileged user namespaces" + (
+            f" (bwrap: {said[-1]})" if said else ""
+        )
+    return ""
+
+
+ROOTLESS_FLAGS = ("--unshare-user", "--disable-userns", "--unshare-pid")
+"""What bwrap adds without root: a user namespace (in which user code may not make
+another), besides the pid namespace every bwrap executor has."""
 
 
 def effective_mode(requested: str) -> tuple[str, str]:
@@ -74,9 +112,15 @@ def effective_mode(requested: str) -> tuple[str, str]:
     if requested == NONE:
         return NONE, ""
     if os.geteuid() != 0:
+        if requested == BWRAP:
+            problem = rootless_problem()
+            if problem:
+                return NONE, f"--sandbox bwrap: {problem}; user code runs as the node's user"
+            return BWRAP, ""
         return NONE, (
             f"--sandbox {requested}: this node is not root, so it cannot give executors "
-            "users of their own; user code runs as the node's user"
+            "users of their own; user code runs as the node's user (--sandbox bwrap "
+            "confines it in namespaces instead)"
         )
     if shutil.which(SETPRIV) is None:
         raise UserError(
@@ -144,22 +188,35 @@ def unreachable(folder: Path) -> Path | None:
 @dataclass
 class Identity:
     """One executor's user (uid = gid, no supplementary groups) and private temporary
-    folder, held from before its start until its last process is gone."""
+    folder, held from before its start until its last process is gone. Rootless, the
+    node's own uid and gid, and no claim: its processes live in a pid namespace that
+    ends with it."""
 
     uid: int
+    gid: int
     tmp: Path
-    _claim: socket.socket
+    _claim: socket.socket | None
 
     @property
-    def gid(self) -> int:
-        return self.uid
+    def rootless(self) -> bool:
+        return self._claim is None
 
     async def release(self) -> None:
         """Kill whatever of this user still runs, remove its folder, free the uid."""
+        if self._claim is None:  # its namespace's init died with it, and took the rest
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
         await kill_all_of(self.uid)
         shutil.rmtree(self.tmp, ignore_errors=True)
         shm.remove_folder(self.uid)  # its offers' shared-memory files, if any are left
         self._claim.close()
+
+
+def rootless_identity(tmp_root: Path) -> Identity:
+    """The node's own uid, and a private folder of the executor's (0700)."""
+    tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="executor-", dir=tmp_root))
+    return Identity(os.getuid(), os.getgid(), tmp, None)
 
 
 async def claim_identity(tmp_root: Path) -> Identity:
@@ -179,7 +236,7 @@ async def claim_identity(tmp_root: Path) -> Identity:
         tmp_root.mkdir(mode=0o711, parents=True, exist_ok=True)
         tmp.mkdir(mode=0o700)
         os.chown(tmp, uid, uid)
-        return Identity(uid, tmp, claim)
+        return Identity(uid, uid, tmp, claim)
     raise UserError(f"all {UID_COUNT} sandbox uids from {UID_BASE} are in use on this machine")
 
 
@@ -246,7 +303,8 @@ def hand_over(identity: Identity, source: Path, name: str) -> str:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
     with os.fdopen(fd, "wb") as out:
         out.write(source.read_bytes())
-    os.chown(target, identity.uid, identity.gid)
+    if not identity.rootless:
+        os.chown(target, identity.uid, identity.gid)
     return name
 
 
@@ -271,17 +329,27 @@ def python_paths() -> list[str]:
     """Folders this interpreter and its packages (superpose among them) live in."""
     found = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
     found.add(os.path.dirname(os.path.realpath(sys.executable)))
-    found.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted(found)
+    found.update(p for p in sys.path if p)
+    # Only those this node can reach: rootless, bwrap opens them as the node's user.
+    return sorted(p for p in found if os.path.isdir(p))
 
 
-def bwrap_argv(identity: Identity, executor_root: Path, relay: Path | None = None) -> list[str]:
+def bwrap_argv(
+    identity: Identity,
+    executor_root: Path,
+    relay: Path | None = None,
+    hidden: tuple[Path, ...] = (),
+) -> list[str]:
     """bubblewrap's arguments: the system's libraries, Python and its packages, and the
     node's bundles and environments, all read-only; a private /tmp (the executor's
     folder); its own pid, IPC, UTS and network namespaces. Its network is a loopback
     only: the lattice is the ``relay`` folder's unix socket, seen at ``INSIDE_FOLDER``
-    (``node/lattice_relay.py``)."""
+    (``node/lattice_relay.py``). Rootless, a user namespace too, and the ``hidden``
+    folders (the node's state and credentials), where a folder shown holds them, are
+    covered by an empty one: file modes cannot keep them from the node's own uid."""
     argv = [BWRAP_PROGRAM, "--die-with-parent", "--new-session", "--unshare-pid"]
+    if identity.rootless:
+        argv += ROOTLESS_FLAGS[:2]
     argv += ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--unshare-net"]
     argv += ["--dev", "/dev", "--proc", "/proc"]
     if relay is not None:
@@ -292,17 +360,29 @@ def bwrap_argv(identity: Identity, executor_root: Path, relay: Path | None = Non
     argv += ["--perms", "0755", "--dir", "/etc"]
     for name in ETC_FILES:
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    shared = python_paths()
+    caches = []
     for cache in ("bundles", "envs"):
         (executor_root / cache).mkdir(parents=True, exist_ok=True)
-        shared.append(str(executor_root / cache))
+        caches.append(str(executor_root / cache))
     # /tmp first: the caches may lie under the host's /tmp, and must not be hidden by it
     argv += ["--bind", str(identity.tmp), "/tmp"]
-    for parent in sorted({str(p) for f in shared for p in Path(f).parents if str(p) != "/"}):
-        argv += ["--perms", "0755", "--dir", parent]  # bwrap would make them 0700
-    for folder in shared:
-        argv += ["--ro-bind", folder, folder]
+    shown = python_paths()
+    argv += _read_only(shown)
+    for folder in sorted({str(h) for h in hidden}):  # then the caches, which may lie inside
+        if any(Path(folder).is_relative_to(s) for s in shown):
+            argv += ["--tmpfs", folder]
+    argv += _read_only(caches)
     return [*argv, "--chdir", "/tmp", "--"]
+
+
+def _read_only(folders: list[str]) -> list[str]:
+    """bwrap's arguments showing ``folders`` read-only, their parents made first."""
+    argv = []
+    for parent in sorted({str(p) for f in folders for p in Path(f).parents if str(p) != "/"}):
+        argv += ["--perms", "0755", "--dir", parent]  # bwrap would make them 0700
+    for folder in folders:
+        argv += ["--ro-bind", folder, folder]
+    return argv
 
 
 def descendant(pid: int) -> int:
@@ -329,6 +409,8 @@ class Confinement:
     """``root`` is a stand-in for this run (``executor_root``): removed at stop."""
     lattice: str = ""
     """The node's lattice URL: a ``bwrap`` executor reaches it through ``relay``."""
+    hidden: tuple[Path, ...] = ()
+    """Rootless: the node's folders an executor must not see (its state, its creds)."""
     relay: LatticeRelay | None = None
     """Opened with the first ``bwrap`` executor, closed by ``close``."""
     _opening: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -344,13 +426,21 @@ class Confinement:
         if mode == BWRAP and lattice:
             server_addresses(lattice)  # a URL the relay cannot serve is refused at start
         root, temporary = executor_root(state_dir, node_id)
-        return cls(mode, root, temporary, lattice)
+        creds = config.settings().creds
+        hidden = (state_dir.resolve(), *((creds.resolve().parent,) if creds else ()))
+        return cls(mode, root, temporary, lattice, hidden if os.geteuid() != 0 else ())
+
+    @property
+    def rootless(self) -> bool:
+        return os.geteuid() != 0
 
     async def claim(self) -> Identity:
         if self.mode == BWRAP:
             async with self._opening:
                 if self.relay is None:
                     self.relay = await LatticeRelay.open(self.root / "relay", self.lattice)
+        if self.rootless:
+            return rootless_identity(self.root / "tmp")
         return await claim_identity(self.root / "tmp")
 
     async def close(self) -> None:
@@ -367,10 +457,11 @@ class Confinement:
         """The executor's command line and the process options that confine it: its
         user (``as_user``), a session of its own, and the environment it may see."""
         tmp_inside = "/tmp" if self.mode == BWRAP else str(identity.tmp)
-        argv = as_user(identity.uid) + argv
+        if not identity.rootless:
+            argv = as_user(identity.uid) + argv
         if self.mode == BWRAP:  # bwrap as root: it may mount what the executor may not read
             assert self.relay is not None, "claim() opens the relay"
-            argv = bwrap_argv(identity, self.root, self.relay.folder) + argv
+            argv = bwrap_argv(identity, self.root, self.relay.folder, self.hidden) + argv
             argv += ["--lattice-socket", INSIDE_SOCKET]
         options: dict[str, object] = {
             "start_new_session": True,
