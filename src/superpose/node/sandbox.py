@@ -410,7 +410,8 @@ class Confinement:
     lattice: str = ""
     """The node's lattice URL: a ``bwrap`` executor reaches it through ``relay``."""
     hidden: tuple[Path, ...] = ()
-    """Rootless: the node's folders an executor must not see (its state, its creds)."""
+    """Rootless: the node's folders an executor must not see (its state, its creds, the
+    superpose home with the lattice's keys)."""
     relay: LatticeRelay | None = None
     """Opened with the first ``bwrap`` executor, closed by ``close``."""
     _opening: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -426,8 +427,10 @@ class Confinement:
         if mode == BWRAP and lattice:
             server_addresses(lattice)  # a URL the relay cannot serve is refused at start
         root, temporary = executor_root(state_dir, node_id)
-        creds = config.settings().creds
-        hidden = (state_dir.resolve(), *((creds.resolve().parent,) if creds else ()))
+        found = config.settings()
+        hidden: tuple[Path, ...] = (state_dir.resolve(), found.home)  # its keys: in the home
+        if found.creds is not None:
+            hidden += (found.creds.resolve().parent,)
         return cls(mode, root, temporary, lattice, hidden if os.geteuid() != 0 else ())
 
     @property
