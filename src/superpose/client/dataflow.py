@@ -17,8 +17,8 @@ invocation, or keeps it from being sent.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextvars import Token
 from typing import Any
 
 from superpose.client.futures import SENDING, Future, fail
@@ -30,29 +30,35 @@ NOT_READY = (str, ("an input not ready yet",))
 the rest of the arguments can travel); the call is encoded again once it is ready."""
 
 
-@contextmanager
-def collecting() -> Iterator[list[Future]]:
+class collecting:  # named as the function it replaced: ``with collecting() as inputs``
     """Futures pickled inside this block (a call's arguments being encoded): a finished
     one travels as its result's pointer; the others are listed, and mark the call as
-    one to send later."""
-    waiting: dict[int, Future] = {}
+    one to send later. (A class: every call enters one.)"""
 
-    def send(future: Future) -> tuple[Any, ...]:
+    __slots__ = ("_listed", "_token", "_waiting")
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, Future] = {}
+        self._listed: list[Future] = []
+        self._token: Token[Callable[[Future], tuple[Any, ...]] | None] | None = None
+
+    def __enter__(self) -> list[Future]:
+        self._token = SENDING.set(self._send)
+        return self._listed
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        SENDING.reset(self._token)
+        self._listed.extend(self._waiting.values())
+
+    def _send(self, future: Future) -> tuple[Any, ...]:
         if future.done() and not future.cancelled() and future.exception(0) is None:
             if future.result_payload is not None:
                 return Input(future.invocation_id, future.result_payload).__reduce__()
             return (given, (future.result(0),))  # a direct call's result is here anyway
         future.lazy_ok = True
-        waiting[id(future)] = future
+        self._waiting[id(future)] = future
         return NOT_READY
-
-    listed: list[Future] = []
-    token = SENDING.set(send)
-    try:
-        yield listed
-    finally:
-        SENDING.reset(token)
-        listed.extend(waiting.values())
 
 
 def after(inputs: list[Future], send: Callable[[], Future]) -> Future:

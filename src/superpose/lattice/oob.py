@@ -78,7 +78,7 @@ def _swapped(value: Any, depth: int, seen: dict[int, Any]) -> Any:
         if id(value) not in seen:  # one buffer however often it appears
             seen[id(value)] = _OutOfBand(value)
         return seen[id(value)]
-    if depth >= MAX_DEPTH or kind not in (tuple, list, dict) or len(value) > MAX_LOOK:
+    if depth >= MAX_DEPTH or kind not in (tuple, list, dict) or not 0 < len(value) <= MAX_LOOK:
         return value
     if id(value) in seen:
         return seen[id(value)]

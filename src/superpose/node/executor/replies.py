@@ -123,8 +123,10 @@ class Replies:
             elif reply:
                 await self.nc.publish(reply, result.encode())
         finally:  # the agent must hear the call ended, whatever became of its result
-            # After the reply, not before: ending strays (a kill(-1) scan of every
-            # process, ~20 us) was on every sandboxed warm call's path. Still before the
-            # agent hears of it, so no next call of the agent's starts in between.
-            self._answered()
+            # After the reply has left, not before: ending strays (a kill(-1) scan of
+            # every process, ~20 us) was on every sandboxed warm call's path. Its
+            # publish only queued the reply for nats-py's flusher, which this callback
+            # follows; the Done frame, flushed at the end of this iteration too, follows
+            # it, so no next call of the agent's starts in between.
+            asyncio.get_running_loop().call_soon(self._answered)
             self.channel.send(done)
