@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import uuid
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ from memo_fns import runs
 from superpose import protocol
 from superpose.client import memo, memo_batch
 from superpose.client.memo_key import Uncanonical, call_key, register_digest
+from superpose.client.options import Options
 from superpose.errors import BadRequestError
 from superpose.lattice import memo_store
 from test_cli import deploy, unique, write_app
@@ -294,3 +296,49 @@ def test_a_failed_drain_fails_its_calls_and_the_next_burst_drains_again(
     second = sp.Future()
     lookups.add(nowhere, second)
     assert second.result(timeout=30) == "settled"
+
+
+def test_a_traced_cached_call_says_cached_in_its_trace(
+    lattice: Lattice, client: sp.Client, tmp_path: Path
+) -> None:
+    """Issue 16 item 5: the hit's trace has a span saying ``cached``, by no node."""
+    d = str(tmp_path)
+    assert memo_fns.tenfold.remote(d, 11) == [11] * 10  # stored
+    trace_id = uuid.uuid4().hex[:16]
+    ctx = protocol.CallContext(trace=True, trace_id=trace_id)
+    target = memo_fns.tenfold._target(client)
+    hit = memo.submit(client, target, (d, 11), {}, Options(), durable=False, ctx=ctx)
+    assert hit.result(timeout=60) == [11] * 10 and hit.cached
+    assert runs(d, "tenfold") == 1
+
+    def shown() -> str:
+        proc = superpose_cli("trace", trace_id, url=lattice.url)
+        return proc.stdout if proc.returncode == 0 else ""
+
+    line = poll(shown, "the cached span")
+    assert "memo_fns.tenfold@" in line and "cached (no node ran it)" in line and "ok" in line
+    as_json = json.loads(superpose_cli("trace", trace_id, "--json", url=lattice.url).stdout)
+    assert [(s["cached"], s["node"]) for s in as_json] == [(True, "cache")]
+
+
+def test_a_cached_call_inside_a_traced_request_is_a_cached_child_span(
+    lattice: Lattice, client: sp.Client, tmp_path: Path
+) -> None:
+    """Recorded by the executor that looked it up (its own user may publish spans)."""
+    d = str(tmp_path)
+    trace_id = uuid.uuid4().hex[:16]
+    ctx = protocol.CallContext(trace=True, trace_id=trace_id)
+    target = memo_fns.nested._target(client)
+    outer = client.submit(target, (d, 13), {}, Options(), ctx=ctx)
+    assert outer.result(timeout=60) == [[13] * 10, [13] * 10, True]
+
+    def spans() -> list[dict[str, Any]] | None:
+        proc = superpose_cli("trace", trace_id, "--json", url=lattice.url)
+        found = json.loads(proc.stdout) if proc.returncode == 0 else []
+        return found if len(found) >= 3 else None
+
+    found = poll(spans, "three spans: nested, its first (run) and second (cached) call")
+    by_fn = sorted((s["fn"], s["cached"]) for s in found)
+    assert by_fn == [("nested", False), ("tenfold", False), ("tenfold", True)]
+    nested_id = next(s["id"] for s in found if s["fn"] == "nested")
+    assert all(s["parent_id"] == nested_id for s in found if s["fn"] == "tenfold")

@@ -139,6 +139,9 @@ def trace_subject(trace_id: str) -> str:
 
 
 TRACES_WILDCARD = "sp.trace.>"
+TRACE_PUBLISH = "sp.trace.*"
+"""Recording spans: nodes for the calls they serve, callers and executors for the cached
+calls they answer from the memo bucket (no node served those)."""
 
 
 def needs_class(needs: dict[str, str]) -> str:
@@ -628,6 +631,7 @@ def executor_publish_allowed(me: str) -> list[str]:
         f"{direct_get_subject(kv_stream(NODES_BUCKET))}.>",
         "$JS.FC.>",
         *executor_ref_subjects(me),
+        TRACE_PUBLISH,
         # lattice-wide dicts and queues only: an app's are its app user's (below)
         *shared_state_publish([SHARED_SCOPE]),
         *lineage_allowed(),
@@ -1007,6 +1011,8 @@ class Span(Message, tag="sp.span.v1"):
     duration_s: float
     ok: bool
     session: str | None = None
+    cached: bool = False
+    """Answered from the memo bucket by its caller: no node ran it (``node`` is ``cache``)."""
 
 
 class HttpRequest(Message, tag="sp.http.request.v1"):

@@ -154,8 +154,9 @@ def cmd_trace(ns: argparse.Namespace) -> int:
             level = depth.get(span.parent_id or "", -1) + 1
             depth[span.id] = level
             mark = "ok" if span.ok else "FAILED"
+            where = "cached (no node ran it)" if span.cached else f"node={span.node}"
             print(
-                f"{'  ' * level}{span.app}.{span.fn}@{span.digest[:12]}  node={span.node}  "
+                f"{'  ' * level}{span.app}.{span.fn}@{span.digest[:12]}  {where}  "
                 f"{span.duration_s * 1000:.1f} ms  {mark}"
             )
         return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -211,8 +212,37 @@ def hit(call: Call, entry: protocol.MemoEntry, out: Future) -> None:
     out.cached = True
     out.accepted.set()
     log.info("cached %s.%s %s", *_name(call), call.key.rsplit(".", 1)[-1][:12])
+    if call.ctx is not None and call.ctx.trace:
+        asyncio.get_running_loop().create_task(_trace_hit(call, call.ctx))
     if not out.done():
         out.set_result(value)
+
+
+async def _trace_hit(call: Call, ctx: protocol.CallContext) -> None:
+    """A traced request's span for a call answered from the cache: ``cached``, by no node."""
+    trace_id = ctx.trace_id or uuid.uuid4().hex[:16]
+    span = protocol.Span(
+        trace_id=trace_id,
+        id=uuid.uuid4().hex[:16],
+        parent_id=ctx.parent_id,
+        app=call.target.app,
+        fn=call.target.fn,
+        digest=protocol.version_id(call.target.digest, call.target.env),
+        node=CACHE_NODE,
+        started=time.time(),
+        duration_s=0.0,
+        ok=True,
+        session=ctx.session,
+        cached=True,
+    )
+    try:
+        await call.client.nc.publish(protocol.trace_subject(trace_id), span.encode())
+    except Exception:  # a trace is a diagnosis: never the call's failure
+        log.debug("could not record the cached span of %s.%s", *_name(call), exc_info=True)
+
+
+CACHE_NODE = "cache"
+"""What a cached call's span names as its node."""
 
 
 async def _run(store: memo_store.MemoStore, call: Call, revision: int, out: Future) -> None:

@@ -127,6 +127,7 @@ def _calls(owner: str, app: str | None) -> list[str]:
     results, issued = _kv_stream(protocol.RESULTS_BUCKET), protocol.ISSUED_BUCKET
     return [
         *protocol.call_wildcards(a),
+        protocol.TRACE_PUBLISH,
         protocol.CANCEL_SUBJECT,
         _direct(results, protocol.results_subject(f"{owner}.>")),
         _direct(results, protocol.results_subject(protocol.idempotent_id("*"))),
