@@ -19,3 +19,9 @@ def digest(salt: str, i: int, rounds: int) -> str:
     for _ in range(rounds):
         h = hashlib.sha256(h).digest()
     return h.hex()
+
+
+@sp.function(cache=True)
+def combine(left: str, right: str) -> str:
+    """An inner node of the memo dataflow: cheap, and keyed by its inputs' keys."""
+    return hashlib.sha256(f"{left}{right}".encode()).hexdigest()

@@ -72,3 +72,17 @@ def nested_burst(directory: str, n: int) -> list[object]:
 
     batch = asyncio.run_coroutine_threadsafe(probe(), client.loop)
     return [results, [f.cached for f in futures], batch.result(timeout=30)]
+
+
+@sp.function(cache=True)
+def joined(directory: str, a: list[object], b: list[object]) -> list[object]:
+    """Takes two results: given as futures, a cached dataflow."""
+    note(directory, "joined")
+    return a + b
+
+
+@sp.function(cache=True)
+def measured(directory: str, blob: bytes) -> int:
+    """Takes a Ref's value: keyed by the Ref's digest."""
+    note(directory, "measured")
+    return len(blob)

@@ -342,3 +342,47 @@ def test_a_cached_call_inside_a_traced_request_is_a_cached_child_span(
     assert by_fn == [("nested", False), ("tenfold", False), ("tenfold", True)]
     nested_id = next(s["id"] for s in found if s["fn"] == "nested")
     assert all(s["parent_id"] == nested_id for s in found if s["fn"] == "tenfold")
+
+
+def test_a_memoized_dataflow_reruns_from_the_cache_without_waiting_for_inputs(
+    client: sp.Client, tmp_path: Path
+) -> None:
+    """A cached call's future stands for its result by its key (issue 16's memoized
+    dataflow): the dependent is keyed before its inputs finish, and a rerun runs nothing."""
+    d = str(tmp_path)
+
+    def graph() -> sp.Future:
+        left, right = memo_fns.tenfold.spawn(d, 21), memo_fns.tenfold.spawn(d, 22)
+        return memo_fns.joined.spawn(d, left, right)
+
+    first = graph()
+    assert first.result(timeout=60) == [21] * 10 + [22] * 10 and not first.cached
+    assert (runs(d, "tenfold"), runs(d, "joined")) == (2, 1)
+    again = graph()
+    assert again.result(timeout=60) == [21] * 10 + [22] * 10 and again.cached
+    assert (runs(d, "tenfold"), runs(d, "joined")) == (2, 1)
+    other = memo_fns.joined.spawn(d, memo_fns.tenfold.spawn(d, 21), memo_fns.tenfold.spawn(d, 23))
+    assert other.result(timeout=60)[-1] == 23 and (runs(d, "tenfold"), runs(d, "joined")) == (3, 2)
+
+
+def test_a_future_of_an_uncached_call_makes_its_dependent_run_uncached(
+    client: sp.Client, tmp_path: Path
+) -> None:
+    d = str(tmp_path)
+    uncached = memo_fns.tenfold.with_options(cache=False).spawn(d, 2)
+    with pytest.warns(memo.UncachedWarning, match="a Future of an uncached call"):
+        dependent = memo_fns.joined.spawn(d, uncached, memo_fns.tenfold.spawn(d, 1))
+    assert dependent.result(timeout=60) == [2] * 10 + [1] * 10
+    assert not dependent.cached and runs(d, "joined") == 1
+
+
+def test_refs_are_keyed_by_digest_not_by_value(client: sp.Client, tmp_path: Path) -> None:
+    """Issue 16 item 5: the same value put twice is one key; another value misses."""
+    d = str(tmp_path)
+    blob = uuid.uuid4().bytes * 1000
+    assert memo_fns.measured.remote(d, sp.put(blob)) == len(blob)
+    again = memo_fns.measured.spawn(d, sp.put(blob))  # a new Ref, the same digest
+    assert again.result(timeout=60) == len(blob) and again.cached
+    assert runs(d, "measured") == 1
+    assert memo_fns.measured.remote(d, sp.put(blob + b"!")) == len(blob) + 1
+    assert runs(d, "measured") == 2

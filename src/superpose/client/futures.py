@@ -33,6 +33,9 @@ class Future(concurrent.futures.Future[Any]):
     result_payload: protocol.Payload | None = None
     """A durable result as its notification carried it: what a dependent call is sent
     in this future's place (``client/dataflow.py``), so its bytes never come here."""
+    memo_key: str | None = None
+    """A ``cache=True`` call's key (``client/memo.py``): a cached call taking this
+    future as an argument hashes it by this key, not by a value it may not have yet."""
     lazy_ok: bool = False
     """Set when this future feeds a dependent: a big result is then fetched only when
     ``result()`` or ``await`` asks for it, never just because it finished."""

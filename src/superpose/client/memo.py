@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from superpose import protocol
 from superpose.client import app_state, memo_batch
-from superpose.client.arguments import check_call, encode_arguments
+from superpose.client.arguments import check_call
 from superpose.client.futures import Future, fail
-from superpose.client.memo_key import Uncanonical, call_key
+from superpose.client.memo_key import Uncanonical, call_key, register_digest
 from superpose.client.options import Options
 from superpose.lattice import memo_store, payload
 from superpose.registry.mirror import Target
@@ -63,13 +63,24 @@ class Call:
     ttl_s: float
 
     def start(self) -> Future:
-        """Run it as an uncached call would (direct for remote, durable for spawn).
-        The arguments are pickled here, on a miss only: a hit never needs them."""
-        codec = protocol.CODEC_PICKLE
-        raw = encode_arguments(self.target, self.args, self.kwargs, codec)
-        if self.durable:
-            return self.client.submit_durable(self.target, raw, codec, self.options, self.ctx)
-        return self.client.submit_raw(self.target, raw, codec, self.options, self.ctx)
+        """Run it as an uncached call would (direct for remote, durable for spawn; sent
+        once its input futures are done, its Refs kept alive while it runs). The
+        arguments are pickled here, on a miss only: a hit never needs them."""
+        return self.client.submit(
+            self.target, self.args, self.kwargs, self.options, durable=self.durable, ctx=self.ctx
+        )
+
+
+def _future_digest(future: Future) -> bytes:
+    """A cached call's future stands for its result by its key: what a cached call
+    returns is a function of its key, so a memoized dataflow is keyed (and a rerun
+    answered) without waiting for any input. Another future's value is not known yet."""
+    if future.memo_key is None:
+        raise Uncanonical("a Future of an uncached call (its value is not known yet)")
+    return future.memo_key.encode()
+
+
+register_digest(Future, _future_digest)
 
 
 def wanted(options: Options, target: Target) -> bool:
@@ -113,6 +124,7 @@ def submit(
         return client.submit(target, args, kwargs, options, durable=durable, ctx=ctx)
     call = Call(client, target, args, kwargs, options, durable, ctx, key, ttl_of(options, target))
     out = Future()
+    out.memo_key = key
     memo_batch.lookups_of(client, _WAYS).add(call, out)
     return out
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from superpose import protocol
+from superpose.lattice.refs import Ref
 
 KEY_VERSION = protocol.MEMO_KEY_VERSION.encode()
 MAX_DEPTH = 64
@@ -34,6 +35,14 @@ class Uncanonical(Exception):
 def register_digest(kind: type, digester: Digester) -> None:
     """Hash values of ``kind`` by ``digester(value)`` (e.g. a Ref by its content digest)."""
     _DIGESTERS[kind] = digester
+
+
+def _ref_digest(ref: Ref) -> bytes:
+    """A Ref by its content digest: the same value put twice is one key, never its bytes."""
+    return ref.digest.encode()
+
+
+register_digest(Ref, _ref_digest)
 
 
 def call_key(
