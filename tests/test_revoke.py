@@ -17,7 +17,7 @@ from conftest import ROOT, Lattice, poll, superpose_cli
 from superpose.errors import BadRequestError, LatticeError
 from superpose.lattice.connection import connect
 from superpose.local.embedded import EmbeddedServer, free_port
-from superpose.security import jwt, minting, revocations
+from superpose.security import executor_identity, jwt, minting, revocations
 from superpose.security.creds import read_creds
 from superpose.security.identities import KEYS_DIR, LATTICE_ACCOUNT, load_or_create
 from test_cli import deploy, unique
@@ -172,11 +172,40 @@ def test_creds_revoke_beside_a_running_up_and_after_a_restart(tmp_path: Path) ->
         table = superpose_cli("creds", "ls", home=home, check=True).stdout
         assert "REVOKED" in table.splitlines()[0]
         assert superpose_cli("status", home=home).returncode == 0  # admin unaffected
+        # A node's creds: the running lattice learns its signer before `create` returns,
+        # so its executors' users connect at once.
+        out = tmp_path / "node"
+        out.mkdir()
+        node = superpose_cli(
+            *("creds", "create", "--role", "node", "--name", "w1", "--out", str(out)), home=home
+        )
+        assert node.returncode == 0, node.stderr
+        signer = executor_identity.signer_beside(out / "w1.creds")
+        assert signer is not None
+        url = _url(home)
+        executor = signer.mint(executor_identity.new_executor_id())
+        assert asyncio.run(_refusal(url, executor)) == ""
+        assert superpose_cli("creds", "revoke", "w1", home=home).returncode == 0
+        assert "Authorization Violation" in asyncio.run(_refusal(url, executor))
     finally:
         superpose_cli("down", home=home, check=True)
     up()  # the next `up` signs the account with every revocation
     try:
         later = status_as(creds)
         assert later.returncode == 1 and "Authorization Violation" in later.stderr
+        assert "Authorization Violation" in asyncio.run(_refusal(_url(home), executor))
     finally:
         superpose_cli("down", home=home, check=True)
+
+
+def _url(home: Path) -> str:
+    return str(json.loads((home / "lattice.json").read_text())["lattice"])
+
+
+async def _refusal(url: str, creds_text: str) -> str:
+    try:
+        nc = await connect(url, name="test-node-signer", creds_text=creds_text)
+    except LatticeError as exc:
+        return exc.message
+    await nc.close()
+    return ""

@@ -33,7 +33,7 @@ from superpose.security.identities import (
     Identities,
     ServerAuth,
     load_or_create,
-    with_revocations,
+    with_current_account,
 )
 from superpose.support.retry import Backoff
 
@@ -205,7 +205,7 @@ class LocalLattice:
         lattice stays up, its connections open (but a revoked user's)."""
         if self.identities is None or self.server is None:
             return
-        self.identities = tenants.with_tenants(with_revocations(self.identities))
+        self.identities = tenants.with_tenants(with_current_account(self.identities))
         self.server.reload(self.identities.auth)
 
     def _nats_servers(self, state_dir: Path) -> NatsServers:

@@ -10,8 +10,10 @@ worker machine's signer yields executor rights only.
 
 Files: ``keys/executors.nk`` (the seed, kept with the other keys) and a copy beside
 the node's creds, ``creds/executor-signer.nk``: what a remote worker needs besides
-``node.creds``. A node that has no signer beside its creds starts its executors
-with its own creds, as before, and says so once.
+``node.creds``. A node user ``creds create`` mints gets a signer of its own instead
+(``node_signers.py``), so revoking it stops its executors too. A node that has no
+signer beside its creds starts its executors with its own creds, as before, and says
+so once.
 """
 
 from __future__ import annotations
@@ -73,11 +75,11 @@ def template() -> dict[str, Any]:
     }
 
 
-def signing_key_entry(signer_seed: str) -> dict[str, Any]:
-    """The account JWT's entry for the executors' scoped signing key."""
+def signing_key_entry(signer_public: str) -> dict[str, Any]:
+    """The account JWT's entry for an executors' scoped signing key (by its public key)."""
     return {
         "kind": "user_scope",
-        "key": nkeys.public_key(signer_seed),
+        "key": signer_public,
         "role": ROLE,
         "template": template(),
         "description": "superpose executors: reply, log and nested calls only",

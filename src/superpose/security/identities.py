@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from superpose.errors import LatticeError
-from superpose.security import executor_identity, jwt, nkeys, revocations, roles
+from superpose.security import executor_identity, jwt, nkeys, node_signers, revocations, roles
 from superpose.security.creds import read_creds, write_creds
 from superpose.security.files import private_dir, write_private
 from superpose.security.nkeys import KeyKind
@@ -123,30 +123,37 @@ def load_or_create(state_dir: Path) -> Identities:
 
 
 def _lattice_account(state_dir: Path, operator_seed: str, lattice: str, signer_seed: str) -> str:
-    """The ``SP`` account's JWT: JetStream on, the executors' scoped signing key, and the
-    users ``superpose creds revoke`` revoked (``security/revocations.py``)."""
+    """The ``SP`` account's JWT: JetStream on, the executors' scoped signing keys (the
+    lattice's own and one per minted node, ``security/node_signers.py``), and the users
+    ``superpose creds revoke`` revoked (``security/revocations.py``)."""
+    keys_dir = state_dir / KEYS_DIR
+    signers = [nkeys.public_key(signer_seed), *sorted(node_signers.load(keys_dir).values())]
     return jwt.account(
         operator_seed,
         lattice,
         name=LATTICE_ACCOUNT,
         jetstream=True,
-        signing_keys=[executor_identity.signing_key_entry(signer_seed)],
-        revocations=revocations.load(state_dir / KEYS_DIR),
+        signing_keys=[executor_identity.signing_key_entry(key) for key in signers],
+        revocations=revocations.load(keys_dir),
     )
 
 
-def with_revocations(identities: Identities) -> Identities:
-    """``identities`` whose ``SP`` account JWT lists the revocations now on disk, re-signed
-    only if they changed (a reload then changes nothing for the account otherwise)."""
+def with_current_account(identities: Identities) -> Identities:
+    """``identities`` whose ``SP`` account JWT lists the revocations and node signers now
+    on disk, re-signed only if they changed: a reload then changes nothing for the
+    account otherwise (a changed signer list closes the connections of the users a
+    dropped key signed, and only those)."""
     state_dir = identities.state_dir
     lattice = nkeys.public_key(_seed(state_dir, LATTICE_ACCOUNT, KeyKind.ACCOUNT))
-    current = identities.auth.account_jwts.get(lattice)
-    wanted = revocations.load(state_dir / KEYS_DIR)
-    if current is not None and jwt.claims_of(current)["nats"].get("revocations", {}) == wanted:
-        return identities
     operator_seed = _seed(state_dir, OPERATOR, KeyKind.OPERATOR)
     signer = _seed(state_dir, executor_identity.KEY_NAME, KeyKind.ACCOUNT)
     token = _lattice_account(state_dir, operator_seed, lattice, signer)
+    wanted = jwt.claims_of(token)["nats"]
+    current = identities.auth.account_jwts.get(lattice)
+    if current is not None:
+        now = jwt.claims_of(current)["nats"]
+        if all(now.get(k) == wanted.get(k) for k in ("revocations", "signing_keys")):
+            return identities
     accounts = {**identities.auth.account_jwts, lattice: token}
     return replace(identities, auth=replace(identities.auth, account_jwts=accounts))
 

@@ -5,7 +5,10 @@ Minting needs the account's seed (``keys/SP.nk``), so it runs where ``superpose 
 runs, in its state folder; nothing is asked of the server (it trusts any user its
 account signed). What was minted is listed in ``creds/index.json`` (names, roles,
 apps, when, public keys; never a seed), so ``creds ls`` can show it and ``creds
-revoke`` knows which key to revoke (``security/revocations.py``).
+revoke`` knows which key to revoke (``security/revocations.py``). A node user also
+gets an executor signer of its own, written beside its creds and listed in the account
+(``security/node_signers.py``): a running lattice must reload its accounts before the
+node's executors can connect (``cli/creds.py`` asks for it).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from pathlib import Path
 
 from superpose import protocol
 from superpose.errors import BadRequestError, LatticeError, UserError
-from superpose.security import executor_identity, jwt, revocations, roles
+from superpose.security import executor_identity, jwt, nkeys, node_signers, revocations, roles
 from superpose.security.creds import read_creds
 from superpose.security.files import private_dir, write_private
 from superpose.security.identities import CREDS_DIR, KEYS_DIR, LATTICE_ACCOUNT, load_or_create
+from superpose.security.nkeys import KeyKind
 
 INDEX = "index.json"
 
@@ -88,10 +92,10 @@ def create(
         raise BadRequestError(f"{path} exists: creds are never overwritten; choose another --out")
     if not path.parent.is_dir():
         raise BadRequestError(f"--out {out}: no folder {path.parent}")
-    identities = load_or_create(state_dir)  # makes keys/executors.nk in an older folder
-    signer = _executor_signer(state_dir) if role == "node" else None
+    identities = load_or_create(state_dir)
+    signer = nkeys.new_seed(KeyKind.ACCOUNT) if role == "node" else None
     if signer is not None:
-        _check_signer_slot(path.parent / executor_identity.SIGNER_FILE, signer)
+        _check_signer_slot(path.parent / executor_identity.SIGNER_FILE)
     permissions = roles.permissions(role, owner=name, app=app)
     identities.mint_user(name, permissions=permissions, path=path)
     public_key = str(jwt.claims_of(read_creds(path)[0])["sub"])
@@ -101,22 +105,18 @@ def create(
     _write_index(state_dir, [*listed, minted])
     if signer is not None:  # a worker given this folder mints its executors' users
         write_private(path.parent / executor_identity.SIGNER_FILE, signer + "\n")
+        node_signers.add(state_dir / KEYS_DIR, name, nkeys.public_key(signer))
     return minted
 
 
-def _executor_signer(state_dir: Path) -> str:
-    """The executors' scoped signing key's seed (``executor_identity.py``): what a node
-    needs beside its creds to give each executor a user of its own."""
-    return (state_dir / KEYS_DIR / f"{executor_identity.KEY_NAME}.nk").read_text().strip()
-
-
-def _check_signer_slot(path: Path, signer: str) -> None:
-    """A node's creds go beside the lattice's executor signer: an ``executor-signer.nk``
-    there already must be that one (another lattice's is never overwritten)."""
-    if path.exists() and path.read_text().strip() != signer:
+def _check_signer_slot(path: Path) -> None:
+    """Each node's creds go beside an executor signer of its own: an
+    ``executor-signer.nk`` already there (another node's, another lattice's) is never
+    overwritten."""
+    if path.exists():
         raise BadRequestError(
-            f"{path} holds another executor signer (of another lattice?): it is never "
-            "overwritten; choose another --out folder for the node's creds"
+            f"{path} holds another node's executor signer (each node has its own, and "
+            "it is never overwritten): choose another --out folder for this node's creds"
         )
 
 
@@ -134,6 +134,7 @@ def revoke(state_dir: Path, name: str) -> Minted:
             "`superpose creds ls` lists them"
         )
     revocations.add(state_dir / KEYS_DIR, public_key_of(minted))
+    node_signers.remove(state_dir / KEYS_DIR, minted.name)  # its executors go with it
     return minted
 
 

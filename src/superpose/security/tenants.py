@@ -140,7 +140,8 @@ def with_tenants(identities: Identities) -> Identities:
     for name in names(state_dir):
         public = nkeys.public_key(_read_seed(_seed_path(state_dir, name)))
         if public not in accounts:
-            signer = executor_identity.signing_key_entry(_executor_signer(state_dir, name))
+            signer_public = nkeys.public_key(_executor_signer(state_dir, name))
+            signer = executor_identity.signing_key_entry(signer_public)
             accounts[public] = jwt.account(
                 operator_seed, public, name=name, jetstream=True, signing_keys=[signer]
             )
