@@ -75,6 +75,20 @@ def test_a_wrong_or_expired_name_is_refused(shelf: shm.Shelf, tmp_path: Path) ->
         shm.read(name, 100, root=tmp_path)
 
 
+def test_a_file_whose_process_is_gone_is_refused(shelf: shm.Shelf, tmp_path: Path) -> None:
+    """Its offer ended with its process, swept or not: a Ref's reader then hears "lost"
+    from its holder's absence, whenever the sweep comes."""
+    name = shelf.put(b"d" * 100)
+    assert name is not None
+    said = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    gone_pid = int(said.stdout)  # a shell that has ended
+    folder, _, file = name.partition("/")
+    orphan = f"{folder}/{gone_pid}-{file.partition('-')[2]}"
+    os.rename(tmp_path / name, tmp_path / orphan)
+    with pytest.raises(shm.ShmRefusedError, match="the process holding it is gone"):
+        shm.read(orphan, 100, root=tmp_path)
+
+
 def test_a_file_its_folder_does_not_own_is_refused(shelf: shm.Shelf, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("only root can give a file away")

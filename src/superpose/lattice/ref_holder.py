@@ -122,6 +122,7 @@ class RefHolder:
             blob=payload.blob,
             node=self._node(),
             producer=producer,
+            shm=payload.shm,
         )
         held.live += 1
         if held.free_at is not None:

@@ -66,6 +66,7 @@ class Ref:
         "holder",
         "node",
         "producer",
+        "shm",
         "size",
         "source",
     )
@@ -82,6 +83,7 @@ class Ref:
         data: bytes | None = None,
         node: str = "",
         producer: str = "",
+        shm: str | None = None,
     ) -> None:
         self.digest = digest
         """sha256 of the serialized value, in hex."""
@@ -102,13 +104,16 @@ class Ref:
         self.producer = producer
         """The invocation whose function put it ("" outside one): where lineage starts,
         to make a lost object again."""
+        self.shm = shm
+        """The holder's shared-memory file of it (``lattice/shm.py``): a reader on the
+        holder's host maps it instead of pulling the bytes through the broker."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         sent = _sending.get()
         if sent is not None:
             sent.append(self)
         fields = (self.digest, self.size, self.durable, self.holder, self.source, self.blob)
-        return (_arrive, (*fields, self.data, self.node, self.producer))
+        return (_arrive, (*fields, self.data, self.node, self.producer, self.shm))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Ref) and other.digest == self.digest
@@ -144,10 +149,11 @@ def _arrive(
     data: bytes | None,
     node: str = "",
     producer: str = "",
+    shm: str | None = None,
 ) -> Ref:
     """A Ref unpickled: noted for ``arriving()``, when someone is collecting."""
     ref = Ref(digest, size, durable=durable, holder=holder, source=source, blob=blob, data=data)
-    ref.node, ref.producer = node, producer
+    ref.node, ref.producer, ref.shm = node, producer, shm
     found = _arriving.get()
     if found is not None:
         found.append(ref)
@@ -228,7 +234,7 @@ async def fetch_held(nc: NATS, ref: Ref) -> bytes | bytearray:
             raise ObjectLostError(_freed(ref))
         return data
     offered = protocol.Payload(
-        codec=protocol.CODEC_PICKLE, blob=ref.blob, size=ref.size, source=ref.source
+        codec=protocol.CODEC_PICKLE, blob=ref.blob, size=ref.size, source=ref.source, shm=ref.shm
     )
     try:
         pulled = await offers.pull(nc, offered)

@@ -194,6 +194,10 @@ def read(name: str, size: int, root: Path = ROOT) -> mmap.mmap:
     match = _NAME.match(name)
     if match is None:
         raise ShmRefusedError(f"shared-memory name {name!r} is not one superpose writes")
+    if not _alive(int(match.group(2))):
+        # Its offer ended with its process, even if the file is not swept yet: what a
+        # reader is told then must not hang on when the sweep comes (lineage, say).
+        raise ShmRefusedError(f"shared-memory offer {name}: the process holding it is gone")
     try:
         fd = os.open(root / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
