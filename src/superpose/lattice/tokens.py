@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from superpose import protocol
 from superpose.errors import BadRequestError, NotFoundError
-from superpose.lattice.kv_listing import current_entries
 
 if TYPE_CHECKING:  # nats-py is imported by what reads the bucket: the CLI checks without it
     from nats.js.kv import KeyValue
@@ -141,6 +140,8 @@ async def revoke(kv: KeyValue, token_id: str) -> protocol.TokenRecord:
 
 async def listing(kv: KeyValue) -> list[protocol.TokenRecord]:
     """Every token, oldest first."""
+    from superpose.lattice.kv_listing import current_entries  # nats-py: not for `--help`
+
     found = [
         protocol.TokenRecord.from_json(entry.value)
         for entry in await current_entries(kv)
