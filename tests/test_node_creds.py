@@ -169,3 +169,17 @@ def nats_creds(folder: Path, creds_text: str) -> str:
     path.write_text(creds_text)
     path.chmod(0o600)
     return str(path)
+
+
+def test_a_node_without_out_gets_a_folder_of_its_own(tmp_path: Path) -> None:
+    """The lattice's own signer sits in creds/: a minted node's pair goes in a folder."""
+    home = tmp_path / "home"
+    load_or_create(home)
+    first = minting.create(home, "node", app=None, name="na", out=None)
+    second = minting.create(home, "node", app=None, name="nb", out=None)
+    assert Path(first.path) == home / "creds" / "na" / "na.creds"
+    assert Path(second.path) == home / "creds" / "nb" / "nb.creds"
+    seeds = {
+        (Path(m.path).parent / executor_identity.SIGNER_FILE).read_text() for m in (first, second)
+    }
+    assert len(seeds) == 2 and (home / "creds" / "na").stat().st_mode & 0o777 == 0o700

@@ -152,8 +152,9 @@ def add_commands(add: common.AddCommand) -> None:
     p.add_argument(
         "--out",
         metavar="FILE|DIR",
-        help="where to write it (a folder: <name>.creds in it; default creds/<name>.creds); "
-        "a node's executor-signer.nk is written beside it",
+        help="where to write it (a folder: <name>.creds in it; default creds/<name>.creds, "
+        "a node's creds/<name>/<name>.creds); a node's own executor-signer.nk is written "
+        "beside it, one node per folder",
     )
     p = actions.add_parser("ls", help="list the users `creds create` made here")
     p.set_defaults(func=cmd_creds_ls)

@@ -85,6 +85,8 @@ def create(
     listed = listing(state_dir)
     if any(m.name == name for m in listed):
         raise BadRequestError(f"--name {name!r} is taken: `superpose creds ls` lists the users")
+    if out is None and role == "node":  # the pair in a folder of its own, ready to copy
+        out = private_dir(state_dir / CREDS_DIR / name)
     path = (out or state_dir / CREDS_DIR).absolute()
     if path.is_dir():  # --out DIR: the file is named after the user
         path = path / f"{name}.creds"
