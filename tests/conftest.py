@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +147,28 @@ def lattice_env(url: str) -> dict[str, str]:
     the admin credentials of the LocalLattice (in this process) that serves it."""
     creds = lookup.registered(url)
     return {"SUPERPOSE_LATTICE": url, **({"SUPERPOSE_CREDS": str(creds)} if creds else {})}
+
+
+async def on_fresh_server(
+    state_dir: Path, then: Callable[[Any], Awaitable[Any]] | None = None
+) -> Any:
+    """A nats-server of its own in ``state_dir`` with the lattice's assets made (what
+    every process of a new lattice does first), ``then(nc)`` run on a connection to
+    it; its answer. The server is gone afterwards."""
+    from superpose.lattice.connection import connect, ensure_assets
+    from superpose.local.embedded import EmbeddedServer
+
+    server = EmbeddedServer(state_dir)
+    url = await server.start()
+    try:
+        nc = await connect(url, name="test-fresh-server")
+        try:
+            await ensure_assets(nc)
+            return None if then is None else await then(nc)
+        finally:
+            await nc.close()
+    finally:
+        server.stop()
 
 
 async def raw_nats(url: str, **options: Any) -> Any:

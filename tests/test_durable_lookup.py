@@ -10,18 +10,17 @@ stream is back, then the item runs once.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
 
+from conftest import bare_invocation, on_fresh_server
 from superpose import protocol
 from superpose.lattice.batch import publish_atomic
-from superpose.lattice.connection import Assets, connect, ensure_assets
+from superpose.lattice.connection import Assets, ensure_assets
 from superpose.lattice.work import work_message
-from superpose.local.embedded import EmbeddedServer
 from superpose.node.admission import Request
 from superpose.node.durable import DurableWorker
 
@@ -48,55 +47,33 @@ class Host:
         asyncio.get_running_loop().create_task(coro)
 
 
-def _invocation() -> protocol.Invocation:
-    return protocol.Invocation(
-        id="lookup-1",
-        app="lookup_app",
-        fn="f",
-        digest="0" * 64,
-        module="lookup_app",
-        qualname="f",
-        args=protocol.Payload(protocol.CODEC_PICKLE, b""),
-        deadline=time.time() + 60,
-    )
-
-
-async def _scenario(state_dir: Path) -> dict[str, Any]:
-    server = EmbeddedServer(state_dir)
-    url = await server.start()
+async def _scenario(nc: NATS) -> dict[str, Any]:
     seen: dict[str, Any] = {}
-    try:
-        nc = await connect(url, name="test-durable-lookup")
-        try:
-            assets = await ensure_assets(nc)
-            inv = _invocation()
-            await publish_atomic(nc, [work_message(inv, "env-1", [inv.encode()])])
-            js = nc.jetstream()
-            pull = await js.pull_subscribe_bind(protocol.WORK_CONSUMER, protocol.WORK_STREAM)
-            (first,) = await pull.fetch(1, timeout=10)
-            await first.nak()  # its node "died": the next delivery is a redelivery
-            (again,) = await pull.fetch(1, timeout=10)
-            seen["delivered"] = again.metadata.num_delivered
-            await js.delete_stream(protocol.RESULTS_STREAM)
+    assets = await ensure_assets(nc)
+    inv = bare_invocation("lookup-1", "0" * 64, "lookup_app", "f")
+    await publish_atomic(nc, [work_message(inv, "env-1", [inv.encode()])])
+    js = nc.jetstream()
+    pull = await js.pull_subscribe_bind(protocol.WORK_CONSUMER, protocol.WORK_STREAM)
+    (first,) = await pull.fetch(1, timeout=10)
+    await first.nak()  # its node "died": the next delivery is a redelivery
+    (again,) = await pull.fetch(1, timeout=10)
+    seen["delivered"] = again.metadata.num_delivered
+    await js.delete_stream(protocol.RESULTS_STREAM)
 
-            host = Host(nc, assets)
-            taking = asyncio.create_task(DurableWorker(host)._take(again))
-            await asyncio.sleep(3)  # several failed lookups
-            seen["while_unanswered"] = list(host.accepted)
-            seen["still_taking"] = not taking.done()
-            await ensure_assets(nc)  # the stream is back, empty: no stored result
-            await asyncio.wait_for(taking, 30)
-            seen["after"] = list(host.accepted)
-            await pull.unsubscribe()
-        finally:
-            await nc.close()
-    finally:
-        server.stop()
+    host = Host(nc, assets)
+    taking = asyncio.create_task(DurableWorker(host)._take(again))
+    await asyncio.sleep(3)  # several failed lookups
+    seen["while_unanswered"] = list(host.accepted)
+    seen["still_taking"] = not taking.done()
+    await ensure_assets(nc)  # the stream is back, empty: no stored result
+    await asyncio.wait_for(taking, 30)
+    seen["after"] = list(host.accepted)
+    await pull.unsubscribe()
     return seen
 
 
 def test_a_failed_lookup_is_asked_again_not_run(tmp_path: Path) -> None:
-    seen = asyncio.run(_scenario(tmp_path))
+    seen = asyncio.run(on_fresh_server(tmp_path, _scenario))
     assert seen["delivered"] == 2
     assert seen["while_unanswered"] == [] and seen["still_taking"]
     assert seen["after"] == ["lookup-1"]

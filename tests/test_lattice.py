@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,29 +10,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import RetentionPolicy, StorageType
 
+from conftest import on_fresh_server
 from superpose import protocol
 from superpose.config import ENV_REPLICAS
 from superpose.errors import LatticeError, SettingError
-from superpose.lattice.connection import connect, ensure_assets
-from superpose.local.embedded import EmbeddedServer
-
-
-async def _ensure_on_fresh_server(
-    state_dir: Path, then: Callable[[NATS], Awaitable[None]] | None = None
-) -> None:
-    server = EmbeddedServer(state_dir)
-    url = await server.start()
-    try:
-        nc = await connect(url, name="test-lattice")
-        try:
-            await ensure_assets(nc)
-            if then is not None:
-                await then(nc)
-        finally:
-            await nc.close()
-    finally:
-        server.stop()
-
+from superpose.lattice.connection import ensure_assets
 
 EXPECTED_STREAMS = {
     f"KV_{protocol.REGISTRY_BUCKET}",
@@ -73,7 +54,7 @@ def test_assets_are_created_on_a_fresh_server(tmp_path: Path) -> None:
         await ensure_assets(nc)  # what every later process does: finds them, changes nothing
         found["again"] = {info.config.name for info in await js.streams_info()}
 
-    asyncio.run(_ensure_on_fresh_server(tmp_path, inspect))
+    asyncio.run(on_fresh_server(tmp_path, inspect))
     streams = found["streams"]
     assert set(streams) == EXPECTED_STREAMS
     assert found["again"] == EXPECTED_STREAMS
@@ -100,7 +81,7 @@ def test_more_replicas_than_servers_is_refused_naming_the_setting(
 ) -> None:
     monkeypatch.setenv(ENV_REPLICAS, "3")
     with pytest.raises(LatticeError, match=r"cannot create \w+: replicas > 1.*REPLICAS"):
-        asyncio.run(_ensure_on_fresh_server(tmp_path))
+        asyncio.run(on_fresh_server(tmp_path))
 
 
 def test_a_malformed_replica_count_is_refused(
@@ -108,4 +89,4 @@ def test_a_malformed_replica_count_is_refused(
 ) -> None:
     monkeypatch.setenv(ENV_REPLICAS, "three")
     with pytest.raises(SettingError, match="SUPERPOSE_REPLICAS='three'"):
-        asyncio.run(_ensure_on_fresh_server(tmp_path))
+        asyncio.run(on_fresh_server(tmp_path))

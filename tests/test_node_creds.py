@@ -4,7 +4,6 @@ node stops those users too (issue 15, item 2)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -17,13 +16,13 @@ import pytest
 import executor_perm_fns as fns
 import superpose as sp
 from conftest import Lattice, poll, superpose_cli
-from superpose.errors import BadRequestError, LatticeError
-from superpose.lattice.connection import connect
+from superpose.errors import BadRequestError
 from superpose.security import executor_identity, jwt, minting, nkeys, node_signers
 from superpose.security.creds import read_creds
 from superpose.security.identities import load_or_create
 from test_cli import unique
 from test_placement import node_with
+from test_revoke import refused
 
 
 def executor_user(node_creds: Path) -> str:
@@ -35,16 +34,7 @@ def executor_user(node_creds: Path) -> str:
 
 def connects(lattice: Lattice, creds_text: str) -> str:
     """ "" if a new connection with ``creds_text`` is accepted, else the refusal."""
-
-    async def attempt() -> str:
-        try:
-            nc = await connect(lattice.url, name="test-node-signer", creds_text=creds_text)
-        except LatticeError as exc:
-            return exc.message
-        await nc.close()
-        return ""
-
-    return asyncio.run(attempt())
+    return refused(lattice.url, creds_text=creds_text)
 
 
 def signer_known(lattice: Lattice, node_creds: Path) -> None:
@@ -183,3 +173,14 @@ def test_a_node_without_out_gets_a_folder_of_its_own(tmp_path: Path) -> None:
         (Path(m.path).parent / executor_identity.SIGNER_FILE).read_text() for m in (first, second)
     }
     assert len(seeds) == 2 and (home / "creds" / "na").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_damaged_node_signers_list_is_named(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / node_signers.FILE).write_text('{"n1": "Unot-an-account-key"}')
+    with pytest.raises(sp.UserError, match=r"SP.node-signers.json is not a node signers list"):
+        node_signers.load(keys)
+    (keys / node_signers.FILE).write_text("{not json")
+    with pytest.raises(sp.UserError, match=r"node-signers.json is not a node signers list .*\("):
+        node_signers.load(keys)

@@ -31,12 +31,13 @@ def hello(lattice: Lattice) -> str:
     return deploy(lattice, HELLO)
 
 
-def refused(url: str, creds: Path) -> str:
-    """The server's refusal of a new connection with ``creds`` ("" if it connected)."""
+def refused(url: str, creds: Path | None = None, *, creds_text: str | None = None) -> str:
+    """The server's refusal of a new connection with ``creds`` (a file, or its text)
+    ("" if it connected)."""
 
     async def attempt() -> str:
         try:
-            nc = await connect(url, name="test-revoked", creds=creds)
+            nc = await connect(url, name="test-revoked", creds=creds, creds_text=creds_text)
         except LatticeError as exc:
             return exc.message
         await nc.close()
@@ -184,28 +185,19 @@ def test_creds_revoke_beside_a_running_up_and_after_a_restart(tmp_path: Path) ->
         assert signer is not None
         url = _url(home)
         executor = signer.mint(executor_identity.new_executor_id())
-        assert asyncio.run(_refusal(url, executor)) == ""
+        assert refused(url, creds_text=executor) == ""
         assert superpose_cli("creds", "revoke", "w1", home=home).returncode == 0
-        assert "Authorization Violation" in asyncio.run(_refusal(url, executor))
+        assert "Authorization Violation" in refused(url, creds_text=executor)
     finally:
         superpose_cli("down", home=home, check=True)
     up()  # the next `up` signs the account with every revocation
     try:
         later = status_as(creds)
         assert later.returncode == 1 and "Authorization Violation" in later.stderr
-        assert "Authorization Violation" in asyncio.run(_refusal(_url(home), executor))
+        assert "Authorization Violation" in refused(_url(home), creds_text=executor)
     finally:
         superpose_cli("down", home=home, check=True)
 
 
 def _url(home: Path) -> str:
     return str(json.loads((home / "lattice.json").read_text())["lattice"])
-
-
-async def _refusal(url: str, creds_text: str) -> str:
-    try:
-        nc = await connect(url, name="test-node-signer", creds_text=creds_text)
-    except LatticeError as exc:
-        return exc.message
-    await nc.close()
-    return ""

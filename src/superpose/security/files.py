@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from superpose.errors import UserError
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -38,3 +43,19 @@ def write_whole(path: Path, data: bytes, mode: int) -> Path:
             tmp.unlink()
         raise
     return path
+
+
+def read_json_map(path: Path, what: str, valid: Callable[[Any], bool]) -> dict[str, Any]:
+    """The JSON object in ``path`` (names → values ``valid`` accepts); empty when there is
+    no file; a UserError naming the file and ``what`` it should be otherwise."""
+    try:
+        found = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not {what} ({exc}); fix it from a backup") from exc
+    if not isinstance(found, dict) or not all(
+        isinstance(k, str) and valid(v) for k, v in found.items()
+    ):
+        raise UserError(f"{path} is not {what}; fix it")
+    return found

@@ -18,8 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from superpose.errors import UserError
-from superpose.security.files import private_dir, write_private
+from superpose.security.files import private_dir, read_json_map, write_private
 
 FILE = "SP.node-signers.json"
 """Under ``keys/``: each minted node user's executor signer (public key)."""
@@ -27,18 +26,8 @@ FILE = "SP.node-signers.json"
 
 def load(keys_dir: Path) -> dict[str, str]:
     """Node user name → its executor signer's public key; empty if none was minted."""
-    path = keys_dir / FILE
-    try:
-        found = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a node signers list ({exc}); fix it from a backup") from exc
-    if not isinstance(found, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and v.startswith("A") for k, v in found.items()
-    ):
-        raise UserError(f"{path} is not a node signers list (name → account public key); fix it")
-    return found
+    what = "a node signers list (name → account public key)"
+    return read_json_map(keys_dir / FILE, what, lambda v: isinstance(v, str) and v[:1] == "A")
 
 
 def add(keys_dir: Path, name: str, public_key: str) -> None:

@@ -14,8 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from superpose.errors import UserError
-from superpose.security.files import private_dir, write_private
+from superpose.security.files import private_dir, read_json_map, write_private
 
 FILE = "SP.revocations.json"
 """Under ``keys/``: the lattice account's revoked users."""
@@ -23,18 +22,8 @@ FILE = "SP.revocations.json"
 
 def load(keys_dir: Path) -> dict[str, int]:
     """Public key → when it was revoked (unix seconds); empty if nothing was."""
-    path = keys_dir / FILE
-    try:
-        found = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a revocations list ({exc}); fix it from a backup") from exc
-    if not isinstance(found, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) for k, v in found.items()
-    ):
-        raise UserError(f"{path} is not a revocations list (public key → time); fix it")
-    return found
+    what = "a revocations list (public key → time)"
+    return read_json_map(keys_dir / FILE, what, lambda v: isinstance(v, int))
 
 
 def add(keys_dir: Path, public_key: str) -> int:
