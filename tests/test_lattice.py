@@ -14,6 +14,7 @@ from conftest import on_fresh_server
 from superpose import protocol
 from superpose.config import ENV_REPLICAS
 from superpose.errors import LatticeError, SettingError
+from superpose.lattice.batch import js_api
 from superpose.lattice.connection import ensure_assets
 
 EXPECTED_STREAMS = {
@@ -90,3 +91,30 @@ def test_a_malformed_replica_count_is_refused(
     monkeypatch.setenv(ENV_REPLICAS, "three")
     with pytest.raises(SettingError, match="SUPERPOSE_REPLICAS='three'"):
         asyncio.run(on_fresh_server(tmp_path))
+
+
+def test_a_work_consumer_with_another_ack_wait_is_given_this_one(tmp_path: Path) -> None:
+    """An older superpose made replicated lattices' consumers with a 10 s ack wait; the
+    next start with the right to (a node's user, admin here) sets its own, the rest kept."""
+    found: dict[str, Any] = {}
+
+    async def older_then_again(nc: NATS) -> None:
+        js = nc.jetstream()
+        subject = protocol.consumer_create_subject(protocol.WORK_STREAM, protocol.WORK_CONSUMER)
+        info = await js.consumer_info(protocol.WORK_STREAM, protocol.WORK_CONSUMER)
+        config = {"durable_name": protocol.WORK_CONSUMER, "ack_policy": "explicit"}
+        config |= {"filter_subject": info.config.filter_subject, "ack_wait": 30 * 10**9}
+        config |= {"max_deliver": -1, "max_ack_pending": 100_000, "max_waiting": 4096}
+        await js_api(
+            nc, subject, {"stream_name": protocol.WORK_STREAM, "config": config, "action": "update"}
+        )
+        found["older"] = (
+            await js.consumer_info(protocol.WORK_STREAM, protocol.WORK_CONSUMER)
+        ).config
+        await ensure_assets(nc)
+        found["now"] = (await js.consumer_info(protocol.WORK_STREAM, protocol.WORK_CONSUMER)).config
+
+    asyncio.run(on_fresh_server(tmp_path, older_then_again))
+    assert found["older"].ack_wait == 30
+    assert found["now"].ack_wait == protocol.ACK_WAIT_S  # one server: 10 s
+    assert found["now"].max_ack_pending == 100_000 and found["now"].max_deliver == -1

@@ -438,11 +438,29 @@ async def ensure_work_consumer(
             },
         )
 
-    await _open_or_create(
+    info = await _open_or_create(
         f"consumer {name}",
         lambda: js_api(nc, protocol.consumer_info_subject(protocol.WORK_STREAM, name), {}),
         create,
     )
+    await _keep_ack_wait(nc, name, info, protocol.ack_wait_s(replicas))
+
+
+async def _keep_ack_wait(nc: NATS, name: str, info: Any, ack_wait_s: float) -> None:
+    """A consumer made with another ack wait (an older superpose: 10 s on a replicated
+    lattice) gets this one, its other settings unchanged. Only a node's user may; for
+    anyone else the next node to start does it."""
+    config = dict((info or {}).get("config") or {}) if isinstance(info, dict) else {}
+    wanted = int(ack_wait_s * NS)
+    if not config or config.get("ack_wait") in (None, wanted):
+        return
+    config["ack_wait"] = wanted
+    subject = protocol.consumer_create_subject(protocol.WORK_STREAM, name)
+    if not permits_of(nc).may_publish(subject):  # it would go unanswered
+        return
+    body = {"stream_name": protocol.WORK_STREAM, "config": config, "action": "update"}
+    with contextlib.suppress(nats.errors.Error, LatticeError):  # another node did it
+        await js_api(nc, subject, body)
 
 
 async def _drop_legacy_consumer(nc: NATS) -> None:
