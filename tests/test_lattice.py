@@ -105,6 +105,7 @@ def test_a_work_consumer_with_another_ack_wait_is_given_this_one(tmp_path: Path)
         config = {"durable_name": protocol.WORK_CONSUMER, "ack_policy": "explicit"}
         config |= {"filter_subject": info.config.filter_subject, "ack_wait": 30 * 10**9}
         config |= {"max_deliver": -1, "max_ack_pending": 100_000, "max_waiting": 4096}
+        config |= {"num_replicas": 1}
         await js_api(
             nc, subject, {"stream_name": protocol.WORK_STREAM, "config": config, "action": "update"}
         )

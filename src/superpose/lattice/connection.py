@@ -443,16 +443,21 @@ async def ensure_work_consumer(
         lambda: js_api(nc, protocol.consumer_info_subject(protocol.WORK_STREAM, name), {}),
         create,
     )
-    await _keep_ack_wait(nc, name, info, protocol.ack_wait_s(replicas))
+    await _keep_ack_wait(nc, name, info)
 
 
-async def _keep_ack_wait(nc: NATS, name: str, info: Any, ack_wait_s: float) -> None:
-    """A consumer made with another ack wait (an older superpose: 10 s on a replicated
-    lattice) gets this one, its other settings unchanged. Only a node's user may; for
-    anyone else the next node to start does it."""
+async def _keep_ack_wait(nc: NATS, name: str, info: Any) -> None:
+    """A consumer made with another ack wait than its replication calls for (an older
+    superpose: 10 s on a replicated lattice) gets that one, its other settings
+    unchanged. By its own replica count, not this process's setting: a client that
+    does not know the lattice is replicated must not shorten it. Only a node's user
+    (or admin) may; for anyone else the next node to start does it."""
     config = dict((info or {}).get("config") or {}) if isinstance(info, dict) else {}
-    wanted = int(ack_wait_s * NS)
-    if not config or config.get("ack_wait") in (None, wanted):
+    replicas = int(config.get("num_replicas") or 0)
+    if not config or replicas < 1:  # 0: the stream's, not known here; leave it
+        return
+    wanted = int(protocol.ack_wait_s(replicas) * NS)
+    if config.get("ack_wait") in (None, wanted):
         return
     config["ack_wait"] = wanted
     subject = protocol.consumer_create_subject(protocol.WORK_STREAM, name)
