@@ -16,13 +16,10 @@ Starts a local lattice (2 nodes, 4 slots each) and, in each round:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import statistics
 import sys
-import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,12 +30,11 @@ if str(ROOT) not in sys.path:
 
 import superpose as sp  # noqa: E402
 from bench import lineage_fns  # noqa: E402
-from bench.refs import report  # noqa: E402
+from bench.refs import local_lattice, report  # noqa: E402
 from superpose import protocol  # noqa: E402
 from superpose.errors import ObjectLostError  # noqa: E402
 from superpose.lattice import lineage  # noqa: E402
 from superpose.lattice.refs import Ref, fetch_held  # noqa: E402
-from superpose.local.lattice import LocalLattice  # noqa: E402
 
 READERS = 8
 RECORDS = 200
@@ -96,12 +92,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path)
     ns = parser.parse_args()
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
     rounds: list[dict[str, float]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        lattice = LocalLattice(state_dir=Path(tmp), workers=2, slots=4)
-        url = asyncio.run_coroutine_threadsafe(lattice.start(), loop).result()
+    with local_lattice() as url:
         client = sp.connect(url, show_logs=False)
         try:
             one_round(client, 1_000_000)  # warm: bundle, executors on both nodes
@@ -109,7 +101,6 @@ def main() -> None:
                 rounds.append(one_round(client, ns.mb * 1_000_000))
         finally:
             client.close()
-            asyncio.run_coroutine_threadsafe(lattice.stop(), loop).result()
     report(rounds, ns.mb, ns.out)
 
 

@@ -26,7 +26,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +133,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     ns = parser.parse_args()
     size = ns.mb * 1_000_000
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
     rounds: list[dict[str, float]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        lattice = LocalLattice(state_dir=Path(tmp), workers=2, slots=4)
-        url = asyncio.run_coroutine_threadsafe(lattice.start(), loop).result()
+    with local_lattice() as url:
         putter = sp.connect(url, show_logs=False)
         reader = Reader(url)
         try:
@@ -148,8 +145,22 @@ def main() -> None:
         finally:
             reader.close()
             putter.close()
-            asyncio.run_coroutine_threadsafe(lattice.stop(), loop).result()
     report(rounds, ns.mb, ns.out)
+
+
+@contextmanager
+def local_lattice(workers: int = 2, slots: int = 4) -> Iterator[str]:
+    """A lattice of its own (``LocalLattice``, its loop in a thread): its URL; stopped
+    and its folder removed at the end."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    with tempfile.TemporaryDirectory() as tmp:
+        lattice = LocalLattice(state_dir=Path(tmp), workers=workers, slots=slots)
+        url = asyncio.run_coroutine_threadsafe(lattice.start(), loop).result()
+        try:
+            yield url
+        finally:
+            asyncio.run_coroutine_threadsafe(lattice.stop(), loop).result()
 
 
 def report(rounds: list[dict[str, float]], mb: int, out: Path | None) -> None:

@@ -4,6 +4,7 @@ node stops those users too (issue 15, item 2)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import executor_perm_fns as fns
 import superpose as sp
 from conftest import Lattice, poll, superpose_cli
-from superpose.errors import BadRequestError
+from superpose.errors import BadRequestError, LatticeError
 from superpose.security import executor_identity, jwt, minting, nkeys, node_signers
 from superpose.security.creds import read_creds
 from superpose.security.identities import load_or_create
@@ -184,3 +185,19 @@ def test_a_damaged_node_signers_list_is_named(tmp_path: Path) -> None:
     (keys / node_signers.FILE).write_text("{not json")
     with pytest.raises(sp.UserError, match=r"node-signers.json is not a node signers list .*\("):
         node_signers.load(keys)
+
+
+def test_a_reload_that_never_comes_is_named_after_the_wait(
+    lattice: Lattice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `creds create --role node` (and `tenant create`) says when the running
+    lattice never takes what was made: a signer it does not list is refused throughout."""
+    from superpose.cli import tenants as tenants_cli
+
+    monkeypatch.setattr(tenants_cli, "APPLIED_TIMEOUT_S", 0.3)
+    account = nkeys.public_key((lattice.state_dir / "keys" / "SP.nk").read_text().strip())
+    unknown = executor_identity.ExecutorSigner(nkeys.new_seed(nkeys.KeyKind.ACCOUNT), account)
+    probe = unknown.mint(executor_identity.new_executor_id())
+    made = "the node's creds were made"
+    with pytest.raises(LatticeError, match=r"the node's creds were made, but .* within 0 s"):
+        asyncio.run(tenants_cli.wait_accepted(lattice.url, made, creds_text=probe))

@@ -74,6 +74,16 @@ def test_rootless_problem_names_a_missing_bubblewrap(monkeypatch: pytest.MonkeyP
         sandbox.rootless_problem.cache_clear()
 
 
+def test_rootless_problem_names_a_refused_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bwrap that fails its probe (here: ``false`` stands in for it) is named."""
+    sandbox.rootless_problem.cache_clear()
+    monkeypatch.setattr(sandbox, "BWRAP_PROGRAM", "false")
+    try:
+        assert "refuses unprivileged user namespaces" in sandbox.rootless_problem()
+    finally:
+        sandbox.rootless_problem.cache_clear()
+
+
 def test_a_rootless_executor_cannot_see_the_nodes_folders(tmp_path: Path) -> None:
     """Its uid is the node's, so file modes do not keep it out: a folder it is shown
     that holds the node's state is covered by an empty one, before the caches (which

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from superpose import config
 from superpose.cli import common
-from superpose.cli.tenants import reload_running
+from superpose.cli.tenants import reload_running, wait_accepted
 from superpose.errors import LatticeError, UserError
 from superpose.security import minting, roles
 from superpose.security.executor_identity import SIGNER_FILE
@@ -41,7 +41,8 @@ def cmd_creds_create(ns: argparse.Namespace) -> int:
         common.err(f"{signer} is beside it: copy both, a worker mints its executors' users with it")
         state = reload_running(home)  # the servers must know the node's signer
         if state is not None:
-            asyncio.run(_wait_signer_known(str(state["lattice"]), Path(minted.path), state))
+            url, tls_ca = str(state["lattice"]), state.get("tls_ca")
+            asyncio.run(_wait_signer_known(url, Path(minted.path), tls_ca))
     return 0
 
 
@@ -87,36 +88,16 @@ def cmd_creds_revoke(ns: argparse.Namespace) -> int:
     return 0
 
 
-async def _wait_signer_known(url: str, node_creds: Path, state: dict[str, object]) -> None:
+async def _wait_signer_known(url: str, node_creds: Path, tls_ca: str | None) -> None:
     """Until the servers accept an executor user the new node's signer mints: they
     reloaded the account that lists it."""
-    from superpose.lattice.connection import connect
     from superpose.security.executor_identity import new_executor_id, signer_beside
 
     signer = signer_beside(node_creds)
     assert signer is not None, "creds create wrote it"
     probe = signer.mint(new_executor_id(), expires_s=60)
-    tls_ca = state.get("tls_ca")
-    deadline = time.monotonic() + REFUSED_TIMEOUT_S
-    while True:
-        try:
-            nc = await connect(
-                url,
-                name="superpose-signer-check",
-                creds_text=probe,
-                tls_ca=str(tls_ca) if tls_ca else None,
-            )
-        except LatticeError as exc:
-            if time.monotonic() > deadline:
-                raise LatticeError(
-                    f"the node's creds were made, but the lattice at {url} did not take "
-                    f"its executor signer within {REFUSED_TIMEOUT_S:.0f} s ({exc.message}); "
-                    "restart it with `superpose down` and `superpose up`"
-                ) from exc
-            await asyncio.sleep(0.1)
-            continue
-        await nc.close()
-        return
+    made = "the node's creds were made (with an executor signer of its own)"
+    await wait_accepted(url, made, creds_text=probe, tls_ca=tls_ca)
 
 
 async def _wait_refused(url: str, creds: Path, tls_ca: str | None) -> None:

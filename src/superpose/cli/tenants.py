@@ -55,7 +55,9 @@ def cmd_tenant_create(ns: argparse.Namespace) -> int:
     if state is None:
         print(f"no lattice is running in {home}: `superpose up` will accept it")
         return 0
-    asyncio.run(_wait_applied(str(state["lattice"]), tenant.creds("admin"), state.get("tls_ca")))
+    made = "the tenant was made"
+    creds, tls_ca = tenant.creds("admin"), state.get("tls_ca")
+    asyncio.run(wait_accepted(str(state["lattice"]), made, creds=creds, tls_ca=tls_ca))
     print(f"the lattice {state['lattice']} accepts it now (no restart, no dropped connection)")
     return 0
 
@@ -71,20 +73,35 @@ def reload_running(home: Path) -> dict[str, Any] | None:
     return state
 
 
-async def _wait_applied(url: str, creds: Path, tls_ca: str | None) -> None:
-    """Until the tenant's admin can connect: the servers reloaded their accounts."""
+async def wait_accepted(
+    url: str,
+    made: str,
+    *,
+    creds: Path | None = None,
+    creds_text: str | None = None,
+    tls_ca: str | None = None,
+) -> None:
+    """Until a connection with ``creds`` (or ``creds_text``) is accepted: the servers
+    reloaded their accounts (``reload_running``). ``made`` says what was made, for the
+    error if they never do."""
     from superpose.lattice.connection import connect
 
     deadline = time.monotonic() + APPLIED_TIMEOUT_S
     while True:
         try:
-            nc = await connect(url, name="superpose-tenant-check", creds=creds, tls_ca=tls_ca)
+            nc = await connect(
+                url,
+                name="superpose-reload-check",
+                creds=creds,
+                creds_text=creds_text,
+                tls_ca=tls_ca,
+            )
         except LatticeError as exc:
             if time.monotonic() > deadline:
                 raise LatticeError(
-                    f"the tenant was made, but the lattice at {url} did not accept it within "
+                    f"{made}, but the lattice at {url} did not accept it within "
                     f"{APPLIED_TIMEOUT_S:.0f} s ({exc.message}); restart it with "
-                    "`superpose down` and `superpose up`, which accepts every tenant"
+                    "`superpose down` and `superpose up`, which reads it from the state folder"
                 ) from exc
             await asyncio.sleep(0.1)
             continue
