@@ -21,12 +21,13 @@ from conftest import Lattice, poll, superpose_cli
 from memo_fns import runs
 from superpose import protocol
 from superpose.client import memo, memo_batch
-from superpose.client.memo_key import Uncanonical, call_key, register_digest
 from superpose.client.options import Options
 from superpose.errors import BadRequestError
-from superpose.lattice import memo_store
+from superpose.lattice import memo_store, payload
+from superpose.lattice.memo_key import Uncanonical, call_key, register_digest
+from superpose.lattice.refs import Ref
 from test_cli import deploy, unique, write_app
-from test_roles import connected, mint
+from test_roles import Wire, connected, mint
 
 
 def test_an_identical_call_runs_once_and_other_arguments_run_again(
@@ -225,12 +226,14 @@ def test_cache_commands_name_an_unknown_app_or_function(
         assert proc.returncode == 1 and said in proc.stderr, proc.stderr
 
 
-def test_the_bucket_is_granted_to_callers_pinned_by_app() -> None:
+def test_callers_pinned_by_app_claim_its_keys_but_never_write_a_result() -> None:
     from superpose.security import roles
 
     pub = roles.permissions("caller", owner="c", app="shop")["pub"]["allow"]  # type: ignore[index]
-    assert protocol.memo_subject("shop") in pub
-    assert protocol.memo_subject(None) not in pub
+    claims = protocol.MEMO_CLAIMS_BUCKET
+    assert protocol.memo_subject("shop", claims) in pub
+    assert protocol.memo_subject(None, claims) not in pub
+    assert not [grant for grant in pub if grant.startswith("$KV.sp_memo.")]
 
 
 def _on_loop(client: sp.Client, coro: Any) -> Any:
@@ -385,4 +388,53 @@ def test_refs_are_keyed_by_digest_not_by_value(client: sp.Client, tmp_path: Path
     assert again.result(timeout=60) == len(blob) and again.cached
     assert runs(d, "measured") == 1
     assert memo_fns.measured.remote(d, sp.put(blob + b"!")) == len(blob) + 1
+    assert runs(d, "measured") == 2
+
+
+# --- nobody but the executor that ran a call writes its result (issue 15, item 2) ------
+
+
+async def test_a_caller_cannot_write_a_cached_result(lattice: Lattice) -> None:
+    """A caller of an app may claim its keys, and is refused a result write."""
+    app = unique("memo")
+    w = await Wire().open(lattice.url, mint(lattice, "caller", app=app))
+    claim = protocol.kv_subject(protocol.MEMO_CLAIMS_BUCKET, f"{app}.f.{'0' * 64}")
+    await w.nc.publish(claim, b"x")
+    planted = protocol.kv_subject(protocol.MEMO_BUCKET, f"{app}.f.{'0' * 64}")
+    await w.nc.publish(planted, b"x")
+    try:
+        assert "publish" in await w.refused(planted)
+        assert not [e for e in w.errors if protocol.MEMO_CLAIMS_BUCKET in e]
+    finally:
+        await w.nc.close()
+
+
+def test_a_call_sent_with_another_calls_key_stores_nothing(
+    lattice: Lattice, client: sp.Client, tmp_path: Path
+) -> None:
+    """A caller that runs double(1) asking for double(2)'s key (to plant 2 as double(2)'s
+    answer) gets its call run, and nothing is stored under either key."""
+    app = unique("memo")
+    d = str(tmp_path)
+    deploy_counter(lattice, tmp_path / app, 2)
+    double = client.function(f"{app}.double")
+    target = double._target(client)
+    forged = protocol.MemoAsk(call_key(app, "double", target.digest, target.env, (d, 2), {}), 60)
+    future = client.submit(target, (d, 1), {}, Options(memo_ask=forged))
+    assert future.result(timeout=60) == 2
+    assert double.remote(d, 2) == 4  # not the planted 2: it ran
+    assert runs(d, "double") == 2
+    assert double.remote(d, 2) == 4 and runs(d, "double") == 2  # its own run was stored
+
+
+def test_a_ref_forged_to_name_other_bytes_stores_nothing(client: sp.Client, tmp_path: Path) -> None:
+    """A Ref naming one value's digest but carrying another's bytes runs, and its result is
+    not stored under the genuine Ref's key."""
+    d = str(tmp_path)
+    genuine = uuid.uuid4().bytes * 10
+    ref = sp.put(genuine)
+    other = bytes(payload.encode_value(b"forged", protocol.CODEC_PICKLE))
+    forged = Ref(ref.digest, len(other), data=other)
+    assert memo_fns.measured.remote(d, forged) == len(b"forged")
+    assert memo_fns.measured.remote(d, ref) == len(genuine)  # ran: nothing was planted
     assert runs(d, "measured") == 2

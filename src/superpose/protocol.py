@@ -658,10 +658,14 @@ def executor_app_allowed(app: str) -> list[str]:
 
 
 def executor_memo_allowed(app: str) -> list[str]:
-    """Cached nested calls of ``app``'s functions: claim, store, drop and read entries by
-    key. No batch direct get: its request subject names no key, so it cannot be pinned."""
-    entries = kv_subject(MEMO_BUCKET, f"{app}.>")
-    return [entries, direct_get_last_subject(kv_stream(MEMO_BUCKET), entries)]
+    """``app``'s cache: store the results of its cached calls this executor runs, and,
+    for cached nested calls, claim and drop keys and read results and claims by key. No
+    batch direct get: its request subject names no key, so it cannot be pinned."""
+    granted = []
+    for bucket in (MEMO_BUCKET, MEMO_CLAIMS_BUCKET):
+        keys = kv_subject(bucket, f"{app}.>")
+        granted += [keys, direct_get_last_subject(kv_stream(bucket), keys)]
+    return granted
 
 
 def executor_publish_denied() -> list[str]:
@@ -845,6 +849,15 @@ def host_key(digest: str, env: str = "", settings: ExecutorSettings | None = Non
     return key if settings is None else f"{key}-{settings.digest()}"
 
 
+class MemoAsk(msgspec.Struct, frozen=True):
+    """Sent with the one invocation that runs a cached call's key: its executor checks
+    that the key is the hash of what it runs (``node/executor/memo_writes.py``) and, if
+    so, stores the result under it for ``ttl_s``."""
+
+    key: str
+    ttl_s: float
+
+
 class Invocation(Message, tag="sp.invocation.v1"):
     """One request to run a function: addresses only, so any node can serve it."""
 
@@ -877,6 +890,8 @@ class Invocation(Message, tag="sp.invocation.v1"):
     """The environment digest its executor runs with ("" = the node's own packages)."""
     settings: ExecutorSettings | None = None
     """Its function's secrets (names) and env: it runs in an executor of its own."""
+    memo: MemoAsk | None = None
+    """A cached call's key, for its executor to store the result under."""
 
     @property
     def host(self) -> str:
@@ -1825,7 +1840,12 @@ def blob_reads(bucket: str = BLOBS_BUCKET) -> list[str]:
 # --- memoization (issue 16, item 5) -------------------------------------------------
 
 MEMO_BUCKET = "sp_memo"
-"""The action cache of ``cache=True`` functions: ``memo_key`` → a ``MemoEntry``."""
+"""The action cache of ``cache=True`` functions: ``memo_key`` → a ``MemoEntry`` holding a
+result. Written only by the executor that ran the call (and cleared by deployers):
+a caller may read it, never write it, so no caller can plant a result for others."""
+MEMO_CLAIMS_BUCKET = "sp_memo_claims"
+"""``memo_key`` → a ``MemoEntry`` with ``running``: the caller running that key now
+(single flight). Callers write these; a forged claim delays a key, it cannot answer it."""
 MEMO_KEY_VERSION = "sp.memokey.v1"
 """Hashed into every memo key: a new argument encoding changes it, so old entries are
 never misread."""
@@ -1837,7 +1857,7 @@ MEMO_MAX_VALUE_BYTES = 768 * 1024
 
 def memo_key(app: str, fn: str, digest: str) -> str:
     """The key of one cached call: its function, then the hash of version, environment,
-    function and arguments (``client/memo_key.py``). App first, so a role is pinned by it."""
+    function and arguments (``lattice/memo_key.py``). App first, so a role is pinned by it."""
     return f"{app}.{fn}.{digest}"
 
 
@@ -1848,9 +1868,9 @@ def memo_filter(app: str | None = None, fn: str | None = None) -> str:
     return f"{app}.{fn}.*" if fn else f"{app}.>"
 
 
-def memo_subject(app: str | None = None) -> str:
-    """The subjects of one app's cache entries (``*``: any app), for role grants."""
-    return kv_subject(MEMO_BUCKET, f"{app or '*'}.>")
+def memo_subject(app: str | None = None, bucket: str = MEMO_BUCKET) -> str:
+    """The subjects of one app's cache entries or claims (``*``: any app), for grants."""
+    return kv_subject(bucket, f"{app or '*'}.>")
 
 
 class MemoEntry(msgspec.Struct, tag_field="t", tag="sp.memo.v1", omit_defaults=True):
@@ -1864,8 +1884,10 @@ class MemoEntry(msgspec.Struct, tag_field="t", tag="sp.memo.v1", omit_defaults=T
     until: float
     created: float
     runner: str = ""
-    """The client that claimed it (running) or stored it (done)."""
+    """The client that claimed it (running), or the node whose executor stored it."""
     value: bytes = b""
+    codec: str = "pickle"
+    """How ``value`` is encoded: the codec of the call that produced it."""
 
     def encode(self) -> bytes:
         return _ENCODER.encode(self)

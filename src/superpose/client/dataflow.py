@@ -21,8 +21,10 @@ from collections.abc import Callable
 from contextvars import Token
 from typing import Any
 
+from superpose import protocol
 from superpose.client.futures import SENDING, Future, fail
 from superpose.errors import UpstreamError, as_superpose_error
+from superpose.lattice import payload
 from superpose.lattice.inputs import Input, given
 
 NOT_READY = (str, ("an input not ready yet",))
@@ -53,12 +55,25 @@ class collecting:  # named as the function it replaced: ``with collecting() as i
 
     def _send(self, future: Future) -> tuple[Any, ...]:
         if future.done() and not future.cancelled() and future.exception(0) is None:
+            if future.memo_key is not None:  # a cached call's: its dependent reads the cache
+                return _cached_input(future).__reduce__()
             if future.result_payload is not None:
                 return Input(future.invocation_id, future.result_payload).__reduce__()
             return (given, (future.result(0),))  # a direct call's result is here anyway
         future.lazy_ok = True
         self._waiting[id(future)] = future
         return NOT_READY
+
+
+def _cached_input(future: Future) -> Input:
+    """A cached call's result as an input: named by its key, which a cached dependent
+    is keyed by and its executor reads the value from the cache with, and carrying the
+    result too, for an executor that cannot (another app's cache, an entry gone)."""
+    result = future.result_payload
+    if result is None:  # answered here (a cache hit, a direct call): inline
+        data = payload.encode_value(future.result(0), protocol.CODEC_PICKLE)
+        result = protocol.Payload(codec=protocol.CODEC_PICKLE, data=bytes(data), size=len(data))
+    return Input(future.invocation_id or "", result, future.memo_key)
 
 
 def after(inputs: list[Future], send: Callable[[], Future]) -> Future:

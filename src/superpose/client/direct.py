@@ -146,6 +146,7 @@ class DirectCalls:
             ctx=ctx,
             needs=self._placement.needs(target, options),
             settings=options.settings(target.options),
+            memo=options.memo_ask,
         )
         future = Future()
         future.invocation_id = inv.id

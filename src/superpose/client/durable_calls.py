@@ -152,6 +152,7 @@ class DurableCalls:
             retry_on=list(options.retry_on) or None,
             needs=self._placement.needs(target, options, durable=True),
             settings=options.settings(target.options),
+            memo=options.memo_ask,
         )
 
     def _join_keyed(self, future: Future) -> bool:

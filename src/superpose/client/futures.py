@@ -116,7 +116,7 @@ class Future(concurrent.futures.Future[Any]):
 
     async def _awaited(self) -> Any:
         """``await`` of a future that may finish lazily: the fetch runs on its loop."""
-        raw = await asyncio.wrap_future(_RawView(self))
+        raw = await settled(self)
         if raw is not _LAZY:
             return raw
         assert self._lazy is not None and self._lazy_loop is not None
@@ -161,6 +161,12 @@ class _RawView(concurrent.futures.Future[Any]):
             self.set_exception(source.exception(0))
         else:
             self.set_result(concurrent.futures.Future.result(source, 0))
+
+
+def settled(future: Future) -> asyncio.Future[Any]:
+    """Awaitable on the running loop: ``future``'s end (raising as it failed), a lazy
+    result left unfetched (``await future`` would fetch it)."""
+    return asyncio.wrap_future(_RawView(future))
 
 
 SENDING: contextvars.ContextVar[Callable[[Future], tuple[Any, ...]] | None] = (

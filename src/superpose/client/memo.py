@@ -4,15 +4,19 @@ A cached call looks its key up first (``memo_key.call_key``: version, environmen
 function, arguments), in one batch with the other calls of its burst
 (``memo_batch``). A stored result is returned without running anything. Absent,
 the caller claims the key (a create-only write: of identical calls made at once, one
-wins), runs the call as it would have, and replaces its claim with the result; the
-others wait for that result (single flight). A failed call drops its claim, so a
-failure is never cached. A claim older than the call's timeout (its runner died) is
-taken over by the next caller.
+wins) and runs the call with the key attached; the executor that runs it checks that
+the key is the hash of what it ran and stores the result (``node/executor/
+memo_writes.py``), and the caller drops its claim when the call ends. The others wait
+for that result (single flight). A failed call stores nothing, so a failure is never
+cached. A claim older than the call's timeout (its runner died) is taken over by the
+next caller. A caller never writes a result: one that could would hand its own to
+every later caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -24,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 from superpose import protocol
 from superpose.client import app_state, memo_batch
 from superpose.client.arguments import check_call
-from superpose.client.futures import Future, fail
-from superpose.client.memo_key import Uncanonical, call_key, register_digest
+from superpose.client.futures import Future, fail, settled
 from superpose.client.options import Options
 from superpose.lattice import memo_store, payload
+from superpose.lattice.memo_key import FUTURE_TAG, Uncanonical, call_key, register_digest
 from superpose.registry.mirror import Target
 from superpose.support.retry import Backoff
 
@@ -64,8 +68,17 @@ class Call:
 
     def start(self) -> Future:
         """Run it as an uncached call would (direct for remote, durable for spawn; sent
-        once its input futures are done, its Refs kept alive while it runs). The
-        arguments are pickled here, on a miss only: a hit never needs them."""
+        once its input futures are done, its Refs kept alive while it runs), with its
+        key for the executor to store the result under. The arguments are pickled
+        here, on a miss only: a hit never needs them."""
+        ask = protocol.MemoAsk(self.key, self.ttl_s)
+        options = dataclasses.replace(self.options, memo_ask=ask)
+        return self.client.submit(
+            self.target, self.args, self.kwargs, options, durable=self.durable, ctx=self.ctx
+        )
+
+    def start_uncached(self) -> Future:
+        """Run it with nothing stored: the cache could not be reached."""
         return self.client.submit(
             self.target, self.args, self.kwargs, self.options, durable=self.durable, ctx=self.ctx
         )
@@ -80,7 +93,7 @@ def _future_digest(future: Future) -> bytes:
     return future.memo_key.encode()
 
 
-register_digest(Future, _future_digest)
+register_digest(Future, _future_digest, tag=FUTURE_TAG)
 
 
 def wanted(options: Options, target: Target) -> bool:
@@ -162,17 +175,18 @@ _STORES: weakref.WeakKeyDictionary[Client, memo_store.MemoStore] = weakref.WeakK
 
 
 async def store_of(client: Client) -> memo_store.MemoStore:
-    """The client's handle on the memo bucket, opened on its first cached call. Inside
+    """The client's handle on the memo buckets, opened on its first cached call. Inside
     a function whose executor has an app user, on that user's connection, looking keys
     up one by one (a batch direct get cannot be pinned to the app, so it may not)."""
     store = _STORES.get(client)
     if store is None:
         if app_state.hosted_app() is None:
-            kv = await memo_store.open_bucket(client.assets.js)
-            store = memo_store.MemoStore(kv, client.nc)
+            results, claims = await memo_store.open_buckets(client.assets.js)
+            store = memo_store.MemoStore(results, claims, client.nc)
         else:
             nc = await app_state.app_connection(client)
-            store = memo_store.MemoStore(await memo_store.open_bucket(nc.jetstream()), nc)
+            results, claims = await memo_store.open_buckets(nc.jetstream())
+            store = memo_store.MemoStore(results, claims, nc)
             store.batch_allowed = False
         store = _STORES.setdefault(client, store)
     return store
@@ -187,18 +201,19 @@ async def settle(call: Call, out: Future) -> None:
         if out.done():
             return
         log.warning("cache of %s.%s unavailable (%s): running uncached", *_name(call), exc)
-        _follow(call.start(), out)
+        _follow(call.start_uncached(), out)
 
 
 async def _look_or_run(store: memo_store.MemoStore, call: Call, out: Future) -> None:
     waits = 0
     while not out.done():
-        found = await store.look(call.key)
-        entry, now = found.entry, time.time()
-        if entry is not None and entry.until > now:
-            if not entry.running:
-                hit(call, entry, out)
-                return
+        entry = (await store.look(call.key)).entry
+        if entry is not None and entry.until > time.time():
+            hit(call, entry, out)
+            return
+        found = await store.look_claim(call.key)
+        claimed, now = found.entry, time.time()
+        if claimed is not None and claimed.until > now:
             waits += 1
             await asyncio.sleep(WAIT_POLLS.pause_s(waits))  # another caller runs it
             continue
@@ -217,7 +232,7 @@ def _claim_s(options: Options) -> float:
 
 def hit(call: Call, entry: protocol.MemoEntry, out: Future) -> None:
     try:
-        value = payload.decode_value(entry.value, protocol.CODEC_PICKLE)
+        value = payload.decode_value(entry.value, entry.codec)
     except Exception as exc:
         fail(out, exc)
         return
@@ -258,11 +273,12 @@ CACHE_NODE = "cache"
 
 
 async def _run(store: memo_store.MemoStore, call: Call, revision: int, out: Future) -> None:
-    """We hold the claim: run the call, store its result (not its failure), answer."""
+    """We hold the claim: run the call (its executor stores the result, not a failure),
+    drop the claim, answer."""
     inner = call.start()
     _link(inner, out)
     try:
-        value = await asyncio.wrap_future(inner)
+        await settled(inner)
     except BaseException as exc:
         await asyncio.shield(_release(store, call.key, revision))
         if isinstance(exc, asyncio.CancelledError) and inner.cancelled():
@@ -272,39 +288,14 @@ async def _run(store: memo_store.MemoStore, call: Call, revision: int, out: Futu
         if not isinstance(exc, Exception | asyncio.CancelledError):
             raise
         return
-    await _store_result(store, call, revision, value)
-    if not out.done():
-        out.set_result(value)
-
-
-async def _store_result(store: memo_store.MemoStore, call: Call, revision: int, value: Any) -> None:
-    try:
-        data = payload.encode_value(value, protocol.CODEC_PICKLE)
-    except Exception as exc:
-        log.warning("result of %s.%s not cached: cannot pickle it (%s)", *_name(call), exc)
-        await _release(store, call.key, revision)
-        return
-    if len(data) > protocol.MEMO_MAX_VALUE_BYTES:
-        log.warning(
-            "result of %s.%s not cached: %d bytes, over the %d a cache entry holds",
-            *_name(call),
-            len(data),
-            protocol.MEMO_MAX_VALUE_BYTES,
-        )
-        await _release(store, call.key, revision)
-        return
-    now = time.time()
-    done = protocol.MemoEntry(
-        running=False, until=now + call.ttl_s, created=now, runner=call.client.id, value=bytes(data)
-    )
-    if await store.claim(call.key, done, revision) is None:
-        log.info("claim on %s.%s was taken over; its result is theirs", *_name(call))
+    await _release(store, call.key, revision)
+    out.adopt(inner)
 
 
 async def _release(store: memo_store.MemoStore, key: str, revision: int) -> None:
     try:
         await store.release(key, revision)
-    except Exception as exc:  # the claim goes stale by itself
+    except Exception as exc:  # the claim goes stale by itself (waiters time out on it)
         log.warning("could not drop the cache claim %s: %s", key, exc)
 
 

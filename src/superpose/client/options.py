@@ -55,6 +55,9 @@ class Options:
     arguments) returns the stored result without running; None: what deploy recorded."""
     cache_ttl: float | None = None
     """Seconds a cached result is returned (at most 7 days); None: that limit."""
+    memo_ask: protocol.MemoAsk | None = None
+    """Not a setting: ``client/memo.py`` puts here the key of the cached call this one
+    runs, for its executor to check and store the result under."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retry_on", _exception_names(self.retry_on))

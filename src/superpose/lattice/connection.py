@@ -530,7 +530,7 @@ async def ensure_assets(nc: NATS) -> Assets:
             _ensure_durable_path(nc, replicas),
             asyncio.gather(
                 ensure_ref_assets(js, replicas),
-                _ensure_kv(js, memo_store.bucket_config(replicas)),
+                *(_ensure_kv(js, config) for config in memo_store.bucket_configs(replicas)),
                 _ensure_kv(js, lineage.bucket_config(replicas)),
             ),
         )

@@ -27,15 +27,21 @@ _arriving: ContextVar[list[Input] | None] = ContextVar("superpose_inputs_arrivin
 
 
 class Input:
-    """An input's result by pointer; swapped for its value before the function runs."""
+    """An input's result by pointer; swapped for its value before the function runs.
+    ``memo_key``: the input is a cached call's result, and a cached dependent is keyed
+    by that key (its executor reads the input's value from the cache by it)."""
 
-    def __init__(self, invocation_id: str, result: protocol.Payload) -> None:
+    def __init__(
+        self, invocation_id: str, result: protocol.Payload, memo_key: str | None = None
+    ) -> None:
         self.invocation_id = invocation_id
         self.result = result
+        self.memo_key = memo_key
 
     def __reduce__(self) -> tuple[Any, ...]:
         r = self.result
-        return (_arrive, (self.invocation_id, r.codec, r.data, r.blob, r.size, r.source, r.shm))
+        fields = (self.invocation_id, r.codec, r.data, r.blob, r.size, r.source, r.shm)
+        return (_arrive, (*fields, self.memo_key) if self.memo_key else fields)
 
     def __repr__(self) -> str:
         return f"Input({self.invocation_id!r}, {self.result.size} bytes)"
@@ -49,10 +55,11 @@ def _arrive(
     size: int,
     source: str | None,
     shm: str | None,
+    memo_key: str | None = None,
 ) -> Input:
     """An Input unpickled: noted for ``arriving()`` when someone is collecting."""
     result = protocol.Payload(codec=codec, data=data, blob=blob, size=size, source=source, shm=shm)
-    found = Input(invocation_id, result)
+    found = Input(invocation_id, result, memo_key)
     collecting = _arriving.get()
     if collecting is not None:
         collecting.append(found)
@@ -65,16 +72,20 @@ def arriving() -> AbstractContextManager[list[Input]]:
 
 
 async def resolve(
-    nc: NATS, args: tuple[Any, ...], kwargs: dict[str, Any], found: list[Input]
+    nc: NATS,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    found: list[Input],
+    known: dict[int, Any] | None = None,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """``args`` and ``kwargs`` with each Input swapped for its value, every input's
-    bytes read at once (inline ones cost nothing; a blob is read by its name)."""
-    distinct = {id(i): i for i in found}
+    bytes read at once (inline ones cost nothing; a blob is read by its name). Inputs
+    whose value is ``known`` (by the Input's ``id``: read from the cache) are not read."""
+    values = dict(known or {})
+    distinct = {id(i): i for i in found if id(i) not in values}
     datas = await asyncio.gather(*(payload.unwrap(nc, i.result) for i in distinct.values()))
-    values = {
-        key: payload.decode_value(data, i.result.codec)
-        for (key, i), data in zip(distinct.items(), datas, strict=True)
-    }
+    for (key, i), data in zip(distinct.items(), datas, strict=True):
+        values[key] = payload.decode_value(data, i.result.codec)
     return swap(args, values), swap(kwargs, values)
 
 

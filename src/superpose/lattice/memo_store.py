@@ -1,10 +1,14 @@
-"""The memo bucket: the action cache of ``cache=True`` functions, key → ``MemoEntry``.
+"""The memo buckets: the action cache of ``cache=True`` functions, key → ``MemoEntry``.
 
-One key per cached call (``protocol.memo_key``). The first caller of a key *claims*
-it with a create-only write (the others' creates fail), runs the call, then replaces
-its claim with the result by a compare-and-set on its own revision; a failure deletes
-the claim, so failures are never cached. Every write names the key in its subject, so
-a role may be pinned to one app's keys (``security/roles.py``).
+One key per cached call (``protocol.memo_key``), in two buckets. ``sp_memo`` holds
+results, and only the executor that ran a call writes one (``node/executor/
+memo_writes.py``), once it has checked that the key is the hash of what it ran: a
+caller may read results but never write them, so no caller can plant a result that
+other callers would be handed. ``sp_memo_claims`` holds claims: the first caller of a
+key claims it there with a create-only write (the others' creates fail), runs the
+call, and drops its claim when the call ends, stored or failed (a failure is never
+cached). Every write names the key in its subject, so a role may be pinned to one
+app's keys (``security/roles.py``).
 """
 
 from __future__ import annotations
@@ -31,26 +35,33 @@ from superpose.lattice.kv_listing import current_entries
 log = logging.getLogger("superpose.memo")
 
 
-def bucket_config(replicas: int) -> KeyValueConfig:
-    """The memo bucket, made by ``ensure_assets`` with the others."""
-    return KeyValueConfig(
-        bucket=protocol.MEMO_BUCKET,
-        history=1,
-        ttl=protocol.MEMO_MAX_AGE_S,
-        storage=StorageType.FILE,
-        replicas=replicas,
-        direct=True,  # gets by subject: a role is granted the keys of its app only
-    )
+def bucket_configs(replicas: int) -> list[KeyValueConfig]:
+    """The results and the claims buckets, made by ``ensure_assets`` with the others."""
+    return [
+        KeyValueConfig(
+            bucket=bucket,
+            history=1,
+            ttl=protocol.MEMO_MAX_AGE_S,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            direct=True,  # gets by subject: a role is granted the keys of its app only
+        )
+        for bucket in (protocol.MEMO_BUCKET, protocol.MEMO_CLAIMS_BUCKET)
+    ]
 
 
-async def open_bucket(js: JetStreamContext) -> KeyValue:
-    """The memo bucket, which its nodes' ``ensure_assets`` made."""
+async def open_buckets(js: JetStreamContext) -> tuple[KeyValue, KeyValue]:
+    """The results and the claims buckets, which the nodes' ``ensure_assets`` made."""
     try:
-        return await js.key_value(protocol.MEMO_BUCKET)
+        return (
+            await js.key_value(protocol.MEMO_BUCKET),
+            await js.key_value(protocol.MEMO_CLAIMS_BUCKET),
+        )
     except NotFoundError:
         raise LatticeError(
-            f"the lattice has no {protocol.MEMO_BUCKET} bucket: its nodes predate "
-            "memoization (restart them with this version of superpose)"
+            f"the lattice has no {protocol.MEMO_BUCKET} or {protocol.MEMO_CLAIMS_BUCKET} "
+            "bucket: its nodes predate this cache (restart them with this version of "
+            "superpose)"
         ) from None
 
 
@@ -71,17 +82,19 @@ class Listed:
 
 
 class MemoStore:
-    """Claims, results and releases on one key; batched lookups; listing and clearing."""
+    """Results (read; stored by executors) and claims on one key; batched lookups;
+    listing and clearing."""
 
-    def __init__(self, kv: KeyValue, nc: NATS | None = None) -> None:
-        self.kv = kv
+    def __init__(self, results: KeyValue, claims: KeyValue, nc: NATS | None = None) -> None:
+        self.results = results
+        self.claims = claims
         self.nc = nc
         self.batch_allowed: bool | None = None
         """May this user make a batch direct get on the bucket? Probed on the first
         batch: a caller pinned to one app may not (the request names no key)."""
 
     async def look_many(self, keys: Sequence[str]) -> dict[str, protocol.MemoEntry]:
-        """The stored entries of those keys that have one: one batch direct get per
+        """The stored results of those keys that have one: one batch direct get per
         1,000 keys where this user may make one, else a direct get per key (concurrent)."""
         unique = list(dict.fromkeys(keys))
         if self.nc is None or len(unique) == 1:
@@ -95,60 +108,95 @@ class MemoStore:
         prefix = len(protocol.kv_subject(protocol.MEMO_BUCKET, ""))
         entries: dict[str, protocol.MemoEntry] = {}
         for subject, data in found.items():
-            if not data:  # a delete marker: a dropped claim, a cleared entry
+            if not data:  # a delete marker: a cleared entry
                 continue
-            try:
-                entries[subject[prefix:]] = protocol.MemoEntry.decode(data)
-            except protocol.ProtocolError:
-                log.warning("unreadable cache entry %s: ignored", subject[prefix:])
+            entry = _result(subject[prefix:], data)
+            if entry is not None:
+                entries[subject[prefix:]] = entry
         return entries
 
     async def look(self, key: str) -> Found:
-        try:
-            got = await self.kv.get(key)
-        except KeyNotFoundError as exc:  # deleted: a create must name the delete marker
-            return Found(None, _deleted_revision(exc))
-        if not got.value:
-            return Found(None, got.revision or 0)
-        try:
-            return Found(protocol.MemoEntry.decode(got.value), got.revision or 0)
-        except protocol.ProtocolError:
-            log.warning("unreadable cache entry %s: replaced", key)
-            return Found(None, got.revision or 0)
+        """The key's stored result, if any."""
+        found = await _look(self.results, key)
+        entry = found.entry
+        if entry is not None and entry.running:  # only a claim's shape: not a result
+            log.warning("cache entry %s is not a result: ignored", key)
+            return Found(None, found.revision)
+        return found
+
+    async def look_claim(self, key: str) -> Found:
+        """The key's claim, if a caller holds one (or held one and died)."""
+        return await _look(self.claims, key)
+
+    async def store(self, key: str, entry: protocol.MemoEntry) -> None:
+        """The executor that ran the call: its result under the key it checked."""
+        await self.results.put(key, entry.encode())
 
     async def claim(self, key: str, entry: protocol.MemoEntry, revision: int) -> int | None:
-        """Write ``entry`` iff the key is still at ``revision`` (0: absent); its new
+        """Claim the key iff its claim is still at ``revision`` (0: none); the claim's
         revision, or None when another caller got there first."""
         try:
             if revision == 0:
-                return await self.kv.create(key, entry.encode())
-            return await self.kv.update(key, entry.encode(), last=revision)
+                return await self.claims.create(key, entry.encode())
+            return await self.claims.update(key, entry.encode(), last=revision)
         except KeyWrongLastSequenceError:
             return None
 
     async def release(self, key: str, revision: int) -> None:
-        """Drop our claim (the call failed): the next caller runs it again."""
+        """Drop our claim (the call ended, its result stored or not)."""
         # Replaced meanwhile (a taker after our claim went stale): theirs now.
         with contextlib.suppress(KeyWrongLastSequenceError):
-            await self.kv.delete(key, last=revision)
+            await self.claims.delete(key, last=revision)
 
     async def entries(self, app: str | None = None, fn: str | None = None) -> list[Listed]:
         """Every entry of an app (one function; all apps)."""
-        found: list[Listed] = []
-        for update in await current_entries(self.kv, protocol.memo_filter(app, fn)):
-            if update.value:
-                try:
-                    entry = protocol.MemoEntry.decode(update.value)
-                except protocol.ProtocolError:
-                    continue
-                found.append(Listed(update.key, entry, len(update.value)))
-        return found
+        return await _listed(self.results, app, fn)
 
     async def clear(self, app: str, fn: str | None = None) -> int:
-        """Remove an app's (a function's) entries, each by its own key; how many."""
+        """Remove an app's (a function's) results and claims, each by its own key; how
+        many results."""
         listed = await self.entries(app, fn)
-        await asyncio.gather(*(self.kv.purge(item.key) for item in listed))
+        claimed = await _listed(self.claims, app, fn)
+        await asyncio.gather(
+            *(self.results.purge(item.key) for item in listed),
+            *(self.claims.purge(item.key) for item in claimed),
+        )
         return len(listed)
+
+
+async def _listed(kv: KeyValue, app: str | None, fn: str | None) -> list[Listed]:
+    found: list[Listed] = []
+    for update in await current_entries(kv, protocol.memo_filter(app, fn)):
+        if update.value:
+            try:
+                entry = protocol.MemoEntry.decode(update.value)
+            except protocol.ProtocolError:
+                continue
+            found.append(Listed(update.key, entry, len(update.value)))
+    return found
+
+
+async def _look(kv: KeyValue, key: str) -> Found:
+    try:
+        got = await kv.get(key)
+    except KeyNotFoundError as exc:  # deleted: a create must name the delete marker
+        return Found(None, _deleted_revision(exc))
+    if not got.value:
+        return Found(None, got.revision or 0)
+    try:
+        return Found(protocol.MemoEntry.decode(got.value), got.revision or 0)
+    except protocol.ProtocolError:
+        log.warning("unreadable cache entry %s: replaced", key)
+        return Found(None, got.revision or 0)
+
+
+def _result(key: str, data: bytes) -> protocol.MemoEntry | None:
+    try:
+        entry = protocol.MemoEntry.decode(data)
+    except protocol.ProtocolError:
+        log.warning("unreadable cache entry %s: ignored", key)
+        return None
+    return None if entry.running else entry
 
 
 PROBE_S = 5.0

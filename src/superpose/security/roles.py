@@ -157,23 +157,36 @@ def _refs(owner: str) -> list[str]:
 
 
 def _memo(app: str | None) -> list[str]:
-    """Cached calls of ``app`` (any when None): claim, store and drop an entry, and read
-    one by its key (``lattice/memo_store.py``); never list the bucket. A user of every
-    app may also read many keys in one batch get (which names no key, so a user of one
-    app may not: its lookups go one by one)."""
-    subject = protocol.memo_subject(app)
+    """Cached calls of ``app`` (any when None): read results by key, claim and drop
+    keys (``lattice/memo_store.py``); never list, and never write a result: only the
+    executor that ran a call stores one. A user of every app may also read many keys
+    in one batch get (which names no key, so a user of one app may not: its lookups go
+    one by one)."""
+    results = protocol.memo_subject(app)
+    claims = protocol.memo_subject(app, protocol.MEMO_CLAIMS_BUCKET)
     stream = _kv_stream(protocol.MEMO_BUCKET)
     batch = [protocol.direct_get_subject(stream)] if app is None else []
-    return [subject, _direct(stream, subject), *batch]
+    return [
+        _direct(stream, results),
+        claims,
+        _direct(_kv_stream(protocol.MEMO_CLAIMS_BUCKET), claims),
+        *batch,
+    ]
 
 
 def _memo_admin(app: str | None) -> list[str]:
-    """``superpose cache ls|clear``: list an app's entries (a watch filtered by its keys)."""
-    stream = _kv_stream(protocol.MEMO_BUCKET)
-    return [
-        _consumer(stream, protocol.memo_subject(app)),
-        f"{_API}.CONSUMER.DELETE.{stream}.>",
-    ]
+    """``superpose cache ls|clear``: list an app's results and claims (a watch filtered
+    by its keys) and purge them. A deployer's code may return anything anyway, so
+    letting it write its own app's results gives nothing away."""
+    granted: list[str] = []
+    for bucket in (protocol.MEMO_BUCKET, protocol.MEMO_CLAIMS_BUCKET):
+        stream = _kv_stream(bucket)
+        granted += [
+            protocol.memo_subject(app, bucket),
+            _consumer(stream, protocol.memo_subject(app, bucket)),
+            f"{_API}.CONSUMER.DELETE.{stream}.>",
+        ]
+    return granted
 
 
 def _shared_scopes(app: str | None) -> list[str]:

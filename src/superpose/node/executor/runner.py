@@ -27,10 +27,13 @@ from nats.aio.client import Client as NATS
 
 from superpose import protocol, runtime
 from superpose.config import SPILL_THRESHOLD_BYTES
-from superpose.lattice import inputs, offers, payload
+from superpose.lattice import inputs, memo_store, offers, payload
+from superpose.lattice.memo_store import MemoStore
 from superpose.lattice.offers import Offers
 from superpose.lattice.ref_args import RefCache, decode_args
+from superpose.lattice.refs import Ref
 from superpose.node.channel import Channel
+from superpose.node.executor import memo_writes
 from superpose.node.executor.app_user import AppConnection, ConnectAs
 from superpose.node.executor.asgi import AsgiRunner
 from superpose.node.executor.capture import Output, capture
@@ -86,6 +89,8 @@ class Executor:
             self.app,
         )
         self.refs = RefCache(nc)
+        self.memo: MemoStore | None = None
+        """The app's cache, opened for the first cached call run here."""
         """Objects of Refs given as arguments, fetched once for every call here."""
         self.running: dict[str, int | asyncio.Task[Any]] = {}
         """Where each call runs (its lane thread's id, or its task): to say where a
@@ -208,12 +213,18 @@ class Executor:
             _keep_raw_args(inv, raw)
             with inputs.arriving() as futures:
                 args, kwargs, refs = decode_args(raw or b"", inv.args.codec)
+            ask = memo_writes.checked_ask(inv, args, kwargs)
             if refs:  # a slow one gives the slot back (one being made again needs one)
                 args, kwargs = wait_in_lane(self.loop, self.refs.resolve(args, kwargs, refs))
+            known = None
+            if ask is not None:
+                ask, known = self._on_loop(self._cached_inputs(inv, ask, refs, futures))
             if futures:
-                args, kwargs = self._on_loop(inputs.resolve(self.nc, args, kwargs, futures))
+                args, kwargs = self._on_loop(inputs.resolve(self.nc, args, kwargs, futures, known))
             value = self.functions.get(inv.module, inv.qualname)(*args, **kwargs)
             data = _encode_result(inv, value)
+            if ask is not None:
+                self._on_loop(self._store(inv, ask, data))
             return protocol.Result(inv.id, self.node_id, value=self._payload(data, inv, reply))
         except BaseException as exc:  # report everything the user code raised
             return protocol.Result(inv.id, self.node_id, error=error_info(exc))
@@ -242,7 +253,10 @@ class Executor:
 
     async def _call_async(self, inv: protocol.Invocation, reply: str) -> protocol.Result:
         try:
-            data = _encode_result(inv, await self._call(inv, reply))
+            value, ask = await self._call(inv, reply)
+            data = _encode_result(inv, value)
+            if ask is not None:
+                await self._store(inv, ask, data)
             if reply == self.replies.results_here:
                 wrapped = await payload.wrap(self.nc, data, inv.args.codec)
             else:
@@ -265,19 +279,57 @@ class Executor:
             self._log(inv.id, inv.app, inv.fn, protocol.LOG_ERROR, f"{summary}\n{error.traceback}")
         self.replies.answer(reply, result)
 
-    async def _call(self, inv: protocol.Invocation, reply: str) -> Any:
+    async def _call(
+        self, inv: protocol.Invocation, reply: str
+    ) -> tuple[Any, protocol.MemoAsk | None]:
+        """The call's value, and the key to store it under if it is a cached call's."""
         raw_args = await payload.unwrap(self.nc, inv.args)
         fn = self.functions.get(inv.module, inv.qualname)
         if inv.args.codec == protocol.CODEC_HTTP:
-            return await self.http.serve(fn, inv, raw_args, reply)
+            return await self.http.serve(fn, inv, raw_args, reply), None
         _keep_raw_args(inv, raw_args)
         with inputs.arriving() as futures:
             args, kwargs, refs = decode_args(raw_args, inv.args.codec)
+        ask = memo_writes.checked_ask(inv, args, kwargs)
         if refs:
             args, kwargs = await wait_on_loop(self.refs.resolve(args, kwargs, refs))
+        known = None
+        if ask is not None:
+            ask, known = await self._cached_inputs(inv, ask, refs, futures)
         if futures:
-            args, kwargs = await inputs.resolve(self.nc, args, kwargs, futures)
-        return await fn(*args, **kwargs)
+            args, kwargs = await inputs.resolve(self.nc, args, kwargs, futures, known)
+        return await fn(*args, **kwargs), ask
+
+    async def _cached_inputs(
+        self,
+        inv: protocol.Invocation,
+        ask: protocol.MemoAsk,
+        refs: list[Ref],
+        futures: list[inputs.Input],
+    ) -> tuple[protocol.MemoAsk | None, dict[int, Any] | None]:
+        """For a cached call whose key checked out: its cached inputs' values, read from
+        the cache by their keys, and its key still, if its Refs' bytes are theirs and
+        every cached input was found (``memo_writes``); else no key (nothing stored)."""
+        if refs and not await memo_writes.refs_sound(self.refs, refs):
+            return None, None
+        if not any(found.memo_key for found in futures):
+            return ask, None
+        known = await memo_writes.cached_inputs(await self._memo(), inv, futures)
+        return (ask, known) if known is not None else (None, None)
+
+    async def _store(
+        self, inv: protocol.Invocation, ask: protocol.MemoAsk, data: payload.Encoded
+    ) -> None:
+        await memo_writes.store(await self._memo(), inv, ask, data, self.node_id)
+
+    async def _memo(self) -> MemoStore:
+        """The app's cache, on the app user's connection (the executor's own user may
+        touch no app's); on the node's own where the executor connects as the node."""
+        if self.memo is None:
+            nc = await self.app.get() if self.app.opened else self.nc
+            results, claims = await memo_store.open_buckets(nc.jetstream())
+            self.memo = MemoStore(results, claims, nc)
+        return self.memo
 
     def _running(self, inv: protocol.Invocation, where: int | asyncio.Task[Any] | None) -> _Running:
         return _Running(self, inv, where)

@@ -18,23 +18,27 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from superpose import protocol
+from superpose.lattice.inputs import Input
 from superpose.lattice.refs import Ref
 
 KEY_VERSION = protocol.MEMO_KEY_VERSION.encode()
+FUTURE_TAG = "Future"
+"""How a cached call's Future (``client/memo.py``) and its ``Input`` on the node are tagged."""
 MAX_DEPTH = 64
 """Nesting deeper than this (or a container that holds itself) is not hashed."""
 
 Digester = Callable[[Any], bytes]
-_DIGESTERS: dict[type, Digester] = {}
+_DIGESTERS: dict[type, tuple[str, Digester]] = {}
 
 
 class Uncanonical(Exception):
     """An argument that has no canonical encoding; the message names its type."""
 
 
-def register_digest(kind: type, digester: Digester) -> None:
-    """Hash values of ``kind`` by ``digester(value)`` (e.g. a Ref by its content digest)."""
-    _DIGESTERS[kind] = digester
+def register_digest(kind: type, digester: Digester, tag: str | None = None) -> None:
+    """Hash values of ``kind`` by ``digester(value)`` (e.g. a Ref by its content digest),
+    tagged with ``tag`` (default: the type's name; two types one tag hash alike)."""
+    _DIGESTERS[kind] = (tag or kind.__qualname__, digester)
 
 
 def _ref_digest(ref: Ref) -> bytes:
@@ -43,6 +47,18 @@ def _ref_digest(ref: Ref) -> bytes:
 
 
 register_digest(Ref, _ref_digest)
+
+
+def _input_digest(found: Input) -> bytes:
+    """On the node, a cached call's input future arrives as an ``Input`` naming its key:
+    hashed as the caller hashed the Future (``client/memo.py``), so the executor finds
+    the key the caller asked for. Another input's value was not known when it was keyed."""
+    if found.memo_key is None:
+        raise Uncanonical("an input of an uncached call (its value was not known when keyed)")
+    return found.memo_key.encode()
+
+
+register_digest(Input, _input_digest, tag=FUTURE_TAG)
 
 
 def call_key(
@@ -77,9 +93,10 @@ def _encode(h: Any, value: Any, depth: int) -> None:
     if plain is not None:
         plain(h, value, depth)
     elif kind in _DIGESTERS:
+        tag, digester = _DIGESTERS[kind]
         h.update(b"r")
-        _text(h, kind.__qualname__)
-        h.update(_DIGESTERS[kind](value))
+        _text(h, tag)
+        h.update(digester(value))
     else:
         raise Uncanonical(f"cannot hash a {kind.__module__}.{kind.__qualname__} canonically")
 
