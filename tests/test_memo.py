@@ -438,3 +438,25 @@ def test_a_ref_forged_to_name_other_bytes_stores_nothing(client: sp.Client, tmp_
     assert memo_fns.measured.remote(d, forged) == len(b"forged")
     assert memo_fns.measured.remote(d, ref) == len(genuine)  # ran: nothing was planted
     assert runs(d, "measured") == 2
+
+
+def test_a_result_too_big_for_an_entry_is_stored_beside_it(
+    lattice: Lattice, client: sp.Client, tmp_path: Path
+) -> None:
+    """A 2 MiB result (an entry holds 768 KiB) is cached in the values store, and a
+    caller pinned to the app reads it from there."""
+    app = unique("memo")
+    d = str(tmp_path)
+    deploy_counter(lattice, tmp_path / app, 2)
+    big = uuid.uuid4().bytes * 2**16  # 1 MiB: doubled, 2 MiB
+    assert client.function(f"{app}.double").remote(d, big) == big * 2
+    with connected(lattice, mint(lattice, "caller", app=app)) as caller:
+        again = caller.function(f"{app}.double").spawn(d, big)
+        assert again.result(timeout=60) == big * 2 and again.cached
+    assert runs(d, "double") == 1
+
+    async def listed() -> list[memo_store.Listed]:
+        return await (await memo.store_of(client)).entries(app)
+
+    [entry] = _on_loop(client, listed())
+    assert entry.entry.stored and entry.size > 2 * 2**20 and not entry.entry.value

@@ -661,7 +661,7 @@ def executor_memo_allowed(app: str) -> list[str]:
     """``app``'s cache: store the results of its cached calls this executor runs, and,
     for cached nested calls, claim and drop keys and read results and claims by key. No
     batch direct get: its request subject names no key, so it cannot be pinned."""
-    granted = []
+    granted = [object_wildcard(MEMO_VALUES_BUCKET), *blob_reads(MEMO_VALUES_BUCKET)]
     for bucket in (MEMO_BUCKET, MEMO_CLAIMS_BUCKET):
         keys = kv_subject(bucket, f"{app}.>")
         granted += [keys, direct_get_last_subject(kv_stream(bucket), keys)]
@@ -1843,6 +1843,9 @@ MEMO_BUCKET = "sp_memo"
 """The action cache of ``cache=True`` functions: ``memo_key`` → a ``MemoEntry`` holding a
 result. Written only by the executor that ran the call (and cleared by deployers):
 a caller may read it, never write it, so no caller can plant a result for others."""
+MEMO_VALUES_BUCKET = "sp_memo_values"
+"""Object store of cached results too big for an entry: sealed by their digest
+(``ref_sealing``), which only the entry names; kept at most ``MEMO_MAX_AGE_S``."""
 MEMO_CLAIMS_BUCKET = "sp_memo_claims"
 """``memo_key`` → a ``MemoEntry`` with ``running``: the caller running that key now
 (single flight). Callers write these; a forged claim delays a key, it cannot answer it."""
@@ -1852,7 +1855,8 @@ never misread."""
 MEMO_MAX_AGE_S = 7 * 24 * 3600.0
 """The longest any cached result is kept (the bucket's TTL): ``cache_ttl`` bounds it lower."""
 MEMO_MAX_VALUE_BYTES = 768 * 1024
-"""A result whose pickle is bigger is returned but not cached (NATS's 1 MiB message)."""
+"""A result whose encoding is bigger goes to ``MEMO_VALUES_BUCKET``, its entry naming it
+(an entry is one NATS message, 1 MiB at most)."""
 
 
 def memo_key(app: str, fn: str, digest: str) -> str:
@@ -1888,6 +1892,11 @@ class MemoEntry(msgspec.Struct, tag_field="t", tag="sp.memo.v1", omit_defaults=T
     value: bytes = b""
     codec: str = "pickle"
     """How ``value`` is encoded: the codec of the call that produced it."""
+    stored: str = ""
+    """A result too big for an entry: the sha256 of its encoding, stored sealed in
+    ``MEMO_VALUES_BUCKET`` (``value`` is empty)."""
+    size: int = 0
+    """Bytes of a ``stored`` value."""
 
     def encode(self) -> bytes:
         return _ENCODER.encode(self)

@@ -231,11 +231,33 @@ def _claim_s(options: Options) -> float:
 
 
 def hit(call: Call, entry: protocol.MemoEntry, out: Future) -> None:
+    """Answer ``out`` from a stored result (on the client's loop)."""
+    if entry.stored:  # too big for its entry: read from beside it first
+        asyncio.get_running_loop().create_task(_hit_stored(call, entry, out))
+        return
     try:
         value = payload.decode_value(entry.value, entry.codec)
     except Exception as exc:
         fail(out, exc)
         return
+    _answer(call, value, out)
+
+
+async def _hit_stored(call: Call, entry: protocol.MemoEntry, out: Future) -> None:
+    """A big result's bytes, read by the digest its entry names. Gone (expired before
+    its entry, or altered): the call runs again and its executor stores it anew."""
+    try:
+        data = await (await store_of(call.client)).value(entry)
+        value = payload.decode_value(data, entry.codec)
+    except Exception as exc:
+        log.info("cached result of %s.%s unreadable (%s): running it", *_name(call), exc)
+        _follow(call.start(), out)
+        return
+    _answer(call, value, out)
+
+
+def _answer(call: Call, value: Any, out: Future) -> None:
+    """``out`` is the stored result: cached, accepted, traced as no node's."""
     out.cached = True
     out.accepted.set()
     log.info("cached %s.%s %s", *_name(call), call.key.rsplit(".", 1)[-1][:12])

@@ -531,6 +531,14 @@ async def ensure_assets(nc: NATS) -> Assets:
             asyncio.gather(
                 ensure_ref_assets(js, replicas),
                 *(_ensure_kv(js, config) for config in memo_store.bucket_configs(replicas)),
+                _open_or_create(
+                    protocol.MEMO_VALUES_BUCKET,
+                    lambda: js.object_store(protocol.MEMO_VALUES_BUCKET),
+                    lambda: js.create_object_store(
+                        bucket=protocol.MEMO_VALUES_BUCKET,
+                        config=memo_store.values_config(replicas),
+                    ),
+                ),
                 _ensure_kv(js, lineage.bucket_config(replicas)),
             ),
         )

@@ -22,13 +22,14 @@ from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from superpose import protocol
 from superpose.errors import LatticeError
+from superpose.lattice import ref_sealing
 from superpose.lattice.batch import get_last_each, get_last_many
 from superpose.lattice.kv_listing import current_entries
 
@@ -48,6 +49,13 @@ def bucket_configs(replicas: int) -> list[KeyValueConfig]:
         )
         for bucket in (protocol.MEMO_BUCKET, protocol.MEMO_CLAIMS_BUCKET)
     ]
+
+
+def values_config(replicas: int) -> ObjectStoreConfig:
+    """Results too big for an entry, kept at most as long as any entry."""
+    return ObjectStoreConfig(
+        ttl=protocol.MEMO_MAX_AGE_S, storage=StorageType.FILE, replicas=replicas
+    )
 
 
 async def open_buckets(js: JetStreamContext) -> tuple[KeyValue, KeyValue]:
@@ -85,7 +93,7 @@ class MemoStore:
     """Results (read; stored by executors) and claims on one key; batched lookups;
     listing and clearing."""
 
-    def __init__(self, results: KeyValue, claims: KeyValue, nc: NATS | None = None) -> None:
+    def __init__(self, results: KeyValue, claims: KeyValue, nc: NATS) -> None:
         self.results = results
         self.claims = claims
         self.nc = nc
@@ -97,7 +105,7 @@ class MemoStore:
         """The stored results of those keys that have one: one batch direct get per
         1,000 keys where this user may make one, else a direct get per key (concurrent)."""
         unique = list(dict.fromkeys(keys))
-        if self.nc is None or len(unique) == 1:
+        if len(unique) == 1:
             looks = await asyncio.gather(*(self.look(key) for key in unique))
             return {k: f.entry for k, f in zip(unique, looks, strict=True) if f.entry}
         if self.batch_allowed is None:
@@ -123,6 +131,17 @@ class MemoStore:
             log.warning("cache entry %s is not a result: ignored", key)
             return Found(None, found.revision)
         return found
+
+    async def value(self, entry: protocol.MemoEntry) -> bytes:
+        """A result's encoded value: in its entry, or stored beside it when too big (the
+        bytes checked against the digest the entry names; ``NotFoundError`` when gone)."""
+        if not entry.stored:
+            return entry.value
+        return await ref_sealing.read(self.nc, protocol.MEMO_VALUES_BUCKET, entry.stored)
+
+    async def store_value(self, digest: str, data: bytes | memoryview) -> None:
+        """The executor: a result too big for its entry, under its digest."""
+        await ref_sealing.store(self.nc, protocol.MEMO_VALUES_BUCKET, digest, data)
 
     async def look_claim(self, key: str) -> Found:
         """The key's claim, if a caller holds one (or held one and died)."""
@@ -172,7 +191,7 @@ async def _listed(kv: KeyValue, app: str | None, fn: str | None) -> list[Listed]
                 entry = protocol.MemoEntry.decode(update.value)
             except protocol.ProtocolError:
                 continue
-            found.append(Listed(update.key, entry, len(update.value)))
+            found.append(Listed(update.key, entry, entry.size or len(update.value)))
     return found
 
 

@@ -33,7 +33,7 @@ from nats.js.kv import KeyValue
 from superpose import config, protocol
 from superpose.config import SPILL_THRESHOLD_BYTES
 from superpose.errors import LatticeError
-from superpose.lattice import objects, ref_sealing
+from superpose.lattice import ref_sealing
 from superpose.lattice.offers import Offers
 from superpose.lattice.ref_leases import renew_forever
 from superpose.lattice.refs import Ref, serve_locally, stop_serving_locally
@@ -221,11 +221,7 @@ class RefHolder:
 
     async def _store(self, digest: str, data: bytes) -> None:
         """Write a durable object once: a digest already stored is the same bytes."""
-        js = self._nc.jetstream()
-        name = ref_sealing.object_name(digest)
-        if await objects.size(js, protocol.OBJECTS_BUCKET, name) is None:
-            sealed = ref_sealing.seal(digest, data)
-            await objects.put(self._nc, protocol.OBJECTS_BUCKET, name, sealed)
+        await ref_sealing.store(self._nc, protocol.OBJECTS_BUCKET, digest, data)
 
     async def _record(self, digest: str, held: _Held) -> None:
         records = await self._bucket()

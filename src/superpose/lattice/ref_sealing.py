@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import hashlib
 
+from nats.aio.client import Client as NATS
+
 from superpose.errors import ObjectLostError
+from superpose.lattice import objects
 from superpose.lattice.sealed import Sealer
 
 OBJECTS = Sealer(
@@ -46,3 +49,17 @@ def unseal(digest: str, sealed: bytes) -> bytes:
             f"durable object {digest[:12]} does not open with its digest: it was altered"
         )
     return data
+
+
+async def store(nc: NATS, bucket: str, digest: str, data: bytes | memoryview) -> None:
+    """Write the object ``digest`` names into ``bucket`` once: one already stored under
+    its name is the same bytes (``unseal`` refuses anything else when it is read)."""
+    name = object_name(digest)
+    if await objects.size(nc.jetstream(), bucket, name) is None:
+        await objects.put(nc, bucket, name, seal(digest, data))
+
+
+async def read(nc: NATS, bucket: str, digest: str) -> bytes:
+    """The bytes of the object ``digest`` names in ``bucket``: nats' ``NotFoundError``
+    when it is not there, ``ObjectLostError`` when it was altered."""
+    return unseal(digest, await objects.get(nc, bucket, object_name(digest)))

@@ -171,6 +171,7 @@ def _memo(app: str | None) -> list[str]:
         claims,
         _direct(_kv_stream(protocol.MEMO_CLAIMS_BUCKET), claims),
         *batch,
+        *protocol.blob_reads(protocol.MEMO_VALUES_BUCKET),  # by a name only its entry gives
     ]
 
 

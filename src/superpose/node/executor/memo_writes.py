@@ -79,7 +79,14 @@ async def cached_inputs(
         if entry is None:
             log.info("%s.%s: an input's cache entry is gone: result not cached", inv.app, inv.fn)
             return None
-        values[at] = payload.decode_value(entry.value, entry.codec)
+        try:
+            data = await store.value(entry)
+        except Exception as exc:  # too big for its entry, and gone from beside it
+            log.info(
+                "%s.%s: an input's cached value is gone (%s): not cached", inv.app, inv.fn, exc
+            )
+            return None
+        values[at] = payload.decode_value(data, entry.codec)
     return values
 
 
@@ -103,25 +110,21 @@ async def store(
 ) -> None:
     """The result under its checked key, before its caller hears of it (so a dependent
     sent on that news finds it). A failure to store is logged, never the call's."""
-    if len(data) > protocol.MEMO_MAX_VALUE_BYTES:
-        log.info(
-            "%s.%s: result not cached: %d bytes, over the %d a cache entry holds",
-            inv.app,
-            inv.fn,
-            len(data),
-            protocol.MEMO_MAX_VALUE_BYTES,
-        )
-        return
     now = time.time()
     entry = protocol.MemoEntry(
         running=False,
         until=now + min(max(ask.ttl_s, 0.0), protocol.MEMO_MAX_AGE_S),
         created=now,
         runner=node_id,
-        value=bytes(data),
         codec=inv.args.codec,
     )
     try:
+        joined = bytes(data)  # a big result's frames joined once (the join is kept)
+        if len(joined) > protocol.MEMO_MAX_VALUE_BYTES:  # too big for its entry: beside it
+            entry.stored, entry.size = digest_of(joined), len(joined)
+            await memo.store_value(entry.stored, joined)
+        else:
+            entry.value = joined
         await memo.store(ask.key, entry)
     except Exception as exc:
         log.warning("%s.%s: result not cached: %s", inv.app, inv.fn, exc)
