@@ -205,25 +205,37 @@ async def settle(call: Call, out: Future) -> None:
 
 
 async def _look_or_run(store: memo_store.MemoStore, call: Call, out: Future) -> None:
+    """Claim the key at once (the batched lookup just missed: the common case is that
+    nobody has it); taken, wait for the result while the claim is live, then take over
+    a stale claim. Claimed, look once more: a runner that stored its result and dropped
+    its claim since our lookup has answered it."""
+    revision = await store.claim(call.key, _claim(call), 0)
     waits = 0
     while not out.done():
+        if revision is not None:
+            entry = (await store.look(call.key)).entry
+            if entry is None or entry.until <= time.time():
+                await _run(store, call, revision, out)
+                return
+            await _release(store, call.key, revision)
+            hit(call, entry, out)
+            return
         entry = (await store.look(call.key)).entry
         if entry is not None and entry.until > time.time():
             hit(call, entry, out)
             return
         found = await store.look_claim(call.key)
-        claimed, now = found.entry, time.time()
-        if claimed is not None and claimed.until > now:
+        if found.entry is not None and found.entry.until > time.time():
             waits += 1
             await asyncio.sleep(WAIT_POLLS.pause_s(waits))  # another caller runs it
             continue
-        claim = protocol.MemoEntry(
-            running=True, until=now + _claim_s(call.options), created=now, runner=call.client.id
-        )
-        revision = await store.claim(call.key, claim, found.revision)
-        if revision is not None:
-            await _run(store, call, revision, out)
-            return
+        revision = await store.claim(call.key, _claim(call), found.revision)
+
+
+def _claim(call: Call) -> protocol.MemoEntry:
+    now = time.time()
+    until = now + _claim_s(call.options)
+    return protocol.MemoEntry(running=True, until=until, created=now, runner=call.client.id)
 
 
 def _claim_s(options: Options) -> float:
@@ -310,8 +322,8 @@ async def _run(store: memo_store.MemoStore, call: Call, revision: int, out: Futu
         if not isinstance(exc, Exception | asyncio.CancelledError):
             raise
         return
+    out.adopt(inner)  # its executor stored the result before it answered
     await _release(store, call.key, revision)
-    out.adopt(inner)
 
 
 async def _release(store: memo_store.MemoStore, key: str, revision: int) -> None:
