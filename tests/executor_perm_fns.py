@@ -124,6 +124,14 @@ async def attacks(other_result: str, node_id: str, app: str, digest: str) -> dic
             errors,
             f"$KV.sp_registry.alias.{app}.latest",
         )
+        out["upload an environment"] = await _refused(
+            js.publish("$O.sp_envs.C.evil", b"evil"), errors, "$O.sp_envs.C.evil"
+        )
+        out["fail an environment"] = await _refused(
+            js.publish(f"$KV.sp_registry.envfail.{digest}", b"{}"),
+            errors,
+            f"$KV.sp_registry.envfail.{digest}",
+        )
         out["secrets bucket"] = await _refused(
             nc.request(f"{direct}KV_sp_secrets.$KV.sp_secrets.SP_TEST_KEY", b""),
             errors,

@@ -53,6 +53,8 @@ DENIED = [
     "another client's replies",
     "node subject",
     "move an alias",
+    "upload an environment",
+    "fail an environment",
     "secrets bucket",
     "create a stream",
 ]

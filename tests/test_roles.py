@@ -4,6 +4,7 @@ do its own work and refuse the attacks of the issue with a permission error."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -18,9 +19,12 @@ import nats.errors
 import pytest
 
 import superpose as sp
+import wheelhouse
 from conftest import ROOT, Lattice
 from superpose import protocol
 from superpose.client import session
+from superpose.code.environments import this_platform, this_python
+from superpose.lattice import objects
 from superpose.security import roles
 from superpose.security.identities import load_or_create
 from test_cli import deploy, unique, write_app
@@ -35,6 +39,19 @@ import superpose as sp
 def seven() -> int:
     return 7
 """
+PACKAGED = """
+import superpose as sp
+
+
+@sp.function
+def package_version() -> str:
+    import tinysolo
+
+    return tinysolo.VERSION
+"""
+THEIRS = protocol.env_digest("tinyone==1.0\n", this_python(), this_platform())
+"""An environment another app runs with: its digest is its content, shared by every app
+that declares the same packages."""
 
 
 def mint(lattice: Lattice, role: str, app: str | None = None) -> Path:
@@ -144,6 +161,28 @@ def test_a_deployer_deploys_and_a_viewer_reads_status(lattice: Lattice, tmp_path
     assert json.loads(status.stdout)
 
 
+def test_a_deployer_of_one_app_deploys_it_with_packages(
+    lattice: Lattice, client: sp.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It records the environment (``env.<digest>``); the node that builds it stores
+    the archive, which the deployer may only read (``env ls`` shows its size)."""
+    monkeypatch.setenv("UV_FIND_LINKS", str(wheelhouse.build(tmp_path / "wheels")))
+    monkeypatch.setenv("UV_NO_INDEX", "1")  # the deploy resolves with the local wheels
+    app = unique("pkgs")
+    folder = write_app(tmp_path / app, {"mod.py": PACKAGED, "requirements.txt": "tinysolo\n"})
+    creds = mint(lattice, "deployer", app=app)
+    deployed = cli(lattice, creds, "deploy", str(folder))
+    assert deployed.returncode == 0, deployed.stderr
+    with connected(lattice, creds) as mine:
+        assert mine.function(f"{app}.package_version").remote() == "1.0"
+        env = mine.resolve(app, "package_version").env
+    archive = protocol.env_archive(env)
+    assert client.run(objects.size(client.nc.jetstream(), protocol.ENVS_BUCKET, archive))
+    listed = cli(lattice, creds, "env", "ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert next(e for e in json.loads(listed.stdout) if e["digest"] == env)["size"]
+
+
 # --- the attacks of issue 15 -------------------------------------------------------
 
 
@@ -161,6 +200,39 @@ async def test_a_caller_cannot_upload_a_bundle(lattice: Lattice, wire: Any) -> N
     with pytest.raises(nats.errors.Error):
         await w.nc.jetstream().publish(subject, b"evil", timeout=1)
     await w.refused(f'Publish to "{subject}"')
+
+
+def env_writes(digest: str) -> list[str]:
+    """Writing an environment's archive (a chunk, its metadata) or a node's build
+    records of it (failed, being built)."""
+    meta = base64.urlsafe_b64encode(protocol.env_archive(digest).encode()).decode()
+    return [
+        protocol.object_chunk_subject(protocol.ENVS_BUCKET, "evil"),
+        protocol.object_meta_subject(protocol.ENVS_BUCKET, meta),
+        protocol.kv_subject(protocol.REGISTRY_BUCKET, protocol.env_failure_key(digest)),
+        protocol.kv_subject(protocol.REGISTRY_BUCKET, protocol.env_build_key(digest)),
+    ]
+
+
+async def refused_writes(w: Wire, subjects: list[str]) -> None:
+    """Each write goes unanswered (nothing stored it) and the server names it refused."""
+    for subject in subjects:
+        with pytest.raises(nats.errors.Error):
+            await w.nc.jetstream().publish(subject, b"evil", timeout=1)
+        await w.refused(f'Publish to "{subject}"')
+
+
+async def test_a_deployer_cannot_touch_another_apps_environment(
+    lattice: Lattice, wire: Any
+) -> None:
+    w = await wire(lattice.url, mint(lattice, "deployer", app=unique("mine")))
+    await refused_writes(w, env_writes(THEIRS))
+
+
+async def test_a_gateway_cannot_touch_an_environment(lattice: Lattice, wire: Any) -> None:
+    w = await wire(lattice.url, lattice.lattice.identities.creds("gateway"))
+    record = protocol.kv_subject(protocol.REGISTRY_BUCKET, protocol.env_key(THEIRS))
+    await refused_writes(w, [*env_writes(THEIRS), record])
 
 
 async def test_a_caller_cannot_see_other_clients_calls(

@@ -3,6 +3,9 @@
 
 ``tinyone`` at each version exposes ``VERSION``; ``tinytwo`` depends on ``tinyone``
 (2.0 needs ``tinyone>=2``), so resolving pins a transitive dependency too.
+``tinysolo`` (1.0 only) is declared by one test only (test_roles.py): an environment's
+record is shared by digest, so a test declaring one another test declares would see
+that test's record.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 PACKAGES: dict[str, dict[str, list[str]]] = {
     "tinyone": {"1.0": [], "2.0": []},
     "tinytwo": {"1.0": ["tinyone"], "2.0": ["tinyone>=2"]},
+    "tinysolo": {"1.0": []},
 }
 
 

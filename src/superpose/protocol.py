@@ -670,12 +670,14 @@ def executor_memo_allowed(app: str) -> list[str]:
 
 def executor_publish_denied() -> list[str]:
     """Named although the allow list already leaves them out: a later widening of it
-    must not reopen these (registry and alias writes, bundles, secrets, tokens, nodes)."""
+    must not reopen these (registry and alias writes, bundles and built environments,
+    secrets, tokens, nodes)."""
     return [
         kv_wildcard(REGISTRY_BUCKET),
         kv_wildcard(SECRETS_BUCKET),
         kv_wildcard(TOKENS_BUCKET),
         f"$O.{BUNDLES_BUCKET}.>",
+        object_wildcard(ENVS_BUCKET),
         node_control_subject("*"),
         direct_get_subject(kv_stream(SECRETS_BUCKET)),
         direct_get_subject(kv_stream(TOKENS_BUCKET)),

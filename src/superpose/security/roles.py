@@ -47,7 +47,13 @@ _ACK = protocol.JS_ACKS
 _REG = protocol.REGISTRY_BUCKET
 _REGISTRY_KINDS = ("ver", "alias", "app", "pin", "canary", "lock")
 """Registry keys only a deployer writes (``protocol.version_key`` and friends); a
-client records ``place.<class>`` and nodes ``env*.<digest>``."""
+client also records ``place.<class>``, a deployer ``env.<digest>`` (a node checks
+that the record hashes to its digest) and nodes their ``_BUILD_KINDS``."""
+_BUILD_KINDS = ("envfail", "envbuild")
+"""Registry keys only nodes write: a failed build and a build lease
+(``protocol.env_failure_key``, ``env_build_key``). An environment is shared by every
+app that declares the same packages, so a user of one app who could write these could
+fail or stall another app's environment."""
 _TRUST = protocol.TRUST_BUCKET
 """The signed-code keys (issue 15 item 3): read by all, written by an admin only."""
 
@@ -196,17 +202,21 @@ def _shared_scopes(app: str | None) -> list[str]:
 
 
 def _deploys(app: str | None) -> list[str]:
-    """Uploading bundles and environments, writing ``app``'s registry entries (versions,
-    aliases, canaries, pins) and setting secrets."""
+    """Uploading bundles, recording the environments a deploy resolved, writing
+    ``app``'s registry entries (versions, aliases, canaries, pins) and setting secrets.
+
+    Built environments are read, never written: an archive is shared by every app with
+    the same packages and nothing checks it against its record, so only the nodes that
+    build them (and admin) may write them; a deployer of one app could otherwise put its
+    own code in another app's environment."""
     a = _app_pattern(app)
     bundles = protocol.BUNDLES_BUCKET
     writes = [protocol.kv_subject(_REG, f"{kind}.{a}.>") for kind in _REGISTRY_KINDS]
     writes += [protocol.kv_subject(_REG, f"{kind}.{a}") for kind in ("app", "canary", "lock")]
     return [
         *writes,
-        protocol.kv_subject(_REG, "env*.>"),
+        protocol.kv_subject(_REG, protocol.env_key("*")),
         protocol.object_wildcard(bundles),
-        protocol.object_wildcard(protocol.ENVS_BUCKET),
         _direct(_obj_stream(bundles), ">"),
         f"{_API}.STREAM.MSG.GET.{_obj_stream(bundles)}",
         f"{_API}.STREAM.MSG.GET.{_obj_stream(protocol.ENVS_BUCKET)}",
@@ -250,9 +260,12 @@ def _node_denials() -> list[str]:
 
 
 def _gateway_denials() -> list[str]:
-    """A gateway reads the registry and its tokens and calls; it never deploys."""
+    """A gateway reads the registry and its tokens and calls; it never deploys, nor
+    records or builds environments."""
+    envs = [protocol.kv_subject(_REG, f"{kind}.>") for kind in ("env", *_BUILD_KINDS)]
     return [
         *_registry_and_streams(),
+        *envs,
         protocol.kv_wildcard(protocol.TOKENS_BUCKET),
         protocol.kv_wildcard(protocol.SECRETS_BUCKET),
         protocol.object_wildcard(protocol.BUNDLES_BUCKET),
