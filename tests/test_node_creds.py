@@ -138,8 +138,10 @@ def test_revoking_a_node_stops_the_executor_users_its_signer_made(
     running = executor_user(Path(gone.path))
 
     async def hold() -> Any:
+        # Not max_reconnect_attempts=0: nats-py reads 0 as "no limit", and an eviction
+        # without an -ERR first left it reconnecting (refused) every 2 s, never closed.
         return await nats.connect(
-            lattice.url, user_credentials=nats_creds(tmp_path, running), max_reconnect_attempts=0
+            lattice.url, user_credentials=nats_creds(tmp_path, running), allow_reconnect=False
         )
 
     held = lattice.run(hold())
