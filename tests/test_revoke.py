@@ -57,7 +57,9 @@ def test_a_revoked_caller_is_refused_and_disconnected(lattice: Lattice, hello: s
     victim_creds, other_creds = Path(victim.path), Path(other.path)
     with connected(lattice, victim_creds) as client:
         assert client.function("hello.greet").remote("before") == "Hello, before!"
-        raw = lattice.run(nats.connect(lattice.url, user_credentials=str(victim_creds)))
+        raw = lattice.run(  # no reconnects: closed means closed by the server
+            nats.connect(lattice.url, user_credentials=str(victim_creds), allow_reconnect=False)
+        )
         kept = lattice.run(nats.connect(lattice.url, user_credentials=str(other_creds)))
         minting.revoke(lattice.state_dir, victim.name)
         reload(lattice)
