@@ -5,6 +5,7 @@ registry, except the one test that says so and skips without it)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import re
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import superpose as sp
@@ -537,3 +539,34 @@ def test_a_real_package_resolves_from_the_registry(
     done = api_deploy(client, app_folder(tmp_path, {"requirements.txt": "six\n"}))
     assert done.env is not None and "six" in done.env.packages
     assert "--hash=sha256:" in done.env.requirements
+
+
+def test_an_environment_record_someone_else_wrote_is_written_again_by_the_next_deploy(
+    client: sp.Client,
+) -> None:
+    """A deployer may write ``env.<digest>`` records (deploys resolve them), so one of
+    another app could replace a record with one that does not hash to its digest; nodes
+    refuse such a record, and the next deploy that resolves that environment repairs it
+    instead of leaving it (records are otherwise create-only)."""
+    requirements_text = f"# {unique('env')}\ntinyone==2.0\n"
+    python, platform = "3.11", "manylinux_2_17_x86_64"
+    digest = protocol.env_digest(requirements_text, python, platform)
+    env = protocol.Environment(
+        digest=digest,
+        python=python,
+        platform=platform,
+        requirements=requirements_text,
+        packages={"tinyone": "2.0"},
+        declared=["tinyone"],
+        created=1.0,
+    )
+    forged = msgspec.structs.replace(env, requirements="evil==6.6.6\n")
+
+    async def run() -> bytes:
+        registry = await client.registry()
+        await registry.kv.put(protocol.env_key(digest), forged.as_json())
+        await registry.register_environment(env)
+        return (await registry.kv.get(protocol.env_key(digest))).value or b""
+
+    stored = asyncio.run_coroutine_threadsafe(run(), client.loop).result(timeout=30)
+    assert protocol.Environment.from_json(stored).requirements == requirements_text

@@ -406,12 +406,18 @@ class Registry:
 
     async def register_environment(self, env: Environment) -> None:
         """Record a resolved environment, once: its digest names its content, so a record
-        already there is the same environment and stays as it was (create-only)."""
+        already there is the same environment and stays as it was (create-only), unless
+        it does not hash to its digest: then someone else wrote it (nodes refuse it, so
+        every app of that environment stopped), and this deploy writes it again."""
         key = protocol.env_key(env.digest)
         try:
             await self.kv.create(key, env.as_json())
         except KeyWrongLastSequenceError:
-            return  # resolved before, by this deploy's code or another's
+            entry = await self.kv.get(key)
+            if _hashes_to(entry.value or b"", env.digest):
+                return  # resolved before, by this deploy's code or another's
+            log.warning("environment record %s was not its own: written again", env.digest[:12])
+            await self.kv.update(key, env.as_json(), last=entry.revision or 0)
         self._apply(key, env.as_json(), False)
 
     async def set_alias(self, app: str, alias: str, digest: str) -> None:
@@ -680,3 +686,12 @@ def _report(record: str, names: str, verdict: Verdict, followed: str | None) -> 
         "reason": verdict.reason,
         "following": followed,
     }
+
+
+def _hashes_to(record: bytes, digest: str) -> bool:
+    """Whether an ``env.<digest>`` record is the environment its digest names."""
+    try:
+        env = Environment.from_json(record)
+    except protocol.ProtocolError:  # not even a record
+        return False
+    return protocol.env_digest(env.requirements, env.python, env.platform) == digest
