@@ -41,6 +41,8 @@ EXPECTED_STREAMS = {
     protocol.QUEUES_STREAM,
     protocol.QUEUES_DURABLE_STREAM,
     f"KV_{protocol.MEMO_BUCKET}",
+    f"KV_{protocol.MEMO_CLAIMS_BUCKET}",
+    f"OBJ_{protocol.MEMO_VALUES_BUCKET}",
     f"KV_{protocol.LINEAGE_BUCKET}",
 }
 

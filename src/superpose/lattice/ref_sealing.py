@@ -60,6 +60,6 @@ async def store(nc: NATS, bucket: str, digest: str, data: bytes | memoryview) ->
 
 
 async def read(nc: NATS, bucket: str, digest: str) -> bytes:
-    """The bytes of the object ``digest`` names in ``bucket``: nats' ``NotFoundError``
-    when it is not there, ``ObjectLostError`` when it was altered."""
+    """The bytes of the object ``digest`` names in ``bucket``: ``NotFoundError`` when
+    it is not there, ``ObjectLostError`` (a kind of ``NotFoundError``) when altered."""
     return unseal(digest, await objects.get(nc, bucket, object_name(digest)))

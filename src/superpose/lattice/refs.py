@@ -29,7 +29,7 @@ from nats.aio.client import Client as NATS
 
 from superpose import protocol
 from superpose.errors import NotFoundError, ObjectLostError
-from superpose.lattice import offers, ref_sealing
+from superpose.lattice import objects, offers, ref_sealing
 from superpose.support.collecting import collecting
 
 _sending: contextvars.ContextVar[list[Ref] | None] = contextvars.ContextVar(
@@ -253,10 +253,12 @@ def _freed(ref: Ref) -> str:
 
 
 async def _stored(nc: NATS, ref: Ref) -> bytes:
+    name = ref_sealing.object_name(ref.digest)
     try:
-        return await ref_sealing.read(nc, protocol.OBJECTS_BUCKET, ref.digest)
-    except NotFoundError as exc:
+        sealed = await objects.get(nc, protocol.OBJECTS_BUCKET, name)
+    except NotFoundError as exc:  # (ObjectLostError is one too: unseal stays outside)
         raise ObjectLostError(
             f"{ref.name()} is not in the {protocol.OBJECTS_BUCKET} store (never put "
             "there, or removed)"
         ) from exc
+    return ref_sealing.unseal(ref.digest, sealed)
