@@ -108,9 +108,12 @@ class ExpressCalls:
             ):
                 # Taken only when idle, so it starts now: "took" is also its "start".
                 # Written at once: if the call kills this process, the agent must know
-                # of it to tell its caller.
-                self.channel.send(protocol.Took(msg.data, msg.reply), now=True)
+                # of it to tell its caller. Handed to the lane first, so the lane
+                # thread's wake-up overlaps this write (a pipe write that wakes the
+                # agent, ~25 us here): the call cannot run a line before the write, as
+                # this thread holds the GIL until it has written and waits again.
                 self._accept(inv, msg.reply)
+                self.channel.send(protocol.Took(msg.data, msg.reply), now=True)
                 return
         subject = protocol.call_subject_of_express(msg.subject)
         await self.nc.publish(subject, msg.data, reply=msg.reply)
