@@ -50,3 +50,27 @@ async def test_frames_sent_in_one_loop_turn_leave_in_one_write() -> None:
     executor.close()
     assert await agent.receive() is None  # the peer has gone
     agent.close()
+
+
+async def test_a_lazy_frame_leaves_with_the_next_one_or_alone_a_moment_later() -> None:
+    """An express call's Done waits for company (the next call's Took) so that each
+    call wakes the agent once; alone, it leaves ``LAZY_S`` later, never lost."""
+    agent, executor, writes = await _pair()
+    executor.send(protocol.Done("a", ok=True), lazy=True)
+    await asyncio.sleep(0)
+    assert writes == []  # not at the end of this loop turn
+    executor.send(protocol.Took(b"inv", "reply"), now=True)  # takes it along, first
+    assert len(writes) == 1
+    assert await agent.receive() == protocol.Done("a", ok=True)
+    assert await agent.receive() == protocol.Took(b"inv", "reply")
+    executor.send(protocol.Done("b", ok=True), lazy=True)
+    executor.send(protocol.Start("c"))  # an ordinary frame: both at the end of this turn
+    await asyncio.sleep(0)
+    assert len(writes) == 2
+    assert await agent.receive() == protocol.Done("b", ok=True)
+    executor.send(protocol.Done("d", ok=True), lazy=True)  # alone: a moment later
+    assert await agent.receive() == protocol.Start("c")
+    assert await asyncio.wait_for(agent.receive(), 1) == protocol.Done("d", ok=True)
+    assert len(writes) == 3
+    executor.close()
+    agent.close()

@@ -10,6 +10,8 @@ from typing import Generic, TypeVar
 from superpose import protocol
 
 _HEADER = struct.Struct(">I")
+LAZY_S = 0.002
+"""How long a ``lazy`` frame may wait for company before it is written alone."""
 
 Incoming = TypeVar("Incoming")
 
@@ -34,20 +36,33 @@ class Channel(Generic[Incoming]):
         self.writer = writer
         self._decode = decode
         self._outgoing = bytearray()
+        self._flushing: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._soon = False
+        """The flush scheduled is this iteration's (else ``LAZY_S`` away, or none)."""
 
-    def send(self, frame: protocol.Frame, *, now: bool = False) -> None:
+    def send(self, frame: protocol.Frame, *, now: bool = False, lazy: bool = False) -> None:
         """Queue a frame for the end of this loop iteration, or, ``now``, write it (and
         any queued before it) before returning: for a frame that must reach the peer
-        even if this process dies the next moment."""
+        even if this process dies the next moment. ``lazy``: it may wait ``LAZY_S`` for
+        the next frame to leave with it (each write wakes the peer: a frame the peer
+        needs soon, not now, should not cost it a wake-up of its own)."""
         body = protocol.encode_frame(frame)
-        if not self._outgoing and not now:
-            asyncio.get_running_loop().call_soon(self._flush)
         self._outgoing += _HEADER.pack(len(body))
         self._outgoing += body
         if now:
             self._flush()
+        elif not lazy and not self._soon:
+            if self._flushing is not None:
+                self._flushing.cancel()
+            self._flushing = asyncio.get_running_loop().call_soon(self._flush)
+            self._soon = True
+        elif self._flushing is None:
+            self._flushing = asyncio.get_running_loop().call_later(LAZY_S, self._flush)
 
     def _flush(self) -> None:
+        if self._flushing is not None:
+            self._flushing.cancel()
+        self._flushing, self._soon = None, False
         frames, self._outgoing = self._outgoing, bytearray()
         if frames and not self.writer.is_closing():
             self.writer.write(frames)

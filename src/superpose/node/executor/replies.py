@@ -43,10 +43,14 @@ class Publish:
 
 @dataclass(slots=True)
 class Answer:
-    """A call's result, for ``reply``."""
+    """A call's result, for ``reply``. ``express``: the call came straight from its
+    caller, and the agent hears it ended with the next frame or ``channel.LAZY_S``
+    later (a back-to-back express call's ``Took`` carries the last one's ``Done``: one
+    wake-up of the agent per call, not two)."""
 
     reply: str
     result: protocol.Result
+    express: bool = False
 
 
 Said = protocol.Frame | Publish | Answer
@@ -79,8 +83,8 @@ class Replies:
         self.printed.add(invocation_id)
         self._outbox.put(Publish(subject, data))
 
-    def answer(self, reply: str, result: protocol.Result) -> None:
-        self._outbox.put(Answer(reply, result))
+    def answer(self, reply: str, result: protocol.Result, express: bool = False) -> None:
+        self._outbox.put(Answer(reply, result, express))
 
     # --- on the loop -----------------------------------------------------------------
 
@@ -106,11 +110,11 @@ class Replies:
         if isinstance(said, Publish):
             await self.nc.publish(said.subject, said.data)
         elif isinstance(said, Answer):
-            await self._send_answer(said.reply, said.result)
+            await self._send_answer(said.reply, said.result, said.express)
         else:
             self.channel.send(said)
 
-    async def _send_answer(self, reply: str, result: protocol.Result) -> None:
+    async def _send_answer(self, reply: str, result: protocol.Result, express: bool) -> None:
         done = protocol.Done(result.id, ok=result.error is None)
         printed = result.id in self.printed
         self.printed.discard(result.id)
@@ -129,4 +133,4 @@ class Replies:
             # follows; the Done frame, flushed at the end of this iteration too, follows
             # it, so no next call of the agent's starts in between.
             asyncio.get_running_loop().call_soon(self._answered)
-            self.channel.send(done)
+            self.channel.send(done, lazy=express and done.result is None)

@@ -172,7 +172,7 @@ class Executor:
         if on_loop or inv.args.codec == protocol.CODEC_HTTP:
             if not announced:  # now, not through the replies: the call may block the loop
                 self.channel.send(protocol.Start(inv.id))  # and the agent must time it
-            self.loop.create_task(self._run(inv, reply))
+            self.loop.create_task(self._run(inv, reply, announced))
         else:
             self.lane.submit((inv, reply, announced))
 
@@ -190,7 +190,9 @@ class Executor:
                 "DeadlineExceeded",
                 f"{inv.app}.{inv.fn} waited past its caller's deadline",
             )
-            self.replies.answer(reply, protocol.Result(inv.id, self.node_id, error=error))
+            self.replies.answer(
+                reply, protocol.Result(inv.id, self.node_id, error=error), announced
+            )
             return
         if not announced:
             self.replies.frame(protocol.Start(inv.id))
@@ -201,7 +203,7 @@ class Executor:
                 result = protocol.Result(inv.id, self.node_id, error=failure)
             else:
                 result = self._call_sync(inv, reply)
-        self._answer(inv, reply, result, started)
+        self._answer(inv, reply, result, started, announced)
 
     def _call_sync(self, inv: protocol.Invocation, reply: str) -> protocol.Result:
         try:
@@ -239,7 +241,7 @@ class Executor:
             self.replies.frame(protocol.Retire(failure))  # before the caller hears of it
         return failure
 
-    async def _run(self, inv: protocol.Invocation, reply: str) -> None:
+    async def _run(self, inv: protocol.Invocation, reply: str, announced: bool = False) -> None:
         """On the loop: async functions, HTTP requests for ASGI apps (and calls whose
         function could not be found)."""
         started = time.perf_counter()
@@ -249,7 +251,7 @@ class Executor:
                 result = protocol.Result(id=inv.id, node=self.node_id, error=failure)
             else:
                 result = await self._call_async(inv, reply)
-        self._answer(inv, reply, result, started)
+        self._answer(inv, reply, result, started, announced)
 
     async def _call_async(self, inv: protocol.Invocation, reply: str) -> protocol.Result:
         try:
@@ -266,7 +268,12 @@ class Executor:
             return protocol.Result(id=inv.id, node=self.node_id, error=error_info(exc))
 
     def _answer(
-        self, inv: protocol.Invocation, reply: str, result: protocol.Result, started: float
+        self,
+        inv: protocol.Invocation,
+        reply: str,
+        result: protocol.Result,
+        started: float,
+        express: bool = False,
     ) -> None:
         """A call ran: its result to ``reply``; if it raised, its traceback also goes to
         the app's log stream, so ``superpose logs`` shows why beside what it printed
@@ -277,7 +284,7 @@ class Executor:
             message = error.message.strip().splitlines()
             summary = f"{error.type}: {message[0]}" if message else error.type
             self._log(inv.id, inv.app, inv.fn, protocol.LOG_ERROR, f"{summary}\n{error.traceback}")
-        self.replies.answer(reply, result)
+        self.replies.answer(reply, result, express)
 
     async def _call(
         self, inv: protocol.Invocation, reply: str
