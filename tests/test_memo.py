@@ -21,6 +21,7 @@ from conftest import Lattice, poll, superpose_cli
 from memo_fns import runs
 from superpose import protocol
 from superpose.client import memo, memo_batch
+from superpose.client.futures import Future
 from superpose.client.options import Options
 from superpose.errors import BadRequestError
 from superpose.lattice import memo_store, payload
@@ -460,3 +461,23 @@ def test_a_result_too_big_for_an_entry_is_stored_beside_it(
 
     [entry] = _on_loop(client, listed())
     assert entry.entry.stored and entry.size > 2 * 2**20 and not entry.entry.value
+
+
+def test_a_claim_taken_for_a_call_cancelled_meanwhile_is_dropped(
+    client: sp.Client, tmp_path: Path
+) -> None:
+    """A cached call cancelled while its claim was on the way must not keep the key
+    claimed: the next identical call would wait for it until the claim went stale."""
+    target = memo_fns.tenfold._target(client)
+    key = protocol.memo_key(target.app, "tenfold", uuid.uuid4().hex)
+    call = memo.Call(client, target, (str(tmp_path), 1), {}, Options(), False, None, key, 60.0)
+    out = Future()
+    out.cancel()
+
+    async def claimed() -> protocol.MemoEntry | None:
+        store = await memo.store_of(client)
+        await memo._look_or_run(store, call, out)
+        return (await store.look_claim(key)).entry
+
+    assert _on_loop(client, claimed()) is None
+    assert runs(str(tmp_path), "tenfold") == 0

@@ -230,6 +230,8 @@ async def _look_or_run(store: memo_store.MemoStore, call: Call, out: Future) -> 
             await asyncio.sleep(WAIT_POLLS.pause_s(waits))  # another caller runs it
             continue
         revision = await store.claim(call.key, _claim(call), found.revision)
+    if revision is not None:  # cancelled after claiming: the next caller runs it
+        await _release(store, call.key, revision)
 
 
 def _claim(call: Call) -> protocol.MemoEntry:
