@@ -560,13 +560,14 @@ def test_an_environment_record_someone_else_wrote_is_written_again_by_the_next_d
         declared=["tinyone"],
         created=1.0,
     )
-    forged = msgspec.structs.replace(env, requirements="evil==6.6.6\n")
+    forged = msgspec.structs.replace(env, requirements="evil==6.6.6\n").as_json()
 
-    async def run() -> bytes:
+    async def run(written: bytes) -> bytes:
         registry = await client.registry()
-        await registry.kv.put(protocol.env_key(digest), forged.as_json())
+        await registry.kv.put(protocol.env_key(digest), written)
         await registry.register_environment(env)
         return (await registry.kv.get(protocol.env_key(digest))).value or b""
 
-    stored = asyncio.run_coroutine_threadsafe(run(), client.loop).result(timeout=30)
-    assert protocol.Environment.from_json(stored).requirements == requirements_text
+    for written in (forged, b"not a record"):  # another environment's, and no record at all
+        stored = asyncio.run_coroutine_threadsafe(run(written), client.loop).result(timeout=30)
+        assert protocol.Environment.from_json(stored).requirements == requirements_text

@@ -24,9 +24,11 @@ from superpose.client import memo, memo_batch
 from superpose.client.futures import Future
 from superpose.client.options import Options
 from superpose.errors import BadRequestError
-from superpose.lattice import memo_store, payload
+from superpose.lattice import memo_store, objects, payload, ref_sealing
+from superpose.lattice.inputs import Input
 from superpose.lattice.memo_key import Uncanonical, call_key, register_digest
 from superpose.lattice.refs import Ref
+from superpose.node.executor import memo_writes
 from test_cli import deploy, unique, write_app
 from test_roles import Wire, connected, mint
 
@@ -481,3 +483,42 @@ def test_a_claim_taken_for_a_call_cancelled_meanwhile_is_dropped(
 
     assert _on_loop(client, claimed()) is None
     assert runs(str(tmp_path), "tenfold") == 0
+
+
+def test_inputs_the_executor_cannot_read_from_the_cache_leave_nothing_stored(
+    client: sp.Client,
+) -> None:
+    """``memo_writes.cached_inputs``: an input keyed by another app's cache (which an
+    executor may not read) or by an entry gone since gives no values: the call reads
+    its inputs as sent and stores nothing."""
+    inv = SimpleNamespace(app="mine", fn="f")
+    inline = protocol.Payload(codec=protocol.CODEC_PICKLE, data=b"", size=0)
+    others = [Input("i1", inline, protocol.memo_key("theirs", "f", "0" * 64))]
+    gone = [Input("i2", inline, protocol.memo_key("mine", "f", uuid.uuid4().hex))]
+
+    async def read(found: list[Input]) -> Any:
+        return await memo_writes.cached_inputs(await memo.store_of(client), inv, found)  # type: ignore[arg-type]
+
+    assert _on_loop(client, read(others)) is None
+    assert _on_loop(client, read(gone)) is None
+
+
+def test_a_big_result_whose_value_is_gone_runs_again_and_is_stored_anew(
+    lattice: Lattice, client: sp.Client, tmp_path: Path
+) -> None:
+    app = unique("memo")
+    d = str(tmp_path)
+    deploy_counter(lattice, tmp_path / app, 2)
+    double = client.function(f"{app}.double")
+    big = uuid.uuid4().bytes * 2**16
+    assert double.remote(d, big) == big * 2
+
+    async def drop_value() -> None:
+        [listed] = await (await memo.store_of(client)).entries(app)
+        name = ref_sealing.object_name(listed.entry.stored)
+        await objects.delete(client.nc, protocol.MEMO_VALUES_BUCKET, name)
+
+    _on_loop(client, drop_value())
+    assert double.remote(d, big) == big * 2  # ran again: its value was gone
+    assert runs(d, "double") == 2
+    assert double.spawn(d, big).result(timeout=60) == big * 2 and runs(d, "double") == 2

@@ -178,17 +178,6 @@ def test_a_node_without_out_gets_a_folder_of_its_own(tmp_path: Path) -> None:
     assert len(seeds) == 2 and (home / "creds" / "na").stat().st_mode & 0o777 == 0o700
 
 
-def test_a_damaged_node_signers_list_is_named(tmp_path: Path) -> None:
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    (keys / node_signers.FILE).write_text('{"n1": "Unot-an-account-key"}')
-    with pytest.raises(sp.UserError, match=r"SP.node-signers.json is not a node signers list"):
-        node_signers.load(keys)
-    (keys / node_signers.FILE).write_text("{not json")
-    with pytest.raises(sp.UserError, match=r"node-signers.json is not a node signers list .*\("):
-        node_signers.load(keys)
-
-
 def test_a_reload_that_never_comes_is_named_after_the_wait(
     lattice: Lattice, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,7 +17,7 @@ from conftest import ROOT, Lattice, poll, superpose_cli
 from superpose.errors import BadRequestError, LatticeError
 from superpose.lattice.connection import connect
 from superpose.local.embedded import EmbeddedServer, free_port
-from superpose.security import executor_identity, jwt, minting, revocations
+from superpose.security import executor_identity, jwt, minting, node_signers, revocations
 from superpose.security.creds import read_creds
 from superpose.security.identities import KEYS_DIR, LATTICE_ACCOUNT, load_or_create
 from test_cli import deploy, unique
@@ -103,15 +103,26 @@ def test_revoking_twice_keeps_the_first_time(tmp_path: Path) -> None:
         minting.public_key_of(older)
 
 
-def test_a_damaged_revocations_list_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("listing", "bad_entry", "what"),
+    [
+        (revocations, '{"U1": "soon"}', "revocations list"),
+        (node_signers, '{"n1": "Unot-an-account-key"}', "node signers list"),
+    ],
+)
+def test_a_damaged_keys_list_is_named(
+    tmp_path: Path, listing: Any, bad_entry: str, what: str
+) -> None:
+    """Both lists under keys/ read through ``files.read_json_map``: a wrong entry and
+    a file that is not JSON each name the file and what it should be."""
     keys = tmp_path / KEYS_DIR
     keys.mkdir()
-    (keys / revocations.FILE).write_text('{"U1": "soon"}')
-    with pytest.raises(sp.UserError, match=r"SP.revocations.json is not a revocations list"):
-        revocations.load(keys)
-    (keys / revocations.FILE).write_text("{not json")
-    with pytest.raises(sp.UserError, match=r"SP.revocations.json is not a revocations list \("):
-        revocations.load(keys)
+    (keys / listing.FILE).write_text(bad_entry)
+    with pytest.raises(sp.UserError, match=rf"{listing.FILE} is not a {what}"):
+        listing.load(keys)
+    (keys / listing.FILE).write_text("{not json")
+    with pytest.raises(sp.UserError, match=rf"{listing.FILE} is not a {what} .*\("):
+        listing.load(keys)
 
 
 async def test_a_restarted_server_keeps_the_revocations(tmp_path: Path) -> None:

@@ -89,9 +89,9 @@ class Executor:
             self.app,
         )
         self.refs = RefCache(nc)
+        """Objects of Refs given as arguments, fetched once for every call here."""
         self.memo: MemoStore | None = None
         """The app's cache, opened for the first cached call run here."""
-        """Objects of Refs given as arguments, fetched once for every call here."""
         self.running: dict[str, int | asyncio.Task[Any]] = {}
         """Where each call runs (its lane thread's id, or its task): to say where a
         call that timed out was stuck."""
